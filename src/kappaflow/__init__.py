@@ -1,0 +1,3 @@
+"""kappaflow: autoscaling streaming analytics in the Kappa architecture."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from kappaflow.cli import main
+
+main()

@@ -1,0 +1,103 @@
+"""The app interface: what a user writes. An app declares its input streams (schema,
+key field, event-time field), its result tables, and one processor per stream: a
+function ``(state, batch) -> Output`` from the library's operators or written by hand.
+A module named in ``KAPPAFLOW_APPS`` exposes ``create_app(settings) -> App``."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+
+import msgspec
+
+from kappaflow.errors import AppError
+from kappaflow.events import event_time_ms
+from kappaflow.settings import Settings
+from kappaflow.store.base import Table
+
+S = TypeVar("S")
+BUILT_IN = {"video": "kappaflow.apps.video"}
+
+
+@dataclass(frozen=True)
+class Stream:
+    """An input stream: events of ``schema``, partitioned by ``key``, timed by ``time``
+    (epoch milliseconds or an RFC 3339 datetime)."""
+
+    name: str
+    schema: type[msgspec.Struct]
+    key: str
+    time: str
+
+    def key_of(self, event: Any) -> str:
+        return getattr(event, self.key)
+
+    def time_of(self, event: Any) -> int:
+        return event_time_ms(getattr(event, self.time))
+
+
+class Batch(NamedTuple):
+    """On-time events of one partition, in offset order. ``watermark_ms``: every later
+    event of this partition will have an event time at or above it."""
+
+    partition: int
+    offsets: list[int]
+    events: list[Any]
+    watermark_ms: int
+
+
+class Output(NamedTuple, Generic[S]):
+    state: S
+    rows: dict[str, list[tuple[Any, ...]]]
+    dead_letters: Sequence[tuple[int, str]] = ()
+    """(offset, reason) of events the processor refused."""
+
+
+class Processor(Protocol[S]):
+    """Turns one partition's batches into result rows. ``process`` may update the state
+    it receives in place and return it; the worker persists it with ``encode``."""
+
+    def initial_state(self) -> S: ...
+
+    def process(self, state: S, batch: Batch) -> Output[S]: ...
+
+    def encode(self, state: S) -> bytes: ...
+
+    def decode(self, data: bytes) -> S: ...
+
+
+@dataclass
+class App:
+    name: str
+    streams: Sequence[Stream]
+    tables: Sequence[Table]
+    processors: dict[str, Processor[Any]] = field(default_factory=dict)
+    """Stream name -> its processor."""
+
+    def group(self, stream: Stream) -> str:
+        """The consumer group: the identity under which offsets and state are kept."""
+        return f"{self.name}.{stream.name}"
+
+    def stream(self, name: str) -> Stream:
+        for stream in self.streams:
+            if stream.name == name:
+                return stream
+        raise AppError(f"app {self.name!r} has no stream {name!r}")
+
+
+def load_apps(settings: Settings) -> list[App]:
+    """The apps named in ``settings.apps``: built-in names or importable module paths."""
+    apps = []
+    for name in settings.apps:
+        module_name = BUILT_IN.get(name, name)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise AppError(f"KAPPAFLOW_APPS: cannot import app {name!r}: {error}") from error
+        create: Callable[[Settings], App] | None = getattr(module, "create_app", None)
+        if create is None:
+            raise AppError(f"app module {module_name!r} has no create_app(settings) function")
+        apps.append(create(settings))
+    return apps

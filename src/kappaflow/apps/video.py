@@ -1,0 +1,206 @@
+"""Video heartbeats -> watched segments and progress per (user, video).
+
+A player sends a heartbeat about every 5 s with its position. Per (user, video), a
+viewing session is a run of events with no more than the session gap of event time
+between them. Inside a session, a segment grows while the position follows the
+clock: it may deviate from real-time playback by at most the gap (so 2x playback,
+small rewinds and paused heartbeats are all continuous); a larger jump, or a
+``seek``, closes the segment and opens one at the new position; ``pause`` and
+``stop`` close it. Segments of zero length carry no watched time and are dropped.
+
+Tables: ``video_segments`` holds the segments of closed sessions (final);
+``video_progress`` holds, per (user, video), the resume position (the position of
+the latest event by event time) and the segments of sessions still open. Progress
+merges both into the watched intervals.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from kappaflow.app import App, Stream
+from kappaflow.events import EventTime, Identifier, event_time_ms
+from kappaflow.settings import Settings
+from kappaflow.store.base import Store, Table
+from kappaflow.stream.sessions import Rows, SessionWindows
+
+Kind = Literal["heartbeat", "play", "pause", "seek", "stop"]
+# Tie-break between events of one key at the same millisecond.
+KIND_RANK = {"play": 0, "seek": 1, "heartbeat": 2, "pause": 3, "stop": 4}
+SEEK, PAUSE, STOP = KIND_RANK["seek"], KIND_RANK["pause"], KIND_RANK["stop"]
+KEY_SEPARATOR = "\x1f"
+
+
+class Heartbeat(msgspec.Struct, omit_defaults=True):
+    user_id: Identifier
+    video_id: Identifier
+    position_s: Annotated[float, Meta(ge=0)]
+    ts: EventTime
+    kind: Kind = "heartbeat"
+    event_id: str | None = None
+
+
+SEGMENTS = Table(
+    "video_segments",
+    columns=(
+        ("user_id", "TEXT"),
+        ("video_id", "TEXT"),
+        ("session_ms", "INTEGER"),
+        ("segment_no", "INTEGER"),
+        ("start_s", "REAL"),
+        ("end_s", "REAL"),
+    ),
+    key=("user_id", "video_id", "session_ms", "segment_no"),
+)
+PROGRESS = Table(
+    "video_progress",
+    columns=(
+        ("user_id", "TEXT"),
+        ("video_id", "TEXT"),
+        ("resume_position_s", "REAL"),
+        ("last_event_ms", "INTEGER"),
+        ("open_segments", "TEXT"),
+    ),
+    key=("user_id", "video_id"),
+)
+
+# A session accumulator: [session start ms, closed segments, current segment or None,
+# last event ms, last position]. Segments are [start_s, end_s].
+Acc = list[Any]
+
+
+class WatchedSegments:
+    """The `SessionFold` turning a (user, video) session into watched segments."""
+
+    def __init__(self, gap_s: float) -> None:
+        self.gap_s = gap_s
+        self._json = msgspec.json.Encoder()
+
+    def key(self, event: Heartbeat) -> str:
+        return event.user_id + KEY_SEPARATOR + event.video_id
+
+    def item(self, event: Heartbeat) -> list[Any]:
+        return [event_time_ms(event.ts), KIND_RANK[event.kind], event.position_s]
+
+    def start(self, item: list[Any]) -> Acc:
+        ts, rank, position = item
+        current = None if rank in (PAUSE, STOP) else [position, position]
+        return [ts, [], current, ts, position]
+
+    def step(self, acc: Acc, item: list[Any]) -> Acc:
+        ts, rank, position = item
+        session_ms, segments, current, last_ms, last_position = acc
+        if current is not None:
+            drift = (position - last_position) - (ts - last_ms) / 1000
+            if rank != SEEK and -self.gap_s <= drift <= self.gap_s:
+                current = [min(current[0], position), max(current[1], position)]
+                if rank in (PAUSE, STOP):
+                    segments, current = _close(segments, current), None
+            else:
+                segments = _close(segments, current)
+                current = None if rank in (PAUSE, STOP) else [position, position]
+        elif rank not in (PAUSE, STOP):
+            current = [position, position]
+        return [session_ms, segments, current, ts, position]
+
+    def closed(self, key: str, acc: Acc, rows: Rows) -> None:
+        user_id, video_id = key.split(KEY_SEPARATOR)
+        session_ms = acc[0]
+        segments = rows.setdefault(SEGMENTS.name, [])
+        for number, (start, end) in enumerate(session_segments(acc)):
+            segments.append((user_id, video_id, session_ms, number, start, end))
+        rows.setdefault(PROGRESS.name, []).append((user_id, video_id, acc[4], acc[3], "[]"))
+
+    def view(self, key: str, accs: list[Acc], rows: Rows) -> None:
+        user_id, video_id = key.split(KEY_SEPARATOR)
+        open_segments = [segment for acc in accs for segment in session_segments(acc)]
+        last = accs[-1]
+        rows.setdefault(PROGRESS.name, []).append(
+            (user_id, video_id, last[4], last[3], self._json.encode(open_segments).decode())
+        )
+
+
+def _close(segments: list[list[float]], segment: list[float]) -> list[list[float]]:
+    return [*segments, segment] if segment[1] > segment[0] else segments
+
+
+def session_segments(acc: Acc) -> list[list[float]]:
+    """A session's segments, the current one included if it has length."""
+    current = acc[2]
+    return _close(acc[1], current) if current is not None else acc[1]
+
+
+def merge_intervals(segments: list[list[float]] | list[tuple[float, float]]) -> list[list[float]]:
+    """The union of intervals, as sorted disjoint intervals (touching ones joined)."""
+    merged: list[list[float]] = []
+    for start, end in sorted(segments):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return merged
+
+
+class Progress(msgspec.Struct):
+    user_id: str
+    video_id: str
+    resume_position_s: float
+    watched_s: float
+    segments: list[list[float]]
+
+
+def progress(store: Store, user_id: str, video_id: str) -> Progress | None:
+    """Where to resume and what was watched, open sessions included."""
+    found = store.query(
+        "SELECT resume_position_s, open_segments FROM video_progress "
+        "WHERE user_id = ? AND video_id = ?",
+        (user_id, video_id),
+    )
+    if not found:
+        return None
+    resume, open_segments = found[0]
+    closed = store.query(
+        "SELECT start_s, end_s FROM video_segments WHERE user_id = ? AND video_id = ?",
+        (user_id, video_id),
+    )
+    return _progress(user_id, video_id, resume, closed, msgspec.json.decode(open_segments))
+
+
+def all_progress(store: Store) -> list[Progress]:
+    """Progress of every (user, video), sorted by key."""
+    closed: dict[tuple[str, str], list[Any]] = {}
+    for user_id, video_id, start, end in store.query(
+        "SELECT user_id, video_id, start_s, end_s FROM video_segments"
+    ):
+        closed.setdefault((user_id, video_id), []).append((start, end))
+    return [
+        _progress(user, video, resume, closed.get((user, video), []), msgspec.json.decode(open_))
+        for user, video, resume, open_ in store.query(
+            "SELECT user_id, video_id, resume_position_s, open_segments FROM video_progress "
+            "ORDER BY user_id, video_id"
+        )
+    ]
+
+
+def _progress(
+    user_id: str, video_id: str, resume: float, closed: list[Any], open_segments: list[Any]
+) -> Progress:
+    merged = merge_intervals([*map(tuple, closed), *map(tuple, open_segments)])
+    watched = sum(end - start for start, end in merged)
+    return Progress(user_id, video_id, resume, watched, merged)
+
+
+def create_app(settings: Settings) -> App:
+    heartbeats = Stream("heartbeats", Heartbeat, key="user_id", time="ts")
+    sessions = SessionWindows(
+        WatchedSegments(settings.session_gap_s), gap_ms=round(settings.session_gap_s * 1000)
+    )
+    return App(
+        "video",
+        streams=[heartbeats],
+        tables=[SEGMENTS, PROGRESS],
+        processors={heartbeats.name: sessions},
+    )

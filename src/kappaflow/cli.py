@@ -1,0 +1,122 @@
+"""The ``kappaflow`` command line."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from kappaflow.errors import KappaflowError
+from kappaflow.settings import Settings
+
+
+def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+    try:
+        return Settings.load(overrides=overrides)
+    except KappaflowError as error:
+        ctx.fail(str(error))
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def parse_partitions(text: str | None) -> list[int] | None:
+    """``0,2,5-7`` -> [0, 2, 5, 6, 7]."""
+    if not text:
+        return None
+    partitions: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        try:
+            partitions.extend(range(int(first), int(last or first) + 1))
+        except ValueError:
+            raise click.BadParameter(
+                f"expected numbers and ranges like 0,2,5-7, got {text!r}"
+            ) from None
+    return partitions
+
+
+def _stop_flag() -> Callable[[], bool]:
+    """A flag raised by SIGTERM or SIGINT: the worker finishes its batch, then stops."""
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return lambda: stopping
+
+
+@click.group()
+@click.version_option(package_name="kappaflow")
+def main() -> None:
+    """kappaflow: autoscaling streaming analytics (log -> stream workers -> SQL).
+
+    Settings come from KAPPAFLOW_* environment variables and the TOML file named by
+    KAPPAFLOW_CONFIG; options given here take precedence.
+    """
+
+
+@main.command()
+@click.option("--data-dir", help="Directory of the embedded log and store.")
+@click.option("--app", "app_name", default=None, help="App to run (default: the first one).")
+@click.option("--stream", "stream_name", default=None, help="Stream of the app.")
+@click.option("--partitions", help="Partitions to own, e.g. 0-3 or 0,2 (default: all).")
+@click.option("--until-caught-up", is_flag=True, help="Exit once the backlog is processed.")
+@click.option("-v", "--verbose", is_flag=True, help="Log each important event.")
+@click.pass_context
+def worker(
+    ctx: click.Context,
+    data_dir: str | None,
+    app_name: str | None,
+    stream_name: str | None,
+    partitions: str | None,
+    until_caught_up: bool,
+    verbose: bool,
+) -> None:
+    """Process partitions of a stream until stopped (SIGTERM or Ctrl-C finish the batch)."""
+    from kappaflow.app import load_apps
+    from kappaflow.log import open_log
+    from kappaflow.store import open_store
+    from kappaflow.stream.worker import Worker
+
+    _setup_logging(verbose)
+    settings = _settings(ctx, data_dir=data_dir)
+    owned = parse_partitions(partitions) or list(range(settings.partitions))
+    try:
+        apps = load_apps(settings)
+        app = next((a for a in apps if a.name == app_name), None) if app_name else apps[0]
+        if app is None:
+            ctx.fail(f"--app {app_name!r} is not among KAPPAFLOW_APPS {list(settings.apps)}")
+        stream = app.stream(stream_name) if stream_name else app.streams[0]
+        runner = Worker(app, stream, open_log(settings), open_store(settings), settings, owned)
+        runner.start()
+        runner.run(_stop_flag(), until_caught_up=until_caught_up)
+    except KappaflowError as error:
+        click.echo(f"kappaflow worker: {error}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--events", default=300_000, show_default=True, help="Heartbeats to simulate.")
+@click.option("--viewers", default=2_000, show_default=True, help="Concurrent viewers.")
+@click.option("--workers", default=2, show_default=True, help="Worker processes.")
+@click.option("--data-dir", help="Keep the data here instead of a temporary directory.")
+@click.pass_context
+def demo(ctx: click.Context, events: int, viewers: int, workers: int, data_dir: str | None) -> None:
+    """Run the pipeline end to end and check its results against the ground truth."""
+    from kappaflow.demo import run_demo
+
+    ok = run_demo(events=events, viewers=viewers, workers=workers, data_dir=data_dir)
+    sys.exit(0 if ok else 1)

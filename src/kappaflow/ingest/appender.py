@@ -1,0 +1,36 @@
+"""Encode validated events and append them to the log, each on the partition of its
+key. Event times are normalized to epoch milliseconds on the way in."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from kappaflow.app import Stream
+from kappaflow.log.base import Log
+from kappaflow.log.partitioner import partition_for
+
+
+class Appender:
+    def __init__(self, log: Log, stream: Stream, partitions: int) -> None:
+        self.log = log
+        self.stream = stream
+        self.partitions = partitions
+        self._encode = msgspec.json.Encoder().encode
+        log.create_topic(stream.name, partitions)
+
+    def append(self, events: Sequence[Any]) -> int:
+        """Append ``events``; returns how many. Durable when it returns (per the log)."""
+        by_partition: dict[int, list[bytes]] = {}
+        key, time_field = self.stream.key, self.stream.time
+        for event in events:
+            if isinstance(getattr(event, time_field), datetime):
+                event = msgspec.structs.replace(event, **{time_field: self.stream.time_of(event)})
+            partition = partition_for(getattr(event, key), self.partitions)
+            by_partition.setdefault(partition, []).append(self._encode(event))
+        for partition, values in by_partition.items():
+            self.log.append(self.stream.name, partition, values)
+        return len(events)

@@ -1,0 +1,38 @@
+"""The Log protocol: topics of partitions, each an append-only sequence of records
+addressed by offset. Backends live beside this module; only `open_log` names them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
+
+
+class RecordBatch(NamedTuple):
+    """Records read from one partition, in offset order."""
+
+    offsets: list[int]
+    values: list[bytes]
+    next_offset: int
+    """Where the next read of this partition starts."""
+
+
+class Log(Protocol):
+    def create_topic(self, topic: str, partitions: int) -> None:
+        """Create the topic if it does not exist; an existing topic must match."""
+
+    def partitions(self, topic: str) -> int:
+        """Number of partitions of an existing topic."""
+
+    def append(self, topic: str, partition: int, values: Sequence[bytes]) -> int:
+        """Append records durably; returns the offset of the first one."""
+
+    def read(self, topic: str, partition: int, offset: int, max_records: int) -> RecordBatch:
+        """Up to ``max_records`` durable records starting at ``offset`` (maybe none)."""
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        """Per partition, the offset the next appended record will get."""
+
+    def start_offsets(self, topic: str) -> dict[int, int]:
+        """Per partition, the lowest offset still held (retention deletes below it)."""
+
+    def close(self) -> None: ...

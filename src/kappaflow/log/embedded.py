@@ -1,0 +1,396 @@
+"""The embedded log: segment files on local disk, one writer process, many readers.
+
+Layout: ``<root>/<topic>/topic.json`` and, per partition, ``<root>/<topic>/<p>/``
+holding segments ``<base offset>.log`` with their ``<base offset>.index``.
+
+A segment is a sequence of records ``[u32 length][u32 crc32][value]``. After every
+append the writer makes the records durable (fsync, unless relaxed) and only then adds
+an index entry ``[u64 next offset][u64 byte position]``. Readers serve records up to
+the last index entry only, so they never see a record that is not durable, nor a tail
+torn by a crash. On open, the writer verifies the records after the last index entry,
+cuts a torn tail back to the last whole record and indexes what survives.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fcntl
+import itertools
+import json
+import os
+import struct
+import time
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from kappaflow.errors import LogCorrupted, LogError, LogUnavailable, OffsetOutOfRange
+from kappaflow.log.base import RecordBatch
+
+HEADER = struct.Struct("<II")
+ENTRY = struct.Struct("<QQ")
+_EMPTY = b""
+
+
+def _segment_name(base: int, suffix: str) -> str:
+    return f"{base:020d}{suffix}"
+
+
+class _Index:
+    """The index entries of one segment, loaded incrementally as the file grows."""
+
+    def __init__(self, path: Path, base: int) -> None:
+        self.path = path
+        self.base = base
+        self.offsets: list[int] = []
+        self.positions: list[int] = []
+        self._loaded_bytes = 0
+
+    def refresh(self) -> None:
+        try:
+            with self.path.open("rb") as file:
+                file.seek(self._loaded_bytes)
+                data = file.read()
+        except FileNotFoundError:
+            return
+        whole = len(data) - len(data) % ENTRY.size
+        for next_offset, position in ENTRY.iter_unpack(data[:whole]):
+            self.offsets.append(next_offset)
+            self.positions.append(position)
+        self._loaded_bytes += whole
+
+    @property
+    def end(self) -> int:
+        return self.offsets[-1] if self.offsets else self.base
+
+    def start_of(self, offset: int) -> tuple[int, int]:
+        """The last indexed (offset, position) at or before ``offset``."""
+        i = bisect.bisect_right(self.offsets, offset) - 1
+        return (self.offsets[i], self.positions[i]) if i >= 0 else (self.base, 0)
+
+    def position_after(self, offset: int) -> int:
+        """Byte position of the first indexed boundary at or after ``offset``."""
+        i = bisect.bisect_left(self.offsets, offset)
+        return self.positions[min(i, len(self.positions) - 1)]
+
+
+class _Partition:
+    """A reader's view of one partition directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.bases: list[int] = []
+        self.indexes: dict[int, _Index] = {}
+
+    def refresh_segments(self) -> None:
+        bases = sorted(int(name[:-4]) for name in os.listdir(self.path) if name.endswith(".log"))
+        self.bases = bases
+        for base in list(self.indexes):
+            if base not in bases:
+                del self.indexes[base]
+
+    def index(self, base: int) -> _Index:
+        if base not in self.indexes:
+            self.indexes[base] = _Index(self.path / _segment_name(base, ".index"), base)
+        index = self.indexes[base]
+        index.refresh()
+        return index
+
+    def end(self) -> int:
+        self.refresh_segments()
+        return self.index(self.bases[-1]).end if self.bases else 0
+
+    def read(self, offset: int, max_records: int) -> RecordBatch:
+        if not self.bases or offset >= self.index(self.bases[-1]).end:
+            self.refresh_segments()
+        if not self.bases:
+            return RecordBatch([], [], offset)
+        if offset < self.bases[0]:
+            raise OffsetOutOfRange(f"{self.path}: offset {offset} was deleted by retention")
+        base = self.bases[bisect.bisect_right(self.bases, offset) - 1]
+        index = self.index(base)
+        if offset >= index.end:
+            later = [b for b in self.bases if b > base]
+            if later and offset == index.end:
+                return self.read_segment(self.index(later[0]), offset, max_records)
+            if offset > index.end and base == self.bases[-1]:
+                raise OffsetOutOfRange(f"{self.path}: offset {offset} is past the end {index.end}")
+            return RecordBatch([], [], offset)
+        return self.read_segment(index, offset, max_records)
+
+    def read_segment(self, index: _Index, offset: int, max_records: int) -> RecordBatch:
+        first, start = index.start_of(offset)
+        stop = index.position_after(min(offset + max_records, index.end))
+        try:
+            with (self.path / _segment_name(index.base, ".log")).open("rb") as file:
+                file.seek(start)
+                data = file.read(stop - start)
+        except FileNotFoundError:
+            raise OffsetOutOfRange(f"{self.path}: offset {offset} was deleted") from None
+        values = _decode_records(data, skip=offset - first, limit=max_records, where=self.path)
+        return RecordBatch(list(range(offset, offset + len(values))), values, offset + len(values))
+
+
+def _decode_records(data: bytes, skip: int, limit: int, where: Path) -> list[bytes]:
+    values: list[bytes] = []
+    pos = 0
+    size = len(data)
+    unpack = HEADER.unpack_from
+    crc32 = zlib.crc32
+    while pos < size and len(values) < limit:
+        length, crc = unpack(data, pos)
+        pos += 8
+        value = data[pos : pos + length]
+        pos += length
+        if skip:
+            skip -= 1
+            continue
+        if len(value) != length or crc32(value) != crc:
+            raise LogCorrupted(f"{where}: record fails its checksum inside the durable log")
+        values.append(value)
+    return values
+
+
+def _scan_whole_records(data: bytes) -> tuple[int, int]:
+    """Count and byte length of the whole, checksum-valid records at the start of data."""
+    pos = count = 0
+    while pos + HEADER.size <= len(data):
+        length, crc = HEADER.unpack_from(data, pos)
+        end = pos + HEADER.size + length
+        if end > len(data) or zlib.crc32(data[pos + HEADER.size : end]) != crc:
+            break
+        pos = end
+        count += 1
+    return count, pos
+
+
+class _Writer:
+    """The single writer's handle on one partition: its active segment and index."""
+
+    def __init__(self, path: Path, segment_bytes: int, fsync: bool) -> None:
+        self.path = path
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        path.mkdir(parents=True, exist_ok=True)
+        bases = sorted(int(name[:-4]) for name in os.listdir(path) if name.endswith(".log"))
+        self.base = bases[-1] if bases else 0
+        self.next_offset, self.position = self._recover()
+        self.data = self._open(".log")
+        self.index = self._open(".index")
+
+    def _open(self, suffix: str) -> BinaryIO:
+        return (self.path / _segment_name(self.base, suffix)).open("ab")
+
+    def _recover(self) -> tuple[int, int]:
+        """Cut the active segment back to its last whole record and index it."""
+        log_path = self.path / _segment_name(self.base, ".log")
+        index_path = self.path / _segment_name(self.base, ".index")
+        log_path.touch()
+        size = log_path.stat().st_size
+        entries: list[tuple[int, int]] = []
+        if index_path.exists():
+            raw = index_path.read_bytes()
+            for entry in ENTRY.iter_unpack(raw[: len(raw) - len(raw) % ENTRY.size]):
+                if entry[1] > size or (entries and entry <= entries[-1]):
+                    break
+                entries.append(entry)
+        offset, position = entries[-1] if entries else (self.base, 0)
+        with log_path.open("r+b") as file:
+            file.seek(position)
+            count, length = _scan_whole_records(file.read())
+            if position + length < size:
+                file.truncate(position + length)
+            os.fsync(file.fileno())
+        if count:
+            entries.append((offset + count, position + length))
+        with index_path.open("wb") as file:
+            file.write(b"".join(ENTRY.pack(*entry) for entry in entries))
+            os.fsync(file.fileno())
+        return offset + count, position + length
+
+    def append(self, values: Sequence[bytes]) -> int:
+        if self.position >= self.segment_bytes:
+            self._roll()
+        crc32 = zlib.crc32
+        pack = HEADER.pack
+        frames = []
+        for value in values:
+            frames.append(pack(len(value), crc32(value)))
+            frames.append(value)
+        buffer = _EMPTY.join(frames)
+        first = self.next_offset
+        try:
+            self.data.write(buffer)
+            self.data.flush()
+            if self.fsync:
+                os.fdatasync(self.data.fileno())
+            self.position += len(buffer)
+            self.next_offset += len(values)
+            self.index.write(ENTRY.pack(self.next_offset, self.position))
+            self.index.flush()
+        except OSError as error:
+            self._reopen_after_failure()
+            raise LogUnavailable(f"{self.path}: cannot append: {error.strerror}") from error
+        return first
+
+    def _reopen_after_failure(self) -> None:
+        """Drop whatever a failed append left behind, so the tail stays whole."""
+        self.close()
+        self.next_offset, self.position = self._recover()
+        self.data = self._open(".log")
+        self.index = self._open(".index")
+
+    def _roll(self) -> None:
+        self.close()
+        self.base = self.next_offset
+        self.position = 0
+        self.data = self._open(".log")
+        self.index = self._open(".index")
+        if self.fsync:
+            directory = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+
+    def close(self) -> None:
+        self.data.close()
+        self.index.close()
+
+
+class EmbeddedLog:
+    """Segment-file log under ``root``. Open with ``writer=True`` in exactly one process."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        writer: bool = False,
+        fsync: Literal["batch", "never"] = "batch",
+        segment_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync == "batch"
+        self.segment_bytes = segment_bytes
+        self._lock: BinaryIO | None = None
+        self._writers: dict[tuple[str, int], _Writer] = {}
+        self._readers: dict[tuple[str, int], _Partition] = {}
+        self._partition_counts: dict[str, int] = {}
+        if writer:
+            self._lock = (self.root / "writer.lock").open("ab")
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._lock.close()
+                raise LogUnavailable(
+                    f"another process is already writing to the log at {self.root}"
+                ) from None
+            for meta in sorted(self.root.glob("*/topic.json")):
+                for partition in range(self.partitions(meta.parent.name)):
+                    self._writer(meta.parent.name, partition)
+
+    def create_topic(self, topic: str, partitions: int) -> None:
+        meta = self.root / topic / "topic.json"
+        if meta.exists():
+            existing = self.partitions(topic)
+            if existing != partitions:
+                raise LogError(
+                    f"topic {topic!r} has {existing} partitions, not {partitions}; "
+                    "the partition count of an existing topic cannot change"
+                )
+            return
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        for partition in range(partitions):
+            (meta.parent / str(partition)).mkdir(exist_ok=True)
+        temporary = meta.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps({"partitions": partitions}))
+        os.replace(temporary, meta)
+
+    def partitions(self, topic: str) -> int:
+        if topic not in self._partition_counts:
+            try:
+                meta = json.loads((self.root / topic / "topic.json").read_text())
+            except FileNotFoundError:
+                raise LogError(f"topic {topic!r} does not exist in {self.root}") from None
+            self._partition_counts[topic] = int(meta["partitions"])
+        return self._partition_counts[topic]
+
+    def _check(self, topic: str, partition: int) -> None:
+        count = self.partitions(topic)
+        if not 0 <= partition < count:
+            raise LogError(f"topic {topic!r} has no partition {partition} (it has {count})")
+
+    def append(self, topic: str, partition: int, values: Sequence[bytes]) -> int:
+        if self._lock is None:
+            raise LogError("this log was opened for reading; open it with writer=True to append")
+        return self._writer(topic, partition).append(values)
+
+    def _writer(self, topic: str, partition: int) -> _Writer:
+        """The partition's writer, recovering its tail the first time."""
+        key = (topic, partition)
+        if key not in self._writers:
+            self._check(topic, partition)
+            self._writers[key] = _Writer(
+                self.root / topic / str(partition), self.segment_bytes, self.fsync
+            )
+        return self._writers[key]
+
+    def _reader(self, topic: str, partition: int) -> _Partition:
+        key = (topic, partition)
+        if key not in self._readers:
+            self._check(topic, partition)
+            self._readers[key] = _Partition(self.root / topic / str(partition))
+        return self._readers[key]
+
+    def read(self, topic: str, partition: int, offset: int, max_records: int) -> RecordBatch:
+        return self._reader(topic, partition).read(offset, max_records)
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        return {p: self._reader(topic, p).end() for p in range(self.partitions(topic))}
+
+    def start_offsets(self, topic: str) -> dict[int, int]:
+        starts = {}
+        for partition in range(self.partitions(topic)):
+            reader = self._reader(topic, partition)
+            reader.refresh_segments()
+            starts[partition] = reader.bases[0] if reader.bases else 0
+        return starts
+
+    def apply_retention(
+        self,
+        topic: str,
+        safe_offsets: dict[int, int],
+        max_bytes: int,
+        max_age_s: float,
+        now: float | None = None,
+    ) -> int:
+        """Delete whole segments that are over the size or age limit and lie entirely
+        below ``safe_offsets[p]`` (the lowest offset any consumer still needs).
+        The active segment is never deleted. Returns the number of segments deleted."""
+        now = time.time() if now is None else now
+        deleted = 0
+        for partition, safe in safe_offsets.items():
+            path = self.root / topic / str(partition)
+            bases = sorted(int(n[:-4]) for n in os.listdir(path) if n.endswith(".log"))
+            sizes = {b: (path / _segment_name(b, ".log")).stat() for b in bases}
+            total = sum(s.st_size for s in sizes.values())
+            for base, following in itertools.pairwise(bases):
+                over_size = max_bytes > 0 and total > max_bytes
+                too_old = max_age_s > 0 and now - sizes[base].st_mtime > max_age_s
+                if following > safe or not (over_size or too_old):
+                    break
+                for suffix in (".log", ".index"):
+                    (path / _segment_name(base, suffix)).unlink(missing_ok=True)
+                total -= sizes[base].st_size
+                deleted += 1
+        return deleted
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None

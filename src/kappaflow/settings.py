@@ -1,0 +1,132 @@
+"""The one settings object, read once at start-up from defaults, an optional TOML
+file (``KAPPAFLOW_CONFIG``) and ``KAPPAFLOW_*`` environment variables, in that order
+of precedence. Nothing else in kappaflow reads the environment."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from kappaflow.errors import SettingsError
+
+PREFIX = "KAPPAFLOW_"
+CONFIG_VARIABLE = "KAPPAFLOW_CONFIG"
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+NonNegativeInt = Annotated[int, Meta(ge=0)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+NonNegativeFloat = Annotated[float, Meta(ge=0)]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every knob of a kappaflow deployment. Field ``x`` is variable ``KAPPAFLOW_X``."""
+
+    data_dir: str = "kappaflow-data"
+    """Directory of the embedded log and the SQLite store."""
+    apps: tuple[str, ...] = ("video",)
+    """Apps to run: built-in names or importable modules, comma-separated in the environment."""
+    partitions: PositiveInt = 8
+    """Partitions of each stream's topic."""
+    log: Literal["embedded"] = "embedded"
+    store: Literal["sqlite"] = "sqlite"
+    log_fsync: Literal["batch", "never"] = "batch"
+    """``batch``: every append is on disk before it returns. ``never``: leave flushing to
+    the operating system (faster; a power loss can drop acknowledged events)."""
+    log_segment_bytes: Annotated[int, Meta(ge=4096)] = 64 * 1024 * 1024
+    log_retention_bytes: NonNegativeInt = 0
+    """Per partition; 0 keeps everything. Only data every consumer has committed is deleted."""
+    log_retention_hours: NonNegativeFloat = 168.0
+    """Segments older than this may be deleted once consumed; 0 disables age retention."""
+    batch_max_events: PositiveInt = 20_000
+    """Most records a worker reads from one partition per batch."""
+    poll_interval_ms: PositiveInt = 50
+    """How long an idle worker waits before polling the log again."""
+    allowed_lateness_s: NonNegativeFloat = 30.0
+    """Events older than the partition's highest event time minus this are dead-lettered."""
+    session_gap_s: PositiveFloat = 10.0
+    """A viewing session ends after this much event time without a heartbeat."""
+    idle_timeout_s: PositiveFloat = 30.0
+    """Wall-clock time without new records after which a partition's open sessions close."""
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_path / "kappaflow.db"
+
+    @classmethod
+    def load(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Settings:
+        """Defaults < TOML file named by ``KAPPAFLOW_CONFIG`` < environment < overrides."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, tuple[str, Any]] = {}
+        if config := environ.get(CONFIG_VARIABLE):
+            for key, value in _read_toml(Path(config)).items():
+                values[key] = (f"{key} in {config}", value)
+        for name, value in environ.items():
+            if name.startswith(PREFIX) and name != CONFIG_VARIABLE:
+                values[name[len(PREFIX) :].lower()] = (name, value)
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                values[key] = (f"--{key.replace('_', '-')}", value)
+        return cls(**{key: _convert(key, source, value) for key, (source, value) in values.items()})
+
+    def replace(self, **changes: Any) -> Settings:
+        return msgspec.structs.replace(self, **changes)
+
+
+_HINTS = typing.get_type_hints(Settings, include_extras=True)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except OSError as error:
+        raise SettingsError(f"{CONFIG_VARIABLE}: cannot read {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError(f"{CONFIG_VARIABLE}: {path} is not valid TOML: {error}") from None
+
+
+def _convert(key: str, source: str, value: Any) -> Any:
+    if key not in _HINTS:
+        known = ", ".join(PREFIX + name.upper() for name in _HINTS)
+        raise SettingsError(f"unknown setting {source}; known settings: {known}")
+    hint = _HINTS[key]
+    if isinstance(value, str) and typing.get_origin(hint) is tuple:
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    try:
+        return msgspec.convert(value, hint, strict=False)
+    except msgspec.ValidationError as error:
+        raise SettingsError(
+            f"{source} must be {_expectation(hint, error)}, got {value!r}"
+        ) from None
+
+
+def _expectation(hint: Any, error: msgspec.ValidationError) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(hint)))
+    message = str(error).split(" - at ")[0].split(", got ")[0].removeprefix("Expected ")
+    for type_name, words in _TYPE_WORDS.items():
+        message = message.replace(type_name, words)
+    return message
+
+
+_TYPE_WORDS = {
+    "`int`": "an integer",
+    "`float`": "a number",
+    "`str`": "a string",
+    "`bool`": "true or false",
+}

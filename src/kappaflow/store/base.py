@@ -1,0 +1,77 @@
+"""The Store protocol: result tables, operator state and per-partition committed
+offsets with an ownership generation, all written in one transaction per batch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, NamedTuple, Protocol
+
+import msgspec
+
+ColumnType = Literal["TEXT", "INTEGER", "REAL"]
+
+
+class Table(msgspec.Struct, frozen=True):
+    """A result table. ``mode='replace'``: a written row replaces the stored one with the
+    same key. ``mode='add'``: its non-key columns are added to the stored ones."""
+
+    name: str
+    columns: tuple[tuple[str, ColumnType], ...]
+    key: tuple[str, ...]
+    mode: Literal["replace", "add"] = "replace"
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.columns)
+
+
+class Claim(NamedTuple):
+    """What a worker gets when it takes a partition over."""
+
+    generation: int
+    next_offset: int
+    state: bytes | None
+
+
+class PartitionCommit(NamedTuple):
+    partition: int
+    generation: int
+    next_offset: int
+    state: bytes
+
+
+class DeadLetter(NamedTuple):
+    partition: int
+    offset: int
+    reason: str
+    payload: bytes
+
+
+class Store(Protocol):
+    def create_tables(self, tables: Sequence[Table]) -> None:
+        """Create the result tables (and the store's own) if missing."""
+
+    def claim(self, group: str, partitions: Sequence[int]) -> dict[int, Claim]:
+        """Take ownership of partitions for consumer ``group``: bumps each generation,
+        which fences every earlier owner, and returns the committed offset and state."""
+
+    def commit(
+        self,
+        group: str,
+        partitions: Sequence[PartitionCommit],
+        rows: Mapping[str, Sequence[tuple[Any, ...]]],
+        dead_letters: Sequence[DeadLetter] = (),
+    ) -> None:
+        """Write rows, dead letters, state and next offsets atomically. Raises
+        `StaleOwnership`, writing nothing, if any partition's generation moved on."""
+
+    def committed_offsets(self, group: str) -> dict[int, int]:
+        """Per partition, the next offset ``group`` will process."""
+
+    def dead_letters(self, group: str) -> list[tuple[int, int, str, bytes]]:
+        """(partition, offset, reason, payload) of every dead letter of ``group``."""
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only SQL query against the result tables."""
+
+    def close(self) -> None: ...

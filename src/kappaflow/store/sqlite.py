@@ -1,0 +1,175 @@
+"""The SQLite store (WAL mode): the embedded default. Worker processes share one
+database file; ``BEGIN IMMEDIATE`` serializes their commits."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
+from kappaflow.store.base import Claim, DeadLetter, PartitionCommit, Table
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS kf_partitions (
+    grp TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    state BLOB,
+    PRIMARY KEY (grp, partition)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kf_dead_letters (
+    grp TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    "offset" INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (grp, partition, "offset")
+) WITHOUT ROWID;
+"""
+
+
+def upsert_sql(table: Table) -> str:
+    """INSERT ... ON CONFLICT for a table's mode (SQL shared by SQLite and PostgreSQL)."""
+    names = table.column_names
+    columns = ", ".join(names)
+    marks = ", ".join("?" for _ in names)
+    values = [n for n in names if n not in table.key]
+    if not values:
+        return f"INSERT INTO {table.name} ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING"
+    if table.mode == "add":
+        sets = ", ".join(f"{n} = {table.name}.{n} + excluded.{n}" for n in values)
+    else:
+        sets = ", ".join(f"{n} = excluded.{n}" for n in values)
+    key = ", ".join(table.key)
+    return (
+        f"INSERT INTO {table.name} ({columns}) VALUES ({marks}) "
+        f"ON CONFLICT ({key}) DO UPDATE SET {sets}"
+    )
+
+
+def create_sql(table: Table) -> str:
+    columns = ", ".join(f"{name} {kind}" for name, kind in table.columns)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table.name} "
+        f"({columns}, PRIMARY KEY ({', '.join(table.key)})) WITHOUT ROWID"
+    )
+
+
+class SQLiteStore:
+    def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, timeout=busy_timeout_s, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # With WAL, NORMAL keeps the database consistent across crashes; a power loss
+            # may roll back the last commits, which then rerun from the log.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"SQLite store {self.path}: {error}") from error
+        self._upserts: dict[str, str] = {}
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        cursor = self._db.cursor()
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                yield cursor
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
+        except sqlite3.OperationalError as error:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise StoreUnavailable(f"SQLite store {self.path}: {error}") from error
+        except sqlite3.Error as error:
+            raise StoreError(f"SQLite store {self.path}: {error}") from error
+
+    def _read(self, action: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return action(self._db)
+        except sqlite3.OperationalError as error:
+            raise StoreUnavailable(f"SQLite store {self.path}: {error}") from error
+
+    def create_tables(self, tables: Sequence[Table]) -> None:
+        with self._transaction() as cursor:
+            for table in tables:
+                cursor.execute(create_sql(table))
+                self._upserts[table.name] = upsert_sql(table)
+
+    def claim(self, group: str, partitions: Sequence[int]) -> dict[int, Claim]:
+        claims = {}
+        with self._transaction() as cursor:
+            for partition in partitions:
+                cursor.execute(
+                    "INSERT INTO kf_partitions VALUES (?, ?, 1, 0, NULL) "
+                    "ON CONFLICT (grp, partition) DO UPDATE SET generation = generation + 1 "
+                    "RETURNING generation, next_offset, state",
+                    (group, partition),
+                )
+                claims[partition] = Claim(*cursor.fetchone())
+        return claims
+
+    def commit(
+        self,
+        group: str,
+        partitions: Sequence[PartitionCommit],
+        rows: Mapping[str, Sequence[tuple[Any, ...]]],
+        dead_letters: Sequence[DeadLetter] = (),
+    ) -> None:
+        with self._transaction() as cursor:
+            for commit in partitions:
+                found = cursor.execute(
+                    "SELECT generation FROM kf_partitions WHERE grp = ? AND partition = ?",
+                    (group, commit.partition),
+                ).fetchone()
+                if found is None or found[0] != commit.generation:
+                    raise StaleOwnership(
+                        f"{group} partition {commit.partition}: generation {commit.generation} "
+                        f"is stale (current {found[0] if found else None}); another worker owns it"
+                    )
+                cursor.execute(
+                    "UPDATE kf_partitions SET next_offset = ?, state = ? "
+                    "WHERE grp = ? AND partition = ?",
+                    (commit.next_offset, commit.state, group, commit.partition),
+                )
+            for name, table_rows in rows.items():
+                if table_rows:
+                    cursor.executemany(self._upserts[name], table_rows)
+            if dead_letters:
+                cursor.executemany(
+                    "INSERT OR REPLACE INTO kf_dead_letters VALUES (?, ?, ?, ?, ?)",
+                    [(group, *letter) for letter in dead_letters],
+                )
+
+    def committed_offsets(self, group: str) -> dict[int, int]:
+        found = self._read(
+            lambda db: db.execute(
+                "SELECT partition, next_offset FROM kf_partitions WHERE grp = ?", (group,)
+            ).fetchall()
+        )
+        return dict(found)
+
+    def dead_letters(self, group: str) -> list[tuple[int, int, str, bytes]]:
+        return self.query(
+            'SELECT partition, "offset", reason, payload FROM kf_dead_letters '
+            'WHERE grp = ? ORDER BY partition, "offset"',
+            (group,),
+        )
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._read(lambda db: db.execute(sql, params).fetchall())
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,1 @@
+"""Stream processing: the worker loop and the library's operators."""

@@ -1,0 +1,179 @@
+"""Session windows: per key, events are ordered by event time, held until the
+watermark passes them, and grouped into sessions that end after ``gap_ms`` of event
+time without an event. A `SessionFold` says what a session accumulates and which
+rows it yields, both for closed sessions and for the still-open view of a key.
+
+Items are lists whose first element is the event time in milliseconds; the rest
+breaks ties, so the order of a key's items depends on their content only, never on
+arrival. An item equal to one still pending is a duplicate and is refused.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from typing import Any, Protocol
+
+import msgspec
+
+from kappaflow.app import Batch, Output
+
+Rows = dict[str, list[tuple[Any, ...]]]
+
+
+class SessionFold(Protocol):
+    def key(self, event: Any) -> str:
+        """The session key of an event."""
+
+    def item(self, event: Any) -> list[Any]:
+        """The event as a sortable list, event time (ms) first."""
+
+    def start(self, item: list[Any]) -> Any:
+        """The accumulator of a session opened by ``item``."""
+
+    def step(self, acc: Any, item: list[Any]) -> Any:
+        """The accumulator after ``item``; must not modify ``acc``."""
+
+    def closed(self, key: str, acc: Any, rows: Rows) -> None:
+        """Add the rows of a session that has ended for good."""
+
+    def view(self, key: str, accs: list[Any], rows: Rows) -> None:
+        """Add the rows showing the key's sessions not yet closed (provisional)."""
+
+
+class KeyState(msgspec.Struct, array_like=True):
+    acc: Any = None
+    """The open session, or None."""
+    last_ms: int = 0
+    """Event time of the open session's last item."""
+    pending: list[Any] = []
+    """Items not yet passed by the watermark, sorted."""
+
+
+class SessionState:
+    """Per-partition state: each key's open session and pending items. The heap of
+    (due watermark, key) finds the keys the watermark has reached; it is derived from
+    the keys on restore, and ``scheduled`` marks each key's one valid heap entry."""
+
+    def __init__(self, keys: dict[str, KeyState], gap_ms: int) -> None:
+        self.keys = keys
+        self.heap: list[tuple[int, str]] = []
+        self.scheduled: dict[str, int] = {}
+        for key, state in keys.items():
+            self.schedule(key, _due(state, gap_ms))
+
+    def schedule(self, key: str, due: int) -> None:
+        if due < self.scheduled.get(key, _NEVER + 1):
+            self.scheduled[key] = due
+            heapq.heappush(self.heap, (due, key))
+
+
+_NEVER = 1 << 62
+
+
+def _due(state: KeyState, gap_ms: int) -> int:
+    """The lowest watermark at which this key has work to do."""
+    due = state.pending[0][0] + 1 if state.pending else _NEVER
+    if state.acc is not None:
+        due = min(due, state.last_ms + gap_ms + 1)
+    return due
+
+
+class SessionWindows:
+    """A `Processor` running session windows with ``fold``."""
+
+    def __init__(self, fold: SessionFold, gap_ms: int) -> None:
+        self.fold = fold
+        self.gap_ms = gap_ms
+        self._decoder = msgspec.msgpack.Decoder(dict[str, KeyState])
+        self._encoder = msgspec.msgpack.Encoder()
+
+    def initial_state(self) -> SessionState:
+        return SessionState({}, self.gap_ms)
+
+    def encode(self, state: SessionState) -> bytes:
+        return self._encoder.encode(state.keys)
+
+    def decode(self, data: bytes) -> SessionState:
+        return SessionState(self._decoder.decode(data), self.gap_ms)
+
+    def process(self, state: SessionState, batch: Batch) -> Output[SessionState]:
+        keys, heap, fold, scheduled = state.keys, state.heap, self.fold, state.scheduled
+        touched: set[str] = set()
+        duplicates: list[tuple[int, str]] = []
+        for offset, event in zip(batch.offsets, batch.events, strict=True):
+            key = fold.key(event)
+            item = fold.item(event)
+            current = keys.get(key)
+            if current is None:
+                keys[key] = KeyState(None, 0, [item])
+            else:
+                pending = current.pending
+                if not pending or item > pending[-1]:
+                    pending.append(item)
+                elif item in pending:
+                    duplicates.append((offset, "duplicate"))
+                    continue
+                else:
+                    bisect.insort(pending, item)
+            touched.add(key)
+            state.schedule(key, item[0] + 1)
+
+        rows: Rows = {}
+        watermark = batch.watermark_ms
+        while heap and heap[0][0] <= watermark:
+            due, key = heapq.heappop(heap)
+            if scheduled.get(key) != due:
+                continue
+            del scheduled[key]
+            current = keys[key]
+            if self._advance(key, current, watermark, rows):
+                touched.add(key)
+            if current.acc is None and not current.pending:
+                del keys[key]
+            else:
+                state.schedule(key, _due(current, self.gap_ms))
+
+        for key in touched:
+            current = keys.get(key)
+            if current is not None:
+                fold.view(key, self._provisional(current), rows)
+        return Output(state, rows, duplicates)
+
+    def _advance(self, key: str, state: KeyState, watermark: int, rows: Rows) -> bool:
+        """Fold the items the watermark has passed; close the session if it ended.
+        Returns whether a session closed."""
+        fold, gap = self.fold, self.gap_ms
+        acc, last, pending = state.acc, state.last_ms, state.pending
+        closed = False
+        released = 0
+        for item in pending:
+            if item[0] >= watermark:
+                break
+            if acc is not None and item[0] - last > gap:
+                fold.closed(key, acc, rows)
+                acc, closed = None, True
+            acc = fold.start(item) if acc is None else fold.step(acc, item)
+            last = item[0]
+            released += 1
+        del pending[:released]
+        if acc is not None and last + gap < watermark:
+            fold.closed(key, acc, rows)
+            acc, closed = None, True
+        state.acc, state.last_ms = acc, last
+        return closed
+
+    def _provisional(self, state: KeyState) -> list[Any]:
+        """The key's sessions as they stand, pending items included."""
+        fold, gap = self.fold, self.gap_ms
+        accs = []
+        acc, last = state.acc, state.last_ms
+        for item in state.pending:
+            if acc is not None and item[0] - last > gap:
+                accs.append(acc)
+                acc = None
+            acc = fold.start(item) if acc is None else fold.step(acc, item)
+            last = item[0]
+        if acc is not None:
+            accs.append(acc)
+        return accs

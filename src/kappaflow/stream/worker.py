@@ -1,0 +1,244 @@
+"""The stream worker: owns a set of partitions of one app's stream and, batch after
+batch, reads records from the log, decodes them, drops late ones to the dead-letter
+table, runs the app's processor, and commits result rows, processor state and next
+offsets in one store transaction. The store, not the log, holds the truth about
+progress, so a worker killed at any point resumes exactly where its last commit ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from kappaflow.app import App, Batch, Processor, Stream
+from kappaflow.log.base import Log
+from kappaflow.settings import Settings
+from kappaflow.store.base import DeadLetter, PartitionCommit, Store
+
+log = logging.getLogger("kappaflow.worker")
+
+_META = struct.Struct("<qq")
+_NO_EVENT = -(1 << 62)
+
+
+@dataclass
+class PartitionRun:
+    """What a worker knows of one partition it owns."""
+
+    partition: int
+    generation: int
+    next_offset: int
+    state: Any
+    max_event_ms: int = _NO_EVENT
+    """Highest event time seen on the partition."""
+    floor_ms: int = _NO_EVENT
+    """A lower bound the watermark has been raised to after an idle period."""
+    last_record_at: float = field(default_factory=time.monotonic)
+    idle_flushed: bool = False
+
+    def watermark(self, lateness_ms: int) -> int:
+        return max(self.floor_ms, self.max_event_ms - lateness_ms)
+
+
+@dataclass
+class WorkerStats:
+    events: int = 0
+    late: int = 0
+    undecodable: int = 0
+    refused: int = 0
+    commits: int = 0
+
+
+class Worker:
+    """Processes ``partitions`` of ``stream`` with the app's processor."""
+
+    def __init__(
+        self,
+        app: App,
+        stream: Stream,
+        log: Log,
+        store: Store,
+        settings: Settings,
+        partitions: Sequence[int],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.app = app
+        self.stream = stream
+        self.log = log
+        self.store = store
+        self.settings = settings
+        self.group = app.group(stream)
+        self.processor: Processor[Any] = app.processors[stream.name]
+        self.partitions = list(partitions)
+        self.clock = clock
+        self.lateness_ms = round(settings.allowed_lateness_s * 1000)
+        self.idle_ms = round(settings.idle_timeout_s * 1000)
+        self.stats = WorkerStats()
+        self.runs: dict[int, PartitionRun] = {}
+        self._batch_decoder = msgspec.json.Decoder(list[stream.schema])
+        self._decoder = msgspec.json.Decoder(stream.schema)
+
+    def start(self) -> None:
+        """Claim the partitions (fencing earlier owners) and restore their state."""
+        self.log.create_topic(self.stream.name, self.settings.partitions)
+        self.store.create_tables(self.app.tables)
+        for partition, claim in self.store.claim(self.group, self.partitions).items():
+            run = PartitionRun(partition, claim.generation, claim.next_offset, None)
+            if claim.state is None:
+                run.state = self.processor.initial_state()
+            else:
+                run.max_event_ms, run.floor_ms = _META.unpack_from(claim.state)
+                run.state = self.processor.decode(claim.state[_META.size :])
+            run.last_record_at = self.clock()
+            self.runs[partition] = run
+        log.info(
+            "worker for %s owns partitions %s at offsets %s",
+            self.group,
+            self.partitions,
+            {p: r.next_offset for p, r in self.runs.items()},
+        )
+
+    def poll(self) -> int:
+        """One cycle over the owned partitions: returns how many records it committed."""
+        commits: list[PartitionCommit] = []
+        rows: dict[str, list[tuple[Any, ...]]] = {}
+        dead: list[DeadLetter] = []
+        records = 0
+        now = self.clock()
+        for run in self.runs.values():
+            batch = self.log.read(
+                self.stream.name, run.partition, run.next_offset, self.settings.batch_max_events
+            )
+            if batch.values:
+                run.last_record_at, run.idle_flushed = now, False
+                self._process(run, batch.offsets, batch.values, rows, dead)
+                run.next_offset = batch.next_offset
+                records += len(batch.values)
+            elif self._idle(run, now):
+                self._run_processor(run, [], [], rows, dead)
+            else:
+                continue
+            commits.append(
+                PartitionCommit(
+                    run.partition,
+                    run.generation,
+                    run.next_offset,
+                    _META.pack(run.max_event_ms, run.floor_ms) + self.processor.encode(run.state),
+                )
+            )
+        if commits:
+            self.store.commit(self.group, commits, rows, dead)
+            self.stats.commits += 1
+            self.stats.events += records
+        return records
+
+    def _idle(self, run: PartitionRun, now: float) -> bool:
+        """After ``idle_timeout_s`` without records, the partition's event clock moves
+        on by that much, so its open sessions close instead of waiting forever."""
+        if run.idle_flushed or run.max_event_ms == _NO_EVENT:
+            return False
+        if (now - run.last_record_at) * 1000 < self.idle_ms:
+            return False
+        run.floor_ms = max(run.floor_ms, run.max_event_ms + self.idle_ms)
+        run.idle_flushed = True
+        return True
+
+    def _process(
+        self,
+        run: PartitionRun,
+        offsets: list[int],
+        values: list[bytes],
+        rows: dict[str, list[tuple[Any, ...]]],
+        dead: list[DeadLetter],
+    ) -> None:
+        events = self._decode(run.partition, offsets, values, dead)
+        on_time_offsets: list[int] = []
+        on_time: list[Any] = []
+        time_of = self.stream.time_of
+        lateness = self.lateness_ms
+        max_event, floor = run.max_event_ms, run.floor_ms
+        watermark = max(floor, max_event - lateness)
+        for offset, value, event in zip(offsets, values, events, strict=True):
+            if event is None:
+                continue
+            event_ms = time_of(event)
+            if event_ms < watermark:
+                dead.append(
+                    DeadLetter(
+                        run.partition,
+                        offset,
+                        f"late: event time {event_ms} is below the watermark {watermark}",
+                        value,
+                    )
+                )
+                self.stats.late += 1
+                continue
+            on_time_offsets.append(offset)
+            on_time.append(event)
+            if event_ms > max_event:
+                max_event = event_ms
+                watermark = max(floor, max_event - lateness)
+        run.max_event_ms = max_event
+        self._run_processor(run, on_time_offsets, on_time, rows, dead, (offsets, values))
+
+    def _run_processor(
+        self,
+        run: PartitionRun,
+        offsets: list[int],
+        events: list[Any],
+        rows: dict[str, list[tuple[Any, ...]]],
+        dead: list[DeadLetter],
+        records: tuple[list[int], list[bytes]] = ([], []),
+    ) -> None:
+        batch = Batch(run.partition, offsets, events, run.watermark(self.lateness_ms))
+        output = self.processor.process(run.state, batch)
+        run.state = output.state
+        for table, table_rows in output.rows.items():
+            rows.setdefault(table, []).extend(table_rows)
+        if output.dead_letters:
+            payloads = dict(zip(*records, strict=True))
+            for offset, reason in output.dead_letters:
+                dead.append(DeadLetter(run.partition, offset, reason, payloads[offset]))
+            self.stats.refused += len(output.dead_letters)
+
+    def _decode(
+        self, partition: int, offsets: list[int], values: list[bytes], dead: list[DeadLetter]
+    ) -> list[Any]:
+        """Decode a batch in one call; if any record is bad, decode one by one and
+        dead-letter the bad ones (None in their place)."""
+        try:
+            events = self._batch_decoder.decode(b"[" + b",".join(values) + b"]")
+            if len(events) == len(values):
+                return events
+        except msgspec.DecodeError:
+            pass
+        events = []
+        for offset, value in zip(offsets, values, strict=True):
+            try:
+                events.append(self._decoder.decode(value))
+            except msgspec.DecodeError as error:
+                events.append(None)
+                dead.append(DeadLetter(partition, offset, f"undecodable: {error}", value))
+                self.stats.undecodable += 1
+        return events
+
+    def run(self, should_stop: Callable[[], bool], until_caught_up: bool = False) -> None:
+        """Poll until ``should_stop()``; with ``until_caught_up``, also stop once every
+        owned partition is processed up to the log's end."""
+        pause = self.settings.poll_interval_ms / 1000
+        while not should_stop():
+            if self.poll():
+                continue
+            if until_caught_up and self.caught_up():
+                return
+            time.sleep(pause)
+
+    def caught_up(self) -> bool:
+        ends = self.log.end_offsets(self.stream.name)
+        return all(run.next_offset >= ends[p] for p, run in self.runs.items())

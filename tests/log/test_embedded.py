@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import multiprocessing
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from kappaflow.errors import LogCorrupted, LogError, LogUnavailable, OffsetOutOfRange
+from kappaflow.log.embedded import HEADER, EmbeddedLog
+
+
+def values(start: int, count: int) -> list[bytes]:
+    return [f'{{"n": {n}}}'.encode() for n in range(start, start + count)]
+
+
+@pytest.fixture
+def log(tmp_path: Path):
+    log = EmbeddedLog(tmp_path / "log", writer=True, segment_bytes=4096)
+    log.create_topic("t", 3)
+    yield log
+    log.close()
+
+
+def test_append_returns_offsets_and_reads_back(log: EmbeddedLog) -> None:
+    assert log.append("t", 0, values(0, 5)) == 0
+    assert log.append("t", 0, values(5, 3)) == 5
+    assert log.append("t", 1, values(0, 1)) == 0
+    batch = log.read("t", 0, 2, 100)
+    assert batch.offsets == list(range(2, 8))
+    assert batch.values == values(2, 6)
+    assert batch.next_offset == 8
+    assert log.end_offsets("t") == {0: 8, 1: 1, 2: 0}
+    assert log.read("t", 2, 0, 10).values == []
+
+
+def test_read_spans_rolled_segments(log: EmbeddedLog) -> None:
+    for start in range(0, 2000, 100):
+        log.append("t", 0, values(start, 100))
+    segments = sorted((log.root / "t" / "0").glob("*.log"))
+    assert len(segments) > 3
+    seen: list[bytes] = []
+    offset = 0
+    while offset < 2000:
+        batch = log.read("t", 0, offset, 137)
+        assert batch.offsets[0] == offset
+        seen.extend(batch.values)
+        offset = batch.next_offset
+    assert seen == values(0, 2000)
+
+
+def test_reader_in_other_instance_sees_appends(log: EmbeddedLog, tmp_path: Path) -> None:
+    reader = EmbeddedLog(tmp_path / "log")
+    assert reader.end_offsets("t")[0] == 0
+    log.append("t", 0, values(0, 10))
+    assert reader.end_offsets("t")[0] == 10
+    assert reader.read("t", 0, 7, 10).values == values(7, 3)
+    with pytest.raises(LogError, match="opened for reading"):
+        reader.append("t", 0, values(0, 1))
+
+
+def test_second_writer_is_refused(log: EmbeddedLog, tmp_path: Path) -> None:
+    with pytest.raises(LogUnavailable, match="another process is already writing"):
+        EmbeddedLog(tmp_path / "log", writer=True)
+
+
+def test_topic_partition_count_cannot_change(log: EmbeddedLog) -> None:
+    log.create_topic("t", 3)
+    with pytest.raises(LogError, match="has 3 partitions, not 5"):
+        log.create_topic("t", 5)
+    with pytest.raises(LogError, match="no partition 3"):
+        log.append("t", 3, values(0, 1))
+    with pytest.raises(LogError, match="does not exist"):
+        log.read("missing", 0, 0, 1)
+
+
+def test_torn_tail_is_never_served_and_cut_on_open(tmp_path: Path) -> None:
+    root = tmp_path / "log"
+    log = EmbeddedLog(root, writer=True)
+    log.create_topic("t", 1)
+    log.append("t", 0, values(0, 4))
+    log.close()
+    segment = root / "t" / "0" / f"{0:020d}.log"
+    whole = values(4, 2)
+    torn = HEADER.pack(100, 0) + b'{"n": 6'  # a crash in the middle of a record
+    with segment.open("ab") as file:  # records written but never indexed, then torn
+        for value in whole:
+            file.write(HEADER.pack(len(value), __import__("zlib").crc32(value)) + value)
+        file.write(torn)
+    reader = EmbeddedLog(root)
+    assert reader.read("t", 0, 0, 100).values == values(0, 4), "unindexed tail served"
+
+    log = EmbeddedLog(root, writer=True)
+    assert log.append("t", 0, values(100, 1)) == 6, "whole records kept, torn one cut"
+    assert reader.read("t", 0, 0, 100).values == [*values(0, 6), *values(100, 1)]
+    log.close()
+
+
+def test_corrupt_record_inside_durable_log_raises(log: EmbeddedLog) -> None:
+    log.append("t", 0, values(0, 3))
+    segment = log.root / "t" / "0" / f"{0:020d}.log"
+    data = bytearray(segment.read_bytes())
+    data[HEADER.size + 2] ^= 0xFF
+    segment.write_bytes(bytes(data))
+    with pytest.raises(LogCorrupted):
+        log.read("t", 0, 0, 10)
+
+
+def test_index_entries_past_the_data_are_dropped_on_open(tmp_path: Path) -> None:
+    root = tmp_path / "log"
+    log = EmbeddedLog(root, writer=True, fsync="never")
+    log.create_topic("t", 1)
+    log.append("t", 0, values(0, 3))
+    log.close()
+    index = root / "t" / "0" / f"{0:020d}.index"
+    with index.open("ab") as file:  # an entry pointing past the end, as after power loss
+        file.write(struct.pack("<QQ", 50, 10_000))
+    log = EmbeddedLog(root, writer=True)
+    assert log.end_offsets("t") == {0: 3}
+    assert log.append("t", 0, values(3, 1)) == 3
+    log.close()
+
+
+def _write_in_child(root: str, count: int) -> None:
+    log = EmbeddedLog(Path(root), writer=True)
+    for start in range(0, count, 50):
+        log.append("t", 0, values(start, 50))
+    log.close()
+
+
+def test_concurrent_reader_while_another_process_writes(tmp_path: Path) -> None:
+    root = tmp_path / "log"
+    EmbeddedLog(root).create_topic("t", 1)
+    writer = multiprocessing.get_context("spawn").Process(
+        target=_write_in_child, args=(str(root), 3000)
+    )
+    writer.start()
+    reader = EmbeddedLog(root)
+    seen: list[bytes] = []
+    offset = 0
+    while offset < 3000:
+        batch = reader.read("t", 0, offset, 200)
+        seen.extend(batch.values)
+        offset = batch.next_offset
+        if not batch.values:
+            assert writer.is_alive() or offset == reader.end_offsets("t")[0]
+    writer.join(30)
+    assert writer.exitcode == 0
+    assert seen == values(0, 3000)
+
+
+def test_retention_deletes_only_consumed_old_segments(log: EmbeddedLog) -> None:
+    for start in range(0, 1000, 100):
+        log.append("t", 0, values(start, 100))
+    path = log.root / "t" / "0"
+    bases = sorted(int(p.stem) for p in path.glob("*.log"))
+    assert len(bases) >= 4
+    # Consumers still need offsets from bases[2]: nothing at or above it may go.
+    deleted = log.apply_retention("t", {0: bases[2]}, max_bytes=1, max_age_s=0)
+    assert deleted == 2
+    assert log.start_offsets("t")[0] == bases[2]
+    with pytest.raises(OffsetOutOfRange):
+        log.read("t", 0, 0, 10)
+    assert log.read("t", 0, bases[2], 1).offsets == [bases[2]]
+    # Nothing is over the age limit yet, and no size limit is set.
+    assert log.apply_retention("t", {0: 1000}, max_bytes=0, max_age_s=3600) == 0
+    old = os.stat(path / f"{bases[2]:020d}.log").st_mtime - 7200
+    os.utime(path / f"{bases[2]:020d}.log", (old, old))
+    assert log.apply_retention("t", {0: 1000}, max_bytes=0, max_age_s=3600) == 1
