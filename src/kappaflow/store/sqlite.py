@@ -146,7 +146,12 @@ class SQLiteStore:
                 )
             for name, table_rows in rows.items():
                 if table_rows:
-                    cursor.executemany(self._upserts[name], table_rows)
+                    try:
+                        cursor.executemany(self._upserts[name], table_rows)
+                    except sqlite3.OperationalError:
+                        raise
+                    except sqlite3.Error as error:
+                        raise StoreError(f"writing table {name}: {error}") from error
             if dead_letters:
                 cursor.executemany(
                     "INSERT OR REPLACE INTO kf_dead_letters VALUES (?, ?, ?, ?, ?)",

@@ -1,0 +1,47 @@
+"""Helpers for testing apps, ours and users' alike: push events through the real log,
+worker and store on a temporary data directory and look at the result tables."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from kappaflow.app import App
+from kappaflow.ingest.appender import Appender
+from kappaflow.log import open_log
+from kappaflow.settings import Settings
+from kappaflow.store import Store, open_store
+from kappaflow.stream.worker import Worker
+
+
+def run_events(
+    app: App,
+    events: Sequence[Any],
+    settings: Settings,
+    stream: str | None = None,
+    restarts: int = 0,
+    seed: int = 0,
+) -> Store:
+    """Append ``events`` to the stream (default: the app's first) and process them to
+    the end with one worker, restarting it ``restarts`` times at random polls (each
+    restart restores from the store, as after a crash). Returns the store."""
+    target = app.stream(stream) if stream else app.streams[0]
+    writer = open_log(settings, writer=True)
+    try:
+        Appender(writer, target, settings.partitions).append(events)
+    finally:
+        writer.close()
+    rng = random.Random(seed)
+    log, store = open_log(settings), open_store(settings)
+    worker = Worker(app, target, log, store, settings, range(settings.partitions))
+    worker.start()
+    while True:
+        if restarts and rng.random() < 0.3:
+            restarts -= 1
+            store.close()
+            store = open_store(settings)
+            worker = Worker(app, target, log, store, settings, range(settings.partitions))
+            worker.start()
+        if not worker.poll() and worker.caught_up():
+            return store

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kappaflow.errors import StaleOwnership, StoreError
+from kappaflow.store.base import DeadLetter, PartitionCommit, Table
+from kappaflow.store.sqlite import SQLiteStore
+
+TOTALS = Table("totals", (("k", "TEXT"), ("n", "INTEGER")), key=("k",), mode="add")
+LATEST = Table("latest", (("k", "TEXT"), ("v", "TEXT")), key=("k",))
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    store = SQLiteStore(tmp_path / "db.sqlite")
+    store.create_tables([TOTALS, LATEST])
+    yield store
+    store.close()
+
+
+def test_first_claim_starts_at_zero_and_each_claim_bumps_the_generation(store: SQLiteStore):
+    first = store.claim("g", [0, 1])
+    assert first[0].generation == 1 and first[0].next_offset == 0 and first[0].state is None
+    store.commit("g", [PartitionCommit(0, 1, 42, b"state")], {})
+    second = store.claim("g", [0])
+    assert second[0] == (2, 42, b"state")
+    assert store.committed_offsets("g") == {0: 42, 1: 0}
+
+
+def test_commit_writes_rows_state_offsets_and_dead_letters_together(store: SQLiteStore):
+    store.claim("g", [0])
+    rows = {"totals": [("a", 1), ("a", 2), ("b", 5)], "latest": [("a", "x"), ("a", "y")]}
+    letters = [DeadLetter(0, 3, "late", b"{}")]
+    store.commit("g", [PartitionCommit(0, 1, 10, b"s1")], rows, letters)
+    store.commit("g", [PartitionCommit(0, 1, 20, b"s2")], {"totals": [("a", 10)]})
+    assert store.query("SELECT k, n FROM totals ORDER BY k") == [("a", 13), ("b", 5)]
+    assert store.query("SELECT k, v FROM latest") == [("a", "y")]
+    assert store.dead_letters("g") == [(0, 3, "late", b"{}")]
+    assert store.committed_offsets("g") == {0: 20}
+
+
+def test_stale_generation_cannot_commit_and_writes_nothing(store: SQLiteStore, tmp_path: Path):
+    old = store.claim("g", [0, 1])
+    other = SQLiteStore(tmp_path / "db.sqlite")
+    other.create_tables([TOTALS, LATEST])
+    new = other.claim("g", [1])
+    with pytest.raises(StaleOwnership, match="partition 1"):
+        store.commit(
+            "g",
+            [PartitionCommit(0, old[0].generation, 5, b"x"), PartitionCommit(1, 1, 5, b"x")],
+            {"totals": [("a", 1)]},
+            [DeadLetter(0, 1, "late", b"")],
+        )
+    assert store.query("SELECT count(*) FROM totals") == [(0,)]
+    assert store.dead_letters("g") == []
+    assert store.committed_offsets("g") == {0: 0, 1: 0}
+    other.commit("g", [PartitionCommit(1, new[1].generation, 7, b"y")], {"totals": [("a", 1)]})
+    assert store.committed_offsets("g") == {0: 0, 1: 7}
+    other.close()
+
+
+def test_a_failing_row_rolls_back_the_whole_batch(store: SQLiteStore) -> None:
+    store.claim("g", [0])
+    with pytest.raises(StoreError, match="writing table totals"):
+        store.commit("g", [PartitionCommit(0, 1, 9, b"s")], {"totals": [("a", 1), ("b",)]})
+    assert store.committed_offsets("g") == {0: 0}
+    assert store.query("SELECT count(*) FROM totals") == [(0,)]

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kappaflow.errors import SettingsError
+from kappaflow.settings import Settings
+
+
+def test_defaults() -> None:
+    settings = Settings.load({})
+    assert settings.partitions == 8
+    assert settings.log_fsync == "batch"
+    assert settings.apps == ("video",)
+
+
+def test_environment_overrides_toml_and_options_override_environment(tmp_path: Path) -> None:
+    config = tmp_path / "kappaflow.toml"
+    config.write_text('partitions = 4\nsession_gap_s = 20\napps = ["video", "my.app"]\n')
+    environ = {"KAPPAFLOW_CONFIG": str(config), "KAPPAFLOW_PARTITIONS": "6"}
+    settings = Settings.load(environ, overrides={"data_dir": "/x"})
+    assert settings.partitions == 6
+    assert settings.session_gap_s == 20.0
+    assert settings.apps == ("video", "my.app")
+    assert settings.data_dir == "/x"
+    assert Settings.load({"KAPPAFLOW_APPS": "video, clicks"}).apps == ("video", "clicks")
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"KAPPAFLOW_PARTITIONS": "eight"}, "KAPPAFLOW_PARTITIONS must be an integer, got 'eight'"),
+        ({"KAPPAFLOW_PARTITIONS": "0"}, "KAPPAFLOW_PARTITIONS must be an integer >= 1, got '0'"),
+        ({"KAPPAFLOW_LOG_FSYNC": "often"}, "KAPPAFLOW_LOG_FSYNC must be one of batch, never"),
+        ({"KAPPAFLOW_SESSION_GAP_S": "-1"}, "KAPPAFLOW_SESSION_GAP_S must be a number > 0"),
+        ({"KAPPAFLOW_PARTITONS": "8"}, "unknown setting KAPPAFLOW_PARTITONS"),
+    ],
+)
+def test_invalid_values_name_the_variable(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.load(environ)
+    assert message in str(caught.value)
+
+
+def test_bad_toml_file_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("partitions = \n")
+    with pytest.raises(SettingsError, match=r"bad\.toml is not valid TOML"):
+        Settings.load({"KAPPAFLOW_CONFIG": str(config)})
+    with pytest.raises(SettingsError, match="cannot read"):
+        Settings.load({"KAPPAFLOW_CONFIG": str(tmp_path / "missing.toml")})
+    config.write_text("colour = 'blue'\n")
+    with pytest.raises(SettingsError, match="unknown setting colour in"):
+        Settings.load({"KAPPAFLOW_CONFIG": str(config)})
