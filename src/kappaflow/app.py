@@ -39,12 +39,14 @@ class Stream:
 
 
 class Batch(NamedTuple):
-    """On-time events of one partition, in offset order. ``watermark_ms``: every later
-    event of this partition will have an event time at or above it."""
+    """On-time events of one partition, in offset order, with their event times in
+    epoch milliseconds. ``watermark_ms``: every later event of this partition will have
+    an event time at or above it."""
 
     partition: int
     offsets: list[int]
     events: list[Any]
+    times_ms: list[int]
     watermark_ms: int
 
 

@@ -22,7 +22,7 @@ import msgspec
 from msgspec import Meta
 
 from kappaflow.app import App, Stream
-from kappaflow.events import EventTime, Identifier, event_time_ms
+from kappaflow.events import EventTime, Identifier
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store, Table
 from kappaflow.stream.sessions import Rows, SessionWindows
@@ -82,8 +82,8 @@ class WatchedSegments:
     def key(self, event: Heartbeat) -> str:
         return event.user_id + KEY_SEPARATOR + event.video_id
 
-    def item(self, event: Heartbeat) -> list[Any]:
-        return [event_time_ms(event.ts), KIND_RANK[event.kind], event.position_s]
+    def item(self, event: Heartbeat, time_ms: int) -> list[Any]:
+        return [time_ms, KIND_RANK[event.kind], event.position_s]
 
     def start(self, item: list[Any]) -> Acc:
         ts, rank, position = item

@@ -25,8 +25,8 @@ class SessionFold(Protocol):
     def key(self, event: Any) -> str:
         """The session key of an event."""
 
-    def item(self, event: Any) -> list[Any]:
-        """The event as a sortable list, event time (ms) first."""
+    def item(self, event: Any, time_ms: int) -> list[Any]:
+        """The event as a sortable list, its event time ``time_ms`` first."""
 
     def start(self, item: list[Any]) -> Any:
         """The accumulator of a session opened by ``item``."""
@@ -101,12 +101,13 @@ class SessionWindows:
         keys, heap, fold, scheduled = state.keys, state.heap, self.fold, state.scheduled
         touched: set[str] = set()
         duplicates: list[tuple[int, str]] = []
-        for offset, event in zip(batch.offsets, batch.events, strict=True):
+        for offset, event, time_ms in zip(batch.offsets, batch.events, batch.times_ms, strict=True):
             key = fold.key(event)
-            item = fold.item(event)
+            item = fold.item(event, time_ms)
             current = keys.get(key)
             if current is None:
                 keys[key] = KeyState(None, 0, [item])
+                state.schedule(key, time_ms + 1)
             else:
                 pending = current.pending
                 if not pending or item > pending[-1]:
@@ -116,8 +117,9 @@ class SessionWindows:
                     continue
                 else:
                     bisect.insort(pending, item)
+                if pending[0] is item:
+                    state.schedule(key, time_ms + 1)
             touched.add(key)
-            state.schedule(key, item[0] + 1)
 
         rows: Rows = {}
         watermark = batch.watermark_ms

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from kappaflow.app import App, Batch, Processor, Stream
-from kappaflow.log.base import Log
+from kappaflow.log.base import Log, RecordBatch
 from kappaflow.settings import Settings
 from kappaflow.store.base import DeadLetter, PartitionCommit, Store
 
@@ -117,11 +117,12 @@ class Worker:
             )
             if batch.values:
                 run.last_record_at, run.idle_flushed = now, False
-                self._process(run, batch.offsets, batch.values, rows, dead)
+                self._process(run, batch, rows, dead)
                 run.next_offset = batch.next_offset
                 records += len(batch.values)
             elif self._idle(run, now):
-                self._run_processor(run, [], [], rows, dead)
+                empty = Batch(run.partition, [], [], [], run.watermark(self.lateness_ms))
+                self._run_processor(run, empty, rows, dead)
             else:
                 continue
             commits.append(
@@ -152,14 +153,15 @@ class Worker:
     def _process(
         self,
         run: PartitionRun,
-        offsets: list[int],
-        values: list[bytes],
+        records: RecordBatch,
         rows: dict[str, list[tuple[Any, ...]]],
         dead: list[DeadLetter],
     ) -> None:
+        offsets, values = records.offsets, records.values
         events = self._decode(run.partition, offsets, values, dead)
         on_time_offsets: list[int] = []
         on_time: list[Any] = []
+        on_time_ms: list[int] = []
         time_of = self.stream.time_of
         lateness = self.lateness_ms
         max_event, floor = run.max_event_ms, run.floor_ms
@@ -181,28 +183,28 @@ class Worker:
                 continue
             on_time_offsets.append(offset)
             on_time.append(event)
+            on_time_ms.append(event_ms)
             if event_ms > max_event:
                 max_event = event_ms
                 watermark = max(floor, max_event - lateness)
         run.max_event_ms = max_event
-        self._run_processor(run, on_time_offsets, on_time, rows, dead, (offsets, values))
+        batch = Batch(run.partition, on_time_offsets, on_time, on_time_ms, watermark)
+        self._run_processor(run, batch, rows, dead, records)
 
     def _run_processor(
         self,
         run: PartitionRun,
-        offsets: list[int],
-        events: list[Any],
+        batch: Batch,
         rows: dict[str, list[tuple[Any, ...]]],
         dead: list[DeadLetter],
-        records: tuple[list[int], list[bytes]] = ([], []),
+        records: RecordBatch | None = None,
     ) -> None:
-        batch = Batch(run.partition, offsets, events, run.watermark(self.lateness_ms))
         output = self.processor.process(run.state, batch)
         run.state = output.state
         for table, table_rows in output.rows.items():
             rows.setdefault(table, []).extend(table_rows)
-        if output.dead_letters:
-            payloads = dict(zip(*records, strict=True))
+        if output.dead_letters and records is not None:
+            payloads = dict(zip(records.offsets, records.values, strict=True))
             for offset, reason in output.dead_letters:
                 dead.append(DeadLetter(run.partition, offset, reason, payloads[offset]))
             self.stats.refused += len(output.dead_letters)

@@ -1,0 +1,138 @@
+"""Heartbeats -> watched segments on a generated file: kappaflow's log + worker path
+(one process, one core) against a Polars batch computation of the same segments.
+
+The file holds simulated viewers (pauses, seeks, abandonment, out-of-order delivery
+within the allowed lateness, 0.5% client retries). Both sides must produce the same
+multiset of (user, video, start_s, end_s) segments, or the benchmark fails.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import msgspec
+import polars as pl
+from common import Figure, timed
+from rich.console import Console
+
+from kappaflow.apps.video import KIND_RANK, Heartbeat, create_app
+from kappaflow.apps.video_sim import simulate
+from kappaflow.ingest.appender import Appender
+from kappaflow.log import open_log
+from kappaflow.settings import Settings
+from kappaflow.store import open_store
+from kappaflow.stream.worker import Worker
+
+EVENTS = 2_000_000
+console = Console()
+Segments = Counter[tuple[str, str, float, float]]
+
+
+def run(scale: float) -> list[Figure]:
+    count = round(EVENTS * scale)
+    with tempfile.TemporaryDirectory(prefix="kappaflow-bench-") as tmp:
+        settings = Settings.load({}, {"data_dir": tmp})
+        path = Path(tmp) / "heartbeats.ndjson"
+        with console.status(f"simulating {count:,} heartbeats"):
+            workload = simulate(count, viewers=5_000, seed=1, jitter_ms=2_000, duplicates=0.005)
+            path.write_bytes(b"\n".join(msgspec.json.encode(e) for e in workload.events))
+        events = len(workload.events)
+        del workload
+        console.print(f"{events:,} heartbeats, {path.stat().st_size / 2**20:,.0f} MiB of NDJSON")
+
+        _, append_s = timed(lambda: append_file(settings, path))
+        console.print(f"appended to the log: {events / append_s:,.0f} events/s")
+        worker_segments, worker_s = timed(lambda: process(settings))
+        console.print(f"log + worker + SQLite: {events / worker_s:,.0f} events/s")
+        polars_segments, polars_s = timed(lambda: polars_batch(path, settings.session_gap_s))
+        console.print(f"Polars batch: {events / polars_s:,.0f} events/s")
+
+    if worker_segments != polars_segments:
+        difference = (worker_segments - polars_segments) + (polars_segments - worker_segments)
+        raise AssertionError(f"segments differ, e.g. {list(difference)[:5]}")
+    console.print(f"same {sum(worker_segments.values()):,} segments on both sides")
+    polars_rate = events / polars_s
+    return [
+        Figure("log append (fsync per batch)", events / append_s, "events/s"),
+        Figure("sessionize: log+worker+SQLite", events / worker_s, "events/s",
+               "Polars batch", polars_rate),
+    ]  # fmt: skip
+
+
+def append_file(settings: Settings, path: Path) -> None:
+    decoder = msgspec.json.Decoder(Heartbeat)
+    log = open_log(settings, writer=True)
+    appender = Appender(log, create_app(settings).streams[0], settings.partitions)
+    with path.open("rb") as lines:
+        chunk = []
+        for line in lines:
+            chunk.append(decoder.decode(line))
+            if len(chunk) == 5_000:
+                appender.append(chunk)
+                chunk = []
+        appender.append(chunk)
+    log.close()
+
+
+def process(settings: Settings) -> Segments:
+    """Run one worker over every partition until the log is consumed; return the
+    segments of closed and still-open sessions."""
+    app = create_app(settings)
+    store = open_store(settings)
+    worker = Worker(
+        app, app.streams[0], open_log(settings), store, settings, range(settings.partitions)
+    )
+    worker.start()
+    while worker.poll():
+        pass
+    segments: Segments = Counter(
+        store.query("SELECT user_id, video_id, start_s, end_s FROM video_segments")
+    )
+    for user, video, open_segments in store.query(
+        "SELECT user_id, video_id, open_segments FROM video_progress"
+    ):
+        segments.update((user, video, s, e) for s, e in msgspec.json.decode(open_segments))
+    return segments
+
+
+def polars_batch(path: Path, gap_s: float) -> Segments:
+    """The sessionizer's rules as column expressions over the whole file."""
+    seek, pause, stop = KIND_RANK["seek"], KIND_RANK["pause"], KIND_RANK["stop"]
+    ranks = pl.DataFrame({"kind": list(KIND_RANK), "rank": list(KIND_RANK.values())})
+    pair = ["user_id", "video_id"]
+    df = (
+        pl.read_ndjson(path, schema_overrides={"position_s": pl.Float64})
+        .with_columns(pl.col("kind").fill_null("heartbeat"))
+        .join(ranks, on="kind")
+        .select(*pair, "ts", "rank", "position_s")
+        .unique()
+        .sort(*pair, "ts", "rank", "position_s")
+    )
+    prev = [pl.col(c).shift(1).over(pair) for c in ("ts", "rank", "position_s")]
+    prev_ts, prev_rank, prev_position = prev
+    closing = pl.col("rank").is_in([pause, stop])
+    same_session = (pl.col("ts") - prev_ts) <= gap_s * 1000
+    drift = (pl.col("position_s") - prev_position) - (pl.col("ts") - prev_ts) / 1000
+    joins = (
+        same_session.fill_null(False)
+        & ~prev_rank.is_in([pause, stop]).fill_null(True)
+        & (pl.col("rank") != seek)
+        & (drift.abs() <= gap_s).fill_null(False)
+    )
+    segments = (
+        df.with_columns(joins.alias("joins"))
+        .with_columns(starts=~pl.col("joins") & ~closing)
+        .filter(pl.col("joins") | pl.col("starts"))
+        .with_columns(segment=pl.col("starts").cum_sum())
+        .group_by("segment")
+        .agg(
+            pl.col("user_id").first(),
+            pl.col("video_id").first(),
+            pl.col("position_s").min().alias("start_s"),
+            pl.col("position_s").max().alias("end_s"),
+        )
+        .filter(pl.col("end_s") > pl.col("start_s"))
+    )
+    return Counter(segments.select(*pair, "start_s", "end_s").iter_rows())

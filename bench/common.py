@@ -1,0 +1,35 @@
+"""What benchmarks share: the figure type and timing helpers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float
+    unit: str
+    baseline: str | None = None
+    baseline_value: float | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if not self.baseline_value:
+            return None
+        return self.value / self.baseline_value
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "ratio": self.ratio}
+
+
+def timed(action: Callable[[], T]) -> tuple[T, float]:
+    """``action()`` and the seconds it took."""
+    started = time.perf_counter()
+    result = action()
+    return result, time.perf_counter() - started

@@ -1,0 +1,62 @@
+"""Run every benchmark in bench/ (modules named ``bench_*.py``), print one table and
+write it as JSON to bench/results/latest.json.
+
+Each module has ``run(scale: float) -> list[Figure]``. A figure is compared with a
+baseline measured in the same run, so the ratio holds on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import Figure  # noqa: E402
+
+console = Console()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply workload sizes")
+    args = parser.parse_args()
+    modules = sorted(path.stem for path in HERE.glob("bench_*.py"))
+    chosen = [m for m in modules if not args.names or m.removeprefix("bench_") in args.names]
+    figures: list[Figure] = []
+    for name in chosen:
+        console.rule(name)
+        started = time.perf_counter()
+        figures.extend(importlib.import_module(name).run(args.scale))
+        console.print(f"{name} took {time.perf_counter() - started:.1f} s")
+    table = Table(title="kappaflow benchmarks")
+    for column in ("name", "figure", "unit", "baseline", "baseline figure", "ratio"):
+        left = column in ("name", "baseline")
+        table.add_column(column, justify="left" if left else "right", no_wrap=left)
+    for f in figures:
+        table.add_row(
+            f.name,
+            f"{f.value:,.0f}",
+            f.unit,
+            f.baseline or "",
+            f"{f.baseline_value:,.0f}" if f.baseline_value is not None else "",
+            f"{f.ratio:.2f}" if f.ratio is not None else "",
+        )
+    console.print(table)
+    out = HERE / "results" / "latest.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps([f.as_dict() for f in figures], indent=2) + "\n")
+    console.print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Effectively-once under crashes, with real processes: while a writer appends a
+viewing workload, a ``kappaflow worker`` process is killed with SIGKILL at random
+moments and restarted; every result table must equal an uninterrupted run's."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kappaflow.apps.video import create_app
+from kappaflow.apps.video_sim import simulate
+from kappaflow.ingest.appender import Appender
+from kappaflow.log import open_log
+from kappaflow.settings import Settings
+from kappaflow.store import Store, open_store
+from kappaflow.testing import run_events
+
+pytestmark = pytest.mark.integration
+
+GROUP = "video.heartbeats"
+TABLES = {
+    "video_segments": "SELECT * FROM video_segments ORDER BY 1, 2, 3, 4",
+    "video_progress": "SELECT * FROM video_progress ORDER BY 1, 2",
+    "kf_dead_letters": 'SELECT * FROM kf_dead_letters ORDER BY grp, partition, "offset"',
+}
+
+
+def snapshot(store: Store) -> dict[str, list[tuple]]:
+    tables = {name: store.query(sql) for name, sql in TABLES.items()}
+    tables["offsets"] = sorted(store.committed_offsets(GROUP).items())
+    return tables
+
+
+def settings_for(path: Path) -> Settings:
+    # A long idle timeout: idle flushing depends on wall-clock pauses, which the kills
+    # change on purpose; small batches make many commits to be interrupted.
+    return Settings.load(
+        {},
+        {
+            "data_dir": str(path),
+            "partitions": 4,
+            "batch_max_events": 300,
+            "idle_timeout_s": 3600,
+            "poll_interval_ms": 10,
+        },
+    )
+
+
+def start_worker(settings: Settings, *extra: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "KAPPAFLOW_PARTITIONS": str(settings.partitions),
+        "KAPPAFLOW_BATCH_MAX_EVENTS": str(settings.batch_max_events),
+        "KAPPAFLOW_IDLE_TIMEOUT_S": str(settings.idle_timeout_s),
+        "KAPPAFLOW_POLL_INTERVAL_MS": str(settings.poll_interval_ms),
+    }
+    command = [sys.executable, "-m", "kappaflow", "worker", "--data-dir", settings.data_dir]
+    return subprocess.Popen([*command, *extra], env=env)
+
+
+def test_sigkilled_worker_restarts_to_the_same_results(tmp_path: Path) -> None:
+    workload = simulate(60_000, viewers=300, seed=11, jitter_ms=3_000, duplicates=0.01)
+    events = workload.events
+    uninterrupted = settings_for(tmp_path / "uninterrupted")
+    reference = snapshot(run_events(create_app(uninterrupted), events, uninterrupted))
+    assert reference["video_segments"] and reference["kf_dead_letters"]
+
+    settings = settings_for(tmp_path / "killed")
+    app = create_app(settings)
+    writer = open_log(settings, writer=True)
+    appender = Appender(writer, app.streams[0], settings.partitions)
+    appender.append(events[:5_000])
+
+    def write_rest() -> None:
+        for start in range(5_000, len(events), 2_000):
+            appender.append(events[start : start + 2_000])
+            time.sleep(0.1)
+
+    feeder = threading.Thread(target=write_rest)
+    feeder.start()
+    rng = random.Random(5)
+    kills = 0
+    store = open_store(settings)
+    offsets_at_kill = []
+    try:
+        for _ in range(6):
+            process = start_worker(settings)
+            time.sleep(rng.uniform(0.6, 1.6))
+            process.send_signal(signal.SIGKILL)
+            assert process.wait(10) == -signal.SIGKILL
+            kills += 1
+            offsets_at_kill.append(sum(store.committed_offsets(GROUP).values()))
+    finally:
+        feeder.join()
+        writer.close()
+    final = start_worker(settings, "--until-caught-up")
+    assert final.wait(120) == 0
+
+    assert kills == 6
+    assert 0 < offsets_at_kill[0] < len(events), "the first kill hit the worker mid-stream"
+    got = snapshot(store)
+    for name in reference:
+        assert got[name] == reference[name], f"{name} differs from the uninterrupted run"
