@@ -6,7 +6,7 @@ A module named in ``KAPPAFLOW_APPS`` exposes ``create_app(settings) -> App``."""
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
@@ -15,7 +15,7 @@ import msgspec
 from kappaflow.errors import AppError
 from kappaflow.events import event_time_ms
 from kappaflow.settings import Settings
-from kappaflow.store.base import Table
+from kappaflow.store.base import Store, Table
 
 S = TypeVar("S")
 BUILT_IN = {"video": "kappaflow.apps.video"}
@@ -70,6 +70,20 @@ class Processor(Protocol[S]):
     def decode(self, data: bytes) -> S: ...
 
 
+@dataclass(frozen=True)
+class Query:
+    """A read query served over HTTP: ``GET path``, where ``path`` is a template like
+    ``/v1/progress/{user_id}/{video_id}``. ``run(store, params)`` receives the path and
+    query-string parameters and returns a msgspec-encodable ``result``, or None when
+    nothing is found (404); it raises `InvalidQuery` for bad parameters (400)."""
+
+    path: str
+    run: Callable[[Store, Mapping[str, str]], Any]
+    summary: str
+    result: Any = None
+    """The type of the result, for the OpenAPI document."""
+
+
 @dataclass
 class App:
     name: str
@@ -77,6 +91,7 @@ class App:
     tables: Sequence[Table]
     processors: dict[str, Processor[Any]] = field(default_factory=dict)
     """Stream name -> its processor."""
+    queries: Sequence[Query] = ()
 
     def group(self, stream: Stream) -> str:
         """The consumer group: the identity under which offsets and state are kept."""

@@ -21,10 +21,13 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
         ctx.fail(str(error))
 
 
+LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
 
@@ -108,15 +111,102 @@ def worker(
         sys.exit(1)
 
 
+def _serve(ctx: click.Context, roles: tuple[str, ...], **options: Any) -> None:
+    from kappaflow.serve import serve
+
+    _setup_logging(verbose=False)
+    settings = _settings(ctx, **options)
+    try:
+        serve(settings, roles)
+    except KappaflowError as failure:
+        click.echo(f"kappaflow {'+'.join(roles)}: {failure}", err=True)
+        sys.exit(1)
+
+
+def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [
+            click.option("--data-dir", help="Directory of the embedded log and store."),
+            click.option("--host", help="Address to listen on [default: 127.0.0.1]."),
+            click.option("--port", type=int, help="Port to listen on [default: 8000]."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 @main.command()
-@click.option("--events", default=300_000, show_default=True, help="Heartbeats to simulate.")
-@click.option("--viewers", default=2_000, show_default=True, help="Concurrent viewers.")
-@click.option("--workers", default=2, show_default=True, help="Worker processes.")
-@click.option("--data-dir", help="Keep the data here instead of a temporary directory.")
+@click.option(
+    "--role", "roles", multiple=True, required=True, type=click.Choice(["ingest", "query"]),
+    help="Role to serve; repeat to serve several from one process.",
+)  # fmt: skip
+@server_options
 @click.pass_context
-def demo(ctx: click.Context, events: int, viewers: int, workers: int, data_dir: str | None) -> None:
-    """Run the pipeline end to end and check its results against the ground truth."""
+def serve(ctx: click.Context, roles: tuple[str, ...], **options: Any) -> None:
+    """Serve the HTTP roles given (what `kappaflow up` runs)."""
+    _serve(ctx, roles, **options)
+
+
+@main.command()
+@server_options
+@click.pass_context
+def ingest(ctx: click.Context, **options: Any) -> None:
+    """Serve POST /v1/streams/{stream}/events (the log's one writer, when embedded)."""
+    _serve(ctx, ("ingest",), **options)
+
+
+@main.command()
+@server_options
+@click.pass_context
+def query(ctx: click.Context, **options: Any) -> None:
+    """Serve the apps' read queries."""
+    _serve(ctx, ("query",), **options)
+
+
+@main.command()
+@server_options
+@click.option("--workers", type=int, help="Worker processes [default: 2].")
+@click.pass_context
+def up(ctx: click.Context, **options: Any) -> None:
+    """Run the whole stack on this machine: ingest and queries on one port, workers.
+
+    Stops cleanly on Ctrl-C or SIGTERM: acknowledged events are never lost.
+    """
+    from kappaflow.up import run_up
+
+    _setup_logging(verbose=False)
+    sys.exit(run_up(_settings(ctx, **options)))
+
+
+@main.command()
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="Ingest URL.")
+@click.option("--rate", default=10_000.0, show_default=True, help="Target events per second.")
+@click.option("--duration", default=60.0, show_default=True, help="Seconds to run.")
+@click.option("--viewers", default=2_000, show_default=True, help="Concurrent simulated viewers.")
+@click.option("--batch", default=500, show_default=True, help="Events per request, at most.")
+@click.option("--seed", default=0, show_default=True, help="Random seed of the viewers.")
+def loadgen(url: str, rate: float, duration: float, viewers: int, batch: int, seed: int) -> None:
+    """Post simulated viewers' heartbeats to an ingest service at a target rate."""
+    from kappaflow.loadgen import LoadGenerator, print_summary
+
+    generator = LoadGenerator(url, rate=rate, viewers=viewers, batch=batch, seed=seed)
+    summary = generator.run(duration, progress=True)
+    print_summary(summary)
+    sys.exit(0 if summary.rejected == 0 and summary.failed == 0 else 1)
+
+
+@main.command()
+@click.option("--duration", default=60.0, show_default=True, help="Seconds of load.")
+@click.option("--rate", default=20_000.0, show_default=True, help="Target events per second.")
+@click.option("--viewers", default=3_000, show_default=True, help="Concurrent viewers.")
+@click.option("--workers", default=2, show_default=True, help="Worker processes.")
+@click.option("--port", type=int, help="Port of the demo stack [default: a free one].")
+@click.option("--data-dir", help="Keep the data here instead of a temporary directory.")
+def demo(
+    duration: float, rate: float, viewers: int, workers: int, port: int | None, data_dir: str | None
+) -> None:
+    """Run the stack, load it over HTTP, and check the results against the ground truth."""
     from kappaflow.demo import run_demo
 
-    ok = run_demo(events=events, viewers=viewers, workers=workers, data_dir=data_dir)
+    ok = run_demo(duration, rate, viewers, workers, port, data_dir)
     sys.exit(0 if ok else 1)

@@ -1,125 +1,210 @@
-"""``kappaflow demo``: simulated viewers -> log -> worker processes -> SQLite, then a
-check of every (user, video) against the simulator's ground truth."""
+"""``kappaflow demo``: the whole stack from a user's point of view. Start ``up`` in a
+temporary directory, post simulated viewers' heartbeats over HTTP for about a minute
+of accelerated viewing while a probe measures the time from ingest to queryable,
+wait for the backlog to drain, check progress against the simulator's ground truth
+(every pair in the store, a sample through the query API), print what happened."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
+import random
+import statistics
 import tempfile
+import threading
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 
+import httpx
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from kappaflow.app import load_apps
-from kappaflow.apps.video import all_progress
-from kappaflow.apps.video_sim import simulate
-from kappaflow.ingest.appender import Appender
+from kappaflow.apps.video import Heartbeat, Progress, all_progress
+from kappaflow.apps.video_sim import HEARTBEAT_S, Truth, heartbeats
+from kappaflow.loadgen import LoadGenerator, Summary
 from kappaflow.log import open_log
+from kappaflow.metrics import partition_lag
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
+from kappaflow.up import Stack, StackFailed, free_port
 
 console = Console(stderr=True)
+API_SAMPLE = 500
+GROUP = "video.heartbeats"
 
 
-def run_demo(events: int, viewers: int, workers: int, data_dir: str | None) -> bool:
+def run_demo(
+    duration: float, rate: float, viewers: int, workers: int, port: int | None, data_dir: str | None
+) -> bool:
     with tempfile.TemporaryDirectory(prefix="kappaflow-demo-") as temporary:
-        settings = Settings.load(overrides={"data_dir": data_dir or temporary})
-        return _run(settings, events, viewers, workers)
-
-
-def _start_workers(settings: Settings, count: int) -> list[subprocess.Popen[bytes]]:
-    shares = [list(range(settings.partitions))[i::count] for i in range(count)]
-    return [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kappaflow",
-                "worker",
-                "--data-dir",
-                settings.data_dir,
-                "--partitions",
-                ",".join(map(str, share)),
-            ],
-            env={**os.environ, "KAPPAFLOW_DATA_DIR": settings.data_dir},
+        settings = Settings.load(
+            overrides={
+                "data_dir": data_dir or temporary,
+                "port": port or free_port(),
+                "workers": workers,
+            }
         )
-        for share in shares
-        if share
-    ]
+        stack = Stack(settings, quiet=True)
+        try:
+            stack.start()
+            return Demo(settings, stack.url).run(duration, rate, viewers)
+        except StackFailed as failure:
+            console.print(f"[red]the stack failed: {failure} (logs in {stack.logs})")
+            return False
+        finally:
+            with console.status("stopping the stack"):
+                stack.stop()
 
 
-def _run(settings: Settings, events: int, viewers: int, workers: int) -> bool:
-    console.rule("[bold]kappaflow demo: video heartbeats -> watched segments and progress")
-    console.print(f"data directory: {settings.data_dir}, {settings.partitions} partitions")
-    with console.status(f"simulating {events:,} heartbeats from {viewers:,} viewers"):
-        workload = simulate(events, viewers=viewers, seed=7, jitter_ms=2_000, duplicates=0.005)
-    app = next(a for a in load_apps(settings) if a.name == "video")
-    stream = app.stream("heartbeats")
-    log = open_log(settings, writer=True)
-    appender = Appender(log, stream, settings.partitions)
-    store = open_store(settings)
-    store.create_tables(app.tables)
-    processes = _start_workers(settings, workers)
-    group = app.group(stream)
-    started = time.perf_counter()
-    try:
-        with Progress(console=console, transient=True) as bar:
-            sent = bar.add_task("appending to the log", total=len(workload.events))
-            for start in range(0, len(workload.events), 1_000):
-                chunk = workload.events[start : start + 1_000]
-                appender.append(chunk)
-                bar.advance(sent, len(chunk))
-        appended = time.perf_counter() - started
-        ends = log.end_offsets(stream.name)
-        with console.status("waiting for the workers to process the backlog"):
-            while True:
-                committed = store.committed_offsets(group)
-                if all(committed.get(p, 0) >= end for p, end in ends.items()):
-                    break
-                if any(p.poll() is not None for p in processes):
-                    console.print("[red]a worker process exited early")
-                    return False
-                time.sleep(0.05)
-        processed = time.perf_counter() - started
-    finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            process.wait(30)
-        log.close()
-    return _report(store, group, workload, len(workload.events), appended, processed)
+@dataclass
+class Probe:
+    """Posts one heartbeat at a time and measures until the query API shows it."""
+
+    url: str
+    latest_ts: list[int]
+    latencies: list[float] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            for n in range(1_000_000):
+                if self.stop.wait(0.2):
+                    return
+                user, position = f"probe-{n % 50}", float(n)
+                event = Heartbeat(user, "probe", position, self.latest_ts[0])
+                started = time.perf_counter()
+                answer = client.post("/v1/streams/heartbeats/events", json=_plain(event))
+                if answer.status_code != 202:
+                    continue
+                while not self.stop.is_set():
+                    found = client.get(f"/v1/progress/{user}/probe")
+                    if found.status_code == 200 and found.json()["resume_position_s"] == position:
+                        self.latencies.append(time.perf_counter() - started)
+                        break
+                    time.sleep(0.005)
 
 
-def _report(store, group, workload, count, appended, processed) -> bool:  # type: ignore[no-untyped-def]
-    progress = {(p.user_id, p.video_id): p for p in all_progress(store)}
-    wrong = []
-    for key, truth in workload.truth.items():
-        found = progress.get(key)
-        if (
-            found is None
-            or abs(found.watched_s - truth.watched_s) > 1e-6
-            or found.resume_position_s != truth.resume_position_s
-        ):
-            wrong.append(key)
-    reasons = Counter(reason.split(":")[0] for _, _, reason, _ in store.dead_letters(group))
-    segments = store.query("SELECT count(*) FROM video_segments")[0][0]
-    watched_h = sum(p.watched_s for p in progress.values()) / 3600
-    table = Table(title="what happened", show_header=False)
-    table.add_row(
-        "heartbeats appended", f"{count:,} in {appended:.1f} s ({count / appended:,.0f}/s)"
+def _plain(event: Heartbeat) -> dict[str, object]:
+    return {f: getattr(event, f) for f in event.__struct_fields__ if getattr(event, f) is not None}
+
+
+class Demo:
+    def __init__(self, settings: Settings, url: str) -> None:
+        self.settings = settings
+        self.url = url
+
+    def run(self, duration: float, rate: float, viewers: int) -> bool:
+        console.rule("[bold]kappaflow demo: video heartbeats -> watched segments and progress")
+        console.print(
+            f"stack at {self.url}: ingest + queries, {self.settings.workers} workers, "
+            f"{self.settings.partitions} partitions, data in {self.settings.data_dir}"
+        )
+        truth: dict[tuple[str, str], Truth] = {}
+        start_ms = int(time.time() * 1000)
+        # Each viewer sends about one heartbeat per 5 s of event time while playing.
+        end_ms = start_ms + int(rate * duration * HEARTBEAT_S * 1000 / viewers)
+        latest = [start_ms]
+
+        def events():  # type: ignore[no-untyped-def]
+            for event in heartbeats(viewers, 7, start_ms, end_ms, 2_000, 0.005, truth=truth):
+                latest[0] = event.ts
+                yield event
+
+        probe = Probe(self.url, latest)
+        prober = threading.Thread(target=probe.run, daemon=True)
+        prober.start()
+        minutes = (end_ms - start_ms) / 60_000
+        console.print(
+            f"{viewers:,} viewers, {minutes:.0f} minutes of viewing each, sent at "
+            f"{rate:,.0f} events/s for about {duration:.0f} s ({minutes * 60 / duration:.0f}x "
+            "faster than real time)"
+        )
+        summary = LoadGenerator(self.url, rate, events=events()).run(progress=True)
+        drained = self._wait_for_backlog(timeout_s=120)
+        probe.stop.set()
+        prober.join(10)
+        return self._report(summary, drained, truth, probe.latencies)
+
+    def _wait_for_backlog(self, timeout_s: float) -> float:
+        """Seconds until every partition is processed to the end of the log."""
+        started = time.perf_counter()
+        log, store = open_log(self.settings), open_store(self.settings)
+        apps = load_apps(self.settings)
+        try:
+            with console.status("waiting for the workers to drain the backlog"):
+                while time.perf_counter() - started < timeout_s:
+                    if sum(lag for *_, lag in partition_lag(apps, log, store)) == 0:
+                        break
+                    time.sleep(0.1)
+            return time.perf_counter() - started
+        finally:
+            log.close()
+            store.close()
+
+    def _report(
+        self,
+        summary: Summary,
+        drained_s: float,
+        truth: dict[tuple[str, str], Truth],
+        latencies: list[float],
+    ) -> bool:
+        store = open_store(self.settings)
+        found = {(p.user_id, p.video_id): p for p in all_progress(store)}
+        wrong = [key for key, t in truth.items() if not _matches(found.get(key), t)]
+        sample = random.Random(1).sample(sorted(truth), min(API_SAMPLE, len(truth)))
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            wrong_api = [
+                key for key in sample if not _matches(_api_progress(client, key), truth[key])
+            ]
+        reasons = Counter(reason.split(":")[0] for *_, reason, _ in store.dead_letters(GROUP))
+        segments = store.query("SELECT count(*) FROM video_segments")[0][0]
+        store.close()
+        watched_h = sum(p.watched_s for k, p in found.items() if k in truth) / 3600
+        table = Table(title="what happened", show_header=False)
+        table.add_row(
+            "heartbeats ingested",
+            f"{summary.accepted:,} in {summary.seconds:.1f} s ({summary.rate:,.0f} events/s), "
+            f"{summary.requests:,} requests",
+        )
+        table.add_row("refused / failed", f"{summary.rejected:,} / {summary.failed:,}")
+        table.add_row("backlog drained", f"{drained_s:.1f} s after the last request")
+        if latencies:
+            p50 = statistics.median(latencies)
+            p99 = statistics.quantiles(latencies, n=100)[98] if len(latencies) > 1 else p50
+            table.add_row(
+                "ingest -> queryable",
+                f"p50 {p50 * 1000:,.0f} ms, p99 {p99 * 1000:,.0f} ms ({len(latencies)} probes)",
+            )
+        table.add_row("(user, video) pairs", f"{len(truth):,}")
+        table.add_row("closed segments", f"{segments:,}; {watched_h:,.1f} hours watched")
+        table.add_row(
+            "dead letters", ", ".join(f"{r}: {n:,}" for r, n in reasons.items()) or "none"
+        )
+        ok = not wrong and not wrong_api and summary.rejected == 0 and summary.failed == 0
+        verdict = "[green]correct" if ok else f"[red]{len(wrong)} pairs differ"
+        table.add_row(
+            "vs ground truth",
+            f"{verdict}: all {len(truth):,} pairs in the store, {len(sample)} through the API "
+            f"({len(wrong_api)} differ)",
+        )
+        console.print(table)
+        for key in (wrong or wrong_api)[:5]:
+            console.print(f"  {key}: got {found.get(key)}, expected {truth[key]}")
+        return ok
+
+
+def _api_progress(client: httpx.Client, key: tuple[str, str]) -> Progress | None:
+    answer = client.get(f"/v1/progress/{key[0]}/{key[1]}")
+    if answer.status_code != 200:
+        return None
+    body = answer.json()
+    return Progress(body["user_id"], body["video_id"], body["resume_position_s"],
+                    body["watched_s"], [])  # fmt: skip
+
+
+def _matches(found: Progress | None, truth: Truth) -> bool:
+    return (
+        found is not None
+        and abs(found.watched_s - truth.watched_s) < 1e-6
+        and found.resume_position_s == truth.resume_position_s
     )
-    table.add_row("processed by workers", f"all, {count / processed:,.0f} events/s end to end")
-    table.add_row("(user, video) pairs", f"{len(progress):,}")
-    table.add_row("closed segments", f"{segments:,}; {watched_h:,.1f} hours watched")
-    table.add_row("dead letters", ", ".join(f"{r}: {n}" for r, n in reasons.items()) or "none")
-    verdict = "[green]correct" if not wrong else f"[red]{len(wrong)} pairs differ"
-    table.add_row("vs ground truth", f"{verdict} ({len(workload.truth):,} pairs checked)")
-    console.print(table)
-    for key in wrong[:5]:
-        console.print(f"  {key}: got {progress.get(key)}, expected {workload.truth[key]}")
-    return not wrong

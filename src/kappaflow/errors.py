@@ -1,5 +1,7 @@
 """The one error hierarchy: callers catch by meaning, never by backend library."""
 
+from typing import Any
+
 
 class KappaflowError(Exception):
     """Root of every error kappaflow raises on purpose."""
@@ -41,5 +43,14 @@ class AppError(KappaflowError):
     """An app is declared wrongly or cannot be loaded."""
 
 
-class InvalidEvent(KappaflowError):
-    """An event does not match its stream's schema."""
+class InvalidQuery(KappaflowError):
+    """A query's parameters are wrong; the message says which and why."""
+
+
+class InvalidEvents(KappaflowError):
+    """Records of a request do not match their stream's schema; ``problems`` name them."""
+
+    def __init__(self, problems: list[Any], records: int = 1) -> None:
+        self.problems = problems
+        self.records = records
+        super().__init__(f"{len(problems)} invalid record(s), first: {problems[0]}")

@@ -54,6 +54,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """A viewing session ends after this much event time without a heartbeat."""
     idle_timeout_s: PositiveFloat = 30.0
     """Wall-clock time without new records after which a partition's open sessions close."""
+    host: str = "127.0.0.1"
+    """Address the HTTP services listen on (0.0.0.0 in containers)."""
+    port: Annotated[int, Meta(ge=1, le=65535)] = 8000
+    workers: PositiveInt = 2
+    """Worker processes ``kappaflow up`` starts."""
+    ingest_max_body_bytes: PositiveInt = 4 * 1024 * 1024
+    """Larger request bodies are refused with 413."""
+    ingest_max_backlog: PositiveInt = 5_000_000
+    """Events appended but not yet processed above which ingest answers 429."""
+    retry_after_s: PositiveInt = 1
+    """``Retry-After`` of 429 and 503 answers."""
 
     @property
     def data_path(self) -> Path:

@@ -29,7 +29,7 @@ def hb(ts_s: float, position: float, kind: str = "heartbeat", user: str = "u", v
 def test_continuous_playback_is_one_segment(settings: Settings) -> None:
     events = [hb(0, 0, "play"), *(hb(t, t) for t in range(5, 60, 5)), hb(62, 62, "stop")]
     got = run(events, settings)[("u", "v")]
-    assert got.segments == [[0, 62]]
+    assert got.intervals == [[0, 62]]
     assert got.watched_s == 62
     assert got.resume_position_s == 62
 
@@ -43,7 +43,7 @@ def test_seek_pause_and_jump_split_segments(settings: Settings) -> None:
         hb(40, 305),
     ]  # fmt: skip
     got = run(events, settings)[("u", "v")]
-    assert got.segments == [[0, 10], [100, 114], [300, 305]]
+    assert got.intervals == [[0, 10], [100, 114], [300, 305]]
     assert got.watched_s == 10 + 14 + 5
     assert got.resume_position_s == 305
 
@@ -54,7 +54,7 @@ def test_gap_ends_the_session_and_rewatching_is_counted_once(settings: Settings)
     sessions = store.query("SELECT DISTINCT session_ms FROM video_segments ORDER BY 1")
     got = {(p.user_id, p.video_id): p for p in all_progress(store)}[("u", "v")]
     assert sessions == [(0,)], "the first session closed once the watermark passed its gap"
-    assert got.segments == [[0, 15]]
+    assert got.intervals == [[0, 15]]
     assert got.watched_s == 15
 
 
@@ -66,7 +66,7 @@ def test_out_of_order_within_lateness_is_placed_correctly(settings: Settings) ->
     )
     assert run(shuffled, settings.replace(data_dir=settings.data_dir + "3"))[
         ("u", "v")
-    ].segments == [[0, 45]]
+    ].intervals == [[0, 45]]
 
 
 def test_late_and_duplicate_events_are_dead_lettered(settings: Settings) -> None:
@@ -83,14 +83,14 @@ def test_open_session_counts_in_progress(settings: Settings) -> None:
     store = run_events(create_app(settings), events, settings)
     assert store.query("SELECT count(*) FROM video_segments") == [(0,)], "still open"
     got = all_progress(store)[0]
-    assert (got.resume_position_s, got.watched_s, got.segments) == (10, 10, [[0, 10]])
+    assert (got.resume_position_s, got.watched_s, got.intervals) == (10, 10, [[0, 10]])
 
 
 def test_users_and_videos_are_independent(settings: Settings) -> None:
     events = [hb(0, 0, user="a"), hb(0, 50, user="b"), hb(5, 5, user="a"), hb(5, 55, user="b"),
               hb(6, 0, user="a", video="w"), hb(11, 5, user="a", video="w")]  # fmt: skip
     got = run(events, settings)
-    assert {k: p.segments for k, p in got.items()} == {
+    assert {k: p.intervals for k, p in got.items()} == {
         ("a", "v"): [[0, 5]], ("b", "v"): [[50, 55]], ("a", "w"): [[0, 5]],
     }  # fmt: skip
 
@@ -229,7 +229,7 @@ def test_sessionizer_matches_the_oracle(events, lateness_s, batch, restarts) -> 
     got = {
         (p.user_id, p.video_id): (
             p.resume_position_s,
-            p.segments,
+            p.intervals,
             raw.get((p.user_id, p.video_id), []),
         )
         for p in progress

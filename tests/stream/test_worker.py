@@ -75,7 +75,7 @@ def test_undecodable_records_are_dead_lettered_and_the_partition_keeps_flowing(
     assert [payload for *_, payload in dead] == records[1:5]
     assert w.store.committed_offsets("video.heartbeats")[p] == len(records)
     (got,) = all_progress(w.store)
-    assert got.resume_position_s == 10 and got.segments == [[0, 10]]
+    assert got.resume_position_s == 10 and got.intervals == [[0, 10]]
     assert w.stats.undecodable == 4 and w.stats.events == len(records)
 
 
@@ -104,14 +104,14 @@ def test_idle_timeout_closes_open_sessions_without_new_events(settings: Settings
     drain(w)
     segments = "SELECT start_s, end_s FROM video_segments"
     assert w.store.query(segments) == [], "the session is still open"
-    assert all_progress(w.store)[0].segments == [[0, 10]], "open sessions count in progress"
+    assert all_progress(w.store)[0].intervals == [[0, 10]], "open sessions count in progress"
     clock.now += 29
     w.poll()
     assert w.store.query(segments) == []
     clock.now += 2
     w.poll()
     assert w.store.query(segments) == [(0, 10)]
-    assert all_progress(w.store)[0].segments == [[0, 10]]
+    assert all_progress(w.store)[0].intervals == [[0, 10]]
 
 
 def test_restart_restores_offsets_and_open_sessions(settings: Settings) -> None:

@@ -16,12 +16,13 @@ merges both into the watched intervals.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
-from kappaflow.app import App, Stream
+from kappaflow.app import App, Query, Stream
 from kappaflow.events import EventTime, Identifier
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store, Table
@@ -144,12 +145,23 @@ def merge_intervals(segments: list[list[float]] | list[tuple[float, float]]) -> 
     return merged
 
 
+class Segment(msgspec.Struct):
+    start_s: float
+    end_s: float
+
+
 class Progress(msgspec.Struct):
+    """Where a user should resume a video, and the distinct intervals they watched."""
+
     user_id: str
     video_id: str
     resume_position_s: float
     watched_s: float
-    segments: list[list[float]]
+    segments: list[Segment]
+
+    @property
+    def intervals(self) -> list[list[float]]:
+        return [[segment.start_s, segment.end_s] for segment in self.segments]
 
 
 def progress(store: Store, user_id: str, video_id: str) -> Progress | None:
@@ -190,7 +202,19 @@ def _progress(
 ) -> Progress:
     merged = merge_intervals([*map(tuple, closed), *map(tuple, open_segments)])
     watched = sum(end - start for start, end in merged)
-    return Progress(user_id, video_id, resume, watched, merged)
+    return Progress(user_id, video_id, resume, watched, [Segment(*m) for m in merged])
+
+
+def _progress_query(store: Store, params: Mapping[str, str]) -> Progress | None:
+    return progress(store, params["user_id"], params["video_id"])
+
+
+PROGRESS_QUERY = Query(
+    "/v1/progress/{user_id}/{video_id}",
+    _progress_query,
+    "Where a user should resume a video, and what they watched (open sessions included).",
+    Progress,
+)
 
 
 def create_app(settings: Settings) -> App:
@@ -203,4 +227,5 @@ def create_app(settings: Settings) -> App:
         streams=[heartbeats],
         tables=[SEGMENTS, PROGRESS],
         processors={heartbeats.name: sessions},
+        queries=[PROGRESS_QUERY],
     )

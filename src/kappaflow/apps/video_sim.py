@@ -9,6 +9,7 @@ and can deliver events slightly out of order and repeat some, as clients do.
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -60,35 +61,66 @@ def simulate(
     duplicates: float = 0.0,
     model: ViewerModel | None = None,
 ) -> Workload:
-    """About ``events`` heartbeats from ``viewers`` concurrent players. Delivery order
-    is event time plus a random delay up to ``jitter_ms``; a ``duplicates`` fraction
-    of events is delivered twice."""
+    """About ``events`` heartbeats from ``viewers`` concurrent players, all in memory."""
+    truth: dict[tuple[str, str], Truth] = {}
+    end_ms = start_ms + events * HEARTBEAT_S * 1000 // max(viewers, 1)
+    stream = heartbeats(viewers, seed, start_ms, end_ms, jitter_ms, duplicates, model, truth)
+    return Workload(list(stream), truth)
+
+
+def heartbeats(
+    viewers: int,
+    seed: int,
+    start_ms: int,
+    end_ms: int | None = None,
+    jitter_ms: int = 0,
+    duplicates: float = 0.0,
+    model: ViewerModel | None = None,
+    truth: dict[tuple[str, str], Truth] | None = None,
+) -> Iterator[Heartbeat]:
+    """The viewers' heartbeats in delivery order, lazily: event time plus a random
+    delay up to ``jitter_ms``; a ``duplicates`` fraction is delivered twice. Players
+    stop at ``end_ms`` (never, if None); ``truth`` receives what they played."""
     model = model or ViewerModel()
+    truth = {} if truth is None else truth
     rng = random.Random(seed)
     durations = [rng.randint(*model.durations_s) for _ in range(model.videos)]
-    span_ms = events * HEARTBEAT_S * 1000 // max(viewers, 1)
-    truth: dict[tuple[str, str], Truth] = {}
-    timed: list[tuple[int, int, Heartbeat]] = []
+    players = [
+        _viewer(random.Random(f"{seed}-{n}"), model, n, durations, start_ms, end_ms, truth)
+        for n in range(viewers)
+    ]
+    pending: list[tuple[int, int, Heartbeat]] = []
     sequence = 0
-    for viewer in range(viewers):
-        users = [f"user-{viewer}-{n}" for n in range(model.users_per_viewer)]
-        clock = start_ms + rng.randrange(HEARTBEAT_S * 1000)
-        while clock < start_ms + span_ms:
-            user = rng.choice(users)
-            video = rng.randrange(model.videos)
-            key = (user, f"video-{video}")
-            record = truth.setdefault(key, Truth())
-            for hb in _session(rng, model, key, durations[video], clock, record):
-                sequence += 1
-                delivery = hb_ms(hb) + (rng.randrange(jitter_ms + 1) if jitter_ms else 0)
-                timed.append((delivery, sequence, hb))
-                if duplicates and rng.random() < duplicates:
-                    sequence += 1
-                    timed.append((delivery + rng.randrange(jitter_ms + 1), sequence, hb))
-                clock = hb_ms(hb)
-            clock += rng.randint(10_000, 600_000)
-    timed.sort(key=lambda entry: (entry[0], entry[1]))
-    return Workload([hb for _, _, hb in timed], truth)
+    for hb in heapq.merge(*players, key=hb_ms):
+        while pending and pending[0][0] <= hb_ms(hb):
+            yield heapq.heappop(pending)[2]
+        copies = 2 if duplicates and rng.random() < duplicates else 1
+        for _ in range(copies):
+            sequence += 1
+            delay = rng.randrange(jitter_ms + 1) if jitter_ms else 0
+            heapq.heappush(pending, (hb_ms(hb) + delay, sequence, hb))
+    while pending:
+        yield heapq.heappop(pending)[2]
+
+
+def _viewer(
+    rng: random.Random,
+    model: ViewerModel,
+    number: int,
+    durations: list[int],
+    clock: int,
+    end_ms: int | None,
+    truth: dict[tuple[str, str], Truth],
+) -> Iterator[Heartbeat]:
+    """One player's sessions back to back, in event-time order."""
+    users = [f"user-{number}-{n}" for n in range(model.users_per_viewer)]
+    clock += rng.randrange(HEARTBEAT_S * 1000)
+    while end_ms is None or clock < end_ms:
+        video = rng.randrange(model.videos)
+        key = (rng.choice(users), f"video-{video}")
+        record = truth.setdefault(key, Truth())
+        yield from _session(rng, model, key, durations[video], clock, end_ms, record)
+        clock = record.last_ms + rng.randint(10_000, 600_000)
 
 
 def hb_ms(event: Heartbeat) -> int:
@@ -102,6 +134,7 @@ def _session(
     key: tuple[str, str],
     duration: int,
     clock: int,
+    end_ms: int | None,
     truth: Truth,
 ) -> Iterator[Heartbeat]:
     user, video = key
@@ -117,6 +150,10 @@ def _session(
     yield event("play")
     while True:
         step = min(HEARTBEAT_S, duration - position)
+        if end_ms is not None and clock + HEARTBEAT_S * 1000 > end_ms:
+            # The simulation ends: as if the player vanished after its last event.
+            truth.intervals.append([played_from, position])
+            return
         clock += round(step * 1000)
         position += step
         if position >= duration:

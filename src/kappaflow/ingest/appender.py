@@ -24,6 +24,12 @@ class Appender:
 
     def append(self, events: Sequence[Any]) -> int:
         """Append ``events``; returns how many. Durable when it returns (per the log)."""
+        for partition, values in self.encode(events).items():
+            self.log.append(self.stream.name, partition, values)
+        return len(events)
+
+    def encode(self, events: Sequence[Any]) -> dict[int, list[bytes]]:
+        """Log records of ``events`` by partition, in order."""
         by_partition: dict[int, list[bytes]] = {}
         key, time_field = self.stream.key, self.stream.time
         for event in events:
@@ -31,6 +37,4 @@ class Appender:
                 event = msgspec.structs.replace(event, **{time_field: self.stream.time_of(event)})
             partition = partition_for(getattr(event, key), self.partitions)
             by_partition.setdefault(partition, []).append(self._encode(event))
-        for partition, values in by_partition.items():
-            self.log.append(self.stream.name, partition, values)
-        return len(events)
+        return by_partition

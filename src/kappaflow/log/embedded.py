@@ -14,6 +14,7 @@ cuts a torn tail back to the last whole record and indexes what survives.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import fcntl
 import itertools
 import json
@@ -219,24 +220,27 @@ class _Writer:
             frames.append(pack(len(value), crc32(value)))
             frames.append(value)
         buffer = _EMPTY.join(frames)
-        first = self.next_offset
+        first, start = self.next_offset, self.position
         try:
             self.data.write(buffer)
             self.data.flush()
             if self.fsync:
                 os.fdatasync(self.data.fileno())
-            self.position += len(buffer)
-            self.next_offset += len(values)
-            self.index.write(ENTRY.pack(self.next_offset, self.position))
+            self.index.write(ENTRY.pack(first + len(values), start + len(buffer)))
             self.index.flush()
         except OSError as error:
-            self._reopen_after_failure()
+            self._reopen_after_failure(start)
             raise LogUnavailable(f"{self.path}: cannot append: {error.strerror}") from error
+        self.next_offset, self.position = first + len(values), start + len(buffer)
         return first
 
-    def _reopen_after_failure(self) -> None:
-        """Drop whatever a failed append left behind, so the tail stays whole."""
-        self.close()
+    def _reopen_after_failure(self, position: int) -> None:
+        """Cut what a failed append left behind, so that nothing of it is ever served."""
+        for file in (self.data, self.index):
+            with contextlib.suppress(OSError):
+                file.close()
+        with contextlib.suppress(OSError):
+            os.truncate(self.path / _segment_name(self.base, ".log"), position)
         self.next_offset, self.position = self._recover()
         self.data = self._open(".log")
         self.index = self._open(".index")

@@ -18,6 +18,7 @@ import msgspec
 
 from kappaflow.app import App, Batch, Processor, Stream
 from kappaflow.log.base import Log, RecordBatch
+from kappaflow.metrics import BATCH_SECONDS, DEAD_LETTERS, EVENTS_PROCESSED
 from kappaflow.settings import Settings
 from kappaflow.store.base import DeadLetter, PartitionCommit, Store
 
@@ -111,6 +112,7 @@ class Worker:
         dead: list[DeadLetter] = []
         records = 0
         now = self.clock()
+        started = time.perf_counter()
         for run in self.runs.values():
             batch = self.log.read(
                 self.stream.name, run.partition, run.next_offset, self.settings.batch_max_events
@@ -137,6 +139,10 @@ class Worker:
             self.store.commit(self.group, commits, rows, dead)
             self.stats.commits += 1
             self.stats.events += records
+            EVENTS_PROCESSED.labels(self.group).inc(records)
+            BATCH_SECONDS.labels(self.group).observe(time.perf_counter() - started)
+            for letter in dead:
+                DEAD_LETTERS.labels(self.group, letter.reason.split(":")[0]).inc()
         return records
 
     def _idle(self, run: PartitionRun, now: float) -> bool:

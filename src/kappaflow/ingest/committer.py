@@ -1,0 +1,55 @@
+"""Group commit: appends of concurrent requests share one write and one fsync per
+partition. While a write runs in a thread, new requests queue; the next write takes
+them all. Each request's future resolves once its records are durable."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from kappaflow.log.base import Log
+
+Records = dict[int, list[bytes]]
+
+
+class GroupCommitter:
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self._queue: list[tuple[str, Records, asyncio.Future[None]]] = []
+        self._writing: asyncio.Task[None] | None = None
+
+    async def append(self, stream: str, records: Records) -> None:
+        """Return once ``records`` (partition -> values) are durably in the log; raise
+        the log's error otherwise."""
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((stream, records, future))
+        if self._writing is None or self._writing.done():
+            self._writing = asyncio.create_task(self._write_queued())
+        await future
+
+    async def drain(self) -> None:
+        """Wait for every queued append (on shutdown)."""
+        while self._writing is not None and not self._writing.done():
+            await self._writing
+
+    async def _write_queued(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                await asyncio.to_thread(self._write, batch)
+            except Exception as error:
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+            else:
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+    def _write(self, batch: list[tuple[str, Records, asyncio.Future[None]]]) -> None:
+        merged: dict[tuple[str, int], list[bytes]] = defaultdict(list)
+        for stream, records, _ in batch:
+            for partition, values in records.items():
+                merged[stream, partition].extend(values)
+        for (stream, partition), values in merged.items():
+            self.log.append(stream, partition, values)

@@ -1,0 +1,99 @@
+"""Prometheus metrics of every kappaflow process. Processes started by ``kappaflow up``
+share a directory (``PROMETHEUS_MULTIPROC_DIR``, set before they start) and the HTTP
+service's ``/metrics`` adds them up; a process on its own exports just its own. Lag
+is computed when scraped, from the log's end offsets and the store's commits."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import REGISTRY, Collector
+
+from kappaflow.app import App, Stream
+from kappaflow.errors import KappaflowError
+from kappaflow.log.base import Log
+from kappaflow.store.base import Store
+
+MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+EVENTS_INGESTED = Counter(
+    "kappaflow_events_ingested", "Events durably appended by ingest.", ["stream"]
+)
+REQUESTS_REJECTED = Counter(
+    "kappaflow_ingest_rejected", "Ingest requests refused, by reason.", ["stream", "reason"]
+)
+EVENTS_PROCESSED = Counter(
+    "kappaflow_events_processed", "Log records processed and committed by workers.", ["group"]
+)
+DEAD_LETTERS = Counter(
+    "kappaflow_dead_letters", "Records sent to the dead-letter table, by reason.",
+    ["group", "reason"],
+)  # fmt: skip
+BATCH_SECONDS = Histogram(
+    "kappaflow_batch_seconds",
+    "Time of one worker cycle: read, process and commit.",
+    ["group"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+class LagCollector(Collector):
+    """``kappaflow_lag{group, partition}``: records appended but not yet committed."""
+
+    def __init__(self, apps: Sequence[App], log: Log, store: Store) -> None:
+        self.apps, self.log, self.store = apps, log, store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        lag = GaugeMetricFamily(
+            "kappaflow_lag",
+            "Records not yet processed, per partition.",
+            labels=["group", "partition"],
+        )
+        try:
+            for group, partition, value in partition_lag(self.apps, self.log, self.store):
+                lag.add_metric([group, str(partition)], value)
+        except KappaflowError:
+            return
+        yield lag
+
+
+def partition_lag(
+    apps: Sequence[App], log: Log, store: Store, only: Stream | None = None
+) -> Iterator[tuple[str, int, int]]:
+    """(group, partition, records appended but not committed) of every app stream, or
+    of stream ``only``."""
+    for app in apps:
+        for stream in app.streams:
+            if only is not None and stream.name != only.name:
+                continue
+            group = app.group(stream)
+            committed = store.committed_offsets(group)
+            for partition, end in log.end_offsets(stream.name).items():
+                yield group, partition, max(0, end - committed.get(partition, 0))
+
+
+def exposition(lag: LagCollector | None) -> bytes:
+    """The Prometheus text of this process (or of all processes sharing the directory)."""
+    if os.environ.get(MULTIPROCESS_VARIABLE):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    if lag is None:
+        return generate_latest(registry)
+    combined = CollectorRegistry()
+    combined.register(_Both(registry, lag))
+    return generate_latest(combined)
+
+
+class _Both(Collector):
+    def __init__(self, registry: CollectorRegistry, lag: LagCollector) -> None:
+        self.registry, self.lag = registry, lag
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield from self.registry.collect()
+        yield from self.lag.collect()

@@ -1,0 +1,102 @@
+"""The OpenAPI document of the HTTP services, derived from the apps' streams and
+queries, so it always matches what is served."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import msgspec
+
+from kappaflow import __version__
+from kappaflow.app import App
+from kappaflow.events.validate import Problem
+
+_PARAMETER = re.compile(r"{([^}]+)}")
+
+
+def _error(description: str) -> dict[str, Any]:
+    schema = {"$ref": "#/components/schemas/Error"}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _get(summary: str, responses: dict[str, Any]) -> dict[str, Any]:
+    return {"get": {"summary": summary, "responses": responses}}
+
+
+def document(apps: Sequence[App], roles: Collection[str]) -> dict[str, Any]:
+    types: list[Any] = [Problem]
+    paths: dict[str, Any] = {
+        "/healthz": _get("The process is alive.", {"200": {"description": "alive"}}),
+        "/readyz": _get("The log and the store are reachable.", {
+            "200": {"description": "ready"},
+            "503": _error("the log or the store is unreachable"),
+        }),
+        "/metrics": _get("Prometheus metrics (text format).", {
+            "200": {"description": "metrics", "content": {"text/plain": {}}},
+        }),
+        "/openapi.json": _get("This document.", {"200": {"description": "OpenAPI 3.1"}}),
+    }  # fmt: skip
+    if "ingest" in roles:
+        for app in apps:
+            for stream in app.streams:
+                types.append(stream.schema)
+                ref = {"$ref": f"#/components/schemas/{stream.schema.__name__}"}
+                body = {"oneOf": [ref, {"type": "array", "items": ref}]}
+                paths[f"/v1/streams/{stream.name}/events"] = {"post": {
+                    "summary": f"Append {stream.name} events (app {app.name}).",
+                    "requestBody": {"required": True, "content": {
+                        "application/json": {"schema": body},
+                        "application/x-ndjson": {"schema": ref},
+                    }},
+                    "responses": {
+                        "202": {"description": "all events are durably in the log",
+                                "content": {"application/json": {"schema": {
+                                    "type": "object",
+                                    "properties": {"accepted": {"type": "integer"}}}}}},
+                        "400": _error("invalid records (problems name them); nothing written"),
+                        "404": _error("unknown stream"),
+                        "413": _error("body over the limit"),
+                        "415": _error("unsupported content type"),
+                        "429": _error("backlog over the bound; see Retry-After"),
+                        "503": _error("log or store unavailable; see Retry-After"),
+                    },
+                }}  # fmt: skip
+    if "query" in roles:
+        for app in apps:
+            for query in app.queries:
+                responses: dict[str, Any] = {
+                    "200": {"description": "found"},
+                    "400": _error("invalid parameters"),
+                    "404": _error("nothing found"),
+                    "503": _error("store unavailable"),
+                }
+                if query.result is not None:
+                    types.append(query.result)
+                    schema = {"$ref": f"#/components/schemas/{query.result.__name__}"}
+                    responses["200"]["content"] = {"application/json": {"schema": schema}}
+                parameters = [
+                    {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                    for name in _PARAMETER.findall(query.path)
+                ]
+                paths[query.path] = {"get": {
+                    "summary": query.summary, "parameters": parameters, "responses": responses,
+                }}  # fmt: skip
+    _, components = msgspec.json.schema_components(
+        types, ref_template="#/components/schemas/{name}"
+    )
+    components["Error"] = {
+        "type": "object",
+        "properties": {
+            "error": {"type": "string"},
+            "problems": {"type": "array", "items": {"$ref": "#/components/schemas/Problem"}},
+        },
+        "required": ["error"],
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "kappaflow", "version": __version__},
+        "paths": paths,
+        "components": {"schemas": components},
+    }

@@ -1,0 +1,98 @@
+"""One ASGI application serving the ingest and/or query roles, with the endpoints
+every role has (``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json``), run on
+uvicorn. On SIGTERM or Ctrl-C uvicorn stops accepting, answers the requests in
+flight (each either 202 and durable, or refused), then the log and store close."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Collection
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from kappaflow.app import load_apps
+from kappaflow.errors import KappaflowError
+from kappaflow.http import error, json_response
+from kappaflow.ingest.service import IngestService
+from kappaflow.log import open_log
+from kappaflow.metrics import LagCollector, exposition
+from kappaflow.openapi import document
+from kappaflow.query.service import QueryService
+from kappaflow.settings import Settings
+from kappaflow.store import open_store
+
+ROLES = ("ingest", "query")
+log = logging.getLogger("kappaflow.serve")
+
+
+def build(settings: Settings, roles: Collection[str]) -> Starlette:
+    apps = load_apps(settings)
+    the_log = open_log(settings, writer="ingest" in roles)
+    store = open_store(settings)
+    for app in apps:
+        store.create_tables(app.tables)
+        for stream in app.streams:
+            the_log.create_topic(stream.name, settings.partitions)
+    ingest = IngestService(settings, apps, the_log, store) if "ingest" in roles else None
+    query = QueryService(settings, apps, store) if "query" in roles else None
+    lag = LagCollector(apps, the_log, store)
+    openapi = json_response(document(apps, roles))
+
+    async def healthz(request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            for app in apps:
+                for stream in app.streams:
+                    the_log.end_offsets(stream.name)
+            store.query("SELECT 1")
+        except KappaflowError as failure:
+            return error(503, f"not ready: {failure}")
+        return json_response({"status": "ready"})
+
+    async def metrics(request: Request) -> Response:
+        return Response(exposition(lag), media_type="text/plain; version=0.0.4")
+
+    async def openapi_json(request: Request) -> Response:
+        return openapi
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        log.warning("%s serving on http://%s:%d", "+".join(roles), settings.host, settings.port)
+        try:
+            yield
+        finally:
+            if ingest is not None:
+                await ingest.close()
+            the_log.close()
+            store.close()
+            log.warning("%s stopped; every acknowledged event is in the log", "+".join(roles))
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        Route("/openapi.json", openapi_json),
+        *(ingest.routes if ingest else []),
+        *(query.routes if query else []),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def serve(settings: Settings, roles: Collection[str]) -> None:
+    """Serve until SIGTERM or Ctrl-C."""
+    config = uvicorn.Config(
+        build(settings, roles),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    uvicorn.Server(config).run()

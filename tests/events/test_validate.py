@@ -1,0 +1,76 @@
+"""Decoding request bodies: every shape accepted, every bad record named."""
+
+from __future__ import annotations
+
+import pytest
+
+from kappaflow.apps.video import Heartbeat
+from kappaflow.errors import InvalidEvents
+from kappaflow.events.validate import MAX_PROBLEMS, EventDecoder, Problem
+
+decoder = EventDecoder(Heartbeat)
+GOOD = b'{"user_id": "u", "video_id": "v", "position_s": 1.5, "ts": 1000}'
+
+
+def problems(body: bytes, ndjson: bool = False) -> list[Problem]:
+    with pytest.raises(InvalidEvents) as raised:
+        decoder.decode_ndjson(body) if ndjson else decoder.decode_json(body)
+    return raised.value.problems
+
+
+def test_object_array_and_ndjson_decode_to_events() -> None:
+    (one,) = decoder.decode_json(GOOD)
+    assert one == Heartbeat("u", "v", 1.5, 1000)
+    assert decoder.decode_json(b"[" + GOOD + b"," + GOOD + b"]") == [one, one]
+    assert decoder.decode_ndjson(GOOD + b"\n\r\n" + GOOD + b"\n") == [one, one]
+    assert decoder.decode_json(b"[]") == []
+
+
+def test_rfc3339_time_with_zone_is_accepted_and_without_zone_refused() -> None:
+    body = b'{"user_id": "u", "video_id": "v", "position_s": 1, "ts": "2026-01-01T00:00:05Z"}'
+    assert decoder.decode_json(body)[0].ts.second == 5
+    (problem,) = problems(body.replace(b"Z", b""))
+    assert problem.field == "ts"
+
+
+def test_each_bad_record_is_named_by_index_field_and_reason() -> None:
+    body = b"\n".join(
+        [
+            GOOD,
+            b'{"user_id": "u", "video_id": "v", "position_s": "ten", "ts": 1}',
+            b'{"user_id": "u", "position_s": 1, "ts": 1}',
+            b'{"user_id": "u", "video_id": "v", "position_s": -1, "ts": 1}',
+            b'{"user_id": "u", "video_id": "v", "position_s": 1, "ts": 1, "kind": "rewind"}',
+            b'{"user_id": "", "video_id": "v", "position_s": 1, "ts": 1}',
+            b'{"user_id": "u", "video_',
+            b"[1, 2]",
+        ]
+    )
+    found = problems(body, ndjson=True)
+    assert [(p.index, p.field) for p in found] == [
+        (1, "position_s"), (2, "video_id"), (3, "position_s"), (4, "kind"), (5, "user_id"),
+        (6, None), (7, None),
+    ]  # fmt: skip
+    assert "Expected `float`, got `str`" in found[0].reason
+    assert "missing required field" in found[1].reason
+    assert ">= 0" in found[2].reason
+    assert found[5].reason.startswith("not valid JSON")
+
+
+def test_array_records_are_named_by_position_in_the_array() -> None:
+    found = problems(b"[" + GOOD + b', {"user_id": 3}]')
+    assert [(p.index, p.field) for p in found] == [(1, "user_id")]
+
+
+def test_malformed_body_is_one_problem_about_the_body() -> None:
+    (problem,) = problems(b'[{"user_id": "u"')
+    assert problem.index is None and problem.reason.startswith("body is not valid JSON")
+    (problem,) = problems(b"42")
+    assert problem.index == 0 and "object" in problem.reason
+
+
+def test_problems_are_capped_but_counted() -> None:
+    with pytest.raises(InvalidEvents) as raised:
+        decoder.decode_ndjson(b"\n".join([b"{}"] * 100))
+    assert len(raised.value.problems) == MAX_PROBLEMS
+    assert raised.value.records == 100

@@ -1,0 +1,155 @@
+"""The HTTP services in-process (Starlette's test client over the real ASGI app, log
+and store): every answer of ingest, the queries, health, metrics and OpenAPI."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import msgspec
+import pytest
+from openapi_spec_validator import validate
+from starlette.testclient import TestClient
+
+from kappaflow.apps.video import create_app
+from kappaflow.log import open_log
+from kappaflow.serve import build
+from kappaflow.settings import Settings
+from kappaflow.store import open_store
+from kappaflow.stream.worker import Worker
+
+EVENTS = "/v1/streams/heartbeats/events"
+
+
+def beat(user: str = "u", ts: int = 1000, position: float = 1.0, **extra) -> dict:
+    return {"user_id": user, "video_id": "v", "position_s": position, "ts": ts, **extra}
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(build(settings, ("ingest", "query"))) as test_client:
+        yield test_client
+
+
+def logged(settings: Settings) -> list[dict]:
+    log = open_log(settings)
+    records = []
+    for partition in range(settings.partitions):
+        batch = log.read("heartbeats", partition, 0, 10_000)
+        records.extend(msgspec.json.decode(value) for value in batch.values)
+    return records
+
+
+def test_accepts_an_object_an_array_and_ndjson_durably(
+    client: TestClient, settings: Settings
+) -> None:
+    one = client.post(EVENTS, json=beat("a"))
+    many = client.post(EVENTS, json=[beat("b"), beat("c", kind="play")])
+    lines = b"\n".join(msgspec.json.encode(beat(u)) for u in "de")
+    ndjson = client.post(EVENTS, content=lines, headers={"content-type": "application/x-ndjson"})
+    assert [r.status_code for r in (one, many, ndjson)] == [202, 202, 202]
+    assert [r.json() for r in (one, many, ndjson)] == [{"accepted": n} for n in (1, 2, 2)]
+    assert sorted(r["user_id"] for r in logged(settings)) == list("abcde")
+
+
+def test_rfc3339_times_are_stored_as_epoch_milliseconds(
+    client: TestClient, settings: Settings
+) -> None:
+    assert client.post(EVENTS, json=beat(ts="1970-01-01T00:00:02.5+00:00")).status_code == 202
+    assert logged(settings)[0]["ts"] == 2500
+
+
+def test_one_bad_record_refuses_the_request_and_writes_nothing(
+    client: TestClient, settings: Settings
+) -> None:
+    answer = client.post(EVENTS, json=[beat("a"), beat("b", position=-5), {"user_id": "c"}])
+    assert answer.status_code == 400
+    body = answer.json()
+    assert body["error"].startswith("2 invalid record(s)")
+    assert [(p["index"], p["field"]) for p in body["problems"]] == [
+        (1, "position_s"),
+        (2, "video_id"),
+    ]
+    assert logged(settings) == []
+
+
+def test_unknown_stream_is_404_naming_the_streams(client: TestClient) -> None:
+    answer = client.post("/v1/streams/nope/events", json=beat())
+    assert answer.status_code == 404
+    assert answer.json() == {"error": "unknown stream 'nope'", "streams": ["heartbeats"]}
+
+
+def test_unsupported_content_type_is_415(client: TestClient) -> None:
+    answer = client.post(EVENTS, content=b"{}", headers={"content-type": "text/csv"})
+    assert answer.status_code == 415
+    assert "application/x-ndjson" in answer.json()["accepted"]
+
+
+def test_body_over_the_limit_is_413_and_writes_nothing(settings: Settings) -> None:
+    settings = settings.replace(ingest_max_body_bytes=1_000)
+    with TestClient(build(settings, ("ingest",))) as client:
+        small = client.post(EVENTS, json=[beat()] * 5)
+        big = client.post(EVENTS, json=[beat()] * 50)
+        streamed = client.post(
+            EVENTS,
+            content=iter([msgspec.json.encode([beat()] * 50)]),  # chunked: no content-length
+            headers={"content-type": "application/json"},
+        )
+    assert (small.status_code, big.status_code, streamed.status_code) == (202, 413, 413)
+    assert "1,000 bytes" in big.json()["error"]
+    assert len(logged(settings)) == 5
+
+
+def test_backlog_over_the_bound_is_429_with_retry_after(settings: Settings) -> None:
+    settings = settings.replace(ingest_max_backlog=3, retry_after_s=2)
+    with TestClient(build(settings, ("ingest",))) as client:
+        assert client.post(EVENTS, json=[beat(str(n)) for n in range(5)]).status_code == 202
+        time.sleep(0.6)  # the backlog is checked at most every 0.5 s
+        refused = client.post(EVENTS, json=beat())
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "2"
+    assert "backlog of 5" in refused.json()["error"]
+    assert len(logged(settings)) == 5
+
+
+def test_progress_query_after_processing(client: TestClient, settings: Settings) -> None:
+    events = [beat(ts=t * 1000, position=float(t)) for t in range(0, 25, 5)]
+    assert client.post(EVENTS, json=events).status_code == 202
+    assert client.get("/v1/progress/u/v").status_code == 404
+    app = create_app(settings)
+    worker = Worker(
+        app, app.streams[0], open_log(settings), open_store(settings), settings, range(4)
+    )
+    worker.start()
+    worker.poll()
+    found = client.get("/v1/progress/u/v")
+    assert found.status_code == 200
+    assert found.json() == {
+        "user_id": "u",
+        "video_id": "v",
+        "resume_position_s": 20.0,
+        "watched_s": 20.0,
+        "segments": [{"start_s": 0.0, "end_s": 20.0}],
+    }
+    assert client.get("/v1/progress/u/other").status_code == 404
+
+
+def test_health_readiness_and_metrics(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    client.post(EVENTS, json=[beat("a"), beat("b")])
+    client.post(EVENTS, json=[{"bad": 1}])
+    text = client.get("/metrics").text
+    assert 'kappaflow_events_ingested_total{stream="heartbeats"}' in text
+    assert 'kappaflow_ingest_rejected_total{reason="invalid",stream="heartbeats"}' in text
+    lag = [line for line in text.splitlines() if line.startswith("kappaflow_lag{")]
+    assert len(lag) == 4 and sum(float(line.split()[-1]) for line in lag) == 2
+
+
+def test_openapi_document_is_valid_and_lists_every_route(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    validate(document)
+    assert {EVENTS, "/v1/progress/{user_id}/{video_id}", "/healthz", "/readyz"} <= set(
+        document["paths"]
+    )
+    assert "Heartbeat" in document["components"]["schemas"]

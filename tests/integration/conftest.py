@@ -1,0 +1,80 @@
+"""Real kappaflow processes on 127.0.0.1, started and stopped by the tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kappaflow.up import free_port
+
+
+class Running:
+    def __init__(self, process: subprocess.Popen[bytes], url: str, output: Path) -> None:
+        self.process, self.url, self.output = process, url, output
+        self._clients: list[httpx.Client] = []
+
+    def client(self) -> httpx.Client:
+        """An HTTP client of this process, closed when it stops."""
+        self._clients.append(httpx.Client(base_url=self.url, timeout=10))
+        return self._clients[-1]
+
+    def close_clients(self) -> None:
+        for client in self._clients:
+            client.close()
+
+    def stop(self, timeout_s: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout_s)
+
+
+@pytest.fixture
+def kappaflow(tmp_path: Path) -> Callable[..., AbstractContextManager[Running]]:
+    """``with kappaflow("up", "--data-dir", d) as running:`` runs a real process."""
+    return lambda *arguments, **options: _kappaflow(tmp_path, *arguments, **options)
+
+
+@contextmanager
+def _kappaflow(
+    tmp_path: Path,
+    *arguments: str,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[Running]:
+    """Run ``kappaflow ARGUMENTS --port P`` until it answers /healthz; stop it after."""
+    port = free_port()
+    output = tmp_path / f"{arguments[0]}-{port}.log"
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kappaflow", *arguments, "--port", str(port)],
+            env={**os.environ, **(env or {})},
+            stdout=sink,
+            stderr=sink,
+            preexec_fn=preexec_fn,
+        )
+    running = Running(process, f"http://127.0.0.1:{port}", output)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, output.read_text()
+            assert time.monotonic() < deadline, "no /healthz within 30 s"
+            try:
+                if httpx.get(f"{running.url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield running
+    finally:
+        running.close_clients()
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -1,0 +1,165 @@
+"""The stack as a user runs it: ``kappaflow up`` and ``kappaflow ingest`` as real
+processes on 127.0.0.1, over HTTP."""
+
+from __future__ import annotations
+
+import resource
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+
+from kappaflow.apps.video_sim import simulate
+from kappaflow.log import open_log
+from kappaflow.settings import Settings
+
+pytestmark = pytest.mark.integration
+EVENTS = "/v1/streams/heartbeats/events"
+ENV = {"KAPPAFLOW_PARTITIONS": "4", "KAPPAFLOW_IDLE_TIMEOUT_S": "3600"}
+
+
+def logged_records(data_dir: Path) -> list[dict]:
+    settings = Settings.load({}, {"data_dir": str(data_dir), "partitions": 4})
+    log = open_log(settings)
+    return [
+        msgspec.json.decode(value)
+        for partition in range(4)
+        for value in log.read("heartbeats", partition, 0, 1_000_000).values
+    ]
+
+
+def wait_for_no_lag(client: httpx.Client, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        lines = client.get("/metrics").text.splitlines()
+        lag = [float(line.split()[-1]) for line in lines if line.startswith("kappaflow_lag{")]
+        if lag and sum(lag) == 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the backlog did not drain")
+
+
+def post_all(client: httpx.Client, events: list, size: int = 500) -> None:
+    encode = msgspec.json.Encoder().encode
+    for start in range(0, len(events), size):
+        answer = client.post(
+            EVENTS,
+            content=encode(events[start : start + size]),
+            headers={"content-type": "application/json"},
+        )
+        assert answer.status_code == 202, answer.text
+
+
+def test_up_serves_everything_and_a_restart_keeps_all_data(tmp_path: Path, kappaflow) -> None:
+    data = str(tmp_path / "data")
+    workload = simulate(20_000, viewers=100, seed=3, jitter_ms=1_000)
+    half = len(workload.events) // 2
+    sample = sorted(workload.truth)[:40]
+
+    def progress(client: httpx.Client) -> dict:
+        return {key: client.get(f"/v1/progress/{key[0]}/{key[1]}").json() for key in sample}
+
+    with kappaflow("up", "--data-dir", data, env=ENV) as stack:
+        client = stack.client()
+        post_all(client, workload.events[:half])
+        wait_for_no_lag(client)
+        before = progress(client)
+        assert client.post("/v1/streams/x/events", json={}).status_code == 404
+        assert client.post(EVENTS, json={"user_id": 1}).status_code == 400
+        assert (
+            client.post(EVENTS, content=b"x", headers={"content-type": "text/plain"}).status_code
+            == 415
+        )
+        assert (
+            client.post(
+                EVENTS, content=b" " * 5_000_000, headers={"content-type": "application/json"}
+            ).status_code
+            == 413
+        )
+        assert stack.stop() == 0
+    assert "stopped" in stack.output.read_text()
+
+    with kappaflow("up", "--data-dir", data, env=ENV) as stack:
+        client = stack.client()
+        assert progress(client) == before, "a restart keeps every result"
+        post_all(client, workload.events[half:])
+        wait_for_no_lag(client)
+        after = progress(client)
+        assert stack.stop() == 0
+    for key in sample:
+        truth = workload.truth[key]
+        assert after[key]["resume_position_s"] == truth.resume_position_s
+        assert after[key]["watched_s"] == pytest.approx(truth.watched_s)
+    assert len(logged_records(tmp_path / "data")) == len(workload.events)
+
+
+def test_sigterm_during_load_loses_nothing_acknowledged(tmp_path: Path, kappaflow) -> None:
+    data = str(tmp_path / "data")
+    accepted: list[int] = []
+    attempted: list[int] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client_loop(url: str, first: int) -> None:
+        number = first
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not stop.is_set():
+                batch = list(range(number, number + 200))
+                number += 200 * 4
+                body = [{"user_id": f"u{n}", "video_id": "v", "position_s": n, "ts": 1000}
+                        for n in batch]  # fmt: skip
+                with lock:
+                    attempted.extend(batch)
+                try:
+                    answer = client.post(EVENTS, json=body)
+                except httpx.HTTPError:
+                    return
+                if answer.status_code == 202:
+                    with lock:
+                        accepted.extend(batch)
+
+    with kappaflow("up", "--data-dir", data, env=ENV) as stack:
+        threads = [
+            threading.Thread(target=client_loop, args=(stack.url, n * 200)) for n in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)
+        stack.process.send_signal(signal.SIGTERM)
+        assert stack.process.wait(60) == 0
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    logged = sorted(int(r["position_s"]) for r in logged_records(tmp_path / "data"))
+    assert len(accepted) > 1_000, "the load ran before the stop"
+    assert logged == sorted(accepted), "exactly the acknowledged events are in the log"
+    assert set(attempted) > set(accepted) or len(attempted) == len(accepted)
+
+
+def _limit_file_size() -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+
+def test_a_failing_log_write_is_503_and_writes_nothing(tmp_path: Path, kappaflow) -> None:
+    data = str(tmp_path / "data")
+    env = {**ENV, "KAPPAFLOW_RETRY_AFTER_S": "3"}
+    small = [{"user_id": "u", "video_id": "v", "position_s": n, "ts": 1000} for n in range(10)]
+    big = [{"user_id": "u", "video_id": "v", "position_s": n, "ts": 1000} for n in range(5_000)]
+    with kappaflow("ingest", "--data-dir", data, env=env,
+                   preexec_fn=_limit_file_size) as ingest:  # fmt: skip
+        client = ingest.client()
+        assert client.post(EVENTS, json=small).status_code == 202
+        failed = client.post(EVENTS, json=big)
+        assert failed.status_code == 503
+        assert failed.headers["retry-after"] == "3"
+        assert "cannot append" in failed.json()["error"]
+        assert client.post(EVENTS, json=small).status_code == 202, "the log recovers"
+        # uvicorn re-raises SIGTERM once it has shut down gracefully
+        assert ingest.stop() == -signal.SIGTERM
+    assert "stopped; every acknowledged event is in the log" in ingest.output.read_text()
+    assert len(logged_records(tmp_path / "data")) == 20
