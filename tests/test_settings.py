@@ -53,3 +53,9 @@ def test_bad_toml_file_is_named(tmp_path: Path) -> None:
     config.write_text("colour = 'blue'\n")
     with pytest.raises(SettingsError, match="unknown setting colour in"):
         Settings.load({"KAPPAFLOW_CONFIG": str(config)})
+
+
+def test_settings_survive_the_round_trip_through_the_environment() -> None:
+    overrides = {"apps": ("video", "my.app"), "partitions": 3, "allowed_lateness_s": 2.5}
+    settings = Settings.load({}, {**overrides, "log_fsync": "never"})
+    assert Settings.load(settings.to_environ()) == settings

@@ -30,6 +30,7 @@ from kappaflow.up import Stack, StackFailed, free_port
 
 console = Console(stderr=True)
 API_SAMPLE = 500
+DEMO_LATENESS_S = 120
 GROUP = "video.heartbeats"
 
 
@@ -42,12 +43,15 @@ def run_demo(
                 "data_dir": data_dir or temporary,
                 "port": port or free_port(),
                 "workers": workers,
+                # Viewing runs about 30x faster than real time here, so a request delayed
+                # by one second of wall clock arrives 30 s late in event time.
+                "allowed_lateness_s": DEMO_LATENESS_S,
             }
         )
         stack = Stack(settings, quiet=True)
         try:
             stack.start()
-            return Demo(settings, stack.url).run(duration, rate, viewers)
+            return Demo(settings, stack).run(duration, rate, viewers)
         except StackFailed as failure:
             console.print(f"[red]the stack failed: {failure} (logs in {stack.logs})")
             return False
@@ -89,9 +93,10 @@ def _plain(event: Heartbeat) -> dict[str, object]:
 
 
 class Demo:
-    def __init__(self, settings: Settings, url: str) -> None:
+    def __init__(self, settings: Settings, stack: Stack) -> None:
         self.settings = settings
-        self.url = url
+        self.stack = stack
+        self.url = stack.url
 
     def run(self, duration: float, rate: float, viewers: int) -> bool:
         console.rule("[bold]kappaflow demo: video heartbeats -> watched segments and progress")
@@ -135,6 +140,7 @@ class Demo:
                 while time.perf_counter() - started < timeout_s:
                     if sum(lag for *_, lag in partition_lag(apps, log, store)) == 0:
                         break
+                    self.stack.check()
                     time.sleep(0.1)
             return time.perf_counter() - started
         finally:

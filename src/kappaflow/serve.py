@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kappaflow.app import load_apps
 from kappaflow.errors import KappaflowError
@@ -30,7 +31,7 @@ ROLES = ("ingest", "query")
 log = logging.getLogger("kappaflow.serve")
 
 
-def build(settings: Settings, roles: Collection[str]) -> Starlette:
+def build(settings: Settings, roles: Collection[str]) -> ASGIApp:
     apps = load_apps(settings)
     the_log = open_log(settings, writer="ingest" in roles)
     store = open_store(settings)
@@ -79,10 +80,19 @@ def build(settings: Settings, roles: Collection[str]) -> Starlette:
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         Route("/openapi.json", openapi_json),
-        *(ingest.routes if ingest else []),
         *(query.routes if query else []),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    framework = Starlette(routes=routes, lifespan=lifespan)
+    if ingest is None:
+        return framework
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and ingest.handles(scope["path"]):
+            await ingest(scope, receive, send)
+        else:
+            await framework(scope, receive, send)
+
+    return app
 
 
 def serve(settings: Settings, roles: Collection[str]) -> None:

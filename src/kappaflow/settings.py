@@ -94,6 +94,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 values[key] = (f"--{key.replace('_', '-')}", value)
         return cls(**{key: _convert(key, source, value) for key, (source, value) in values.items()})
 
+    def to_environ(self) -> dict[str, str]:
+        """These settings as ``KAPPAFLOW_*`` variables, for child processes."""
+        environ = {}
+        for name, value in msgspec.structs.asdict(self).items():
+            text = ",".join(value) if isinstance(value, tuple) else str(value)
+            environ[PREFIX + name.upper()] = text
+        return environ
+
     def replace(self, **changes: Any) -> Settings:
         return msgspec.structs.replace(self, **changes)
 

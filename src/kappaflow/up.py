@@ -57,7 +57,7 @@ class Stack:
         metrics_dir = data / "metrics"
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
-        self.env = {**os.environ, MULTIPROCESS_VARIABLE: str(metrics_dir)}
+        self.env = {**os.environ, **settings.to_environ(), MULTIPROCESS_VARIABLE: str(metrics_dir)}
 
     def _spawn(self, *arguments: str) -> subprocess.Popen[bytes]:
         command = [

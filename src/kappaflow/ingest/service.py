@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
-from starlette.routing import Route
+import msgspec
+from starlette.types import Receive, Scope, Send
 
 from kappaflow.app import App, Stream
 from kappaflow.errors import InvalidEvents, KappaflowError, LogError
 from kappaflow.events.validate import EventDecoder
-from kappaflow.http import error, json_response
 from kappaflow.ingest.appender import Appender
 from kappaflow.ingest.committer import GroupCommitter
 from kappaflow.log.base import Log
@@ -27,8 +26,32 @@ NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "applica
 BACKLOG_CHECK_S = 0.5
 
 
-class TooLarge(Exception):
-    pass
+PREFIX, SUFFIX = "/v1/streams/", "/events"
+Answer = tuple[int, Any, dict[str, str]]
+_encode = msgspec.json.Encoder().encode
+
+
+class Disconnected(Exception):
+    """The client went away before sending its whole body: nothing is written."""
+
+
+async def _read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None when it is over ``limit`` bytes."""
+    declared = headers.get(b"content-length", b"")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Disconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
 
 
 class IngestService:
@@ -43,76 +66,84 @@ class IngestService:
                 appender = Appender(log, stream, settings.partitions)
                 self.streams[stream.name] = (app, stream, appender, EventDecoder(stream.schema))
         self._backlog: dict[str, tuple[float, int]] = {}
-        self.routes = [Route("/v1/streams/{stream}/events", self.post_events, methods=["POST"])]
 
-    async def post_events(self, request: Request) -> Response:
-        name = request.path_params["stream"]
+    @staticmethod
+    def handles(path: str) -> bool:
+        return path.startswith(PREFIX) and path.endswith(SUFFIX)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A raw ASGI app for the ingest route: the hot path skips the framework."""
+        if scope["method"] != "POST":
+            status, content, headers = 405, {"error": "use POST"}, {"allow": "POST"}
+        else:
+            status, content, headers = await self._post(scope, receive)
+        body = _encode(content)
+        raw_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *((name.encode(), value.encode()) for name, value in headers.items()),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _post(self, scope: Scope, receive: Receive) -> Answer:
+        name = scope["path"][len(PREFIX) : -len(SUFFIX)]
         found = self.streams.get(name)
         if found is None:
-            return self._refuse("(unknown)", "unknown_stream", error(
-                404, f"unknown stream {name!r}", streams=sorted(self.streams)
-            ))  # fmt: skip
+            message = f"unknown stream {name!r}"
+            return self._refuse("(unknown)", "unknown_stream", 404, message,
+                                streams=sorted(self.streams))  # fmt: skip
         app, stream, appender, decoder = found
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        headers = dict(scope["headers"])
+        media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode()
         if media_type not in JSON_TYPES | NDJSON_TYPES:
-            accepted = sorted(JSON_TYPES | NDJSON_TYPES)
-            return self._refuse(name, "unsupported_media_type", error(
-                415, f"content type {media_type or '(none)'!r} is not accepted", accepted=accepted
-            ))  # fmt: skip
-        retry = {"Retry-After": str(self.settings.retry_after_s)}
+            message = f"content type {media_type or '(none)'!r} is not accepted"
+            return self._refuse(name, "unsupported_media_type", 415, message,
+                                accepted=sorted(JSON_TYPES | NDJSON_TYPES))  # fmt: skip
+        retry = {"retry-after": str(self.settings.retry_after_s)}
         try:
             backlog = self._backlog_of(app, stream)
         except KappaflowError as failure:
-            return self._refuse(name, "unavailable", error(503, str(failure), retry))
+            return self._refuse(name, "unavailable", 503, str(failure), headers=retry)
         if backlog > self.settings.ingest_max_backlog:
-            return self._refuse(name, "backlog", error(
-                429, f"backlog of {backlog:,} events is over the bound "
-                f"{self.settings.ingest_max_backlog:,}; retry later", retry
-            ))  # fmt: skip
+            message = (f"backlog of {backlog:,} events is over the bound "
+                       f"{self.settings.ingest_max_backlog:,}; retry later")  # fmt: skip
+            return self._refuse(name, "backlog", 429, message, headers=retry)
+        limit = self.settings.ingest_max_body_bytes
         try:
-            body = await self._body(request)
-        except TooLarge:
-            limit = self.settings.ingest_max_body_bytes
-            return self._refuse(name, "too_large", error(
-                413, f"body is over the limit of {limit:,} bytes; send smaller batches"
-            ))  # fmt: skip
-        except ClientDisconnect:
-            return Response(status_code=400)
+            body = await _read_body(headers, receive, limit)
+        except Disconnected:
+            return self._refuse(name, "disconnected", 400, "the client disconnected mid-body")
+        if body is None:
+            message = f"body is over the limit of {limit:,} bytes; send smaller batches"
+            return self._refuse(name, "too_large", 413, message)
         try:
             if media_type in NDJSON_TYPES:
                 events = decoder.decode_ndjson(body)
             else:
                 events = decoder.decode_json(body)
         except InvalidEvents as invalid:
-            return self._refuse(name, "invalid", error(
-                400, f"{len(invalid.problems)} invalid record(s); nothing was written",
-                problems=invalid.problems,
-            ))  # fmt: skip
-        if not events:
-            return json_response({"accepted": 0}, 202)
-        try:
-            await self.committer.append(name, appender.encode(events))
-        except LogError as failure:
-            return self._refuse(name, "unavailable", error(503, str(failure), retry))
-        EVENTS_INGESTED.labels(name).inc(len(events))
-        return json_response({"accepted": len(events)}, 202)
+            message = f"{len(invalid.problems)} invalid record(s); nothing was written"
+            return self._refuse(name, "invalid", 400, message, problems=invalid.problems)
+        if events:
+            try:
+                await self.committer.append(name, appender.encode(events))
+            except LogError as failure:
+                return self._refuse(name, "unavailable", 503, str(failure), headers=retry)
+            EVENTS_INGESTED.labels(name).inc(len(events))
+        return 202, {"accepted": len(events)}, {}
 
-    def _refuse(self, stream: str, reason: str, response: Response) -> Response:
+    def _refuse(
+        self,
+        stream: str,
+        reason: str,
+        status: int,
+        message: str,
+        headers: dict[str, str] | None = None,
+        **details: Any,
+    ) -> Answer:
         REQUESTS_REJECTED.labels(stream, reason).inc()
-        return response
-
-    async def _body(self, request: Request) -> bytes:
-        limit = self.settings.ingest_max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise TooLarge
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return status, {"error": message, **details}, headers or {}
 
     def _backlog_of(self, app: App, stream: Stream) -> int:
         """Events of the stream appended but not processed, checked at most every 0.5 s."""
