@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE))
 
 from common import Figure  # noqa: E402
 
-console = Console()
+console = Console(width=130)
 
 
 def main() -> None:
@@ -45,10 +45,10 @@ def main() -> None:
     for f in figures:
         table.add_row(
             f.name,
-            f"{f.value:,.0f}",
+            _number(f.value),
             f.unit,
             f.baseline or "",
-            f"{f.baseline_value:,.0f}" if f.baseline_value is not None else "",
+            _number(f.baseline_value) if f.baseline_value is not None else "",
             f"{f.ratio:.2f}" if f.ratio is not None else "",
         )
     console.print(table)
@@ -56,6 +56,10 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps([f.as_dict() for f in figures], indent=2) + "\n")
     console.print(f"written to {out}")
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
 
 
 if __name__ == "__main__":

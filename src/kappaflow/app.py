@@ -18,6 +18,7 @@ from kappaflow.settings import Settings
 from kappaflow.store.base import Store, Table
 
 S = TypeVar("S")
+T = TypeVar("T")
 BUILT_IN = {"video": "kappaflow.apps.video"}
 
 
@@ -84,6 +85,36 @@ class Query:
     """The type of the result, for the OpenAPI document."""
 
 
+class Lookup(Generic[T]):
+    """Reference data a processor reads, such as a catalog: a table written with
+    `Store.upsert`, loaded by each worker and reloaded whenever its version changes.
+    ``index(rows)`` turns the rows into what the processor looks things up in."""
+
+    def __init__(self, table: Table, index: Callable[[list[tuple[Any, ...]]], T]) -> None:
+        self.table = table
+        self._index = index
+        self._version = -1
+        self.data: T = index([])
+
+    def refresh(self, store: Store) -> None:
+        version = store.version(self.table.name)
+        if version != self._version:
+            columns = ", ".join(self.table.column_names)
+            self.data = self._index(store.query(f"SELECT {columns} FROM {self.table.name}"))
+            self._version = version
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A write of reference data served over HTTP: ``POST path``; ``run(store, body,
+    content_type)`` validates the body, writes it with `Store.upsert` and returns a
+    summary; it raises `InvalidEvents` (400, nothing written) for bad rows."""
+
+    path: str
+    run: Callable[[Store, bytes, str], Any]
+    summary: str
+
+
 @dataclass
 class App:
     name: str
@@ -92,6 +123,13 @@ class App:
     processors: dict[str, Processor[Any]] = field(default_factory=dict)
     """Stream name -> its processor."""
     queries: Sequence[Query] = ()
+    lookups: Sequence[Lookup[Any]] = ()
+    uploads: Sequence[Upload] = ()
+
+    @property
+    def all_tables(self) -> list[Table]:
+        """Result tables and the lookups' reference tables."""
+        return [*self.tables, *(lookup.table for lookup in self.lookups)]
 
     def group(self, stream: Stream) -> str:
         """The consumer group: the identity under which offsets and state are kept."""

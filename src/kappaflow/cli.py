@@ -178,6 +178,46 @@ def up(ctx: click.Context, **options: Any) -> None:
     sys.exit(run_up(_settings(ctx, **options)))
 
 
+@main.group()
+def catalog() -> None:
+    """Reference data of the apps (the video catalog)."""
+
+
+@catalog.command("load")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--data-dir", help="Directory of the embedded log and store.")
+@click.pass_context
+def catalog_load(ctx: click.Context, path: str, data_dir: str | None) -> None:
+    """Add or replace videos and ad slots from a JSON or CSV file (all rows or none).
+
+    JSON: {"videos": [...], "ad_slots": [...]}. CSV: a header of video columns
+    (video_id,title,duration_s,license_holder,royalty_rate_per_minute) or of ad slot
+    columns (video_id,position_s,advertiser,campaign).
+    """
+    from pathlib import Path
+
+    from kappaflow.apps.video_catalog import load as load_catalog
+    from kappaflow.apps.video_catalog import parse
+    from kappaflow.errors import InvalidEvents
+    from kappaflow.store import open_store
+
+    settings = _settings(ctx, data_dir=data_dir)
+    content_type = "text/csv" if path.lower().endswith(".csv") else "application/json"
+    try:
+        parsed = parse(Path(path).read_bytes(), content_type)
+        summary = load_catalog(open_store(settings), parsed)
+    except InvalidEvents as invalid:
+        for problem in invalid.problems:
+            where = f"row {problem.index}" if problem.index is not None else "file"
+            click.echo(f"{path}: {where}: {problem.field or ''}: {problem.reason}", err=True)
+        click.echo(f"{path}: nothing was loaded", err=True)
+        sys.exit(1)
+    except KappaflowError as failure:
+        click.echo(f"kappaflow catalog load: {failure}", err=True)
+        sys.exit(1)
+    click.echo(f"loaded {summary.videos} videos and {summary.ad_slots} ad slots")
+
+
 @main.command()
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="Ingest URL.")
 @click.option("--rate", default=10_000.0, show_default=True, help="Target events per second.")

@@ -11,16 +11,19 @@ import statistics
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import httpx
+import msgspec
 from rich.console import Console
 from rich.table import Table
 
 from kappaflow.app import load_apps
 from kappaflow.apps.video import Heartbeat, Progress, all_progress
-from kappaflow.apps.video_sim import HEARTBEAT_S, Truth, heartbeats
+from kappaflow.apps.video_catalog import Catalog, index_slots, index_videos
+from kappaflow.apps.video_reports import day_of, impressions, royalties
+from kappaflow.apps.video_sim import HEARTBEAT_S, Truth, heartbeats, simulated_catalog
 from kappaflow.loadgen import LoadGenerator, Summary
 from kappaflow.log import open_log
 from kappaflow.metrics import partition_lag
@@ -31,6 +34,8 @@ from kappaflow.up import Stack, StackFailed, free_port
 console = Console(stderr=True)
 API_SAMPLE = 500
 DEMO_LATENESS_S = 120
+DEMO_IDLE_S = 10
+SEED = 7
 GROUP = "video.heartbeats"
 
 
@@ -46,6 +51,8 @@ def run_demo(
                 # Viewing runs about 30x faster than real time here, so a request delayed
                 # by one second of wall clock arrives 30 s late in event time.
                 "allowed_lateness_s": DEMO_LATENESS_S,
+                # Close sessions soon after the load ends, so the reports are complete.
+                "idle_timeout_s": DEMO_IDLE_S,
             }
         )
         stack = Stack(settings, quiet=True)
@@ -104,6 +111,16 @@ class Demo:
             f"stack at {self.url}: ingest + queries, {self.settings.workers} workers, "
             f"{self.settings.partitions} partitions, data in {self.settings.data_dir}"
         )
+        catalog = simulated_catalog(SEED)
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            loaded = client.post("/v1/catalog", content=msgspec.json.encode(catalog),
+                                 headers={"content-type": "application/json"})  # fmt: skip
+            loaded.raise_for_status()
+        console.print(
+            f"catalog: {len(catalog.videos)} videos of "
+            f"{len({v.license_holder for v in catalog.videos})} license holders, "
+            f"{len(catalog.ad_slots)} ad slots"
+        )
         truth: dict[tuple[str, str], Truth] = {}
         start_ms = int(time.time() * 1000)
         # Each viewer sends about one heartbeat per 5 s of event time while playing.
@@ -111,7 +128,7 @@ class Demo:
         latest = [start_ms]
 
         def events():  # type: ignore[no-untyped-def]
-            for event in heartbeats(viewers, 7, start_ms, end_ms, 2_000, 0.005, truth=truth):
+            for event in heartbeats(viewers, SEED, start_ms, end_ms, 2_000, 0.005, truth=truth):
                 latest[0] = event.ts
                 yield event
 
@@ -128,7 +145,46 @@ class Demo:
         drained = self._wait_for_backlog(timeout_s=120)
         probe.stop.set()
         prober.join(10)
-        return self._report(summary, drained, truth, probe.latencies)
+        with console.status("waiting for the idle timeout to close the last sessions"):
+            time.sleep(DEMO_IDLE_S + 1.5)
+        ok = self._report(summary, drained, truth, probe.latencies)
+        return self._report_money(truth, catalog, start_ms, end_ms) and ok
+
+    def _report_money(
+        self, truth: dict[tuple[str, str], Truth], catalog: Catalog, start_ms: int, end_ms: int
+    ) -> bool:
+        """Top license holders and campaigns from the report API, against the same
+        reports computed from the simulator's own record of what was played."""
+        expected_money, expected_ads = expected_reports(truth, catalog, self.settings)
+        days = {"from": day_of(start_ms - 86_400_000), "to": day_of(end_ms + 86_400_000)}
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            royalties = client.get("/v1/reports/royalties", params=days).json()
+            ads = client.get("/v1/reports/impressions", params=days).json()
+        money: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for row in royalties:
+            money[row["license_holder"]][0] += round(row["watched_s"] * 1000)
+            money[row["license_holder"]][1] += round(row["amount"] * 1_000_000)
+        shown: Counter[tuple[str, str]] = Counter()
+        for row in ads:
+            shown[row["advertiser"], row["campaign"]] += row["impressions"]
+        holders = Table(title="top license holders (royalties report)")
+        for column in ("license holder", "hours watched", "amount", "vs ground truth"):
+            holders.add_column(column, justify="left" if column == "license holder" else "right")
+        for holder, (watched_ms, micros) in sorted(money.items(), key=lambda m: -m[1][1])[:5]:
+            holders.add_row(holder, f"{watched_ms / 3_600_000:,.1f}", f"{micros / 1e6:,.2f}",
+                            _verdict(money[holder], expected_money.get(holder)))  # fmt: skip
+        campaigns = Table(title="top campaigns (impressions report)")
+        for column in ("advertiser", "campaign", "impressions", "vs ground truth"):
+            campaigns.add_column(column, justify="right" if column == "impressions" else "left")
+        for campaign_key, count in shown.most_common(5):
+            verdict = _verdict(count, expected_ads.get(campaign_key))
+            campaigns.add_row(*campaign_key, f"{count:,}", verdict)
+        console.print(holders)
+        console.print(campaigns)
+        ok = dict(money) == expected_money and shown == expected_ads
+        verdict = "[green]equal to" if ok else "[red]different from"
+        console.print(f"reports of every holder and campaign: {verdict} the ground truth")
+        return ok
 
     def _wait_for_backlog(self, timeout_s: float) -> float:
         """Seconds until every partition is processed to the end of the log."""
@@ -197,6 +253,30 @@ class Demo:
         for key in (wrong or wrong_api)[:5]:
             console.print(f"  {key}: got {found.get(key)}, expected {truth[key]}")
         return ok
+
+
+def _verdict(got: object, expected: object) -> str:
+    return "[green]equal" if got == expected else f"[red]expected {expected}"
+
+
+def expected_reports(
+    truth: dict[tuple[str, str], Truth], catalog: Catalog, settings: Settings
+) -> tuple[dict[str, list[int]], Counter[tuple[str, str]]]:
+    """Royalties per holder [watched ms, amount micros] and impressions per campaign,
+    from what the simulated players really played."""
+    licences = index_videos([msgspec.structs.astuple(v) for v in catalog.videos])
+    slots = index_slots([msgspec.structs.astuple(s) for s in catalog.ad_slots])
+    money: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    ads: Counter[tuple[str, str]] = Counter()
+    gap_ms = round(settings.session_gap_s * 1000)
+    for (_, video), record in truth.items():
+        for session in record.sessions(gap_ms):
+            for _, holder, watched_ms, micros in royalties(session, licences.get(video)):
+                money[holder][0] += watched_ms
+                money[holder][1] += micros
+            for _, advertiser, campaign in impressions(session, slots.get(video, [])):
+                ads[advertiser, campaign] += 1
+    return dict(money), ads
 
 
 def _api_progress(client: httpx.Client, key: tuple[str, str]) -> Progress | None:

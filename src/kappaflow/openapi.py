@@ -14,11 +14,17 @@ from kappaflow.app import App
 from kappaflow.events.validate import Problem
 
 _PARAMETER = re.compile(r"{([^}]+)}")
+REF = "#/components/schemas/{name}"
 
 
 def _error(description: str) -> dict[str, Any]:
     schema = {"$ref": "#/components/schemas/Error"}
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _schema_of(kind: Any) -> dict[str, Any]:
+    (schema,), _ = msgspec.json.schema_components([kind], ref_template=REF)
+    return schema
 
 
 def _get(summary: str, responses: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +80,7 @@ def document(apps: Sequence[App], roles: Collection[str]) -> dict[str, Any]:
                 }
                 if query.result is not None:
                     types.append(query.result)
-                    schema = {"$ref": f"#/components/schemas/{query.result.__name__}"}
+                    schema = _schema_of(query.result)
                     responses["200"]["content"] = {"application/json": {"schema": schema}}
                 parameters = [
                     {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -83,9 +89,20 @@ def document(apps: Sequence[App], roles: Collection[str]) -> dict[str, Any]:
                 paths[query.path] = {"get": {
                     "summary": query.summary, "parameters": parameters, "responses": responses,
                 }}  # fmt: skip
-    _, components = msgspec.json.schema_components(
-        types, ref_template="#/components/schemas/{name}"
-    )
+        for app in apps:
+            for upload in app.uploads:
+                paths[upload.path] = {"post": {
+                    "summary": upload.summary + " JSON or CSV; all rows or none.",
+                    "requestBody": {"required": True, "content": {
+                        "application/json": {}, "text/csv": {}}},
+                    "responses": {
+                        "200": {"description": "written"},
+                        "400": _error("invalid rows (problems name them); nothing written"),
+                        "413": _error("body over the limit"),
+                        "415": _error("unsupported content type"),
+                    },
+                }}  # fmt: skip
+    _, components = msgspec.json.schema_components(types, ref_template=REF)
     components["Error"] = {
         "type": "object",
         "properties": {

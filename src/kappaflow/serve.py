@@ -36,7 +36,7 @@ def build(settings: Settings, roles: Collection[str]) -> ASGIApp:
     the_log = open_log(settings, writer="ingest" in roles)
     store = open_store(settings)
     for app in apps:
-        store.create_tables(app.tables)
+        store.create_tables(app.all_tables)
         for stream in app.streams:
             the_log.create_topic(stream.name, settings.partitions)
     ingest = IngestService(settings, apps, the_log, store) if "ingest" in roles else None

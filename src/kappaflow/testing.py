@@ -4,7 +4,7 @@ worker and store on a temporary data directory and look at the result tables."""
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kappaflow.app import App
@@ -22,10 +22,14 @@ def run_events(
     stream: str | None = None,
     restarts: int = 0,
     seed: int = 0,
+    reference: Mapping[str, Sequence[tuple[Any, ...]]] | None = None,
+    close: bool = False,
 ) -> Store:
     """Append ``events`` to the stream (default: the app's first) and process them to
     the end with one worker, restarting it ``restarts`` times at random polls (each
-    restart restores from the store, as after a crash). Returns the store."""
+    restart restores from the store, as after a crash). ``reference`` rows (a catalog)
+    are upserted first; ``close`` ends with an idle timeout, closing every session.
+    Returns the store."""
     target = app.stream(stream) if stream else app.streams[0]
     writer = open_log(settings, writer=True)
     try:
@@ -34,14 +38,24 @@ def run_events(
         writer.close()
     rng = random.Random(seed)
     log, store = open_log(settings), open_store(settings)
-    worker = Worker(app, target, log, store, settings, range(settings.partitions))
+    if reference:
+        store.create_tables(app.all_tables)
+        store.upsert(reference)
+    clock = [0.0]
+    worker = Worker(app, target, log, store, settings, range(settings.partitions), lambda: clock[0])
     worker.start()
     while True:
         if restarts and rng.random() < 0.3:
             restarts -= 1
             store.close()
             store = open_store(settings)
-            worker = Worker(app, target, log, store, settings, range(settings.partitions))
+            worker = Worker(
+                app, target, log, store, settings, range(settings.partitions), lambda: clock[0]
+            )
             worker.start()
         if not worker.poll() and worker.caught_up():
-            return store
+            break
+    if close:
+        clock[0] += settings.idle_timeout_s + 1
+        worker.poll()
+    return store

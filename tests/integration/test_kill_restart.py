@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from kappaflow.apps.video import create_app
-from kappaflow.apps.video_sim import simulate
+from kappaflow.apps.video_catalog import load as load_catalog
+from kappaflow.apps.video_sim import simulate, simulated_catalog
 from kappaflow.ingest.appender import Appender
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
@@ -30,6 +31,9 @@ TABLES = {
     "video_segments": "SELECT * FROM video_segments ORDER BY 1, 2, 3, 4",
     "video_progress": "SELECT * FROM video_progress ORDER BY 1, 2",
     "kf_dead_letters": 'SELECT * FROM kf_dead_letters ORDER BY grp, partition, "offset"',
+    "video_royalties": "SELECT * FROM video_royalties ORDER BY 1, 2",
+    "ad_impressions": "SELECT * FROM ad_impressions ORDER BY 1, 2, 3",
+    "ad_viewers": "SELECT * FROM ad_viewers ORDER BY 1, 2, 3, 4",
 }
 
 
@@ -69,12 +73,16 @@ def start_worker(settings: Settings, *extra: str) -> subprocess.Popen[bytes]:
 def test_sigkilled_worker_restarts_to_the_same_results(tmp_path: Path) -> None:
     workload = simulate(60_000, viewers=300, seed=11, jitter_ms=3_000, duplicates=0.01)
     events = workload.events
+    catalog = simulated_catalog(11)
     uninterrupted = settings_for(tmp_path / "uninterrupted")
+    load_catalog(open_store(uninterrupted), catalog)
     reference = snapshot(run_events(create_app(uninterrupted), events, uninterrupted))
-    assert reference["video_segments"] and reference["kf_dead_letters"]
+    assert all(reference[name] for name in ("video_segments", "kf_dead_letters", "ad_viewers"))
+    assert {row[1] for row in reference["video_royalties"]} > {"unknown"}
 
     settings = settings_for(tmp_path / "killed")
     app = create_app(settings)
+    load_catalog(open_store(settings), catalog)
     writer = open_log(settings, writer=True)
     appender = Appender(writer, app.streams[0], settings.partitions)
     appender.append(events[:5_000])

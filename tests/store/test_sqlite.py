@@ -67,3 +67,28 @@ def test_a_failing_row_rolls_back_the_whole_batch(store: SQLiteStore) -> None:
         store.commit("g", [PartitionCommit(0, 1, 9, b"s")], {"totals": [("a", 1), ("b",)]})
     assert store.committed_offsets("g") == {0: 0}
     assert store.query("SELECT count(*) FROM totals") == [(0,)]
+
+
+def test_distinct_rows_count_into_another_table(tmp_path) -> None:
+    totals = Table("totals", (("day", "TEXT"), ("hits", "INTEGER"), ("users", "INTEGER")),
+                   key=("day",), mode="add")  # fmt: skip
+    seen = Table("seen", (("day", "TEXT"), ("user", "TEXT")), key=("day", "user"),
+                 mode="distinct", counts=("totals", "users"))  # fmt: skip
+    store = SQLiteStore(tmp_path / "s.db")
+    store.create_tables([totals, seen])
+    store.commit(
+        "g", [], {"totals": [("d1", 3, 0)], "seen": [("d1", "a"), ("d1", "b"), ("d1", "a")]}
+    )
+    store.commit("g", [], {"seen": [("d1", "b"), ("d1", "c"), ("d2", "a")]})
+    assert store.query("SELECT * FROM totals ORDER BY day") == [("d1", 3, 3), ("d2", 0, 1)]
+
+
+def test_upsert_writes_reference_rows_and_bumps_versions(tmp_path) -> None:
+    catalog = Table("catalog", (("id", "TEXT"), ("rate", "REAL")), key=("id",))
+    store = SQLiteStore(tmp_path / "s.db")
+    store.create_tables([catalog])
+    assert store.version("catalog") == 0
+    store.upsert({"catalog": [("a", 1.0), ("b", 2.0)]})
+    store.upsert({"catalog": [("a", 1.5)]})
+    assert store.version("catalog") == 2
+    assert store.query("SELECT * FROM catalog ORDER BY id") == [("a", 1.5), ("b", 2.0)]

@@ -22,7 +22,17 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from kappaflow.app import App, Query, Stream
+from kappaflow.app import App, Lookup, Query, Stream, Upload
+from kappaflow.apps.video_catalog import (
+    AD_SLOTS,
+    VIDEOS,
+    Licence,
+    Slots,
+    index_slots,
+    index_videos,
+    upload,
+)
+from kappaflow.apps.video_reports import REPORT_QUERIES, REPORT_TABLES, report_rows
 from kappaflow.events import EventTime, Identifier
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store, Table
@@ -53,6 +63,8 @@ SEGMENTS = Table(
         ("segment_no", "INTEGER"),
         ("start_s", "REAL"),
         ("end_s", "REAL"),
+        ("start_ms", "INTEGER"),
+        ("end_ms", "INTEGER"),
     ),
     key=("user_id", "video_id", "session_ms", "segment_no"),
 )
@@ -69,15 +81,20 @@ PROGRESS = Table(
 )
 
 # A session accumulator: [session start ms, closed segments, current segment or None,
-# last event ms, last position]. Segments are [start_s, end_s].
+# last event ms, last position]. Segments are [start_s, end_s, start_ms, end_ms]: the
+# positions covered and the event times of the first and last heartbeat.
 Acc = list[Any]
 
 
 class WatchedSegments:
     """The `SessionFold` turning a (user, video) session into watched segments."""
 
-    def __init__(self, gap_s: float) -> None:
+    def __init__(
+        self, gap_s: float, videos: Lookup[dict[str, Licence]], slots: Lookup[dict[str, Slots]]
+    ) -> None:
         self.gap_s = gap_s
+        self.videos = videos
+        self.slots = slots
         self._json = msgspec.json.Encoder()
 
     def key(self, event: Heartbeat) -> str:
@@ -88,7 +105,7 @@ class WatchedSegments:
 
     def start(self, item: list[Any]) -> Acc:
         ts, rank, position = item
-        current = None if rank in (PAUSE, STOP) else [position, position]
+        current = None if rank in (PAUSE, STOP) else [position, position, ts, ts]
         return [ts, [], current, ts, position]
 
     def step(self, acc: Acc, item: list[Any]) -> Acc:
@@ -97,27 +114,30 @@ class WatchedSegments:
         if current is not None:
             drift = (position - last_position) - (ts - last_ms) / 1000
             if rank != SEEK and -self.gap_s <= drift <= self.gap_s:
-                current = [min(current[0], position), max(current[1], position)]
+                current = [min(current[0], position), max(current[1], position), current[2], ts]
                 if rank in (PAUSE, STOP):
                     segments, current = _close(segments, current), None
             else:
                 segments = _close(segments, current)
-                current = None if rank in (PAUSE, STOP) else [position, position]
+                current = None if rank in (PAUSE, STOP) else [position, position, ts, ts]
         elif rank not in (PAUSE, STOP):
-            current = [position, position]
+            current = [position, position, ts, ts]
         return [session_ms, segments, current, ts, position]
 
     def closed(self, key: str, acc: Acc, rows: Rows) -> None:
         user_id, video_id = key.split(KEY_SEPARATOR)
         session_ms = acc[0]
-        segments = rows.setdefault(SEGMENTS.name, [])
-        for number, (start, end) in enumerate(session_segments(acc)):
-            segments.append((user_id, video_id, session_ms, number, start, end))
+        segments = session_segments(acc)
+        rows.setdefault(SEGMENTS.name, []).extend(
+            (user_id, video_id, session_ms, number, *segment)
+            for number, segment in enumerate(segments)
+        )
         rows.setdefault(PROGRESS.name, []).append((user_id, video_id, acc[4], acc[3], "[]"))
+        report_rows(user_id, video_id, segments, self.videos.data, self.slots.data, rows)
 
     def view(self, key: str, accs: list[Acc], rows: Rows) -> None:
         user_id, video_id = key.split(KEY_SEPARATOR)
-        open_segments = [segment for acc in accs for segment in session_segments(acc)]
+        open_segments = [segment[:2] for acc in accs for segment in session_segments(acc)]
         last = accs[-1]
         rows.setdefault(PROGRESS.name, []).append(
             (user_id, video_id, last[4], last[3], self._json.encode(open_segments).decode())
@@ -219,13 +239,15 @@ PROGRESS_QUERY = Query(
 
 def create_app(settings: Settings) -> App:
     heartbeats = Stream("heartbeats", Heartbeat, key="user_id", time="ts")
-    sessions = SessionWindows(
-        WatchedSegments(settings.session_gap_s), gap_ms=round(settings.session_gap_s * 1000)
-    )
+    videos, slots = Lookup(VIDEOS, index_videos), Lookup(AD_SLOTS, index_slots)
+    fold = WatchedSegments(settings.session_gap_s, videos, slots)
+    sessions = SessionWindows(fold, gap_ms=round(settings.session_gap_s * 1000))
     return App(
         "video",
         streams=[heartbeats],
-        tables=[SEGMENTS, PROGRESS],
+        tables=[SEGMENTS, PROGRESS, *REPORT_TABLES],
         processors={heartbeats.name: sessions},
-        queries=[PROGRESS_QUERY],
+        queries=[PROGRESS_QUERY, *REPORT_QUERIES],
+        lookups=[videos, slots],
+        uploads=[Upload("/v1/catalog", upload, "Add or replace videos and ad slots.")],
     )

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from kappaflow.apps.video import Heartbeat, merge_intervals
+from kappaflow.apps.video_catalog import AdSlot, Catalog, Video
 
 HEARTBEAT_S = 5
 
@@ -24,12 +25,27 @@ class Truth:
     """What a (user, video) really played, and the position of its last event."""
 
     intervals: list[list[float]] = field(default_factory=list)
+    plays: list[tuple[float, float, int, int]] = field(default_factory=list)
+    """(from_s, to_s, from_ms, to_ms) of each stretch played, in time order."""
     resume_position_s: float = 0.0
     last_ms: int = -1
 
     @property
     def watched_s(self) -> float:
         return sum(end - start for start, end in merge_intervals(self.intervals))
+
+    def sessions(self, gap_ms: int) -> list[list[tuple[float, float, int, int]]]:
+        """The plays grouped into viewing sessions: a new one after more than
+        ``gap_ms`` without an event. Zero-length plays are left out."""
+        sessions: list[list[tuple[float, float, int, int]]] = []
+        last_ms = None
+        for play in self.plays:
+            if last_ms is None or play[2] - last_ms > gap_ms:
+                sessions.append([])
+            if play[1] > play[0]:
+                sessions[-1].append(play)
+            last_ms = play[3]
+        return [session for session in sessions if session]
 
 
 @dataclass
@@ -141,7 +157,11 @@ def _session(
     position = truth.resume_position_s if rng.random() < model.resume else 0.0
     if position >= duration:
         position = 0.0
-    played_from = position
+    played_from, since_ms = position, clock
+
+    def played() -> None:
+        truth.intervals.append([played_from, position])
+        truth.plays.append((played_from, position, since_ms, clock))
 
     def event(kind: str) -> Heartbeat:
         truth.resume_position_s, truth.last_ms = position, clock
@@ -152,32 +172,53 @@ def _session(
         step = min(HEARTBEAT_S, duration - position)
         if end_ms is not None and clock + HEARTBEAT_S * 1000 > end_ms:
             # The simulation ends: as if the player vanished after its last event.
-            truth.intervals.append([played_from, position])
+            played()
             return
         clock += round(step * 1000)
         position += step
         if position >= duration:
-            truth.intervals.append([played_from, position])
+            played()
             yield event("stop")
             return
         roll = rng.random()
         if roll < model.abandon:
             # The player vanishes between heartbeats: the last one is all we know.
-            truth.intervals.append([played_from, position])
+            played()
             yield event("heartbeat")
             return
         if roll < model.abandon + model.pause:
-            truth.intervals.append([played_from, position])
+            played()
             yield event("pause")
             clock += rng.randint(3_000, 120_000)
-            played_from = position
+            played_from, since_ms = position, clock
             yield event("play")
         elif roll < model.abandon + model.pause + model.seek:
-            truth.intervals.append([played_from, position])
+            played()
             yield event("heartbeat")
             clock += 200
             position = float(rng.randrange(duration))
-            played_from = position
+            played_from, since_ms = position, clock
             yield event("seek")
         else:
             yield event("heartbeat")
+
+
+def simulated_catalog(seed: int = 0, model: ViewerModel | None = None) -> Catalog:
+    """A catalog of the simulator's videos: a few license holders with their rates, and
+    ad slots (pre-roll at 0 s, mid-rolls) of a few advertisers' campaigns. Ten videos
+    are left out, as a catalog behind the content would be."""
+    model = model or ViewerModel()
+    rng = random.Random(seed)
+    durations = [rng.randint(*model.durations_s) for _ in range(model.videos)]
+    holders = [f"studio-{n}" for n in range(8)]
+    rates = {holder: rng.choice([0.002, 0.005, 0.01, 0.02]) for holder in holders}
+    campaigns = [(f"brand-{a}", f"brand-{a}-campaign-{c}") for a in range(5) for c in range(2)]
+    videos, slots = [], []
+    for number, duration in enumerate(durations[10:], start=10):
+        holder = rng.choice(holders)
+        video_id = f"video-{number}"
+        videos.append(Video(video_id, f"Title {number}", duration, holder, rates[holder]))
+        positions = [0.0, *(float(rng.randrange(duration)) for _ in range(rng.randint(0, 3)))]
+        for position in sorted(set(positions)):
+            slots.append(AdSlot(video_id, position, *rng.choice(campaigns)))
+    return Catalog(videos, slots)

@@ -1,18 +1,26 @@
-"""The query service: each app's read queries as ``GET`` routes over the store."""
+"""The query service: each app's read queries as ``GET`` routes over the store (JSON,
+or CSV for tabular results), and its reference-data uploads as ``POST`` routes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import csv
+import io
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from kappaflow.app import App, Query
-from kappaflow.errors import InvalidQuery, StoreUnavailable
+from kappaflow.app import App, Query, Upload
+from kappaflow.errors import InvalidEvents, InvalidQuery, StoreUnavailable
 from kappaflow.http import error, json_response
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
+
+Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
+UPLOAD_TYPES = ("application/json", "text/csv")
 
 
 class QueryService:
@@ -20,9 +28,15 @@ class QueryService:
         self.settings = settings
         self.store = store
         self.queries = [query for app in apps for query in app.queries]
-        self.routes = [Route(q.path, self._endpoint(q), methods=["GET"]) for q in self.queries]
+        self.routes = [Route(q.path, self._query(q), methods=["GET"]) for q in self.queries]
+        self.routes += [
+            Route(u.path, self._upload(u), methods=["POST"]) for app in apps for u in app.uploads
+        ]
 
-    def _endpoint(self, query: Query):  # type: ignore[no-untyped-def]
+    def _unavailable(self, failure: StoreUnavailable) -> Response:
+        return error(503, str(failure), {"Retry-After": str(self.settings.retry_after_s)})
+
+    def _query(self, query: Query) -> Endpoint:
         async def endpoint(request: Request) -> Response:
             params = {**request.query_params, **request.path_params}
             try:
@@ -30,10 +44,45 @@ class QueryService:
             except InvalidQuery as invalid:
                 return error(400, str(invalid))
             except StoreUnavailable as failure:
-                retry = {"Retry-After": str(self.settings.retry_after_s)}
-                return error(503, str(failure), retry)
+                return self._unavailable(failure)
             if result is None:
                 return error(404, f"nothing found at {request.url.path}")
+            wants_csv = params.get("format") == "csv" or "text/csv" in request.headers.get(
+                "accept", ""
+            )
+            if wants_csv and isinstance(result, list):
+                return Response(to_csv(result), media_type="text/csv; charset=utf-8")
             return json_response(result)
 
         return endpoint
+
+    def _upload(self, upload: Upload) -> Endpoint:
+        async def endpoint(request: Request) -> Response:
+            media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if media_type not in UPLOAD_TYPES:
+                return error(415, f"content type {media_type!r} is not accepted",
+                             accepted=list(UPLOAD_TYPES))  # fmt: skip
+            body = await request.body()
+            if len(body) > self.settings.ingest_max_body_bytes:
+                return error(413, "body is over the limit of "
+                             f"{self.settings.ingest_max_body_bytes:,} bytes")  # fmt: skip
+            try:
+                return json_response(upload.run(self.store, body, media_type))
+            except InvalidEvents as invalid:
+                message = f"{len(invalid.problems)} invalid row(s); nothing was written"
+                return error(400, message, problems=invalid.problems)
+            except StoreUnavailable as failure:
+                return self._unavailable(failure)
+
+        return endpoint
+
+
+def to_csv(rows: list[Any]) -> str:
+    """Rows (msgspec structs) as CSV with a header line; an empty list is empty."""
+    if not rows:
+        return ""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(rows[0].__struct_fields__)
+    writer.writerows(msgspec.structs.astuple(row) for row in rows)
+    return out.getvalue()

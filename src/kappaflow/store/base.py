@@ -13,12 +13,16 @@ ColumnType = Literal["TEXT", "INTEGER", "REAL"]
 
 class Table(msgspec.Struct, frozen=True):
     """A result table. ``mode='replace'``: a written row replaces the stored one with the
-    same key. ``mode='add'``: its non-key columns are added to the stored ones."""
+    same key. ``mode='add'``: its non-key columns are added to the stored ones.
+    ``mode='distinct'``: a row whose key is already stored is ignored; each new one adds
+    1 to column ``counts[1]`` of table ``counts[0]``, in the row whose key columns (all
+    present in this table) have the same values: a distinct count kept as rows arrive."""
 
     name: str
     columns: tuple[tuple[str, ColumnType], ...]
     key: tuple[str, ...]
-    mode: Literal["replace", "add"] = "replace"
+    mode: Literal["replace", "add", "distinct"] = "replace"
+    counts: tuple[str, str] | None = None
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -64,6 +68,13 @@ class Store(Protocol):
     ) -> None:
         """Write rows, dead letters, state and next offsets atomically. Raises
         `StaleOwnership`, writing nothing, if any partition's generation moved on."""
+
+    def upsert(self, rows: Mapping[str, Sequence[tuple[Any, ...]]]) -> None:
+        """Write rows outside any partition (reference data such as a catalog), in one
+        transaction that also bumps each written table's version."""
+
+    def version(self, table: str) -> int:
+        """How many times `upsert` has written ``table`` (0: never)."""
 
     def committed_offsets(self, group: str) -> dict[int, int]:
         """Per partition, the next offset ``group`` will process."""

@@ -23,6 +23,10 @@ CREATE TABLE IF NOT EXISTS kf_partitions (
     state BLOB,
     PRIMARY KEY (grp, partition)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kf_versions (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS kf_dead_letters (
     grp TEXT NOT NULL,
     partition INTEGER NOT NULL,
@@ -40,7 +44,7 @@ def upsert_sql(table: Table) -> str:
     columns = ", ".join(names)
     marks = ", ".join("?" for _ in names)
     values = [n for n in names if n not in table.key]
-    if not values:
+    if not values or table.mode == "distinct":
         return f"INSERT INTO {table.name} ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING"
     if table.mode == "add":
         sets = ", ".join(f"{n} = {table.name}.{n} + excluded.{n}" for n in values)
@@ -53,12 +57,72 @@ def upsert_sql(table: Table) -> str:
     )
 
 
+def count_sql(target: Table, column: str) -> str:
+    """Add to ``column`` of ``target``'s row with the given key (created at 0)."""
+    names = [*target.key, column]
+    marks = ", ".join("?" for _ in names)
+    return (
+        f"INSERT INTO {target.name} ({', '.join(names)}) VALUES ({marks}) "
+        f"ON CONFLICT ({', '.join(target.key)}) DO UPDATE SET "
+        f"{column} = {target.name}.{column} + excluded.{column}"
+    )
+
+
 def create_sql(table: Table) -> str:
-    columns = ", ".join(f"{name} {kind}" for name, kind in table.columns)
+    """Numeric columns of ``add`` tables default to 0, so counters can start anywhere."""
+    columns = ", ".join(
+        f"{name} {kind}"
+        + (" NOT NULL DEFAULT 0" if table.mode == "add" and name not in table.key else "")
+        for name, kind in table.columns
+    )
     return (
         f"CREATE TABLE IF NOT EXISTS {table.name} "
         f"({columns}, PRIMARY KEY ({', '.join(table.key)})) WITHOUT ROWID"
     )
+
+
+class _Writer:
+    """Writes result rows with one cursor, honouring each table's mode."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, Table] = {}
+        self.upserts: dict[str, str] = {}
+
+    def add(self, table: Table) -> None:
+        self.tables[table.name] = table
+        self.upserts[table.name] = upsert_sql(table)
+
+    def write(self, cursor: sqlite3.Cursor, rows: Mapping[str, Sequence[tuple[Any, ...]]]) -> None:
+        for name, table_rows in rows.items():
+            if not table_rows:
+                continue
+            table = self.tables.get(name)
+            if table is None:
+                raise StoreError(f"no table {name!r}: create it first")
+            try:
+                if table.counts is None:
+                    cursor.executemany(self.upserts[name], table_rows)
+                else:
+                    self._write_distinct(cursor, table, table_rows)
+            except sqlite3.OperationalError:
+                raise
+            except sqlite3.Error as error:
+                raise StoreError(f"writing table {name}: {error}") from error
+
+    def _write_distinct(
+        self, cursor: sqlite3.Cursor, table: Table, rows: Sequence[tuple[Any, ...]]
+    ) -> None:
+        assert table.counts is not None
+        target_name, column = table.counts
+        target = self.tables[target_name]
+        positions = [table.column_names.index(name) for name in target.key]
+        added: dict[tuple[Any, ...], int] = {}
+        for row in rows:
+            cursor.execute(self.upserts[table.name], row)
+            if cursor.rowcount == 1:
+                key = tuple(row[i] for i in positions)
+                added[key] = added.get(key, 0) + 1
+        cursor.executemany(count_sql(target, column), [(*k, n) for k, n in added.items()])
 
 
 class SQLiteStore:
@@ -76,7 +140,7 @@ class SQLiteStore:
             self._db.executescript(SCHEMA)
         except sqlite3.Error as error:
             raise StoreUnavailable(f"SQLite store {self.path}: {error}") from error
-        self._upserts: dict[str, str] = {}
+        self._writer = _Writer()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
@@ -106,7 +170,7 @@ class SQLiteStore:
         with self._transaction() as cursor:
             for table in tables:
                 cursor.execute(create_sql(table))
-                self._upserts[table.name] = upsert_sql(table)
+                self._writer.add(table)
 
     def claim(self, group: str, partitions: Sequence[int]) -> dict[int, Claim]:
         claims = {}
@@ -144,19 +208,25 @@ class SQLiteStore:
                     "WHERE grp = ? AND partition = ?",
                     (commit.next_offset, commit.state, group, commit.partition),
                 )
-            for name, table_rows in rows.items():
-                if table_rows:
-                    try:
-                        cursor.executemany(self._upserts[name], table_rows)
-                    except sqlite3.OperationalError:
-                        raise
-                    except sqlite3.Error as error:
-                        raise StoreError(f"writing table {name}: {error}") from error
+            self._writer.write(cursor, rows)
             if dead_letters:
                 cursor.executemany(
                     "INSERT OR REPLACE INTO kf_dead_letters VALUES (?, ?, ?, ?, ?)",
                     [(group, *letter) for letter in dead_letters],
                 )
+
+    def upsert(self, rows: Mapping[str, Sequence[tuple[Any, ...]]]) -> None:
+        with self._transaction() as cursor:
+            self._writer.write(cursor, rows)
+            cursor.executemany(
+                "INSERT INTO kf_versions VALUES (?, 1) "
+                "ON CONFLICT (name) DO UPDATE SET version = version + 1",
+                [(name,) for name in rows],
+            )
+
+    def version(self, table: str) -> int:
+        found = self.query("SELECT version FROM kf_versions WHERE name = ?", (table,))
+        return found[0][0] if found else 0
 
     def committed_offsets(self, group: str) -> dict[int, int]:
         found = self._read(

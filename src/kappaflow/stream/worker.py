@@ -88,7 +88,7 @@ class Worker:
     def start(self) -> None:
         """Claim the partitions (fencing earlier owners) and restore their state."""
         self.log.create_topic(self.stream.name, self.settings.partitions)
-        self.store.create_tables(self.app.tables)
+        self.store.create_tables(self.app.all_tables)
         for partition, claim in self.store.claim(self.group, self.partitions).items():
             run = PartitionRun(partition, claim.generation, claim.next_offset, None)
             if claim.state is None:
@@ -113,6 +113,8 @@ class Worker:
         records = 0
         now = self.clock()
         started = time.perf_counter()
+        for lookup in self.app.lookups:
+            lookup.refresh(self.store)
         for run in self.runs.values():
             batch = self.log.read(
                 self.stream.name, run.partition, run.next_offset, self.settings.batch_max_events

@@ -1,0 +1,144 @@
+"""The video catalog: titles with their license holder and royalty rate, and ad slots.
+Loaded from a JSON or CSV file (``kappaflow catalog load``) or ``POST /v1/catalog``;
+either the whole upload is valid and written in one transaction, or nothing is.
+
+JSON: ``{"videos": [...], "ad_slots": [...]}``. CSV: one file per kind, told apart by
+its header (``license_holder`` for videos, ``advertiser`` for ad slots)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Annotated, Any, NamedTuple
+
+import msgspec
+from msgspec import Meta
+
+from kappaflow.errors import InvalidEvents
+from kappaflow.events import Identifier
+from kappaflow.events.validate import Problem
+from kappaflow.store.base import Store, Table
+
+NonNegative = Annotated[float, Meta(ge=0)]
+UNKNOWN_HOLDER = "unknown"
+
+
+class Video(msgspec.Struct):
+    video_id: Identifier
+    title: str
+    duration_s: NonNegative
+    license_holder: Identifier
+    royalty_rate_per_minute: NonNegative
+
+
+class AdSlot(msgspec.Struct):
+    video_id: Identifier
+    position_s: NonNegative
+    advertiser: Identifier
+    campaign: Identifier
+
+
+class Catalog(msgspec.Struct):
+    videos: list[Video] = []
+    ad_slots: list[AdSlot] = []
+
+
+class CatalogSummary(msgspec.Struct):
+    videos: int
+    ad_slots: int
+
+
+VIDEOS = Table(
+    "video_catalog",
+    columns=(("video_id", "TEXT"), ("title", "TEXT"), ("duration_s", "REAL"),
+             ("license_holder", "TEXT"), ("royalty_rate_per_minute", "REAL")),
+    key=("video_id",),
+)  # fmt: skip
+AD_SLOTS = Table(
+    "video_ad_slots",
+    columns=(("video_id", "TEXT"), ("position_s", "REAL"), ("advertiser", "TEXT"),
+             ("campaign", "TEXT")),
+    key=("video_id", "position_s"),
+)  # fmt: skip
+
+
+class Licence(NamedTuple):
+    holder: str
+    rate_per_minute: float
+
+
+def index_videos(rows: list[tuple[Any, ...]]) -> dict[str, Licence]:
+    return {video_id: Licence(holder, rate) for video_id, _, _, holder, rate in rows}
+
+
+Slots = list[tuple[float, str, str]]
+"""[(position_s, advertiser, campaign)] of one video, by position."""
+
+
+def index_slots(rows: list[tuple[Any, ...]]) -> dict[str, Slots]:
+    slots: dict[str, Slots] = {}
+    for video_id, position, advertiser, campaign in rows:
+        slots.setdefault(video_id, []).append((position, advertiser, campaign))
+    for video_slots in slots.values():
+        video_slots.sort()
+    return slots
+
+
+def parse(body: bytes, content_type: str) -> Catalog:
+    """A catalog from JSON or CSV; raises `InvalidEvents` naming every bad row."""
+    if content_type == "text/csv":
+        return _parse_csv(body)
+    try:
+        return msgspec.json.decode(body, type=Catalog)
+    except msgspec.ValidationError as error:
+        message, _, path = str(error).partition(" - at `")
+        raise InvalidEvents([_problem_at(path.rstrip("`"), message)]) from None
+    except msgspec.DecodeError as error:
+        raise InvalidEvents([Problem(None, None, f"not valid JSON: {error}")]) from None
+
+
+def _problem_at(path: str, reason: str) -> Problem:
+    """``$.videos[3].duration_s`` -> Problem(3, "videos.duration_s", reason)."""
+    section, _, rest = path.removeprefix("$.").partition("[")
+    index_text, _, field = rest.partition("]")
+    index = int(index_text) if index_text.isdigit() else None
+    return Problem(index, ".".join(p for p in (section, field.lstrip(".")) if p) or None, reason)
+
+
+def _parse_csv(body: bytes) -> Catalog:
+    try:
+        reader = csv.DictReader(io.StringIO(body.decode("utf-8-sig")))
+        header = reader.fieldnames or []
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise InvalidEvents([Problem(None, None, f"not valid CSV: {error}")]) from None
+    kind: type[Video] | type[AdSlot] = Video if "license_holder" in header else AdSlot
+    if kind is AdSlot and "advertiser" not in header:
+        reason = "the header must name the columns of videos or of ad slots"
+        raise InvalidEvents([Problem(None, None, reason)])
+    rows, problems = [], []
+    for index, row in enumerate(reader):
+        try:
+            rows.append(msgspec.convert(row, kind, strict=False))
+        except msgspec.ValidationError as error:
+            reason, _, path = str(error).partition(" - at `")
+            field = path.rstrip("`").removeprefix("$.") or None
+            problems.append(Problem(index, field, reason))
+    if problems:
+        raise InvalidEvents(problems, len(rows) + len(problems))
+    return Catalog(videos=rows) if kind is Video else Catalog(ad_slots=rows)  # type: ignore[arg-type]
+
+
+def load(store: Store, catalog: Catalog) -> CatalogSummary:
+    """Upsert the catalog in one transaction."""
+    store.create_tables([VIDEOS, AD_SLOTS])
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    if catalog.videos:
+        rows[VIDEOS.name] = [msgspec.structs.astuple(v) for v in catalog.videos]
+    if catalog.ad_slots:
+        rows[AD_SLOTS.name] = [msgspec.structs.astuple(s) for s in catalog.ad_slots]
+    store.upsert(rows)
+    return CatalogSummary(len(catalog.videos), len(catalog.ad_slots))
+
+
+def upload(store: Store, body: bytes, content_type: str) -> CatalogSummary:
+    return load(store, parse(body, content_type))

@@ -1,0 +1,132 @@
+"""The catalog upload and the report queries over HTTP (the real ASGI app in-process),
+and ``kappaflow catalog load``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from starlette.testclient import TestClient
+
+from kappaflow.apps.video import create_app
+from kappaflow.cli import main
+from kappaflow.log import open_log
+from kappaflow.serve import build
+from kappaflow.settings import Settings
+from kappaflow.store import open_store
+from kappaflow.stream.worker import Worker
+
+CATALOG = {
+    "videos": [
+        {"video_id": "v", "title": "V", "duration_s": 600, "license_holder": "h1",
+         "royalty_rate_per_minute": 0.6},
+        {"video_id": "w", "title": "W", "duration_s": 600, "license_holder": "h2",
+         "royalty_rate_per_minute": 1.2},
+    ],
+    "ad_slots": [{"video_id": "v", "position_s": 0, "advertiser": "acme", "campaign": "spring"}],
+}  # fmt: skip
+DAY0 = 1_767_225_600_000  # 2026-01-01
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(build(settings, ("ingest", "query"))) as test_client:
+        yield test_client
+
+
+def watch(client: TestClient, settings: Settings, video: str, day: int, seconds: int) -> None:
+    """Post a user's playback of ``video`` on ``day``, then process it until its
+    session closes."""
+    start = DAY0 + day * 86_400_000
+    events = [{"user_id": "u", "video_id": video, "position_s": s, "ts": start + s * 1000}
+              for s in range(0, seconds + 1, 5)]  # fmt: skip
+    assert client.post("/v1/streams/heartbeats/events", json=events).status_code == 202
+    clock = [0.0]
+    app = create_app(settings)
+    worker = Worker(app, app.streams[0], open_log(settings), open_store(settings), settings,
+                    range(settings.partitions), lambda: clock[0])  # fmt: skip
+    worker.start()
+    while worker.poll():
+        pass
+    clock[0] += settings.idle_timeout_s + 1
+    worker.poll()
+
+
+def test_catalog_upload_then_reports_as_json_and_csv(client: TestClient, settings: Settings):
+    assert client.post("/v1/catalog", json=CATALOG).json() == {"videos": 2, "ad_slots": 1}
+    watch(client, settings, "v", 0, 60)
+    watch(client, settings, "w", 1, 30)
+    answer = client.get("/v1/reports/royalties?from=2026-01-01&to=2026-01-31")
+    assert answer.json() == [
+        {"day": "2026-01-01", "license_holder": "h1", "watched_s": 60.0, "amount": 0.6},
+        {"day": "2026-01-02", "license_holder": "h2", "watched_s": 30.0, "amount": 0.6},
+    ]
+    only = client.get("/v1/reports/royalties?from=2026-01-01&to=2026-01-31&license_holder=h2")
+    assert [row["license_holder"] for row in only.json()] == ["h2"]
+    csv_answer = client.get("/v1/reports/royalties?from=2026-01-02&to=2026-01-02&format=csv")
+    assert csv_answer.headers["content-type"].startswith("text/csv")
+    assert csv_answer.text == "day,license_holder,watched_s,amount\n2026-01-02,h2,30.0,0.6\n"
+    impressions = client.get(
+        "/v1/reports/impressions?from=2026-01-01&to=2026-01-01",
+        headers={"accept": "text/csv"},
+    )
+    assert impressions.text == (
+        "day,advertiser,campaign,impressions,viewers\n2026-01-01,acme,spring,1,1\n"
+    )
+    assert client.get("/v1/reports/impressions?from=2027-01-01&to=2027-01-02").json() == []
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("from=2026-01-01", "to must be a day"),
+        ("from=yesterday&to=2026-01-01", "from must be a day"),
+        ("from=2026-02-01&to=2026-01-01", "is after to"),
+    ],
+)
+def test_bad_report_parameters_are_400(client: TestClient, query: str, message: str) -> None:
+    answer = client.get(f"/v1/reports/royalties?{query}")
+    assert answer.status_code == 400
+    assert message in answer.json()["error"]
+
+
+def test_a_bad_catalog_row_refuses_the_whole_upload(client: TestClient, settings: Settings):
+    bad = json.loads(json.dumps(CATALOG))
+    bad["videos"][1]["royalty_rate_per_minute"] = -1
+    answer = client.post("/v1/catalog", json=bad)
+    assert answer.status_code == 400
+    (problem,) = answer.json()["problems"]
+    assert (problem["index"], problem["field"]) == (1, "videos.royalty_rate_per_minute")
+    csv_body = b"video_id,position_s,advertiser,campaign\nv,10,acme,spring\nv,ten,acme,x\n"
+    answer = client.post("/v1/catalog", content=csv_body, headers={"content-type": "text/csv"})
+    assert answer.status_code == 400
+    assert [(p["index"], p["field"]) for p in answer.json()["problems"]] == [(1, "position_s")]
+    store = open_store(settings)
+    assert store.query("SELECT count(*) FROM video_catalog") == [(0,)]
+    assert store.query("SELECT count(*) FROM video_ad_slots") == [(0,)]
+    assert client.post("/v1/catalog", content=b"x", headers={"content-type": "text/plain"}
+                       ).status_code == 415  # fmt: skip
+
+
+def test_catalog_load_command(tmp_path: Path, settings: Settings) -> None:
+    videos = tmp_path / "videos.csv"
+    videos.write_text(
+        "video_id,title,duration_s,license_holder,royalty_rate_per_minute\n"
+        'v,"A, title",600,h1,0.5\nw,W,60,h2,1\n'
+    )
+    broken = tmp_path / "slots.csv"
+    broken.write_text("video_id,position_s,advertiser,campaign\nv,-3,acme,spring\n")
+    runner = CliRunner()
+    loaded = runner.invoke(main, ["catalog", "load", str(videos), "--data-dir", settings.data_dir])
+    assert loaded.exit_code == 0, loaded.output
+    assert "loaded 2 videos and 0 ad slots" in loaded.output
+    refused = runner.invoke(main, ["catalog", "load", str(broken), "--data-dir", settings.data_dir])
+    assert refused.exit_code == 1
+    assert "row 0: position_s" in refused.output and "nothing was loaded" in refused.output
+    store = open_store(settings)
+    assert store.query("SELECT video_id, title FROM video_catalog ORDER BY 1") == [
+        ("v", "A, title"), ("w", "W")
+    ]  # fmt: skip
