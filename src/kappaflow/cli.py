@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +11,7 @@ import click
 
 from kappaflow.errors import KappaflowError
 from kappaflow.settings import Settings
+from kappaflow.signals import stop_flag
 
 
 def _settings(ctx: click.Context, **overrides: Any) -> Settings:
@@ -46,19 +46,6 @@ def parse_partitions(text: str | None) -> list[int] | None:
                 f"expected numbers and ranges like 0,2,5-7, got {text!r}"
             ) from None
     return partitions
-
-
-def _stop_flag() -> Callable[[], bool]:
-    """A flag raised by SIGTERM or SIGINT: the worker finishes its batch, then stops."""
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    return lambda: stopping
 
 
 @click.group()
@@ -105,7 +92,7 @@ def worker(
         stream = app.stream(stream_name) if stream_name else app.streams[0]
         runner = Worker(app, stream, open_log(settings), open_store(settings), settings, owned)
         runner.start()
-        runner.run(_stop_flag(), until_caught_up=until_caught_up)
+        runner.run(stop_flag(), until_caught_up=until_caught_up)
     except KappaflowError as error:
         click.echo(f"kappaflow worker: {error}", err=True)
         sys.exit(1)

@@ -20,6 +20,7 @@ import httpx
 from kappaflow.errors import KappaflowError
 from kappaflow.metrics import MULTIPROCESS_VARIABLE
 from kappaflow.settings import Settings
+from kappaflow.signals import stop_flag
 
 log = logging.getLogger("kappaflow.up")
 STOP_TIMEOUT_S = 60
@@ -144,18 +145,11 @@ def _wait(process: subprocess.Popen[bytes]) -> None:
 
 def run_up(settings: Settings) -> int:
     """Run the stack until SIGTERM or Ctrl-C; returns the exit code."""
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopping = stop_flag()
     stack = Stack(settings)
     try:
         stack.start()
-        while not stopping:
+        while not stopping():
             stack.check()
             time.sleep(0.2)
     except StackFailed as failure:
