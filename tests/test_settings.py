@@ -12,7 +12,7 @@ def test_defaults() -> None:
     settings = Settings.load({})
     assert settings.partitions == 8
     assert settings.log_fsync == "batch"
-    assert settings.apps == ("video",)
+    assert settings.apps == ("video", "clicks")
 
 
 def test_environment_overrides_toml_and_options_override_environment(tmp_path: Path) -> None:

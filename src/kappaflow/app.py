@@ -8,7 +8,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+from datetime import datetime
+from typing import Any, Generic, Literal, NamedTuple, Protocol, TypeVar
 
 import msgspec
 
@@ -19,24 +20,28 @@ from kappaflow.store.base import Store, Table
 
 S = TypeVar("S")
 T = TypeVar("T")
-BUILT_IN = {"video": "kappaflow.apps.video"}
+BUILT_IN = {"video": "kappaflow.apps.video", "clicks": "kappaflow.apps.clicks"}
 
 
 @dataclass(frozen=True)
 class Stream:
     """An input stream: events of ``schema``, partitioned by ``key``, timed by ``time``
-    (epoch milliseconds or an RFC 3339 datetime)."""
+    (an RFC 3339 datetime, or a number of ``time_unit``: epoch milliseconds or seconds)."""
 
     name: str
     schema: type[msgspec.Struct]
     key: str
     time: str
+    time_unit: Literal["ms", "s"] = "ms"
 
     def key_of(self, event: Any) -> str:
         return getattr(event, self.key)
 
     def time_of(self, event: Any) -> int:
-        return event_time_ms(getattr(event, self.time))
+        value = getattr(event, self.time)
+        if self.time_unit == "s" and not isinstance(value, datetime):
+            return round(value * 1000)
+        return event_time_ms(value)
 
 
 class Batch(NamedTuple):

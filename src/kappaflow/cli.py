@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+import httpx
 
 from kappaflow.errors import KappaflowError
 from kappaflow.settings import Settings
@@ -60,8 +61,8 @@ def main() -> None:
 
 @main.command()
 @click.option("--data-dir", help="Directory of the embedded log and store.")
-@click.option("--app", "app_name", default=None, help="App to run (default: the first one).")
-@click.option("--stream", "stream_name", default=None, help="Stream of the app.")
+@click.option("--app", "app_name", default=None, help="Only this app (default: all).")
+@click.option("--stream", "stream_name", default=None, help="Only this stream of --app.")
 @click.option("--partitions", help="Partitions to own, e.g. 0-3 or 0,2 (default: all).")
 @click.option("--until-caught-up", is_flag=True, help="Exit once the backlog is processed.")
 @click.option("-v", "--verbose", is_flag=True, help="Log each important event.")
@@ -75,24 +76,31 @@ def worker(
     until_caught_up: bool,
     verbose: bool,
 ) -> None:
-    """Process partitions of a stream until stopped (SIGTERM or Ctrl-C finish the batch)."""
+    """Process partitions of the apps' streams until stopped (SIGTERM or Ctrl-C: finish
+    the batch, then exit). By default, every stream of every app in KAPPAFLOW_APPS."""
     from kappaflow.app import load_apps
     from kappaflow.log import open_log
     from kappaflow.store import open_store
-    from kappaflow.stream.worker import Worker
+    from kappaflow.stream.worker import Worker, run_workers
 
     _setup_logging(verbose)
     settings = _settings(ctx, data_dir=data_dir)
     owned = parse_partitions(partitions) or list(range(settings.partitions))
     try:
         apps = load_apps(settings)
-        app = next((a for a in apps if a.name == app_name), None) if app_name else apps[0]
-        if app is None:
-            ctx.fail(f"--app {app_name!r} is not among KAPPAFLOW_APPS {list(settings.apps)}")
-        stream = app.stream(stream_name) if stream_name else app.streams[0]
-        runner = Worker(app, stream, open_log(settings), open_store(settings), settings, owned)
-        runner.start()
-        runner.run(stop_flag(), until_caught_up=until_caught_up)
+        if app_name:
+            apps = [a for a in apps if a.name == app_name]
+            if not apps:
+                ctx.fail(f"--app {app_name!r} is not among KAPPAFLOW_APPS {list(settings.apps)}")
+        log, store = open_log(settings), open_store(settings)
+        runners = [
+            Worker(app, stream, log, store, settings, owned)
+            for app in apps
+            for stream in ([app.stream(stream_name)] if stream_name else app.streams)
+        ]
+        for runner in runners:
+            runner.start()
+        run_workers(runners, stop_flag(), until_caught_up=until_caught_up)
     except KappaflowError as error:
         click.echo(f"kappaflow worker: {error}", err=True)
         sys.exit(1)
@@ -223,6 +231,34 @@ def loadgen(url: str, rate: float, duration: float, viewers: int, batch: int, se
 
 
 @main.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="Ingest URL.")
+@click.option("--stream", default="clicks", show_default=True, help="Stream to send to.")
+@click.option("--delay", default=0.0, show_default=True, help="Seconds between records.")
+@click.option("--speedup", type=float, help="Replay at N times the pace of the records' `t`.")
+@click.option("--batch", default=500, show_default=True, help="Records per request, at most.")
+def replay(
+    path: str, url: str, stream: str, delay: float, speedup: float | None, batch: int
+) -> None:
+    """Send a JSON-lines file (gzip accepted) into the ingest API, in order."""
+    from pathlib import Path
+
+    from kappaflow.replay import Replay, print_summary
+
+    try:
+        summary = Replay(url, stream, delay, speedup, batch).run(Path(path))
+    except httpx.HTTPError as failure:
+        click.echo(f"kappaflow replay: cannot reach {url}: {failure}", err=True)
+        sys.exit(1)
+    print_summary(summary)
+    sys.exit(0 if summary.accepted else 1)
+
+
+@main.command()
+@click.option(
+    "--workload", type=click.Choice(["video", "clicks"]), default="video", show_default=True,
+    help="video: simulated viewers over HTTP; clicks: replay the 1.usa.gov sample.",
+)  # fmt: skip
 @click.option("--duration", default=60.0, show_default=True, help="Seconds of load.")
 @click.option("--rate", default=20_000.0, show_default=True, help="Target events per second.")
 @click.option("--viewers", default=3_000, show_default=True, help="Concurrent viewers.")
@@ -230,10 +266,16 @@ def loadgen(url: str, rate: float, duration: float, viewers: int, batch: int, se
 @click.option("--port", type=int, help="Port of the demo stack [default: a free one].")
 @click.option("--data-dir", help="Keep the data here instead of a temporary directory.")
 def demo(
-    duration: float, rate: float, viewers: int, workers: int, port: int | None, data_dir: str | None
+    workload: str,
+    duration: float,
+    rate: float,
+    viewers: int,
+    workers: int,
+    port: int | None,
+    data_dir: str | None,
 ) -> None:
     """Run the stack, load it over HTTP, and check the results against the ground truth."""
     from kappaflow.demo import run_demo
 
-    ok = run_demo(duration, rate, viewers, workers, port, data_dir)
+    ok = run_demo(workload, duration, rate, viewers, workers, port, data_dir)
     sys.exit(0 if ok else 1)

@@ -40,7 +40,13 @@ GROUP = "video.heartbeats"
 
 
 def run_demo(
-    duration: float, rate: float, viewers: int, workers: int, port: int | None, data_dir: str | None
+    workload: str,
+    duration: float,
+    rate: float,
+    viewers: int,
+    workers: int,
+    port: int | None,
+    data_dir: str | None,
 ) -> bool:
     with tempfile.TemporaryDirectory(prefix="kappaflow-demo-") as temporary:
         settings = Settings.load(
@@ -58,6 +64,10 @@ def run_demo(
         stack = Stack(settings, quiet=True)
         try:
             stack.start()
+            if workload == "clicks":
+                from kappaflow.demo_clicks import ClicksDemo
+
+                return ClicksDemo(settings, stack).run()
             return Demo(settings, stack).run(duration, rate, viewers)
         except StackFailed as failure:
             console.print(f"[red]the stack failed: {failure} (logs in {stack.logs})")
@@ -65,6 +75,24 @@ def run_demo(
         finally:
             with console.status("stopping the stack"):
                 stack.stop()
+
+
+def wait_for_backlog(settings: Settings, stack: Stack, timeout_s: float) -> float:
+    """Seconds until every partition is processed to the end of the log."""
+    started = time.perf_counter()
+    log, store = open_log(settings), open_store(settings)
+    apps = load_apps(settings)
+    try:
+        with console.status("waiting for the workers to drain the backlog"):
+            while time.perf_counter() - started < timeout_s:
+                if sum(lag for *_, lag in partition_lag(apps, log, store)) == 0:
+                    break
+                stack.check()
+                time.sleep(0.1)
+        return time.perf_counter() - started
+    finally:
+        log.close()
+        store.close()
 
 
 @dataclass
@@ -142,7 +170,7 @@ class Demo:
             "faster than real time)"
         )
         summary = LoadGenerator(self.url, rate, events=events()).run(progress=True)
-        drained = self._wait_for_backlog(timeout_s=120)
+        drained = wait_for_backlog(self.settings, self.stack, timeout_s=120)
         probe.stop.set()
         prober.join(10)
         with console.status("waiting for the idle timeout to close the last sessions"):
@@ -185,23 +213,6 @@ class Demo:
         verdict = "[green]equal to" if ok else "[red]different from"
         console.print(f"reports of every holder and campaign: {verdict} the ground truth")
         return ok
-
-    def _wait_for_backlog(self, timeout_s: float) -> float:
-        """Seconds until every partition is processed to the end of the log."""
-        started = time.perf_counter()
-        log, store = open_log(self.settings), open_store(self.settings)
-        apps = load_apps(self.settings)
-        try:
-            with console.status("waiting for the workers to drain the backlog"):
-                while time.perf_counter() - started < timeout_s:
-                    if sum(lag for *_, lag in partition_lag(apps, log, store)) == 0:
-                        break
-                    self.stack.check()
-                    time.sleep(0.1)
-            return time.perf_counter() - started
-        finally:
-            log.close()
-            store.close()
 
     def _report(
         self,

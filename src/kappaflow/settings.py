@@ -30,7 +30,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     data_dir: str = "kappaflow-data"
     """Directory of the embedded log and the SQLite store."""
-    apps: tuple[str, ...] = ("video",)
+    apps: tuple[str, ...] = ("video", "clicks")
     """Apps to run: built-in names or importable modules, comma-separated in the environment."""
     partitions: PositiveInt = 8
     """Partitions of each stream's topic."""

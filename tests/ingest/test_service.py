@@ -76,7 +76,7 @@ def test_one_bad_record_refuses_the_request_and_writes_nothing(
 def test_unknown_stream_is_404_naming_the_streams(client: TestClient) -> None:
     answer = client.post("/v1/streams/nope/events", json=beat())
     assert answer.status_code == 404
-    assert answer.json() == {"error": "unknown stream 'nope'", "streams": ["heartbeats"]}
+    assert answer.json() == {"error": "unknown stream 'nope'", "streams": ["clicks", "heartbeats"]}
 
 
 def test_unsupported_content_type_is_415(client: TestClient) -> None:
@@ -142,7 +142,7 @@ def test_health_readiness_and_metrics(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'kappaflow_events_ingested_total{stream="heartbeats"}' in text
     assert 'kappaflow_ingest_rejected_total{reason="invalid",stream="heartbeats"}' in text
-    lag = [line for line in text.splitlines() if line.startswith("kappaflow_lag{")]
+    lag = [line for line in text.splitlines() if line.startswith('kappaflow_lag{group="video')]
     assert len(lag) == 4 and sum(float(line.split()[-1]) for line in lag) == 2
 
 

@@ -241,14 +241,21 @@ class Worker:
     def run(self, should_stop: Callable[[], bool], until_caught_up: bool = False) -> None:
         """Poll until ``should_stop()``; with ``until_caught_up``, also stop once every
         owned partition is processed up to the log's end."""
-        pause = self.settings.poll_interval_ms / 1000
-        while not should_stop():
-            if self.poll():
-                continue
-            if until_caught_up and self.caught_up():
-                return
-            time.sleep(pause)
+        run_workers([self], should_stop, until_caught_up)
 
     def caught_up(self) -> bool:
         ends = self.log.end_offsets(self.stream.name)
         return all(run.next_offset >= ends[p] for p, run in self.runs.items())
+
+
+def run_workers(
+    workers: Sequence[Worker], should_stop: Callable[[], bool], until_caught_up: bool = False
+) -> None:
+    """Poll several workers (one per app stream) in turn, pausing when none had work."""
+    pause = min(w.settings.poll_interval_ms for w in workers) / 1000
+    while not should_stop():
+        if sum(worker.poll() for worker in workers):
+            continue
+        if until_caught_up and all(worker.caught_up() for worker in workers):
+            return
+        time.sleep(pause)

@@ -1,0 +1,182 @@
+"""Click analytics on 1.usa.gov short-link records (bit.ly's JSON feed): per minute
+and per hour, clicks by country, time zone, browser, operating system, referrer
+domain, target domain and target URL; top-K target URLs per window.
+
+Records come as the feed wrote them: most fields may be missing, and keep-alive lines
+``{"_heartbeat_": <unix time>}`` are not clicks: they are counted under the dimension
+``keepalive`` and nothing else. Event time is ``t`` (unix seconds). Browser and OS
+families come from uap's user-agent patterns (ua-parser)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+import msgspec
+import ua_parser
+
+from kappaflow.app import App, Query, Stream
+from kappaflow.errors import InvalidQuery
+from kappaflow.settings import Settings
+from kappaflow.store.base import Store
+from kappaflow.stream.windows import WINDOW_SIZES_MS, TumblingCounts, counts_table
+
+UNKNOWN = "unknown"
+DIMENSIONS = ("country", "tz", "browser", "os", "referrer", "domain", "url", "keepalive")
+COUNTS = counts_table("click_counts")
+
+
+class Click(msgspec.Struct, omit_defaults=True):
+    """A bit.ly click record (or a keep-alive); only ``t`` (or ``_heartbeat_``) is needed."""
+
+    t: int | None = None
+    a: str | None = None
+    c: str | None = None
+    tz: str | None = None
+    r: str | None = None
+    u: str | None = None
+    g: str = ""
+    h: str | None = None
+    nk: int | None = None
+    al: str | None = None
+    hh: str | None = None
+    l: str | None = None  # noqa: E741 - the feed's field name
+    cy: str | None = None
+    gr: str | None = None
+    hc: int | None = None
+    ll: list[float] | None = None
+    kw: str | None = None
+    heartbeat: int | None = msgspec.field(default=None, name="_heartbeat_")
+
+    def __post_init__(self) -> None:
+        if self.t is None:
+            if self.heartbeat is None:
+                raise ValueError("a click needs its time `t` (a keep-alive: `_heartbeat_`)")
+            self.t = self.heartbeat
+
+
+@lru_cache(maxsize=1 << 14)
+def agent_families(agent: str) -> tuple[str, str]:
+    """(browser family, OS family) of a user agent; ``Other`` when unknown."""
+    parsed = ua_parser.parse(agent)
+    browser = parsed.user_agent.family if parsed.user_agent else "Other"
+    system = parsed.os.family if parsed.os else "Other"
+    return browser, system
+
+
+def domain_of(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        return urlsplit(url).hostname
+    except ValueError:
+        return None
+
+
+def dimensions(click: Click) -> Iterator[tuple[str, str]]:
+    if click.heartbeat is not None:
+        yield "keepalive", "keepalive"
+        return
+    browser, system = agent_families(click.a) if click.a else (UNKNOWN, UNKNOWN)
+    yield "country", click.c or UNKNOWN
+    yield "tz", click.tz or UNKNOWN
+    yield "browser", browser
+    yield "os", system
+    yield "referrer", "direct" if click.r in (None, "", "direct") else domain_of(click.r) or UNKNOWN
+    yield "domain", domain_of(click.u) or UNKNOWN
+    yield "url", click.u or UNKNOWN
+
+
+class Count(msgspec.Struct):
+    window: str
+    start: str
+    value: str
+    clicks: int
+
+
+def _window(params: Mapping[str, str]) -> str:
+    window = params.get("window", "1h")
+    if window not in WINDOW_SIZES_MS:
+        raise InvalidQuery(f"window must be one of {', '.join(WINDOW_SIZES_MS)}, got {window!r}")
+    return window
+
+
+def _range_ms(params: Mapping[str, str]) -> tuple[int, int]:
+    """``from``/``to`` as unix seconds or RFC 3339 times with a zone; default: all."""
+    bounds = []
+    for name, default in (("from", 0), ("to", 1 << 62)):
+        value = params.get(name)
+        if not value:
+            bounds.append(default)
+            continue
+        try:
+            bounds.append(round(float(value) * 1000))
+            continue
+        except ValueError:
+            pass
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            moment = None
+        if moment is None or moment.tzinfo is None:
+            raise InvalidQuery(f"{name} must be unix seconds or an RFC 3339 time, got {value!r}")
+        bounds.append(round(moment.timestamp() * 1000))
+    return bounds[0], bounds[1]
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def counts_query(store: Store, params: Mapping[str, str]) -> list[Count]:
+    dimension = params.get("dimension", "")
+    if dimension not in DIMENSIONS:
+        raise InvalidQuery(f"dimension must be one of {', '.join(DIMENSIONS)}, got {dimension!r}")
+    window = _window(params)
+    first, last = _range_ms(params)
+    rows = store.query(
+        "SELECT start_ms, value, events FROM click_counts WHERE window = ? AND dimension = ? "
+        "AND start_ms >= ? AND start_ms <= ? ORDER BY start_ms, events DESC, value",
+        (window, dimension, first, last),
+    )
+    return [Count(window, _iso(start), value, n) for start, value, n in rows]
+
+
+def top_query(store: Store, params: Mapping[str, str]) -> list[Count]:
+    window = _window(params)
+    first, last = _range_ms(params)
+    try:
+        k = int(params.get("k", "10"))
+    except ValueError:
+        k = 0
+    if not 1 <= k <= 1000:
+        raise InvalidQuery(f"k must be an integer from 1 to 1000, got {params.get('k')!r}")
+    rows = store.query(
+        "SELECT start_ms, value, events FROM (SELECT start_ms, value, events, row_number() "
+        "OVER (PARTITION BY start_ms ORDER BY events DESC, value) AS rank FROM click_counts "
+        "WHERE window = ? AND dimension = 'url' AND start_ms >= ? AND start_ms <= ?) "
+        "WHERE rank <= ? ORDER BY start_ms, events DESC, value",
+        (window, first, last, k),
+    )
+    return [Count(window, _iso(start), value, n) for start, value, n in rows]
+
+
+def create_app(settings: Settings) -> App:
+    clicks = Stream("clicks", Click, key="g", time="t", time_unit="s")
+    return App(
+        "clicks",
+        streams=[clicks],
+        tables=[COUNTS],
+        processors={clicks.name: TumblingCounts(COUNTS, dimensions)},
+        queries=[
+            Query("/v1/clicks/counts", counts_query,
+                  "Clicks per window by a dimension (dimension, window=1m|1h, from, to: unix "
+                  "seconds or RFC 3339). JSON, or CSV with Accept: text/csv or format=csv.",
+                  list[Count]),
+            Query("/v1/clicks/top", top_query,
+                  "The k most clicked target URLs of each window (window, k, from, to).",
+                  list[Count]),
+        ],
+    )  # fmt: skip
