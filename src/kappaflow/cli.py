@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +12,7 @@ import click
 import httpx
 
 from kappaflow.errors import KappaflowError
-from kappaflow.settings import Settings
+from kappaflow.settings import MULTIPROCESS_VARIABLE, Settings
 from kappaflow.signals import stop_flag
 
 
@@ -158,19 +159,40 @@ def query(ctx: click.Context, **options: Any) -> None:
     _serve(ctx, ("query",), **options)
 
 
-@main.command()
-@server_options
-@click.option("--workers", type=int, help="Worker processes [default: 2].")
-@click.pass_context
-def up(ctx: click.Context, **options: Any) -> None:
-    """Run the whole stack on this machine: ingest and queries on one port, workers.
+def _run_stack(ctx: click.Context, serve: bool, workers: int | None, **options: Any) -> None:
+    settings = _settings(ctx, **options)
+    if workers is not None:
+        settings = settings.replace(workers=workers, autoscale=False)
+    # Before prometheus_client is imported, so that this process shares metrics too.
+    from kappaflow.up import prepare_metrics_dir
 
-    Stops cleanly on Ctrl-C or SIGTERM: acknowledged events are never lost.
-    """
+    os.environ[MULTIPROCESS_VARIABLE] = str(prepare_metrics_dir(settings))
     from kappaflow.up import run_up
 
     _setup_logging(verbose=False)
-    sys.exit(run_up(_settings(ctx, **options)))
+    sys.exit(run_up(settings, serve=serve))
+
+
+@main.command()
+@server_options
+@click.option("--workers", type=int, help="Run this many workers, without autoscaling.")
+@click.pass_context
+def up(ctx: click.Context, workers: int | None, **options: Any) -> None:
+    """Run the whole stack on this machine: ingest and queries on one port, and workers
+    scaled on lag (KAPPAFLOW_AUTOSCALE, KAPPAFLOW_LAG_THRESHOLD, ...).
+
+    Stops cleanly on Ctrl-C or SIGTERM: acknowledged events are never lost.
+    """
+    _run_stack(ctx, True, workers, **options)
+
+
+@main.command()
+@click.option("--data-dir", help="Directory of the embedded log and store.")
+@click.option("--workers", type=int, help="Run this many workers, without autoscaling.")
+@click.pass_context
+def autoscaler(ctx: click.Context, workers: int | None, data_dir: str | None) -> None:
+    """Run the workers scaled on lag, without the HTTP services (a role of `up`)."""
+    _run_stack(ctx, False, workers, data_dir=data_dir)
 
 
 @main.group()
@@ -228,6 +250,62 @@ def loadgen(url: str, rate: float, duration: float, viewers: int, batch: int, se
     summary = generator.run(duration, progress=True)
     print_summary(summary)
     sys.exit(0 if summary.rejected == 0 and summary.failed == 0 else 1)
+
+
+@main.group()
+def scale() -> None:
+    """The autoscaling policy (AUTOSCALING.md) away from a running stack."""
+
+
+@scale.command("simulate")
+@click.option(
+    "--load",
+    "load",
+    default="surge",
+    show_default=True,
+    help="daily, surge, sawtooth, or a CSV file of time_s,events_per_s.",
+)
+@click.option("--capacity", type=float, required=True, help="Events/s one worker processes.")
+@click.option(
+    "--base", default=50_000.0, show_default=True, help="Base events/s of the built-in shapes."
+)
+@click.option("--step", default=15.0, show_default=True, help="Seconds between decisions.")
+@click.option("--output", type=click.Path(dir_okay=False), help="PNG to write [scale-LOAD.png].")
+@click.option("--rows", default=24, show_default=True, help="Rows of the printed table.")
+@click.pass_context
+def scale_simulate(
+    ctx: click.Context, load: str, capacity: float, base: float, step: float,
+    output: str | None, rows: int,
+) -> None:  # fmt: skip
+    """Replay a load curve through the policy and a capacity model: workers and lag
+    over time, as a table and a picture. The policy's settings are the KAPPAFLOW_*
+    ones (KAPPAFLOW_LAG_THRESHOLD, KAPPAFLOW_BEHAVIOR, ...)."""
+    from pathlib import Path
+
+    from kappaflow.scale.policy import from_settings
+    from kappaflow.scale.simulator import SHAPES, from_csv, plot, report, simulate
+
+    settings = _settings(ctx)
+    if load in SHAPES:
+        curve, duration = SHAPES[load](base)
+    elif Path(load).is_file():
+        try:
+            curve, duration = from_csv(Path(load))
+        except ValueError as error:
+            ctx.fail(str(error))
+    else:
+        ctx.fail(f"--load must be one of {', '.join(SHAPES)} or a CSV file, got {load!r}")
+    try:
+        policy = from_settings(settings)
+    except KappaflowError as error:
+        ctx.fail(str(error))
+    steps = simulate(curve, duration, capacity, policy, settings.partitions, step)
+    picture = Path(output or f"scale-{Path(load).stem}.png")
+    title = (f"{Path(load).stem}: {capacity:,.0f} events/s per worker, lag threshold "
+             f"{policy.lag_threshold:,}, {settings.partitions} partitions")  # fmt: skip
+    plot(steps, capacity, title, picture)
+    report(steps, rows)
+    click.echo(f"picture: {picture}")
 
 
 @main.command()

@@ -27,6 +27,7 @@ from kappaflow.apps.video_sim import HEARTBEAT_S, Truth, heartbeats, simulated_c
 from kappaflow.loadgen import LoadGenerator, Summary
 from kappaflow.log import open_log
 from kappaflow.metrics import partition_lag
+from kappaflow.scale.supervisor import Autoscaler
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.up import Stack, StackFailed, free_port
@@ -36,6 +37,9 @@ API_SAMPLE = 500
 DEMO_LATENESS_S = 120
 DEMO_IDLE_S = 10
 SEED = 7
+DEMO_LAG_THRESHOLD = 10_000
+SURGE = (0.35, 0.6, 3.0)
+"""The load runs at 3x the rate from 35% to 60% of the run."""
 GROUP = "video.heartbeats"
 
 
@@ -59,11 +63,17 @@ def run_demo(
                 "allowed_lateness_s": DEMO_LATENESS_S,
                 # Close sessions soon after the load ends, so the reports are complete.
                 "idle_timeout_s": DEMO_IDLE_S,
+                # Scale on lag within the demo's minute: decide every second, and scale
+                # down after 8 s of lower recommendations instead of 5 minutes.
+                "autoscale": True,
+                "polling_interval_s": 1.0,
+                "lag_threshold": DEMO_LAG_THRESHOLD,
+                "scale_down_stabilization_s": 8.0,
             }
         )
         stack = Stack(settings, quiet=True)
         try:
-            stack.start()
+            stack.start(1)
             if workload == "clicks":
                 from kappaflow.demo_clicks import ClicksDemo
 
@@ -93,6 +103,36 @@ def wait_for_backlog(settings: Settings, stack: Stack, timeout_s: float) -> floa
     finally:
         log.close()
         store.close()
+
+
+@dataclass
+class Scaling:
+    """The autoscaler of ``kappaflow up``, ticking in a thread of the demo."""
+
+    settings: Settings
+    stack: Stack
+    stop: threading.Event = field(default_factory=threading.Event)
+    history: list[tuple[float, int, int]] = field(default_factory=list)
+
+    def run(self) -> None:
+        log, store = open_log(self.settings), open_store(self.settings)
+        autoscaler = Autoscaler(self.settings, load_apps(self.settings), log, store, self.stack)
+        while not self.stop.wait(self.settings.polling_interval_s):
+            autoscaler.tick()
+        self.history = autoscaler.history
+
+    def report(self) -> None:
+        if not self.history:
+            return
+        changes, last = [], None
+        for t, workers, _ in self.history:
+            if workers != last:
+                changes.append(f"{workers} at {t:.0f} s")
+                last = workers
+        peak = max(self.history, key=lambda h: h[2])
+        console.print(f"workers over time: {' -> '.join(changes)}")
+        console.print(f"maximum lag reached: {peak[2]:,} events at {peak[0]:.0f} s "
+                      f"(lag threshold {self.settings.lag_threshold:,} per worker)")  # fmt: skip
 
 
 @dataclass
@@ -163,18 +203,30 @@ class Demo:
         probe = Probe(self.url, latest)
         prober = threading.Thread(target=probe.run, daemon=True)
         prober.start()
+        scaling = Scaling(self.settings, self.stack)
+        scaler = threading.Thread(target=scaling.run, daemon=True)
+        scaler.start()
+        surge_from, surge_to, factor = (duration * SURGE[0], duration * SURGE[1], SURGE[2])
+
+        def rate_at(t: float) -> float:
+            return rate * factor if surge_from <= t < surge_to else rate
+
         minutes = (end_ms - start_ms) / 60_000
         console.print(
             f"{viewers:,} viewers, {minutes:.0f} minutes of viewing each, sent at "
             f"{rate:,.0f} events/s for about {duration:.0f} s ({minutes * 60 / duration:.0f}x "
-            "faster than real time)"
+            f"faster than real time), with a surge to {rate * factor:,.0f} events/s from "
+            f"{surge_from:.0f} s to {surge_to:.0f} s"
         )
-        summary = LoadGenerator(self.url, rate, events=events()).run(progress=True)
+        summary = LoadGenerator(self.url, rate_at, events=events()).run(progress=True)
         drained = wait_for_backlog(self.settings, self.stack, timeout_s=120)
         probe.stop.set()
         prober.join(10)
         with console.status("waiting for the idle timeout to close the last sessions"):
             time.sleep(DEMO_IDLE_S + 1.5)
+        scaling.stop.set()
+        scaler.join(10)
+        scaling.report()
         ok = self._report(summary, drained, truth, probe.latencies)
         return self._report_money(truth, catalog, start_ms, end_ms) and ok
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -45,7 +45,7 @@ class LoadGenerator:
     def __init__(
         self,
         url: str,
-        rate: float,
+        rate: float | Callable[[float], float],
         viewers: int = 2_000,
         batch: int = 500,
         seed: int = 0,
@@ -53,7 +53,8 @@ class LoadGenerator:
         stream: str = "heartbeats",
     ) -> None:
         self.endpoint = f"{url.rstrip('/')}/v1/streams/{stream}/events"
-        self.rate = rate
+        self.rate_at = rate if callable(rate) else (lambda _: rate)
+        """Target events/s at a number of seconds into the run."""
         self.batch = batch
         if events is None:
             start_ms = int(time.time() * 1000)
@@ -80,16 +81,16 @@ class LoadGenerator:
         async with httpx.AsyncClient(timeout=30, limits=limits) as client:
             senders = [asyncio.create_task(self._send(client, queue)) for _ in range(SENDERS)]
             with bar:
-                produced = 0
+                due = 0.0
                 for chunk in _chunks(self.events, self.batch):
                     elapsed = time.perf_counter() - started
                     if duration is not None and elapsed >= duration:
                         break
-                    ahead = produced / self.rate - elapsed
-                    if ahead > 0:
-                        await asyncio.sleep(ahead)
+                    if due > elapsed:
+                        await asyncio.sleep(due - elapsed)
                     await queue.put(chunk)
-                    produced += len(chunk)
+                    # At most a second of catching up after a stall, never a burst.
+                    due = max(due, elapsed - 1.0) + len(chunk) / self.rate_at(due)
                     rate = self.summary.accepted / max(elapsed, 1e-9)
                     done = elapsed if duration else self.summary.accepted
                     bar.update(task, completed=done, description=f"{rate:,.0f} events/s")

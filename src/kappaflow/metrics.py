@@ -16,9 +16,8 @@ from prometheus_client.registry import REGISTRY, Collector
 from kappaflow.app import App, Stream
 from kappaflow.errors import KappaflowError
 from kappaflow.log.base import Log
+from kappaflow.settings import MULTIPROCESS_VARIABLE
 from kappaflow.store.base import Store
-
-MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 EVENTS_INGESTED = Counter(
     "kappaflow_events_ingested", "Events durably appended by ingest.", ["stream"]

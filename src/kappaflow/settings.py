@@ -18,6 +18,8 @@ from kappaflow.errors import SettingsError
 
 PREFIX = "KAPPAFLOW_"
 CONFIG_VARIABLE = "KAPPAFLOW_CONFIG"
+MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+"""Where processes started together share their metrics (prometheus_client)."""
 
 PositiveInt = Annotated[int, Meta(ge=1)]
 NonNegativeInt = Annotated[int, Meta(ge=0)]
@@ -65,6 +67,31 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Events appended but not yet processed above which ingest answers 429."""
     retry_after_s: PositiveInt = 1
     """``Retry-After`` of 429 and 503 answers."""
+
+    # Autoscaling (AUTOSCALING.md): KEDA ScaledObject and HPA field names, snake_case.
+    autoscale: bool = True
+    """``kappaflow up`` scales workers on lag; false: it runs ``workers`` workers."""
+    polling_interval_s: PositiveFloat = 5.0
+    lag_threshold: PositiveInt = 20_000
+    """Target lag per worker (KEDA ``lagThreshold``)."""
+    activation_lag_threshold: NonNegativeInt = 0
+    offset_reset_policy: Literal["latest", "earliest"] = "latest"
+    allow_idle_consumers: bool = False
+    exclude_persistent_lag: bool = False
+    scale_to_zero_on_invalid_offset: bool = False
+    limit_to_partitions_with_lag: bool = False
+    min_replicas: NonNegativeInt = 1
+    max_replicas: PositiveInt = 100
+    cooldown_period_s: NonNegativeFloat = 300.0
+    tolerance: NonNegativeFloat = 0.1
+    behavior: bool = False
+    """Render and apply an HPA ``behavior`` block (false: KEDA's default, none)."""
+    scale_up_stabilization_s: NonNegativeFloat = 0.0
+    scale_up_policies: str = "pods:4:15,percent:100:15"
+    scale_up_select: Literal["max", "min", "disabled"] = "max"
+    scale_down_stabilization_s: NonNegativeFloat = 300.0
+    scale_down_policies: str = "percent:100:15"
+    scale_down_select: Literal["max", "min", "disabled"] = "max"
 
     @property
     def data_path(self) -> Path:

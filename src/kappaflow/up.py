@@ -12,14 +12,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
 
 from kappaflow.errors import KappaflowError
-from kappaflow.metrics import MULTIPROCESS_VARIABLE
-from kappaflow.settings import Settings
+from kappaflow.settings import MULTIPROCESS_VARIABLE, Settings
 from kappaflow.signals import stop_flag
 
 log = logging.getLogger("kappaflow.up")
@@ -50,15 +50,15 @@ class Stack:
         self.url = f"http://{settings.host}:{settings.port}"
         self.server: subprocess.Popen[bytes] | None = None
         self.workers: dict[int, tuple[list[int], subprocess.Popen[bytes]]] = {}
+        self._lock = threading.RLock()
+        """Held while workers start or stop (the autoscaler may run in a thread)."""
         self.quiet = quiet
         data = Path(settings.data_dir).resolve()
         self.logs = data / "logs"
         if quiet:
             self.logs.mkdir(parents=True, exist_ok=True)
-        metrics_dir = data / "metrics"
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        metrics_dir.mkdir(parents=True)
-        self.env = {**os.environ, **settings.to_environ(), MULTIPROCESS_VARIABLE: str(metrics_dir)}
+        shared = os.environ.get(MULTIPROCESS_VARIABLE) or str(prepare_metrics_dir(settings))
+        self.env = {**os.environ, **settings.to_environ(), MULTIPROCESS_VARIABLE: shared}
 
     def _spawn(self, *arguments: str) -> subprocess.Popen[bytes]:
         command = [
@@ -76,15 +76,29 @@ class Stack:
                 command, env=self.env, stdout=output, stderr=output, start_new_session=True
             )
 
-    def start(self, ready_timeout_s: float = 30) -> None:
+    def start(self, workers: int, serve: bool = True, ready_timeout_s: float = 30) -> None:
         s = self.settings
-        self.server = self._spawn("serve", "--role", "ingest", "--role", "query",
-                                  "--host", s.host, "--port", str(s.port))  # fmt: skip
-        log.warning("started server (pid %d) for ingest and queries", self.server.pid)
-        self.wait_ready(ready_timeout_s)
-        for number, share in enumerate(shares(s.partitions, s.workers)):
-            self._start_worker(number, share)
-        log.warning("ready: %s (ingest, queries, /metrics, /openapi.json)", self.url)
+        if serve:
+            self.server = self._spawn("serve", "--role", "ingest", "--role", "query",
+                                      "--host", s.host, "--port", str(s.port))  # fmt: skip
+            log.warning("started server (pid %d) for ingest and queries", self.server.pid)
+            self.wait_ready(ready_timeout_s)
+        self.resize(workers)
+        if serve:
+            log.warning("ready: %s (ingest, queries, /metrics, /openapi.json)", self.url)
+
+    def size(self) -> int:
+        return len(self.workers)
+
+    def resize(self, workers: int) -> None:
+        """Run ``workers`` workers, partitions shared anew: the current ones finish their
+        batch and exit first, so that each partition always has one owner."""
+        with self._lock:
+            self._stop_workers()
+            self.workers = {}
+            if workers:
+                for number, share in enumerate(shares(self.settings.partitions, workers)):
+                    self._start_worker(number, share)
 
     def _start_worker(self, number: int, share: list[int]) -> None:
         process = self._spawn("worker", "--partitions", ",".join(map(str, share)))
@@ -107,26 +121,30 @@ class Stack:
 
     def check(self) -> None:
         """Restart workers that died; fail if the server died."""
-        assert self.server is not None
-        if self.server.poll() is not None:
+        if self.server is not None and self.server.poll() is not None:
             raise StackFailed(f"the server exited with code {self.server.returncode}")
-        for number, (share, process) in list(self.workers.items()):
-            if process.poll() is not None:
-                log.warning("worker %d (pid %d) exited with code %s; restarting it",
-                            number, process.pid, process.returncode)  # fmt: skip
-                self._start_worker(number, share)
+        with self._lock:
+            for number, (share, process) in list(self.workers.items()):
+                if process.poll() is not None:
+                    log.warning("worker %d (pid %d) exited with code %s; restarting it",
+                                number, process.pid, process.returncode)  # fmt: skip
+                    self._start_worker(number, share)
 
     def stop(self) -> None:
         """Server first, so nothing new arrives; then the workers, which commit and exit."""
         if self.server is not None and self.server.poll() is None:
             log.warning("stopping the server")
             _terminate(self.server)
+        with self._lock:
+            self._stop_workers()
+        log.warning("stopped")
+
+    def _stop_workers(self) -> None:
         for _, process in self.workers.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for _, process in self.workers.values():
             _wait(process)
-        log.warning("stopped")
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:
@@ -143,14 +161,40 @@ def _wait(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def run_up(settings: Settings) -> int:
-    """Run the stack until SIGTERM or Ctrl-C; returns the exit code."""
+def prepare_metrics_dir(settings: Settings) -> Path:
+    """An empty directory for the processes' shared metrics. Set it as
+    ``PROMETHEUS_MULTIPROC_DIR`` before prometheus_client is first imported."""
+    directory = Path(settings.data_dir).resolve() / "metrics"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
+
+
+def run_up(settings: Settings, serve: bool = True) -> int:
+    """Run the stack (with ``serve``: the HTTP server too) until SIGTERM or Ctrl-C,
+    scaling workers on lag when ``settings.autoscale``; returns the exit code."""
+    from kappaflow.app import load_apps
+    from kappaflow.log import open_log
+    from kappaflow.scale.supervisor import Autoscaler
+    from kappaflow.store import open_store
+
     stopping = stop_flag()
     stack = Stack(settings)
+    autoscaler = None
     try:
-        stack.start()
+        if settings.autoscale:
+            store = open_store(settings)
+            for app in load_apps(settings):
+                store.create_tables(app.all_tables)
+            autoscaler = Autoscaler(settings, load_apps(settings), open_log(settings), store, stack)
+        stack.start(max(settings.min_replicas, 1) if settings.autoscale else settings.workers,
+                    serve=serve)  # fmt: skip
+        next_tick = 0.0
         while not stopping():
             stack.check()
+            if autoscaler is not None and time.monotonic() >= next_tick:
+                autoscaler.tick()
+                next_tick = time.monotonic() + settings.polling_interval_s
             time.sleep(0.2)
     except StackFailed as failure:
         log.error("%s", failure)

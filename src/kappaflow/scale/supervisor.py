@@ -1,0 +1,97 @@
+"""The autoscaler of ``kappaflow up`` (and ``kappaflow autoscaler``): every polling
+interval, read the log's end offsets and the store's committed offsets, run the
+policy, and resize the worker pool. Partitions are reassigned on every change: the old
+workers finish and commit their batch and exit, then the new ones claim their shares
+(ownership generations fence any worker that did not stop)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from prometheus_client import Counter, Gauge
+
+from kappaflow.app import App
+from kappaflow.log.base import Log
+from kappaflow.scale.policy import PolicyState, decide, from_settings
+from kappaflow.settings import Settings
+from kappaflow.store.base import Store
+
+log = logging.getLogger("kappaflow.autoscaler")
+
+REPLICAS = Gauge("kappaflow_replicas", "Workers: desired and current.", ["kind"],
+                 multiprocess_mode="mostrecent")  # fmt: skip
+TOTAL_LAG = Gauge("kappaflow_total_lag", "Records not yet processed, all streams.",
+                  multiprocess_mode="mostrecent")  # fmt: skip
+DECISIONS = Counter("kappaflow_scale_decisions", "Scaling decisions by direction.", ["direction"])
+
+
+class Pool(Protocol):
+    def size(self) -> int: ...
+
+    def resize(self, workers: int) -> None: ...
+
+
+def offsets(
+    apps: Sequence[App], the_log: Log, store: Store
+) -> tuple[dict[int, int], dict[int, int]]:
+    """End and committed offsets of every app stream's partitions, numbered in a row."""
+    end, committed = {}, {}
+    for app in apps:
+        for stream in app.streams:
+            done = store.committed_offsets(app.group(stream))
+            base = len(end)
+            for partition, offset in the_log.end_offsets(stream.name).items():
+                end[base + partition] = offset
+                if partition in done:
+                    committed[base + partition] = done[partition]
+    return end, committed
+
+
+def workers_for(desired: int, partitions: int, allow_idle_consumers: bool) -> int:
+    """Never more workers than partitions: an extra one would own nothing."""
+    return desired if allow_idle_consumers else min(desired, partitions)
+
+
+@dataclass
+class Autoscaler:
+    settings: Settings
+    apps: Sequence[App]
+    log: Log
+    store: Store
+    pool: Pool
+    state: PolicyState = field(default_factory=PolicyState)
+    history: list[tuple[float, int, int]] = field(default_factory=list)
+    """(time, workers, total lag) after each tick."""
+
+    def __post_init__(self) -> None:
+        self.policy = from_settings(self.settings)
+        self.started = time.monotonic()
+
+    def tick(self) -> None:
+        now = time.monotonic() - self.started
+        end, committed = offsets(self.apps, self.log, self.store)
+        current = self.pool.size()
+        decision = decide(now, end, committed, current, self.policy, self.state)
+        self.state = decision.state
+        target = workers_for(decision.desired, self.settings.partitions,
+                             self.settings.allow_idle_consumers)  # fmt: skip
+        lag = decision.lag
+        REPLICAS.labels("desired").set(target)
+        TOTAL_LAG.set(lag.uncapped)
+        if target != current:
+            direction = "up" if target > current else "down"
+            DECISIONS.labels(direction).inc()
+            log.warning(
+                "scale %s: %d -> %d workers; lag %d (to the policy %d, %s), threshold %d, "
+                "recommendation %s, %s",
+                direction, current, target, lag.uncapped, lag.total,
+                "active" if lag.active else "inactive", self.policy.lag_threshold,
+                decision.recommendation, decision.reason,
+            )  # fmt: skip
+            self.pool.resize(target)
+        REPLICAS.labels("current").set(self.pool.size())
+        self.history.append((now, self.pool.size(), lag.uncapped))

@@ -1,0 +1,72 @@
+"""Autoscaling with real processes: a burst makes ``kappaflow up`` scale workers up,
+then down once the stabilization window has passed; partitions move between workers
+each time, and every result table must still equal an unscaled run's."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from kappaflow.apps.video import create_app
+from kappaflow.apps.video_catalog import load as load_catalog
+from kappaflow.apps.video_sim import simulate, simulated_catalog
+from kappaflow.settings import Settings
+from kappaflow.store import open_store
+from kappaflow.testing import run_events
+
+pytestmark = pytest.mark.integration
+TABLES = ("video_segments", "video_progress", "video_royalties", "ad_impressions",
+          "ad_viewers", "kf_dead_letters")  # fmt: skip
+SCALING = {
+    "KAPPAFLOW_IDLE_TIMEOUT_S": "3600",
+    "KAPPAFLOW_LAG_THRESHOLD": "1500",
+    "KAPPAFLOW_POLLING_INTERVAL_S": "0.3",
+    "KAPPAFLOW_SCALE_DOWN_STABILIZATION_S": "3",
+    "KAPPAFLOW_BATCH_MAX_EVENTS": "2000",
+}
+
+
+def metric(text: str, name: str) -> float:
+    found = [line.split()[-1] for line in text.splitlines() if line.startswith(name)]
+    return float(found[0]) if found else 0.0
+
+
+def tables(settings: Settings) -> dict[str, list]:
+    store = open_store(settings)
+    return {name: store.query(f"SELECT * FROM {name} ORDER BY 1, 2, 3, 4") for name in TABLES}
+
+
+def test_scaling_up_and_down_loses_and_repeats_nothing(tmp_path: Path, kappaflow) -> None:
+    workload = simulate(60_000, viewers=400, seed=5, jitter_ms=2_000, duplicates=0.01)
+    catalog = simulated_catalog(5)
+    unscaled = Settings.load({}, {"data_dir": str(tmp_path / "unscaled"), "idle_timeout_s": 3600})
+    load_catalog(open_store(unscaled), catalog)
+    run_events(create_app(unscaled), workload.events, unscaled).close()
+
+    scaled = Settings.load({}, {"data_dir": str(tmp_path / "scaled")})
+    load_catalog(open_store(scaled), catalog)
+    encode = msgspec.json.Encoder().encode
+    with kappaflow("up", "--data-dir", scaled.data_dir, env=SCALING) as stack:
+        client = stack.client()
+        for start in range(0, len(workload.events), 2_000):
+            answer = client.post("/v1/streams/heartbeats/events",
+                                 content=encode(workload.events[start : start + 2_000]),
+                                 headers={"content-type": "application/json"})  # fmt: skip
+            assert answer.status_code == 202
+        peak, deadline = 0.0, time.monotonic() + 90
+        while time.monotonic() < deadline:
+            text = client.get("/metrics").text
+            peak = max(peak, metric(text, 'kappaflow_replicas{kind="current"}'))
+            scaled_down = metric(text, 'kappaflow_scale_decisions_total{direction="down"}')
+            if metric(text, "kappaflow_total_lag") == 0 and scaled_down >= 1:
+                break
+            time.sleep(0.2)
+        assert stack.stop() == 0
+    log = stack.output.read_text()
+    assert "scale up: 1 -> " in log, log
+    assert "scale down: " in log, log
+    assert peak >= 2
+    assert tables(scaled) == tables(unscaled)
