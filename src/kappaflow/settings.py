@@ -37,7 +37,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     partitions: PositiveInt = 8
     """Partitions of each stream's topic."""
     log: Literal["embedded"] = "embedded"
-    store: Literal["sqlite"] = "sqlite"
+    store: Literal["sqlite", "postgres"] = "sqlite"
+    postgres_dsn: str = "postgresql://127.0.0.1:5432/kappaflow"
+    """libpq connection string of the PostgreSQL or YugabyteDB (YSQL) store."""
     log_fsync: Literal["batch", "never"] = "batch"
     """``batch``: every append is on disk before it returns. ``never``: leave flushing to
     the operating system (faster; a power loss can drop acknowledged events)."""

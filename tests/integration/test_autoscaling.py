@@ -13,6 +13,8 @@ import pytest
 from kappaflow.apps.video import create_app
 from kappaflow.apps.video_catalog import load as load_catalog
 from kappaflow.apps.video_sim import simulate, simulated_catalog
+from kappaflow.ingest.appender import Appender
+from kappaflow.log import open_log
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.testing import run_events
@@ -22,10 +24,11 @@ TABLES = ("video_segments", "video_progress", "video_royalties", "ad_impressions
           "ad_viewers", "kf_dead_letters")  # fmt: skip
 SCALING = {
     "KAPPAFLOW_IDLE_TIMEOUT_S": "3600",
-    "KAPPAFLOW_LAG_THRESHOLD": "1500",
-    "KAPPAFLOW_POLLING_INTERVAL_S": "0.3",
+    "KAPPAFLOW_LAG_THRESHOLD": "100",
+    "KAPPAFLOW_POLLING_INTERVAL_S": "0.1",
     "KAPPAFLOW_SCALE_DOWN_STABILIZATION_S": "3",
     "KAPPAFLOW_BATCH_MAX_EVENTS": "2000",
+    "KAPPAFLOW_POLL_INTERVAL_MS": "400",  # an idle worker lets lag build up between polls
 }
 
 
@@ -49,11 +52,19 @@ def test_scaling_up_and_down_loses_and_repeats_nothing(tmp_path: Path, kappaflow
     scaled = Settings.load({}, {"data_dir": str(tmp_path / "scaled")})
     load_catalog(open_store(scaled), catalog)
     encode = msgspec.json.Encoder().encode
+    half = len(workload.events) // 2
+    # Half the workload waits in the log when the stack starts; the other half is the
+    # burst, over HTTP, while the workers are being resized.
+    writer = open_log(scaled, writer=True)
+    Appender(writer, create_app(scaled).streams[0], scaled.partitions).append(
+        workload.events[:half]
+    )
+    writer.close()
     with kappaflow("up", "--data-dir", scaled.data_dir, env=SCALING) as stack:
         client = stack.client()
-        for start in range(0, len(workload.events), 2_000):
-            answer = client.post("/v1/streams/heartbeats/events",
-                                 content=encode(workload.events[start : start + 2_000]),
+        for start in range(half, len(workload.events), 2_000):
+            chunk = workload.events[start : start + 2_000]
+            answer = client.post("/v1/streams/heartbeats/events", content=encode(chunk),
                                  headers={"content-type": "application/json"})  # fmt: skip
             assert answer.status_code == 202
         peak, deadline = 0.0, time.monotonic() + 90

@@ -59,18 +59,14 @@ def settings_for(path: Path) -> Settings:
 
 
 def start_worker(settings: Settings, *extra: str) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "KAPPAFLOW_PARTITIONS": str(settings.partitions),
-        "KAPPAFLOW_BATCH_MAX_EVENTS": str(settings.batch_max_events),
-        "KAPPAFLOW_IDLE_TIMEOUT_S": str(settings.idle_timeout_s),
-        "KAPPAFLOW_POLL_INTERVAL_MS": str(settings.poll_interval_ms),
-    }
-    command = [sys.executable, "-m", "kappaflow", "worker", "--data-dir", settings.data_dir]
-    return subprocess.Popen([*command, *extra], env=env)
+    command = [sys.executable, "-m", "kappaflow", "worker", "--app", "video"]
+    return subprocess.Popen([*command, *extra], env={**os.environ, **settings.to_environ()})
 
 
-def test_sigkilled_worker_restarts_to_the_same_results(tmp_path: Path) -> None:
+def test_sigkilled_worker_restarts_to_the_same_results(
+    tmp_path: Path, backend_settings: Settings
+) -> None:
+    """On SQLite and on PostgreSQL, against one uninterrupted run on SQLite."""
     workload = simulate(60_000, viewers=300, seed=11, jitter_ms=3_000, duplicates=0.01)
     events = workload.events
     catalog = simulated_catalog(11)
@@ -80,9 +76,13 @@ def test_sigkilled_worker_restarts_to_the_same_results(tmp_path: Path) -> None:
     assert all(reference[name] for name in ("video_segments", "kf_dead_letters", "ad_viewers"))
     assert {row[1] for row in reference["video_royalties"]} > {"unknown"}
 
-    settings = settings_for(tmp_path / "killed")
+    settings = settings_for(tmp_path / "killed").replace(
+        store=backend_settings.store, postgres_dsn=backend_settings.postgres_dsn
+    )
     app = create_app(settings)
-    load_catalog(open_store(settings), catalog)
+    catalog_store = open_store(settings)
+    load_catalog(catalog_store, catalog)
+    catalog_store.close()
     writer = open_log(settings, writer=True)
     appender = Appender(writer, app.streams[0], settings.partitions)
     appender.append(events[:5_000])
@@ -115,5 +115,6 @@ def test_sigkilled_worker_restarts_to_the_same_results(tmp_path: Path) -> None:
     assert kills == 6
     assert 0 < offsets_at_kill[0] < len(events), "the first kill hit the worker mid-stream"
     got = snapshot(store)
+    store.close()
     for name in reference:
         assert got[name] == reference[name], f"{name} differs from the uninterrupted run"

@@ -8,6 +8,7 @@ import pytest
 
 from kappaflow.apps.video import Heartbeat, all_progress, create_app
 from kappaflow.errors import StaleOwnership
+from kappaflow.ingest.appender import Appender
 from kappaflow.log import open_log, partition_for
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
@@ -140,3 +141,44 @@ def test_run_until_caught_up_stops_at_the_end_of_the_log(settings: Settings) -> 
     w.run(lambda: False, until_caught_up=True)
     assert w.caught_up()
     assert len(all_progress(w.store)) == 3
+
+
+def test_a_lost_database_connection_is_recovered_without_loss_or_repeats(
+    settings: Settings, postgres_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import psycopg
+
+    from kappaflow.apps.video_sim import simulate
+    from kappaflow.stream.worker import run_workers
+    from kappaflow.testing import run_events
+
+    workload = simulate(6_000, viewers=20, seed=2, jitter_ms=1_000)
+    expected = all_progress(run_events(create_app(settings), workload.events, settings))
+
+    on_postgres = settings.replace(
+        data_dir=settings.data_dir + "-pg", store="postgres", postgres_dsn=postgres_dsn,
+        batch_max_events=60,
+    )  # fmt: skip
+    writer = open_log(on_postgres, writer=True)
+    Appender(writer, create_app(on_postgres).streams[0], 4).append(workload.events)
+    writer.close()
+    w = worker(on_postgres)
+    w.start()
+    commit, commits = w.store.commit, {"n": 0}
+
+    def commit_on_a_connection_cut_now_and_then(*args, **kwargs) -> None:
+        commits["n"] += 1
+        if commits["n"] % 5 == 2:  # the server drops us just before the commit
+            with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+        commit(*args, **kwargs)
+
+    w.store.commit = commit_on_a_connection_cut_now_and_then  # type: ignore[method-assign]
+    run_workers([w], lambda: False, until_caught_up=True)
+    assert commits["n"] > 10
+    assert "restoring from the store" in caplog.text
+    assert all_progress(w.store) == expected
+    w.store.close()

@@ -137,7 +137,7 @@ def counts_query(store: Store, params: Mapping[str, str]) -> list[Count]:
     window = _window(params)
     first, last = _range_ms(params)
     rows = store.query(
-        "SELECT start_ms, value, events FROM click_counts WHERE window = ? AND dimension = ? "
+        "SELECT start_ms, value, events FROM click_counts WHERE span = ? AND dimension = ? "
         "AND start_ms >= ? AND start_ms <= ? ORDER BY start_ms, events DESC, value",
         (window, dimension, first, last),
     )
@@ -156,7 +156,7 @@ def top_query(store: Store, params: Mapping[str, str]) -> list[Count]:
     rows = store.query(
         "SELECT start_ms, value, events FROM (SELECT start_ms, value, events, row_number() "
         "OVER (PARTITION BY start_ms ORDER BY events DESC, value) AS rank FROM click_counts "
-        "WHERE window = ? AND dimension = 'url' AND start_ms >= ? AND start_ms <= ?) "
+        "WHERE span = ? AND dimension = 'url' AND start_ms >= ? AND start_ms <= ?) "
         "WHERE rank <= ? ORDER BY start_ms, events DESC, value",
         (window, first, last, k),
     )

@@ -11,6 +11,10 @@ __all__ = ["Claim", "DeadLetter", "PartitionCommit", "Store", "Table", "open_sto
 
 def open_store(settings: Settings) -> Store:
     """The store the settings name."""
+    if settings.store == "postgres":
+        from kappaflow.store.postgres import PostgresStore
+
+        return PostgresStore(settings.postgres_dsn)
     from kappaflow.store.sqlite import SQLiteStore
 
     return SQLiteStore(settings.sqlite_path)

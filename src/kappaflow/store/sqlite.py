@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, PartitionCommit, Table
+from kappaflow.store.sql import RowWriter, create_sql
 
 T = TypeVar("T")
 
@@ -38,93 +39,6 @@ CREATE TABLE IF NOT EXISTS kf_dead_letters (
 """
 
 
-def upsert_sql(table: Table) -> str:
-    """INSERT ... ON CONFLICT for a table's mode (SQL shared by SQLite and PostgreSQL)."""
-    names = table.column_names
-    columns = ", ".join(names)
-    marks = ", ".join("?" for _ in names)
-    values = [n for n in names if n not in table.key]
-    if not values or table.mode == "distinct":
-        return f"INSERT INTO {table.name} ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING"
-    if table.mode == "add":
-        sets = ", ".join(f"{n} = {table.name}.{n} + excluded.{n}" for n in values)
-    else:
-        sets = ", ".join(f"{n} = excluded.{n}" for n in values)
-    key = ", ".join(table.key)
-    return (
-        f"INSERT INTO {table.name} ({columns}) VALUES ({marks}) "
-        f"ON CONFLICT ({key}) DO UPDATE SET {sets}"
-    )
-
-
-def count_sql(target: Table, column: str) -> str:
-    """Add to ``column`` of ``target``'s row with the given key (created at 0)."""
-    names = [*target.key, column]
-    marks = ", ".join("?" for _ in names)
-    return (
-        f"INSERT INTO {target.name} ({', '.join(names)}) VALUES ({marks}) "
-        f"ON CONFLICT ({', '.join(target.key)}) DO UPDATE SET "
-        f"{column} = {target.name}.{column} + excluded.{column}"
-    )
-
-
-def create_sql(table: Table) -> str:
-    """Numeric columns of ``add`` tables default to 0, so counters can start anywhere."""
-    columns = ", ".join(
-        f"{name} {kind}"
-        + (" NOT NULL DEFAULT 0" if table.mode == "add" and name not in table.key else "")
-        for name, kind in table.columns
-    )
-    return (
-        f"CREATE TABLE IF NOT EXISTS {table.name} "
-        f"({columns}, PRIMARY KEY ({', '.join(table.key)})) WITHOUT ROWID"
-    )
-
-
-class _Writer:
-    """Writes result rows with one cursor, honouring each table's mode."""
-
-    def __init__(self) -> None:
-        self.tables: dict[str, Table] = {}
-        self.upserts: dict[str, str] = {}
-
-    def add(self, table: Table) -> None:
-        self.tables[table.name] = table
-        self.upserts[table.name] = upsert_sql(table)
-
-    def write(self, cursor: sqlite3.Cursor, rows: Mapping[str, Sequence[tuple[Any, ...]]]) -> None:
-        for name, table_rows in rows.items():
-            if not table_rows:
-                continue
-            table = self.tables.get(name)
-            if table is None:
-                raise StoreError(f"no table {name!r}: create it first")
-            try:
-                if table.counts is None:
-                    cursor.executemany(self.upserts[name], table_rows)
-                else:
-                    self._write_distinct(cursor, table, table_rows)
-            except sqlite3.OperationalError:
-                raise
-            except sqlite3.Error as error:
-                raise StoreError(f"writing table {name}: {error}") from error
-
-    def _write_distinct(
-        self, cursor: sqlite3.Cursor, table: Table, rows: Sequence[tuple[Any, ...]]
-    ) -> None:
-        assert table.counts is not None
-        target_name, column = table.counts
-        target = self.tables[target_name]
-        positions = [table.column_names.index(name) for name in target.key]
-        added: dict[tuple[Any, ...], int] = {}
-        for row in rows:
-            cursor.execute(self.upserts[table.name], row)
-            if cursor.rowcount == 1:
-                key = tuple(row[i] for i in positions)
-                added[key] = added.get(key, 0) + 1
-        cursor.executemany(count_sql(target, column), [(*k, n) for k, n in added.items()])
-
-
 class SQLiteStore:
     def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
@@ -140,7 +54,7 @@ class SQLiteStore:
             self._db.executescript(SCHEMA)
         except sqlite3.Error as error:
             raise StoreUnavailable(f"SQLite store {self.path}: {error}") from error
-        self._writer = _Writer()
+        self._writer = RowWriter(sqlite3.Error, sqlite3.OperationalError)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:

@@ -19,9 +19,9 @@ WINDOW_SIZES_MS = {"1m": 60_000, "1h": 3_600_000}
 def counts_table(name: str) -> Table:
     return Table(
         name,
-        columns=(("window", "TEXT"), ("dimension", "TEXT"), ("start_ms", "INTEGER"),
+        columns=(("span", "TEXT"), ("dimension", "TEXT"), ("start_ms", "INTEGER"),
                  ("value", "TEXT"), ("events", "INTEGER")),
-        key=("window", "dimension", "start_ms", "value"),
+        key=("span", "dimension", "start_ms", "value"),
         mode="add",
     )  # fmt: skip
 

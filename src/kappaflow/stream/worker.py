@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from kappaflow.app import App, Batch, Processor, Stream
+from kappaflow.errors import StoreUnavailable
 from kappaflow.log.base import Log, RecordBatch
 from kappaflow.metrics import BATCH_SECONDS, DEAD_LETTERS, EVENTS_PROCESSED
 from kappaflow.settings import Settings
@@ -89,6 +90,7 @@ class Worker:
         """Claim the partitions (fencing earlier owners) and restore their state."""
         self.log.create_topic(self.stream.name, self.settings.partitions)
         self.store.create_tables(self.app.all_tables)
+        self.runs = {}
         for partition, claim in self.store.claim(self.group, self.partitions).items():
             run = PartitionRun(partition, claim.generation, claim.next_offset, None)
             if claim.state is None:
@@ -254,8 +256,26 @@ def run_workers(
     """Poll several workers (one per app stream) in turn, pausing when none had work."""
     pause = min(w.settings.poll_interval_ms for w in workers) / 1000
     while not should_stop():
-        if sum(worker.poll() for worker in workers):
+        if sum(_poll_or_recover(worker, should_stop) for worker in workers):
             continue
         if until_caught_up and all(worker.caught_up() for worker in workers):
             return
         time.sleep(pause)
+
+
+def _poll_or_recover(worker: Worker, should_stop: Callable[[], bool]) -> int:
+    """Poll; when the store is unreachable (a commit's outcome is then unknown), wait
+    with backoff and start over from what the store holds: claim, restore, read on."""
+    try:
+        return worker.poll()
+    except StoreUnavailable as failure:
+        delay = 0.1
+        while not should_stop():
+            log.warning("%s: %s; restoring from the store in %.1f s", worker.group, failure, delay)
+            time.sleep(delay)
+            try:
+                worker.start()
+                return 0
+            except StoreUnavailable as again:
+                failure, delay = again, min(delay * 2, 5.0)
+        return 0

@@ -1,0 +1,216 @@
+"""The PostgreSQL store (also YugabyteDB's YSQL, which speaks the same protocol and
+SQL): the same tables and the same one-transaction commit of rows, state and offsets
+as SQLite, with the ownership generation checked by the commit's own UPDATE.
+
+YSQL notes: the SQL here avoids what YSQL lacks or runs slowly (advisory locks, LOCK
+TABLE, triggers, ``CREATE INDEX CONCURRENTLY``): schema changes are idempotent
+``CREATE TABLE IF NOT EXISTS`` steps recorded in ``kf_schema``, so concurrent starts
+are harmless; conflicts are resolved by primary keys and ``ON CONFLICT``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
+from kappaflow.store.base import Claim, DeadLetter, PartitionCommit, Table
+from kappaflow.store.sql import RowWriter, create_sql
+
+T = TypeVar("T")
+log = logging.getLogger("kappaflow.store")
+
+MIGRATIONS = (
+    # 1: the store's own tables
+    """
+    CREATE TABLE IF NOT EXISTS kf_partitions (
+        grp TEXT NOT NULL, partition INTEGER NOT NULL, generation BIGINT NOT NULL,
+        next_offset BIGINT NOT NULL, state BYTEA, PRIMARY KEY (grp, partition));
+    CREATE TABLE IF NOT EXISTS kf_versions (name TEXT PRIMARY KEY, version BIGINT NOT NULL);
+    CREATE TABLE IF NOT EXISTS kf_dead_letters (
+        grp TEXT NOT NULL, partition INTEGER NOT NULL, "offset" BIGINT NOT NULL,
+        reason TEXT NOT NULL, payload BYTEA NOT NULL, PRIMARY KEY (grp, partition, "offset"));
+    """,
+)
+RETRIES = 5
+
+
+def placeholders(sql: str) -> str:
+    """``?`` placeholders (the SQL kappaflow and its apps write) -> psycopg's ``%s``."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class PostgresStore:
+    def __init__(self, dsn: str, connect_timeout_s: float = 10) -> None:
+        self.dsn = dsn
+        self.connect_timeout_s = connect_timeout_s
+        self._db: psycopg.Connection[Any] | None = None
+        self._writer = RowWriter(psycopg.Error, psycopg.OperationalError, placeholders)
+        self._retry(self._migrate)
+
+    # -- connection ------------------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._db is None or self._db.closed:
+            try:
+                self._db = psycopg.connect(self.dsn, connect_timeout=int(self.connect_timeout_s))
+            except psycopg.Error as error:
+                raise StoreUnavailable(f"PostgreSQL store: cannot connect: {error}") from error
+        return self._db
+
+    def _drop_connection(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.close()
+            finally:
+                self._db = None
+
+    def _retry(self, action: Callable[[], T]) -> T:
+        """Run an idempotent action, reconnecting with backoff when the server is gone."""
+        for attempt in range(RETRIES):
+            try:
+                return action()
+            except (StoreUnavailable, psycopg.OperationalError) as error:
+                self._drop_connection()
+                if attempt == RETRIES - 1:
+                    raise StoreUnavailable(f"PostgreSQL store: {error}") from error
+                pause = 0.1 * 2**attempt
+                log.warning("PostgreSQL unavailable (%s); retrying in %.1f s", error, pause)
+                time.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def _transaction(self, body: Callable[[psycopg.Cursor[Any]], T]) -> T:
+        """One transaction; connection loss is StoreUnavailable (its outcome unknown)."""
+        db = self._connection()
+        try:
+            with db.transaction(), db.cursor() as cursor:
+                return body(cursor)
+        except psycopg.OperationalError as error:
+            self._drop_connection()
+            raise StoreUnavailable(f"PostgreSQL store: {error}") from error
+        except psycopg.Error as error:
+            raise StoreError(f"PostgreSQL store: {error}") from error
+
+    def _migrate(self) -> None:
+        def migrate(cursor: psycopg.Cursor[Any]) -> None:
+            cursor.execute("CREATE TABLE IF NOT EXISTS kf_schema (version INTEGER NOT NULL)")
+            cursor.execute("SELECT max(version) FROM kf_schema")
+            current = cursor.fetchone()[0] or 0  # type: ignore[index]
+            for version, step in enumerate(MIGRATIONS, start=1):
+                if version > current:
+                    cursor.execute(step)
+                    cursor.execute("INSERT INTO kf_schema VALUES (%s)", (version,))
+
+        self._create(migrate)
+
+    def _create(self, body: Callable[[psycopg.Cursor[Any]], None]) -> None:
+        """DDL that another process may be running at the same moment."""
+        try:
+            self._transaction(body)
+        except StoreError as error:
+            if not isinstance(error.__cause__, pg_errors.UniqueViolation):
+                raise
+            self._transaction(body)  # the other process created it: now a no-op
+
+    # -- the Store protocol ----------------------------------------------------------
+
+    def create_tables(self, tables: Sequence[Table]) -> None:
+        def create(cursor: psycopg.Cursor[Any]) -> None:
+            for table in tables:
+                cursor.execute(create_sql(table, "postgres"))
+
+        self._retry(lambda: self._create(create))
+        for table in tables:
+            self._writer.add(table)
+
+    def claim(self, group: str, partitions: Sequence[int]) -> dict[int, Claim]:
+        def claim(cursor: psycopg.Cursor[Any]) -> dict[int, Claim]:
+            claims = {}
+            for partition in partitions:
+                cursor.execute(
+                    "INSERT INTO kf_partitions VALUES (%s, %s, 1, 0, NULL) "
+                    "ON CONFLICT (grp, partition) DO UPDATE "
+                    "SET generation = kf_partitions.generation + 1 "
+                    "RETURNING generation, next_offset, state",
+                    (group, partition),
+                )
+                generation, offset, state = cursor.fetchone()  # type: ignore[misc]
+                claims[partition] = Claim(generation, offset, bytes(state) if state else None)
+            return claims
+
+        return self._retry(lambda: self._transaction(claim))
+
+    def commit(
+        self,
+        group: str,
+        partitions: Sequence[PartitionCommit],
+        rows: Mapping[str, Sequence[tuple[Any, ...]]],
+        dead_letters: Sequence[DeadLetter] = (),
+    ) -> None:
+        def commit(cursor: psycopg.Cursor[Any]) -> None:
+            for c in partitions:
+                cursor.execute(
+                    "UPDATE kf_partitions SET next_offset = %s, state = %s "
+                    "WHERE grp = %s AND partition = %s AND generation = %s",
+                    (c.next_offset, c.state, group, c.partition, c.generation),
+                )
+                if cursor.rowcount != 1:
+                    raise StaleOwnership(
+                        f"{group} partition {c.partition}: generation {c.generation} is stale; "
+                        "another worker owns it"
+                    )
+            self._writer.write(cursor, rows)
+            if dead_letters:
+                cursor.executemany(
+                    "INSERT INTO kf_dead_letters VALUES (%s, %s, %s, %s, %s) "
+                    'ON CONFLICT (grp, partition, "offset") DO UPDATE '
+                    "SET reason = excluded.reason, payload = excluded.payload",
+                    [(group, *letter) for letter in dead_letters],
+                )
+
+        self._transaction(commit)
+
+    def upsert(self, rows: Mapping[str, Sequence[tuple[Any, ...]]]) -> None:
+        def upsert(cursor: psycopg.Cursor[Any]) -> None:
+            self._writer.write(cursor, rows)
+            cursor.executemany(
+                "INSERT INTO kf_versions VALUES (%s, 1) "
+                "ON CONFLICT (name) DO UPDATE SET version = kf_versions.version + 1",
+                [(name,) for name in rows],
+            )
+
+        self._transaction(upsert)
+
+    def version(self, table: str) -> int:
+        found = self.query("SELECT version FROM kf_versions WHERE name = ?", (table,))
+        return found[0][0] if found else 0
+
+    def committed_offsets(self, group: str) -> dict[int, int]:
+        found = self.query(
+            "SELECT partition, next_offset FROM kf_partitions WHERE grp = ?", (group,)
+        )
+        return dict(found)  # type: ignore[arg-type]
+
+    def dead_letters(self, group: str) -> list[tuple[int, int, str, bytes]]:
+        return [
+            (partition, offset, reason, bytes(payload))
+            for partition, offset, reason, payload in self.query(
+                'SELECT partition, "offset", reason, payload FROM kf_dead_letters '
+                'WHERE grp = ? ORDER BY partition, "offset"',
+                (group,),
+            )
+        ]
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        def read(cursor: psycopg.Cursor[Any]) -> list[tuple[Any, ...]]:
+            cursor.execute(placeholders(sql), params)
+            return cursor.fetchall()
+
+        return self._retry(lambda: self._transaction(read))
+
+    def close(self) -> None:
+        self._drop_connection()

@@ -1,0 +1,112 @@
+"""SQL shared by the SQLite and PostgreSQL stores (and valid on YugabyteDB's YSQL):
+table creation, upserts by table mode, distinct counters, and the row writer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from kappaflow.errors import StoreError
+from kappaflow.store.base import Table
+
+
+def upsert_sql(table: Table) -> str:
+    """INSERT ... ON CONFLICT for a table's mode (SQL shared by SQLite and PostgreSQL)."""
+    names = table.column_names
+    columns = ", ".join(names)
+    marks = ", ".join("?" for _ in names)
+    values = [n for n in names if n not in table.key]
+    if not values or table.mode == "distinct":
+        return f"INSERT INTO {table.name} ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING"
+    if table.mode == "add":
+        sets = ", ".join(f"{n} = {table.name}.{n} + excluded.{n}" for n in values)
+    else:
+        sets = ", ".join(f"{n} = excluded.{n}" for n in values)
+    key = ", ".join(table.key)
+    return (
+        f"INSERT INTO {table.name} ({columns}) VALUES ({marks}) "
+        f"ON CONFLICT ({key}) DO UPDATE SET {sets}"
+    )
+
+
+def count_sql(target: Table, column: str) -> str:
+    """Add to ``column`` of ``target``'s row with the given key (created at 0)."""
+    names = [*target.key, column]
+    marks = ", ".join("?" for _ in names)
+    return (
+        f"INSERT INTO {target.name} ({', '.join(names)}) VALUES ({marks}) "
+        f"ON CONFLICT ({', '.join(target.key)}) DO UPDATE SET "
+        f"{column} = {target.name}.{column} + excluded.{column}"
+    )
+
+
+POSTGRES_TYPES = {"TEXT": "TEXT", "INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION"}
+
+
+def create_sql(table: Table, dialect: str = "sqlite") -> str:
+    """Numeric columns of ``add`` tables default to 0, so counters can start anywhere."""
+    types = POSTGRES_TYPES if dialect == "postgres" else {k: k for k in POSTGRES_TYPES}
+    columns = ", ".join(
+        f"{name} {types[kind]}"
+        + (" NOT NULL DEFAULT 0" if table.mode == "add" and name not in table.key else "")
+        for name, kind in table.columns
+    )
+    suffix = " WITHOUT ROWID" if dialect == "sqlite" else ""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table.name} "
+        f"({columns}, PRIMARY KEY ({', '.join(table.key)})){suffix}"
+    )
+
+
+class RowWriter:
+    """Writes result rows with one DB-API cursor, honouring each table's mode.
+    ``translate`` turns the ``?`` placeholders into the driver's; errors of class
+    ``unavailable`` pass through (the caller retries), other ``failure`` errors become
+    `StoreError`."""
+
+    def __init__(
+        self,
+        failure: type[Exception],
+        unavailable: type[Exception],
+        translate: Callable[[str], str] = lambda sql: sql,
+    ) -> None:
+        self.failure, self.unavailable, self.translate = failure, unavailable, translate
+        self.tables: dict[str, Table] = {}
+        self.upserts: dict[str, str] = {}
+
+    def add(self, table: Table) -> None:
+        self.tables[table.name] = table
+        self.upserts[table.name] = self.translate(upsert_sql(table))
+
+    def write(self, cursor: Any, rows: Mapping[str, Sequence[tuple[Any, ...]]]) -> None:
+        for name, table_rows in rows.items():
+            if not table_rows:
+                continue
+            table = self.tables.get(name)
+            if table is None:
+                raise StoreError(f"no table {name!r}: create it first")
+            try:
+                if table.counts is None:
+                    cursor.executemany(self.upserts[name], table_rows)
+                else:
+                    self._write_distinct(cursor, table, table_rows)
+            except self.unavailable:
+                raise
+            except self.failure as error:
+                raise StoreError(f"writing table {name}: {error}") from error
+
+    def _write_distinct(self, cursor: Any, table: Table, rows: Sequence[tuple[Any, ...]]) -> None:
+        assert table.counts is not None
+        target_name, column = table.counts
+        target = self.tables[target_name]
+        positions = [table.column_names.index(name) for name in target.key]
+        added: dict[tuple[Any, ...], int] = {}
+        for row in rows:
+            cursor.execute(self.upserts[table.name], row)
+            if cursor.rowcount == 1:
+                key = tuple(row[i] for i in positions)
+                added[key] = added.get(key, 0) + 1
+        if added:
+            cursor.executemany(
+                self.translate(count_sql(target, column)), [(*k, n) for k, n in added.items()]
+            )
