@@ -41,3 +41,45 @@ def backend_settings(request: pytest.FixtureRequest, settings: Settings) -> Sett
         return settings
     dsn = request.getfixturevalue("postgres_dsn")
     return settings.replace(store="postgres", postgres_dsn=dsn)
+
+
+@pytest.fixture
+def kafka_bootstrap() -> Iterator[str]:
+    """A fresh mock Kafka cluster of librdkafka (3 brokers on 127.0.0.1), held by this
+    process for the test; other processes reach it over loopback like a real one."""
+    import logging
+
+    from confluent_kafka import Producer
+
+    found: list[str] = []
+
+    class Bootstrap(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if "Mock cluster enabled" in message:
+                found.append(message.rsplit(" ", 1)[-1])
+
+    logger = logging.getLogger("kappaflow.tests.kafka-mock")
+    logger.addHandler(Bootstrap())
+    logger.setLevel(logging.DEBUG)
+    holder = Producer({"test.mock.num.brokers": 3, "logger": logger})
+    holder.poll(1)
+    assert found, "the mock cluster did not report its address"
+    yield found[0]
+    holder.flush(1)
+
+
+@pytest.fixture(params=["embedded+sqlite", "embedded+postgres", "kafka+postgres"])
+def stack_settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """The test's settings on each stack: the embedded default, then PostgreSQL, then
+    Kafka (librdkafka's mock cluster) with PostgreSQL."""
+    log, store = request.param.split("+")
+    if store == "postgres":
+        settings = settings.replace(
+            store="postgres", postgres_dsn=request.getfixturevalue("postgres_dsn")
+        )
+    if log == "kafka":
+        settings = settings.replace(
+            log="kafka", kafka_bootstrap_servers=request.getfixturevalue("kafka_bootstrap")
+        )
+    return settings

@@ -36,7 +36,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Apps to run: built-in names or importable modules, comma-separated in the environment."""
     partitions: PositiveInt = 8
     """Partitions of each stream's topic."""
-    log: Literal["embedded"] = "embedded"
+    log: Literal["embedded", "kafka"] = "embedded"
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_client_config: tuple[str, ...] = ()
+    """Extra librdkafka settings as ``key=value`` items (security.protocol, sasl.*, ssl.*)."""
     store: Literal["sqlite", "postgres"] = "sqlite"
     postgres_dsn: str = "postgresql://127.0.0.1:5432/kappaflow"
     """libpq connection string of the PostgreSQL or YugabyteDB (YSQL) store."""

@@ -64,9 +64,9 @@ def start_worker(settings: Settings, *extra: str) -> subprocess.Popen[bytes]:
 
 
 def test_sigkilled_worker_restarts_to_the_same_results(
-    tmp_path: Path, backend_settings: Settings
+    tmp_path: Path, stack_settings: Settings
 ) -> None:
-    """On SQLite and on PostgreSQL, against one uninterrupted run on SQLite."""
+    """On each stack, against one uninterrupted run on the embedded stack."""
     workload = simulate(60_000, viewers=300, seed=11, jitter_ms=3_000, duplicates=0.01)
     events = workload.events
     catalog = simulated_catalog(11)
@@ -77,7 +77,10 @@ def test_sigkilled_worker_restarts_to_the_same_results(
     assert {row[1] for row in reference["video_royalties"]} > {"unknown"}
 
     settings = settings_for(tmp_path / "killed").replace(
-        store=backend_settings.store, postgres_dsn=backend_settings.postgres_dsn
+        store=stack_settings.store,
+        postgres_dsn=stack_settings.postgres_dsn,
+        log=stack_settings.log,
+        kafka_bootstrap_servers=stack_settings.kafka_bootstrap_servers,
     )
     app = create_app(settings)
     catalog_store = open_store(settings)

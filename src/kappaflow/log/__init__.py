@@ -10,7 +10,13 @@ __all__ = ["Log", "RecordBatch", "open_log", "partition_for"]
 
 
 def open_log(settings: Settings, *, writer: bool = False) -> Log:
-    """The log the settings name; ``writer=True`` in the one process that appends."""
+    """The log the settings name; ``writer=True`` in the one process that appends
+    (the embedded log's rule; Kafka takes many writers)."""
+    if settings.log == "kafka":
+        from kappaflow.log.kafka import KafkaLog
+
+        options = dict(item.split("=", 1) for item in settings.kafka_client_config)
+        return KafkaLog(settings.kafka_bootstrap_servers, options)
     from kappaflow.log.embedded import EmbeddedLog
 
     return EmbeddedLog(

@@ -3,7 +3,7 @@ addressed by offset. Backends live beside this module; only `open_log` names the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 
@@ -34,5 +34,10 @@ class Log(Protocol):
 
     def start_offsets(self, topic: str) -> dict[int, int]:
         """Per partition, the lowest offset still held (retention deletes below it)."""
+
+    def acknowledge(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
+        """Show ``group``'s progress (next offset per partition) to the log's own tools,
+        such as Kafka's consumer group offsets that KEDA reads. The store stays the
+        truth: this is a copy, written after each store commit."""
 
     def close(self) -> None: ...

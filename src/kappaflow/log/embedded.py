@@ -22,7 +22,7 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -390,6 +390,9 @@ class EmbeddedLog:
                 total -= sizes[base].st_size
                 deleted += 1
         return deleted
+
+    def acknowledge(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
+        """The store holds the embedded log's consumer progress; nothing to copy."""
 
     def close(self) -> None:
         for writer in self._writers.values():

@@ -141,6 +141,9 @@ class Worker:
             )
         if commits:
             self.store.commit(self.group, commits, rows, dead)
+            self.log.acknowledge(
+                self.group, self.stream.name, {c.partition: c.next_offset for c in commits}
+            )
             self.stats.commits += 1
             self.stats.events += records
             EVENTS_PROCESSED.labels(self.group).inc(records)

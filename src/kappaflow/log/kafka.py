@@ -1,0 +1,203 @@
+"""The log on Apache Kafka (confluent-kafka / librdkafka). Appends go through an
+idempotent producer with ``acks=all`` and return once every delivery report is in;
+records go to the partition kappaflow's partitioner names, which is Kafka's own
+default for the key. Workers read the partitions they own by offset and copy their
+progress into the consumer group's committed offsets after each store commit, so
+KEDA's Kafka scaler and Kafka's tools see the true lag. Retention is Kafka's.
+
+Client settings (security protocol, SASL, TLS, ...) pass through from
+``KAPPAFLOW_KAFKA_CLIENT_CONFIG`` (``key=value`` items)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from kappaflow.errors import LogError, LogUnavailable, OffsetOutOfRange
+from kappaflow.log.base import RecordBatch
+
+TIMEOUT_S = 10.0
+CREATE_TIMEOUT_S = 3.0
+
+
+class KafkaLog:
+    def __init__(self, bootstrap_servers: str, client_config: Mapping[str, str] | None = None):
+        self.config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            **(client_config or {}),
+        }
+        self._producer: Producer | None = None
+        self._consumer: Consumer | None = None
+        self._admin = AdminClient(self.config)
+        self._position: dict[tuple[str, int], int] = {}
+        self._buffered: dict[tuple[str, int], list[Any]] = {}
+        self._acknowledgers: dict[str, Consumer] = {}
+
+    # -- topics ----------------------------------------------------------------------
+
+    def create_topic(self, topic: str, partitions: int) -> None:
+        existing = self._topics()
+        if topic in existing:
+            if existing[topic] != partitions:
+                raise LogError(
+                    f"Kafka topic {topic!r} has {existing[topic]} partitions, "
+                    f"the settings say {partitions}"
+                )
+            return
+        futures = self._admin.create_topics([NewTopic(topic, partitions)])
+        try:
+            futures[topic].result(CREATE_TIMEOUT_S)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise LogUnavailable(f"Kafka: cannot create topic {topic!r}: {error}") from error
+        except TimeoutError:
+            # No answer to CreateTopics (librdkafka's mock cluster gives none): ask for
+            # the topic's metadata, which brokers that auto-create topics answer by
+            # creating it, then check it has the partitions it must have.
+            self._admin.list_topics(topic, timeout=TIMEOUT_S)
+        found = self._topics().get(topic)
+        if found != partitions:
+            raise LogError(
+                f"Kafka topic {topic!r} could not be created with {partitions} partitions "
+                f"(found {found}); create it with the cluster's tools"
+            )
+
+    def _topics(self) -> dict[str, int]:
+        try:
+            metadata = self._admin.list_topics(timeout=TIMEOUT_S)
+        except KafkaException as error:
+            raise LogUnavailable(f"Kafka: {error}") from error
+        return {name: len(t.partitions) for name, t in metadata.topics.items() if not t.error}
+
+    def partitions(self, topic: str) -> int:
+        found = self._topics().get(topic)
+        if found is None:
+            raise LogError(f"Kafka topic {topic!r} does not exist")
+        return found
+
+    # -- appending -------------------------------------------------------------------
+
+    def _producer_handle(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer(
+                {**self.config, "enable.idempotence": True, "acks": "all", "linger.ms": 5}
+            )
+        return self._producer
+
+    def append(self, topic: str, partition: int, values: Sequence[bytes]) -> int:
+        """Produce and wait for every delivery report; the first record's offset."""
+        producer = self._producer_handle()
+        offsets: list[int] = []
+        failures: list[str] = []
+
+        def delivered(error: KafkaError | None, message: Any) -> None:
+            if error is not None:
+                failures.append(str(error))
+            else:
+                offsets.append(message.offset())
+
+        for value in values:
+            producer.produce(topic, value, partition=partition, on_delivery=delivered)
+        remaining = producer.flush(TIMEOUT_S)
+        if failures or remaining:
+            raise LogUnavailable(
+                f"Kafka: {len(failures) + remaining} of {len(values)} records not delivered "
+                f"to {topic}[{partition}]: {failures[:1] or 'timed out'}"
+            )
+        return min(offsets) if offsets else -1
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _consumer_handle(self) -> Consumer:
+        if self._consumer is None:
+            self._consumer = Consumer(
+                {**self.config, "group.id": "kappaflow-reader", "enable.auto.commit": False,
+                 "enable.partition.eof": False, "auto.offset.reset": "error"}
+            )  # fmt: skip
+        return self._consumer
+
+    def read(self, topic: str, partition: int, offset: int, max_records: int) -> RecordBatch:
+        key = (topic, partition)
+        if self._position.get(key) != offset:
+            self._assign(topic, partition, offset)
+        buffered = self._buffered.setdefault(key, [])
+        if not buffered:
+            self._fill(max_records)
+        taken, self._buffered[key] = buffered[:max_records], buffered[max_records:]
+        if not taken:
+            return RecordBatch([], [], offset)
+        next_offset = taken[-1].offset() + 1
+        self._position[key] = next_offset
+        return RecordBatch([m.offset() for m in taken], [m.value() for m in taken], next_offset)
+
+    def _assign(self, topic: str, partition: int, offset: int) -> None:
+        """Fetch ``partition`` from ``offset``; the other partitions go on fetching after
+        what is already buffered for them."""
+        consumer = self._consumer_handle()
+        wanted = {}
+        for key, position in self._position.items():
+            buffered = self._buffered.get(key)
+            wanted[key] = buffered[-1].offset() + 1 if buffered else position
+        wanted[topic, partition] = offset
+        consumer.assign([TopicPartition(t, p, o) for (t, p), o in wanted.items()])
+        self._position[topic, partition] = offset
+        self._buffered[topic, partition] = []
+
+    def _fill(self, max_records: int) -> None:
+        try:
+            messages = self._consumer_handle().consume(max_records, timeout=0.05)
+        except KafkaException as error:
+            raise LogUnavailable(f"Kafka: {error}") from error
+        for message in messages:
+            if message.error():
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    continue
+                if message.error().code() == KafkaError._AUTO_OFFSET_RESET:
+                    raise OffsetOutOfRange(f"Kafka: {message.error()}")
+                raise LogUnavailable(f"Kafka: {message.error()}")
+            key = (message.topic(), message.partition())
+            self._buffered.setdefault(key, []).append(message)
+
+    # -- offsets ---------------------------------------------------------------------
+
+    def _watermarks(self, topic: str) -> dict[int, tuple[int, int]]:
+        consumer = self._consumer_handle()
+        found = {}
+        for partition in range(self.partitions(topic)):
+            try:
+                found[partition] = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=TIMEOUT_S, cached=False
+                )
+            except KafkaException as error:
+                raise LogUnavailable(f"Kafka: {error}") from error
+        return found
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        return {p: high for p, (_, high) in self._watermarks(topic).items()}
+
+    def start_offsets(self, topic: str) -> dict[int, int]:
+        return {p: low for p, (low, _) in self._watermarks(topic).items()}
+
+    def acknowledge(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
+        consumer = self._acknowledgers.get(group)
+        if consumer is None:
+            consumer = Consumer({**self.config, "group.id": group, "enable.auto.commit": False})
+            self._acknowledgers[group] = consumer
+        try:
+            consumer.commit(
+                offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()],
+                asynchronous=False,
+            )
+        except KafkaException as error:
+            raise LogUnavailable(f"Kafka: cannot commit {group}'s offsets: {error}") from error
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(TIMEOUT_S)
+        for consumer in [self._consumer, *self._acknowledgers.values()]:
+            if consumer is not None:
+                consumer.close()
+        self._consumer, self._acknowledgers = None, {}

@@ -1,0 +1,84 @@
+"""The Kafka log against librdkafka's mock cluster, which speaks the Kafka protocol on
+loopback. What the mock does not do is out of reach here: replication and real disks,
+and admin requests (CreateTopics gets no answer; topics are auto-created with 4
+partitions, so these tests use 4)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kappaflow.errors import LogError
+from kappaflow.log.kafka import KafkaLog
+from kappaflow.log.partitioner import partition_for
+
+
+def read(log: KafkaLog, topic: str, partition: int, offset: int, count: int):
+    """Kafka may answer a read with nothing while it fetches: poll a little."""
+    for _ in range(100):
+        batch = log.read(topic, partition, offset, count)
+        if batch.values:
+            return batch
+    return batch
+
+
+@pytest.fixture
+def log(kafka_bootstrap: str):
+    the_log = KafkaLog(kafka_bootstrap)
+    yield the_log
+    the_log.close()
+
+
+def test_append_read_and_offsets(log: KafkaLog, request: pytest.FixtureRequest) -> None:
+    topic = f"t-{request.node.name[:20]}-append"
+    log.create_topic(topic, 4)
+    log.create_topic(topic, 4)  # idempotent
+    assert log.partitions(topic) == 4
+    assert log.append(topic, 1, [b"a", b"b", b"c"]) == 0
+    assert log.append(topic, 1, [b"d"]) == 3
+    assert log.end_offsets(topic) == {0: 0, 1: 4, 2: 0, 3: 0}
+    assert log.start_offsets(topic) == {0: 0, 1: 0, 2: 0, 3: 0}
+    batch = read(log, topic, 1, 1, 2)
+    assert (batch.offsets, batch.values, batch.next_offset) == ([1, 2], [b"b", b"c"], 3)
+    rest = read(log, topic, 1, 3, 100)
+    assert (rest.values, rest.next_offset) == ([b"d"], 4)
+    assert log.read(topic, 1, 4, 100).values == []
+    again = read(log, topic, 1, 0, 1)  # a restart reads from an earlier offset
+    assert again.values == [b"a"]
+
+
+def test_a_topic_with_other_partitions_is_refused(log: KafkaLog) -> None:
+    log.create_topic("t-mismatch", 4)
+    with pytest.raises(LogError, match="has 4 partitions, the settings say 8"):
+        log.create_topic("t-mismatch", 8)
+
+
+def test_reads_from_several_partitions_interleaved(log: KafkaLog) -> None:
+    log.create_topic("t-many", 4)
+    for partition in range(4):
+        log.append("t-many", partition, [f"{partition}-{n}".encode() for n in range(50)])
+    seen = {p: [] for p in range(4)}
+    offsets = dict.fromkeys(range(4), 0)
+    for _ in range(100):
+        for partition in range(4):
+            batch = log.read("t-many", partition, offsets[partition], 7)
+            seen[partition] += batch.values
+            offsets[partition] = batch.next_offset
+    assert all(seen[p] == [f"{p}-{n}".encode() for n in range(50)] for p in range(4))
+
+
+def test_acknowledged_progress_is_the_consumer_group_offset(log: KafkaLog) -> None:
+    from confluent_kafka import Consumer, TopicPartition
+
+    log.create_topic("t-ack", 4)
+    log.append("t-ack", 0, [b"x"] * 5)
+    log.acknowledge("video.heartbeats", "t-ack", {0: 3, 1: 0})
+    probe = Consumer({**log.config, "group.id": "video.heartbeats"})
+    committed = probe.committed([TopicPartition("t-ack", 0), TopicPartition("t-ack", 1)], 10)
+    probe.close()
+    assert [tp.offset for tp in committed] == [3, 0]
+
+
+def test_keys_go_where_kafkas_default_partitioner_sends_them() -> None:
+    # murmur2-based, as Java clients and librdkafka's murmur2_random partitioner do
+    assert partition_for("user-1", 8) == partition_for("user-1", 8)
+    assert {partition_for(f"user-{n}", 8) for n in range(100)} == set(range(8))
