@@ -39,18 +39,27 @@ def metric(text: str, name: str) -> float:
 
 def tables(settings: Settings) -> dict[str, list]:
     store = open_store(settings)
-    return {name: store.query(f"SELECT * FROM {name} ORDER BY 1, 2, 3, 4") for name in TABLES}
+    found = {name: store.query(f"SELECT * FROM {name} ORDER BY 1, 2, 3, 4") for name in TABLES}
+    store.close()
+    return found
 
 
-def test_scaling_up_and_down_loses_and_repeats_nothing(tmp_path: Path, kappaflow) -> None:
+def test_scaling_up_and_down_loses_and_repeats_nothing(
+    tmp_path: Path, kappaflow, stack_settings: Settings
+) -> None:
+    """On each stack, against an unscaled run on the embedded one."""
     workload = simulate(60_000, viewers=400, seed=5, jitter_ms=2_000, duplicates=0.01)
     catalog = simulated_catalog(5)
-    unscaled = Settings.load({}, {"data_dir": str(tmp_path / "unscaled"), "idle_timeout_s": 3600})
+    unscaled = Settings.load(
+        {}, {"data_dir": str(tmp_path / "unscaled"), "idle_timeout_s": 3600, "partitions": 4}
+    )
     load_catalog(open_store(unscaled), catalog)
     run_events(create_app(unscaled), workload.events, unscaled).close()
 
-    scaled = Settings.load({}, {"data_dir": str(tmp_path / "scaled")})
-    load_catalog(open_store(scaled), catalog)
+    scaled = stack_settings.replace(data_dir=str(tmp_path / "scaled"), partitions=4)
+    catalog_store = open_store(scaled)
+    load_catalog(catalog_store, catalog)
+    catalog_store.close()
     encode = msgspec.json.Encoder().encode
     half = len(workload.events) // 2
     # Half the workload waits in the log when the stack starts; the other half is the
@@ -60,7 +69,15 @@ def test_scaling_up_and_down_loses_and_repeats_nothing(tmp_path: Path, kappaflow
         workload.events[:half]
     )
     writer.close()
-    with kappaflow("up", "--data-dir", scaled.data_dir, env=SCALING) as stack:
+    env = {
+        **SCALING,
+        "KAPPAFLOW_PARTITIONS": "4",
+        "KAPPAFLOW_LOG": scaled.log,
+        "KAPPAFLOW_KAFKA_BOOTSTRAP_SERVERS": scaled.kafka_bootstrap_servers,
+        "KAPPAFLOW_STORE": scaled.store,
+        "KAPPAFLOW_POSTGRES_DSN": scaled.postgres_dsn,
+    }
+    with kappaflow("up", "--data-dir", scaled.data_dir, env=env) as stack:
         client = stack.client()
         for start in range(half, len(workload.events), 2_000):
             chunk = workload.events[start : start + 2_000]

@@ -22,14 +22,30 @@ EVENTS = "/v1/streams/heartbeats/events"
 ENV = {"KAPPAFLOW_PARTITIONS": "4", "KAPPAFLOW_IDLE_TIMEOUT_S": "3600"}
 
 
-def logged_records(data_dir: Path) -> list[dict]:
-    settings = Settings.load({}, {"data_dir": str(data_dir), "partitions": 4})
+def logged_records(data_dir: Path, stack: Settings | None = None) -> list[dict]:
+    """Every heartbeat in the log, read to the end offset of each partition."""
+    settings = (stack or Settings.load({})).replace(data_dir=str(data_dir), partitions=4)
     log = open_log(settings)
-    return [
-        msgspec.json.decode(value)
-        for partition in range(4)
-        for value in log.read("heartbeats", partition, 0, 1_000_000).values
-    ]
+    records = []
+    for partition, end in log.end_offsets("heartbeats").items():
+        offset = 0
+        while offset < end:
+            batch = log.read("heartbeats", partition, offset, 100_000)
+            records += [msgspec.json.decode(value) for value in batch.values]
+            offset = batch.next_offset
+    log.close()
+    return records
+
+
+def environment(stack: Settings) -> dict[str, str]:
+    """The variables that put a process on the test's stack."""
+    return {
+        **ENV,
+        "KAPPAFLOW_LOG": stack.log,
+        "KAPPAFLOW_KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap_servers,
+        "KAPPAFLOW_STORE": stack.store,
+        "KAPPAFLOW_POSTGRES_DSN": stack.postgres_dsn,
+    }
 
 
 def wait_for_no_lag(client: httpx.Client, timeout_s: float = 60) -> None:
@@ -54,7 +70,11 @@ def post_all(client: httpx.Client, events: list, size: int = 500) -> None:
         assert answer.status_code == 202, answer.text
 
 
-def test_up_serves_everything_and_a_restart_keeps_all_data(tmp_path: Path, kappaflow) -> None:
+def test_up_serves_everything_and_a_restart_keeps_all_data(
+    tmp_path: Path, kappaflow, stack_settings: Settings
+) -> None:
+    """On each stack: embedded, embedded + PostgreSQL, Kafka + PostgreSQL."""
+    env = environment(stack_settings)
     data = str(tmp_path / "data")
     workload = simulate(20_000, viewers=100, seed=3, jitter_ms=1_000)
     half = len(workload.events) // 2
@@ -63,7 +83,7 @@ def test_up_serves_everything_and_a_restart_keeps_all_data(tmp_path: Path, kappa
     def progress(client: httpx.Client) -> dict:
         return {key: client.get(f"/v1/progress/{key[0]}/{key[1]}").json() for key in sample}
 
-    with kappaflow("up", "--data-dir", data, env=ENV) as stack:
+    with kappaflow("up", "--data-dir", data, env=env) as stack:
         client = stack.client()
         post_all(client, workload.events[:half])
         wait_for_no_lag(client)
@@ -83,7 +103,7 @@ def test_up_serves_everything_and_a_restart_keeps_all_data(tmp_path: Path, kappa
         assert stack.stop() == 0
     assert "stopped" in stack.output.read_text()
 
-    with kappaflow("up", "--data-dir", data, env=ENV) as stack:
+    with kappaflow("up", "--data-dir", data, env=env) as stack:
         client = stack.client()
         assert progress(client) == before, "a restart keeps every result"
         post_all(client, workload.events[half:])
@@ -94,7 +114,7 @@ def test_up_serves_everything_and_a_restart_keeps_all_data(tmp_path: Path, kappa
         truth = workload.truth[key]
         assert after[key]["resume_position_s"] == truth.resume_position_s
         assert after[key]["watched_s"] == pytest.approx(truth.watched_s)
-    assert len(logged_records(tmp_path / "data")) == len(workload.events)
+    assert len(logged_records(tmp_path / "data", stack_settings)) == len(workload.events)
 
 
 def test_sigterm_during_load_loses_nothing_acknowledged(tmp_path: Path, kappaflow) -> None:
