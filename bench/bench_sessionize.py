@@ -25,7 +25,7 @@ from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.stream.worker import Worker
 
-EVENTS = 2_000_000
+EVENTS = 2_900_000  # the simulator stops players at the end: about 2 million heartbeats
 console = Console()
 Segments = Counter[tuple[str, str, float, float]]
 

@@ -78,7 +78,9 @@ def worker(
     verbose: bool,
 ) -> None:
     """Process partitions of the apps' streams until stopped (SIGTERM or Ctrl-C: finish
-    the batch, then exit). By default, every stream of every app in KAPPAFLOW_APPS."""
+    the batch, then exit). By default, every stream of every app in KAPPAFLOW_APPS.
+    On Kafka without --partitions, the consumer group assigns them (cooperative-sticky),
+    as when KEDA scales worker pods."""
     from kappaflow.app import load_apps
     from kappaflow.log import open_log
     from kappaflow.store import open_store
@@ -100,7 +102,10 @@ def worker(
             for stream in ([app.stream(stream_name)] if stream_name else app.streams)
         ]
         for runner in runners:
-            runner.start()
+            if settings.log == "kafka" and not partitions:
+                runner.follow_group()
+            else:
+                runner.start()
         run_workers(runners, stop_flag(), until_caught_up=until_caught_up)
     except KappaflowError as error:
         click.echo(f"kappaflow worker: {error}", err=True)

@@ -59,7 +59,7 @@ def settings_for(path: Path) -> Settings:
 
 
 def start_worker(settings: Settings, *extra: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "kappaflow", "worker", "--app", "video"]
+    command = [sys.executable, "-m", "kappaflow", "worker", "--app", "video", "--partitions", "0-3"]
     return subprocess.Popen([*command, *extra], env={**os.environ, **settings.to_environ()})
 
 

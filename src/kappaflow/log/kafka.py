@@ -10,7 +10,8 @@ Client settings (security protocol, SASL, TLS, ...) pass through from
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -19,6 +20,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kappaflow.errors import LogError, LogUnavailable, OffsetOutOfRange
 from kappaflow.log.base import RecordBatch
 
+log = logging.getLogger("kappaflow.log")
 TIMEOUT_S = 10.0
 CREATE_TIMEOUT_S = 3.0
 
@@ -35,6 +37,8 @@ class KafkaLog:
         self._position: dict[tuple[str, int], int] = {}
         self._buffered: dict[tuple[str, int], list[Any]] = {}
         self._acknowledgers: dict[str, Consumer] = {}
+        self._member, self._group = False, ""
+        """Set once `join` made the reading consumer a member of consumer group ``_group``."""
 
     # -- topics ----------------------------------------------------------------------
 
@@ -122,9 +126,12 @@ class KafkaLog:
     def read(self, topic: str, partition: int, offset: int, max_records: int) -> RecordBatch:
         key = (topic, partition)
         if self._position.get(key) != offset:
-            self._assign(topic, partition, offset)
+            if self._member:
+                self._seek(topic, partition, offset)
+            else:
+                self._assign(topic, partition, offset)
         buffered = self._buffered.setdefault(key, [])
-        if not buffered:
+        if not buffered and not self._member:
             self._fill(max_records)
         taken, self._buffered[key] = buffered[:max_records], buffered[max_records:]
         if not taken:
@@ -143,6 +150,59 @@ class KafkaLog:
             wanted[key] = buffered[-1].offset() + 1 if buffered else position
         wanted[topic, partition] = offset
         consumer.assign([TopicPartition(t, p, o) for (t, p), o in wanted.items()])
+        self._position[topic, partition] = offset
+        self._buffered[topic, partition] = []
+
+    # -- consumer-group membership -----------------------------------------------------
+
+    def join(
+        self,
+        topic: str,
+        group: str,
+        assigned: Callable[[list[int]], Mapping[int, int]],
+        revoked: Callable[[list[int]], None],
+    ) -> None:
+        """Become a member of ``group`` (cooperative-sticky assignment). On assignment,
+        ``assigned(partitions)`` returns where to start each one (from the store); on
+        revocation, ``revoked(partitions)`` is told. Both run inside `rebalance`, which
+        the worker calls between batches, so nothing is in flight when they do."""
+        if self._consumer is not None:
+            self._consumer.close()
+        self._position, self._buffered = {}, {}
+        self._consumer = Consumer(
+            {**self.config, "group.id": group, "enable.auto.commit": False,
+             "partition.assignment.strategy": "cooperative-sticky",
+             "auto.offset.reset": "earliest", "enable.partition.eof": False}
+        )  # fmt: skip
+        self._member, self._group = True, group
+
+        def on_assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            starts = assigned([tp.partition for tp in partitions])
+            chosen = [TopicPartition(topic, p, o) for p, o in starts.items()]
+            consumer.incremental_assign(chosen)
+            for tp in chosen:
+                self._position[topic, tp.partition] = tp.offset
+                self._buffered[topic, tp.partition] = []
+
+        def on_revoke(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            revoked([tp.partition for tp in partitions])
+            consumer.incremental_unassign(partitions)
+            for tp in partitions:
+                self._position.pop((topic, tp.partition), None)
+                self._buffered.pop((topic, tp.partition), None)
+
+        self._consumer.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke,
+                                 on_lost=on_revoke)  # fmt: skip
+
+    def rebalance(self, max_records: int) -> None:
+        """Take part in the group (assignments happen here) and fetch what is ready."""
+        self._fill(max_records)
+
+    def _seek(self, topic: str, partition: int, offset: int) -> None:
+        try:
+            self._consumer_handle().seek(TopicPartition(topic, partition, offset))
+        except KafkaException as error:
+            raise LogUnavailable(f"Kafka: {error}") from error
         self._position[topic, partition] = offset
         self._buffered[topic, partition] = []
 
@@ -182,17 +242,23 @@ class KafkaLog:
         return {p: low for p, (low, _) in self._watermarks(topic).items()}
 
     def acknowledge(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
-        consumer = self._acknowledgers.get(group)
-        if consumer is None:
-            consumer = Consumer({**self.config, "group.id": group, "enable.auto.commit": False})
-            self._acknowledgers[group] = consumer
+        """Commit the group's offsets: through the member consumer when the group assigns
+        the partitions, else through a consumer that only commits. A failure is logged,
+        not raised: this is a copy for tools, and the next commit brings it up to date."""
+        if self._member and self._group == group:
+            consumer = self._consumer_handle()
+        else:
+            consumer = self._acknowledgers.get(group)
+            if consumer is None:
+                config = {**self.config, "group.id": group, "enable.auto.commit": False}
+                consumer = self._acknowledgers[group] = Consumer(config)
         try:
             consumer.commit(
                 offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()],
                 asynchronous=False,
             )
         except KafkaException as error:
-            raise LogUnavailable(f"Kafka: cannot commit {group}'s offsets: {error}") from error
+            log.warning("Kafka: could not copy %s's offsets to the group: %s", group, error)
 
     def close(self) -> None:
         if self._producer is not None:

@@ -83,6 +83,8 @@ class Worker:
         self.idle_ms = round(settings.idle_timeout_s * 1000)
         self.stats = WorkerStats()
         self.runs: dict[int, PartitionRun] = {}
+        self.member = False
+        """Partitions come from the log's consumer group (see `follow_group`)."""
         self._batch_decoder = msgspec.json.Decoder(list[stream.schema])
         self._decoder = msgspec.json.Decoder(stream.schema)
 
@@ -91,7 +93,26 @@ class Worker:
         self.log.create_topic(self.stream.name, self.settings.partitions)
         self.store.create_tables(self.app.all_tables)
         self.runs = {}
-        for partition, claim in self.store.claim(self.group, self.partitions).items():
+        if self.member:
+            # Rejoining the group: the log assigns partitions again (and `_assigned` claims).
+            self.log.join(  # type: ignore[attr-defined]
+                self.stream.name, self.group, self._assigned, self._revoked
+            )
+        else:
+            self._assigned(self.partitions)
+
+    def follow_group(self) -> None:
+        """Own the partitions the log's consumer group assigns to this worker (Kafka,
+        cooperative-sticky), instead of a fixed list: on assignment claim and restore
+        them; on revocation, which comes between batches, let them go."""
+        self.member = True
+        self.partitions = []
+        self.start()
+
+    def _assigned(self, partitions: Sequence[int]) -> dict[int, int]:
+        """Claim ``partitions`` (fencing earlier owners), restore their state; returns
+        where each continues."""
+        for partition, claim in self.store.claim(self.group, partitions).items():
             run = PartitionRun(partition, claim.generation, claim.next_offset, None)
             if claim.state is None:
                 run.state = self.processor.initial_state()
@@ -100,12 +121,15 @@ class Worker:
                 run.state = self.processor.decode(claim.state[_META.size :])
             run.last_record_at = self.clock()
             self.runs[partition] = run
-        log.info(
-            "worker for %s owns partitions %s at offsets %s",
-            self.group,
-            self.partitions,
-            {p: r.next_offset for p, r in self.runs.items()},
-        )
+        starts = {p: self.runs[p].next_offset for p in partitions}
+        log.info("worker for %s owns partitions %s from offsets %s", self.group,
+                 sorted(self.runs), starts)  # fmt: skip
+        return starts
+
+    def _revoked(self, partitions: Sequence[int]) -> None:
+        for partition in partitions:
+            self.runs.pop(partition, None)
+        log.info("worker for %s gave up partitions %s", self.group, list(partitions))
 
     def poll(self) -> int:
         """One cycle over the owned partitions: returns how many records it committed."""
@@ -113,6 +137,8 @@ class Worker:
         rows: dict[str, list[tuple[Any, ...]]] = {}
         dead: list[DeadLetter] = []
         records = 0
+        if self.member:
+            self.log.rebalance(self.settings.batch_max_events)  # type: ignore[attr-defined]
         now = self.clock()
         started = time.perf_counter()
         for lookup in self.app.lookups:
