@@ -222,13 +222,29 @@ class Demo:
         drained = wait_for_backlog(self.settings, self.stack, timeout_s=120)
         probe.stop.set()
         prober.join(10)
-        with console.status("waiting for the idle timeout to close the last sessions"):
-            time.sleep(DEMO_IDLE_S + 1.5)
+        self._wait_for_sessions_to_close(timeout_s=DEMO_IDLE_S * 6)
         scaling.stop.set()
         scaler.join(10)
         scaling.report()
         ok = self._report(summary, drained, truth, probe.latencies)
         return self._report_money(truth, catalog, start_ms, end_ms) and ok
+
+    def _wait_for_sessions_to_close(self, timeout_s: float) -> None:
+        """Reports count closed sessions: wait until the idle timeout has closed every
+        session that watched something (a resize restarts the workers' idle clocks)."""
+        store = open_store(self.settings)
+        deadline = time.monotonic() + timeout_s
+        try:
+            with console.status("waiting for the idle timeout to close the last sessions"):
+                while time.monotonic() < deadline:
+                    still_open = store.query(
+                        "SELECT count(*) FROM video_progress WHERE open_segments != '[]'"
+                    )[0][0]
+                    if not still_open:
+                        return
+                    time.sleep(0.5)
+        finally:
+            store.close()
 
     def _report_money(
         self, truth: dict[tuple[str, str], Truth], catalog: Catalog, start_ms: int, end_ms: int
