@@ -258,6 +258,30 @@ def loadgen(url: str, rate: float, duration: float, viewers: int, batch: int, se
 
 
 @main.group()
+def deploy() -> None:
+    """Deployment files rendered from the settings."""
+
+
+@deploy.command("render")
+@click.option("--target", type=click.Choice(["compose", "k8s"]), required=True)
+@click.option("--output", default="deploy", show_default=True, help="Directory to write to.")
+@click.pass_context
+def deploy_render(ctx: click.Context, target: str, output: str) -> None:
+    """Write deploy/compose.yaml or deploy/k8s/base/ from the KAPPAFLOW_* settings."""
+    from pathlib import Path
+
+    from kappaflow.deploy.render import compose, k8s_base, write
+
+    settings = _settings(ctx)
+    if target == "compose":
+        written = write({"compose.yaml": [compose(settings)]}, Path(output))
+    else:
+        written = write(k8s_base(settings), Path(output) / "k8s" / "base")
+    for path in written:
+        click.echo(f"wrote {path}")
+
+
+@main.group()
 def scale() -> None:
     """The autoscaling policy (AUTOSCALING.md) away from a running stack."""
 

@@ -1,0 +1,106 @@
+"""The deploy files, validated offline: Kubernetes objects against Kubernetes' schemas,
+the compose file against the Compose Specification's schema, and every port, command,
+probe path and variable name against the code. The committed files must be what
+`kappaflow deploy render` writes from the default settings."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from kappaflow.cli import main
+from kappaflow.deploy.render import PORT, compose, dump, k8s_base, scaled_object
+from kappaflow.scale.policy import from_settings
+from kappaflow.serve import build
+from kappaflow.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+DEFAULTS = Settings.load({})
+
+
+def k8s_objects(settings: Settings = DEFAULTS) -> list[dict]:
+    return [obj for objects in k8s_base(settings).values() for obj in objects]
+
+
+def test_the_committed_files_are_a_render_of_the_default_settings() -> None:
+    assert (DEPLOY / "compose.yaml").read_text() == dump([compose(DEFAULTS)])
+    for name, objects in k8s_base(DEFAULTS).items():
+        assert (DEPLOY / "k8s" / "base" / name).read_text() == dump(objects), name
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [o for o in k8s_objects() if o["kind"] not in ("ScaledObject", "Kustomization")],
+    ids=lambda o: f"{o['kind']}-{o['metadata']['name']}",
+)
+def test_kubernetes_objects_validate_against_the_kubernetes_schema(obj: dict) -> None:
+    kubernetes_validate.validate(obj, "1.37", strict=True)
+
+
+def test_the_compose_file_validates_against_the_compose_specification() -> None:
+    schema = json.loads((DEPLOY / "schemas" / "compose-spec.json").read_text())
+    document = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    jsonschema.Draft201909Validator(schema).validate(document)
+    broken = {**document, "services": {"x": {"image": 3}}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft201909Validator(schema).validate(broken)
+
+
+def test_the_scaled_object_carries_the_autoscaler_settings() -> None:
+    settings = DEFAULTS.replace(lag_threshold=12_345, max_replicas=16, behavior=True,
+                                scale_up_policies="pods:2:30")  # fmt: skip
+    spec = scaled_object(settings)["spec"]
+    trigger = spec["triggers"][0]["metadata"]
+    assert trigger["lagThreshold"] == "12345" and spec["maxReplicaCount"] == 16
+    assert trigger["consumerGroup"] == "video.heartbeats"
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleUp"]["policies"] == [{"type": "Pods", "value": 2, "periodSeconds": 30}]
+    policy = from_settings(settings)
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == policy.scale_down_stabilization_s
+    assert "advanced" not in scaled_object(settings.replace(behavior=False))["spec"]
+
+
+def test_commands_ports_probes_and_variables_exist_in_the_code(settings: Settings) -> None:
+    commands = set(main.commands)
+    fields = {f"KAPPAFLOW_{name.upper()}" for name in Settings.__struct_fields__}
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    for name, service in services.items():
+        if service["image"].startswith("ghcr.io/kappaflow"):
+            assert service["command"][0] in commands, name
+            assert set(service["environment"]) <= fields, name
+            assert all(p.endswith(f":{PORT}") for p in service.get("ports", []))
+    routes = _served(settings)
+    for obj in k8s_objects():
+        if obj["kind"] == "ConfigMap":
+            assert set(obj["data"]) <= fields
+        if obj["kind"] == "Deployment":
+            (container,) = obj["spec"]["template"]["spec"]["containers"]
+            assert container["args"][0] in commands
+            for kind in ("livenessProbe", "readinessProbe"):
+                if kind in container:
+                    assert container[kind]["httpGet"]["path"] in routes
+                    assert container["ports"][0]["containerPort"] == PORT
+    dockerfile = (DEPLOY / "docker" / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["kappaflow"]' in dockerfile
+    assert re.search(r'CMD \["(\w+)"\]', dockerfile).group(1) in commands
+    assert f"EXPOSE {PORT}" in dockerfile and "/healthz" in dockerfile
+    assert "USER kappaflow" in dockerfile
+
+
+def _served(settings: Settings) -> set[str]:
+    """The endpoints every role serves, asked of the real application."""
+    from starlette.testclient import TestClient
+
+    found = set()
+    with TestClient(build(settings, ("ingest", "query"))) as client:
+        for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+            if client.get(path).status_code in (200, 503):
+                found.add(path)
+    return found
