@@ -267,16 +267,19 @@ def deploy() -> None:
 @click.option("--output", default="deploy", show_default=True, help="Directory to write to.")
 @click.pass_context
 def deploy_render(ctx: click.Context, target: str, output: str) -> None:
-    """Write deploy/compose.yaml or deploy/k8s/base/ from the KAPPAFLOW_* settings."""
+    """Write deploy/compose.yaml, or deploy/k8s/ (base and the dev and production
+    overlays), from the KAPPAFLOW_* settings."""
     from pathlib import Path
 
-    from kappaflow.deploy.render import compose, k8s_base, write
+    from kappaflow.deploy.render import compose, k8s_base, k8s_overlays, write
 
     settings = _settings(ctx)
     if target == "compose":
         written = write({"compose.yaml": [compose(settings)]}, Path(output))
     else:
         written = write(k8s_base(settings), Path(output) / "k8s" / "base")
+        for name, files in k8s_overlays(settings).items():
+            written += write(files, Path(output) / "k8s" / "overlays" / name)
     for path in written:
         click.echo(f"wrote {path}")
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from kappaflow.cli import main
-from kappaflow.deploy.render import PORT, compose, dump, k8s_base, scaled_object
+from kappaflow.deploy.render import PORT, compose, dump, k8s_base, k8s_overlays, scaled_object
 from kappaflow.scale.policy import from_settings
 from kappaflow.serve import build
 from kappaflow.settings import Settings
@@ -104,3 +104,28 @@ def _served(settings: Settings) -> set[str]:
             if client.get(path).status_code in (200, 503):
                 found.add(path)
     return found
+
+
+def test_overlays_are_rendered_valid_and_complete() -> None:
+    overlays = k8s_overlays(DEFAULTS)
+    for name, files in overlays.items():
+        directory = DEPLOY / "k8s" / "overlays" / name
+        for file, objects in files.items():
+            assert (directory / file).read_text() == dump(objects), f"{name}/{file}"
+        (kustomization,) = files["kustomization.yaml"]
+        for resource in kustomization["resources"]:
+            assert (directory / resource).exists(), f"{name}: {resource}"
+        for patch in kustomization["patches"]:
+            (changed,) = files[patch["path"]]
+            assert set(changed["data"]) <= {f"KAPPAFLOW_{f.upper()}"
+                                           for f in Settings.__struct_fields__}  # fmt: skip
+    for obj in overlays["dev"]["kafka.yaml"] + overlays["dev"]["postgres.yaml"]:
+        kubernetes_validate.validate(obj, "1.37", strict=True)
+    strimzi = overlays["production"]["kafka.yaml"]
+    cluster = strimzi[0]["metadata"]["name"]
+    topics = {t["metadata"]["name"]: t["spec"]["partitions"] for t in strimzi[1:]}
+    assert topics == {"heartbeats": DEFAULTS.partitions, "clicks": DEFAULTS.partitions}
+    (patch,) = overlays["production"]["settings-patch.yaml"]
+    assert patch["data"]["KAPPAFLOW_KAFKA_BOOTSTRAP_SERVERS"].startswith(
+        f"{cluster}-kafka-bootstrap:"
+    )

@@ -259,3 +259,83 @@ def write(files: dict[str, list[Doc]], directory: Path) -> list[Path]:
 def dump(objects: list[Doc]) -> str:
     header = "# Rendered by `kappaflow deploy render` from the settings; edit those instead.\n"
     return header + yaml.safe_dump_all(objects, sort_keys=False, width=100)
+
+
+def _in_cluster(
+    name: str, image: str, port: int, env: dict[str, str], args: list[str]
+) -> list[Doc]:
+    """A single-replica Deployment and Service, for the dev overlay's Kafka and Postgres."""
+    labels = {"app.kubernetes.io/name": name}
+    container: Doc = {"name": name, "image": image, "ports": [{"containerPort": port}],
+                      "env": [{"name": k, "value": v} for k, v in env.items()]}  # fmt: skip
+    if args:
+        container["args"] = args
+    return [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+         "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                  "template": {"metadata": {"labels": labels},
+                               "spec": {"containers": [container]}}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+         "spec": {"selector": labels, "ports": [{"port": port, "targetPort": port}]}},
+    ]  # fmt: skip
+
+
+def _settings_patch(bootstrap: str, dsn: str) -> Doc:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kappaflow-settings"},
+            "data": {"KAPPAFLOW_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                     "KAPPAFLOW_POSTGRES_DSN": dsn}}  # fmt: skip
+
+
+def _kustomization(resources: list[str], patches: list[str]) -> Doc:
+    return {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "resources": resources, "patches": [{"path": p} for p in patches]}  # fmt: skip
+
+
+def k8s_overlays(settings: Settings) -> dict[str, dict[str, list[Doc]]]:
+    """Overlay name -> file name -> objects. ``dev``: one Kafka and one PostgreSQL in
+    the cluster. ``production``: Strimzi's Kafka and KafkaTopic resources, and the
+    values for YugabyteDB's Helm chart (installed by its operator or chart)."""
+    kafka_env = {
+        "KAFKA_NODE_ID": "1", "KAFKA_PROCESS_ROLES": "broker,controller",
+        "KAFKA_LISTENERS": "PLAINTEXT://:9092,CONTROLLER://:9093",
+        "KAFKA_ADVERTISED_LISTENERS": "PLAINTEXT://kafka:9092",
+        "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
+        "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@localhost:9093",
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_NUM_PARTITIONS": str(settings.partitions),
+    }  # fmt: skip
+    postgres_env = {"POSTGRES_USER": "kappaflow", "POSTGRES_PASSWORD": "kappaflow",
+                    "POSTGRES_DB": "kappaflow"}  # fmt: skip
+    dev = {
+        "kafka.yaml": _in_cluster("kafka", "apache/kafka:3.9.0", 9092, kafka_env, []),
+        "postgres.yaml": _in_cluster("postgres", "postgres:16", 5432, postgres_env, []),
+        "settings-patch.yaml": [_settings_patch(
+            "kafka:9092", "postgresql://kappaflow:kappaflow@postgres:5432/kappaflow")],
+        "kustomization.yaml": [_kustomization(
+            ["../../base", "kafka.yaml", "postgres.yaml"], ["settings-patch.yaml"])],
+    }  # fmt: skip
+    strimzi = [
+        {"apiVersion": "kafka.strimzi.io/v1beta2", "kind": "Kafka",
+         "metadata": {"name": "kappaflow"},
+         "spec": {"kafka": {"replicas": 3, "listeners": [
+                      {"name": "plain", "port": 9092, "type": "internal", "tls": False}],
+                            "config": {"default.replication.factor": 3,
+                                       "min.insync.replicas": 2},
+                            "storage": {"type": "persistent-claim", "size": "100Gi"}},
+                  "entityOperator": {"topicOperator": {}}}},
+        *({"apiVersion": "kafka.strimzi.io/v1beta2", "kind": "KafkaTopic",
+           "metadata": {"name": stream, "labels": {"strimzi.io/cluster": "kappaflow"}},
+           "spec": {"partitions": settings.partitions, "replicas": 3}}
+          for stream in ("heartbeats", "clicks")),
+    ]  # fmt: skip
+    production = {
+        "kafka.yaml": strimzi,
+        "settings-patch.yaml": [_settings_patch(
+            "kappaflow-kafka-bootstrap:9092",
+            "postgresql://yugabyte@yb-tservers:5433/yugabyte")],
+        "kustomization.yaml": [_kustomization(["../../base", "kafka.yaml"],
+                                              ["settings-patch.yaml"])],
+        "yugabytedb-values.yaml": [{"replicas": {"master": 3, "tserver": 3},
+                                    "storage": {"tserver": {"size": "100Gi"}}}],
+    }  # fmt: skip
+    return {"dev": dev, "production": production}
