@@ -59,3 +59,12 @@ def run_events(
         clock[0] += settings.idle_timeout_s + 1
         worker.poll()
     return store
+
+
+def result_tables(settings: Settings, names: Sequence[str]) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the named tables, in key order, to compare two runs."""
+    store = open_store(settings)
+    try:
+        return {name: store.query(f"SELECT * FROM {name} ORDER BY 1, 2, 3, 4") for name in names}
+    finally:
+        store.close()

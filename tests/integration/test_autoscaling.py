@@ -17,7 +17,7 @@ from kappaflow.ingest.appender import Appender
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
-from kappaflow.testing import run_events
+from kappaflow.testing import result_tables, run_events
 
 pytestmark = pytest.mark.integration
 TABLES = ("video_segments", "video_progress", "video_royalties", "ad_impressions",
@@ -35,13 +35,6 @@ SCALING = {
 def metric(text: str, name: str) -> float:
     found = [line.split()[-1] for line in text.splitlines() if line.startswith(name)]
     return float(found[0]) if found else 0.0
-
-
-def tables(settings: Settings) -> dict[str, list]:
-    store = open_store(settings)
-    found = {name: store.query(f"SELECT * FROM {name} ORDER BY 1, 2, 3, 4") for name in TABLES}
-    store.close()
-    return found
 
 
 def test_scaling_up_and_down_loses_and_repeats_nothing(
@@ -97,4 +90,4 @@ def test_scaling_up_and_down_loses_and_repeats_nothing(
     assert "scale up: 1 -> " in log, log
     assert "scale down: " in log, log
     assert peak >= 2
-    assert tables(scaled) == tables(unscaled)
+    assert result_tables(scaled, TABLES) == result_tables(unscaled, TABLES)

@@ -21,17 +21,10 @@ from kappaflow.ingest.appender import Appender
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
-from kappaflow.testing import run_events
+from kappaflow.testing import result_tables, run_events
 
 pytestmark = pytest.mark.integration
 TABLES = ("video_segments", "video_progress", "kf_dead_letters")
-
-
-def tables(settings: Settings) -> dict[str, list]:
-    store = open_store(settings)
-    found = {name: store.query(f"SELECT * FROM {name} ORDER BY 1, 2, 3, 4") for name in TABLES}
-    store.close()
-    return found
 
 
 def test_group_assigned_workers_survive_a_kill_and_a_rebalance(
@@ -86,4 +79,4 @@ def test_group_assigned_workers_survive_a_kill_and_a_rebalance(
         logs.append(process.communicate(timeout=30)[1].decode())
     assert all(committed.get(p, -1) >= end for p, end in ends.items()), (committed, ends, logs)
     assert any("gave up partitions" in text or "owns partitions" in text for text in logs)
-    assert tables(settings) == tables(reference)
+    assert result_tables(settings, TABLES) == result_tables(reference, TABLES)
