@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-import httpx
 
 from kappaflow.errors import KappaflowError
 from kappaflow.settings import MULTIPROCESS_VARIABLE, Settings
@@ -352,6 +351,8 @@ def replay(
 ) -> None:
     """Send a JSON-lines file (gzip accepted) into the ingest API, in order."""
     from pathlib import Path
+
+    import httpx
 
     from kappaflow.replay import Replay, print_summary
 

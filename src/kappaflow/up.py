@@ -183,10 +183,10 @@ def run_up(settings: Settings, serve: bool = True) -> int:
     autoscaler = None
     try:
         if settings.autoscale:
-            store = open_store(settings)
-            for app in load_apps(settings):
+            store, apps = open_store(settings), load_apps(settings)
+            for app in apps:
                 store.create_tables(app.all_tables)
-            autoscaler = Autoscaler(settings, load_apps(settings), open_log(settings), store, stack)
+            autoscaler = Autoscaler(settings, apps, open_log(settings), store, stack)
         stack.start(max(settings.min_replicas, 1) if settings.autoscale else settings.workers,
                     serve=serve)  # fmt: skip
         next_tick = 0.0
