@@ -31,16 +31,10 @@ Segments = Counter[tuple[str, str, float, float]]
 
 
 def run(scale: float) -> list[Figure]:
-    count = round(EVENTS * scale)
     with tempfile.TemporaryDirectory(prefix="kappaflow-bench-") as tmp:
         settings = Settings.load({}, {"data_dir": tmp})
         path = Path(tmp) / "heartbeats.ndjson"
-        with console.status(f"simulating {count:,} heartbeats"):
-            workload = simulate(count, viewers=5_000, seed=1, jitter_ms=2_000, duplicates=0.005)
-            path.write_bytes(b"\n".join(msgspec.json.encode(e) for e in workload.events))
-        events = len(workload.events)
-        del workload
-        console.print(f"{events:,} heartbeats, {path.stat().st_size / 2**20:,.0f} MiB of NDJSON")
+        events = write_heartbeats(path, scale)
 
         _, append_s = timed(lambda: append_file(settings, path))
         console.print(f"appended to the log: {events / append_s:,.0f} events/s")
@@ -59,6 +53,17 @@ def run(scale: float) -> list[Figure]:
         Figure("sessionize: log+worker+SQLite", events / worker_s, "events/s",
                "Polars batch", polars_rate),
     ]  # fmt: skip
+
+
+def write_heartbeats(path: Path, scale: float) -> int:
+    """Write the benchmark's heartbeats to ``path`` as NDJSON; return how many."""
+    count = round(EVENTS * scale)
+    with console.status(f"simulating {count:,} heartbeats"):
+        workload = simulate(count, viewers=5_000, seed=1, jitter_ms=2_000, duplicates=0.005)
+        path.write_bytes(b"\n".join(msgspec.json.encode(e) for e in workload.events))
+    events = len(workload.events)
+    console.print(f"{events:,} heartbeats, {path.stat().st_size / 2**20:,.0f} MiB of NDJSON")
+    return events
 
 
 def append_file(settings: Settings, path: Path) -> None:
