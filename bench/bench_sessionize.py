@@ -1,17 +1,20 @@
 """Heartbeats -> watched segments on a generated file: kappaflow's log + worker path
-(one process, one core) against a Polars batch computation of the same segments.
+(one process, one core) against batch computations of the same segments: Polars and
+DuckDB (the vectorized limit) and a plain-Python pass over a dict.
 
 The file holds simulated viewers (pauses, seeks, abandonment, out-of-order delivery
-within the allowed lateness, 0.5% client retries). Both sides must produce the same
+within the allowed lateness, 0.5% client retries). Every side must produce the same
 multiset of (user, video, start_s, end_s) segments, or the benchmark fails.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections import Counter
+from collections import Counter, defaultdict
+from functools import partial
 from pathlib import Path
 
+import duckdb
 import msgspec
 import polars as pl
 from common import Figure, timed
@@ -40,19 +43,28 @@ def run(scale: float) -> list[Figure]:
         console.print(f"appended to the log: {events / append_s:,.0f} events/s")
         worker_segments, worker_s = timed(lambda: process(settings))
         console.print(f"log + worker + SQLite: {events / worker_s:,.0f} events/s")
-        polars_segments, polars_s = timed(lambda: polars_batch(path, settings.session_gap_s))
-        console.print(f"Polars batch: {events / polars_s:,.0f} events/s")
-
-    if worker_segments != polars_segments:
-        difference = (worker_segments - polars_segments) + (polars_segments - worker_segments)
-        raise AssertionError(f"segments differ, e.g. {list(difference)[:5]}")
-    console.print(f"same {sum(worker_segments.values()):,} segments on both sides")
-    polars_rate = events / polars_s
+        baselines = {}
+        for name, compute in BASELINES.items():
+            segments, seconds = timed(partial(compute, path, settings.session_gap_s))
+            console.print(f"{name}: {events / seconds:,.0f} events/s")
+            _check_same(worker_segments, segments, name)
+            baselines[name] = events / seconds
+    console.print(f"same {sum(worker_segments.values()):,} segments on every side")
+    worker_rate = events / worker_s
+    fastest = max(baselines, key=baselines.__getitem__)
     return [
         Figure("log append (fsync per batch)", events / append_s, "events/s"),
-        Figure("sessionize: log+worker+SQLite", events / worker_s, "events/s",
-               "Polars batch", polars_rate),
+        Figure("sessionize: log+worker+SQLite", worker_rate, "events/s",
+               f"fastest batch ({fastest})", baselines[fastest]),
+        *(Figure(f"sessionize baseline: {name}", rate, "events/s", "log+worker+SQLite",
+                 worker_rate) for name, rate in baselines.items()),
     ]  # fmt: skip
+
+
+def _check_same(worker: Segments, baseline: Segments, name: str) -> None:
+    if worker != baseline:
+        difference = (worker - baseline) + (baseline - worker)
+        raise AssertionError(f"{name}: segments differ, e.g. {list(difference)[:5]}")
 
 
 def write_heartbeats(path: Path, scale: float) -> int:
@@ -90,8 +102,7 @@ def process(settings: Settings) -> Segments:
         app, app.streams[0], open_log(settings), store, settings, range(settings.partitions)
     )
     worker.start()
-    while worker.poll():
-        pass
+    worker.run(lambda: False, until_caught_up=True)
     segments: Segments = Counter(
         store.query("SELECT user_id, video_id, start_s, end_s FROM video_segments")
     )
@@ -141,3 +152,74 @@ def polars_batch(path: Path, gap_s: float) -> Segments:
         .filter(pl.col("end_s") > pl.col("start_s"))
     )
     return Counter(segments.select(*pair, "start_s", "end_s").iter_rows())
+
+
+def duckdb_batch(path: Path, gap_s: float) -> Segments:
+    """The same rules as SQL window functions in DuckDB."""
+    ranks = ", ".join(f"('{kind}', {rank})" for kind, rank in KIND_RANK.items())
+    closing = f"({KIND_RANK['pause']}, {KIND_RANK['stop']})"
+    query = f"""
+        WITH ranks(kind, rank) AS (VALUES {ranks}),
+        events AS (
+            SELECT DISTINCT user_id, video_id, ts, rank, position_s::DOUBLE AS position_s
+            FROM read_ndjson(?, columns = {{user_id: 'VARCHAR', video_id: 'VARCHAR',
+                 ts: 'BIGINT', kind: 'VARCHAR', position_s: 'DOUBLE'}})
+            JOIN ranks ON ranks.kind = coalesce(read_ndjson.kind, 'heartbeat')),
+        paired AS (
+            SELECT *, lag(ts) OVER w AS prev_ts, lag(rank) OVER w AS prev_rank,
+                   lag(position_s) OVER w AS prev_position
+            FROM events
+            WINDOW w AS (PARTITION BY user_id, video_id ORDER BY ts, rank, position_s)),
+        flagged AS (
+            SELECT *, coalesce(ts - prev_ts <= {gap_s * 1000}
+                      AND prev_rank NOT IN {closing} AND rank <> {KIND_RANK["seek"]}
+                      AND abs((position_s - prev_position) - (ts - prev_ts) / 1000) <= {gap_s},
+                      false) AS joins
+            FROM paired),
+        numbered AS (
+            SELECT *, sum((NOT joins AND rank NOT IN {closing})::INTEGER) OVER (
+                PARTITION BY user_id, video_id ORDER BY ts, rank, position_s) AS segment
+            FROM flagged
+            WHERE joins OR rank NOT IN {closing})
+        SELECT user_id, video_id, min(position_s) AS start_s, max(position_s) AS end_s
+        FROM numbered GROUP BY user_id, video_id, segment HAVING max(position_s) > min(position_s)
+    """
+    with duckdb.connect() as connection:
+        return Counter(connection.execute(query, [str(path)]).fetchall())
+
+
+def python_batch(path: Path, gap_s: float) -> Segments:
+    """The same rules in plain Python: one pass into a dict of items per key, then a
+    walk over each key's sorted items."""
+    decoder = msgspec.json.Decoder(Heartbeat)
+    by_key: dict[tuple[str, str], set[tuple[int, int, float]]] = defaultdict(set)
+    with path.open("rb") as lines:
+        for line in lines:
+            e = decoder.decode(line)
+            by_key[e.user_id, e.video_id].add((e.ts, KIND_RANK[e.kind], e.position_s))
+    seek, closing, gap_ms = KIND_RANK["seek"], (KIND_RANK["pause"], KIND_RANK["stop"]), gap_s * 1000
+    segments: Segments = Counter()
+    for (user, video), items in by_key.items():
+        start = end = None
+        prev_ts, prev_rank, prev_position = None, None, 0.0
+        for ts, rank, position in sorted(items):
+            drift = (position - prev_position) - (ts - prev_ts) / 1000 if start is not None else 0.0
+            joins = (start is not None and ts - prev_ts <= gap_ms and prev_rank not in closing
+                     and rank != seek and abs(drift) <= gap_s)  # fmt: skip
+            if joins:
+                start, end = min(start, position), max(end, position)
+            else:
+                if start is not None and end > start:
+                    segments[user, video, start, end] += 1
+                start = end = None if rank in closing else position
+            prev_ts, prev_rank, prev_position = ts, rank, position
+        if start is not None and end > start:
+            segments[user, video, start, end] += 1
+    return segments
+
+
+BASELINES = {
+    "Polars batch": polars_batch,
+    "DuckDB batch": duckdb_batch,
+    "plain Python": python_batch,
+}

@@ -75,6 +75,10 @@ def _kappaflow(
         yield running
     finally:
         running.close_clients()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if process.poll() is None:  # SIGTERM first: `up` then stops the processes it ran
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

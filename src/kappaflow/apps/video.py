@@ -39,13 +39,13 @@ from kappaflow.store.base import Store, Table
 from kappaflow.stream.sessions import Rows, SessionWindows
 
 Kind = Literal["heartbeat", "play", "pause", "seek", "stop"]
-# Tie-break between events of one key at the same millisecond.
+# Tie-break between events of one key at the same millisecond; pause and stop rank last.
 KIND_RANK = {"play": 0, "seek": 1, "heartbeat": 2, "pause": 3, "stop": 4}
 SEEK, PAUSE, STOP = KIND_RANK["seek"], KIND_RANK["pause"], KIND_RANK["stop"]
 KEY_SEPARATOR = "\x1f"
 
 
-class Heartbeat(msgspec.Struct, omit_defaults=True):
+class Heartbeat(msgspec.Struct, omit_defaults=True, gc=False):
     user_id: Identifier
     video_id: Identifier
     position_s: Annotated[float, Meta(ge=0)]
@@ -80,10 +80,13 @@ PROGRESS = Table(
     key=("user_id", "video_id"),
 )
 
-# A session accumulator: [session start ms, closed segments, current segment or None,
-# last event ms, last position]. Segments are [start_s, end_s, start_ms, end_ms]: the
-# positions covered and the event times of the first and last heartbeat.
+# A session accumulator, changed in place by `step`: [session start ms, closed segments,
+# current segment or None, last event ms, last position]. Segments are [start_s, end_s,
+# start_ms, end_ms]: the positions covered and the event times of the first and last
+# heartbeat; a closed segment is never changed, and closing one makes a new list of them.
 Acc = list[Any]
+# A heartbeat as the session operator orders it: (event ms, kind rank, position).
+Item = tuple[int, int, float]
 
 
 class WatchedSegments:
@@ -97,32 +100,41 @@ class WatchedSegments:
         self.slots = slots
         self._json = msgspec.json.Encoder()
 
-    def key(self, event: Heartbeat) -> str:
-        return event.user_id + KEY_SEPARATOR + event.video_id
+    def items(self, events: list[Heartbeat], times_ms: list[int]) -> list[tuple[str, Item]]:
+        return [
+            (e.user_id + KEY_SEPARATOR + e.video_id, (ms, KIND_RANK[e.kind], e.position_s))
+            for e, ms in zip(events, times_ms, strict=True)
+        ]
 
-    def item(self, event: Heartbeat, time_ms: int) -> list[Any]:
-        return [time_ms, KIND_RANK[event.kind], event.position_s]
-
-    def start(self, item: list[Any]) -> Acc:
+    def start(self, item: Item) -> Acc:
         ts, rank, position = item
-        current = None if rank in (PAUSE, STOP) else [position, position, ts, ts]
+        current = None if rank >= PAUSE else [position, position, ts, ts]
         return [ts, [], current, ts, position]
 
-    def step(self, acc: Acc, item: list[Any]) -> Acc:
+    def step(self, acc: Acc, item: Item) -> Acc:
         ts, rank, position = item
-        session_ms, segments, current, last_ms, last_position = acc
+        current = acc[2]
         if current is not None:
-            drift = (position - last_position) - (ts - last_ms) / 1000
+            drift = (position - acc[4]) - (ts - acc[3]) / 1000
             if rank != SEEK and -self.gap_s <= drift <= self.gap_s:
-                current = [min(current[0], position), max(current[1], position), current[2], ts]
-                if rank in (PAUSE, STOP):
-                    segments, current = _close(segments, current), None
+                if position < current[0]:
+                    current[0] = position
+                elif position > current[1]:
+                    current[1] = position
+                current[3] = ts
+                if rank >= PAUSE:
+                    acc[1], acc[2] = _close(acc[1], current), None
             else:
-                segments = _close(segments, current)
-                current = None if rank in (PAUSE, STOP) else [position, position, ts, ts]
-        elif rank not in (PAUSE, STOP):
-            current = [position, position, ts, ts]
-        return [session_ms, segments, current, ts, position]
+                acc[1] = _close(acc[1], current)
+                acc[2] = None if rank >= PAUSE else [position, position, ts, ts]
+        elif rank < PAUSE:
+            acc[2] = [position, position, ts, ts]
+        acc[3], acc[4] = ts, position
+        return acc
+
+    def copy(self, acc: Acc) -> Acc:
+        current = acc[2]
+        return [acc[0], acc[1], None if current is None else current[:], acc[3], acc[4]]
 
     def closed(self, key: str, acc: Acc, rows: Rows) -> None:
         user_id, video_id = key.split(KEY_SEPARATOR)

@@ -3,7 +3,7 @@ watermark passes them, and grouped into sessions that end after ``gap_ms`` of ev
 time without an event. A `SessionFold` says what a session accumulates and which
 rows it yields, both for closed sessions and for the still-open view of a key.
 
-Items are lists whose first element is the event time in milliseconds; the rest
+Items are tuples whose first element is the event time in milliseconds; the rest
 breaks ties, so the order of a key's items depends on their content only, never on
 arrival. An item equal to one still pending is a duplicate and is refused.
 """
@@ -22,17 +22,17 @@ Rows = dict[str, list[tuple[Any, ...]]]
 
 
 class SessionFold(Protocol):
-    def key(self, event: Any) -> str:
-        """The session key of an event."""
+    def items(self, events: list[Any], times_ms: list[int]) -> list[tuple[str, Any]]:
+        """Each event's session key and sortable item (a tuple, event time first)."""
 
-    def item(self, event: Any, time_ms: int) -> list[Any]:
-        """The event as a sortable list, its event time ``time_ms`` first."""
-
-    def start(self, item: list[Any]) -> Any:
+    def start(self, item: Any) -> Any:
         """The accumulator of a session opened by ``item``."""
 
-    def step(self, acc: Any, item: list[Any]) -> Any:
-        """The accumulator after ``item``; must not modify ``acc``."""
+    def step(self, acc: Any, item: Any) -> Any:
+        """The accumulator after ``item``; may change ``acc`` in place."""
+
+    def copy(self, acc: Any) -> Any:
+        """An accumulator that `step` can change without changing ``acc``."""
 
     def closed(self, key: str, acc: Any, rows: Rows) -> None:
         """Add the rows of a session that has ended for good."""
@@ -46,7 +46,7 @@ class KeyState(msgspec.Struct, array_like=True):
     """The open session, or None."""
     last_ms: int = 0
     """Event time of the open session's last item."""
-    pending: list[Any] = []
+    pending: list[tuple[Any, ...]] = []
     """Items not yet passed by the watermark, sorted."""
 
 
@@ -101,13 +101,12 @@ class SessionWindows:
         keys, heap, fold, scheduled = state.keys, state.heap, self.fold, state.scheduled
         touched: set[str] = set()
         duplicates: list[tuple[int, str]] = []
-        for offset, event, time_ms in zip(batch.offsets, batch.events, batch.times_ms, strict=True):
-            key = fold.key(event)
-            item = fold.item(event, time_ms)
+        keyed = fold.items(batch.events, batch.times_ms)
+        for offset, (key, item) in zip(batch.offsets, keyed, strict=True):
             current = keys.get(key)
             if current is None:
                 keys[key] = KeyState(None, 0, [item])
-                state.schedule(key, time_ms + 1)
+                state.schedule(key, item[0] + 1)
             else:
                 pending = current.pending
                 if not pending or item > pending[-1]:
@@ -118,7 +117,7 @@ class SessionWindows:
                 else:
                     bisect.insort(pending, item)
                 if pending[0] is item:
-                    state.schedule(key, time_ms + 1)
+                    state.schedule(key, item[0] + 1)
             touched.add(key)
 
         rows: Rows = {}
@@ -150,13 +149,14 @@ class SessionWindows:
         closed = False
         released = 0
         for item in pending:
-            if item[0] >= watermark:
+            time_ms = item[0]
+            if time_ms >= watermark:
                 break
-            if acc is not None and item[0] - last > gap:
+            if acc is not None and time_ms - last > gap:
                 fold.closed(key, acc, rows)
                 acc, closed = None, True
             acc = fold.start(item) if acc is None else fold.step(acc, item)
-            last = item[0]
+            last = time_ms
             released += 1
         del pending[:released]
         if acc is not None and last + gap < watermark:
@@ -170,6 +170,8 @@ class SessionWindows:
         fold, gap = self.fold, self.gap_ms
         accs = []
         acc, last = state.acc, state.last_ms
+        if acc is not None and state.pending:
+            acc = fold.copy(acc)
         for item in state.pending:
             if acc is not None and item[0] - last > gap:
                 accs.append(acc)
