@@ -1,0 +1,71 @@
+"""Memory of open sessions: one worker's session state holding 1 million open
+(user, video) sessions, measured in a fresh process (resident set size after the
+state is built and the input dropped, and the size of its snapshot in the store)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import sys
+
+import psutil
+from common import Figure
+from rich.console import Console
+
+from kappaflow.app import Batch
+from kappaflow.apps.video import Heartbeat, create_app
+from kappaflow.settings import Settings
+
+SESSIONS = 1_000_000
+GOAL_MIB = 1024
+START_MS = 1_767_225_600_000
+console = Console()
+
+
+def run(scale: float) -> list[Figure]:
+    sessions = max(1_000, round(SESSIONS * scale))
+    with console.status(f"building {sessions:,} open sessions in a fresh process"):
+        child = subprocess.run([sys.executable, __file__, str(sessions)], check=True,
+                               capture_output=True, text=True)  # fmt: skip
+    result = json.loads(child.stdout)
+    state_mib = (result["rss"] - result["rss_before"]) / 2**20
+    console.print(f"{sessions:,} open sessions: process RSS {result['rss'] / 2**20:,.0f} MiB "
+                  f"({state_mib:,.0f} MiB for the state, {state_mib * 2**20 / sessions:,.0f} "
+                  f"bytes a session), snapshot {result['snapshot'] / 2**20:,.0f} MiB")  # fmt: skip
+    goal = ("goal", GOAL_MIB) if sessions == SESSIONS else (None, None)
+    return [
+        Figure(f"RSS with {sessions:,} open sessions", result["rss"] / 2**20, "MiB", *goal),
+        Figure("session state per open session", state_mib * 2**20 / sessions, "bytes"),
+        Figure(f"state snapshot, {sessions:,} open sessions", result["snapshot"] / 2**20, "MiB"),
+    ]
+
+
+def build(sessions: int) -> dict[str, int]:
+    """In this process: open ``sessions`` sessions, drop the input, measure."""
+    processor = create_app(Settings.load({})).processors["heartbeats"]
+    state = processor.initial_state()
+    gc.collect()
+    rss_before = psutil.Process().memory_info().rss
+    chunk = 50_000
+    for first in range(0, sessions, chunk):
+        numbers = range(first, min(first + chunk, sessions))
+        events = [Heartbeat(f"user-{n}", f"video-{n % 500}", 0.0, START_MS + n % 1000, "play")
+                  for n in numbers]  # fmt: skip
+        times = [e.ts for e in events]
+        # The watermark passes every play but closes no session (the gap is 10 s).
+        output = processor.process(state, Batch(0, list(numbers), events, times, START_MS + 1_000))
+        state = output.state
+        del events, times, output
+    gc.collect()
+    rss = psutil.Process().memory_info().rss
+    return {
+        "rss_before": rss_before,
+        "rss": rss,
+        "snapshot": len(processor.encode(state)),
+        "keys": len(state.keys),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(build(int(sys.argv[1]))))
