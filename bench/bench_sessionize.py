@@ -154,8 +154,8 @@ def polars_batch(path: Path, gap_s: float) -> Segments:
     return Counter(segments.select(*pair, "start_s", "end_s").iter_rows())
 
 
-def duckdb_batch(path: Path, gap_s: float) -> Segments:
-    """The same rules as SQL window functions in DuckDB."""
+def duckdb_batch(path: Path, gap_s: float, threads: int | None = None) -> Segments:
+    """The same rules as SQL window functions in DuckDB (on ``threads``, default all)."""
     ranks = ", ".join(f"('{kind}', {rank})" for kind, rank in KIND_RANK.items())
     closing = f"({KIND_RANK['pause']}, {KIND_RANK['stop']})"
     query = f"""
@@ -184,7 +184,8 @@ def duckdb_batch(path: Path, gap_s: float) -> Segments:
         SELECT user_id, video_id, min(position_s) AS start_s, max(position_s) AS end_s
         FROM numbered GROUP BY user_id, video_id, segment HAVING max(position_s) > min(position_s)
     """
-    with duckdb.connect() as connection:
+    config = {"threads": threads} if threads else {}
+    with duckdb.connect(config=config) as connection:
         return Counter(connection.execute(query, [str(path)]).fetchall())
 
 
@@ -221,5 +222,6 @@ def python_batch(path: Path, gap_s: float) -> Segments:
 BASELINES = {
     "Polars batch": polars_batch,
     "DuckDB batch": duckdb_batch,
+    "DuckDB batch, 1 thread": partial(duckdb_batch, threads=1),
     "plain Python": python_batch,
 }

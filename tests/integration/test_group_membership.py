@@ -43,9 +43,11 @@ def test_group_assigned_workers_survive_a_kill_and_a_rebalance(
     })  # fmt: skip
     env = {**os.environ, **settings.to_environ()}
 
+    command = [sys.executable, "-m", "kappaflow", "worker", "--app", "video", "-v"]
+
     def worker() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "kappaflow", "worker", "--app", "video",
-                                 "-v"], env=env, stderr=subprocess.PIPE)  # fmt: skip
+        started.append(subprocess.Popen(command, env=env, stderr=subprocess.PIPE))
+        return started[-1]
 
     writer = open_log(settings, writer=True)
     appender = Appender(writer, create_app(settings).streams[0], settings.partitions)
@@ -56,27 +58,34 @@ def test_group_assigned_workers_survive_a_kill_and_a_rebalance(
             time.sleep(0.05)
 
     feeder = threading.Thread(target=write)
-    first, second = worker(), worker()
-    feeder.start()
-    time.sleep(4)
-    first.send_signal(signal.SIGKILL)
-    first.communicate(timeout=10)
-    third = worker()
-    feeder.join()
-    ends = writer.end_offsets("heartbeats")
-    writer.close()
-    store = open_store(settings)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        committed = store.committed_offsets("video.heartbeats")
-        if all(committed.get(p, -1) >= end for p, end in ends.items()):
-            break
-        time.sleep(0.2)
-    store.close()
-    logs = []
-    for process in (second, third):
-        process.send_signal(signal.SIGTERM)
-        logs.append(process.communicate(timeout=30)[1].decode())
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        first, second = worker(), worker()
+        feeder.start()
+        time.sleep(4)
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=10)
+        third = worker()
+        feeder.join()
+        ends = writer.end_offsets("heartbeats")
+        writer.close()
+        store = open_store(settings)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            committed = store.committed_offsets("video.heartbeats")
+            if all(committed.get(p, -1) >= end for p, end in ends.items()):
+                break
+            time.sleep(0.2)
+        store.close()
+        logs = []
+        for process in (second, third):
+            process.send_signal(signal.SIGTERM)
+            logs.append(process.communicate(timeout=30)[1].decode())
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
     assert all(committed.get(p, -1) >= end for p, end in ends.items()), (committed, ends, logs)
     assert any("gave up partitions" in text or "owns partitions" in text for text in logs)
     assert result_tables(settings, TABLES) == result_tables(reference, TABLES)

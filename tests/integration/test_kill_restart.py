@@ -101,6 +101,7 @@ def test_sigkilled_worker_restarts_to_the_same_results(
     kills = 0
     store = open_store(settings)
     offsets_at_kill = []
+    process = None
     try:
         for attempt in range(6):
             process = start_worker(settings)
@@ -115,6 +116,9 @@ def test_sigkilled_worker_restarts_to_the_same_results(
             kills += 1
             offsets_at_kill.append(sum(store.committed_offsets(GROUP).values()))
     finally:
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
         feeder.join()
         writer.close()
     final = start_worker(settings, "--until-caught-up")
