@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import polars as pl
 from common import Figure, timed
 from rich.console import Console
 
-from kappaflow.apps.video import KIND_RANK, Heartbeat, create_app
+from kappaflow.apps.video import KIND_RANK, PAUSE, SEEK, Heartbeat, Item, create_app
 from kappaflow.apps.video_sim import simulate
 from kappaflow.ingest.appender import Appender
 from kappaflow.log import open_log
@@ -193,30 +194,32 @@ def python_batch(path: Path, gap_s: float) -> Segments:
     """The same rules in plain Python: one pass into a dict of items per key, then a
     walk over each key's sorted items."""
     decoder = msgspec.json.Decoder(Heartbeat)
-    by_key: dict[tuple[str, str], set[tuple[int, int, float]]] = defaultdict(set)
+    by_key: dict[tuple[str, str], list[Item]] = defaultdict(list)
     with path.open("rb") as lines:
         for line in lines:
             e = decoder.decode(line)
-            by_key[e.user_id, e.video_id].add((e.ts, KIND_RANK[e.kind], e.position_s))
-    seek, closing, gap_ms = KIND_RANK["seek"], (KIND_RANK["pause"], KIND_RANK["stop"]), gap_s * 1000
+            by_key[e.user_id, e.video_id].append((e.ts, KIND_RANK[e.kind], e.position_s))
     segments: Segments = Counter()
     for (user, video), items in by_key.items():
-        start = end = None
-        prev_ts, prev_rank, prev_position = None, None, 0.0
-        for ts, rank, position in sorted(items):
-            drift = (position - prev_position) - (ts - prev_ts) / 1000 if start is not None else 0.0
-            joins = (start is not None and ts - prev_ts <= gap_ms and prev_rank not in closing
-                     and rank != seek and abs(drift) <= gap_s)  # fmt: skip
-            if joins:
-                start, end = min(start, position), max(end, position)
-            else:
-                if start is not None and end > start:
-                    segments[user, video, start, end] += 1
-                start = end = None if rank in closing else position
-            prev_ts, prev_rank, prev_position = ts, rank, position
-        if start is not None and end > start:
-            segments[user, video, start, end] += 1
+        segments.update((user, video, start, end) for start, end in watched(items, gap_s))
     return segments
+
+
+def watched(items: Iterable[Item], gap_s: float) -> list[tuple[float, float]]:
+    """The segments of one key's events by the sessionizer's rules, duplicates dropped."""
+    segments: list[list[float]] = []  # [low, high] positions, zero-length ones included
+    joinable = False  # whether the next event may extend the last segment
+    last_ms, last_position = 0, 0.0
+    for ms, rank, position in sorted(set(items)):
+        drift = (position - last_position) - (ms - last_ms) / 1000
+        if joinable and ms - last_ms <= gap_s * 1000 and rank != SEEK and abs(drift) <= gap_s:
+            low, high = segments[-1]
+            segments[-1] = [min(low, position), max(high, position)]
+        else:
+            segments.append([position, position])
+        joinable = rank < PAUSE
+        last_ms, last_position = ms, position
+    return [(low, high) for low, high in segments if high > low]
 
 
 BASELINES = {
