@@ -65,7 +65,9 @@ class Output(NamedTuple, Generic[S]):
 
 class Processor(Protocol[S]):
     """Turns one partition's batches into result rows. ``process`` may update the state
-    it receives in place and return it; the worker persists it with ``encode``."""
+    it receives in place and return it. The worker persists the state with each commit:
+    ``encode`` gives its partition-wide part, ``changed_keys`` the keys changed since the
+    last call (so a commit writes only those), and ``decode`` restores both."""
 
     def initial_state(self) -> S: ...
 
@@ -73,7 +75,11 @@ class Processor(Protocol[S]):
 
     def encode(self, state: S) -> bytes: ...
 
-    def decode(self, data: bytes) -> S: ...
+    def changed_keys(self, state: S) -> dict[str, bytes | None]:
+        """Each key changed since the last call, encoded, or None if it was removed."""
+        ...
+
+    def decode(self, data: bytes, keys: Mapping[str, bytes]) -> S: ...
 
 
 @dataclass(frozen=True)

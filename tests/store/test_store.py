@@ -41,7 +41,7 @@ def test_first_claim_starts_at_zero_and_each_claim_bumps_the_generation(store: S
     assert first[0].generation == 1 and first[0].next_offset == 0 and first[0].state is None
     store.commit("g", [PartitionCommit(0, 1, 42, b"state")], {})
     second = store.claim("g", [0])
-    assert second[0] == (2, 42, b"state")
+    assert second[0] == (2, 42, b"state", {})
     assert store.committed_offsets("g") == {0: 42, 1: 0}
 
 
@@ -64,15 +64,30 @@ def test_stale_generation_cannot_commit_and_writes_nothing(store: Store, connect
     with pytest.raises(StaleOwnership, match="partition 1"):
         store.commit(
             "g",
-            [PartitionCommit(0, old[0].generation, 5, b"x"), PartitionCommit(1, 1, 5, b"x")],
+            [
+                PartitionCommit(0, old[0].generation, 5, b"x", {"k": b"v"}),
+                PartitionCommit(1, 1, 5, b"x", {"k": b"v"}),
+            ],
             {"totals": [("a", 1)]},
             [DeadLetter(0, 1, "late", b"")],
         )
     assert store.query("SELECT count(*) FROM totals") == [(0,)]
     assert store.dead_letters("g") == []
     assert store.committed_offsets("g") == {0: 0, 1: 0}
+    assert store.claim("g", [0])[0].keys == {}
     other.commit("g", [PartitionCommit(1, new[1].generation, 7, b"y")], {"totals": [("a", 1)]})
     assert store.committed_offsets("g") == {0: 0, 1: 7}
+
+
+def test_keyed_state_is_written_key_by_key_and_claimed_per_partition(store: Store) -> None:
+    store.claim("g", [0, 1])
+    store.commit("g", [PartitionCommit(0, 1, 3, b"", {"a": b"1", "b": b"2"}),
+                       PartitionCommit(1, 1, 4, b"", {"a": b"other"})], {})  # fmt: skip
+    store.commit("g", [PartitionCommit(0, 1, 5, b"", {"a": b"3", "b": None, "c": None})], {})
+    claims = store.claim("g", [0, 1])
+    assert claims[0].keys == {"a": b"3"} and claims[0].next_offset == 5
+    assert claims[1].keys == {"a": b"other"}
+    assert store.claim("h", [0])[0].keys == {}
 
 
 def test_a_failing_row_rolls_back_the_whole_batch(store: Store) -> None:

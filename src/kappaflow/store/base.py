@@ -35,6 +35,8 @@ class Claim(NamedTuple):
     generation: int
     next_offset: int
     state: bytes | None
+    keys: Mapping[str, bytes] = {}
+    """The partition's keyed state: a value per key."""
 
 
 class PartitionCommit(NamedTuple):
@@ -42,6 +44,8 @@ class PartitionCommit(NamedTuple):
     generation: int
     next_offset: int
     state: bytes
+    keys: Mapping[str, bytes | None] = {}
+    """Keyed state changed since the last commit; None deletes the key."""
 
 
 class DeadLetter(NamedTuple):

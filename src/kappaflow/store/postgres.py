@@ -19,7 +19,7 @@ from psycopg import errors as pg_errors
 
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, PartitionCommit, Table
-from kappaflow.store.sql import RowWriter, create_sql
+from kappaflow.store.sql import KEYS_SELECT, RowWriter, create_sql, write_keys
 
 T = TypeVar("T")
 log = logging.getLogger("kappaflow.store")
@@ -34,6 +34,12 @@ MIGRATIONS = (
     CREATE TABLE IF NOT EXISTS kf_dead_letters (
         grp TEXT NOT NULL, partition INTEGER NOT NULL, "offset" BIGINT NOT NULL,
         reason TEXT NOT NULL, payload BYTEA NOT NULL, PRIMARY KEY (grp, partition, "offset"));
+    """,
+    # 2: keyed state, written key by key
+    """
+    CREATE TABLE IF NOT EXISTS kf_keys (
+        grp TEXT NOT NULL, partition INTEGER NOT NULL, state_key TEXT NOT NULL,
+        state BYTEA NOT NULL, PRIMARY KEY (grp, partition, state_key));
     """,
 )
 RETRIES = 5
@@ -139,7 +145,9 @@ class PostgresStore:
                     (group, partition),
                 )
                 generation, offset, state = cursor.fetchone()  # type: ignore[misc]
-                claims[partition] = Claim(generation, offset, bytes(state) if state else None)
+                cursor.execute(placeholders(KEYS_SELECT), (group, partition))
+                keys = {key: bytes(value) for key, value in cursor.fetchall()}
+                claims[partition] = Claim(generation, offset, bytes(state) if state else None, keys)
             return claims
 
         return self._retry(lambda: self._transaction(claim))
@@ -163,6 +171,7 @@ class PostgresStore:
                         f"{group} partition {c.partition}: generation {c.generation} is stale; "
                         "another worker owns it"
                     )
+                write_keys(cursor, group, c, placeholders)
             self._writer.write(cursor, rows)
             if dead_letters:
                 cursor.executemany(

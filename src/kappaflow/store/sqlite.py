@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, PartitionCommit, Table
-from kappaflow.store.sql import RowWriter, create_sql
+from kappaflow.store.sql import KEYS_SELECT, RowWriter, create_sql, write_keys
 
 T = TypeVar("T")
 
@@ -23,6 +23,13 @@ CREATE TABLE IF NOT EXISTS kf_partitions (
     next_offset INTEGER NOT NULL,
     state BLOB,
     PRIMARY KEY (grp, partition)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kf_keys (
+    grp TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    state_key TEXT NOT NULL,
+    state BLOB NOT NULL,
+    PRIMARY KEY (grp, partition, state_key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS kf_versions (
     name TEXT PRIMARY KEY,
@@ -96,7 +103,9 @@ class SQLiteStore:
                     "RETURNING generation, next_offset, state",
                     (group, partition),
                 )
-                claims[partition] = Claim(*cursor.fetchone())
+                generation, offset, state = cursor.fetchone()
+                keys = dict(cursor.execute(KEYS_SELECT, (group, partition)).fetchall())
+                claims[partition] = Claim(generation, offset, state, keys)
         return claims
 
     def commit(
@@ -122,6 +131,7 @@ class SQLiteStore:
                     "WHERE grp = ? AND partition = ?",
                     (commit.next_offset, commit.state, group, commit.partition),
                 )
+                write_keys(cursor, group, commit)
             self._writer.write(cursor, rows)
             if dead_letters:
                 cursor.executemany(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import msgspec
@@ -53,10 +54,12 @@ class KeyState(msgspec.Struct, array_like=True):
 class SessionState:
     """Per-partition state: each key's open session and pending items. The heap of
     (due watermark, key) finds the keys the watermark has reached; it is derived from
-    the keys on restore, and ``scheduled`` marks each key's one valid heap entry."""
+    the keys on restore, and ``scheduled`` marks each key's one valid heap entry.
+    ``changed`` holds the keys changed since the state was last persisted."""
 
-    def __init__(self, keys: dict[str, KeyState], gap_ms: int) -> None:
+    def __init__(self, keys: dict[str, KeyState], gap_ms: int, changed: set[str]) -> None:
         self.keys = keys
+        self.changed = changed
         self.heap: list[tuple[int, str]] = []
         self.scheduled: dict[str, int] = {}
         for key, state in keys.items():
@@ -85,21 +88,33 @@ class SessionWindows:
     def __init__(self, fold: SessionFold, gap_ms: int) -> None:
         self.fold = fold
         self.gap_ms = gap_ms
-        self._decoder = msgspec.msgpack.Decoder(dict[str, KeyState])
+        self._snapshot_decoder = msgspec.msgpack.Decoder(dict[str, KeyState])
+        self._decoder = msgspec.msgpack.Decoder(KeyState)
         self._encoder = msgspec.msgpack.Encoder()
 
     def initial_state(self) -> SessionState:
-        return SessionState({}, self.gap_ms)
+        return SessionState({}, self.gap_ms, set())
 
     def encode(self, state: SessionState) -> bytes:
-        return self._encoder.encode(state.keys)
+        return b""  # all of it is keyed
 
-    def decode(self, data: bytes) -> SessionState:
-        return SessionState(self._decoder.decode(data), self.gap_ms)
+    def changed_keys(self, state: SessionState) -> dict[str, bytes | None]:
+        keys, encode = state.keys, self._encoder.encode
+        changed = {key: encode(keys[key]) if key in keys else None for key in state.changed}
+        state.changed = set()
+        return changed
+
+    def decode(self, data: bytes, keys: Mapping[str, bytes]) -> SessionState:
+        """The state from its keys; ``data``, if any, is a whole-state snapshot of an
+        earlier version, whose keys are then all written with the next commit."""
+        restored = self._snapshot_decoder.decode(data) if data else {}
+        changed = set(restored)
+        restored.update((key, self._decoder.decode(value)) for key, value in keys.items())
+        return SessionState(restored, self.gap_ms, changed)
 
     def process(self, state: SessionState, batch: Batch) -> Output[SessionState]:
         keys, heap, fold, scheduled = state.keys, state.heap, self.fold, state.scheduled
-        touched: set[str] = set()
+        touched: set[str] = set()  # keys whose provisional view changed
         duplicates: list[tuple[int, str]] = []
         keyed = fold.items(batch.events, batch.times_ms)
         for offset, (key, item) in zip(batch.offsets, keyed, strict=True):
@@ -127,6 +142,7 @@ class SessionWindows:
             if scheduled.get(key) != due:
                 continue
             del scheduled[key]
+            state.changed.add(key)
             current = keys[key]
             if self._advance(key, current, watermark, rows):
                 touched.add(key)
@@ -135,6 +151,7 @@ class SessionWindows:
             else:
                 state.schedule(key, _due(current, self.gap_ms))
 
+        state.changed |= touched
         for key in touched:
             current = keys.get(key)
             if current is not None:

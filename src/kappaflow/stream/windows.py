@@ -46,7 +46,10 @@ class TumblingCounts:
     def encode(self, state: None) -> bytes:
         return b""
 
-    def decode(self, data: bytes) -> None:
+    def changed_keys(self, state: None) -> dict[str, bytes | None]:
+        return {}
+
+    def decode(self, data: bytes, keys: Mapping[str, bytes]) -> None:
         return None
 
     def process(self, state: None, batch: Batch) -> Output[None]:

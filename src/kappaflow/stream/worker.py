@@ -119,7 +119,7 @@ class Worker:
                 run.state = self.processor.initial_state()
             else:
                 run.max_event_ms, run.floor_ms = _META.unpack_from(claim.state)
-                run.state = self.processor.decode(claim.state[_META.size :])
+                run.state = self.processor.decode(claim.state[_META.size :], claim.keys)
             run.last_record_at = self.clock()
             self.runs[partition] = run
         starts = {p: self.runs[p].next_offset for p in partitions}
@@ -164,6 +164,7 @@ class Worker:
                     run.generation,
                     run.next_offset,
                     _META.pack(run.max_event_ms, run.floor_ms) + self.processor.encode(run.state),
+                    self.processor.changed_keys(run.state),
                 )
             )
         if commits:
