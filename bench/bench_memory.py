@@ -32,12 +32,12 @@ def run(scale: float) -> list[Figure]:
     state_mib = (result["rss"] - result["rss_before"]) / 2**20
     console.print(f"{sessions:,} open sessions: process RSS {result['rss'] / 2**20:,.0f} MiB "
                   f"({state_mib:,.0f} MiB for the state, {state_mib * 2**20 / sessions:,.0f} "
-                  f"bytes a session), snapshot {result['snapshot'] / 2**20:,.0f} MiB")  # fmt: skip
+                  f"bytes a session), keyed state {result['stored'] / 2**20:,.0f} MiB")  # fmt: skip
     goal = ("goal", GOAL_MIB) if sessions == SESSIONS else (None, None)
     return [
         Figure(f"RSS with {sessions:,} open sessions", result["rss"] / 2**20, "MiB", *goal),
         Figure("session state per open session", state_mib * 2**20 / sessions, "bytes"),
-        Figure(f"state snapshot, {sessions:,} open sessions", result["snapshot"] / 2**20, "MiB"),
+        Figure(f"keyed state, {sessions:,} open sessions", result["stored"] / 2**20, "MiB"),
     ]
 
 
@@ -62,7 +62,7 @@ def build(sessions: int) -> dict[str, int]:
     return {
         "rss_before": rss_before,
         "rss": rss,
-        "snapshot": sum(map(len, processor.changed_keys(state).values())),
+        "stored": sum(map(len, processor.changed_keys(state).values())),
         "keys": len(state.keys),
     }
 
