@@ -41,7 +41,7 @@ from kappaflow.stream.sessions import Rows, SessionWindows
 Kind = Literal["heartbeat", "play", "pause", "seek", "stop"]
 # Tie-break between events of one key at the same millisecond; pause and stop rank last.
 KIND_RANK = {"play": 0, "seek": 1, "heartbeat": 2, "pause": 3, "stop": 4}
-SEEK, PAUSE, STOP = KIND_RANK["seek"], KIND_RANK["pause"], KIND_RANK["stop"]
+SEEK, PAUSE = KIND_RANK["seek"], KIND_RANK["pause"]
 KEY_SEPARATOR = "\x1f"
 
 
