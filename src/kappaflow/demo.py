@@ -30,7 +30,7 @@ from kappaflow.metrics import partition_lag
 from kappaflow.scale.supervisor import Autoscaler
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
-from kappaflow.up import Stack, StackFailed, free_port
+from kappaflow.up import Stack, StackFailed, free_port, one_machine
 
 console = Console(stderr=True)
 API_SAMPLE = 500
@@ -116,7 +116,8 @@ class Scaling:
 
     def run(self) -> None:
         log, store = open_log(self.settings), open_store(self.settings)
-        autoscaler = Autoscaler(self.settings, load_apps(self.settings), log, store, self.stack)
+        settings = one_machine(self.settings)
+        autoscaler = Autoscaler(settings, load_apps(settings), log, store, self.stack)
         while not self.stop.wait(self.settings.polling_interval_s):
             autoscaler.tick()
         self.history = autoscaler.history

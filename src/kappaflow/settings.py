@@ -55,6 +55,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Most records a worker reads from one partition per batch."""
     poll_interval_ms: PositiveInt = 50
     """How long an idle worker waits before polling the log again."""
+    commit_interval_ms: NonNegativeInt = 250
+    """Least time from one of a worker's commits to the next. A commit then carries
+    more events, and each store page it rewrites serves more of them; the cost is up to
+    this much more time from ingest to queryable."""
     allowed_lateness_s: NonNegativeFloat = 30.0
     """Events older than the partition's highest event time minus this are dead-lettered."""
     session_gap_s: PositiveFloat = 10.0

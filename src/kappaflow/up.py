@@ -170,6 +170,17 @@ def prepare_metrics_dir(settings: Settings) -> Path:
     return directory
 
 
+def one_machine(settings: Settings) -> Settings:
+    """Autoscaling settings for workers that share this machine: at most one worker
+    per CPU, since more would only take turns on the CPUs (and on SQLite's write lock)
+    and pay a restore of their state on every resize."""
+    cpus = os.cpu_count() or 1
+    if settings.max_replicas > cpus:
+        log.info("autoscaling to at most %d workers, one per CPU of this machine", cpus)
+        return settings.replace(max_replicas=cpus)
+    return settings
+
+
 def run_up(settings: Settings, serve: bool = True) -> int:
     """Run the stack (with ``serve``: the HTTP server too) until SIGTERM or Ctrl-C,
     scaling workers on lag when ``settings.autoscale``; returns the exit code."""
@@ -186,7 +197,7 @@ def run_up(settings: Settings, serve: bool = True) -> int:
             store, apps = open_store(settings), load_apps(settings)
             for app in apps:
                 store.create_tables(app.all_tables)
-            autoscaler = Autoscaler(settings, apps, open_log(settings), store, stack)
+            autoscaler = Autoscaler(one_machine(settings), apps, open_log(settings), store, stack)
         stack.start(max(settings.min_replicas, 1) if settings.autoscale else settings.workers,
                     serve=serve)  # fmt: skip
         next_tick = 0.0

@@ -3,13 +3,22 @@ machine (a database of its own per test)."""
 
 from __future__ import annotations
 
+import random
+import sqlite3
 from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from kappaflow.errors import StaleOwnership, StoreError
-from kappaflow.store import Store, open_store
+from kappaflow.settings import Settings
+from kappaflow.store import Store, keyed, open_store
+from kappaflow.store import sqlite as sqlite_store
 from kappaflow.store.base import DeadLetter, PartitionCommit, Table
+from kappaflow.store.postgres import placeholders
 
 TOTALS = Table("totals", (("k", "TEXT"), ("n", "INTEGER")), key=("k",), mode="add")
 LATEST = Table("latest", (("k", "TEXT"), ("v", "TEXT")), key=("k",))
@@ -79,7 +88,7 @@ def test_stale_generation_cannot_commit_and_writes_nothing(store: Store, connect
     assert store.committed_offsets("g") == {0: 0, 1: 7}
 
 
-def test_keyed_state_is_written_key_by_key_and_claimed_per_partition(store: Store) -> None:
+def test_keyed_state_changes_are_kept_and_claimed_per_partition(store: Store) -> None:
     store.claim("g", [0, 1])
     store.commit("g", [PartitionCommit(0, 1, 3, b"", {"a": b"1", "b": b"2"}),
                        PartitionCommit(1, 1, 4, b"", {"a": b"other"})], {})  # fmt: skip
@@ -88,6 +97,76 @@ def test_keyed_state_is_written_key_by_key_and_claimed_per_partition(store: Stor
     assert claims[0].keys == {"a": b"3"} and claims[0].next_offset == 5
     assert claims[1].keys == {"a": b"other"}
     assert store.claim("h", [0])[0].keys == {}
+
+
+def _log_rows(store: Store, partition: int) -> int:
+    sql = "SELECT count(*) FROM kf_state_log WHERE grp = 'g' AND partition = ?"
+    return store.query(sql, (partition,))[0][0]
+
+
+def test_keyed_state_log_is_merged_when_long_and_claims_see_every_change(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keyed, "MERGE_MAX_ROWS", 4)
+    store.claim("g", [0])
+    rng, expected, lengths = random.Random(7), {}, []
+    for offset in range(1, 40):
+        change = {f"k{rng.randrange(12)}": rng.choice([None, rng.randbytes(8)]) for _ in range(5)}
+        store.commit("g", [PartitionCommit(0, 1, offset, b"", change)], {})
+        expected.update(change)
+        lengths.append(_log_rows(store, 0))
+    assert max(lengths) == 4 and lengths.count(1) >= 9  # merged every 4th commit
+    kept = {key: state for key, state in expected.items() if state is not None}
+    assert store.claim("g", [0])[0].keys == kept
+
+
+def test_keyed_state_log_is_merged_when_its_changes_outweigh_the_last_merge(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keyed, "MERGE_MIN_BYTES", 0)
+    store.claim("g", [0])
+    base = {f"k{i}": b"x" * 50 for i in range(10)}  # 551 bytes of msgpack
+    store.commit("g", [PartitionCommit(0, 1, 1, b"", base)], {})
+    lengths = []
+    for offset in range(2, 12):  # changes of 56 bytes each: the tenth outweighs the first row
+        change = {f"k{offset % 10}": bytes([offset]) * 50}
+        store.commit("g", [PartitionCommit(0, 1, offset, b"", change)], {})
+        base.update(change)
+        lengths.append(_log_rows(store, 0))
+    assert lengths == [2, 3, 4, 5, 6, 7, 8, 9, 10, 1]
+    assert store.claim("g", [0])[0].keys == base
+
+
+def _execute(settings: Settings, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+    """SQL on the store's database through its driver, outside kappaflow."""
+    if settings.store == "sqlite":
+        with closing(sqlite3.connect(settings.sqlite_path)) as db, db:
+            for sql, params in statements:
+                db.execute(sql, params)
+    else:
+        with psycopg.connect(settings.postgres_dsn, autocommit=True) as db:
+            for sql, params in statements:
+                db.execute(placeholders(sql), params)
+
+
+def test_state_kept_one_row_per_key_by_an_earlier_version_is_carried_over(
+    backend_settings: Settings, connect
+) -> None:
+    connect().claim("g", [0, 1])
+    rows = [("g", 0, "a", b"A"), ("g", 1, "b", b"B"), ("g", 0, "c", b"C")]
+    postgres = backend_settings.store == "postgres"
+    _execute(
+        backend_settings,
+        [
+            ("CREATE TABLE kf_keys (grp TEXT NOT NULL, partition INTEGER NOT NULL, state_key TEXT "
+             "NOT NULL, state BYTEA NOT NULL, PRIMARY KEY (grp, partition, state_key))", ()),
+            *[("INSERT INTO kf_keys VALUES (?, ?, ?, ?)", row) for row in rows],
+            *[("DELETE FROM kf_schema WHERE version = 3", ())] * postgres,  # migrate again
+        ],
+    )  # fmt: skip
+    claims = connect().claim("g", [0, 1])
+    assert claims[0].keys == {"a": b"A", "c": b"C"} and claims[1].keys == {"b": b"B"}
+    assert connect().claim("g", [0])[0].keys == {"a": b"A", "c": b"C"}  # converted once
 
 
 def test_a_failing_row_rolls_back_the_whole_batch(store: Store) -> None:
@@ -119,3 +198,25 @@ def test_upsert_writes_reference_rows_and_bumps_versions(store: Store) -> None:
     store.upsert({"catalog": [("a", 1.5)]})
     assert store.version("catalog") == 2
     assert store.query("SELECT * FROM catalog ORDER BY id") == [("a", 1.5), ("b", 2.0)]
+
+
+def test_sqlite_wal_is_cut_back_once_a_checkpoint_reaches_its_end(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader holds the checkpoints back, so the WAL grows; after it is gone, the
+    WAL shrinks to the limit instead of keeping its peak size on disk."""
+    monkeypatch.setattr(sqlite_store, "WAL_LIMIT_BYTES", 64 * 1024)
+    store = open_store(settings)
+    store.create_tables([LATEST])
+    wal = Path(f"{settings.sqlite_path}-wal")
+    with closing(sqlite3.connect(settings.sqlite_path, isolation_level=None)) as reader:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM latest").fetchall()
+        for batch in range(8):
+            store.upsert({"latest": [(f"{batch}-{i}", "x" * 1000) for i in range(1000)]})
+        peak = wal.stat().st_size
+        reader.execute("COMMIT")
+    for batch in range(3):  # the next commit checkpoints; the one after restarts the WAL
+        store.upsert({"latest": [(f"again-{batch}", "y")]})
+    assert peak > 8_000_000 and wal.stat().st_size <= 64 * 1024
+    store.close()

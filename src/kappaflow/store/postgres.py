@@ -19,12 +19,25 @@ from psycopg import errors as pg_errors
 
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, PartitionCommit, Table
-from kappaflow.store.sql import KEYS_SELECT, RowWriter, create_sql, write_keys
+from kappaflow.store.keyed import append_keys, insert_keyed_rows, read_keys
+from kappaflow.store.sql import RowWriter, create_sql
 
 T = TypeVar("T")
 log = logging.getLogger("kappaflow.store")
 
-MIGRATIONS = (
+
+def _carry_over_keyed_rows(cursor: psycopg.Cursor[Any]) -> None:
+    """Keyed state written one row per key (kf_keys) moves to the state log."""
+    cursor.execute(
+        "CREATE TABLE IF NOT EXISTS kf_state_log (grp TEXT NOT NULL, partition INTEGER NOT NULL, "
+        "seq BIGINT NOT NULL, data BYTEA NOT NULL, PRIMARY KEY (grp, partition, seq))"
+    )
+    cursor.execute("SELECT * FROM kf_keys ORDER BY grp, partition")
+    insert_keyed_rows(cursor, cursor.fetchall(), placeholders)
+    cursor.execute("DROP TABLE kf_keys")
+
+
+MIGRATIONS: tuple[str | Callable[[psycopg.Cursor[Any]], None], ...] = (
     # 1: the store's own tables
     """
     CREATE TABLE IF NOT EXISTS kf_partitions (
@@ -41,6 +54,8 @@ MIGRATIONS = (
         grp TEXT NOT NULL, partition INTEGER NOT NULL, state_key TEXT NOT NULL,
         state BYTEA NOT NULL, PRIMARY KEY (grp, partition, state_key));
     """,
+    # 3: keyed state as a log of changes per partition
+    _carry_over_keyed_rows,
 )
 RETRIES = 5
 
@@ -108,7 +123,10 @@ class PostgresStore:
             current = cursor.fetchone()[0] or 0  # type: ignore[index]
             for version, step in enumerate(MIGRATIONS, start=1):
                 if version > current:
-                    cursor.execute(step)
+                    if callable(step):
+                        step(cursor)
+                    else:
+                        cursor.execute(step)
                     cursor.execute("INSERT INTO kf_schema VALUES (%s)", (version,))
 
         self._create(migrate)
@@ -145,8 +163,7 @@ class PostgresStore:
                     (group, partition),
                 )
                 generation, offset, state = cursor.fetchone()  # type: ignore[misc]
-                cursor.execute(placeholders(KEYS_SELECT), (group, partition))
-                keys = {key: bytes(value) for key, value in cursor.fetchall()}
+                keys = read_keys(cursor, group, partition, placeholders)
                 claims[partition] = Claim(generation, offset, bytes(state) if state else None, keys)
             return claims
 
@@ -171,7 +188,7 @@ class PostgresStore:
                         f"{group} partition {c.partition}: generation {c.generation} is stale; "
                         "another worker owns it"
                     )
-                write_keys(cursor, group, c, placeholders)
+                append_keys(cursor, group, c, placeholders)
             self._writer.write(cursor, rows)
             if dead_letters:
                 cursor.executemany(

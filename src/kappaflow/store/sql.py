@@ -1,6 +1,5 @@
 """SQL shared by the SQLite and PostgreSQL stores (and valid on YugabyteDB's YSQL):
-table creation, upserts by table mode, distinct counters, keyed state, and the row
-writer."""
+table creation, upserts by table mode, distinct counters, and the row writer."""
 
 from __future__ import annotations
 
@@ -8,26 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kappaflow.errors import StoreError
-from kappaflow.store.base import PartitionCommit, Table
-
-KEYS_SELECT = "SELECT state_key, state FROM kf_keys WHERE grp = ? AND partition = ?"
-KEYS_UPSERT = (
-    "INSERT INTO kf_keys VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (grp, partition, state_key) DO UPDATE SET state = excluded.state"
-)
-KEYS_DELETE = "DELETE FROM kf_keys WHERE grp = ? AND partition = ? AND state_key = ?"
-
-
-def write_keys(
-    cursor: Any, group: str, commit: PartitionCommit, sql: Callable[[str], str] = str
-) -> None:
-    """Upsert and delete the keys a partition commit changed (its keyed state)."""
-    upserts = [(group, commit.partition, k, v) for k, v in commit.keys.items() if v is not None]
-    deletes = [(group, commit.partition, k) for k, v in commit.keys.items() if v is None]
-    if upserts:
-        cursor.executemany(sql(KEYS_UPSERT), upserts)
-    if deletes:
-        cursor.executemany(sql(KEYS_DELETE), deletes)
+from kappaflow.store.base import Table
 
 
 def upsert_sql(table: Table) -> str:

@@ -11,9 +11,11 @@ from typing import Any, TypeVar
 
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, PartitionCommit, Table
-from kappaflow.store.sql import KEYS_SELECT, RowWriter, create_sql, write_keys
+from kappaflow.store.keyed import append_keys, insert_keyed_rows, read_keys
+from kappaflow.store.sql import RowWriter, create_sql
 
 T = TypeVar("T")
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kf_partitions (
@@ -24,13 +26,13 @@ CREATE TABLE IF NOT EXISTS kf_partitions (
     state BLOB,
     PRIMARY KEY (grp, partition)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS kf_keys (
+CREATE TABLE IF NOT EXISTS kf_state_log (
     grp TEXT NOT NULL,
     partition INTEGER NOT NULL,
-    state_key TEXT NOT NULL,
-    state BLOB NOT NULL,
-    PRIMARY KEY (grp, partition, state_key)
-) WITHOUT ROWID;
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (grp, partition, seq)
+);
 CREATE TABLE IF NOT EXISTS kf_versions (
     name TEXT PRIMARY KEY,
     version INTEGER NOT NULL
@@ -58,10 +60,22 @@ class SQLiteStore:
             # With WAL, NORMAL keeps the database consistent across crashes; a power loss
             # may roll back the last commits, which then rerun from the log.
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # The WAL grows while readers keep a checkpoint from reaching its end; once one
+            # does, it is cut back to this size instead of keeping its peak on disk.
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             self._db.executescript(SCHEMA)
         except sqlite3.Error as error:
             raise StoreUnavailable(f"SQLite store {self.path}: {error}") from error
         self._writer = RowWriter(sqlite3.Error, sqlite3.OperationalError)
+        self._carry_over_keyed_rows()
+
+    def _carry_over_keyed_rows(self) -> None:
+        """Keyed state written one row per key (table kf_keys) moves to the state log."""
+        with self._transaction() as cursor:
+            if cursor.execute("SELECT 1 FROM sqlite_schema WHERE name = 'kf_keys'").fetchone():
+                found = cursor.execute("SELECT * FROM kf_keys ORDER BY grp, partition")
+                insert_keyed_rows(cursor, found.fetchall())
+                cursor.execute("DROP TABLE kf_keys")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
@@ -104,8 +118,9 @@ class SQLiteStore:
                     (group, partition),
                 )
                 generation, offset, state = cursor.fetchone()
-                keys = dict(cursor.execute(KEYS_SELECT, (group, partition)).fetchall())
-                claims[partition] = Claim(generation, offset, state, keys)
+                claims[partition] = Claim(
+                    generation, offset, state, read_keys(cursor, group, partition)
+                )
         return claims
 
     def commit(
@@ -131,7 +146,7 @@ class SQLiteStore:
                     "WHERE grp = ? AND partition = ?",
                     (commit.next_offset, commit.state, group, commit.partition),
                 )
-                write_keys(cursor, group, commit)
+                append_keys(cursor, group, commit)
             self._writer.write(cursor, rows)
             if dead_letters:
                 cursor.executemany(

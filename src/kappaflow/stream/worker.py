@@ -289,8 +289,12 @@ def run_workers(
     # cycle collector rescans them so often that it costs 10-15% of a worker's time.
     gc.set_threshold(50_000, 20, 100)
     pause = min(w.settings.poll_interval_ms for w in workers) / 1000
+    spacing = min(w.settings.commit_interval_ms for w in workers) / 1000
     while not should_stop():
+        started = time.monotonic()
         if sum(_poll_or_recover(worker, should_stop) for worker in workers):
+            # A worker that keeps up waits, so that its next commit carries more events.
+            time.sleep(max(0.0, spacing - (time.monotonic() - started)))
             continue
         if until_caught_up and all(worker.caught_up() for worker in workers):
             return

@@ -1,0 +1,76 @@
+"""Keyed state in the store, as a log of changes per partition (SQL shared by SQLite
+and PostgreSQL). Each commit appends one row: the keys it changed, as a msgpack map
+whose None values delete. Once the changes outweigh the oldest row, the rows are merged
+into one. A commit thus writes about as many bytes as its keys changed, where an upsert
+per key would rewrite a page of a B-tree for each key at a random place in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from itertools import groupby
+from typing import Any
+
+import msgspec
+
+from kappaflow.store.base import PartitionCommit
+
+MERGE_MIN_BYTES = 1 << 20
+"""Changes below this size are never merged for size alone..."""
+MERGE_MAX_ROWS = 64
+"""...but a partition's log is merged once it has this many rows."""
+
+SELECT = "SELECT seq, data FROM kf_state_log WHERE grp = ? AND partition = ? ORDER BY seq"
+SIZES = "SELECT seq, length(data) FROM kf_state_log WHERE grp = ? AND partition = ? ORDER BY seq"
+INSERT = "INSERT INTO kf_state_log VALUES (?, ?, ?, ?)"
+DELETE = "DELETE FROM kf_state_log WHERE grp = ? AND partition = ?"
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(dict[str, bytes | None]).decode
+
+Translate = Callable[[str], str]
+
+
+def read_keys(cursor: Any, group: str, partition: int, sql: Translate = str) -> dict[str, bytes]:
+    """A partition's keyed state: its log's changes, applied in order."""
+    cursor.execute(sql(SELECT), (group, partition))
+    return _merge(bytes(data) for _, data in cursor.fetchall())
+
+
+def append_keys(cursor: Any, group: str, commit: PartitionCommit, sql: Translate = str) -> None:
+    """Append the keys ``commit`` changed to its partition's log; merge the log when its
+    changes outweigh its oldest row (the last merge) or it has grown too long."""
+    if not commit.keys:
+        return
+    cursor.execute(sql(SIZES), (group, commit.partition))
+    sizes = cursor.fetchall()
+    change = _encode(commit.keys)
+    seq = sizes[-1][0] + 1 if sizes else 1
+    cursor.execute(sql(INSERT), (group, commit.partition, seq, change))
+    changes = sum(size for _, size in sizes[1:]) + len(change)
+    if sizes and (len(sizes) >= MERGE_MAX_ROWS or changes > max(sizes[0][1], MERGE_MIN_BYTES)):
+        merged = read_keys(cursor, group, commit.partition, sql)
+        cursor.execute(sql(DELETE), (group, commit.partition))
+        if merged:
+            cursor.execute(sql(INSERT), (group, commit.partition, seq, _encode(merged)))
+
+
+def insert_keyed_rows(
+    cursor: Any, rows: Iterable[tuple[str, int, str, bytes]], sql: Translate = str
+) -> None:
+    """Write (group, partition, key, state) rows, sorted by group and partition, as
+    each partition's log: how state kept one row per key (kf_keys) is carried over."""
+    for (group, partition), keyed in groupby(rows, key=lambda row: (row[0], row[1])):
+        merged = {key: bytes(state) for _, _, key, state in keyed}
+        cursor.execute(sql(INSERT), (group, partition, 1, _encode(merged)))
+
+
+def _merge(changes: Iterable[bytes]) -> dict[str, bytes]:
+    merged: dict[str, bytes] = {}
+    for change in changes:
+        for key, state in _decode(change).items():
+            if state is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = state
+    return merged
