@@ -141,12 +141,11 @@ def _decode_records(data: bytes, skip: int, limit: int, where: Path) -> list[byt
     crc32 = zlib.crc32
     while pos < size and len(values) < limit:
         length, crc = unpack(data, pos)
-        pos += 8
-        value = data[pos : pos + length]
-        pos += length
-        if skip:
+        pos += 8 + length
+        if skip:  # records before the offset asked for, after the index entry before it
             skip -= 1
             continue
+        value = data[pos - length : pos]
         if len(value) != length or crc32(value) != crc:
             raise LogCorrupted(f"{where}: record fails its checksum inside the durable log")
         values.append(value)
