@@ -17,6 +17,7 @@ from kappaflow.store.sql import RowWriter, create_sql
 T = TypeVar("T")
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
 CACHE_BYTES = 64 * 1024 * 1024
+KF_KEYS_EXISTS = "SELECT 1 FROM sqlite_schema WHERE name = 'kf_keys'"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kf_partitions (
@@ -75,9 +76,13 @@ class SQLiteStore:
         self._carry_over_keyed_rows()
 
     def _carry_over_keyed_rows(self) -> None:
-        """Keyed state written one row per key (table kf_keys) moves to the state log."""
+        """Keyed state written one row per key (table kf_keys) moves to the state log.
+        Only a store that has the table takes the write lock (and looks again under it,
+        as another process may have moved the rows meanwhile)."""
+        if not self.query(KF_KEYS_EXISTS):
+            return
         with self._transaction() as cursor:
-            if cursor.execute("SELECT 1 FROM sqlite_schema WHERE name = 'kf_keys'").fetchone():
+            if cursor.execute(KF_KEYS_EXISTS).fetchone():
                 found = cursor.execute("SELECT * FROM kf_keys ORDER BY grp, partition")
                 insert_keyed_rows(cursor, found.fetchall())
                 cursor.execute("DROP TABLE kf_keys")
