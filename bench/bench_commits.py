@@ -11,6 +11,7 @@ import itertools
 import tempfile
 import time
 
+from bench_sessionize import consume
 from common import Figure
 from rich.console import Console
 
@@ -19,8 +20,6 @@ from kappaflow.apps.video_sim import heartbeats
 from kappaflow.ingest.appender import Appender
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
-from kappaflow.store import open_store
-from kappaflow.stream.worker import Worker
 
 VIEWERS = 100_000
 EVENTS = 1_000_000
@@ -63,12 +62,9 @@ def process(events: list, per_partition: int) -> tuple[float, float]:
         for start in range(0, len(events), 2_000):
             appender.append(events[start : start + 2_000])
         log.close()
-        worker = Worker(app, app.streams[0], open_log(settings), open_store(settings),
-                        settings, range(PARTITIONS))  # fmt: skip
-        worker.start()
         wall, cpu = time.perf_counter(), time.process_time()
         with console.status(f"{per_partition * PARTITIONS:,} events per commit"):
-            worker.run(lambda: False, until_caught_up=True)
+            worker = consume(settings)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         assert worker.stats.events == len(events), worker.stats
         return len(events) / wall, cpu / len(events) * 1e6

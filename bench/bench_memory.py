@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import psutil
-from common import Figure
+from common import START_MS, Figure
 from rich.console import Console
 
 from kappaflow.app import Batch
@@ -19,7 +19,6 @@ from kappaflow.settings import Settings
 
 SESSIONS = 1_000_000
 GOAL_MIB = 1024
-START_MS = 1_767_225_600_000
 console = Console()
 
 

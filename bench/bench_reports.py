@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Figure
+from common import START_MS, Figure
 from rich.console import Console
 
 from kappaflow.apps.video import create_app
@@ -18,7 +18,6 @@ from kappaflow.settings import Settings
 from kappaflow.store import open_store
 
 DAY_MS = 86_400_000
-START_MS = 1_767_225_600_000
 SEGMENTS_PER_DAY = 3_000
 HOLDERS = 8
 console = Console()

@@ -94,16 +94,21 @@ def append_file(settings: Settings, path: Path) -> None:
     log.close()
 
 
+def consume(settings: Settings) -> Worker:
+    """One worker over every partition of the video app's stream, run until the log is
+    consumed."""
+    app = create_app(settings)
+    worker = Worker(app, app.streams[0], open_log(settings), open_store(settings), settings,
+                    range(settings.partitions))  # fmt: skip
+    worker.start()
+    worker.run(lambda: False, until_caught_up=True)
+    return worker
+
+
 def process(settings: Settings) -> Segments:
     """Run one worker over every partition until the log is consumed; return the
     segments of closed and still-open sessions."""
-    app = create_app(settings)
-    store = open_store(settings)
-    worker = Worker(
-        app, app.streams[0], open_log(settings), store, settings, range(settings.partitions)
-    )
-    worker.start()
-    worker.run(lambda: False, until_caught_up=True)
+    store = consume(settings).store
     segments: Segments = Counter(
         store.query("SELECT user_id, video_id, start_s, end_s FROM video_segments")
     )

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 from typing import TypeVar
 
 T = TypeVar("T")
+START_MS = 1_767_225_600_000
+"""Where generated event time starts: 2026-01-01T00:00:00Z."""
 
 
 @dataclass
