@@ -33,11 +33,46 @@ def test_a_commit_writes_the_changed_keys_and_deletes_closed_ones(settings: Sett
     assert state.keys == {}
 
 
+def persisted(keys: dict) -> dict:
+    """Each key's state without its provisional view (derived, never written)."""
+    return {key: (s.acc, s.last_ms, s.pending) for key, s in keys.items()}
+
+
 def test_restore_from_keys_and_from_an_earlier_whole_snapshot(settings: Settings) -> None:
     processor, state = opened(settings)
+    assert state.keys[A].view is not None  # A has a pending heartbeat
     keys = processor.changed_keys(state)
-    assert processor.decode(b"", keys).keys == state.keys
-    snapshot = msgspec.msgpack.encode(state.keys)  # how earlier versions persisted it
+    assert msgspec.msgpack.decode(keys[A]) == [[1_000, [], [0.0, 0.0, 1_000, 1_000], 1_000, 0.0],
+                                               1_000, [[6_000, 2, 5.0]]]  # fmt: skip
+    assert persisted(processor.decode(b"", keys).keys) == persisted(state.keys)
+    snapshot = msgspec.msgpack.encode(persisted(state.keys))  # how earlier versions wrote it
     restored = processor.decode(snapshot, {})
-    assert restored.keys == state.keys
+    assert persisted(restored.keys) == persisted(state.keys)
     assert processor.changed_keys(restored) == keys  # rewritten key by key next commit
+
+
+def test_the_provisional_view_follows_the_items_that_arrive(settings: Settings) -> None:
+    """The view is stepped as heartbeats arrive, folded again after one out of order,
+    and dropped once the watermark has released every pending item."""
+    processor, state = opened(settings)
+    rows = processor.process(state, batch([Heartbeat("a", "v", 10.0, 11_000)], 2_000)).rows
+    assert progress_segments(rows) == {"a": [[0.0, 10.0]]}
+    rows = processor.process(state, batch([Heartbeat("a", "v", 2.0, 3_000, "pause")], 2_000)).rows
+    assert progress_segments(rows) == {"a": [[0.0, 2.0], [5.0, 10.0]]}
+    later = [Heartbeat("a", "v", 60.0, 30_000), Heartbeat("a", "v", 65.0, 35_000)]
+    rows = processor.process(state, batch(later, 2_000)).rows
+    assert progress_segments(rows) == {"a": [[0.0, 2.0], [5.0, 10.0], [60.0, 65.0]]}
+    processor.process(state, batch([], 12_000))
+    first, second = state.keys[A].view  # the first session released, the second pending
+    assert first == state.keys[A].acc and first is not state.keys[A].acc
+    assert second[0] == 30_000  # the session start
+    assert processor.process(state, batch([], 40_000)).rows["video_segments"]
+    assert state.keys[A].pending == [] and state.keys[A].view is None
+
+
+def batch(events: list[Heartbeat], watermark_ms: int) -> Batch:
+    return Batch(0, list(range(len(events))), events, [e.ts for e in events], watermark_ms)
+
+
+def progress_segments(rows) -> dict[str, list]:
+    return {row[0]: msgspec.json.decode(row[4]) for row in rows["video_progress"]}

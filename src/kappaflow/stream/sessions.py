@@ -49,6 +49,10 @@ class KeyState(msgspec.Struct, array_like=True):
     """Event time of the open session's last item."""
     pending: list[tuple[Any, ...]] = []
     """Items not yet passed by the watermark, sorted."""
+    view: list[Any] | None = None
+    """The provisional sessions (``acc`` folded on over ``pending``), stepped as items
+    arrive in order; None when ``pending`` is empty or the view must be folded again.
+    Derived, so never persisted."""
 
 
 class SessionState:
@@ -100,7 +104,10 @@ class SessionWindows:
 
     def changed_keys(self, state: SessionState) -> dict[str, bytes | None]:
         keys, encode = state.keys, self._encoder.encode
-        changed = {key: encode(keys[key]) if key in keys else None for key in state.changed}
+        changed = {
+            key: encode((s.acc, s.last_ms, s.pending)) if (s := keys.get(key)) is not None else None
+            for key in state.changed
+        }
         state.changed = set()
         return changed
 
@@ -125,12 +132,15 @@ class SessionWindows:
             else:
                 pending = current.pending
                 if not pending or item > pending[-1]:
+                    if current.view is not None:
+                        self._extend(current.view, pending[-1][0], item)
                     pending.append(item)
                 elif item in pending:
                     duplicates.append((offset, "duplicate"))
                     continue
                 else:
                     bisect.insort(pending, item)
+                    current.view = None
                 if pending[0] is item:
                     state.schedule(key, item[0] + 1)
             touched.add(key)
@@ -180,14 +190,28 @@ class SessionWindows:
             fold.closed(key, acc, rows)
             acc, closed = None, True
         state.acc, state.last_ms = acc, last
+        if closed or not pending:
+            state.view = None  # its first session closed, or it is just ``acc``
         return closed
 
+    def _extend(self, view: list[Any], last_ms: int, item: Any) -> None:
+        """Step the provisional sessions with an item that follows all of them."""
+        if item[0] - last_ms > self.gap_ms:
+            view.append(self.fold.start(item))
+        else:
+            view[-1] = self.fold.step(view[-1], item)
+
     def _provisional(self, state: KeyState) -> list[Any]:
-        """The key's sessions as they stand, pending items included."""
+        """The key's sessions as they stand, pending items included; kept in
+        ``state.view`` while there are pending items."""
+        if state.view is not None:
+            return state.view
+        if not state.pending:
+            return [state.acc]
         fold, gap = self.fold, self.gap_ms
         accs = []
         acc, last = state.acc, state.last_ms
-        if acc is not None and state.pending:
+        if acc is not None:
             acc = fold.copy(acc)
         for item in state.pending:
             if acc is not None and item[0] - last > gap:
@@ -197,4 +221,5 @@ class SessionWindows:
             last = item[0]
         if acc is not None:
             accs.append(acc)
+        state.view = accs
         return accs
