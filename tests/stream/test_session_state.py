@@ -33,6 +33,23 @@ def test_a_commit_writes_the_changed_keys_and_deletes_closed_ones(settings: Sett
     assert state.keys == {}
 
 
+def test_a_release_alone_is_not_written_and_a_restore_releases_it_again(
+    settings: Settings,
+) -> None:
+    processor, state = opened(settings)
+    stored = processor.changed_keys(state)
+    assert processor.process(state, batch([], 7_000)).rows == {}  # releases A's 6 s heartbeat
+    assert state.keys[A].pending == [] and processor.changed_keys(state) == {}
+    restored = processor.decode(b"", stored)
+    assert restored.keys[A].pending == [(6_000, 2, 5.0)]
+    for step in ([Heartbeat("a", "v", 12.0, 13_000)], 7_000), ([], 100_000):
+        expected = processor.process(state, batch(*step)).rows
+        assert processor.process(restored, batch(*step)).rows == expected
+        assert processor.changed_keys(restored) == processor.changed_keys(state)
+    assert restored.keys == state.keys == {}
+    assert [row[4:6] for row in expected["video_segments"]] == [(0.0, 12.0)]  # B only played
+
+
 def persisted(keys: dict) -> dict:
     """Each key's state without its provisional view (derived, never written)."""
     return {key: (s.acc, s.last_ms, s.pending) for key, s in keys.items()}

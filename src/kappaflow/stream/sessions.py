@@ -59,7 +59,9 @@ class SessionState:
     """Per-partition state: each key's open session and pending items. The heap of
     (due watermark, key) finds the keys the watermark has reached; it is derived from
     the keys on restore, and ``scheduled`` marks each key's one valid heap entry.
-    ``changed`` holds the keys changed since the state was last persisted."""
+    ``changed`` holds the keys changed since the state was last persisted. A key whose
+    items the watermark only released (no session closed) is left out: restored, its
+    stored state releases them again at the first watermark, to the same result."""
 
     def __init__(self, keys: dict[str, KeyState], gap_ms: int, changed: set[str]) -> None:
         self.keys = keys
@@ -152,7 +154,6 @@ class SessionWindows:
             if scheduled.get(key) != due:
                 continue
             del scheduled[key]
-            state.changed.add(key)
             current = keys[key]
             if self._advance(key, current, watermark, rows):
                 touched.add(key)
@@ -161,7 +162,7 @@ class SessionWindows:
             else:
                 state.schedule(key, _due(current, self.gap_ms))
 
-        state.changed |= touched
+        state.changed |= touched  # new items, or a session closed
         for key in touched:
             current = keys.get(key)
             if current is not None:
