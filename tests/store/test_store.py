@@ -220,3 +220,15 @@ def test_sqlite_wal_is_cut_back_once_a_checkpoint_reaches_its_end(
         store.upsert({"latest": [(f"again-{batch}", "y")]})
     assert peak > 8_000_000 and wal.stat().st_size <= 64 * 1024
     store.close()
+
+
+def test_sqlite_checkpoints_once_the_wal_reaches_its_limit(settings: Settings) -> None:
+    """Rows rewritten by many commits stay in the WAL until it reaches the limit, and
+    are then copied into the database once (SQLite's default checkpoints at 4 MiB)."""
+    store = open_store(settings)
+    store.create_tables([LATEST])
+    database, wal = Path(settings.sqlite_path), Path(f"{settings.sqlite_path}-wal")
+    for commit in range(12):  # 12 commits rewrite the same 500 rows: about 2.4 MB each
+        store.upsert({"latest": [(f"{i}", f"{commit:x}" * 1000) for i in range(500)]})
+    assert wal.stat().st_size > 5_000_000 and database.stat().st_size < 200_000
+    store.close()

@@ -65,6 +65,11 @@ class SQLiteStore:
             # The WAL grows while readers keep a checkpoint from reaching its end; once one
             # does, it is cut back to this size instead of keeping its peak on disk.
             self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+            # Checkpoint when the WAL reaches that size, not at the default 1,000 pages: a
+            # checkpoint copies each page changed since the last one once, so a page that
+            # many commits rewrite (progress rows, say) is copied once, not once a commit.
+            (page_bytes,) = self._db.execute("PRAGMA page_size").fetchone()
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_LIMIT_BYTES // page_bytes}")
             # Pages kept in memory (the default keeps 2 MiB): a worker's commits touch
             # pages all over its state and result tables, and re-reading each from the
             # operating system costs more than the upserts themselves.
