@@ -55,14 +55,14 @@ def append_keys(cursor: Any, group: str, commit: PartitionCommit, sql: Translate
             cursor.execute(sql(INSERT), (group, commit.partition, seq, _encode(merged)))
 
 
-def insert_keyed_rows(
-    cursor: Any, rows: Iterable[tuple[str, int, str, bytes]], sql: Translate = str
-) -> None:
-    """Write (group, partition, key, state) rows, sorted by group and partition, as
-    each partition's log: how state kept one row per key (kf_keys) is carried over."""
-    for (group, partition), keyed in groupby(rows, key=lambda row: (row[0], row[1])):
+def carry_over_keyed_rows(cursor: Any, sql: Translate = str) -> None:
+    """Move state kept one row per key by an earlier version (table kf_keys, rows of
+    group, partition, key, state) into each partition's log, and drop the table."""
+    cursor.execute("SELECT * FROM kf_keys ORDER BY grp, partition")
+    for (group, partition), keyed in groupby(cursor.fetchall(), key=lambda row: row[:2]):
         merged = {key: bytes(state) for _, _, key, state in keyed}
         cursor.execute(sql(INSERT), (group, partition, 1, _encode(merged)))
+    cursor.execute("DROP TABLE kf_keys")
 
 
 def _merge(changes: Iterable[bytes]) -> dict[str, bytes]:

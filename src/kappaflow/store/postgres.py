@@ -19,22 +19,20 @@ from psycopg import errors as pg_errors
 
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, PartitionCommit, Table
-from kappaflow.store.keyed import append_keys, insert_keyed_rows, read_keys
+from kappaflow.store.keyed import append_keys, carry_over_keyed_rows, read_keys
 from kappaflow.store.sql import RowWriter, create_sql
 
 T = TypeVar("T")
 log = logging.getLogger("kappaflow.store")
 
 
-def _carry_over_keyed_rows(cursor: psycopg.Cursor[Any]) -> None:
-    """Keyed state written one row per key (kf_keys) moves to the state log."""
+def _create_state_log(cursor: psycopg.Cursor[Any]) -> None:
+    """The state log, with the state kept one row per key (kf_keys) moved into it."""
     cursor.execute(
         "CREATE TABLE IF NOT EXISTS kf_state_log (grp TEXT NOT NULL, partition INTEGER NOT NULL, "
         "seq BIGINT NOT NULL, data BYTEA NOT NULL, PRIMARY KEY (grp, partition, seq))"
     )
-    cursor.execute("SELECT * FROM kf_keys ORDER BY grp, partition")
-    insert_keyed_rows(cursor, cursor.fetchall(), placeholders)
-    cursor.execute("DROP TABLE kf_keys")
+    carry_over_keyed_rows(cursor, placeholders)
 
 
 MIGRATIONS: tuple[str | Callable[[psycopg.Cursor[Any]], None], ...] = (
@@ -55,7 +53,7 @@ MIGRATIONS: tuple[str | Callable[[psycopg.Cursor[Any]], None], ...] = (
         state BYTEA NOT NULL, PRIMARY KEY (grp, partition, state_key));
     """,
     # 3: keyed state as a log of changes per partition
-    _carry_over_keyed_rows,
+    _create_state_log,
 )
 RETRIES = 5
 

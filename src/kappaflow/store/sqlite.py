@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, PartitionCommit, Table
-from kappaflow.store.keyed import append_keys, insert_keyed_rows, read_keys
+from kappaflow.store.keyed import append_keys, carry_over_keyed_rows, read_keys
 from kappaflow.store.sql import RowWriter, create_sql
 
 T = TypeVar("T")
@@ -88,9 +88,7 @@ class SQLiteStore:
             return
         with self._transaction() as cursor:
             if cursor.execute(KF_KEYS_EXISTS).fetchone():
-                found = cursor.execute("SELECT * FROM kf_keys ORDER BY grp, partition")
-                insert_keyed_rows(cursor, found.fetchall())
-                cursor.execute("DROP TABLE kf_keys")
+                carry_over_keyed_rows(cursor)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
