@@ -11,14 +11,11 @@ import itertools
 import tempfile
 import time
 
-from bench_sessionize import consume
+from bench_sessionize import append_events, consume
 from common import Figure
 from rich.console import Console
 
-from kappaflow.apps.video import create_app
 from kappaflow.apps.video_sim import heartbeats
-from kappaflow.ingest.appender import Appender
-from kappaflow.log import open_log
 from kappaflow.settings import Settings
 
 VIEWERS = 100_000
@@ -56,12 +53,7 @@ def process(events: list, per_partition: int) -> tuple[float, float]:
         settings = Settings.load({}, {"data_dir": data, "partitions": PARTITIONS,
                                       "batch_max_events": per_partition,
                                       "commit_interval_ms": 0})  # fmt: skip
-        app = create_app(settings)
-        log = open_log(settings, writer=True)
-        appender = Appender(log, app.streams[0], settings.partitions)
-        for start in range(0, len(events), 2_000):
-            appender.append(events[start : start + 2_000])
-        log.close()
+        append_events(settings, events, 2_000)
         wall, cpu = time.perf_counter(), time.process_time()
         with console.status(f"{per_partition * PARTITIONS:,} events per commit"):
             worker = consume(settings)

@@ -80,16 +80,23 @@ def write_heartbeats(path: Path, scale: float) -> int:
 
 
 def append_file(settings: Settings, path: Path) -> None:
-    decoder = msgspec.json.Decoder(Heartbeat)
+    decode = msgspec.json.Decoder(Heartbeat).decode
+    with path.open("rb") as lines:
+        append_events(settings, map(decode, lines), 5_000)
+
+
+def append_events(settings: Settings, events: Iterable[Heartbeat], per_call: int) -> None:
+    """Append ``events`` to the video app's stream, ``per_call`` at a time (as ingest
+    appends the events of one request)."""
     log = open_log(settings, writer=True)
     appender = Appender(log, create_app(settings).streams[0], settings.partitions)
-    with path.open("rb") as lines:
-        chunk = []
-        for line in lines:
-            chunk.append(decoder.decode(line))
-            if len(chunk) == 5_000:
-                appender.append(chunk)
-                chunk = []
+    chunk: list[Heartbeat] = []
+    for event in events:
+        chunk.append(event)
+        if len(chunk) == per_call:
+            appender.append(chunk)
+            chunk = []
+    if chunk:
         appender.append(chunk)
     log.close()
 
