@@ -40,6 +40,7 @@ def test_each_bad_record_is_named_by_index_field_and_reason() -> None:
             b'{"user_id": "u", "video_id": "v", "position_s": "ten", "ts": 1}',
             b'{"user_id": "u", "position_s": 1, "ts": 1}',
             b'{"user_id": "u", "video_id": "v", "position_s": -1, "ts": 1}',
+            b'{"user_id": "u", "video_id": "v", "position_s": 1, "ts": 253402300800000}',
             b'{"user_id": "u", "video_id": "v", "position_s": 1, "ts": 1, "kind": "rewind"}',
             b'{"user_id": "", "video_id": "v", "position_s": 1, "ts": 1}',
             b'{"user_id": "u", "video_',
@@ -48,13 +49,14 @@ def test_each_bad_record_is_named_by_index_field_and_reason() -> None:
     )
     found = problems(body, ndjson=True)
     assert [(p.index, p.field) for p in found] == [
-        (1, "position_s"), (2, "video_id"), (3, "position_s"), (4, "kind"), (5, "user_id"),
-        (6, None), (7, None),
+        (1, "position_s"), (2, "video_id"), (3, "position_s"), (4, "ts"), (5, "kind"),
+        (6, "user_id"), (7, None), (8, None),
     ]  # fmt: skip
     assert "Expected `float`, got `str`" in found[0].reason
     assert "missing required field" in found[1].reason
     assert ">= 0" in found[2].reason
-    assert found[5].reason.startswith("not valid JSON")
+    assert "<= 253402300799999" in found[3].reason, "event times end with the year 9999"
+    assert found[6].reason.startswith("not valid JSON")
 
 
 def test_array_records_are_named_by_position_in_the_array() -> None:

@@ -80,6 +80,31 @@ def test_undecodable_records_are_dead_lettered_and_the_partition_keeps_flowing(
     assert w.stats.undecodable == 4 and w.stats.events == len(records)
 
 
+def test_late_records_are_dead_lettered_with_the_watermark_each_one_met(
+    settings: Settings,
+) -> None:
+    settings = settings.replace(allowed_lateness_s=5)
+    p = partition_for("u", settings.partitions)
+    first = [beat(100, 0), beat(96, 1), beat(94, 2), b"not json", beat(120, 3), beat(114, 4)]
+    append(settings, p, first)
+    w = worker(settings)
+    w.start()
+    drain(w)
+    append(settings, p, [beat(116, 5), beat(114, 6), beat(200, 7)])
+    drain(w)
+    late = [(offset, reason) for _, offset, reason, _ in w.store.dead_letters("video.heartbeats")
+            if reason.startswith("late")]  # fmt: skip
+    assert late == [
+        (2, "late: event time 94000 is below the watermark 95000"),
+        (5, "late: event time 114000 is below the watermark 115000"),  # raised in its batch
+        (7, "late: event time 114000 is below the watermark 115000"),  # kept from the last
+    ]
+    assert w.stats.late == 3 and w.stats.undecodable == 1
+    assert w.runs[p].max_event_ms == 200_000
+    (got,) = all_progress(w.store)
+    assert got.resume_position_s == 7
+
+
 def test_a_worker_with_a_stale_generation_cannot_commit(settings: Settings) -> None:
     p = partition_for("u", settings.partitions)
     append(settings, p, [beat(0, 0)])

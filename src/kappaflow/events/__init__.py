@@ -7,8 +7,12 @@ from typing import Annotated
 
 from msgspec import Meta
 
-EventTime = Annotated[int, Meta(ge=0)] | Annotated[datetime, Meta(tz=True)]
-"""Event time: epoch milliseconds, or an RFC 3339 string with a time zone."""
+MAX_EVENT_MS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z, the last instant an RFC 3339 time can name."""
+
+EventTime = Annotated[int, Meta(ge=0, le=MAX_EVENT_MS)] | Annotated[datetime, Meta(tz=True)]
+"""Event time: epoch milliseconds up to the year 9999, or an RFC 3339 string with a
+time zone."""
 
 Identifier = Annotated[str, Meta(min_length=1, max_length=256)]
 
