@@ -3,12 +3,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import struct
+import zlib
 from pathlib import Path
 
 import pytest
 
 from kappaflow.errors import LogCorrupted, LogError, LogUnavailable, OffsetOutOfRange
-from kappaflow.log.embedded import HEADER, EmbeddedLog
+from kappaflow.log.embedded import BATCH, RECORD, EmbeddedLog
 
 
 def values(start: int, count: int) -> list[bytes]:
@@ -38,7 +39,7 @@ def test_append_returns_offsets_and_reads_back(log: EmbeddedLog) -> None:
 def test_read_spans_rolled_segments(log: EmbeddedLog) -> None:
     for start in range(0, 2000, 100):
         log.append("t", 0, values(start, 100))
-    segments = sorted((log.root / "t" / "0").glob("*.log"))
+    segments = sorted((log.root / "t" / "0").glob("*.batches"))
     assert len(segments) > 3
     seen: list[bytes] = []
     offset = 0
@@ -81,13 +82,11 @@ def test_torn_tail_is_never_served_and_cut_on_open(tmp_path: Path) -> None:
     log.create_topic("t", 1)
     log.append("t", 0, values(0, 4))
     log.close()
-    segment = root / "t" / "0" / f"{0:020d}.log"
-    whole = values(4, 2)
-    torn = HEADER.pack(100, 0) + b'{"n": 6'  # a crash in the middle of a record
-    with segment.open("ab") as file:  # records written but never indexed, then torn
-        for value in whole:
-            file.write(HEADER.pack(len(value), __import__("zlib").crc32(value)) + value)
-        file.write(torn)
+    segment = root / "t" / "0" / f"{0:020d}.batches"
+    whole = batch(values(4, 2))
+    torn = batch(values(6, 3))[:-5]  # a crash in the middle of a batch
+    with segment.open("ab") as file:  # batches written but never indexed, then torn
+        file.write(whole + torn)
     reader = EmbeddedLog(root)
     assert reader.read("t", 0, 0, 100).values == values(0, 4), "unindexed tail served"
 
@@ -97,14 +96,64 @@ def test_torn_tail_is_never_served_and_cut_on_open(tmp_path: Path) -> None:
     log.close()
 
 
+def batch(records: list[bytes]) -> bytes:
+    """A record batch as a segment holds it, written here by hand."""
+    body = b"".join([*(struct.pack("<I", len(r)) for r in records), *records])
+    return BATCH.pack(len(records), len(body), zlib.crc32(body)) + body
+
+
+def test_one_batch_per_append_read_from_any_offset_inside_it(log: EmbeddedLog) -> None:
+    log.append("t", 0, values(0, 4))
+    log.append("t", 0, [b"", b"x" * 3000, b"y"])
+    segment = log.root / "t" / "0" / f"{0:020d}.batches"
+    assert segment.read_bytes() == batch(values(0, 4)) + batch([b"", b"x" * 3000, b"y"])
+    for offset in range(7):
+        for limit in (1, 2, 5):
+            expected = [*values(0, 4), b"", b"x" * 3000, b"y"][offset : offset + limit]
+            assert log.read("t", 0, offset, limit).values == expected
+    assert log.append("t", 0, []) == 7, "an empty append writes nothing"
+    assert log.end_offsets("t")[0] == 7
+
+
 def test_corrupt_record_inside_durable_log_raises(log: EmbeddedLog) -> None:
     log.append("t", 0, values(0, 3))
-    segment = log.root / "t" / "0" / f"{0:020d}.log"
+    log.append("t", 0, values(3, 3))
+    segment = log.root / "t" / "0" / f"{0:020d}.batches"
     data = bytearray(segment.read_bytes())
-    data[HEADER.size + 2] ^= 0xFF
+    data[len(data) - 2] ^= 0xFF  # in the last record of the second batch
     segment.write_bytes(bytes(data))
-    with pytest.raises(LogCorrupted):
+    assert log.read("t", 0, 0, 3).values == values(0, 3)
+    with pytest.raises(LogCorrupted, match="fails its checksum"):
         log.read("t", 0, 0, 10)
+    with pytest.raises(LogCorrupted, match="fails its checksum"):
+        log.read("t", 0, 4, 1)
+
+
+def test_segments_of_kappaflow_0_1_are_read_and_continued_in_batches(tmp_path: Path) -> None:
+    """Before record batches, each record had its own frame and checksum."""
+    root = tmp_path / "log"
+    EmbeddedLog(root).create_topic("t", 2)
+    old = values(0, 5)
+    frames = [RECORD.pack(len(v), zlib.crc32(v)) + v for v in old]
+    path = root / "t" / "0"
+    (path / f"{0:020d}.log").write_bytes(b"".join(frames) + RECORD.pack(50, 0) + b"{")
+    (path / f"{0:020d}.index").write_bytes(struct.pack("<QQ", 3, sum(map(len, frames[:3]))))
+    (root / "t" / "1" / f"{0:020d}.log").touch()  # an empty one
+    assert EmbeddedLog(root).read("t", 0, 1, 10).values == old[1:3], "only indexed records"
+
+    log = EmbeddedLog(root, writer=True)
+    assert log.append("t", 0, values(5, 2)) == 5, "whole records kept, the torn one cut"
+    assert log.append("t", 1, values(0, 1)) == 0
+    assert sorted(p.name for p in path.iterdir()) == [
+        f"{0:020d}.index", f"{0:020d}.log", f"{5:020d}.batches", f"{5:020d}.index"
+    ]  # fmt: skip
+    assert not (root / "t" / "1" / f"{0:020d}.log").exists()
+    assert log.read("t", 0, 0, 100).values == values(0, 5), "a read stays in one segment"
+    assert log.read("t", 0, 5, 100).values == values(5, 2)
+    assert log.read("t", 1, 0, 100).values == values(0, 1)
+    assert log.apply_retention("t", {0: 7, 1: 1}, max_bytes=1, max_age_s=0) == 1
+    assert log.start_offsets("t") == {0: 5, 1: 0}
+    log.close()
 
 
 def test_index_entries_past_the_data_are_dropped_on_open(tmp_path: Path) -> None:
@@ -154,7 +203,7 @@ def test_retention_deletes_only_consumed_old_segments(log: EmbeddedLog) -> None:
     for start in range(0, 1000, 100):
         log.append("t", 0, values(start, 100))
     path = log.root / "t" / "0"
-    bases = sorted(int(p.stem) for p in path.glob("*.log"))
+    bases = sorted(int(p.stem) for p in path.glob("*.batches"))
     assert len(bases) >= 4
     # Consumers still need offsets from bases[2]: nothing at or above it may go.
     deleted = log.apply_retention("t", {0: bases[2]}, max_bytes=1, max_age_s=0)
@@ -165,6 +214,6 @@ def test_retention_deletes_only_consumed_old_segments(log: EmbeddedLog) -> None:
     assert log.read("t", 0, bases[2], 1).offsets == [bases[2]]
     # Nothing is over the age limit yet, and no size limit is set.
     assert log.apply_retention("t", {0: 1000}, max_bytes=0, max_age_s=3600) == 0
-    old = os.stat(path / f"{bases[2]:020d}.log").st_mtime - 7200
-    os.utime(path / f"{bases[2]:020d}.log", (old, old))
+    old = os.stat(path / f"{bases[2]:020d}.batches").st_mtime - 7200
+    os.utime(path / f"{bases[2]:020d}.batches", (old, old))
     assert log.apply_retention("t", {0: 1000}, max_bytes=0, max_age_s=3600) == 1

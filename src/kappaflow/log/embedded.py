@@ -1,14 +1,20 @@
 """The embedded log: segment files on local disk, one writer process, many readers.
 
 Layout: ``<root>/<topic>/topic.json`` and, per partition, ``<root>/<topic>/<p>/``
-holding segments ``<base offset>.log`` with their ``<base offset>.index``.
+holding segments ``<base offset>.batches`` with their ``<base offset>.index``.
 
-A segment is a sequence of records ``[u32 length][u32 crc32][value]``. After every
-append the writer makes the records durable (fsync, unless relaxed) and only then adds
-an index entry ``[u64 next offset][u64 byte position]``. Readers serve records up to
-the last index entry only, so they never see a record that is not durable, nor a tail
-torn by a crash. On open, the writer verifies the records after the last index entry,
-cuts a torn tail back to the last whole record and indexes what survives.
+A segment is a sequence of record batches, one per append: ``[u32 count][u32 body
+length][u32 crc32 of the body]``, then the body: ``count`` u32 record lengths and the
+records. After every append the writer makes the batch durable (fsync, unless relaxed)
+and only then adds an index entry ``[u64 next offset][u64 byte position]``. Readers
+serve records up to the last index entry only, so they never see a record that is not
+durable, nor a tail torn by a crash. On open, the writer verifies the batches after the
+last index entry, cuts a torn tail back to the last whole batch and indexes what
+survives.
+
+Segments named ``<base offset>.log`` hold records of kappaflow 0.1, each framed as
+``[u32 length][u32 crc32][value]``; they are read as they are, and a writer that finds
+one active continues in a new segment.
 """
 
 from __future__ import annotations
@@ -29,13 +35,27 @@ from typing import BinaryIO, Literal
 from kappaflow.errors import LogCorrupted, LogError, LogUnavailable, OffsetOutOfRange
 from kappaflow.log.base import RecordBatch
 
-HEADER = struct.Struct("<II")
+BATCH = struct.Struct("<III")
+RECORD = struct.Struct("<II")
+"""A record's frame in a segment of kappaflow 0.1."""
 ENTRY = struct.Struct("<QQ")
+BATCHES, RECORDS = ".batches", ".log"
 _EMPTY = b""
 
 
 def _segment_name(base: int, suffix: str) -> str:
     return f"{base:020d}{suffix}"
+
+
+def _segments(path: Path) -> dict[int, str]:
+    """Base offset -> data file suffix of each segment in a partition directory,
+    sorted by base."""
+    found = {}
+    for name in os.listdir(path):
+        base, dot, suffix = name.partition(".")
+        if dot + suffix in (BATCHES, RECORDS):
+            found[int(base)] = dot + suffix
+    return dict(sorted(found.items()))
 
 
 class _Index:
@@ -82,11 +102,12 @@ class _Partition:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.bases: list[int] = []
+        self.suffixes: dict[int, str] = {}
         self.indexes: dict[int, _Index] = {}
 
     def refresh_segments(self) -> None:
-        bases = sorted(int(name[:-4]) for name in os.listdir(self.path) if name.endswith(".log"))
-        self.bases = bases
+        self.suffixes = _segments(self.path)
+        bases = self.bases = list(self.suffixes)
         for base in list(self.indexes):
             if base not in bases:
                 del self.indexes[base]
@@ -123,45 +144,81 @@ class _Partition:
     def read_segment(self, index: _Index, offset: int, max_records: int) -> RecordBatch:
         first, start = index.start_of(offset)
         stop = index.position_after(min(offset + max_records, index.end))
+        suffix = self.suffixes[index.base]
         try:
-            with (self.path / _segment_name(index.base, ".log")).open("rb") as file:
+            with (self.path / _segment_name(index.base, suffix)).open("rb") as file:
                 file.seek(start)
                 data = file.read(stop - start)
         except FileNotFoundError:
             raise OffsetOutOfRange(f"{self.path}: offset {offset} was deleted") from None
-        values = _decode_records(data, skip=offset - first, limit=max_records, where=self.path)
+        decode = _decode_batches if suffix == BATCHES else _decode_records
+        values = decode(data, skip=offset - first, limit=max_records)
+        if values is None:
+            raise LogCorrupted(f"{self.path}: a record fails its checksum inside the durable log")
         return RecordBatch(list(range(offset, offset + len(values))), values, offset + len(values))
 
 
-def _decode_records(data: bytes, skip: int, limit: int, where: Path) -> list[bytes]:
+def _encode_batch(values: Sequence[bytes]) -> bytes:
+    body = struct.pack(f"<{len(values)}I", *map(len, values)) + _EMPTY.join(values)
+    return BATCH.pack(len(values), len(body), zlib.crc32(body)) + body
+
+
+def _decode_batches(data: bytes, skip: int, limit: int) -> list[bytes] | None:
+    """Up to ``limit`` records of the batches in ``data`` after the first ``skip``
+    (the records between the index entry and the offset asked for); None if a batch
+    fails its checksum."""
+    values: list[bytes] = []
+    view = memoryview(data)
+    pos = 0
+    while pos < len(data) and len(values) < limit:
+        count, size, crc = BATCH.unpack_from(data, pos)
+        start, pos = pos + BATCH.size, pos + BATCH.size + size
+        if skip >= count:
+            skip -= count
+            continue
+        if pos > len(data) or zlib.crc32(view[start:pos]) != crc:
+            return None
+        lengths = struct.unpack_from(f"<{count}I", data, start)
+        ends = list(itertools.accumulate(lengths, initial=start + 4 * count))
+        last = min(count, skip + limit - len(values))
+        values += [data[a:b] for a, b in itertools.pairwise(ends[skip : last + 1])]
+        skip = 0
+    return values
+
+
+def _decode_records(data: bytes, skip: int, limit: int) -> list[bytes] | None:
+    """As `_decode_batches`, for records of kappaflow 0.1."""
     values: list[bytes] = []
     pos = 0
-    size = len(data)
-    unpack = HEADER.unpack_from
-    crc32 = zlib.crc32
-    while pos < size and len(values) < limit:
-        length, crc = unpack(data, pos)
-        pos += 8 + length
-        if skip:  # records before the offset asked for, after the index entry before it
+    while pos < len(data) and len(values) < limit:
+        length, crc = RECORD.unpack_from(data, pos)
+        pos += RECORD.size + length
+        if skip:
             skip -= 1
             continue
         value = data[pos - length : pos]
-        if len(value) != length or crc32(value) != crc:
-            raise LogCorrupted(f"{where}: record fails its checksum inside the durable log")
+        if len(value) != length or zlib.crc32(value) != crc:
+            return None
         values.append(value)
     return values
 
 
-def _scan_whole_records(data: bytes) -> tuple[int, int]:
-    """Count and byte length of the whole, checksum-valid records at the start of data."""
+def _scan_whole(data: bytes, suffix: str) -> tuple[int, int]:
+    """Count and byte length of the whole, checksum-valid records at the start of
+    ``data`` (record batches, or records of kappaflow 0.1 if ``suffix`` says so)."""
+    frame = BATCH if suffix == BATCHES else RECORD
+    view = memoryview(data)
     pos = count = 0
-    while pos + HEADER.size <= len(data):
-        length, crc = HEADER.unpack_from(data, pos)
-        end = pos + HEADER.size + length
-        if end > len(data) or zlib.crc32(data[pos + HEADER.size : end]) != crc:
+    while pos + frame.size <= len(data):
+        if suffix == BATCHES:
+            records, size, crc = BATCH.unpack_from(data, pos)
+        else:
+            (size, crc), records = RECORD.unpack_from(data, pos), 1
+        end = pos + frame.size + size
+        if end > len(data) or zlib.crc32(view[pos + frame.size : end]) != crc:
             break
         pos = end
-        count += 1
+        count += records
     return count, pos
 
 
@@ -173,18 +230,22 @@ class _Writer:
         self.segment_bytes = segment_bytes
         self.fsync = fsync
         path.mkdir(parents=True, exist_ok=True)
-        bases = sorted(int(name[:-4]) for name in os.listdir(path) if name.endswith(".log"))
-        self.base = bases[-1] if bases else 0
+        self.base, self.suffix = next(reversed(_segments(path).items()), (0, BATCHES))
         self.next_offset, self.position = self._recover()
-        self.data = self._open(".log")
+        if self.suffix == RECORDS:  # kappaflow 0.1's segment: append to a new one
+            if self.position == 0:
+                for suffix in (RECORDS, ".index"):
+                    (path / _segment_name(self.base, suffix)).unlink()
+            self.base, self.position, self.suffix = self.next_offset, 0, BATCHES
+        self.data = self._open(BATCHES)
         self.index = self._open(".index")
 
     def _open(self, suffix: str) -> BinaryIO:
         return (self.path / _segment_name(self.base, suffix)).open("ab")
 
     def _recover(self) -> tuple[int, int]:
-        """Cut the active segment back to its last whole record and index it."""
-        log_path = self.path / _segment_name(self.base, ".log")
+        """Cut the active segment back to its last whole batch and index it."""
+        log_path = self.path / _segment_name(self.base, self.suffix)
         index_path = self.path / _segment_name(self.base, ".index")
         log_path.touch()
         size = log_path.stat().st_size
@@ -198,7 +259,7 @@ class _Writer:
         offset, position = entries[-1] if entries else (self.base, 0)
         with log_path.open("r+b") as file:
             file.seek(position)
-            count, length = _scan_whole_records(file.read())
+            count, length = _scan_whole(file.read(), self.suffix)
             if position + length < size:
                 file.truncate(position + length)
             os.fsync(file.fileno())
@@ -210,15 +271,11 @@ class _Writer:
         return offset + count, position + length
 
     def append(self, values: Sequence[bytes]) -> int:
+        if not values:
+            return self.next_offset
         if self.position >= self.segment_bytes:
             self._roll()
-        crc32 = zlib.crc32
-        pack = HEADER.pack
-        frames = []
-        for value in values:
-            frames.append(pack(len(value), crc32(value)))
-            frames.append(value)
-        buffer = _EMPTY.join(frames)
+        buffer = _encode_batch(values)
         first, start = self.next_offset, self.position
         try:
             self.data.write(buffer)
@@ -239,16 +296,16 @@ class _Writer:
             with contextlib.suppress(OSError):
                 file.close()
         with contextlib.suppress(OSError):
-            os.truncate(self.path / _segment_name(self.base, ".log"), position)
+            os.truncate(self.path / _segment_name(self.base, BATCHES), position)
         self.next_offset, self.position = self._recover()
-        self.data = self._open(".log")
+        self.data = self._open(BATCHES)
         self.index = self._open(".index")
 
     def _roll(self) -> None:
         self.close()
         self.base = self.next_offset
         self.position = 0
-        self.data = self._open(".log")
+        self.data = self._open(BATCHES)
         self.index = self._open(".index")
         if self.fsync:
             directory = os.open(self.path, os.O_RDONLY)
@@ -376,15 +433,15 @@ class EmbeddedLog:
         deleted = 0
         for partition, safe in safe_offsets.items():
             path = self.root / topic / str(partition)
-            bases = sorted(int(n[:-4]) for n in os.listdir(path) if n.endswith(".log"))
-            sizes = {b: (path / _segment_name(b, ".log")).stat() for b in bases}
+            segments = _segments(path)
+            sizes = {b: (path / _segment_name(b, suffix)).stat() for b, suffix in segments.items()}
             total = sum(s.st_size for s in sizes.values())
-            for base, following in itertools.pairwise(bases):
+            for base, following in itertools.pairwise(segments):
                 over_size = max_bytes > 0 and total > max_bytes
                 too_old = max_age_s > 0 and now - sizes[base].st_mtime > max_age_s
                 if following > safe or not (over_size or too_old):
                     break
-                for suffix in (".log", ".index"):
+                for suffix in (segments[base], ".index"):
                     (path / _segment_name(base, suffix)).unlink(missing_ok=True)
                 total -= sizes[base].st_size
                 deleted += 1
