@@ -209,18 +209,13 @@ class SessionWindows:
             return state.view
         if not state.pending:
             return [state.acc]
-        fold, gap = self.fold, self.gap_ms
-        accs = []
-        acc, last = state.acc, state.last_ms
-        if acc is not None:
-            acc = fold.copy(acc)
+        view = [] if state.acc is None else [self.fold.copy(state.acc)]
+        last = state.last_ms
         for item in state.pending:
-            if acc is not None and item[0] - last > gap:
-                accs.append(acc)
-                acc = None
-            acc = fold.start(item) if acc is None else fold.step(acc, item)
+            if view:
+                self._extend(view, last, item)
+            else:
+                view.append(self.fold.start(item))
             last = item[0]
-        if acc is not None:
-            accs.append(acc)
-        state.view = accs
-        return accs
+        state.view = view
+        return view
