@@ -230,22 +230,23 @@ class _Writer:
         self.segment_bytes = segment_bytes
         self.fsync = fsync
         path.mkdir(parents=True, exist_ok=True)
-        self.base, self.suffix = next(reversed(_segments(path).items()), (0, BATCHES))
-        self.next_offset, self.position = self._recover()
-        if self.suffix == RECORDS:  # kappaflow 0.1's segment: append to a new one
+        self.base, active = next(reversed(_segments(path).items()), (0, BATCHES))
+        self.next_offset, self.position = self._recover(active)
+        if active == RECORDS:  # kappaflow 0.1's segment: append to a new one
             if self.position == 0:
                 for suffix in (RECORDS, ".index"):
                     (path / _segment_name(self.base, suffix)).unlink()
-            self.base, self.position, self.suffix = self.next_offset, 0, BATCHES
+            self.base, self.position = self.next_offset, 0
         self.data = self._open(BATCHES)
         self.index = self._open(".index")
 
     def _open(self, suffix: str) -> BinaryIO:
         return (self.path / _segment_name(self.base, suffix)).open("ab")
 
-    def _recover(self) -> tuple[int, int]:
-        """Cut the active segment back to its last whole batch and index it."""
-        log_path = self.path / _segment_name(self.base, self.suffix)
+    def _recover(self, suffix: str = BATCHES) -> tuple[int, int]:
+        """Cut the active segment (its data file named with ``suffix``) back to its last
+        whole batch and index it."""
+        log_path = self.path / _segment_name(self.base, suffix)
         index_path = self.path / _segment_name(self.base, ".index")
         log_path.touch()
         size = log_path.stat().st_size
@@ -259,7 +260,7 @@ class _Writer:
         offset, position = entries[-1] if entries else (self.base, 0)
         with log_path.open("r+b") as file:
             file.seek(position)
-            count, length = _scan_whole(file.read(), self.suffix)
+            count, length = _scan_whole(file.read(), suffix)
             if position + length < size:
                 file.truncate(position + length)
             os.fsync(file.fileno())
