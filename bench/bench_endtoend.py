@@ -116,26 +116,34 @@ def write_pool(path: Path, events: int) -> None:
     path.write_bytes(msgspec.msgpack.encode(list(itertools.islice(stream, events))))
 
 
-def laps(pool: list[Heartbeat], start_ms: int, latest: c_longlong) -> Iterator[Heartbeat]:
+def laps(pool: list[Heartbeat], start_ms: int) -> Iterator[Heartbeat]:
     """The pool over and over from ``start_ms``, each lap later in event time than the
-    one before; ``latest`` holds the event time of the last event handed out."""
+    one before."""
     first = min(map(hb_ms, pool))
     span = max(map(hb_ms, pool)) - first + HEARTBEAT_S * 1000
     for lap in itertools.count():
         shift = start_ms - first + lap * span
         for event in pool:
-            latest.value = hb_ms(event) + shift
-            yield msgspec.structs.replace(event, ts=latest.value)
+            yield msgspec.structs.replace(event, ts=hb_ms(event) + shift)
 
 
 def send(
     url: str, rate: float, seconds: float, pool: str, start_ms: int, latest: c_longlong,
     results: Connection,
 ) -> None:  # fmt: skip
-    """The load generator's process: the pool's laps at ``rate`` for ``seconds``."""
+    """The load generator's process: the pool's laps at ``rate`` for ``seconds``;
+    ``latest`` follows the highest event time ingest has accepted."""
     events = msgspec.msgpack.decode(Path(pool).read_bytes(), type=list[Heartbeat])
-    generator = LoadGenerator(url, rate, batch=BATCH, events=laps(events, start_ms, latest))
+    generator = LoadGenerator(url, rate, batch=BATCH, events=laps(events, start_ms))
+    done = threading.Event()
+
+    def mirror() -> None:
+        while not done.wait(SAMPLE_S / 10):
+            latest.value = generator.summary.latest_ms
+
+    threading.Thread(target=mirror, daemon=True).start()
     results.send(generator.run(seconds))
+    done.set()
 
 
 class Up:
@@ -343,7 +351,7 @@ def run_step(up: Up, pool: Path, rate: float, seconds: float) -> Step:
     loader.start()
     others = dict(zip((loader.pid, os.getpid()), OUTSIDE, strict=True))
     outside = [psutil.Process(pid) for pid in others]
-    probe = Probe(up.url, [start_ms])
+    probe = Probe(up.url, lambda: latest.value)
     prober = threading.Thread(target=probe.run, daemon=True)
     try:
         while not latest.value and loader.is_alive():
@@ -356,7 +364,6 @@ def run_step(up: Up, pool: Path, rate: float, seconds: float) -> Step:
                 t = time.perf_counter() - started
                 processes = [*up.processes(), *outside]
                 step.ticks.append(Tick(t, up.backlog(), up.wal_bytes(), usage(processes, others)))
-                probe.latest_ts[0] = latest.value
                 if t >= step.half and prober.ident is None:
                     prober.start()
                 status.update(f"{rate:,.0f} events/s for {t:.0f} s: "

@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -138,10 +139,12 @@ class Scaling:
 
 @dataclass
 class Probe:
-    """Posts one heartbeat at a time and measures until the query API shows it."""
+    """Posts one heartbeat at a time and measures until the query API shows it. Its
+    event time is ``latest_ms()``: the latest the log holds, never ahead of it, so the
+    probe does not raise its partition's watermark over heartbeats still on their way."""
 
     url: str
-    latest_ts: list[int]
+    latest_ms: Callable[[], int]
     latencies: list[float] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -151,7 +154,7 @@ class Probe:
                 if self.stop.wait(0.2):
                     return
                 user, position = f"probe-{n % 50}", float(n)
-                event = Heartbeat(user, "probe", position, self.latest_ts[0])
+                event = Heartbeat(user, "probe", position, self.latest_ms())
                 started = time.perf_counter()
                 answer = client.post("/v1/streams/heartbeats/events", json=_plain(event))
                 if answer.status_code != 202:
@@ -194,24 +197,19 @@ class Demo:
         start_ms = int(time.time() * 1000)
         # Each viewer sends about one heartbeat per 5 s of event time while playing.
         end_ms = start_ms + int(rate * duration * HEARTBEAT_S * 1000 / viewers)
-        latest = [start_ms]
-
-        def events():  # type: ignore[no-untyped-def]
-            for event in heartbeats(viewers, SEED, start_ms, end_ms, 2_000, 0.005, truth=truth):
-                latest[0] = event.ts
-                yield event
-
-        probe = Probe(self.url, latest)
-        prober = threading.Thread(target=probe.run, daemon=True)
-        prober.start()
-        scaling = Scaling(self.settings, self.stack)
-        scaler = threading.Thread(target=scaling.run, daemon=True)
-        scaler.start()
+        events = heartbeats(viewers, SEED, start_ms, end_ms, 2_000, 0.005, truth=truth)
         surge_from, surge_to, factor = (duration * SURGE[0], duration * SURGE[1], SURGE[2])
 
         def rate_at(t: float) -> float:
             return rate * factor if surge_from <= t < surge_to else rate
 
+        load = LoadGenerator(self.url, rate_at, events=events)
+        probe = Probe(self.url, lambda: max(start_ms, load.summary.latest_ms))
+        prober = threading.Thread(target=probe.run, daemon=True)
+        prober.start()
+        scaling = Scaling(self.settings, self.stack)
+        scaler = threading.Thread(target=scaling.run, daemon=True)
+        scaler.start()
         minutes = (end_ms - start_ms) / 60_000
         console.print(
             f"{viewers:,} viewers, {minutes:.0f} minutes of viewing each, sent at "
@@ -219,7 +217,7 @@ class Demo:
             f"faster than real time), with a surge to {rate * factor:,.0f} events/s from "
             f"{surge_from:.0f} s to {surge_to:.0f} s"
         )
-        summary = LoadGenerator(self.url, rate_at, events=events()).run(progress=True)
+        summary = load.run(progress=True)
         drained = wait_for_backlog(self.settings, self.stack, timeout_s=120)
         probe.stop.set()
         prober.join(10)
@@ -308,7 +306,10 @@ class Demo:
             f"{summary.accepted:,} in {summary.seconds:.1f} s ({summary.rate:,.0f} events/s), "
             f"{summary.requests:,} requests",
         )
-        table.add_row("refused / failed", f"{summary.rejected:,} / {summary.failed:,}")
+        table.add_row(
+            "refused / failed / retried",
+            f"{summary.rejected:,} / {summary.failed:,} / {summary.retries:,}",
+        )
         table.add_row("backlog drained", f"{drained_s:.1f} s after the last request")
         if latencies:
             p50 = statistics.median(latencies)

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kappaflow.apps.video import Heartbeat
-from kappaflow.apps.video_sim import heartbeats
+from kappaflow.apps.video_sim import hb_ms, heartbeats
 
 console = Console(stderr=True)
 SENDERS = 4
@@ -35,6 +35,8 @@ class Summary:
     requests: int = 0
     seconds: float = 0.0
     codes: dict[int, int] = field(default_factory=dict)
+    latest_ms: int = 0
+    """Highest event time among the accepted events (the simulator's are epoch ms)."""
 
     @property
     def rate(self) -> float:
@@ -126,6 +128,7 @@ class LoadGenerator:
                     continue
                 if response.status_code == 202:
                     s.accepted += len(chunk)
+                    s.latest_ms = max(s.latest_ms, *map(hb_ms, chunk))
                 else:
                     s.rejected += len(chunk)
                 break
