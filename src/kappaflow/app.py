@@ -9,6 +9,7 @@ import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import attrgetter
 from typing import Any, Generic, Literal, NamedTuple, Protocol, TypeVar
 
 import msgspec
@@ -38,7 +39,16 @@ class Stream:
         return getattr(event, self.key)
 
     def time_of(self, event: Any) -> int:
-        value = getattr(event, self.time)
+        return self._time_ms(getattr(event, self.time))
+
+    def times_ms(self, events: Sequence[Any]) -> list[int]:
+        """The event time of each of ``events`` in epoch milliseconds."""
+        values = list(map(attrgetter(self.time), events))
+        if self.time_unit == "ms" and set(map(type, values)) <= {int}:
+            return values  # as the appender writes them
+        return list(map(self._time_ms, values))
+
+    def _time_ms(self, value: Any) -> int:
         if self.time_unit == "s" and not isinstance(value, datetime):
             return round(value * 1000)
         return event_time_ms(value)

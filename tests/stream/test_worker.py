@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kappaflow.apps.video import Heartbeat, all_progress, create_app
 from kappaflow.errors import StaleOwnership
+from kappaflow.events import MAX_EVENT_MS
 from kappaflow.ingest.appender import Appender
 from kappaflow.log import open_log, partition_for
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
-from kappaflow.stream.worker import Worker
+from kappaflow.stream.worker import _NO_EVENT, Worker, _late
 
 encode = msgspec.json.Encoder().encode
 
@@ -103,6 +106,24 @@ def test_late_records_are_dead_lettered_with_the_watermark_each_one_met(
     assert w.runs[p].max_event_ms == 200_000
     (got,) = all_progress(w.store)
     assert got.resume_position_s == 7
+
+
+@given(
+    times=st.lists(st.integers(0, MAX_EVENT_MS), max_size=50),
+    max_event=st.sampled_from([_NO_EVENT, 0, 10**12, MAX_EVENT_MS]),
+    floor=st.sampled_from([_NO_EVENT, 0, 10**12]),
+    lateness=st.integers(0, 10**7),
+)
+def test_late_events_are_those_below_the_highest_time_before_them_less_the_lateness(
+    times: list[int], max_event: int, floor: int, lateness: int
+) -> None:
+    expected, highest = [], max_event
+    for i, event_ms in enumerate(times):
+        watermark = max(floor, highest - lateness)
+        if event_ms < watermark:
+            expected.append((i, watermark))
+        highest = max(highest, event_ms)
+    assert _late(times, max_event, floor, lateness) == expected
 
 
 def test_a_worker_with_a_stale_generation_cannot_commit(settings: Settings) -> None:

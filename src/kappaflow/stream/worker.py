@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from kappaflow.app import App, Batch, Processor, Stream
 from kappaflow.errors import StoreUnavailable
@@ -198,38 +199,20 @@ class Worker:
         rows: dict[str, list[tuple[Any, ...]]],
         dead: list[DeadLetter],
     ) -> None:
-        offsets, values = records.offsets, records.values
-        events = self._decode(run.partition, offsets, values, dead)
-        on_time_offsets: list[int] = []
-        on_time: list[Any] = []
-        on_time_ms: list[int] = []
-        time_of = self.stream.time_of
-        lateness = self.lateness_ms
-        max_event, floor = run.max_event_ms, run.floor_ms
-        watermark = max(floor, max_event - lateness)
-        for offset, value, event in zip(offsets, values, events, strict=True):
-            if event is None:
-                continue
-            event_ms = time_of(event)
-            if event_ms < watermark:
-                dead.append(
-                    DeadLetter(
-                        run.partition,
-                        offset,
-                        f"late: event time {event_ms} is below the watermark {watermark}",
-                        value,
-                    )
-                )
-                self.stats.late += 1
-                continue
-            on_time_offsets.append(offset)
-            on_time.append(event)
-            on_time_ms.append(event_ms)
-            if event_ms > max_event:
-                max_event = event_ms
-                watermark = max(floor, max_event - lateness)
-        run.max_event_ms = max_event
-        batch = Batch(run.partition, on_time_offsets, on_time, on_time_ms, watermark)
+        offsets, values, events = self._decode(run.partition, records, dead)
+        times = self.stream.times_ms(events)
+        late = _late(times, run.max_event_ms, run.floor_ms, self.lateness_ms)
+        if late:
+            for i, watermark in late:
+                reason = f"late: event time {times[i]} is below the watermark {watermark}"
+                dead.append(DeadLetter(run.partition, offsets[i], reason, values[i]))
+            self.stats.late += len(late)
+            on_time = sorted(set(range(len(events))).difference(i for i, _ in late))
+            offsets, events, times = ([column[i] for i in on_time]
+                                      for column in (offsets, events, times))  # fmt: skip
+        if times:
+            run.max_event_ms = max(run.max_event_ms, max(times))
+        batch = Batch(run.partition, offsets, events, times, run.watermark(self.lateness_ms))
         self._run_processor(run, batch, rows, dead, records)
 
     def _run_processor(
@@ -251,25 +234,28 @@ class Worker:
             self.stats.refused += len(output.dead_letters)
 
     def _decode(
-        self, partition: int, offsets: list[int], values: list[bytes], dead: list[DeadLetter]
-    ) -> list[Any]:
-        """Decode a batch in one call; if any record is bad, decode one by one and
-        dead-letter the bad ones (None in their place)."""
+        self, partition: int, records: RecordBatch, dead: list[DeadLetter]
+    ) -> tuple[list[int], list[bytes], list[Any]]:
+        """The offsets, values and events of the records that decode, in one call if
+        all of them do; the others go to ``dead``."""
+        offsets, values = records.offsets, records.values
         try:
             events = self._batch_decoder.decode(b"[" + b",".join(values) + b"]")
             if len(events) == len(values):
-                return events
+                return offsets, values, events
         except msgspec.DecodeError:
             pass
-        events = []
+        decoded: tuple[list[int], list[bytes], list[Any]] = ([], [], [])
         for offset, value in zip(offsets, values, strict=True):
             try:
-                events.append(self._decoder.decode(value))
+                event = self._decoder.decode(value)
             except msgspec.DecodeError as error:
-                events.append(None)
                 dead.append(DeadLetter(partition, offset, f"undecodable: {error}", value))
                 self.stats.undecodable += 1
-        return events
+                continue
+            for column, item in zip(decoded, (offset, value, event), strict=True):
+                column.append(item)
+        return decoded
 
     def run(self, should_stop: Callable[[], bool], until_caught_up: bool = False) -> None:
         """Poll until ``should_stop()``; with ``until_caught_up``, also stop once every
@@ -279,6 +265,20 @@ class Worker:
     def caught_up(self) -> bool:
         ends = self.log.end_offsets(self.stream.name)
         return all(run.next_offset >= ends[p] for p, run in self.runs.items())
+
+
+def _late(
+    times: list[int], max_event_ms: int, floor_ms: int, lateness_ms: int
+) -> list[tuple[int, int]]:
+    """(index, watermark) of each event of a batch below the watermark it meets: the
+    highest event time before it (earlier batches included) less the lateness, or the
+    floor if higher. In float64: exact for event times below 2**53 ms (year 287,396),
+    and any integer an event carries converts."""
+    times_ = np.array(times, dtype=np.float64)
+    highest = np.maximum.accumulate(np.concatenate(([max_event_ms], times_[:-1])))
+    watermarks = np.maximum(highest - lateness_ms, floor_ms)
+    late = np.flatnonzero(times_ < watermarks).tolist()
+    return [(i, int(watermarks[i])) for i in late]
 
 
 def run_workers(
