@@ -35,9 +35,6 @@ class Stream:
     time: str
     time_unit: Literal["ms", "s"] = "ms"
 
-    def key_of(self, event: Any) -> str:
-        return getattr(event, self.key)
-
     def time_of(self, event: Any) -> int:
         return self._time_ms(getattr(event, self.time))
 

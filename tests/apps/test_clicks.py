@@ -42,6 +42,20 @@ def test_keepalive_lines_count_only_as_keepalives() -> None:
         decode(b'{"c": "US"}')
 
 
+def test_click_times_past_the_year_9999_are_refused_by_ingest(settings: Settings) -> None:
+    with TestClient(build(settings, ("ingest",))) as client:
+        answer = client.post(
+            "/v1/streams/clicks/events",
+            content=b'{"t": 1331923247}\n{"t": 100000000000000000}\n{"_heartbeat_": -1}\n',
+            headers={"content-type": "application/x-ndjson"},
+        )
+    assert answer.status_code == 400
+    problems = answer.json()["problems"]
+    assert [p["index"] for p in problems] == [1, 2]
+    assert "<= 253402300799" in problems[0]["reason"]
+    assert ">= 0" in problems[1]["reason"]
+
+
 @pytest.mark.parametrize(
     ("path", "message"),
     [

@@ -19,6 +19,7 @@ import ua_parser
 
 from kappaflow.app import App, Query, Stream
 from kappaflow.errors import InvalidQuery
+from kappaflow.events import EventSeconds
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
 from kappaflow.stream.windows import WINDOW_SIZES_MS, TumblingCounts, counts_table
@@ -31,7 +32,7 @@ COUNTS = counts_table("click_counts")
 class Click(msgspec.Struct, omit_defaults=True):
     """A bit.ly click record (or a keep-alive); only ``t`` (or ``_heartbeat_``) is needed."""
 
-    t: int | None = None
+    t: EventSeconds | None = None
     a: str | None = None
     c: str | None = None
     tz: str | None = None
@@ -48,7 +49,7 @@ class Click(msgspec.Struct, omit_defaults=True):
     hc: int | None = None
     ll: list[float] | None = None
     kw: str | None = None
-    heartbeat: int | None = msgspec.field(default=None, name="_heartbeat_")
+    heartbeat: EventSeconds | None = msgspec.field(default=None, name="_heartbeat_")
 
     def __post_init__(self) -> None:
         if self.t is None:

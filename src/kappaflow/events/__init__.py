@@ -10,6 +10,9 @@ from msgspec import Meta
 MAX_EVENT_MS = 253_402_300_799_999
 """9999-12-31T23:59:59.999Z, the last instant an RFC 3339 time can name."""
 
+EventSeconds = Annotated[int, Meta(ge=0, le=MAX_EVENT_MS // 1000)]
+"""Event time in epoch seconds, up to the year 9999."""
+
 EventTime = Annotated[int, Meta(ge=0, le=MAX_EVENT_MS)] | Annotated[datetime, Meta(tz=True)]
 """Event time: epoch milliseconds up to the year 9999, or an RFC 3339 string with a
 time zone."""
