@@ -55,10 +55,59 @@ class KeyState(msgspec.Struct, array_like=True):
     Derived, so never persisted."""
 
 
+BUCKET_BITS = 6
+
+
+class DueKeys:
+    """Keys by the watermark at which each is due: a timer wheel of buckets of 64 ms,
+    found through a heap of bucket numbers (a heap of every key's entry costs more per
+    entry). Each key has at most one valid entry (``scheduled``); an earlier due leaves
+    the old entry stale."""
+
+    def __init__(self) -> None:
+        self.scheduled: dict[str, int] = {}
+        self._buckets: dict[int, list[tuple[int, str]]] = {}
+        self._order: list[int] = []
+
+    def schedule(self, key: str, due: int) -> None:
+        """Make ``key`` due at ``due``, unless it is due earlier already."""
+        if due >= self.scheduled.get(key, _NEVER + 1):
+            return
+        self.scheduled[key] = due
+        bucket = due >> BUCKET_BITS
+        entries = self._buckets.get(bucket)
+        if entries is None:
+            self._buckets[bucket] = [(due, key)]
+            heapq.heappush(self._order, bucket)
+        else:
+            entries.append((due, key))
+
+    def pop(self, watermark: int) -> list[str]:
+        """The keys due at or below ``watermark``, no longer scheduled."""
+        due_keys: list[str] = []
+        order, buckets, scheduled = self._order, self._buckets, self.scheduled
+        while order and order[0] << BUCKET_BITS <= watermark:
+            bucket = heapq.heappop(order)
+            entries = buckets.pop(bucket)
+            inside = (bucket + 1) << BUCKET_BITS > watermark + 1
+            if inside:  # the watermark ends inside this bucket: keep what it has not reached
+                later = [entry for entry in entries if entry[0] > watermark]
+                if later:
+                    buckets[bucket] = later
+                    heapq.heappush(order, bucket)
+                    entries = [entry for entry in entries if entry[0] <= watermark]
+            for due, key in entries:
+                if scheduled.get(key) == due:
+                    del scheduled[key]
+                    due_keys.append(key)
+            if inside:
+                break
+        return due_keys
+
+
 class SessionState:
-    """Per-partition state: each key's open session and pending items. The heap of
-    (due watermark, key) finds the keys the watermark has reached; it is derived from
-    the keys on restore, and ``scheduled`` marks each key's one valid heap entry.
+    """Per-partition state: each key's open session and pending items. ``due`` finds
+    the keys the watermark has reached; it is derived from the keys on restore.
     ``changed`` holds the keys changed since the state was last persisted. A key whose
     items the watermark only released (no session closed) is left out: restored, its
     stored state releases them again at the first watermark, to the same result."""
@@ -66,15 +115,9 @@ class SessionState:
     def __init__(self, keys: dict[str, KeyState], gap_ms: int, changed: set[str]) -> None:
         self.keys = keys
         self.changed = changed
-        self.heap: list[tuple[int, str]] = []
-        self.scheduled: dict[str, int] = {}
+        self.due = DueKeys()
         for key, state in keys.items():
-            self.schedule(key, _due(state, gap_ms))
-
-    def schedule(self, key: str, due: int) -> None:
-        if due < self.scheduled.get(key, _NEVER + 1):
-            self.scheduled[key] = due
-            heapq.heappush(self.heap, (due, key))
+            self.due.schedule(key, _due(state, gap_ms))
 
 
 _NEVER = 1 << 62
@@ -122,7 +165,7 @@ class SessionWindows:
         return SessionState(restored, self.gap_ms, changed)
 
     def process(self, state: SessionState, batch: Batch) -> Output[SessionState]:
-        keys, heap, fold, scheduled = state.keys, state.heap, self.fold, state.scheduled
+        keys, fold, schedule = state.keys, self.fold, state.due.schedule
         touched: set[str] = set()  # keys whose provisional view changed
         duplicates: list[tuple[int, str]] = []
         keyed = fold.items(batch.events, batch.times_ms)
@@ -130,7 +173,7 @@ class SessionWindows:
             current = keys.get(key)
             if current is None:
                 keys[key] = KeyState(None, 0, [item])
-                state.schedule(key, item[0] + 1)
+                schedule(key, item[0] + 1)
             else:
                 pending = current.pending
                 if not pending or item > pending[-1]:
@@ -144,23 +187,19 @@ class SessionWindows:
                     bisect.insort(pending, item)
                     current.view = None
                 if pending[0] is item:
-                    state.schedule(key, item[0] + 1)
+                    schedule(key, item[0] + 1)
             touched.add(key)
 
         rows: Rows = {}
         watermark = batch.watermark_ms
-        while heap and heap[0][0] <= watermark:
-            due, key = heapq.heappop(heap)
-            if scheduled.get(key) != due:
-                continue
-            del scheduled[key]
+        for key in state.due.pop(watermark):
             current = keys[key]
             if self._advance(key, current, watermark, rows):
                 touched.add(key)
             if current.acc is None and not current.pending:
                 del keys[key]
             else:
-                state.schedule(key, _due(current, self.gap_ms))
+                schedule(key, _due(current, self.gap_ms))
 
         state.changed |= touched  # new items, or a session closed
         for key in touched:
