@@ -35,7 +35,7 @@ from rich.table import Table
 
 from kappaflow.app import load_apps
 from kappaflow.apps.video import Heartbeat
-from kappaflow.apps.video_sim import HEARTBEAT_S, hb_ms, heartbeats
+from kappaflow.apps.video_sim import hb_ms, heartbeats
 from kappaflow.demo import Probe
 from kappaflow.loadgen import LoadGenerator, Summary
 from kappaflow.log import open_log
@@ -118,9 +118,13 @@ def write_pool(path: Path, events: int) -> None:
 
 def laps(pool: list[Heartbeat], start_ms: int) -> Iterator[Heartbeat]:
     """The pool over and over from ``start_ms``, each lap later in event time than the
-    one before."""
+    one before by the pool's span. A viewer still playing at the pool's end sent its
+    last heartbeat within a heartbeat interval of it, and its first within one of the
+    pool's start, so its session runs on into the next lap. A longer shift closed about
+    half the sessions at once at the end of every lap (a gap over the session gap): a
+    burst that steady traffic does not have."""
     first = min(map(hb_ms, pool))
-    span = max(map(hb_ms, pool)) - first + HEARTBEAT_S * 1000
+    span = max(map(hb_ms, pool)) - first
     for lap in itertools.count():
         shift = start_ms - first + lap * span
         for event in pool:
