@@ -207,7 +207,8 @@ class Worker:
                 reason = f"late: event time {times[i]} is below the watermark {watermark}"
                 dead.append(DeadLetter(run.partition, offsets[i], reason, values[i]))
             self.stats.late += len(late)
-            on_time = sorted(set(range(len(events))).difference(i for i, _ in late))
+            late_at = {i for i, _ in late}
+            on_time = [i for i in range(len(events)) if i not in late_at]
             offsets, events, times = ([column[i] for i in on_time]
                                       for column in (offsets, events, times))  # fmt: skip
         if times:
