@@ -108,6 +108,22 @@ def test_late_records_are_dead_lettered_with_the_watermark_each_one_met(
     assert got.resume_position_s == 7
 
 
+def test_duplicates_are_dead_lettered_with_their_own_record(settings: Settings) -> None:
+    p = partition_for("u", settings.partitions)
+    retried = encode(Heartbeat("u", "v", 5.0, 5_000, event_id="e5"))  # same item as beat(5, 5)
+    records = [beat(0, 0), b"not json", beat(5, 5), retried, beat(5, 5), retried, beat(10, 10)]
+    append(settings, p, records)
+    w = worker(settings)
+    w.start()
+    drain(w)
+    dead = [(offset, reason, payload)
+            for _, offset, reason, payload in w.store.dead_letters("video.heartbeats")]  # fmt: skip
+    assert dead[0][0] == 1 and dead[0][1].startswith("undecodable")
+    assert dead[1:] == [(3, "duplicate", retried), (4, "duplicate", records[4]),
+                        (5, "duplicate", retried)]  # fmt: skip
+    assert w.stats.refused == 3
+
+
 @given(
     times=st.lists(st.integers(0, MAX_EVENT_MS), max_size=50),
     max_event=st.sampled_from([_NO_EVENT, 0, 10**12, MAX_EVENT_MS]),

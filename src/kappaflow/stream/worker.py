@@ -7,6 +7,7 @@ progress, so a worker killed at any point resumes exactly where its last commit 
 
 from __future__ import annotations
 
+import bisect
 import gc
 import logging
 import struct
@@ -229,9 +230,9 @@ class Worker:
         for table, table_rows in output.rows.items():
             rows.setdefault(table, []).extend(table_rows)
         if output.dead_letters and records is not None:
-            payloads = dict(zip(records.offsets, records.values, strict=True))
             for offset, reason in output.dead_letters:
-                dead.append(DeadLetter(run.partition, offset, reason, payloads[offset]))
+                value = records.values[bisect.bisect_left(records.offsets, offset)]
+                dead.append(DeadLetter(run.partition, offset, reason, value))
             self.stats.refused += len(output.dead_letters)
 
     def _decode(
