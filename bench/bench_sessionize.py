@@ -9,11 +9,16 @@ multiset of (user, video, start_s, end_s) segments, or the benchmark fails.
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
+import shutil
 import tempfile
+import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import msgspec
@@ -30,33 +35,43 @@ from kappaflow.store import open_store
 from kappaflow.stream.worker import Worker
 
 EVENTS = 2_900_000  # the simulator stops players at the end: about 2 million heartbeats
+WORKERS = 2  # one per core, as DuckDB's threads
 console = Console()
 Segments = Counter[tuple[str, str, float, float]]
 
 
 def run(scale: float) -> list[Figure]:
     with tempfile.TemporaryDirectory(prefix="kappaflow-bench-") as tmp:
-        settings = Settings.load({}, {"data_dir": tmp})
+        settings = Settings.load({}, {"data_dir": str(Path(tmp) / "one")})
         path = Path(tmp) / "heartbeats.ndjson"
         events = write_heartbeats(path, scale)
 
         _, append_s = timed(lambda: append_file(settings, path))
         console.print(f"appended to the log: {events / append_s:,.0f} events/s")
-        worker_segments, worker_s = timed(lambda: process(settings))
+        pair = settings.replace(data_dir=str(Path(tmp) / "two"))
+        shutil.copytree(settings.data_path / "log", pair.data_path / "log")
+        worker_s = timed_workers(settings, 1)
         console.print(f"log + worker + SQLite: {events / worker_s:,.0f} events/s")
+        pair_s = timed_workers(pair, WORKERS)
+        console.print(f"{WORKERS} workers: {events / pair_s:,.0f} events/s")
+        worker_segments = segments(settings)
+        _check_same(worker_segments, segments(pair), f"{WORKERS} workers")
         baselines = {}
         for name, compute in BASELINES.items():
-            segments, seconds = timed(partial(compute, path, settings.session_gap_s))
+            batch, seconds = timed(partial(compute, path, settings.session_gap_s))
             console.print(f"{name}: {events / seconds:,.0f} events/s")
-            _check_same(worker_segments, segments, name)
+            _check_same(worker_segments, batch, name)
             baselines[name] = events / seconds
     console.print(f"same {sum(worker_segments.values()):,} segments on every side")
-    worker_rate = events / worker_s
+    worker_rate, pair_rate = events / worker_s, events / pair_s
     fastest = max(baselines, key=baselines.__getitem__)
+    one_thread = "DuckDB batch, 1 thread"
     return [
         Figure("log append (fsync per batch)", events / append_s, "events/s"),
-        Figure("sessionize: log+worker+SQLite", worker_rate, "events/s",
+        Figure(f"sessionize: log+{WORKERS} workers+SQLite", pair_rate, "events/s",
                f"fastest batch ({fastest})", baselines[fastest]),
+        Figure("sessionize: log+worker+SQLite", worker_rate, "events/s",
+               one_thread, baselines[one_thread]),
         *(Figure(f"sessionize baseline: {name}", rate, "events/s", "log+worker+SQLite",
                  worker_rate) for name, rate in baselines.items()),
     ]  # fmt: skip
@@ -101,29 +116,66 @@ def append_events(settings: Settings, events: Iterable[Heartbeat], per_call: int
     log.close()
 
 
-def consume(settings: Settings) -> Worker:
-    """One worker over every partition of the video app's stream, run until the log is
-    consumed."""
+def consume(settings: Settings, partitions: Sequence[int] | None = None) -> Worker:
+    """One worker over ``partitions`` (default: all) of the video app's stream, run
+    until they are consumed."""
     app = create_app(settings)
+    owned = range(settings.partitions) if partitions is None else partitions
     worker = Worker(app, app.streams[0], open_log(settings), open_store(settings), settings,
-                    range(settings.partitions))  # fmt: skip
+                    owned)  # fmt: skip
     worker.start()
     worker.run(lambda: False, until_caught_up=True)
     return worker
 
 
+def timed_workers(settings: Settings, count: int) -> float:
+    """Seconds ``count`` worker processes, each owning every count-th partition and
+    started before the clock, take to consume the log."""
+    context = multiprocessing.get_context("spawn")  # no fork of Polars' and DuckDB's threads
+    ready, go = context.Barrier(count + 1), context.Event()
+    parts = range(settings.partitions)
+    processes = [
+        context.Process(target=_consume_when_told, args=(settings, parts[i::count], ready, go))
+        for i in range(count)
+    ]
+    for process in processes:
+        process.start()
+    ready.wait()
+    started = time.perf_counter()
+    go.set()
+    for process in processes:
+        process.join()
+        if process.exitcode:
+            raise RuntimeError(f"a worker exited with {process.exitcode}")
+    return time.perf_counter() - started
+
+
+def _consume_when_told(settings: Settings, partitions: Sequence[int], ready: Any, go: Any) -> None:
+    gc.set_threshold(50_000, 20, 100)  # as `run_workers` sets it, before restoring state
+    ready.wait()
+    go.wait()
+    consume(settings, partitions)
+
+
 def process(settings: Settings) -> Segments:
     """Run one worker over every partition until the log is consumed; return the
-    segments of closed and still-open sessions."""
-    store = consume(settings).store
-    segments: Segments = Counter(
+    segments."""
+    consume(settings)
+    return segments(settings)
+
+
+def segments(settings: Settings) -> Segments:
+    """The segments of closed and still-open sessions in the store."""
+    store = open_store(settings)
+    found: Segments = Counter(
         store.query("SELECT user_id, video_id, start_s, end_s FROM video_segments")
     )
     for user, video, open_segments in store.query(
         "SELECT user_id, video_id, open_segments FROM video_progress"
     ):
-        segments.update((user, video, s, e) for s, e in msgspec.json.decode(open_segments))
-    return segments
+        found.update((user, video, s, e) for s, e in msgspec.json.decode(open_segments))
+    store.close()
+    return found
 
 
 def polars_batch(path: Path, gap_s: float) -> Segments:
