@@ -3,6 +3,7 @@ machine (a database of its own per test)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import sqlite3
 from collections.abc import Callable
@@ -232,3 +233,32 @@ def test_sqlite_checkpoints_once_the_wal_reaches_its_limit(settings: Settings) -
         store.upsert({"latest": [(f"{i}", f"{commit:x}" * 1000) for i in range(500)]})
     assert wal.stat().st_size > 5_000_000 and database.stat().st_size < 200_000
     store.close()
+
+
+def _open_when_all_are_ready(path: Path, ready: Any, outcomes: Any) -> None:
+    ready.wait()
+    try:
+        sqlite_store.SQLiteStore(path).close()
+        outcomes.put("opened")
+    except StoreError as error:
+        outcomes.put(str(error))
+
+
+def test_sqlite_processes_opening_a_new_database_at_once_all_open_it(tmp_path: Path) -> None:
+    """Workers started together race to switch a new database to WAL; SQLite tells the
+    losers "database is locked" at once (8 processes: a third of the rounds without the
+    retry), and each must wait its turn instead."""
+    context = multiprocessing.get_context("fork")
+    for round_ in range(30):
+        ready, outcomes = context.Barrier(8), context.Queue()
+        path = tmp_path / f"{round_}.db"
+        openers = [context.Process(target=_open_when_all_are_ready, args=(path, ready, outcomes))
+                   for _ in range(8)]  # fmt: skip
+        for opener in openers:
+            opener.start()
+        results = [outcomes.get(timeout=30) for _ in openers]
+        for opener in openers:
+            opener.join()
+        assert results == ["opened"] * 8
+        with closing(sqlite3.connect(path)) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)

@@ -4,6 +4,7 @@ database file; ``BEGIN IMMEDIATE`` serializes their commits."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +51,21 @@ CREATE TABLE IF NOT EXISTS kf_dead_letters (
 """
 
 
+def _enable_wal(db: sqlite3.Connection, busy_timeout_s: float) -> None:
+    """Switch the database to WAL mode. Processes opening a new database at once race
+    for the switch, and SQLite answers the losers "database is locked" without waiting
+    (its busy timeout does not cover this lock), so they try again until the timeout."""
+    deadline = time.monotonic() + busy_timeout_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class SQLiteStore:
     def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
@@ -58,7 +74,7 @@ class SQLiteStore:
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, timeout=busy_timeout_s, check_same_thread=False
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(self._db, busy_timeout_s)
             # With WAL, NORMAL keeps the database consistent across crashes; a power loss
             # may roll back the last commits, which then rerun from the log.
             self._db.execute("PRAGMA synchronous=NORMAL")
