@@ -44,7 +44,9 @@ from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.up import free_port
 
-STEP_S = 120
+STEP_S = 240
+"""Each step's second half (2 minutes) is judged: a sustained rate keeps the backlog
+bounded for at least that long after the stack has settled."""
 FIRST_RATE = 10_000
 TOP_RATE = 160_000
 GOAL_RATE = 100_000
