@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from kappaflow.apps.video import Heartbeat, create_app, merge_intervals
 from kappaflow.apps.video_catalog import AD_SLOTS, VIDEOS
-from kappaflow.apps.video_reports import royalty_report
+from kappaflow.apps.video_reports import DAY_MS, day_of, royalty_report
 from kappaflow.apps.video_sim import simulate, simulated_catalog
+from kappaflow.events import MAX_EVENT_MS
 from kappaflow.settings import Settings
 from kappaflow.testing import run_events
 
@@ -50,6 +51,13 @@ def royalties(store) -> list:
 
 def impressions(store) -> list:
     return store.query("SELECT * FROM ad_impressions ORDER BY day, advertiser, campaign")
+
+
+@given(st.one_of(st.integers(0, MAX_EVENT_MS),
+                 st.integers(1, MAX_EVENT_MS // DAY_MS).map(lambda day: day * DAY_MS - 1),
+                 st.integers(0, MAX_EVENT_MS // DAY_MS).map(lambda day: day * DAY_MS)))  # fmt: skip
+def test_the_day_of_an_event_time_is_its_utc_date(ms: int) -> None:
+    assert day_of(ms) == datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
 
 
 def test_a_segment_across_midnight_is_split_between_the_days(settings: Settings) -> None:

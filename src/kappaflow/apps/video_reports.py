@@ -17,6 +17,7 @@ linearly, which places watched seconds and ad slots on UTC days.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
@@ -34,7 +35,13 @@ Segment = Sequence[float]
 
 
 def day_of(ms: float) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
+    """The UTC date of epoch milliseconds ``ms``, as YYYY-MM-DD."""
+    return _date(int(ms // DAY_MS))
+
+
+@functools.lru_cache(maxsize=1024)
+def _date(day: int) -> str:
+    return datetime.fromtimestamp(day * (DAY_MS // 1000), UTC).strftime("%Y-%m-%d")
 
 
 def _time_at(segment: Segment, position: float) -> float:
@@ -86,7 +93,8 @@ def _split(segment: Segment, low: float, high: float, by_day: dict[str, float]) 
     """Add the seconds [low, high] of ``segment`` to the days they were played on."""
     t_low, t_high = _time_at(segment, low), _time_at(segment, high)
     if t_high <= t_low:
-        by_day[day_of(t_low)] = by_day.get(day_of(t_low), 0.0) + (high - low)
+        day = day_of(t_low)
+        by_day[day] = by_day.get(day, 0.0) + (high - low)
         return
     per_ms = (high - low) / (t_high - t_low)
     left, t = high - low, t_low
