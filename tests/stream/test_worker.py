@@ -15,7 +15,8 @@ from kappaflow.ingest.appender import Appender
 from kappaflow.log import open_log, partition_for
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
-from kappaflow.stream.worker import _NO_EVENT, Worker, _late
+from kappaflow.stream import worker as worker_module
+from kappaflow.stream.worker import _NO_EVENT, Worker, _late, run_workers
 
 encode = msgspec.json.Encoder().encode
 
@@ -122,6 +123,30 @@ def test_duplicates_are_dead_lettered_with_their_own_record(settings: Settings) 
     assert dead[1:] == [(3, "duplicate", retried), (4, "duplicate", records[4]),
                         (5, "duplicate", retried)]  # fmt: skip
     assert w.stats.refused == 3
+
+
+def test_a_worker_behind_polls_again_at_once_and_one_that_keeps_up_waits(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a poll that read a full batch, more records wait: pausing for the commit
+    interval then would only slow the catching up."""
+    settings = settings.replace(batch_max_events=10, commit_interval_ms=250)
+    append(settings, partition_for("u", settings.partitions), [beat(t, t) for t in range(35)])
+    w = worker(settings)
+    w.start()
+    happened: list[tuple[str, int | bool]] = []
+    poll = w.poll
+
+    def counted_poll() -> int:
+        records = poll()
+        happened.append(("poll", records))
+        return records
+
+    monkeypatch.setattr(w, "poll", counted_poll)
+    monkeypatch.setattr(worker_module.time, "sleep", lambda s: happened.append(("pause", s > 0.1)))
+    run_workers([w], lambda: False, until_caught_up=True)
+    assert happened == [("poll", 10), ("poll", 10), ("poll", 10), ("poll", 5), ("pause", True),
+                        ("poll", 0)]  # fmt: skip
 
 
 @given(

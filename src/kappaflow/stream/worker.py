@@ -88,6 +88,8 @@ class Worker:
         self.runs: dict[int, PartitionRun] = {}
         self.member = False
         """Partitions come from the log's consumer group (see `follow_group`)."""
+        self.behind = False
+        """The last poll read a full batch of some partition: more records are waiting."""
         self._batch_decoder = msgspec.json.Decoder(list[stream.schema])
         self._decoder = msgspec.json.Decoder(stream.schema)
 
@@ -140,6 +142,7 @@ class Worker:
         rows: dict[str, list[tuple[Any, ...]]] = {}
         dead: list[DeadLetter] = []
         records = 0
+        self.behind = False
         if self.member:
             self.log.rebalance(self.settings.batch_max_events)  # type: ignore[attr-defined]
         now = self.clock()
@@ -155,6 +158,7 @@ class Worker:
                 self._process(run, batch, rows, dead)
                 run.next_offset = batch.next_offset
                 records += len(batch.values)
+                self.behind |= len(batch.values) >= self.settings.batch_max_events
             elif self._idle(run, now):
                 empty = Batch(run.partition, [], [], [], run.watermark(self.lateness_ms))
                 self._run_processor(run, empty, rows, dead)
@@ -295,8 +299,10 @@ def run_workers(
     while not should_stop():
         started = time.monotonic()
         if sum(_poll_or_recover(worker, should_stop) for worker in workers):
-            # A worker that keeps up waits, so that its next commit carries more events.
-            time.sleep(max(0.0, spacing - (time.monotonic() - started)))
+            # Workers that keep up wait, so that their next commits carry more events;
+            # one that read a full batch is behind, and polls again at once.
+            if not any(worker.behind for worker in workers):
+                time.sleep(max(0.0, spacing - (time.monotonic() - started)))
             continue
         if until_caught_up and all(worker.caught_up() for worker in workers):
             return
