@@ -56,7 +56,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     poll_interval_ms: PositiveInt = 50
     """How long an idle worker waits before polling the log again."""
     commit_interval_ms: NonNegativeInt = 250
-    """Least time from one of a worker's commits to the next. A commit then carries
+    """Least time from one of a worker's commits to the next while it keeps up (one that
+    read a full batch is behind, and commits again at once). A commit then carries
     more events, and each store page it rewrites serves more of them; the cost is up to
     this much more time from ingest to queryable."""
     allowed_lateness_s: NonNegativeFloat = 30.0
