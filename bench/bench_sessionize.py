@@ -9,7 +9,6 @@ multiset of (user, video, start_s, end_s) segments, or the benchmark fails.
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import shutil
 import tempfile
@@ -49,7 +48,7 @@ def run(scale: float) -> list[Figure]:
         _, append_s = timed(lambda: append_file(settings, path))
         console.print(f"appended to the log: {events / append_s:,.0f} events/s")
         pair = settings.replace(data_dir=str(Path(tmp) / "two"))
-        shutil.copytree(settings.data_path / "log", pair.data_path / "log")
+        shutil.copytree(settings.log_path, pair.log_path)
         worker_s = timed_workers(settings, 1)
         console.print(f"log + worker + SQLite: {events / worker_s:,.0f} events/s")
         pair_s = timed_workers(pair, WORKERS)
@@ -151,7 +150,6 @@ def timed_workers(settings: Settings, count: int) -> float:
 
 
 def _consume_when_told(settings: Settings, partitions: Sequence[int], ready: Any, go: Any) -> None:
-    gc.set_threshold(50_000, 20, 100)  # as `run_workers` sets it, before restoring state
     ready.wait()
     go.wait()
     consume(settings, partitions)

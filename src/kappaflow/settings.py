@@ -108,6 +108,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return Path(self.data_dir)
 
     @property
+    def log_path(self) -> Path:
+        """Directory of the embedded log."""
+        return self.data_path / "log"
+
+    @property
     def sqlite_path(self) -> Path:
         return self.data_path / "kappaflow.db"
 

@@ -20,7 +20,7 @@ def open_log(settings: Settings, *, writer: bool = False) -> Log:
     from kappaflow.log.embedded import EmbeddedLog
 
     return EmbeddedLog(
-        settings.data_path / "log",
+        settings.log_path,
         writer=writer,
         fsync=settings.log_fsync,
         segment_bytes=settings.log_segment_bytes,
