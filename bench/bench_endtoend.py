@@ -119,18 +119,22 @@ def write_pool(path: Path, events: int) -> None:
 
 
 def laps(pool: list[Heartbeat], start_ms: int) -> Iterator[Heartbeat]:
-    """The pool over and over from ``start_ms``, each lap later in event time than the
-    one before by the pool's span. A viewer still playing at the pool's end sent its
-    last heartbeat within a heartbeat interval of it, and its first within one of the
-    pool's start, so its session runs on into the next lap. A longer shift closed about
-    half the sessions at once at the end of every lap (a gap over the session gap): a
-    burst that steady traffic does not have."""
+    """The pool over and over from ``start_ms``, each lap later than the one before by
+    the pool's span, in event time and in playback position alike. A viewer still
+    playing at the pool's end sent its last heartbeat within a heartbeat interval of it,
+    and its first within one of the pool's start, so its session runs on into the next
+    lap. A longer shift in time closed about half the sessions at once at the end of
+    every lap (a gap over the session gap); the same position in the next lap made 90% of
+    the sessions seek back once a lap, so that their segments piled up. Neither happens
+    in steady traffic."""
     first = min(map(hb_ms, pool))
     span = max(map(hb_ms, pool)) - first
     for lap in itertools.count():
-        shift = start_ms - first + lap * span
+        shift, ahead_s = start_ms - first + lap * span, lap * span / 1000
         for event in pool:
-            yield msgspec.structs.replace(event, ts=hb_ms(event) + shift)
+            yield msgspec.structs.replace(
+                event, ts=hb_ms(event) + shift, position_s=event.position_s + ahead_s
+            )
 
 
 def send(
