@@ -99,8 +99,9 @@ def _split(segment: Segment, low: float, high: float, by_day: dict[str, float]) 
     per_ms = (high - low) / (t_high - t_low)
     left, t = high - low, t_low
     while True:
-        next_midnight = (t // DAY_MS + 1) * DAY_MS
-        day = day_of(t)
+        day_number = int(t // DAY_MS)
+        next_midnight = (day_number + 1) * DAY_MS
+        day = _date(day_number)
         if next_midnight >= t_high:  # the last day takes what is left, exactly
             by_day[day] = by_day.get(day, 0.0) + left
             return
