@@ -35,8 +35,9 @@ class Claim(NamedTuple):
     generation: int
     next_offset: int
     state: bytes | None
-    keys: Mapping[str, bytes] = {}
-    """The partition's keyed state: a value per key."""
+    keys: Mapping[str, list[bytes]] = {}
+    """The partition's keyed state: per key, the value last written and each chunk
+    appended to it since, in order."""
 
 
 class PartitionCommit(NamedTuple):
@@ -45,7 +46,18 @@ class PartitionCommit(NamedTuple):
     next_offset: int
     state: bytes
     keys: Mapping[str, bytes | None] = {}
-    """Keyed state changed since the last commit; None deletes the key."""
+    """Keys written since the last commit: each one's new value, or None to delete it."""
+    appended: Mapping[str, bytes] = {}
+    """Chunks to add after the stored value of keys not in ``keys``: a change that can
+    be written without writing the whole value again."""
+
+
+class KeyChanges(NamedTuple):
+    """A processor's keyed state changed since it was last persisted: `PartitionCommit`'s
+    ``keys`` and ``appended``."""
+
+    written: Mapping[str, bytes | None]
+    appended: Mapping[str, bytes] = {}
 
 
 class DeadLetter(NamedTuple):
