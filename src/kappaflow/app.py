@@ -17,7 +17,7 @@ import msgspec
 from kappaflow.errors import AppError
 from kappaflow.events import event_time_ms
 from kappaflow.settings import Settings
-from kappaflow.store.base import KeyChanges, Store, Table
+from kappaflow.store.base import Store, Table
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -74,8 +74,7 @@ class Processor(Protocol[S]):
     """Turns one partition's batches into result rows. ``process`` may update the state
     it receives in place and return it. The worker persists the state with each commit:
     ``encode`` gives its partition-wide part, ``changed_keys`` the keys changed since the
-    last call (so a commit writes only those, or only chunks appended to them), and
-    ``decode`` restores both."""
+    last call (so a commit writes only those), and ``decode`` restores both."""
 
     def initial_state(self) -> S: ...
 
@@ -83,15 +82,11 @@ class Processor(Protocol[S]):
 
     def encode(self, state: S) -> bytes: ...
 
-    def changed_keys(self, state: S) -> KeyChanges:
-        """The keys changed since the last call: each one's new value, encoded (None if
-        it was removed), or a chunk to append to its stored value."""
+    def changed_keys(self, state: S) -> dict[str, bytes | None]:
+        """Each key changed since the last call, encoded, or None if it was removed."""
         ...
 
-    def decode(self, data: bytes, keys: Mapping[str, list[bytes]]) -> S:
-        """The state from ``encode``'s bytes and each key's chunks: its value last
-        written, then the chunks appended since."""
-        ...
+    def decode(self, data: bytes, keys: Mapping[str, bytes]) -> S: ...
 
 
 @dataclass(frozen=True)

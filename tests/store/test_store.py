@@ -95,32 +95,9 @@ def test_keyed_state_changes_are_kept_and_claimed_per_partition(store: Store) ->
                        PartitionCommit(1, 1, 4, b"", {"a": b"other"})], {})  # fmt: skip
     store.commit("g", [PartitionCommit(0, 1, 5, b"", {"a": b"3", "b": None, "c": None})], {})
     claims = store.claim("g", [0, 1])
-    assert claims[0].keys == {"a": [b"3"]} and claims[0].next_offset == 5
-    assert claims[1].keys == {"a": [b"other"]}
+    assert claims[0].keys == {"a": b"3"} and claims[0].next_offset == 5
+    assert claims[1].keys == {"a": b"other"}
     assert store.claim("h", [0])[0].keys == {}
-
-
-def test_chunks_appended_to_a_key_follow_its_value_until_it_is_written_again(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(keyed, "MERGE_MAX_ROWS", 3)
-    generation = store.claim("g", [0])[0].generation
-    commits = [({"a": b"A", "b": b"B"}, {}), ({}, {"a": b"1"}), ({"b": b"b"}, {"a": b"2"}),
-               ({}, {"b": b"3"}), ({"a": None}, {}), ({}, {"b": b"4"})]  # fmt: skip
-    claimed = []
-    for offset, (written, appended) in enumerate(commits, 1):
-        store.commit("g", [PartitionCommit(0, generation, offset, b"", written, appended)], {})
-        generation, _, _, keys = store.claim("g", [0])[0]
-        claimed.append(keys)
-    assert claimed == [
-        {"a": [b"A"], "b": [b"B"]},
-        {"a": [b"A", b"1"], "b": [b"B"]},
-        {"a": [b"A", b"1", b"2"], "b": [b"b"]},
-        {"a": [b"A", b"1", b"2"], "b": [b"b", b"3"]},  # merged: 3 rows
-        {"b": [b"b", b"3"]},
-        {"b": [b"b", b"3", b"4"]},
-    ]
-    assert _log_rows(store, 0) == 3
 
 
 def _log_rows(store: Store, partition: int) -> int:
@@ -140,7 +117,7 @@ def test_keyed_state_log_is_merged_when_long_and_claims_see_every_change(
         expected.update(change)
         lengths.append(_log_rows(store, 0))
     assert max(lengths) == 4 and lengths.count(1) >= 9  # merged every 4th commit
-    kept = {key: [state] for key, state in expected.items() if state is not None}
+    kept = {key: state for key, state in expected.items() if state is not None}
     assert store.claim("g", [0])[0].keys == kept
 
 
@@ -158,7 +135,7 @@ def test_keyed_state_log_is_merged_when_its_changes_outweigh_the_last_merge(
         base.update(change)
         lengths.append(_log_rows(store, 0))
     assert lengths == [2, 3, 4, 5, 6, 7, 8, 9, 10, 1]
-    assert store.claim("g", [0])[0].keys == {key: [value] for key, value in base.items()}
+    assert store.claim("g", [0])[0].keys == base
 
 
 def _execute(settings: Settings, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
@@ -189,8 +166,8 @@ def test_state_kept_one_row_per_key_by_an_earlier_version_is_carried_over(
         ],
     )  # fmt: skip
     claims = connect().claim("g", [0, 1])
-    assert claims[0].keys == {"a": [b"A"], "c": [b"C"]} and claims[1].keys == {"b": [b"B"]}
-    assert connect().claim("g", [0])[0].keys == {"a": [b"A"], "c": [b"C"]}  # converted once
+    assert claims[0].keys == {"a": b"A", "c": b"C"} and claims[1].keys == {"b": b"B"}
+    assert connect().claim("g", [0])[0].keys == {"a": b"A", "c": b"C"}  # converted once
 
 
 def test_a_failing_row_rolls_back_the_whole_batch(store: Store) -> None:

@@ -1,6 +1,5 @@
-"""The session operator's state persisted key by key: what a commit writes whole, what
-it appends, and what a restore reads back (including a whole-state snapshot written by
-an earlier version)."""
+"""The session operator's state persisted key by key: what a commit writes, and what a
+restore reads back (including a whole-state snapshot written by an earlier version)."""
 
 from __future__ import annotations
 
@@ -9,8 +8,6 @@ import msgspec
 from kappaflow.app import Batch
 from kappaflow.apps.video import KEY_SEPARATOR, Heartbeat, create_app
 from kappaflow.settings import Settings
-from kappaflow.store.base import KeyChanges
-from kappaflow.stream.sessions import MAX_APPENDS
 
 A, B = f"a{KEY_SEPARATOR}v", f"b{KEY_SEPARATOR}v"
 
@@ -23,41 +20,26 @@ def opened(settings: Settings):
     return processor, processor.process(processor.initial_state(), batch).state
 
 
-def test_a_commit_writes_new_keys_whole_appends_items_in_order_and_deletes_closed_ones(
-    settings: Settings,
-) -> None:
+def test_a_commit_writes_the_changed_keys_and_deletes_closed_ones(settings: Settings) -> None:
     processor, state = opened(settings)
-    written, appended = processor.changed_keys(state)
-    assert set(written) == {A, B} and all(written.values()) and appended == {}
-    assert processor.changed_keys(state) == KeyChanges({}, {})
-    later = [Heartbeat("b", "v", 10.0, 11_000), Heartbeat("b", "v", 15.0, 16_000)]
-    processor.process(state, batch(later, 2_000))
-    items = [(11_000, 2, 10.0), (16_000, 2, 15.0)]
-    assert processor.changed_keys(state) == KeyChanges({}, {B: msgspec.msgpack.encode(items)})
-    processor.process(state, batch([Heartbeat("a", "v", 3.0, 4_000)], 2_000))  # before 6 s
-    assert set(processor.changed_keys(state).written) == {A}  # out of order: whole
-    processor.process(state, batch([], 100_000))
-    assert processor.changed_keys(state) == KeyChanges({A: None, B: None}, {})
+    changed = processor.changed_keys(state)
+    assert set(changed) == {A, B} and all(changed.values())
+    assert processor.changed_keys(state) == {}
+    event = Heartbeat("b", "v", 10.0, 11_000)
+    state = processor.process(state, Batch(0, [3], [event], [event.ts], 2_000)).state
+    assert set(processor.changed_keys(state)) == {B}
+    state = processor.process(state, Batch(0, [], [], [], 100_000)).state
+    assert processor.changed_keys(state) == {A: None, B: None}
     assert state.keys == {}
-
-
-def test_a_key_appended_to_often_is_written_whole_again(settings: Settings) -> None:
-    processor, state = opened(settings)
-    processor.changed_keys(state)
-    for n in range(1, 2 * MAX_APPENDS + 3):
-        processor.process(state, batch([Heartbeat("b", "v", 5.0 * n, 1_000 + 5_000 * n)], 0))
-        written, appended = processor.changed_keys(state)
-        whole = n % (MAX_APPENDS + 1) == 0
-        assert (set(written), set(appended)) == (({B}, set()) if whole else (set(), {B}))
 
 
 def test_a_release_alone_is_not_written_and_a_restore_releases_it_again(
     settings: Settings,
 ) -> None:
     processor, state = opened(settings)
-    stored = persist({}, processor.changed_keys(state))
+    stored = processor.changed_keys(state)
     assert processor.process(state, batch([], 7_000)).rows == {}  # releases A's 6 s heartbeat
-    assert state.keys[A].pending == [] and processor.changed_keys(state) == KeyChanges({}, {})
+    assert state.keys[A].pending == [] and processor.changed_keys(state) == {}
     restored = processor.decode(b"", stored)
     assert restored.keys[A].pending == [(6_000, 2, 5.0)]
     for step in ([Heartbeat("a", "v", 12.0, 13_000)], 7_000), ([], 100_000):
@@ -76,37 +58,14 @@ def persisted(keys: dict) -> dict:
 def test_restore_from_keys_and_from_an_earlier_whole_snapshot(settings: Settings) -> None:
     processor, state = opened(settings)
     assert state.keys[A].view is not None  # A has a pending heartbeat
-    keys = processor.changed_keys(state).written
+    keys = processor.changed_keys(state)
     assert msgspec.msgpack.decode(keys[A]) == [[1_000, [], [0.0, 0.0, 1_000, 1_000], 1_000, 0.0],
                                                1_000, [[6_000, 2, 5.0]]]  # fmt: skip
-    stored = persist({}, KeyChanges(keys))
-    assert persisted(processor.decode(b"", stored).keys) == persisted(state.keys)
+    assert persisted(processor.decode(b"", keys).keys) == persisted(state.keys)
     snapshot = msgspec.msgpack.encode(persisted(state.keys))  # how earlier versions wrote it
     restored = processor.decode(snapshot, {})
     assert persisted(restored.keys) == persisted(state.keys)
-    assert processor.changed_keys(restored).written == keys  # rewritten key by key next commit
-
-
-def test_restore_from_a_written_key_and_its_appended_chunks(settings: Settings) -> None:
-    """Chunks appended to a key's stored state restore its items, and the restored key
-    goes on as the live one: same rows, and written whole after as many appends."""
-    processor, state = opened(settings)
-    stored = persist({}, processor.changed_keys(state))
-    for n in (2, 3, 4):  # each commit appends a chunk; the watermark releases some items
-        events = [Heartbeat("a", "v", 5.0 * n, 1_000 + 5_000 * n)]
-        processor.process(state, batch(events, 5_000 * n - 2_000))
-        changes = processor.changed_keys(state)
-        assert A not in changes.written and set(changes.appended) == {A}
-        persist(stored, changes)  # B's lone play closes meanwhile: B is deleted
-    assert len(stored[A]) == 4 and B not in stored
-    restored = processor.decode(b"", stored)
-    assert restored.keys[A].pending == [(6_000 + 5_000 * n, 2, 5.0 * (n + 1)) for n in range(4)]
-    assert restored.keys[A].appends == state.keys[A].appends == 3
-    for step in ([Heartbeat("a", "v", 25.0, 26_000)], 24_000), ([], 100_000):
-        expected = processor.process(state, batch(*step)).rows
-        assert processor.process(restored, batch(*step)).rows == expected
-        assert processor.changed_keys(restored) == processor.changed_keys(state)
-    assert [row[4:6] for row in expected["video_segments"]] == [(0.0, 25.0)]
+    assert processor.changed_keys(restored) == keys  # rewritten key by key next commit
 
 
 def test_the_provisional_view_follows_the_items_that_arrive(settings: Settings) -> None:
@@ -126,18 +85,6 @@ def test_the_provisional_view_follows_the_items_that_arrive(settings: Settings) 
     assert second[0] == 30_000  # the session start
     assert processor.process(state, batch([], 40_000)).rows["video_segments"]
     assert state.keys[A].pending == [] and state.keys[A].view is None
-
-
-def persist(stored: dict[str, list[bytes]], changes: KeyChanges) -> dict[str, list[bytes]]:
-    """``stored`` with ``changes`` applied, as a store applies them."""
-    for key, value in changes.written.items():
-        if value is None:
-            del stored[key]
-        else:
-            stored[key] = [value]
-    for key, chunk in changes.appended.items():
-        stored[key].append(chunk)
-    return stored
 
 
 def batch(events: list[Heartbeat], watermark_ms: int) -> Batch:

@@ -35,9 +35,8 @@ class Claim(NamedTuple):
     generation: int
     next_offset: int
     state: bytes | None
-    keys: Mapping[str, list[bytes]] = {}
-    """The partition's keyed state: per key, the value last written and each chunk
-    appended to it since, in order."""
+    keys: Mapping[str, bytes] = {}
+    """The partition's keyed state: a value per key."""
 
 
 class PartitionCommit(NamedTuple):
@@ -46,18 +45,7 @@ class PartitionCommit(NamedTuple):
     next_offset: int
     state: bytes
     keys: Mapping[str, bytes | None] = {}
-    """Keys written since the last commit: each one's new value, or None to delete it."""
-    appended: Mapping[str, bytes] = {}
-    """Chunks to add after the stored value of keys not in ``keys``: a change that can
-    be written without writing the whole value again."""
-
-
-class KeyChanges(NamedTuple):
-    """A processor's keyed state changed since it was last persisted: `PartitionCommit`'s
-    ``keys`` and ``appended``."""
-
-    written: Mapping[str, bytes | None]
-    appended: Mapping[str, bytes] = {}
+    """Keyed state changed since the last commit; None deletes the key."""
 
 
 class DeadLetter(NamedTuple):

@@ -1,10 +1,8 @@
 """Keyed state in the store, as a log of changes per partition (SQL shared by SQLite
-and PostgreSQL). A key's state is a list of chunks: the value last written, then each
-chunk appended since. Each commit appends one row, a msgpack map from the keys it
-changed to None (deleted), bytes (written: the one chunk) or a list of bytes (chunks
-appended). Once the changes outweigh the oldest row, the rows are merged into one. A
-commit thus writes about as many bytes as its keys changed, where an upsert per key
-would rewrite a page of a B-tree for each key at a random place in it.
+and PostgreSQL). Each commit appends one row: the keys it changed, as a msgpack map
+whose None values delete. Once the changes outweigh the oldest row, the rows are merged
+into one. A commit thus writes about as many bytes as its keys changed, where an upsert
+per key would rewrite a page of a B-tree for each key at a random place in it.
 """
 
 from __future__ import annotations
@@ -28,14 +26,12 @@ INSERT = "INSERT INTO kf_state_log VALUES (?, ?, ?, ?)"
 DELETE = "DELETE FROM kf_state_log WHERE grp = ? AND partition = ?"
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(dict[str, bytes | list[bytes] | None]).decode
+_decode = msgspec.msgpack.Decoder(dict[str, bytes | None]).decode
 
 Translate = Callable[[str], str]
 
 
-def read_keys(
-    cursor: Any, group: str, partition: int, sql: Translate = str
-) -> dict[str, list[bytes]]:
+def read_keys(cursor: Any, group: str, partition: int, sql: Translate = str) -> dict[str, bytes]:
     """A partition's keyed state: its log's changes, applied in order."""
     cursor.execute(sql(SELECT), (group, partition))
     return _merge(bytes(data) for _, data in cursor.fetchall())
@@ -44,11 +40,11 @@ def read_keys(
 def append_keys(cursor: Any, group: str, commit: PartitionCommit, sql: Translate = str) -> None:
     """Append the keys ``commit`` changed to its partition's log; merge the log when its
     changes outweigh its oldest row (the last merge) or it has grown too long."""
-    if not commit.keys and not commit.appended:
+    if not commit.keys:
         return
     cursor.execute(sql(SIZES), (group, commit.partition))
     sizes = cursor.fetchall()
-    change = _encode({**commit.keys, **{key: [chunk] for key, chunk in commit.appended.items()}})
+    change = _encode(commit.keys)
     seq = sizes[-1][0] + 1 if sizes else 1
     cursor.execute(sql(INSERT), (group, commit.partition, seq, change))
     changes = sum(size for _, size in sizes[1:]) + len(change)
@@ -56,10 +52,7 @@ def append_keys(cursor: Any, group: str, commit: PartitionCommit, sql: Translate
         merged = read_keys(cursor, group, commit.partition, sql)
         cursor.execute(sql(DELETE), (group, commit.partition))
         if merged:
-            # The first row: chunks appended to nothing are the key's whole state.
-            whole = {key: chunks[0] if len(chunks) == 1 else chunks
-                     for key, chunks in merged.items()}  # fmt: skip
-            cursor.execute(sql(INSERT), (group, commit.partition, seq, _encode(whole)))
+            cursor.execute(sql(INSERT), (group, commit.partition, seq, _encode(merged)))
 
 
 def carry_over_keyed_rows(cursor: Any, sql: Translate = str) -> None:
@@ -72,16 +65,12 @@ def carry_over_keyed_rows(cursor: Any, sql: Translate = str) -> None:
     cursor.execute("DROP TABLE kf_keys")
 
 
-def _merge(changes: Iterable[bytes]) -> dict[str, list[bytes]]:
-    merged: dict[str, list[bytes]] = {}
+def _merge(changes: Iterable[bytes]) -> dict[str, bytes]:
+    merged: dict[str, bytes] = {}
     for change in changes:
         for key, state in _decode(change).items():
             if state is None:
                 merged.pop(key, None)
-            elif isinstance(state, bytes):
-                merged[key] = [state]
-            elif key in merged:
-                merged[key] += state
             else:
                 merged[key] = state
     return merged

@@ -18,7 +18,6 @@ from typing import Any, Protocol
 import msgspec
 
 from kappaflow.app import Batch, Output
-from kappaflow.store.base import KeyChanges
 
 Rows = dict[str, list[tuple[Any, ...]]]
 
@@ -54,13 +53,6 @@ class KeyState(msgspec.Struct, array_like=True):
     """The provisional sessions (``acc`` folded on over ``pending``), stepped as items
     arrive in order; None when ``pending`` is empty or the view must be folded again.
     Derived, so never persisted."""
-    appends: int = 0
-    """Chunks of items appended to the key's stored state since it was last written."""
-
-
-MAX_APPENDS = 16
-"""A key is written whole again after this many appended chunks, so that restoring it
-folds a bounded number of items again."""
 
 
 BUCKET_BITS = 6
@@ -116,18 +108,13 @@ class DueKeys:
 class SessionState:
     """Per-partition state: each key's open session and pending items. ``due`` finds
     the keys the watermark has reached; it is derived from the keys on restore.
-
-    Since the state was last persisted, ``changed`` holds the keys to write whole (new,
-    removed, a session closed, an item out of order), and ``appended`` the items that
-    other keys received in order: their stored state plus these items restores them. A
-    key whose items the watermark only released (no session closed) is not written:
-    restored, its stored state releases them again at the first watermark, to the same
-    result."""
+    ``changed`` holds the keys changed since the state was last persisted. A key whose
+    items the watermark only released (no session closed) is left out: restored, its
+    stored state releases them again at the first watermark, to the same result."""
 
     def __init__(self, keys: dict[str, KeyState], gap_ms: int, changed: set[str]) -> None:
         self.keys = keys
         self.changed = changed
-        self.appended: dict[str, list[tuple[Any, ...]]] = {}
         self.due = DueKeys()
         for key, state in keys.items():
             self.due.schedule(key, _due(state, gap_ms))
@@ -152,7 +139,6 @@ class SessionWindows:
         self.gap_ms = gap_ms
         self._snapshot_decoder = msgspec.msgpack.Decoder(dict[str, KeyState])
         self._decoder = msgspec.msgpack.Decoder(KeyState)
-        self._items_decoder = msgspec.msgpack.Decoder(list[tuple[Any, ...]])
         self._encoder = msgspec.msgpack.Encoder()
 
     def initial_state(self) -> SessionState:
@@ -161,47 +147,25 @@ class SessionWindows:
     def encode(self, state: SessionState) -> bytes:
         return b""  # all of it is keyed
 
-    def changed_keys(self, state: SessionState) -> KeyChanges:
-        """Keys in ``changed``, or appended to ``MAX_APPENDS`` times, are written whole;
-        the others' new items are appended to their stored state as one chunk."""
-        keys, changed, encode = state.keys, state.changed, self._encoder.encode
-        written: dict[str, bytes | None] = {}
-        appended: dict[str, bytes] = {}
-        for key, items in state.appended.items():
-            if key in changed:
-                continue
-            current = keys.get(key)
-            if current is not None and current.appends < MAX_APPENDS:
-                appended[key] = encode(items)
-                current.appends += 1
-            else:
-                changed.add(key)
-        for key in changed:
-            current = keys.get(key)
-            if current is None:
-                written[key] = None
-            else:
-                written[key] = encode((current.acc, current.last_ms, current.pending))
-                current.appends = 0
-        state.changed, state.appended = set(), {}
-        return KeyChanges(written, appended)
+    def changed_keys(self, state: SessionState) -> dict[str, bytes | None]:
+        keys, encode = state.keys, self._encoder.encode
+        changed = {
+            key: encode((s.acc, s.last_ms, s.pending)) if (s := keys.get(key)) is not None else None
+            for key in state.changed
+        }
+        state.changed = set()
+        return changed
 
-    def decode(self, data: bytes, keys: Mapping[str, list[bytes]]) -> SessionState:
-        """The state from its keys, each stored whole and then the chunks of items
-        appended since; ``data``, if any, is a whole-state snapshot of an earlier
-        version, whose keys are then all written with the next commit."""
+    def decode(self, data: bytes, keys: Mapping[str, bytes]) -> SessionState:
+        """The state from its keys; ``data``, if any, is a whole-state snapshot of an
+        earlier version, whose keys are then all written with the next commit."""
         restored = self._snapshot_decoder.decode(data) if data else {}
         changed = set(restored)
-        for key, (whole, *chunks) in keys.items():
-            current = restored[key] = self._decoder.decode(whole)
-            for chunk in chunks:
-                current.pending += self._items_decoder.decode(chunk)
-            current.appends = len(chunks)
+        restored.update((key, self._decoder.decode(value)) for key, value in keys.items())
         return SessionState(restored, self.gap_ms, changed)
 
     def process(self, state: SessionState, batch: Batch) -> Output[SessionState]:
         keys, fold, schedule = state.keys, self.fold, state.due.schedule
-        changed, appended = state.changed, state.appended
         touched: set[str] = set()  # keys whose provisional view changed
         duplicates: list[tuple[int, str]] = []
         keyed = fold.items(batch.events, batch.times_ms)
@@ -210,25 +174,18 @@ class SessionWindows:
             if current is None:
                 keys[key] = KeyState(None, 0, [item])
                 schedule(key, item[0] + 1)
-                changed.add(key)
             else:
                 pending = current.pending
                 if not pending or item > pending[-1]:
                     if current.view is not None:
                         self._extend(current.view, pending[-1][0], item)
                     pending.append(item)
-                    new_items = appended.get(key)
-                    if new_items is None:
-                        appended[key] = [item]
-                    else:
-                        new_items.append(item)
                 elif item in pending:
                     duplicates.append((offset, "duplicate"))
                     continue
                 else:
                     bisect.insort(pending, item)
                     current.view = None
-                    changed.add(key)
                 if pending[0] is item:
                     schedule(key, item[0] + 1)
             touched.add(key)
@@ -239,12 +196,12 @@ class SessionWindows:
             current = keys[key]
             if self._advance(key, current, watermark, rows):
                 touched.add(key)
-                changed.add(key)
             if current.acc is None and not current.pending:
                 del keys[key]
             else:
                 schedule(key, _due(current, self.gap_ms))
 
+        state.changed |= touched  # new items, or a session closed
         for key in touched:
             current = keys.get(key)
             if current is not None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kappaflow.app import Batch, Output
-from kappaflow.store.base import KeyChanges, Table
+from kappaflow.store.base import Table
 
 WINDOW_SIZES_MS = {"1m": 60_000, "1h": 3_600_000}
 
@@ -46,10 +46,10 @@ class TumblingCounts:
     def encode(self, state: None) -> bytes:
         return b""
 
-    def changed_keys(self, state: None) -> KeyChanges:
-        return KeyChanges({})
+    def changed_keys(self, state: None) -> dict[str, bytes | None]:
+        return {}
 
-    def decode(self, data: bytes, keys: Mapping[str, list[bytes]]) -> None:
+    def decode(self, data: bytes, keys: Mapping[str, bytes]) -> None:
         return None
 
     def process(self, state: None, batch: Batch) -> Output[None]:

@@ -164,10 +164,15 @@ class Worker:
                 self._run_processor(run, empty, rows, dead)
             else:
                 continue
-            state = _META.pack(run.max_event_ms, run.floor_ms) + self.processor.encode(run.state)
-            keys, appended = self.processor.changed_keys(run.state)
-            commits.append(PartitionCommit(run.partition, run.generation, run.next_offset,
-                                           state, keys, appended))  # fmt: skip
+            commits.append(
+                PartitionCommit(
+                    run.partition,
+                    run.generation,
+                    run.next_offset,
+                    _META.pack(run.max_event_ms, run.floor_ms) + self.processor.encode(run.state),
+                    self.processor.changed_keys(run.state),
+                )
+            )
         if commits:
             self.store.commit(self.group, commits, rows, dead)
             self.log.acknowledge(
