@@ -93,3 +93,27 @@ def batch(events: list[Heartbeat], watermark_ms: int) -> Batch:
 
 def progress_segments(rows) -> dict[str, list]:
     return {row[0]: msgspec.json.decode(row[4]) for row in rows["video_progress"]}
+
+
+def test_releasing_every_pending_item_adopts_the_view_to_the_same_result(
+    settings: Settings,
+) -> None:
+    """Once the watermark passes all of a key's pending items, the sessions the view
+    has folded are taken as they are; restored (no view), the key folds its items one
+    by one, and both give the same rows and the same state."""
+    processor, state = opened(settings)
+    events = [
+        Heartbeat("a", "v", 10.0, 11_000, "seek"),
+        Heartbeat("a", "v", 15.0, 16_000),
+        Heartbeat("a", "v", 40.0, 40_000, "play"),
+        Heartbeat("a", "v", 45.0, 45_000),
+    ]
+    processor.process(state, batch(events, 2_000))
+    assert len(state.keys[A].view) == 2  # a gap of 24 s between 16 s and 40 s
+    restored = processor.decode(b"", processor.changed_keys(state))
+    assert restored.keys[A].view is None
+    for watermark in 50_000, 60_000:
+        expected = processor.process(state, batch([], watermark)).rows
+        assert processor.process(restored, batch([], watermark)).rows == expected
+        assert persisted(restored.keys) == persisted(state.keys)
+    assert [row[4:6] for row in expected["video_segments"]] == [(40.0, 45.0)]

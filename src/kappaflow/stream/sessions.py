@@ -210,22 +210,34 @@ class SessionWindows:
 
     def _advance(self, key: str, state: KeyState, watermark: int, rows: Rows) -> bool:
         """Fold the items the watermark has passed; close the session if it ended.
+        When it has passed all of them, the view is that fold already (a worker that is
+        behind reads batches long enough for this, and then steps each item once).
         Returns whether a session closed."""
         fold, gap = self.fold, self.gap_ms
-        acc, last, pending = state.acc, state.last_ms, state.pending
+        pending, view = state.pending, state.view
         closed = False
-        released = 0
-        for item in pending:
-            time_ms = item[0]
-            if time_ms >= watermark:
-                break
-            if acc is not None and time_ms - last > gap:
-                fold.closed(key, acc, rows)
-                acc, closed = None, True
-            acc = fold.start(item) if acc is None else fold.step(acc, item)
-            last = time_ms
-            released += 1
-        del pending[:released]
+        if view is not None and pending[-1][0] < watermark:
+            # All of them: the view has folded them already, and its sessions but the
+            # last are followed by a gap.
+            for ended in view[:-1]:
+                fold.closed(key, ended, rows)
+                closed = True
+            acc, last = view[-1], pending[-1][0]
+            pending.clear()
+        else:
+            acc, last = state.acc, state.last_ms
+            released = 0
+            for item in pending:
+                time_ms = item[0]
+                if time_ms >= watermark:
+                    break
+                if acc is not None and time_ms - last > gap:
+                    fold.closed(key, acc, rows)
+                    acc, closed = None, True
+                acc = fold.start(item) if acc is None else fold.step(acc, item)
+                last = time_ms
+                released += 1
+            del pending[:released]
         if acc is not None and last + gap < watermark:
             fold.closed(key, acc, rows)
             acc, closed = None, True
