@@ -102,7 +102,7 @@ class WatchedSegments:
 
     def items(self, events: list[Heartbeat], times_ms: list[int]) -> list[tuple[str, Item]]:
         return [
-            (e.user_id + KEY_SEPARATOR + e.video_id, (ms, KIND_RANK[e.kind], e.position_s))
+            (f"{e.user_id}{KEY_SEPARATOR}{e.video_id}", (ms, KIND_RANK[e.kind], e.position_s))
             for e, ms in zip(events, times_ms, strict=True)
         ]
 
@@ -116,7 +116,7 @@ class WatchedSegments:
         current = acc[2]
         if current is not None:
             drift = (position - acc[4]) - (ts - acc[3]) / 1000
-            if rank != SEEK and -self.gap_s <= drift <= self.gap_s:
+            if rank != SEEK and abs(drift) <= self.gap_s:
                 if position < current[0]:
                     current[0] = position
                 elif position > current[1]:
