@@ -68,7 +68,7 @@ class PostgresStore:
         self.dsn = dsn
         self.connect_timeout_s = connect_timeout_s
         self._db: psycopg.Connection[Any] | None = None
-        self._writer = RowWriter(psycopg.Error, psycopg.OperationalError, placeholders)
+        self._writer = RowWriter(psycopg.Error, psycopg.OperationalError, placeholders, "postgres")
         self._retry(self._migrate)
 
     # -- connection ------------------------------------------------------------------

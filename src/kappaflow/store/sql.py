@@ -10,14 +10,18 @@ from kappaflow.errors import StoreError
 from kappaflow.store.base import Table
 
 
-def upsert_sql(table: Table) -> str:
-    """INSERT ... ON CONFLICT for a table's mode (SQL shared by SQLite and PostgreSQL)."""
+def upsert_sql(table: Table, dialect: str = "sqlite") -> str:
+    """INSERT ... ON CONFLICT for a table's mode (SQL shared by SQLite and PostgreSQL),
+    except a replace in SQLite: INSERT OR REPLACE writes the same row (every column,
+    into a table with no other constraint) for fewer instructions than DO UPDATE."""
     names = table.column_names
     columns = ", ".join(names)
     marks = ", ".join("?" for _ in names)
     values = [n for n in names if n not in table.key]
     if not values or table.mode == "distinct":
         return f"INSERT INTO {table.name} ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING"
+    if table.mode == "replace" and dialect == "sqlite":
+        return f"INSERT OR REPLACE INTO {table.name} ({columns}) VALUES ({marks})"
     if table.mode == "add":
         sets = ", ".join(f"{n} = {table.name}.{n} + excluded.{n}" for n in values)
     else:
@@ -60,7 +64,8 @@ def create_sql(table: Table, dialect: str = "sqlite") -> str:
 
 class RowWriter:
     """Writes result rows with one DB-API cursor, honouring each table's mode.
-    ``translate`` turns the ``?`` placeholders into the driver's; errors of class
+    ``translate`` turns the ``?`` placeholders into the driver's, ``dialect`` picks the
+    upserts (see `upsert_sql`); errors of class
     ``unavailable`` pass through (the caller retries), other ``failure`` errors become
     `StoreError`."""
 
@@ -69,14 +74,16 @@ class RowWriter:
         failure: type[Exception],
         unavailable: type[Exception],
         translate: Callable[[str], str] = lambda sql: sql,
+        dialect: str = "sqlite",
     ) -> None:
         self.failure, self.unavailable, self.translate = failure, unavailable, translate
+        self.dialect = dialect
         self.tables: dict[str, Table] = {}
         self.upserts: dict[str, str] = {}
 
     def add(self, table: Table) -> None:
         self.tables[table.name] = table
-        self.upserts[table.name] = self.translate(upsert_sql(table))
+        self.upserts[table.name] = self.translate(upsert_sql(table, self.dialect))
 
     def write(self, cursor: Any, rows: Mapping[str, Sequence[tuple[Any, ...]]]) -> None:
         for name, table_rows in rows.items():
