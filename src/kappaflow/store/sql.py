@@ -64,10 +64,9 @@ def create_sql(table: Table, dialect: str = "sqlite") -> str:
 
 class RowWriter:
     """Writes result rows with one DB-API cursor, honouring each table's mode.
-    ``translate`` turns the ``?`` placeholders into the driver's, ``dialect`` picks the
-    upserts (see `upsert_sql`); errors of class
-    ``unavailable`` pass through (the caller retries), other ``failure`` errors become
-    `StoreError`."""
+    ``translate`` turns the ``?`` placeholders into the driver's, and ``dialect`` picks
+    the upserts (see `upsert_sql`); errors of class ``unavailable`` pass through (the
+    caller retries), other ``failure`` errors become `StoreError`."""
 
     def __init__(
         self,
