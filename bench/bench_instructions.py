@@ -1,0 +1,91 @@
+"""Instructions per heartbeat on the sessionize workload (a tenth of it at scale 1),
+counted by valgrind's callgrind: the worker path (log + worker + SQLite, one process)
+against the plain-Python pass and DuckDB on one thread. A count repeats within 0.1%
+whatever else the machine does, where timings here move by 20%, so a change of a few
+percent shows. Each side also runs without its work (imports, opening the log, store
+or database) and that count is subtracted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import Figure
+from rich.console import Console
+
+from kappaflow.settings import Settings
+
+SHARE = 0.1
+"""Of the sessionize workload: 241,970 heartbeats at scale 1."""
+WORKER = "log+worker+SQLite"
+SIDES = (WORKER, "plain Python", "DuckDB batch, 1 thread")
+console = Console()
+
+
+def run(scale: float) -> list[Figure]:
+    if shutil.which("valgrind") is None:
+        console.print("valgrind is not installed (Debian: apt install valgrind): no counts")
+        return []
+    from bench_sessionize import append_file, write_heartbeats
+
+    with tempfile.TemporaryDirectory(prefix="kappaflow-bench-") as tmp:
+        path = Path(tmp) / "heartbeats.ndjson"
+        events = write_heartbeats(path, SHARE * scale)
+        append_file(_settings(tmp), path)
+        per_event = {}
+        for side in SIDES:
+            with console.status(f"counting the instructions of {side}"):
+                setup = _count(side, tmp, work=False)
+                per_event[side] = (_count(side, tmp, work=True) - setup) / events
+            console.print(f"{side}: {per_event[side]:,.0f} instructions per heartbeat")
+    worker = per_event[WORKER]
+    return [
+        Figure(f"instructions per heartbeat: {WORKER}", worker, "instr", side, per_event[side])
+        for side in SIDES[1:]
+    ]
+
+
+def _settings(tmp: str) -> Settings:
+    return Settings.load({}, {"data_dir": str(Path(tmp) / "store")})
+
+
+def _count(side: str, tmp: str, work: bool) -> int:
+    """Instructions of a child process running ``side`` (its work, or its setup only)."""
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+               sys.executable, __file__, side, tmp, "work" if work else "setup"]  # fmt: skip
+    environment = {**os.environ, "PYTHONHASHSEED": "0"}
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, check=True)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if found is None:
+        raise RuntimeError(f"no count from callgrind for {side}: {done.stderr[-500:]}")
+    return int(found.group(1))
+
+
+def _child(side: str, tmp: str, work: bool) -> None:
+    import duckdb
+    from bench_sessionize import consume, duckdb_batch, python_batch
+
+    settings = _settings(tmp)
+    path, gap_s = Path(tmp) / "heartbeats.ndjson", settings.session_gap_s
+    if side == WORKER:
+        if work:
+            consume(settings)
+        else:  # the worker's setup: claim, restore, create tables; no records read
+            consume(settings, partitions=[])
+    elif side == "plain Python":
+        if work:
+            python_batch(path, gap_s)
+    elif work:
+        duckdb_batch(path, gap_s, threads=1)
+    else:
+        duckdb.connect(config={"threads": 1}).close()
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1], sys.argv[2], sys.argv[3] == "work")
