@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import duckdb
+from bench_sessionize import append_file, consume, duckdb_batch, python_batch, write_heartbeats
 from common import Figure
 from rich.console import Console
 
@@ -32,8 +34,6 @@ def run(scale: float) -> list[Figure]:
     if shutil.which("valgrind") is None:
         console.print("valgrind is not installed (Debian: apt install valgrind): no counts")
         return []
-    from bench_sessionize import append_file, write_heartbeats
-
     with tempfile.TemporaryDirectory(prefix="kappaflow-bench-") as tmp:
         path = Path(tmp) / "heartbeats.ndjson"
         events = write_heartbeats(path, SHARE * scale)
@@ -68,9 +68,6 @@ def _count(side: str, tmp: str, work: bool) -> int:
 
 
 def _child(side: str, tmp: str, work: bool) -> None:
-    import duckdb
-    from bench_sessionize import consume, duckdb_batch, python_batch
-
     settings = _settings(tmp)
     path, gap_s = Path(tmp) / "heartbeats.ndjson", settings.session_gap_s
     if side == WORKER:
