@@ -87,14 +87,6 @@ def test_the_provisional_view_follows_the_items_that_arrive(settings: Settings) 
     assert state.keys[A].pending == [] and state.keys[A].view is None
 
 
-def batch(events: list[Heartbeat], watermark_ms: int) -> Batch:
-    return Batch(0, list(range(len(events))), events, [e.ts for e in events], watermark_ms)
-
-
-def progress_segments(rows) -> dict[str, list]:
-    return {row[0]: msgspec.json.decode(row[4]) for row in rows["video_progress"]}
-
-
 def test_releasing_every_pending_item_adopts_the_view_to_the_same_result(
     settings: Settings,
 ) -> None:
@@ -117,3 +109,11 @@ def test_releasing_every_pending_item_adopts_the_view_to_the_same_result(
         assert processor.process(restored, batch([], watermark)).rows == expected
         assert persisted(restored.keys) == persisted(state.keys)
     assert [row[4:6] for row in expected["video_segments"]] == [(40.0, 45.0)]
+
+
+def batch(events: list[Heartbeat], watermark_ms: int) -> Batch:
+    return Batch(0, list(range(len(events))), events, [e.ts for e in events], watermark_ms)
+
+
+def progress_segments(rows) -> dict[str, list]:
+    return {row[0]: msgspec.json.decode(row[4]) for row in rows["video_progress"]}

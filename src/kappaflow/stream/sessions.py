@@ -215,17 +215,15 @@ class SessionWindows:
         Returns whether a session closed."""
         fold, gap = self.fold, self.gap_ms
         pending, view = state.pending, state.view
-        closed = False
         if view is not None and pending[-1][0] < watermark:
             # All of them: the view has folded them already, and its sessions but the
             # last are followed by a gap.
             for ended in view[:-1]:
                 fold.closed(key, ended, rows)
-                closed = True
-            acc, last = view[-1], pending[-1][0]
+            acc, last, closed = view[-1], pending[-1][0], len(view) > 1
             pending.clear()
         else:
-            acc, last = state.acc, state.last_ms
+            acc, last, closed = state.acc, state.last_ms, False
             released = 0
             for item in pending:
                 time_ms = item[0]
