@@ -35,9 +35,8 @@ def run(scale: float) -> list[Figure]:
         console.print("valgrind is not installed (Debian: apt install valgrind): no counts")
         return []
     with tempfile.TemporaryDirectory(prefix="kappaflow-bench-") as tmp:
-        path = Path(tmp) / "heartbeats.ndjson"
-        events = write_heartbeats(path, SHARE * scale)
-        append_file(_settings(tmp), path)
+        events = write_heartbeats(_heartbeats(tmp), SHARE * scale)
+        append_file(_settings(tmp), _heartbeats(tmp))
         per_event = {}
         for side in SIDES:
             with console.status(f"counting the instructions of {side}"):
@@ -55,6 +54,10 @@ def _settings(tmp: str) -> Settings:
     return Settings.load({}, {"data_dir": str(Path(tmp) / "store")})
 
 
+def _heartbeats(tmp: str) -> Path:
+    return Path(tmp) / "heartbeats.ndjson"
+
+
 def _count(side: str, tmp: str, work: bool) -> int:
     """Instructions of a child process running ``side`` (its work, or its setup only)."""
     command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
@@ -69,7 +72,7 @@ def _count(side: str, tmp: str, work: bool) -> int:
 
 def _child(side: str, tmp: str, work: bool) -> None:
     settings = _settings(tmp)
-    path, gap_s = Path(tmp) / "heartbeats.ndjson", settings.session_gap_s
+    path, gap_s = _heartbeats(tmp), settings.session_gap_s
     if side == WORKER:
         if work:
             consume(settings)
