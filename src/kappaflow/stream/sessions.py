@@ -50,9 +50,11 @@ class KeyState(msgspec.Struct, array_like=True):
     pending: list[tuple[Any, ...]] = []
     """Items not yet passed by the watermark, sorted."""
     view: list[Any] | None = None
-    """The provisional sessions (``acc`` folded on over ``pending``), stepped as items
-    arrive in order; None when ``pending`` is empty or the view must be folded again.
-    Derived, so never persisted."""
+    """The provisional sessions: ``acc`` folded on over the first ``viewed`` items of
+    ``pending``, stepped on over the rest when the view is next needed; None when it
+    must be folded again. Derived, so never persisted."""
+    viewed: int = 0
+    """How many of ``pending`` the view has folded."""
 
 
 BUCKET_BITS = 6
@@ -177,8 +179,6 @@ class SessionWindows:
             else:
                 pending = current.pending
                 if not pending or item > pending[-1]:
-                    if current.view is not None:
-                        self._extend(current.view, pending[-1][0], item)
                     pending.append(item)
                 elif item in pending:
                     duplicates.append((offset, "duplicate"))
@@ -210,18 +210,18 @@ class SessionWindows:
 
     def _advance(self, key: str, state: KeyState, watermark: int, rows: Rows) -> bool:
         """Fold the items the watermark has passed; close the session if it ended.
-        When it has passed all of them, the view is that fold already (a worker that is
-        behind reads batches long enough for this, and then steps each item once).
-        Returns whether a session closed."""
+        When it has passed all of them, the view is that fold. Returns whether a session
+        closed."""
         fold, gap = self.fold, self.gap_ms
-        pending, view = state.pending, state.view
-        if view is not None and pending[-1][0] < watermark:
-            # All of them: the view has folded them already, and its sessions but the
-            # last are followed by a gap.
+        pending = state.pending
+        if pending and pending[-1][0] < watermark:
+            # All of them: the view's sessions but the last are followed by a gap.
+            view = self._provisional(state)
             for ended in view[:-1]:
                 fold.closed(key, ended, rows)
             acc, last, closed = view[-1], pending[-1][0], len(view) > 1
             pending.clear()
+            viewed = 0
         else:
             acc, last, closed = state.acc, state.last_ms, False
             released = 0
@@ -236,35 +236,41 @@ class SessionWindows:
                 last = time_ms
                 released += 1
             del pending[:released]
+            viewed = state.viewed - released
         if acc is not None and last + gap < watermark:
             fold.closed(key, acc, rows)
             acc, closed = None, True
         state.acc, state.last_ms = acc, last
-        if closed or not pending:
-            state.view = None  # its first session closed, or it is just ``acc``
-        return closed
-
-    def _extend(self, view: list[Any], last_ms: int, item: Any) -> None:
-        """Step the provisional sessions with an item that follows all of them."""
-        if item[0] - last_ms > self.gap_ms:
-            view.append(self.fold.start(item))
+        if closed or viewed <= 0:
+            # Its first session closed, or it folded released items only: folding
+            # the rest from ``acc`` steps no more than stepping it on would.
+            state.view = None
         else:
-            view[-1] = self.fold.step(view[-1], item)
+            state.viewed = viewed
+        return closed
 
     def _provisional(self, state: KeyState) -> list[Any]:
         """The key's sessions as they stand, pending items included; kept in
         ``state.view`` while there are pending items."""
-        if state.view is not None:
-            return state.view
-        if not state.pending:
+        pending, view = state.pending, state.view
+        if view is not None:
+            viewed = state.viewed
+            last, unseen = pending[viewed - 1][0], pending[viewed:]
+        elif not pending:
             return [state.acc]
-        view = [] if state.acc is None else [self.fold.copy(state.acc)]
-        last = state.last_ms
-        for item in state.pending:
-            if view:
-                self._extend(view, last, item)
+        else:
+            if state.acc is None:
+                view, last, unseen = [self.fold.start(pending[0])], pending[0][0], pending[1:]
             else:
-                view.append(self.fold.start(item))
-            last = item[0]
-        state.view = view
+                view, last, unseen = [self.fold.copy(state.acc)], state.last_ms, pending
+            state.view = view
+        fold, gap = self.fold, self.gap_ms
+        for item in unseen:
+            time_ms = item[0]
+            if time_ms - last > gap:
+                view.append(fold.start(item))
+            else:
+                view[-1] = fold.step(view[-1], item)
+            last = time_ms
+        state.viewed = len(pending)
         return view
