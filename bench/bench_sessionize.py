@@ -34,6 +34,7 @@ from kappaflow.store import open_store
 from kappaflow.stream.worker import Worker
 
 EVENTS = 2_900_000  # the simulator stops players at the end: about 2 million heartbeats
+VIEWERS = 5_000
 WORKERS = 2  # one per core, as DuckDB's threads
 console = Console()
 Segments = Counter[tuple[str, str, float, float]]
@@ -82,11 +83,12 @@ def _check_same(worker: Segments, baseline: Segments, name: str) -> None:
         raise AssertionError(f"{name}: segments differ, e.g. {list(difference)[:5]}")
 
 
-def write_heartbeats(path: Path, scale: float) -> int:
-    """Write the benchmark's heartbeats to ``path`` as NDJSON; return how many."""
-    count = round(EVENTS * scale)
-    with console.status(f"simulating {count:,} heartbeats"):
-        workload = simulate(count, viewers=5_000, seed=1, jitter_ms=2_000, duplicates=0.005)
+def write_heartbeats(path: Path, scale: float, share: float = 1.0) -> int:
+    """Write the benchmark's heartbeats to ``path`` as NDJSON; return how many. A
+    ``share`` below 1 keeps that share of the viewers, each viewing as long."""
+    count, viewers = round(EVENTS * scale * share), round(VIEWERS * share)
+    with console.status(f"simulating {count:,} heartbeats of {viewers:,} viewers"):
+        workload = simulate(count, viewers, seed=1, jitter_ms=2_000, duplicates=0.005)
         path.write_bytes(b"\n".join(msgspec.json.encode(e) for e in workload.events))
     events = len(workload.events)
     console.print(f"{events:,} heartbeats, {path.stat().st_size / 2**20:,.0f} MiB of NDJSON")
