@@ -52,9 +52,7 @@ def process(events: list, per_partition: int) -> tuple[float, float]:
     ``events``, committing at most ``per_partition`` events of each partition at a time."""
     half = len(events) // 2
     with tempfile.TemporaryDirectory(prefix="kappaflow-bench-") as data:
-        settings = Settings.load({}, {"data_dir": data, "partitions": PARTITIONS,
-                                      "batch_max_events": per_partition,
-                                      "commit_interval_ms": 0})  # fmt: skip
+        settings = commit_settings(data, per_partition)
         with console.status(f"{per_partition * PARTITIONS:,} events per commit: first half"):
             append_events(settings, events[:half], 2_000)
             worker = consume(settings)
@@ -66,3 +64,11 @@ def process(events: list, per_partition: int) -> tuple[float, float]:
         assert worker.stats.events == len(events), worker.stats
         measured = len(events) - half
         return measured / wall, cpu / measured * 1e6
+
+
+def commit_settings(data_dir: str, per_partition: int) -> Settings:
+    """Settings of a worker committing at most ``per_partition`` events of each partition
+    at a time, with no wait between commits."""
+    return Settings.load({}, {"data_dir": data_dir, "partitions": PARTITIONS,
+                              "batch_max_events": per_partition,
+                              "commit_interval_ms": 0})  # fmt: skip
