@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from kappaflow.settings import Settings
+from kappaflow.testing import kafka_mock_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -47,26 +48,8 @@ def backend_settings(request: pytest.FixtureRequest, settings: Settings) -> Sett
 def kafka_bootstrap() -> Iterator[str]:
     """A fresh mock Kafka cluster of librdkafka (3 brokers on 127.0.0.1), held by this
     process for the test; other processes reach it over loopback like a real one."""
-    import logging
-
-    from confluent_kafka import Producer
-
-    found: list[str] = []
-
-    class Bootstrap(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            message = record.getMessage()
-            if "Mock cluster enabled" in message:
-                found.append(message.rsplit(" ", 1)[-1])
-
-    logger = logging.getLogger("kappaflow.tests.kafka-mock")
-    logger.addHandler(Bootstrap())
-    logger.setLevel(logging.DEBUG)
-    holder = Producer({"test.mock.num.brokers": 3, "logger": logger})
-    holder.poll(1)
-    assert found, "the mock cluster did not report its address"
-    yield found[0]
-    holder.flush(1)
+    with kafka_mock_cluster() as bootstrap:
+        yield bootstrap
 
 
 @pytest.fixture(params=["embedded+sqlite", "embedded+postgres", "kafka+postgres"])

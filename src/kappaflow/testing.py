@@ -1,10 +1,13 @@
 """Helpers for testing apps, ours and users' alike: push events through the real log,
-worker and store on a temporary data directory and look at the result tables."""
+worker and store on a temporary data directory and look at the result tables; run
+the Kafka log against librdkafka's mock cluster where no Kafka runs."""
 
 from __future__ import annotations
 
+import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from kappaflow.app import App
@@ -68,3 +71,34 @@ def result_tables(settings: Settings, names: Sequence[str]) -> dict[str, list[tu
         return {name: store.query(f"SELECT * FROM {name} ORDER BY 1, 2, 3, 4") for name in names}
     finally:
         store.close()
+
+
+@contextmanager
+def kafka_mock_cluster(brokers: int = 3) -> Iterator[str]:
+    """A mock Kafka cluster of librdkafka on 127.0.0.1, speaking the Kafka protocol, for
+    as long as the block runs in this process (other processes reach it over loopback
+    like a real one); yields its bootstrap servers. It auto-creates topics with 4
+    partitions and does not answer admin requests."""
+    from confluent_kafka import Producer
+
+    found: list[str] = []
+
+    class Bootstrap(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if "Mock cluster enabled" in message:
+                found.append(message.rsplit(" ", 1)[-1])
+
+    logger = logging.getLogger("kappaflow.testing.kafka-mock")
+    handler = Bootstrap()
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    holder = Producer({"test.mock.num.brokers": brokers, "logger": logger})
+    try:
+        holder.poll(1)
+        if not found:
+            raise RuntimeError("the mock Kafka cluster did not report its address")
+        yield found[0]
+    finally:
+        holder.flush(1)
+        logger.removeHandler(handler)

@@ -34,6 +34,9 @@ def test_append_returns_offsets_and_reads_back(log: EmbeddedLog) -> None:
     assert batch.next_offset == 8
     assert log.end_offsets("t") == {0: 8, 1: 1, 2: 0}
     assert log.read("t", 2, 0, 10).values == []
+    assert log.append_partitions("t", {0: values(8, 2), 2: values(0, 3)}) == {0: 8, 2: 0}
+    assert log.end_offsets("t") == {0: 10, 1: 1, 2: 3}
+    assert log.read("t", 2, 0, 100).values == values(0, 3)
 
 
 def test_read_spans_rolled_segments(log: EmbeddedLog) -> None:

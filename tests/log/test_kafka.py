@@ -5,6 +5,8 @@ partitions, so these tests use 4)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from kappaflow.errors import LogError
@@ -44,6 +46,43 @@ def test_append_read_and_offsets(log: KafkaLog, request: pytest.FixtureRequest) 
     assert log.read(topic, 1, 4, 100).values == []
     again = read(log, topic, 1, 0, 1)  # a restart reads from an earlier offset
     assert again.values == [b"a"]
+
+
+class CountingFlushes:
+    """The log's real producer, counting how often the log waits for deliveries."""
+
+    def __init__(self, producer: Any) -> None:
+        self.producer, self.flushes = producer, 0
+
+    def flush(self, *args: Any) -> int:
+        self.flushes += 1
+        return self.producer.flush(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.producer, name)
+
+
+def test_appends_to_several_partitions_wait_once_for_all(log: KafkaLog) -> None:
+    log.create_topic("t-together", 4)
+    log.append("t-together", 2, [b"before"])
+    producer = log._producer = CountingFlushes(log._producer_handle())
+    records = {p: [f"{p}-{n}".encode() for n in range(20)] for p in (0, 2, 3)}
+    assert log.append_partitions("t-together", records) == {0: 0, 2: 1, 3: 0}
+    assert producer.flushes == 1, "one round trip for the partitions together"
+    for partition, values in records.items():
+        start = 1 if partition == 2 else 0
+        assert read(log, "t-together", partition, start, 100).values == values
+    assert log.end_offsets("t-together") == {0: 20, 1: 0, 2: 21, 3: 20}
+
+
+def test_a_full_producer_queue_is_emptied_not_refused(kafka_bootstrap: str) -> None:
+    small = KafkaLog(kafka_bootstrap, {"queue.buffering.max.messages": "10"})
+    small.create_topic("t-full", 4)
+    records = {p: [f"{p}-{n}".encode() for n in range(25)] for p in range(4)}
+    assert small.append_partitions("t-full", records) == dict.fromkeys(range(4), 0)
+    assert small.end_offsets("t-full") == dict.fromkeys(range(4), 25)
+    assert read(small, "t-full", 3, 0, 100).values == records[3]
+    small.close()
 
 
 def test_a_topic_with_other_partitions_is_refused(log: KafkaLog) -> None:

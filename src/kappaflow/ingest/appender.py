@@ -24,8 +24,7 @@ class Appender:
 
     def append(self, events: Sequence[Any]) -> int:
         """Append ``events``; returns how many. Durable when it returns (per the log)."""
-        for partition, values in self.encode(events).items():
-            self.log.append(self.stream.name, partition, values)
+        self.log.append_partitions(self.stream.name, self.encode(events))
         return len(events)
 
     def encode(self, events: Sequence[Any]) -> dict[int, list[bytes]]:

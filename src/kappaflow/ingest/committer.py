@@ -1,6 +1,7 @@
 """Group commit: appends of concurrent requests share one write and one fsync per
-partition. While a write runs in a thread, new requests queue; the next write takes
-them all. Each request's future resolves once its records are durable."""
+partition (on Kafka, one round trip for all partitions). While a write runs in a
+thread, new requests queue; the next write takes them all. Each request's future
+resolves once its records are durable."""
 
 from __future__ import annotations
 
@@ -47,9 +48,9 @@ class GroupCommitter:
                         future.set_result(None)
 
     def _write(self, batch: list[tuple[str, Records, asyncio.Future[None]]]) -> None:
-        merged: dict[tuple[str, int], list[bytes]] = defaultdict(list)
+        merged: dict[str, Records] = defaultdict(lambda: defaultdict(list))
         for stream, records, _ in batch:
             for partition, values in records.items():
-                merged[stream, partition].extend(values)
-        for (stream, partition), values in merged.items():
-            self.log.append(stream, partition, values)
+                merged[stream][partition].extend(values)
+        for stream, records in merged.items():
+            self.log.append_partitions(stream, records)

@@ -26,6 +26,13 @@ class Log(Protocol):
     def append(self, topic: str, partition: int, values: Sequence[bytes]) -> int:
         """Append records durably; returns the offset of the first one."""
 
+    def append_partitions(
+        self, topic: str, records: Mapping[int, Sequence[bytes]]
+    ) -> dict[int, int]:
+        """Append records to several partitions (partition -> values), durably once it
+        returns; the offset of each partition's first record. A failure may leave some
+        partitions appended: callers retry the whole, as they would a single append."""
+
     def read(self, topic: str, partition: int, offset: int, max_records: int) -> RecordBatch:
         """Up to ``max_records`` durable records starting at ``offset`` (maybe none)."""
 

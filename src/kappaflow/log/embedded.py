@@ -388,6 +388,13 @@ class EmbeddedLog:
             raise LogError("this log was opened for reading; open it with writer=True to append")
         return self._writer(topic, partition).append(values)
 
+    def append_partitions(
+        self, topic: str, records: Mapping[int, Sequence[bytes]]
+    ) -> dict[int, int]:
+        """One write and fsync per partition, in turn."""
+        return {partition: self.append(topic, partition, values)
+                for partition, values in records.items()}  # fmt: skip
+
     def _writer(self, topic: str, partition: int) -> _Writer:
         """The partition's writer, recovering its tail the first time."""
         key = (topic, partition)

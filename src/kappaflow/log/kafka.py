@@ -92,26 +92,38 @@ class KafkaLog:
         return self._producer
 
     def append(self, topic: str, partition: int, values: Sequence[bytes]) -> int:
-        """Produce and wait for every delivery report; the first record's offset."""
+        return self.append_partitions(topic, {partition: values})[partition]
+
+    def append_partitions(
+        self, topic: str, records: Mapping[int, Sequence[bytes]]
+    ) -> dict[int, int]:
+        """Produce every record, then wait once for all delivery reports: one round
+        trip for the partitions together, not one each."""
         producer = self._producer_handle()
-        offsets: list[int] = []
+        offsets: dict[int, int] = {}
         failures: list[str] = []
 
         def delivered(error: KafkaError | None, message: Any) -> None:
             if error is not None:
-                failures.append(str(error))
-            else:
-                offsets.append(message.offset())
+                failures.append(f"{topic}[{message.partition()}]: {error}")
+            else:  # in order within a partition: the first report is its first record
+                offsets.setdefault(message.partition(), message.offset())
 
-        for value in values:
-            producer.produce(topic, value, partition=partition, on_delivery=delivered)
+        for partition, values in records.items():
+            for value in values:
+                try:
+                    producer.produce(topic, value, partition=partition, on_delivery=delivered)
+                except BufferError:  # the producer's queue is full: empty it, go on
+                    producer.flush(TIMEOUT_S)
+                    producer.produce(topic, value, partition=partition, on_delivery=delivered)
         remaining = producer.flush(TIMEOUT_S)
         if failures or remaining:
+            total = sum(map(len, records.values()))
             raise LogUnavailable(
-                f"Kafka: {len(failures) + remaining} of {len(values)} records not delivered "
-                f"to {topic}[{partition}]: {failures[:1] or 'timed out'}"
+                f"Kafka: {len(failures) + remaining} of {total} records not delivered: "
+                f"{failures[:1] or 'timed out'}"
             )
-        return min(offsets) if offsets else -1
+        return {partition: offsets.get(partition, -1) for partition in records}
 
     # -- reading ---------------------------------------------------------------------
 

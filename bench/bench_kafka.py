@@ -1,0 +1,58 @@
+"""Ingest's group commit on the Kafka log, against librdkafka's mock cluster on
+loopback (no Kafka runs here): the records of one group commit, spread over 4
+partitions (the mock cluster makes topics of 4), appended with one wait for all the
+partitions' deliveries (as ingest appends) against one wait per partition. Loopback
+answers in well under a millisecond; on a real cluster, with ``acks=all`` across
+brokers, each wait costs a replication round trip, so the gap there is wider."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import msgspec
+from common import START_MS, Figure
+from rich.console import Console
+
+from kappaflow.apps.video_sim import heartbeats
+from kappaflow.log.kafka import KafkaLog
+from kappaflow.log.partitioner import partition_for
+from kappaflow.testing import kafka_mock_cluster
+
+PARTITIONS = 4
+PER_COMMIT = 2_000
+"""Events of one group commit: one request of the load generator's."""
+SECONDS = 5
+console = Console()
+
+
+def run(scale: float) -> list[Figure]:
+    events = list(itertools.islice(heartbeats(10_000, 0, START_MS), PER_COMMIT))
+    records: dict[int, list[bytes]] = {}
+    for event in events:
+        partition = partition_for(event.user_id, PARTITIONS)
+        records.setdefault(partition, []).append(msgspec.json.encode(event))
+    seconds = max(1.0, SECONDS * scale)
+    with kafka_mock_cluster() as bootstrap:
+        log = KafkaLog(bootstrap)
+        log.create_topic("heartbeats", PARTITIONS)
+        together = _rate(lambda: log.append_partitions("heartbeats", records), seconds)
+        apart = _rate(lambda: [log.append("heartbeats", p, v) for p, v in records.items()],
+                      seconds)  # fmt: skip
+        log.close()
+    per_second = {name: rate * PER_COMMIT for name, rate in
+                  (("one wait", together), ("a wait per partition", apart))}  # fmt: skip
+    for name, rate in per_second.items():
+        console.print(f"Kafka mock cluster, {name}: {rate:,.0f} events/s")
+    return [Figure(f"Kafka (mock) append, {PER_COMMIT:,} events over {PARTITIONS} partitions",
+                   per_second["one wait"], "events/s", "a wait per partition",
+                   per_second["a wait per partition"])]  # fmt: skip
+
+
+def _rate(append: object, seconds: float) -> float:
+    """Appends per second of ``append`` over about ``seconds``."""
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        append()  # type: ignore[operator]
+        count += 1
+    return count / (time.perf_counter() - started)
