@@ -144,9 +144,23 @@ def test_a_worker_behind_polls_again_at_once_and_one_that_keeps_up_waits(
 
     monkeypatch.setattr(w, "poll", counted_poll)
     monkeypatch.setattr(worker_module.time, "sleep", lambda s: happened.append(("pause", s > 0.1)))
+    run_workers([w], lambda: ("pause", True) in happened)
+    assert happened == [("poll", 10), ("poll", 10), ("poll", 10), ("poll", 5), ("pause", True)]
+
+
+def test_a_run_until_caught_up_ends_with_its_last_batch_not_a_pause(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the last records are committed there is nothing left to wait for."""
+    settings = settings.replace(batch_max_events=10, commit_interval_ms=250)
+    append(settings, partition_for("u", settings.partitions), [beat(t, t) for t in range(25)])
+    w = worker(settings)
+    w.start()
+    pauses: list[float] = []
+    monkeypatch.setattr(worker_module.time, "sleep", pauses.append)
     run_workers([w], lambda: False, until_caught_up=True)
-    assert happened == [("poll", 10), ("poll", 10), ("poll", 10), ("poll", 5), ("pause", True),
-                        ("poll", 0)]  # fmt: skip
+    assert w.stats.events == 25 and w.caught_up()
+    assert pauses == []
 
 
 @given(

@@ -299,14 +299,15 @@ def run_workers(
     while not should_stop():
         started = time.monotonic()
         if sum(_poll_or_recover(worker, should_stop) for worker in workers):
-            # Workers that keep up wait, so that their next commits carry more events;
-            # one that read a full batch is behind, and polls again at once.
-            if not any(worker.behind for worker in workers):
-                time.sleep(max(0.0, spacing - (time.monotonic() - started)))
-            continue
+            if any(worker.behind for worker in workers):
+                continue  # one that read a full batch is behind: it polls again at once
+            # Workers that keep up wait, so that their next commits carry more events.
+            wait = spacing - (time.monotonic() - started)
+        else:
+            wait = pause
         if until_caught_up and all(worker.caught_up() for worker in workers):
             return
-        time.sleep(pause)
+        time.sleep(max(0.0, wait))
 
 
 def _poll_or_recover(worker: Worker, should_stop: Callable[[], bool]) -> int:
