@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from kappaflow.errors import LogError
+from kappaflow.errors import LogError, LogUnavailable
+from kappaflow.log import kafka as kafka_module
 from kappaflow.log.kafka import KafkaLog
 from kappaflow.log.partitioner import partition_for
 
@@ -83,6 +84,16 @@ def test_a_full_producer_queue_is_emptied_not_refused(kafka_bootstrap: str) -> N
     assert small.end_offsets("t-full") == dict.fromkeys(range(4), 25)
     assert read(small, "t-full", 3, 0, 100).values == records[3]
     small.close()
+
+
+def test_a_producer_queue_that_stays_full_is_log_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No broker listens on the port: the queue of 5 never empties."""
+    monkeypatch.setattr(kafka_module, "TIMEOUT_S", 0.5)
+    dead = KafkaLog("127.0.0.1:1", {"queue.buffering.max.messages": "5"})
+    with pytest.raises(LogUnavailable, match="queue stayed full"):
+        dead.append_partitions("t-dead", {0: [b"x"] * 10})
 
 
 def test_a_topic_with_other_partitions_is_refused(log: KafkaLog) -> None:

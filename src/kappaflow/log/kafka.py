@@ -114,7 +114,10 @@ class KafkaLog:
                 try:
                     producer.produce(topic, value, partition=partition, on_delivery=delivered)
                 except BufferError:  # the producer's queue is full: empty it, go on
-                    producer.flush(TIMEOUT_S)
+                    if producer.flush(TIMEOUT_S):
+                        raise LogUnavailable(
+                            f"Kafka: the producer's queue stayed full for {TIMEOUT_S:.0f} s"
+                        ) from None
                     producer.produce(topic, value, partition=partition, on_delivery=delivered)
         remaining = producer.flush(TIMEOUT_S)
         if failures or remaining:
