@@ -36,6 +36,7 @@ def run(scale: float) -> list[Figure]:
     with kafka_mock_cluster() as bootstrap:
         log = KafkaLog(bootstrap)
         log.create_topic("heartbeats", PARTITIONS)
+        log.append_partitions("heartbeats", records)  # the producer connects, the topic is made
         together = _rate(lambda: log.append_partitions("heartbeats", records), seconds)
         apart = _rate(lambda: [log.append("heartbeats", p, v) for p, v in records.items()],
                       seconds)  # fmt: skip

@@ -2,7 +2,8 @@
 write it as JSON to bench/results/latest.json.
 
 Each module has ``run(scale: float) -> list[Figure]``. A figure is compared with a
-baseline measured in the same run, so the ratio holds on a noisy machine.
+baseline measured in the same run, so the ratio holds on a noisy machine. Each module
+runs in a fresh process, so that none inherits another's memory or threads.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from rich.console import Console
@@ -36,7 +39,7 @@ def main() -> None:
     for name in chosen:
         console.rule(name)
         started = time.perf_counter()
-        figures.extend(importlib.import_module(name).run(args.scale))
+        figures.extend(_run_alone(name, args.scale))
         console.print(f"{name} took {time.perf_counter() - started:.1f} s")
     table = Table(title="kappaflow benchmarks")
     for column in ("name", "figure", "unit", "baseline", "baseline figure", "ratio"):
@@ -56,6 +59,17 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps([f.as_dict() for f in figures], indent=2) + "\n")
     console.print(f"written to {out}")
+
+
+def _run_alone(name: str, scale: float) -> list[Figure]:
+    """The figures of module ``name``, run in a process of its own."""
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as child:
+        return child.submit(_run_module, name, scale).result()
+
+
+def _run_module(name: str, scale: float) -> list[Figure]:
+    return importlib.import_module(name).run(scale)
 
 
 def _number(value: float) -> str:
