@@ -11,13 +11,14 @@ import itertools
 import time
 from collections.abc import Callable
 
-import msgspec
 from common import START_MS, Figure
 from rich.console import Console
 
+from kappaflow.apps.video import Heartbeat, create_app
 from kappaflow.apps.video_sim import heartbeats
+from kappaflow.ingest.appender import Appender
 from kappaflow.log.kafka import KafkaLog
-from kappaflow.log.partitioner import partition_for
+from kappaflow.settings import Settings
 from kappaflow.testing import kafka_mock_cluster
 
 PARTITIONS = 4
@@ -29,23 +30,20 @@ console = Console()
 
 def run(scale: float) -> list[Figure]:
     events = list(itertools.islice(heartbeats(10_000, 0, START_MS), PER_COMMIT))
-    records: dict[int, list[bytes]] = {}
-    for event in events:
-        partition = partition_for(event.user_id, PARTITIONS)
-        records.setdefault(partition, []).append(msgspec.json.encode(event))
     seconds = max(1.0, SECONDS * scale)
     with kafka_mock_cluster() as bootstrap:
         # The log's clients go with it when `_measure` returns, before the cluster does.
-        together, apart = _measure(KafkaLog(bootstrap), records, seconds)
+        together, apart = _measure(KafkaLog(bootstrap), events, seconds)
     for name, rate in (("one wait", together), ("a wait per partition", apart)):
         console.print(f"Kafka mock cluster, {name}: {rate:,.0f} events/s")
     return [Figure(f"Kafka (mock) append, {PER_COMMIT:,} events over {PARTITIONS} partitions",
                    together, "events/s", "a wait per partition", apart)]  # fmt: skip
 
 
-def _measure(log: KafkaLog, records: dict[int, list[bytes]], seconds: float) -> tuple[float, float]:
+def _measure(log: KafkaLog, events: list[Heartbeat], seconds: float) -> tuple[float, float]:
     """Events/s appended with one wait for all partitions, and with a wait for each."""
-    log.create_topic("heartbeats", PARTITIONS)
+    stream = create_app(Settings.load({})).streams[0]
+    records = Appender(log, stream, PARTITIONS).encode(events)  # as ingest encodes them
     log.append_partitions("heartbeats", records)  # the producer connects, the topic is made
     together = _rate(lambda: log.append_partitions("heartbeats", records), seconds)
     apart = _rate(lambda: [log.append("heartbeats", p, v) for p, v in records.items()], seconds)
