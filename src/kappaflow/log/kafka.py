@@ -123,8 +123,8 @@ class KafkaLog:
         if failures or remaining:
             total = sum(map(len, records.values()))
             raise LogUnavailable(
-                f"Kafka: {len(failures) + remaining} of {total} records not delivered: "
-                f"{failures[:1] or 'timed out'}"
+                f"Kafka: {len(failures) + remaining} of {total} records not delivered to "
+                f"{topic}: {failures[:1] or 'timed out'}"
             )
         return {partition: offsets.get(partition, -1) for partition in records}
 
