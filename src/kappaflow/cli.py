@@ -64,6 +64,12 @@ def main() -> None:
 @click.option("--app", "app_name", default=None, help="Only this app (default: all).")
 @click.option("--stream", "stream_name", default=None, help="Only this stream of --app.")
 @click.option("--partitions", help="Partitions to own, e.g. 0-3 or 0,2 (default: all).")
+@click.option(
+    "--share-file",
+    type=click.Path(dir_okay=False),
+    help="Own the partitions this file lists (a JSON list) and follow its changes "
+    "between batches, as kappaflow up writes it.",
+)
 @click.option("--until-caught-up", is_flag=True, help="Exit once the backlog is processed.")
 @click.option("-v", "--verbose", is_flag=True, help="Log each important event.")
 @click.pass_context
@@ -73,22 +79,32 @@ def worker(
     app_name: str | None,
     stream_name: str | None,
     partitions: str | None,
+    share_file: str | None,
     until_caught_up: bool,
     verbose: bool,
 ) -> None:
     """Process partitions of the apps' streams until stopped (SIGTERM or Ctrl-C: finish
     the batch, then exit). By default, every stream of every app in KAPPAFLOW_APPS.
-    On Kafka without --partitions, the consumer group assigns them (cooperative-sticky),
-    as when KEDA scales worker pods."""
+    On Kafka without --partitions or --share-file, the consumer group assigns them
+    (cooperative-sticky), as when KEDA scales worker pods."""
     from kappaflow.app import load_apps
     from kappaflow.log import open_log
     from kappaflow.store import open_store
+    from kappaflow.stream.shares import ShareFile
     from kappaflow.stream.worker import Worker, run_workers
 
     _setup_logging(verbose)
     settings = _settings(ctx, data_dir=data_dir)
-    owned = parse_partitions(partitions) or list(range(settings.partitions))
+    if partitions and share_file:
+        raise click.UsageError("--partitions and --share-file exclude each other")
+    share = ShareFile(share_file) if share_file else None
     try:
+        if share is None:
+            owned = parse_partitions(partitions) or list(range(settings.partitions))
+        elif (asked := share.changed()) is None:
+            raise click.BadParameter(f"{share_file} does not exist", param_hint="--share-file")
+        else:
+            owned = asked
         apps = load_apps(settings)
         if app_name:
             apps = [a for a in apps if a.name == app_name]
@@ -101,11 +117,13 @@ def worker(
             for stream in ([app.stream(stream_name)] if stream_name else app.streams)
         ]
         for runner in runners:
-            if settings.log == "kafka" and not partitions:
+            if settings.log == "kafka" and not partitions and share is None:
                 runner.follow_group()
             else:
                 runner.start()
-        run_workers(runners, stop_flag(), until_caught_up=until_caught_up)
+        if share is not None:
+            share.acknowledge(owned)
+        run_workers(runners, stop_flag(), until_caught_up=until_caught_up, share=share)
     except KappaflowError as error:
         click.echo(f"kappaflow worker: {error}", err=True)
         sys.exit(1)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,7 @@ import httpx
 from kappaflow.errors import KappaflowError
 from kappaflow.settings import MULTIPROCESS_VARIABLE, Settings
 from kappaflow.signals import stop_flag
+from kappaflow.stream.shares import ShareFile
 
 log = logging.getLogger("kappaflow.up")
 STOP_TIMEOUT_S = 60
@@ -43,13 +45,21 @@ def shares(partitions: int, workers: int) -> list[list[int]]:
     return [list(range(partitions))[i::count] for i in range(count)]
 
 
+@dataclass
+class WorkerProcess:
+    share: list[int]
+    """The partitions it is to own."""
+    process: subprocess.Popen[bytes]
+    file: ShareFile
+
+
 class Stack:
     def __init__(self, settings: Settings, quiet: bool = False) -> None:
         """``quiet``: children's output goes to ``<data_dir>/logs/`` instead of the terminal."""
         self.settings = settings
         self.url = f"http://{settings.host}:{settings.port}"
         self.server: subprocess.Popen[bytes] | None = None
-        self.workers: dict[int, tuple[list[int], subprocess.Popen[bytes]]] = {}
+        self.workers: dict[int, WorkerProcess] = {}
         self._lock = threading.RLock()
         """Held while workers start or stop (the autoscaler may run in a thread)."""
         self.quiet = quiet
@@ -57,6 +67,10 @@ class Stack:
         self.logs = data / "logs"
         if quiet:
             self.logs.mkdir(parents=True, exist_ok=True)
+        self.shares = data / "workers"
+        """Each worker's share file (see `kappaflow.stream.shares`)."""
+        shutil.rmtree(self.shares, ignore_errors=True)
+        self.shares.mkdir(parents=True)
         shared = os.environ.get(MULTIPROCESS_VARIABLE) or str(prepare_metrics_dir(settings))
         self.env = {**os.environ, **settings.to_environ(), MULTIPROCESS_VARIABLE: shared}
 
@@ -91,19 +105,55 @@ class Stack:
         return len(self.workers)
 
     def resize(self, workers: int) -> None:
-        """Run ``workers`` workers, partitions shared anew: the current ones finish their
-        batch and exit first, so that each partition always has one owner."""
+        """Run ``workers`` workers with the partitions shared anew, one owner to a
+        partition at a time: the workers that go away finish their batch and exit, and
+        those that stay let go of what they lose, before any of it is claimed again. A
+        worker that stays runs on with the state of what it keeps."""
         with self._lock:
-            self._stop_workers()
-            self.workers = {}
-            if workers:
-                for number, share in enumerate(shares(self.settings.partitions, workers)):
+            wanted = shares(self.settings.partitions, workers) if workers else []
+            self._stop_workers([number for number in self.workers if number >= len(wanted)])
+            losing = [
+                number
+                for number, worker in self.workers.items()
+                if self._hand(number, [p for p in worker.share if p in wanted[number]])
+            ]
+            self._await_handovers(losing)
+            for number, share in enumerate(wanted):
+                if number in self.workers:
+                    self._hand(number, share)
+                else:
                     self._start_worker(number, share)
 
     def _start_worker(self, number: int, share: list[int]) -> None:
-        process = self._spawn("worker", "--partitions", ",".join(map(str, share)))
-        self.workers[number] = (share, process)
+        file = ShareFile(self.shares / str(number))
+        file.offer(share)
+        process = self._spawn("worker", "--share-file", str(file.path))
+        self.workers[number] = WorkerProcess(share, process, file)
         log.warning("started worker %d (pid %d) for partitions %s", number, process.pid, share)
+
+    def _hand(self, number: int, share: list[int]) -> bool:
+        """Ask a running worker to own ``share`` from its next poll; returns whether
+        that changes its share."""
+        worker = self.workers[number]
+        if share == worker.share:
+            return False
+        worker.file.offer(share)
+        worker.share = share
+        log.warning("worker %d (pid %d) to own partitions %s", number, worker.process.pid, share)
+        return True
+
+    def _await_handovers(self, numbers: list[int]) -> None:
+        """Wait until each of these workers owns no more than its share; stop one that
+        does not say so in time (`check` starts it again)."""
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        waiting = [self.workers[number] for number in numbers]
+        while waiting and time.monotonic() < deadline:
+            waiting = [w for w in waiting if w.process.poll() is None and not _owns_share(w)]
+            time.sleep(0.01)
+        for worker in waiting:
+            log.warning("pid %d did not take its share within %d s; stopping it",
+                        worker.process.pid, STOP_TIMEOUT_S)  # fmt: skip
+            _terminate(worker.process)
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -124,11 +174,12 @@ class Stack:
         if self.server is not None and self.server.poll() is not None:
             raise StackFailed(f"the server exited with code {self.server.returncode}")
         with self._lock:
-            for number, (share, process) in list(self.workers.items()):
+            for number, worker in list(self.workers.items()):
+                process = worker.process
                 if process.poll() is not None:
                     log.warning("worker %d (pid %d) exited with code %s; restarting it",
                                 number, process.pid, process.returncode)  # fmt: skip
-                    self._start_worker(number, share)
+                    self._start_worker(number, worker.share)
 
     def stop(self) -> None:
         """Server first, so nothing new arrives; then the workers, which commit and exit."""
@@ -136,15 +187,22 @@ class Stack:
             log.warning("stopping the server")
             _terminate(self.server)
         with self._lock:
-            self._stop_workers()
+            self._stop_workers(list(self.workers))
         log.warning("stopped")
 
-    def _stop_workers(self) -> None:
-        for _, process in self.workers.values():
+    def _stop_workers(self, numbers: list[int]) -> None:
+        """Stop these workers, all at once: each finishes its batch and exits."""
+        stopping = [self.workers.pop(number).process for number in numbers]
+        for process in stopping:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for _, process in self.workers.values():
+        for process in stopping:
             _wait(process)
+
+
+def _owns_share(worker: WorkerProcess) -> bool:
+    owned = worker.file.owned()
+    return owned is not None and set(owned) <= set(worker.share)
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:

@@ -1,6 +1,7 @@
 """Autoscaling with real processes: a burst makes ``kappaflow up`` scale workers up,
 then down once the stabilization window has passed; partitions move between workers
-each time, and every result table must still equal an unscaled run's."""
+each time (the first worker runs on and hands over or takes back its share), and every
+result table must still equal an unscaled run's."""
 
 from __future__ import annotations
 
@@ -94,4 +95,6 @@ def test_scaling_up_and_down_loses_and_repeats_nothing(
     assert "scale up: 1 -> " in log, log
     assert "scale down: " in log, log
     assert peak >= 2
+    assert log.count("started worker 0 ") == 1, "worker 0 ran on through every resize"
+    assert "worker 0 (pid" in log and "to own partitions [0, 2]" in log, log
     assert result_tables(scaled, TABLES) == result_tables(unscaled, TABLES)

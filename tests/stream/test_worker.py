@@ -283,3 +283,45 @@ def test_a_lost_database_connection_is_recovered_without_loss_or_repeats(
     assert "restoring from the store" in caplog.text
     assert all_progress(w.store) == expected
     w.store.close()
+
+
+def test_a_worker_hands_partitions_over_and_takes_them_back_without_a_restart(
+    settings: Settings,
+) -> None:
+    """As ``kappaflow up`` scales 1 -> 2 -> 1 worker: the one that stays keeps the state
+    of what it keeps, and the results equal an unmoved run's."""
+    from kappaflow.apps.video_sim import simulate
+    from kappaflow.testing import run_events
+
+    settings = settings.replace(idle_timeout_s=3600, batch_max_events=200)
+    workload = simulate(6_000, viewers=40, seed=3, jitter_ms=1_000, duplicates=0.01)
+    unmoved = settings.replace(data_dir=settings.data_dir + "-unmoved")
+    expected = all_progress(run_events(create_app(unmoved), workload.events, unmoved))
+    thirds = [workload.events[:2_000], workload.events[2_000:4_000], workload.events[4_000:]]
+
+    def append_events(events: list[Heartbeat]) -> None:
+        writer = open_log(settings, writer=True)
+        Appender(writer, create_app(settings).streams[0], settings.partitions).append(events)
+        writer.close()
+
+    append_events(thirds[0])
+    stays = worker(settings)
+    stays.start()
+    drain(stays)
+    kept = {p: stays.runs[p] for p in (0, 2)}
+    assert stays.own([0, 2]) == 0
+    assert stays.runs == kept, "the partitions it keeps run on, not restored"
+    joins = worker(settings, partitions=[1, 3])
+    joins.start()
+    append_events(thirds[1])
+    drain(stays)
+    drain(joins)
+    assert stays.stats.events + joins.stats.events == 4_000
+    assert joins.stats.events > 0
+    assert stays.own([0, 1, 2, 3]) == 2, "it claims what the other one committed"
+    append_events(thirds[2])
+    drain(stays)
+    assert all_progress(stays.store) == expected
+    joins.runs[1].next_offset = 0  # had it not stopped, it would commit again: fenced
+    with pytest.raises(StaleOwnership):
+        joins.poll()

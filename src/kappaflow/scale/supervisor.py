@@ -1,8 +1,8 @@
 """The autoscaler of ``kappaflow up`` (and ``kappaflow autoscaler``): every polling
 interval, read the log's end offsets and the store's committed offsets, run the
-policy, and resize the worker pool. Partitions are reassigned on every change: the old
-workers finish and commit their batch and exit, then the new ones claim their shares
-(ownership generations fence any worker that did not stop)."""
+policy, and resize the worker pool. Partitions are shared anew on every change (see
+`kappaflow.up.Stack.resize`: workers that stay run on and hand over or take on
+partitions; ownership generations fence any worker that did not let go)."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -25,6 +26,7 @@ from kappaflow.log.base import Log, RecordBatch
 from kappaflow.metrics import BATCH_SECONDS, DEAD_LETTERS, EVENTS_PROCESSED
 from kappaflow.settings import Settings
 from kappaflow.store.base import DeadLetter, PartitionCommit, Store
+from kappaflow.stream.shares import ShareFile
 
 log = logging.getLogger("kappaflow.worker")
 
@@ -130,6 +132,21 @@ class Worker:
         log.info("worker for %s owns partitions %s from offsets %s", self.group,
                  sorted(self.runs), starts)  # fmt: skip
         return starts
+
+    def own(self, partitions: Sequence[int]) -> int:
+        """Own exactly ``partitions`` from the next poll on, without a restart: let go
+        of the others (all a poll processes is committed before it returns) and claim
+        and restore the new ones; the ones kept carry on with their state. Returns how
+        many it claimed."""
+        wanted = set(partitions)
+        self.partitions = sorted(wanted)  # what `start` claims if the store fails meanwhile
+        lost = [p for p in self.runs if p not in wanted]
+        if lost:
+            self._revoked(lost)
+        gained = sorted(wanted.difference(self.runs))
+        if gained:
+            self._assigned(gained)
+        return len(gained)
 
     def _revoked(self, partitions: Sequence[int]) -> None:
         for partition in partitions:
@@ -288,17 +305,25 @@ def _late(
 
 
 def run_workers(
-    workers: Sequence[Worker], should_stop: Callable[[], bool], until_caught_up: bool = False
+    workers: Sequence[Worker],
+    should_stop: Callable[[], bool],
+    until_caught_up: bool = False,
+    share: ShareFile | None = None,
 ) -> None:
-    """Poll several workers (one per app stream) in turn, pausing when none had work."""
+    """Poll several workers (one per app stream) in turn, pausing when none had work.
+    With ``share``, each of them owns the partitions it asks for, changed between polls."""
     # Session state is many small long-lived containers; at the default thresholds the
     # cycle collector rescans them so often that it costs 10-15% of a worker's time.
     gc.set_threshold(50_000, 20, 100)
     pause = min(w.settings.poll_interval_ms for w in workers) / 1000
     spacing = min(w.settings.commit_interval_ms for w in workers) / 1000
     while not should_stop():
+        if share is not None and (partitions := share.changed()) is not None:
+            for worker in workers:
+                _or_recover(worker, should_stop, partial(worker.own, partitions))
+            share.acknowledge(partitions)
         started = time.monotonic()
-        if sum(_poll_or_recover(worker, should_stop) for worker in workers):
+        if sum(_or_recover(worker, should_stop, worker.poll) for worker in workers):
             if any(worker.behind for worker in workers):
                 continue  # one that read a full batch is behind: it polls again at once
             # Workers that keep up wait, so that their next commits carry more events.
@@ -310,11 +335,12 @@ def run_workers(
         time.sleep(max(0.0, wait))
 
 
-def _poll_or_recover(worker: Worker, should_stop: Callable[[], bool]) -> int:
-    """Poll; when the store is unreachable (a commit's outcome is then unknown), wait
-    with backoff and start over from what the store holds: claim, restore, read on."""
+def _or_recover(worker: Worker, should_stop: Callable[[], bool], step: Callable[[], int]) -> int:
+    """Run ``step`` (a poll, say); when the store is unreachable (a commit's outcome is
+    then unknown), wait with backoff and start over from what the store holds: claim,
+    restore, read on."""
     try:
-        return worker.poll()
+        return step()
     except StoreUnavailable as failure:
         delay = 0.1
         while not should_stop():
