@@ -221,8 +221,8 @@ def role(process: psutil.Process) -> str:
     arguments = process.cmdline()
     if "serve" in arguments:
         return "server (ingest + query)"
-    if "worker" in arguments:
-        return f"worker {arguments[arguments.index('--partitions') + 1]}"
+    if "worker" in arguments:  # named by its share file: its number in the pool
+        return f"worker {Path(arguments[arguments.index('--share-file') + 1]).name}"
     return "up (autoscaler)"
 
 

@@ -235,7 +235,8 @@ class Demo:
 
     def _wait_for_sessions_to_close(self, timeout_s: float) -> None:
         """Reports count closed sessions: wait until the idle timeout has closed every
-        session that watched something (a resize restarts the workers' idle clocks)."""
+        session that watched something (a resize restarts the idle clocks of the
+        partitions it moves)."""
         store = open_store(self.settings)
         deadline = time.monotonic() + timeout_s
         try:

@@ -108,7 +108,8 @@ class Stack:
         """Run ``workers`` workers with the partitions shared anew, one owner to a
         partition at a time: the workers that go away finish their batch and exit, and
         those that stay let go of what they lose, before any of it is claimed again. A
-        worker that stays runs on with the state of what it keeps."""
+        worker that stays runs on with the state of what it keeps, and new workers start
+        up (with nothing to own yet, if others are letting go) meanwhile."""
         with self._lock:
             wanted = shares(self.settings.partitions, workers) if workers else []
             self._stop_workers([number for number in self.workers if number >= len(wanted)])
@@ -117,12 +118,11 @@ class Stack:
                 for number, worker in self.workers.items()
                 if self._hand(number, [p for p in worker.share if p in wanted[number]])
             ]
+            for number in range(len(self.workers), len(wanted)):
+                self._start_worker(number, [] if losing else wanted[number])
             self._await_handovers(losing)
             for number, share in enumerate(wanted):
-                if number in self.workers:
-                    self._hand(number, share)
-                else:
-                    self._start_worker(number, share)
+                self._hand(number, share)
 
     def _start_worker(self, number: int, share: list[int]) -> None:
         file = ShareFile(self.shares / str(number))
@@ -151,7 +151,7 @@ class Stack:
             waiting = [w for w in waiting if w.process.poll() is None and not _owns_share(w)]
             time.sleep(0.01)
         for worker in waiting:
-            log.warning("pid %d did not take its share within %d s; stopping it",
+            log.warning("pid %d did not take its share within %s s; stopping it",
                         worker.process.pid, STOP_TIMEOUT_S)  # fmt: skip
             _terminate(worker.process)
 
