@@ -113,11 +113,10 @@ class Stack:
         with self._lock:
             wanted = shares(self.settings.partitions, workers) if workers else []
             self._stop_workers([number for number in self.workers if number >= len(wanted)])
-            losing = [
-                number
-                for number, worker in self.workers.items()
-                if self._hand(number, [p for p in worker.share if p in wanted[number]])
-            ]
+            losing = []
+            for number, worker in self.workers.items():
+                if self._hand(number, [p for p in worker.share if p in wanted[number]]):
+                    losing.append(number)
             for number in range(len(self.workers), len(wanted)):
                 self._start_worker(number, [] if losing else wanted[number])
             self._await_handovers(losing)
@@ -126,7 +125,7 @@ class Stack:
 
     def _start_worker(self, number: int, share: list[int]) -> None:
         file = ShareFile(self.shares / str(number))
-        file.offer(share)
+        file.offer_anew(share)
         process = self._spawn("worker", "--share-file", str(file.path))
         self.workers[number] = WorkerProcess(share, process, file)
         log.warning("started worker %d (pid %d) for partitions %s", number, process.pid, share)
@@ -147,8 +146,9 @@ class Stack:
         does not say so in time (`check` starts it again)."""
         deadline = time.monotonic() + STOP_TIMEOUT_S
         waiting = [self.workers[number] for number in numbers]
-        while waiting and time.monotonic() < deadline:
-            waiting = [w for w in waiting if w.process.poll() is None and not _owns_share(w)]
+        while waiting := [w for w in waiting if w.process.poll() is None and not _owns_share(w)]:
+            if time.monotonic() >= deadline:
+                break
             time.sleep(0.01)
         for worker in waiting:
             log.warning("pid %d did not take its share within %s s; stopping it",

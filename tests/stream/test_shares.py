@@ -29,6 +29,9 @@ def test_a_request_is_read_once_and_acknowledged_beside_it(tmp_path: Path) -> No
     worker_side.acknowledge([])
     assert asked.owned() == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0", "0.owned"], "no temporary left"
+    asked.offer_anew([2])
+    assert asked.owned() is None, "a new worker has said nothing yet"
+    assert worker_side.changed() == [2]
 
 
 @pytest.mark.parametrize("content", [b'{"partitions": [1]}', b"[1, -2]", b"[1,"])

@@ -32,6 +32,11 @@ class ShareFile:
         """Ask the worker to own ``partitions``, and no others."""
         _replace(self.path, partitions)
 
+    def offer_anew(self, partitions: Sequence[int]) -> None:
+        """Ask a worker about to start: what an earlier one said it owned is void."""
+        self.owned_path.unlink(missing_ok=True)
+        self.offer(partitions)
+
     def changed(self) -> list[int] | None:
         """The partitions asked for, if the request changed since the last call
         (the first call returns it; None if there is none)."""
