@@ -81,13 +81,14 @@ def trial(prepared: list, live: list, before: int, after: int, handover: bool) -
     with tempfile.TemporaryDirectory(prefix="kappaflow-bench-") as data:
         settings = Settings.load({}, {"data_dir": data, "partitions": PARTITIONS,
                                       "autoscale": False, "idle_timeout_s": 3600})  # fmt: skip
-        stream = create_app(settings).streams[0]
+        app = create_app(settings)
+        stream = app.streams[0]
         writer = open_log(settings, writer=True)
         appender = Appender(writer, stream, PARTITIONS)
         appender.append(prepared)
         chunks = [appender.encode(live[i : i + CHUNK]) for i in range(0, len(live), CHUNK)]
         stack = Stack(settings, quiet=True)
-        progress = Progress(settings, stream.name)
+        progress = Progress(settings, stream.name, app.group(stream))
         try:
             with console.status(f"{before} -> {after}, {way}: restoring {len(prepared):,}"):
                 stack.start(before, serve=False)
@@ -147,9 +148,9 @@ class Feeder(threading.Thread):
 class Progress:
     """Committed and end offsets of every partition, sampled."""
 
-    def __init__(self, settings: Settings, stream: str) -> None:
+    def __init__(self, settings: Settings, stream: str, group: str) -> None:
         self.log, self.store = open_log(settings), open_store(settings)
-        self.stream, self.group = stream, f"video.{stream}"
+        self.stream, self.group = stream, group
         self.samples: list[tuple[float, dict[int, int], dict[int, int]]] = []
 
     def sample(self) -> tuple[dict[int, int], dict[int, int]]:
