@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -19,7 +22,9 @@ def test_a_request_is_read_once_and_acknowledged_beside_it(tmp_path: Path) -> No
     asked, worker_side = ShareFile(tmp_path / "0"), ShareFile(tmp_path / "0")
     assert worker_side.changed() is None, "no request yet"
     asked.offer([3, 1])
+    assert worker_side.pending() and worker_side.pending(), "pending until read"
     assert worker_side.changed() == [1, 3]
+    assert not worker_side.pending()
     assert worker_side.changed() is None, "unchanged since"
     asked.offer([1, 3])
     assert worker_side.changed() is None, "the same share again"
@@ -59,6 +64,37 @@ def test_a_running_worker_takes_its_new_share_between_polls(settings: Settings) 
     assert sorted(w.runs) == [p] and w.partitions == [p]
     assert share.owned() == [p]
     assert w.stats.events == 1
+
+
+def test_a_waiting_worker_wakes_for_a_new_share_and_to_stop(settings: Settings) -> None:
+    waits_a_minute = msgspec.structs.replace(settings, poll_interval_ms=60_000)
+    app = create_app(waits_a_minute)
+    w = Worker(app, app.streams[0], open_log(waits_a_minute), open_store(waits_a_minute),
+               waits_a_minute, [])  # fmt: skip
+    w.start()
+    share = ShareFile(Path(settings.data_dir) / "share")
+    share.offer([])
+    stop = threading.Event()
+    runner = threading.Thread(target=run_workers, args=([w], stop.is_set), kwargs={"share": share})
+    runner.start()
+    try:
+        assert _eventually(lambda: share.owned() == []), "the first share is taken at once"
+        share.offer([1])  # the worker now waits out its poll interval with nothing to read
+        assert _eventually(lambda: share.owned() == [1]), "a new share ends the wait"
+        assert w.partitions == [1]
+    finally:
+        stop.set()
+        runner.join(timeout=5)
+    assert not runner.is_alive(), "a stop ends the wait"
+
+
+def _eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def test_the_worker_command_refuses_a_share_file_it_cannot_use(tmp_path: Path) -> None:

@@ -143,7 +143,7 @@ def test_a_worker_behind_polls_again_at_once_and_one_that_keeps_up_waits(
         return records
 
     monkeypatch.setattr(w, "poll", counted_poll)
-    monkeypatch.setattr(worker_module.time, "sleep", lambda s: happened.append(("pause", s > 0.1)))
+    monkeypatch.setattr(worker_module, "_sleep", lambda s, *_: happened.append(("pause", s > 0.1)))
     run_workers([w], lambda: ("pause", True) in happened)
     assert happened == [("poll", 10), ("poll", 10), ("poll", 10), ("poll", 5), ("pause", True)]
 
@@ -157,7 +157,7 @@ def test_a_run_until_caught_up_ends_with_its_last_batch_not_a_pause(
     w = worker(settings)
     w.start()
     pauses: list[float] = []
-    monkeypatch.setattr(worker_module.time, "sleep", pauses.append)
+    monkeypatch.setattr(worker_module, "_sleep", lambda s, *_: pauses.append(s))
     run_workers([w], lambda: False, until_caught_up=True)
     assert w.stats.events == 25 and w.caught_up()
     assert pauses == []

@@ -37,20 +37,28 @@ class ShareFile:
         self.owned_path.unlink(missing_ok=True)
         self.offer(partitions)
 
+    def pending(self) -> bool:
+        """Whether the request changed since the last `changed`, which would return it."""
+        data = self._read()
+        return data is not None and data != self._seen
+
     def changed(self) -> list[int] | None:
         """The partitions asked for, if the request changed since the last call
         (the first call returns it; None if there is none)."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return None
-        if data == self._seen:
+        data = self._read()
+        if data is None or data == self._seen:
             return None
         self._seen = data
         try:
             return _decode(data)
         except msgspec.DecodeError as error:
             raise BadShareFile(f"{self.path}: not a list of partition numbers: {error}") from None
+
+    def _read(self) -> bytes | None:
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return None
 
     def acknowledge(self, partitions: Sequence[int]) -> None:
         """Say that the worker owns ``partitions``, and no others."""

@@ -32,6 +32,8 @@ log = logging.getLogger("kappaflow.worker")
 
 _META = struct.Struct("<qq")
 _NO_EVENT = -(1 << 62)
+WAKE_CHECK_S = 0.02
+"""How often a waiting worker looks whether to stop or take a new share."""
 
 
 @dataclass
@@ -332,7 +334,17 @@ def run_workers(
             wait = pause
         if until_caught_up and all(worker.caught_up() for worker in workers):
             return
-        time.sleep(max(0.0, wait))
+        _sleep(wait, should_stop, share)
+
+
+def _sleep(seconds: float, should_stop: Callable[[], bool], share: ShareFile | None) -> None:
+    """Sleep ``seconds``, or less if asked to stop or given a new share meanwhile: a
+    worker takes its share, or stops, within a few ms, not after the commit interval."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if should_stop() or (share is not None and share.pending()):
+            return
+        time.sleep(min(left, WAKE_CHECK_S))
 
 
 def _or_recover(worker: Worker, should_stop: Callable[[], bool], step: Callable[[], int]) -> int:
