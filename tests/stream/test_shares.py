@@ -67,7 +67,7 @@ def test_a_running_worker_takes_its_new_share_between_polls(settings: Settings) 
 
 
 def test_a_waiting_worker_wakes_for_a_new_share_and_to_stop(settings: Settings) -> None:
-    waits_a_minute = msgspec.structs.replace(settings, poll_interval_ms=60_000)
+    waits_a_minute = settings.replace(poll_interval_ms=60_000)
     app = create_app(waits_a_minute)
     w = Worker(app, app.streams[0], open_log(waits_a_minute), open_store(waits_a_minute),
                waits_a_minute, [])  # fmt: skip
