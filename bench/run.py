@@ -1,5 +1,6 @@
-"""Run every benchmark in bench/ (modules named ``bench_*.py``), print one table and
-write it as JSON to bench/results/latest.json.
+"""Run every benchmark in bench/ (modules named ``bench_*.py``), or those named, print
+one table and write it as JSON to bench/results/latest.json. A run of some benchmarks
+replaces only their figures there: the file holds the latest figures of each.
 
 Each module has ``run(scale: float) -> list[Figure]``. A figure is compared with a
 baseline measured in the same run, so the ratio holds on a noisy machine. Each module
@@ -34,13 +35,22 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply workload sizes")
     args = parser.parse_args()
     modules = sorted(path.stem for path in HERE.glob("bench_*.py"))
+    unknown = [name for name in args.names if f"bench_{name}" not in modules]
+    if unknown:
+        parser.error(f"no benchmark {', '.join(unknown)}; there are: "
+                     + ", ".join(m.removeprefix("bench_") for m in modules))  # fmt: skip
     chosen = [m for m in modules if not args.names or m.removeprefix("bench_") in args.names]
     figures: list[Figure] = []
+    results: list[dict[str, object]] = []
     for name in chosen:
         console.rule(name)
         started = time.perf_counter()
-        figures.extend(_run_alone(name, args.scale))
+        measured = _run_alone(name, args.scale)
         console.print(f"{name} took {time.perf_counter() - started:.1f} s")
+        figures.extend(measured)
+        when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        results += [{"benchmark": name, "measured_at": when, "scale": args.scale,
+                     **f.as_dict()} for f in measured]  # fmt: skip
     table = Table(title="kappaflow benchmarks")
     for column in ("name", "figure", "unit", "baseline", "baseline figure", "ratio"):
         left = column in ("name", "baseline")
@@ -57,8 +67,25 @@ def main() -> None:
     console.print(table)
     out = HERE / "results" / "latest.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps([f.as_dict() for f in figures], indent=2) + "\n")
+    kept = merge_results(out, results, modules)
+    out.write_text(json.dumps(kept, indent=2) + "\n")
     console.print(f"written to {out}")
+
+
+def merge_results(
+    path: Path, results: list[dict[str, object]], modules: list[str]
+) -> list[dict[str, object]]:
+    """``results`` with the figures in ``path`` of the benchmarks they leave out (those
+    of earlier versions, without a benchmark name, are dropped), in the order of
+    ``modules``."""
+    ran = {result["benchmark"] for result in results}
+    try:
+        earlier = json.loads(path.read_text()) if path.exists() else []
+    except json.JSONDecodeError as error:
+        console.print(f"[yellow]{path} is not JSON ({error}): its figures are dropped")
+        earlier = []
+    kept = [r for r in earlier if r.get("benchmark") in modules and r["benchmark"] not in ran]
+    return sorted([*kept, *results], key=lambda result: modules.index(result["benchmark"]))
 
 
 def _run_alone(name: str, scale: float) -> list[Figure]:
