@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psutil
 import pytest
 
 from kappaflow.errors import LogError, LogUnavailable
@@ -126,6 +127,28 @@ def test_acknowledged_progress_is_the_consumer_group_offset(log: KafkaLog) -> No
     committed = probe.committed([TopicPartition("t-ack", 0), TopicPartition("t-ack", 1)], 10)
     probe.close()
     assert [tp.offset for tp in committed] == [3, 0]
+
+
+def test_close_ends_every_client_and_a_closed_log_opens_again(kafka_bootstrap: str) -> None:
+    """librdkafka runs each client (producer, admin, consumers) in threads of its own,
+    which end when the client is destroyed: a closed log leaves none behind, where
+    clients kept until the log is collected go on talking to the cluster."""
+    process = psutil.Process()
+    before = process.num_threads()
+    the_log = KafkaLog(kafka_bootstrap)
+    the_log.create_topic("t-close", 4)
+    the_log.append("t-close", 2, [b"a", b"b"])
+    assert read(the_log, "t-close", 2, 0, 10).values == [b"a", b"b"]
+    the_log.acknowledge("g", "t-close", {2: 2})
+    assert process.num_threads() > before
+
+    the_log.close()
+    assert process.num_threads() <= before  # earlier tests' clients may still be ending
+
+    assert the_log.append("t-close", 2, [b"c"]) == 2
+    assert read(the_log, "t-close", 2, 1, 10).values == [b"b", b"c"]
+    the_log.close()
+    assert process.num_threads() <= before  # earlier tests' clients may still be ending
 
 
 def test_keys_go_where_kafkas_default_partitioner_sends_them() -> None:

@@ -33,7 +33,7 @@ class KafkaLog:
         }
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
-        self._admin = AdminClient(self.config)
+        self._admin: AdminClient | None = None
         self._position: dict[tuple[str, int], int] = {}
         self._buffered: dict[tuple[str, int], list[Any]] = {}
         self._acknowledgers: dict[str, Consumer] = {}
@@ -51,7 +51,7 @@ class KafkaLog:
                     f"the settings say {partitions}"
                 )
             return
-        futures = self._admin.create_topics([NewTopic(topic, partitions)])
+        futures = self._admin_handle().create_topics([NewTopic(topic, partitions)])
         try:
             futures[topic].result(CREATE_TIMEOUT_S)
         except KafkaException as error:
@@ -61,7 +61,7 @@ class KafkaLog:
             # No answer to CreateTopics (librdkafka's mock cluster gives none): ask for
             # the topic's metadata, which brokers that auto-create topics answer by
             # creating it, then check it has the partitions it must have.
-            self._admin.list_topics(topic, timeout=TIMEOUT_S)
+            self._admin_handle().list_topics(topic, timeout=TIMEOUT_S)
         found = self._topics().get(topic)
         if found != partitions:
             raise LogError(
@@ -69,9 +69,14 @@ class KafkaLog:
                 f"(found {found}); create it with the cluster's tools"
             )
 
+    def _admin_handle(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = AdminClient(self.config)
+        return self._admin
+
     def _topics(self) -> dict[str, int]:
         try:
-            metadata = self._admin.list_topics(timeout=TIMEOUT_S)
+            metadata = self._admin_handle().list_topics(timeout=TIMEOUT_S)
         except KafkaException as error:
             raise LogUnavailable(f"Kafka: {error}") from error
         return {name: len(t.partitions) for name, t in metadata.topics.items() if not t.error}
@@ -276,9 +281,14 @@ class KafkaLog:
             log.warning("Kafka: could not copy %s's offsets to the group: %s", group, error)
 
     def close(self) -> None:
+        """Close every client (librdkafka's threads and connections end with them) and
+        forget what was read; a later call opens new clients (a group member joins
+        again)."""
         if self._producer is not None:
             self._producer.flush(TIMEOUT_S)
         for consumer in [self._consumer, *self._acknowledgers.values()]:
             if consumer is not None:
                 consumer.close()
-        self._consumer, self._acknowledgers = None, {}
+        self._producer, self._admin, self._consumer, self._acknowledgers = None, None, None, {}
+        self._position, self._buffered = {}, {}
+        self._member, self._group = False, ""
