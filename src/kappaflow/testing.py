@@ -1,14 +1,16 @@
 """Helpers for testing apps, ours and users' alike: push events through the real log,
-worker and store on a temporary data directory and look at the result tables; run
-the Kafka log against librdkafka's mock cluster where no Kafka runs."""
+worker and store on a temporary data directory and look at the result tables; wait
+for what running processes do; run the Kafka log against librdkafka's mock cluster
+where no Kafka runs."""
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from kappaflow.app import App
 from kappaflow.ingest.appender import Appender
@@ -16,6 +18,8 @@ from kappaflow.log import open_log
 from kappaflow.settings import Settings
 from kappaflow.store import Store, open_store
 from kappaflow.stream.worker import Worker
+
+T = TypeVar("T")
 
 
 def run_events(
@@ -62,6 +66,20 @@ def run_events(
         clock[0] += settings.idle_timeout_s + 1
         worker.poll()
     return store
+
+
+def wait_until(
+    condition: Callable[[], T], timeout_s: float, what: str, interval_s: float = 0.05
+) -> T:
+    """Call ``condition`` every ``interval_s`` until it returns a true value, and return
+    that; after ``timeout_s`` fail with AssertionError saying ``what`` did not happen
+    and what ``condition`` last returned."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s:g} s: {what} (last: {value!r})")
+        time.sleep(interval_s)
+    return value
 
 
 def result_tables(settings: Settings, names: Sequence[str]) -> dict[str, list[tuple[Any, ...]]]:

@@ -7,7 +7,6 @@ import gzip
 import json
 import subprocess
 import sys
-import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 import ua_parser
 
 from kappaflow.demo_clicks import sample_path
+from kappaflow.testing import wait_until
 
 pytestmark = pytest.mark.integration
 BAD_LINES = {101: b'{"a": "Mozilla/5.0", "t": 13319', 102: b"\xff\xfe\x00 binary garbage"}
@@ -78,13 +78,13 @@ def test_replaying_the_real_sample_counts_every_click(tmp_path: Path, kappaflow)
         assert "line 101: Input data was truncated" in result.stderr
         assert "line 102: not a JSON object" in result.stderr
         client = stack.client()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+
+        def drained() -> bool:
             metrics = client.get("/metrics").text.splitlines()
             lag = [line for line in metrics if line.startswith('kappaflow_lag{group="clicks')]
-            if lag and all(line.endswith(" 0.0") for line in lag):
-                break
-            time.sleep(0.1)
+            return bool(lag) and all(line.endswith(" 0.0") for line in lag)
+
+        wait_until(drained, 60, "the clicks backlog drained", 0.1)
         got: Counter = Counter()
         dimensions = ("country", "tz", "browser", "os", "referrer", "domain", "url", "keepalive")
         for window in ("1m", "1h"):

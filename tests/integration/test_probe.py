@@ -4,12 +4,12 @@ the query API shows it."""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from kappaflow.demo import Probe
+from kappaflow.testing import wait_until
 
 pytestmark = pytest.mark.integration
 ENV = {"KAPPAFLOW_PARTITIONS": "2"}
@@ -20,11 +20,11 @@ def test_probe_times_each_heartbeat_until_the_query_api_shows_it(tmp_path: Path,
         probe = Probe(stack.url, lambda: 1_767_225_600_000)
         prober = threading.Thread(target=probe.run)
         prober.start()
-        deadline = time.monotonic() + 30
-        while len(probe.latencies) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        probe.stop.set()
-        prober.join(10)
+        try:
+            wait_until(lambda: len(probe.latencies) >= 3, 30, "three heartbeats timed")
+        finally:
+            probe.stop.set()
+            prober.join(10)
         shown = [stack.client().get(f"/v1/progress/probe-{n}/probe").json() for n in range(3)]
     assert len(probe.latencies) >= 3
     assert all(0 < latency < 10 for latency in probe.latencies)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from kappaflow import up
 from kappaflow.settings import Settings
 from kappaflow.stream.shares import ShareFile
+from kappaflow.testing import wait_until
 from kappaflow.up import Stack, WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -20,13 +20,12 @@ pytestmark = pytest.mark.integration
 
 def owned_by_each(stack: Stack, timeout_s: float = 30) -> list[list[int] | None]:
     """What each worker says it owns, once that is its share."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def owned_if_shares() -> list[list[int] | None] | None:
         owned = [stack.workers[n].file.owned() for n in sorted(stack.workers)]
-        if owned == [stack.workers[n].share for n in sorted(stack.workers)]:
-            return owned
-        assert time.monotonic() < deadline, owned
-        time.sleep(0.05)
+        return owned if owned == [stack.workers[n].share for n in sorted(stack.workers)] else None
+
+    return wait_until(owned_if_shares, timeout_s, "each worker owns its share")
 
 
 def test_workers_that_stay_run_on_with_their_new_shares(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import pytest
 from kappaflow.apps.video_sim import simulate
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
+from kappaflow.testing import wait_until
 
 pytestmark = pytest.mark.integration
 EVENTS = "/v1/streams/heartbeats/events"
@@ -49,14 +50,12 @@ def environment(stack: Settings) -> dict[str, str]:
 
 
 def wait_for_no_lag(client: httpx.Client, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def drained() -> bool:
         lines = client.get("/metrics").text.splitlines()
         lag = [float(line.split()[-1]) for line in lines if line.startswith("kappaflow_lag{")]
-        if lag and sum(lag) == 0:
-            return
-        time.sleep(0.1)
-    raise AssertionError("the backlog did not drain")
+        return bool(lag) and sum(lag) == 0
+
+    wait_until(drained, timeout_s, "the backlog drained", 0.1)
 
 
 def post_all(client: httpx.Client, events: list, size: int = 500) -> None:

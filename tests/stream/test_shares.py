@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -16,6 +14,7 @@ from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.stream.shares import BadShareFile, ShareFile
 from kappaflow.stream.worker import Worker, run_workers
+from kappaflow.testing import wait_until
 
 
 def test_a_request_is_read_once_and_acknowledged_beside_it(tmp_path: Path) -> None:
@@ -78,23 +77,14 @@ def test_a_waiting_worker_wakes_for_a_new_share_and_to_stop(settings: Settings) 
     runner = threading.Thread(target=run_workers, args=([w], stop.is_set), kwargs={"share": share})
     runner.start()
     try:
-        assert _eventually(lambda: share.owned() == []), "the first share is taken at once"
+        wait_until(lambda: share.owned() == [], 5, "the first share is taken at once", 0.005)
         share.offer([1])  # the worker now waits out its poll interval with nothing to read
-        assert _eventually(lambda: share.owned() == [1]), "a new share ends the wait"
+        wait_until(lambda: share.owned() == [1], 5, "a new share ends the wait", 0.005)
         assert w.partitions == [1]
     finally:
         stop.set()
         runner.join(timeout=5)
     assert not runner.is_alive(), "a stop ends the wait"
-
-
-def _eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def test_the_worker_command_refuses_a_share_file_it_cannot_use(tmp_path: Path) -> None:
