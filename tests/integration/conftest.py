@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kappaflow.testing import wait_until
 from kappaflow.up import free_port
 
 
@@ -30,6 +31,18 @@ class Running:
     def close_clients(self) -> None:
         for client in self._clients:
             client.close()
+
+    def wait_for_no_lag(self, group: str = "", timeout_s: float = 60) -> None:
+        """Until /metrics shows no lag for the groups whose names start with ``group``."""
+        client = self.client()
+        prefix = f'kappaflow_lag{{group="{group}'
+
+        def drained() -> bool:
+            lines = client.get("/metrics").text.splitlines()
+            lag = [float(line.split()[-1]) for line in lines if line.startswith(prefix)]
+            return bool(lag) and sum(lag) == 0
+
+        wait_until(drained, timeout_s, f"no lag for groups {group}*", 0.1)
 
     def stop(self, timeout_s: float = 60) -> int:
         if self.process.poll() is None:

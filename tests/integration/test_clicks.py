@@ -16,7 +16,6 @@ import pytest
 import ua_parser
 
 from kappaflow.demo_clicks import sample_path
-from kappaflow.testing import wait_until
 
 pytestmark = pytest.mark.integration
 BAD_LINES = {101: b'{"a": "Mozilla/5.0", "t": 13319', 102: b"\xff\xfe\x00 binary garbage"}
@@ -77,14 +76,8 @@ def test_replaying_the_real_sample_counts_every_click(tmp_path: Path, kappaflow)
         assert "3,560 accepted, 2 skipped" in result.stderr
         assert "line 101: Input data was truncated" in result.stderr
         assert "line 102: not a JSON object" in result.stderr
+        stack.wait_for_no_lag("clicks")
         client = stack.client()
-
-        def drained() -> bool:
-            metrics = client.get("/metrics").text.splitlines()
-            lag = [line for line in metrics if line.startswith('kappaflow_lag{group="clicks')]
-            return bool(lag) and all(line.endswith(" 0.0") for line in lag)
-
-        wait_until(drained, 60, "the clicks backlog drained", 0.1)
         got: Counter = Counter()
         dimensions = ("country", "tz", "browser", "os", "referrer", "domain", "url", "keepalive")
         for window in ("1m", "1h"):

@@ -16,7 +16,6 @@ import pytest
 from kappaflow.apps.video_sim import simulate
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
-from kappaflow.testing import wait_until
 
 pytestmark = pytest.mark.integration
 EVENTS = "/v1/streams/heartbeats/events"
@@ -49,15 +48,6 @@ def environment(stack: Settings) -> dict[str, str]:
     }
 
 
-def wait_for_no_lag(client: httpx.Client, timeout_s: float = 60) -> None:
-    def drained() -> bool:
-        lines = client.get("/metrics").text.splitlines()
-        lag = [float(line.split()[-1]) for line in lines if line.startswith("kappaflow_lag{")]
-        return bool(lag) and sum(lag) == 0
-
-    wait_until(drained, timeout_s, "the backlog drained", 0.1)
-
-
 def post_all(client: httpx.Client, events: list, size: int = 500) -> None:
     encode = msgspec.json.Encoder().encode
     for start in range(0, len(events), size):
@@ -85,7 +75,7 @@ def test_up_serves_everything_and_a_restart_keeps_all_data(
     with kappaflow("up", "--data-dir", data, env=env) as stack:
         client = stack.client()
         post_all(client, workload.events[:half])
-        wait_for_no_lag(client)
+        stack.wait_for_no_lag()
         before = progress(client)
         assert client.post("/v1/streams/x/events", json={}).status_code == 404
         assert client.post(EVENTS, json={"user_id": 1}).status_code == 400
@@ -106,7 +96,7 @@ def test_up_serves_everything_and_a_restart_keeps_all_data(
         client = stack.client()
         assert progress(client) == before, "a restart keeps every result"
         post_all(client, workload.events[half:])
-        wait_for_no_lag(client)
+        stack.wait_for_no_lag()
         after = progress(client)
         assert stack.stop() == 0
     for key in sample:
