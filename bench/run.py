@@ -13,6 +13,9 @@ import argparse
 import importlib
 import json
 import multiprocessing
+import os
+import platform
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -42,6 +45,8 @@ def main() -> None:
     chosen = [m for m in modules if not args.names or m.removeprefix("bench_") in args.names]
     figures: list[Figure] = []
     results: list[dict[str, object]] = []
+    context = {"scale": args.scale, "commit": _commit(), "python": platform.python_version(),
+               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}  # fmt: skip
     for name in chosen:
         console.rule(name)
         started = time.perf_counter()
@@ -49,8 +54,8 @@ def main() -> None:
         console.print(f"{name} took {time.perf_counter() - started:.1f} s")
         figures.extend(measured)
         when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        results += [{"benchmark": name, "measured_at": when, "scale": args.scale,
-                     **f.as_dict()} for f in measured]  # fmt: skip
+        results += [{"benchmark": name, "measured_at": when, **context, **f.as_dict()}
+                    for f in measured]  # fmt: skip
     table = Table(title="kappaflow benchmarks")
     for column in ("name", "figure", "unit", "baseline", "baseline figure", "ratio"):
         left = column in ("name", "baseline")
@@ -86,6 +91,16 @@ def merge_results(
         earlier = []
     kept = [r for r in earlier if r.get("benchmark") in modules and r["benchmark"] not in ran]
     return sorted([*kept, *results], key=lambda result: modules.index(result["benchmark"]))
+
+
+def _commit() -> str | None:
+    """The checkout's commit (``-dirty`` with uncommitted changes), if it is one."""
+    try:
+        described = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=HERE,
+                                   capture_output=True, text=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return described.stdout.strip() or None
 
 
 def _run_alone(name: str, scale: float) -> list[Figure]:
