@@ -19,7 +19,7 @@ from kappaflow.apps.video_sim import heartbeats
 from kappaflow.ingest.appender import Appender
 from kappaflow.log.kafka import KafkaLog
 from kappaflow.settings import Settings
-from kappaflow.testing import kafka_mock_cluster
+from kappaflow.testing import MOCK_CREATE_TIMEOUT_S, kafka_mock_cluster
 
 PARTITIONS = 4
 PER_COMMIT = 2_000
@@ -33,7 +33,8 @@ def run(scale: float) -> list[Figure]:
     seconds = max(1.0, SECONDS * scale)
     with kafka_mock_cluster() as bootstrap:
         # The log's clients go with it when `_measure` returns, before the cluster does.
-        together, apart = _measure(KafkaLog(bootstrap), events, seconds)
+        log = KafkaLog(bootstrap, create_timeout_s=MOCK_CREATE_TIMEOUT_S)
+        together, apart = _measure(log, events, seconds)
     for name, rate in (("one wait", together), ("a wait per partition", apart)):
         console.print(f"Kafka mock cluster, {name}: {rate:,.0f} events/s")
     return [Figure(f"Kafka (mock) append, {PER_COMMIT:,} events over {PARTITIONS} partitions",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kappaflow.settings import Settings
-from kappaflow.testing import kafka_mock_cluster
+from kappaflow.testing import MOCK_CREATE_TIMEOUT_S, kafka_mock_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -63,6 +63,8 @@ def stack_settings(request: pytest.FixtureRequest, settings: Settings) -> Settin
         )
     if log == "kafka":
         settings = settings.replace(
-            log="kafka", kafka_bootstrap_servers=request.getfixturevalue("kafka_bootstrap")
+            log="kafka",
+            kafka_bootstrap_servers=request.getfixturevalue("kafka_bootstrap"),
+            kafka_create_timeout_s=MOCK_CREATE_TIMEOUT_S,
         )
     return settings

@@ -91,12 +91,17 @@ def result_tables(settings: Settings, names: Sequence[str]) -> dict[str, list[tu
         store.close()
 
 
+MOCK_CREATE_TIMEOUT_S = 0.2
+"""``kafka_create_timeout_s`` for the mock cluster: it never answers a topic's creation,
+so waiting the default 3 s for the answer would only slow each test down."""
+
+
 @contextmanager
 def kafka_mock_cluster(brokers: int = 3) -> Iterator[str]:
     """A mock Kafka cluster of librdkafka on 127.0.0.1, speaking the Kafka protocol, for
     as long as the block runs in this process (other processes reach it over loopback
     like a real one); yields its bootstrap servers. It auto-creates topics with 4
-    partitions and does not answer admin requests."""
+    partitions and does not answer admin requests (see `MOCK_CREATE_TIMEOUT_S`)."""
     from confluent_kafka import Producer
 
     found: list[str] = []

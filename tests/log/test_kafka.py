@@ -12,8 +12,11 @@ import pytest
 
 from kappaflow.errors import LogError, LogUnavailable
 from kappaflow.log import kafka as kafka_module
+from kappaflow.log import open_log
 from kappaflow.log.kafka import KafkaLog
 from kappaflow.log.partitioner import partition_for
+from kappaflow.settings import Settings
+from kappaflow.testing import MOCK_CREATE_TIMEOUT_S
 
 
 def read(log: KafkaLog, topic: str, partition: int, offset: int, count: int):
@@ -27,7 +30,7 @@ def read(log: KafkaLog, topic: str, partition: int, offset: int, count: int):
 
 @pytest.fixture
 def log(kafka_bootstrap: str):
-    the_log = KafkaLog(kafka_bootstrap)
+    the_log = KafkaLog(kafka_bootstrap, create_timeout_s=MOCK_CREATE_TIMEOUT_S)
     yield the_log
     the_log.close()
 
@@ -78,7 +81,7 @@ def test_appends_to_several_partitions_wait_once_for_all(log: KafkaLog) -> None:
 
 
 def test_a_full_producer_queue_is_emptied_not_refused(kafka_bootstrap: str) -> None:
-    small = KafkaLog(kafka_bootstrap, {"queue.buffering.max.messages": "10"})
+    small = KafkaLog(kafka_bootstrap, {"queue.buffering.max.messages": "10"}, MOCK_CREATE_TIMEOUT_S)
     small.create_topic("t-full", 4)
     records = {p: [f"{p}-{n}".encode() for n in range(25)] for p in range(4)}
     assert small.append_partitions("t-full", records) == dict.fromkeys(range(4), 0)
@@ -137,7 +140,7 @@ def test_close_ends_every_client_and_a_closed_log_opens_again(kafka_bootstrap: s
     clients kept until the log is collected go on talking to the cluster."""
     process = psutil.Process()
     before = process.num_threads()
-    the_log = KafkaLog(kafka_bootstrap)
+    the_log = KafkaLog(kafka_bootstrap, create_timeout_s=MOCK_CREATE_TIMEOUT_S)
     the_log.create_topic("t-close", 4)
     the_log.append("t-close", 2, [b"a", b"b"])
     assert read(the_log, "t-close", 2, 0, 10).values == [b"a", b"b"]
@@ -157,3 +160,10 @@ def test_keys_go_where_kafkas_default_partitioner_sends_them() -> None:
     # murmur2-based, as Java clients and librdkafka's murmur2_random partitioner do
     assert partition_for("user-1", 8) == partition_for("user-1", 8)
     assert {partition_for(f"user-{n}", 8) for n in range(100)} == set(range(8))
+
+
+def test_the_settings_set_how_long_a_topic_creation_is_waited_for(settings: Settings) -> None:
+    on_kafka = settings.replace(log="kafka", kafka_create_timeout_s=0.5)
+    the_log = open_log(on_kafka)
+    assert isinstance(the_log, KafkaLog) and the_log.create_timeout_s == 0.5
+    assert KafkaLog("127.0.0.1:1").create_timeout_s == Settings().kafka_create_timeout_s

@@ -22,11 +22,17 @@ from kappaflow.log.base import RecordBatch
 
 log = logging.getLogger("kappaflow.log")
 TIMEOUT_S = 10.0
-CREATE_TIMEOUT_S = 3.0
 
 
 class KafkaLog:
-    def __init__(self, bootstrap_servers: str, client_config: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        client_config: Mapping[str, str] | None = None,
+        create_timeout_s: float = 3.0,
+    ):
+        self.create_timeout_s = create_timeout_s
+        """How long `create_topic` waits for the cluster to answer."""
         self.config: dict[str, Any] = {
             "bootstrap.servers": bootstrap_servers,
             **(client_config or {}),
@@ -53,7 +59,7 @@ class KafkaLog:
             return
         futures = self._admin_handle().create_topics([NewTopic(topic, partitions)])
         try:
-            futures[topic].result(CREATE_TIMEOUT_S)
+            futures[topic].result(self.create_timeout_s)
         except KafkaException as error:
             if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise LogUnavailable(f"Kafka: cannot create topic {topic!r}: {error}") from error
