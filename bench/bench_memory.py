@@ -49,11 +49,12 @@ def build(sessions: int) -> dict[str, int]:
     chunk = 50_000
     for first in range(0, sessions, chunk):
         numbers = range(first, min(first + chunk, sessions))
-        events = [Heartbeat(f"user-{n}", f"video-{n % 500}", 0.0, START_MS + n % 1000, "play")
-                  for n in numbers]  # fmt: skip
+        events = [event for n in numbers for event in opening(n)]
         times = [e.ts for e in events]
-        # The watermark passes every play but closes no session (the gap is 10 s).
-        output = processor.process(state, Batch(0, list(numbers), events, times, START_MS + 1_000))
+        # The watermark passes each key's due (its play + the 10 s gap), which folds both
+        # of its events in and closes no session.
+        offsets = list(range(2 * first, 2 * first + len(events)))
+        output = processor.process(state, Batch(0, offsets, events, times, START_MS + 11_000))
         state = output.state
         del events, times, output
     gc.collect()
@@ -64,6 +65,12 @@ def build(sessions: int) -> dict[str, int]:
         "stored": sum(map(len, processor.changed_keys(state).values())),
         "keys": len(state.keys),
     }
+
+
+def opening(n: int) -> tuple[Heartbeat, Heartbeat]:
+    """The play and the first heartbeat, 5 s later, of session ``n``."""
+    user, video, ts = f"user-{n}", f"video-{n % 500}", START_MS + n % 1000
+    return Heartbeat(user, video, 0.0, ts, "play"), Heartbeat(user, video, 5.0, ts + 5_000)
 
 
 if __name__ == "__main__":

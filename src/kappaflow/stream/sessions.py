@@ -3,6 +3,11 @@ watermark passes them, and grouped into sessions that end after ``gap_ms`` of ev
 time without an event. A `SessionFold` says what a session accumulates and which
 rows it yields, both for closed sessions and for the still-open view of a key.
 
+A key is visited only when the watermark could close one of its sessions: when it
+passes, by ``gap_ms``, the key's first pending item (or its open session's last, when a
+gap follows that). The visit folds in the items the watermark has passed and closes the
+sessions that ended; a key that is not due costs nothing when the watermark moves.
+
 Items are tuples whose first element is the event time in milliseconds; the rest
 breaks ties, so the order of a key's items depends on their content only, never on
 arrival. An item equal to one still pending is a duplicate and is refused.
@@ -48,7 +53,8 @@ class KeyState(msgspec.Struct, array_like=True):
     last_ms: int = 0
     """Event time of the open session's last item."""
     pending: list[tuple[Any, ...]] = []
-    """Items not yet passed by the watermark, sorted."""
+    """Items not yet folded into ``acc``, sorted: those the watermark has not passed,
+    and those it has passed since the key was last visited."""
     view: list[Any] | None = None
     """The provisional sessions: ``acc`` folded on over the first ``viewed`` items of
     ``pending``, stepped on over the rest when the view is next needed; None when it
@@ -111,8 +117,8 @@ class SessionState:
     """Per-partition state: each key's open session and pending items. ``due`` finds
     the keys the watermark has reached; it is derived from the keys on restore.
     ``changed`` holds the keys changed since the state was last persisted. A key whose
-    items the watermark only released (no session closed) is left out: restored, its
-    stored state releases them again at the first watermark, to the same result."""
+    visit only folded items (no session closed) is left out: restored, its stored state
+    folds them at its next visit, to the same result."""
 
     def __init__(self, keys: dict[str, KeyState], gap_ms: int, changed: set[str]) -> None:
         self.keys = keys
@@ -126,11 +132,12 @@ _NEVER = 1 << 62
 
 
 def _due(state: KeyState, gap_ms: int) -> int:
-    """The lowest watermark at which this key has work to do."""
-    due = state.pending[0][0] + 1 if state.pending else _NEVER
-    if state.acc is not None:
-        due = min(due, state.last_ms + gap_ms + 1)
-    return due
+    """The lowest watermark at which one of this key's sessions could close: the first
+    pending item's time plus the gap, or the open session's last, when a gap follows it."""
+    pending = state.pending
+    if state.acc is not None and (not pending or pending[0][0] - state.last_ms > gap_ms):
+        return state.last_ms + gap_ms + 1
+    return pending[0][0] + gap_ms + 1 if pending else _NEVER
 
 
 class SessionWindows:
@@ -167,7 +174,7 @@ class SessionWindows:
         return SessionState(restored, self.gap_ms, changed)
 
     def process(self, state: SessionState, batch: Batch) -> Output[SessionState]:
-        keys, fold, schedule = state.keys, self.fold, state.due.schedule
+        keys, fold, schedule, gap = state.keys, self.fold, state.due.schedule, self.gap_ms
         touched: set[str] = set()  # keys whose provisional view changed
         duplicates: list[tuple[int, str]] = []
         keyed = fold.items(batch.events, batch.times_ms)
@@ -175,7 +182,7 @@ class SessionWindows:
             current = keys.get(key)
             if current is None:
                 keys[key] = KeyState(None, 0, [item])
-                schedule(key, item[0] + 1)
+                schedule(key, item[0] + gap + 1)
             else:
                 pending = current.pending
                 if not pending or item > pending[-1]:
@@ -187,7 +194,7 @@ class SessionWindows:
                     bisect.insort(pending, item)
                     current.view = None
                 if pending[0] is item:
-                    schedule(key, item[0] + 1)
+                    schedule(key, _due(current, gap))
             touched.add(key)
 
         rows: Rows = {}
