@@ -181,8 +181,8 @@ class SessionWindows:
         for offset, (key, item) in zip(batch.offsets, keyed, strict=True):
             current = keys.get(key)
             if current is None:
-                keys[key] = KeyState(None, 0, [item])
-                schedule(key, item[0] + gap + 1)
+                keys[key] = current = KeyState(None, 0, [item])
+                schedule(key, _due(current, gap))
             else:
                 pending = current.pending
                 if not pending or item > pending[-1]:
@@ -206,7 +206,7 @@ class SessionWindows:
             if current.acc is None and not current.pending:
                 del keys[key]
             else:
-                schedule(key, _due(current, self.gap_ms))
+                schedule(key, _due(current, gap))
 
         state.changed |= touched  # new items, or a session closed
         for key in touched:
