@@ -235,3 +235,19 @@ def test_sessionizer_matches_the_oracle(events, lateness_s, batch, restarts) -> 
         for p in progress
     }
     assert got == expected
+
+
+@hypothesis_settings(max_examples=60, deadline=None)
+@given(events=playback("u", "v"), cut=st.integers(0, 40))
+def test_a_run_folds_as_its_items_one_at_a_time(events, cut) -> None:
+    """The session operator hands the fold runs of items: one call for a run gives the
+    accumulator of one call per item, and of the run cut in two."""
+    fold = create_app(Settings.load({}, {"session_gap_s": GAP_S})).processors["heartbeats"].fold
+    items = sorted(item for _, item in fold.items(events, [e.ts for e in events]))
+    opened = fold.start(items[0])
+    one_by_one = fold.copy(opened)
+    for item in items[1:]:
+        one_by_one = fold.extend(one_by_one, [item])
+    cut = min(cut + 1, len(items))
+    in_two = fold.extend(fold.extend(fold.copy(opened), items[1:cut]), items[cut:])
+    assert fold.extend(fold.copy(opened), items[1:]) == one_by_one == in_two

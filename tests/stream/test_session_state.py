@@ -116,22 +116,22 @@ def test_releasing_every_pending_item_adopts_the_view_to_the_same_result(
     assert [row[4:6] for row in expected["video_segments"]] == [(40.0, 45.0)]
 
 
-def test_a_batch_steps_the_items_it_releases_once(settings: Settings) -> None:
+def test_a_batch_folds_the_items_it_releases_once(settings: Settings) -> None:
     """A worker that is behind reads batches whose watermark passes most of their items:
-    those are stepped once, into the released session, and the view is folded on from it
-    over the rest. A later batch, before the key is due again, steps the view on over
+    those are folded once, into the released session, and the view is folded on from it
+    over the rest. A later batch, before the key is due again, folds the view on over
     its new items only. Each batch gives the rows and state of the same key restored
     without its view."""
     processor, state = opened(settings)
-    fold, steps = processor.fold, []
-    fold.step = lambda acc, item, step=fold.step: steps.append(item[0]) or step(acc, item)
+    fold, folded = processor.fold, []
+    fold.extend = lambda acc, items, extend=fold.extend: folded.extend(items) or extend(acc, items)
     restored = processor.decode(b"", processor.changed_keys(state))
     first = [Heartbeat("a", "v", s - 1.0, s * 1_000) for s in range(11, 61, 5)]
     second = [Heartbeat("a", "v", s - 1.0, s * 1_000) for s in range(61, 76, 5)]
-    for events, watermark, stepped in (first, 40_000, 7 + 4), (second, 42_000, 3):
-        steps.clear()
+    for events, watermark, count in (first, 40_000, 7 + 4), (second, 42_000, 3):
+        folded.clear()
         expected = processor.process(state, batch(events, watermark)).rows
-        assert len(steps) == stepped  # released, then folded into the view
+        assert len(folded) == count  # released, then folded into the view
         restored.keys[A].view = None
         assert processor.process(restored, batch(events, watermark)).rows == expected
         assert persisted(restored.keys) == persisted(state.keys)

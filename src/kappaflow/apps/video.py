@@ -80,7 +80,7 @@ PROGRESS = Table(
     key=("user_id", "video_id"),
 )
 
-# A session accumulator, changed in place by `step`: [session start ms, closed segments,
+# A session accumulator, changed in place by `extend`: [session start ms, closed segments,
 # current segment or None, last event ms, last position]. Segments are [start_s, end_s,
 # start_ms, end_ms]: the positions covered and the event times of the first and last
 # heartbeat; a closed segment is never changed, and closing one makes a new list of them.
@@ -111,25 +111,30 @@ class WatchedSegments:
         current = None if rank >= PAUSE else [position, position, ts, ts]
         return [ts, [], current, ts, position]
 
-    def step(self, acc: Acc, item: Item) -> Acc:
-        ts, rank, position = item
-        current = acc[2]
-        if current is not None:
-            drift = (position - acc[4]) - (ts - acc[3]) / 1000
-            if rank != SEEK and abs(drift) <= self.gap_s:
-                if position < current[0]:
-                    current[0] = position
-                elif position > current[1]:
-                    current[1] = position
-                current[3] = ts
-                if rank >= PAUSE:
-                    acc[1], acc[2] = _close(acc[1], current), None
-            else:
-                acc[1] = _close(acc[1], current)
-                acc[2] = None if rank >= PAUSE else [position, position, ts, ts]
-        elif rank < PAUSE:
-            acc[2] = [position, position, ts, ts]
-        acc[3], acc[4] = ts, position
+    def extend(self, acc: Acc, items: list[Item]) -> Acc:
+        _, closed, current, last_ts, last_position = acc
+        gap_s = self.gap_s
+        for ts, rank, position in items:
+            if current is not None:
+                drift = (position - last_position) - (ts - last_ts) / 1000
+                if rank != SEEK and abs(drift) <= gap_s:
+                    if position < current[0]:
+                        current[0] = position
+                    elif position > current[1]:
+                        current[1] = position
+                    current[3] = ts
+                    if rank >= PAUSE:
+                        closed, current = _close(closed, current), None
+                else:
+                    closed = _close(closed, current)
+                    current = None if rank >= PAUSE else [position, position, ts, ts]
+            elif rank < PAUSE:
+                current = [position, position, ts, ts]
+            last_ts, last_position = ts, position
+        acc[1] = closed
+        acc[2] = current
+        acc[3] = last_ts
+        acc[4] = last_position
         return acc
 
     def copy(self, acc: Acc) -> Acc:
