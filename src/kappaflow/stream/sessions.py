@@ -222,26 +222,20 @@ class SessionWindows:
         When it has passed all of them, the view is that fold. Returns whether a session
         closed."""
         fold, gap = self.fold, self.gap_ms
-        pending = state.pending
+        pending, last = state.pending, state.last_ms
         if pending and pending[-1][0] < watermark:
-            # All of them: the view's sessions but the last are followed by a gap.
-            view = self._provisional(state)
-            for ended in view[:-1]:
-                fold.closed(key, ended, rows)
-            acc, last, closed = view[-1], pending[-1][0], len(view) > 1
-            pending.clear()
-            viewed = 0
+            # All of them: the view is their fold, its sessions but the last ended.
+            sessions, released, last = self._provisional(state), len(pending), pending[-1][0]
         else:
-            acc, last, closed = state.acc, state.last_ms, False
             released = bisect.bisect_left(pending, (watermark,))  # those below it
+            sessions = [] if state.acc is None else [state.acc]
             if released:
-                sessions = [] if acc is None else [acc]
                 last = self._fold_onto(sessions, last, pending[:released])
-                for ended in sessions[:-1]:
-                    fold.closed(key, ended, rows)
-                acc, closed = sessions[-1], len(sessions) > 1
-            del pending[:released]
-            viewed = state.viewed - released
+        for ended in sessions[:-1]:
+            fold.closed(key, ended, rows)
+        acc, closed = sessions[-1] if sessions else None, len(sessions) > 1
+        viewed = state.viewed - released
+        del pending[:released]
         if acc is not None and last + gap < watermark:
             fold.closed(key, acc, rows)
             acc, closed = None, True
