@@ -1,7 +1,8 @@
 """The app interface: what a user writes. An app declares its input streams (schema,
 key field, event-time field), its result tables, and one processor per stream: a
 function ``(state, batch) -> Output`` from the library's operators or written by hand.
-A module named in ``KAPPAFLOW_APPS`` exposes ``create_app(settings) -> App``."""
+A module named in ``KAPPAFLOW_APPS`` exposes ``create_app(settings) -> App``; the
+guide is docs/apps.md."""
 
 from __future__ import annotations
 
@@ -87,6 +88,31 @@ class Processor(Protocol[S]):
         ...
 
     def decode(self, data: bytes, keys: Mapping[str, bytes]) -> S: ...
+
+
+class FunctionProcessor(Generic[S]):
+    """A `Processor` from a function written by hand, ``process(state, batch) ->
+    Output``, with a partition's state of ``state_type`` (anything msgspec encodes:
+    dicts, lists, Structs) starting as ``initial()``. The whole state is persisted with
+    each commit, so keep it small: state that grows with the keys belongs in an
+    operator that writes only the keys changed, such as `SessionWindows`."""
+
+    def __init__(
+        self, process: Callable[[S, Batch], Output[S]], state_type: Any, initial: Callable[[], S]
+    ) -> None:
+        self.process = process
+        self.initial_state = initial
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._decode = msgspec.msgpack.Decoder(state_type).decode
+
+    def encode(self, state: S) -> bytes:
+        return self._encode(state)
+
+    def changed_keys(self, state: S) -> dict[str, bytes | None]:
+        return {}  # all of it is in `encode`
+
+    def decode(self, data: bytes, keys: Mapping[str, bytes]) -> S:
+        return self._decode(data)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,112 @@
+"""An app of your own, as docs/apps.md builds it: temperature readings -> each sensor's
+latest reading, and an alert whenever a sensor goes above the limit.
+
+Run it beside the built-in apps:
+``PYTHONPATH=examples KAPPAFLOW_APPS=video,clicks,sensors kappaflow up``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+from kappaflow.app import App, Batch, FunctionProcessor, Output, Query, Stream
+from kappaflow.events import EventTime, Identifier
+from kappaflow.settings import Settings
+from kappaflow.store.base import Store, Table
+
+LIMIT_C = 30.0
+
+
+class Reading(msgspec.Struct):
+    """One reading, as clients post it; ingest refuses anything else with a 400."""
+
+    sensor_id: Identifier
+    celsius: float
+    ts: EventTime
+
+
+LATEST = Table(
+    "sensor_latest",
+    columns=(("sensor_id", "TEXT"), ("celsius", "REAL"), ("ts_ms", "INTEGER")),
+    key=("sensor_id",),
+)
+ALERTS = Table(
+    "sensor_alerts",
+    columns=(("sensor_id", "TEXT"), ("start_ms", "INTEGER"), ("celsius", "REAL")),
+    key=("sensor_id", "start_ms"),
+)
+
+
+class Sensor(msgspec.Struct, array_like=True):
+    """What the processor remembers of a sensor between batches."""
+
+    last_ms: int
+    hot: bool
+
+
+Sensors = dict[str, Sensor]
+
+
+def watch(sensors: Sensors, batch: Batch) -> Output[Sensors]:
+    """Each reading in turn: it becomes the sensor's latest, and one above the limit
+    after one at or below it starts an alert. A reading not after the sensor's latest
+    (a retry, or one overtaken by a later reading) is refused: it goes to the dead
+    letters with the reason."""
+    latest: dict[str, tuple[str, float, int]] = {}
+    alerts: list[tuple[str, int, float]] = []
+    refused: list[tuple[int, str]] = []
+    for offset, reading, ts in zip(batch.offsets, batch.events, batch.times_ms, strict=True):
+        sensor = sensors.get(reading.sensor_id)
+        if sensor is not None and ts <= sensor.last_ms:
+            refused.append((offset, f"not after the sensor's latest reading at {sensor.last_ms}"))
+            continue
+        hot = reading.celsius > LIMIT_C
+        if hot and (sensor is None or not sensor.hot):
+            alerts.append((reading.sensor_id, ts, reading.celsius))
+        sensors[reading.sensor_id] = Sensor(ts, hot)
+        latest[reading.sensor_id] = (reading.sensor_id, reading.celsius, ts)
+    return Output(sensors, {LATEST.name: list(latest.values()), ALERTS.name: alerts}, refused)
+
+
+class Alert(msgspec.Struct):
+    start_ms: int
+    celsius: float
+
+
+class SensorStatus(msgspec.Struct):
+    sensor_id: str
+    celsius: float
+    ts_ms: int
+    alerts: list[Alert]
+
+
+def sensor_status(store: Store, params: Mapping[str, str]) -> SensorStatus | None:
+    """The sensor's latest reading and its alerts; None (404) for a sensor never seen."""
+    sensor_id = params["sensor_id"]
+    found = store.query("SELECT celsius, ts_ms FROM sensor_latest WHERE sensor_id = ?",
+                        (sensor_id,))  # fmt: skip
+    if not found:
+        return None
+    alerts = store.query(
+        "SELECT start_ms, celsius FROM sensor_alerts WHERE sensor_id = ? ORDER BY start_ms",
+        (sensor_id,),
+    )
+    celsius, ts_ms = found[0]
+    return SensorStatus(sensor_id, celsius, ts_ms, [Alert(*alert) for alert in alerts])
+
+
+def create_app(settings: Settings) -> App:
+    readings = Stream("readings", Reading, key="sensor_id", time="ts")
+    return App(
+        "sensors",
+        streams=[readings],
+        tables=[LATEST, ALERTS],
+        processors={readings.name: FunctionProcessor(watch, Sensors, dict)},
+        queries=[
+            Query("/v1/sensors/{sensor_id}", sensor_status,
+                  "A sensor's latest reading and the times it went above the limit.",
+                  SensorStatus),
+        ],
+    )  # fmt: skip
