@@ -4,7 +4,8 @@ replaces only their figures there: the file holds the latest figures of each.
 
 Each module has ``run(scale: float) -> list[Figure]``. A figure is compared with a
 baseline measured in the same run, so the ratio holds on a noisy machine. Each module
-runs in a fresh process, so that none inherits another's memory or threads.
+runs in a fresh process, so that none inherits another's memory or threads. Stopped
+by Ctrl-C or SIGTERM, it stops every process the benchmark started, however deep.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import multiprocessing
 import os
 import platform
+import signal
 import subprocess
 import sys
+import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from contextlib import suppress
+from dataclasses import asdict
 from pathlib import Path
 
+import psutil
 from rich.console import Console
 from rich.table import Table
 
@@ -36,7 +40,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply workload sizes")
+    parser.add_argument("--figures-to", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    _stop_on_sigterm()
+    if args.figures_to:  # one benchmark, in the process `_run_alone` started
+        try:
+            figures = importlib.import_module(f"bench_{args.names[0]}").run(args.scale)
+        except KeyboardInterrupt:
+            sys.exit(130)  # what it started is stopped; the parent says so
+        args.figures_to.write_text(json.dumps([asdict(figure) for figure in figures]))
+        return
     modules = sorted(path.stem for path in HERE.glob("bench_*.py"))
     unknown = [name for name in args.names if f"bench_{name}" not in modules]
     if unknown:
@@ -50,7 +63,11 @@ def main() -> None:
     for name in chosen:
         console.rule(name)
         started = time.perf_counter()
-        measured = _run_alone(name, args.scale)
+        try:
+            measured = _run_alone(name, args.scale)
+        except KeyboardInterrupt:
+            console.print(f"[yellow]stopped during {name}: nothing of this run is written")
+            sys.exit(130)
         console.print(f"{name} took {time.perf_counter() - started:.1f} s")
         figures.extend(measured)
         when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -105,13 +122,43 @@ def _commit() -> str | None:
 
 def _run_alone(name: str, scale: float) -> list[Figure]:
     """The figures of module ``name``, run in a process of its own."""
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=spawn) as child:
-        return child.submit(_run_module, name, scale).result()
+    with tempfile.TemporaryDirectory(prefix="kappaflow-bench-figures-") as tmp:
+        out = Path(tmp) / "figures.json"
+        command = [sys.executable, __file__, name.removeprefix("bench_"), "--scale", str(scale),
+                   "--figures-to", str(out)]  # fmt: skip
+        child = subprocess.Popen(command)
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:
+            stop_descendants()
+            raise
+        if code:
+            raise RuntimeError(f"{name} failed (exit status {code})")
+        return [Figure(**figure) for figure in json.loads(out.read_text())]
 
 
-def _run_module(name: str, scale: float) -> list[Figure]:
-    return importlib.import_module(name).run(scale)
+def _stop_on_sigterm() -> None:
+    """Make SIGTERM stop the process as Ctrl-C does: the code running unwinds, and
+    cleans up what it started."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_descendants(grace_s: float = 120.0) -> None:
+    """Stop every process this one started, in whatever session, as Ctrl-C stops those
+    of a terminal: SIGTERM to each (a benchmark then stops what it started and removes
+    its files), SIGKILL to those still running ``grace_s`` later."""
+    descendants = psutil.Process().children(recursive=True)
+    console.print(f"[yellow]stopping {len(descendants)} processes (at most {grace_s:.0f} s)")
+    for process in descendants:
+        with suppress(psutil.NoSuchProcess):
+            process.terminate()
+    for process in psutil.wait_procs(descendants, timeout=grace_s)[1]:
+        with suppress(psutil.NoSuchProcess):
+            process.kill()
 
 
 def _number(value: float) -> str:

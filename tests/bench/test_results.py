@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
+
+import psutil
+
+from kappaflow.testing import wait_until
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 spec = importlib.util.spec_from_file_location("bench_run", BENCH / "run.py")
@@ -44,3 +50,18 @@ def test_a_file_that_is_not_json_gives_way_to_the_new_figures(tmp_path: Path) ->
 
     assert bench_run.merge_results(latest, now, MODULES) == now
     assert bench_run.merge_results(tmp_path / "missing.json", now, MODULES) == now
+
+
+def test_an_interrupted_run_stops_every_process_it_started() -> None:
+    code = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+        "start_new_session=True); time.sleep(60)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code])
+    tree = psutil.Process(child.pid)
+    wait_until(lambda: tree.children(), 10, "the grandchild started")
+    grandchild = tree.children()[0]
+    bench_run.stop_descendants(grace_s=2)
+    assert child.wait(5) is not None
+    assert not grandchild.is_running() or grandchild.status() == psutil.STATUS_ZOMBIE
