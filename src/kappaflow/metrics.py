@@ -60,19 +60,27 @@ class LagCollector(Collector):
         yield lag
 
 
+def partition_offsets(
+    apps: Sequence[App], log: Log, store: Store, only: Stream | None = None
+) -> Iterator[tuple[App, Stream, int, int, int]]:
+    """(app, stream, partition, end offset in the log, next offset committed by the
+    workers) of every app stream, or of stream ``only``."""
+    for app in apps:
+        for stream in app.streams:
+            if only is not None and stream.name != only.name:
+                continue
+            committed = store.committed_offsets(app.group(stream))
+            for partition, end in sorted(log.end_offsets(stream.name).items()):
+                yield app, stream, partition, end, committed.get(partition, 0)
+
+
 def partition_lag(
     apps: Sequence[App], log: Log, store: Store, only: Stream | None = None
 ) -> Iterator[tuple[str, int, int]]:
     """(group, partition, records appended but not committed) of every app stream, or
     of stream ``only``."""
-    for app in apps:
-        for stream in app.streams:
-            if only is not None and stream.name != only.name:
-                continue
-            group = app.group(stream)
-            committed = store.committed_offsets(group)
-            for partition, end in log.end_offsets(stream.name).items():
-                yield group, partition, max(0, end - committed.get(partition, 0))
+    for app, stream, partition, end, committed in partition_offsets(apps, log, store, only):
+        yield app.group(stream), partition, max(0, end - committed)
 
 
 def exposition(lag: LagCollector | None) -> bytes:

@@ -12,6 +12,7 @@ import msgspec
 from kappaflow import __version__
 from kappaflow.app import App
 from kappaflow.events.validate import Problem
+from kappaflow.query.dashboard import Status
 
 _PARAMETER = re.compile(r"{([^}]+)}")
 REF = "#/components/schemas/{name}"
@@ -32,7 +33,7 @@ def _get(summary: str, responses: dict[str, Any]) -> dict[str, Any]:
 
 
 def document(apps: Sequence[App], roles: Collection[str]) -> dict[str, Any]:
-    types: list[Any] = [Problem]
+    types: list[Any] = [Problem, Status]
     paths: dict[str, Any] = {
         "/healthz": _get("The process is alive.", {"200": {"description": "alive"}}),
         "/readyz": _get("The log and the store are reachable.", {
@@ -43,6 +44,15 @@ def document(apps: Sequence[App], roles: Collection[str]) -> dict[str, Any]:
             "200": {"description": "metrics", "content": {"text/plain": {}}},
         }),
         "/openapi.json": _get("This document.", {"200": {"description": "OpenAPI 3.1"}}),
+        "/": _get("The dashboard: an HTML page showing /status as it changes.", {
+            "200": {"description": "dashboard", "content": {"text/html": {}}},
+        }),
+        "/status": _get("Per app stream: records appended, processed and lagging, by "
+                        "partition; the apps' queries.", {
+            "200": {"description": "status", "content": {"application/json": {
+                "schema": _schema_of(Status)}}},
+            "503": _error("the log or the store is unreachable"),
+        }),
     }  # fmt: skip
     if "ingest" in roles:
         for app in apps:

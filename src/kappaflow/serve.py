@@ -1,7 +1,8 @@
 """One ASGI application serving the ingest and/or query roles, with the endpoints
-every role has (``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json``), run on
-uvicorn. On SIGTERM or Ctrl-C uvicorn stops accepting, answers the requests in
-flight (each either 202 and durable, or refused), then the log and store close."""
+every role has (``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json``, and the
+dashboard at ``/`` with its ``/status``), run on uvicorn. On SIGTERM or Ctrl-C uvicorn
+stops accepting, answers the requests in flight (each either 202 and durable, or
+refused), then the log and store close."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import AsyncIterator, Collection
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -23,6 +24,7 @@ from kappaflow.ingest.service import IngestService
 from kappaflow.log import open_log
 from kappaflow.metrics import LagCollector, exposition
 from kappaflow.openapi import document
+from kappaflow.query.dashboard import PAGE, status
 from kappaflow.query.service import QueryService
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
@@ -63,6 +65,15 @@ def build(settings: Settings, roles: Collection[str]) -> ASGIApp:
     async def openapi_json(request: Request) -> Response:
         return openapi
 
+    async def dashboard(request: Request) -> Response:
+        return HTMLResponse(PAGE)
+
+    async def status_json(request: Request) -> Response:
+        try:
+            return json_response(status(apps, the_log, store))
+        except KappaflowError as failure:
+            return error(503, f"status unknown: {failure}")
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         log.warning("%s serving on http://%s:%d", "+".join(roles), settings.host, settings.port)
@@ -80,6 +91,8 @@ def build(settings: Settings, roles: Collection[str]) -> ASGIApp:
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         Route("/openapi.json", openapi_json),
+        Route("/", dashboard),
+        Route("/status", status_json),
         *(query.routes if query else []),
     ]
     framework = Starlette(routes=routes, lifespan=lifespan)

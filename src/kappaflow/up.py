@@ -99,7 +99,7 @@ class Stack:
             self.wait_ready(ready_timeout_s)
         self.resize(workers)
         if serve:
-            log.warning("ready: %s (ingest, queries, /metrics, /openapi.json)", self.url)
+            log.warning("ready: %s (dashboard, ingest, queries, /metrics, /openapi.json)", self.url)
 
     def size(self) -> int:
         return len(self.workers)

@@ -1,0 +1,65 @@
+"""The dashboard: ``GET /`` is one self-contained HTML page (no assets fetched from
+anywhere) that polls ``GET /status`` and shows, per app stream, the events appended and
+processed, their rates, the lag of each partition and its recent history, and the
+apps' read queries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib.resources import files
+
+import msgspec
+
+from kappaflow.app import App
+from kappaflow.log.base import Log
+from kappaflow.metrics import partition_offsets
+from kappaflow.store.base import Store
+
+PAGE = files("kappaflow.query").joinpath("dashboard.html").read_bytes()
+
+
+class PartitionStatus(msgspec.Struct):
+    partition: int
+    appended: int
+    """Records in the log (its end offset)."""
+    processed: int
+    """Records committed by the stream's workers (their next offset)."""
+    lag: int
+
+
+class StreamStatus(msgspec.Struct):
+    app: str
+    stream: str
+    group: str
+    appended: int
+    processed: int
+    lag: int
+    partitions: list[PartitionStatus]
+
+
+class QueryInfo(msgspec.Struct):
+    app: str
+    path: str
+    summary: str
+
+
+class Status(msgspec.Struct):
+    streams: list[StreamStatus]
+    queries: list[QueryInfo]
+
+
+def status(apps: Sequence[App], log: Log, store: Store) -> Status:
+    """Where every app stream stands now; raises `KappaflowError` when the log or the
+    store cannot say."""
+    by_stream: dict[tuple[str, str, str], list[PartitionStatus]] = {}
+    for app, stream, partition, end, committed in partition_offsets(apps, log, store):
+        by_stream.setdefault((app.name, stream.name, app.group(stream)), []).append(
+            PartitionStatus(partition, end, committed, max(0, end - committed))
+        )
+    streams = [
+        StreamStatus(*names, sum(p.appended for p in parts), sum(p.processed for p in parts),
+                     sum(p.lag for p in parts), parts)
+        for names, parts in by_stream.items()
+    ]  # fmt: skip
+    queries = [QueryInfo(app.name, q.path, q.summary) for app in apps for q in app.queries]
+    return Status(streams, queries)

@@ -1,0 +1,109 @@
+"""The dashboard: ``/status`` against the real log and store, and the page's script run
+by Node.js on what ``/status`` answers."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import psycopg
+from starlette.testclient import TestClient
+
+from kappaflow.apps.video import create_app
+from kappaflow.log import open_log
+from kappaflow.serve import build
+from kappaflow.settings import Settings
+from kappaflow.store import open_store
+from kappaflow.stream.worker import Worker
+
+EVENTS = "/v1/streams/heartbeats/events"
+
+
+def beats(count: int) -> list[dict]:
+    return [{"user_id": f"u{i}", "video_id": "v", "position_s": 1.0, "ts": 1000 + i}
+            for i in range(count)]  # fmt: skip
+
+
+def test_status_counts_what_is_appended_and_processed(settings: Settings) -> None:
+    settings = settings.replace(batch_max_events=10)
+    with TestClient(build(settings, ("ingest", "query"))) as client:
+        assert client.post(EVENTS, json=beats(200)).status_code == 202
+        app = create_app(settings)
+        worker = Worker(app, app.streams[0], open_log(settings), open_store(settings), settings,
+                        [0, 1])  # fmt: skip
+        worker.start()
+        worker.poll()  # 10 records of partitions 0 and 1 each
+        answer = client.get("/status")
+    assert answer.status_code == 200
+    video = next(s for s in answer.json()["streams"] if s["stream"] == "heartbeats")
+    ends = open_log(settings).end_offsets("heartbeats")
+    assert [(p["partition"], p["appended"]) for p in video["partitions"]] == sorted(ends.items())
+    assert [p["processed"] for p in video["partitions"]] == [10, 10, 0, 0]
+    assert all(p["lag"] == p["appended"] - p["processed"] for p in video["partitions"])
+    assert (video["appended"], video["processed"], video["lag"]) == (200, 20, 180)
+    assert video["group"] == "video.heartbeats"
+    paths = {q["path"] for q in answer.json()["queries"]}
+    assert {"/v1/progress/{user_id}/{video_id}", "/v1/clicks/top"} <= paths
+
+
+def test_status_is_503_when_the_store_is_gone(settings: Settings, postgres_dsn: str) -> None:
+    settings = settings.replace(store="postgres", postgres_dsn=postgres_dsn)
+    with TestClient(build(settings, ("query",))) as client:
+        assert client.get("/status").status_code == 200
+        server, name = postgres_dsn.rsplit("/", 1)
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        answer = client.get("/status")
+    assert answer.status_code == 503
+    assert answer.json()["error"].startswith("status unknown:")
+
+
+# No browser runs here: the page's script runs in Node.js against a minimal stand-in for
+# the DOM, enough to check what it builds from a real /status answer and from a 503.
+DOM = """
+const nodes = {};
+const node = (tag) => ({tag, attrs: {}, children: [], hidden: true, textContent: "",
+  setAttribute(n, v) { this.attrs[n] = v; }, append(c) { this.children.push(c); },
+  replaceChildren(...c) { this.children = c; }});
+globalThis.document = {getElementById: (id) => nodes[id] ||= node(id),
+                       createElementNS: (ns, tag) => node(tag)};
+const answers = ANSWERS;
+globalThis.fetch = async () => {
+  const [status, body] = answers.shift();
+  return {ok: status === 200, status, json: async () => body};
+};
+globalThis.setTimeout = (poll) => { if (answers.length) Promise.resolve().then(poll); };
+const text = (n) => typeof n === "string" ? n : n.children.map(text).join("|");
+process.on("exit", () => console.log(JSON.stringify({
+  cards: nodes.streams.children.map(text), queries: nodes.queries.children.map(text),
+  error: nodes.error.hidden ? null : nodes.error.textContent})));
+"""
+
+
+def run_page(answers: list[tuple[int, object]]) -> dict:
+    page = (Path(__file__).parents[2] / "src/kappaflow/query/dashboard.html").read_text()
+    script = re.search(r"<script>(.*)</script>", page, re.S)
+    assert script is not None
+    program = DOM.replace("ANSWERS", json.dumps(answers)) + script.group(1)
+    ran = subprocess.run(["node", "-e", program], capture_output=True, text=True, timeout=30)
+    assert ran.returncode == 0, ran.stderr
+    return json.loads(ran.stdout)
+
+
+def test_the_page_shows_each_stream_and_then_the_error(settings: Settings) -> None:
+    with TestClient(build(settings, ("ingest", "query"))) as client:
+        assert client.get("/").headers["content-type"].startswith("text/html")
+        assert client.post(EVENTS, json=beats(30)).status_code == 202
+        status = client.get("/status").json()
+    shown = run_page([(200, status)])
+    assert len(shown["cards"]) == len(status["streams"]) == 2
+    heartbeats = shown["cards"][0]
+    assert heartbeats.startswith("video · heartbeats|30|appended|0|processed|30|lag (records)")
+    assert "partition|appended|processed|lag" in heartbeats
+    assert len(shown["queries"]) == len(status["queries"])
+    assert shown["error"] is None
+    failed = run_page([(200, status), (503, {"error": "status unknown: the store is down"})])
+    assert failed["error"] == "/status: status unknown: the store is down"
+    assert len(failed["cards"]) == 2  # the last figures stay on the page
