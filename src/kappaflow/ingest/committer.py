@@ -11,12 +11,13 @@ from collections import defaultdict
 from kappaflow.log.base import Log
 
 Records = dict[int, list[bytes]]
+Queued = tuple[str, Records, "asyncio.Future[None]"]
 
 
 class GroupCommitter:
     def __init__(self, log: Log) -> None:
         self.log = log
-        self._queue: list[tuple[str, Records, asyncio.Future[None]]] = []
+        self._queue: list[Queued] = []
         self._writing: asyncio.Task[None] | None = None
 
     async def append(self, stream: str, records: Records) -> None:
@@ -36,21 +37,27 @@ class GroupCommitter:
     async def _write_queued(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
-            try:
-                await asyncio.to_thread(self._write, batch)
-            except Exception as error:
-                for *_, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-            else:
-                for *_, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+            failures = await asyncio.to_thread(self._write, batch)
+            for stream, _, future in batch:
+                if future.done():
+                    continue
+                if stream in failures:
+                    future.set_exception(failures[stream])
+                else:
+                    future.set_result(None)
 
-    def _write(self, batch: list[tuple[str, Records, asyncio.Future[None]]]) -> None:
+    def _write(self, batch: list[Queued]) -> dict[str, Exception]:
+        """Append each stream's records of the whole batch in one call (all or nothing
+        on the embedded log); returns the failures by stream: the requests of the other
+        streams succeed."""
         merged: dict[str, Records] = defaultdict(lambda: defaultdict(list))
         for stream, records, _ in batch:
             for partition, values in records.items():
                 merged[stream][partition].extend(values)
+        failures: dict[str, Exception] = {}
         for stream, records in merged.items():
-            self.log.append_partitions(stream, records)
+            try:
+                self.log.append_partitions(stream, records)
+            except Exception as error:
+                failures[stream] = error
+        return failures

@@ -239,6 +239,8 @@ class _Writer:
             self.base, self.position = self.next_offset, 0
         self.data = self._open(BATCHES)
         self.index = self._open(".index")
+        self.unpublished: tuple[int, bytes] | None = None
+        """Where the batch written but not yet published starts, and its index entry."""
 
     def _open(self, suffix: str) -> BinaryIO:
         return (self.path / _segment_name(self.base, suffix)).open("ab")
@@ -271,7 +273,9 @@ class _Writer:
             os.fsync(file.fileno())
         return offset + count, position + length
 
-    def append(self, values: Sequence[bytes]) -> int:
+    def write(self, values: Sequence[bytes]) -> int:
+        """Write ``values`` as one batch, durably, but not yet served to readers: that
+        takes `publish` (or `discard` cuts it). Returns the batch's first offset."""
         if not values:
             return self.next_offset
         if self.position >= self.segment_bytes:
@@ -283,13 +287,31 @@ class _Writer:
             self.data.flush()
             if self.fsync:
                 os.fdatasync(self.data.fileno())
-            self.index.write(ENTRY.pack(first + len(values), start + len(buffer)))
+        except OSError as error:
+            self._reopen_after_failure(start)
+            raise LogUnavailable(f"{self.path}: cannot append: {error.strerror}") from error
+        self.unpublished = (start, ENTRY.pack(first + len(values), start + len(buffer)))
+        self.next_offset, self.position = first + len(values), start + len(buffer)
+        return first
+
+    def publish(self) -> None:
+        """Serve the batch `write` wrote: its index entry."""
+        if self.unpublished is None:
+            return
+        start, entry = self.unpublished
+        self.unpublished = None
+        try:
+            self.index.write(entry)
             self.index.flush()
         except OSError as error:
             self._reopen_after_failure(start)
             raise LogUnavailable(f"{self.path}: cannot append: {error.strerror}") from error
-        self.next_offset, self.position = first + len(values), start + len(buffer)
-        return first
+
+    def discard(self) -> None:
+        """Cut the batch `write` wrote, unserved."""
+        if self.unpublished is not None:
+            self._reopen_after_failure(self.unpublished[0])
+            self.unpublished = None
 
     def _reopen_after_failure(self, position: int) -> None:
         """Cut what a failed append left behind, so that nothing of it is ever served."""
@@ -384,16 +406,34 @@ class EmbeddedLog:
             raise LogError(f"topic {topic!r} has no partition {partition} (it has {count})")
 
     def append(self, topic: str, partition: int, values: Sequence[bytes]) -> int:
-        if self._lock is None:
-            raise LogError("this log was opened for reading; open it with writer=True to append")
-        return self._writer(topic, partition).append(values)
+        return self.append_partitions(topic, {partition: values})[partition]
 
     def append_partitions(
         self, topic: str, records: Mapping[int, Sequence[bytes]]
     ) -> dict[int, int]:
-        """One write and fsync per partition, in turn."""
-        return {partition: self.append(topic, partition, values)
-                for partition, values in records.items()}  # fmt: skip
+        """One write and fsync per partition, in turn; the batches are served once all
+        of them are written. When a write fails, those before it are cut: nothing of
+        ``records`` is served. (Only a failure to write an index entry, 16 bytes, after
+        others were written, leaves the partitions before it served.)"""
+        if self._lock is None:
+            raise LogError("this log was opened for reading; open it with writer=True to append")
+        writers = {partition: self._writer(topic, partition) for partition in records}
+        firsts: dict[int, int] = {}
+        try:
+            for partition, values in records.items():
+                firsts[partition] = writers[partition].write(values)
+        except LogUnavailable:
+            for partition in firsts:
+                writers[partition].discard()
+            raise
+        try:
+            for writer in writers.values():
+                writer.publish()
+        except LogUnavailable:
+            for writer in writers.values():
+                writer.discard()  # those not yet published
+            raise
+        return firsts
 
     def _writer(self, topic: str, partition: int) -> _Writer:
         """The partition's writer, recovering its tail the first time."""
