@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 
 from kappaflow.apps.video import create_app
 from kappaflow.log import open_log
+from kappaflow.log.partitioner import partition_for
 from kappaflow.serve import build
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
@@ -26,24 +27,28 @@ def beats(count: int) -> list[dict]:
             for i in range(count)]  # fmt: skip
 
 
-def test_status_counts_what_is_appended_and_processed(settings: Settings) -> None:
+def test_status_counts_what_is_appended_processed_and_dead(settings: Settings) -> None:
     settings = settings.replace(batch_max_events=10)
+    # The first record of its partition, far ahead: the other 9 of the batch come late.
+    ahead = [{"user_id": "late", "video_id": "v", "position_s": 1.0, "ts": 10_000_000}]
+    owned = sorted({partition_for("late", 4), partition_for("late", 4) ^ 1})
     with TestClient(build(settings, ("ingest", "query"))) as client:
-        assert client.post(EVENTS, json=beats(200)).status_code == 202
+        assert client.post(EVENTS, json=ahead + beats(200)).status_code == 202
         app = create_app(settings)
         worker = Worker(app, app.streams[0], open_log(settings), open_store(settings), settings,
-                        [0, 1])  # fmt: skip
+                        owned)  # fmt: skip
         worker.start()
-        worker.poll()  # 10 records of partitions 0 and 1 each
+        worker.poll()  # the first 10 records of each owned partition
         answer = client.get("/status")
     assert answer.status_code == 200
     video = next(s for s in answer.json()["streams"] if s["stream"] == "heartbeats")
     ends = open_log(settings).end_offsets("heartbeats")
     assert [(p["partition"], p["appended"]) for p in video["partitions"]] == sorted(ends.items())
-    assert [p["processed"] for p in video["partitions"]] == [10, 10, 0, 0]
+    processed = [10 if partition in owned else 0 for partition in range(4)]
+    assert [p["processed"] for p in video["partitions"]] == processed
     assert all(p["lag"] == p["appended"] - p["processed"] for p in video["partitions"])
-    assert (video["appended"], video["processed"], video["lag"]) == (200, 20, 180)
-    assert video["group"] == "video.heartbeats"
+    assert (video["appended"], video["processed"], video["lag"]) == (201, 20, 181)
+    assert (video["group"], video["dead_letters"]) == ("video.heartbeats", 9)
     paths = {q["path"] for q in answer.json()["queries"]}
     assert {"/v1/progress/{user_id}/{video_id}", "/v1/clicks/top"} <= paths
 
@@ -100,7 +105,9 @@ def test_the_page_shows_each_stream_and_then_the_error(settings: Settings) -> No
     shown = run_page([(200, status)])
     assert len(shown["cards"]) == len(status["streams"]) == 2
     heartbeats = shown["cards"][0]
-    assert heartbeats.startswith("video · heartbeats|30|appended|0|processed|30|lag (records)")
+    assert heartbeats.startswith(
+        "video · heartbeats|30|appended|0|processed|30|lag (records)|0|dead letters"
+    )
     assert "partition|appended|processed|lag" in heartbeats
     assert len(shown["queries"]) == len(status["queries"])
     assert shown["error"] is None

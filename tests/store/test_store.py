@@ -64,6 +64,7 @@ def test_commit_writes_rows_state_offsets_and_dead_letters_together(store: Store
     assert store.query("SELECT k, n FROM totals ORDER BY k") == [("a", 13), ("b", 5)]
     assert store.query("SELECT k, v FROM latest") == [("a", "y")]
     assert store.dead_letters("g") == [(0, 3, "late", b"{}")]
+    assert (store.dead_letter_count("g"), store.dead_letter_count("other")) == (1, 0)
     assert store.committed_offsets("g") == {0: 20}
 
 

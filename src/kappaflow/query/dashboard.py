@@ -1,7 +1,7 @@
 """The dashboard: ``GET /`` is one self-contained HTML page (no assets fetched from
 anywhere) that polls ``GET /status`` and shows, per app stream, the events appended and
-processed, their rates, the lag of each partition and its recent history, and the
-apps' read queries."""
+processed, their rates, the dead letters, the lag of each partition and its recent
+history, and the apps' read queries."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ class StreamStatus(msgspec.Struct):
     appended: int
     processed: int
     lag: int
+    dead_letters: int
+    """Records sent to the dead-letter table (late, undecodable, refused)."""
     partitions: list[PartitionStatus]
 
 
@@ -57,9 +59,10 @@ def status(apps: Sequence[App], log: Log, store: Store) -> Status:
             PartitionStatus(partition, end, committed, max(0, end - committed))
         )
     streams = [
-        StreamStatus(*names, sum(p.appended for p in parts), sum(p.processed for p in parts),
-                     sum(p.lag for p in parts), parts)
-        for names, parts in by_stream.items()
+        StreamStatus(app, stream, group, sum(p.appended for p in parts),
+                     sum(p.processed for p in parts), sum(p.lag for p in parts),
+                     store.dead_letter_count(group), parts)
+        for (app, stream, group), parts in by_stream.items()
     ]  # fmt: skip
     queries = [QueryInfo(app.name, q.path, q.summary) for app in apps for q in app.queries]
     return Status(streams, queries)

@@ -86,6 +86,9 @@ class Store(Protocol):
     def dead_letters(self, group: str) -> list[tuple[int, int, str, bytes]]:
         """(partition, offset, reason, payload) of every dead letter of ``group``."""
 
+    def dead_letter_count(self, group: str) -> int:
+        """How many dead letters ``group`` has."""
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only SQL query against the result tables."""
 

@@ -229,6 +229,9 @@ class PostgresStore:
             )
         ]
 
+    def dead_letter_count(self, group: str) -> int:
+        return int(self.query("SELECT COUNT(*) FROM kf_dead_letters WHERE grp = ?", (group,))[0][0])
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         def read(cursor: psycopg.Cursor[Any]) -> list[tuple[Any, ...]]:
             cursor.execute(placeholders(sql), params)

@@ -211,6 +211,9 @@ class SQLiteStore:
             (group,),
         )
 
+    def dead_letter_count(self, group: str) -> int:
+        return int(self.query("SELECT COUNT(*) FROM kf_dead_letters WHERE grp = ?", (group,))[0][0])
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._read(lambda db: db.execute(sql, params).fetchall())
 
