@@ -33,7 +33,7 @@ def run(scale: float) -> list[Figure]:
     seconds = max(1.0, SECONDS * scale)
     with kafka_mock_cluster() as bootstrap:
         # The log's clients go with it when `_measure` returns, before the cluster does.
-        log = KafkaLog(bootstrap, create_timeout_s=MOCK_CREATE_TIMEOUT_S)
+        log = KafkaLog(bootstrap, None, MOCK_CREATE_TIMEOUT_S)
         together, apart = _measure(log, events, seconds)
     for name, rate in (("one wait", together), ("a wait per partition", apart)):
         console.print(f"Kafka mock cluster, {name}: {rate:,.0f} events/s")

@@ -30,7 +30,7 @@ def read(log: KafkaLog, topic: str, partition: int, offset: int, count: int):
 
 @pytest.fixture
 def log(kafka_bootstrap: str):
-    the_log = KafkaLog(kafka_bootstrap, create_timeout_s=MOCK_CREATE_TIMEOUT_S)
+    the_log = KafkaLog(kafka_bootstrap, None, MOCK_CREATE_TIMEOUT_S)
     yield the_log
     the_log.close()
 
@@ -95,7 +95,7 @@ def test_a_producer_queue_that_stays_full_is_log_unavailable(
 ) -> None:
     """No broker listens on the port: the queue of 5 never empties."""
     monkeypatch.setattr(kafka_module, "TIMEOUT_S", 0.5)
-    dead = KafkaLog("127.0.0.1:1", {"queue.buffering.max.messages": "5"})
+    dead = KafkaLog("127.0.0.1:1", {"queue.buffering.max.messages": "5"}, MOCK_CREATE_TIMEOUT_S)
     with pytest.raises(LogUnavailable, match="queue stayed full"):
         dead.append_partitions("t-dead", {0: [b"x"] * 10})
 
@@ -140,7 +140,7 @@ def test_close_ends_every_client_and_a_closed_log_opens_again(kafka_bootstrap: s
     clients kept until the log is collected go on talking to the cluster."""
     process = psutil.Process()
     before = process.num_threads()
-    the_log = KafkaLog(kafka_bootstrap, create_timeout_s=MOCK_CREATE_TIMEOUT_S)
+    the_log = KafkaLog(kafka_bootstrap, None, MOCK_CREATE_TIMEOUT_S)
     the_log.create_topic("t-close", 4)
     the_log.append("t-close", 2, [b"a", b"b"])
     assert read(the_log, "t-close", 2, 0, 10).values == [b"a", b"b"]
@@ -166,4 +166,3 @@ def test_the_settings_set_how_long_a_topic_creation_is_waited_for(settings: Sett
     on_kafka = settings.replace(log="kafka", kafka_create_timeout_s=0.5)
     the_log = open_log(on_kafka)
     assert isinstance(the_log, KafkaLog) and the_log.create_timeout_s == 0.5
-    assert KafkaLog("127.0.0.1:1").create_timeout_s == Settings().kafka_create_timeout_s

@@ -28,8 +28,8 @@ class KafkaLog:
     def __init__(
         self,
         bootstrap_servers: str,
-        client_config: Mapping[str, str] | None = None,
-        create_timeout_s: float = 3.0,
+        client_config: Mapping[str, str] | None,
+        create_timeout_s: float,
     ):
         self.create_timeout_s = create_timeout_s
         """How long `create_topic` waits for the cluster to answer."""
