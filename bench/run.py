@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply workload sizes")
     parser.add_argument("--figures-to", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    _stop_on_sigterm()
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.figures_to:  # one benchmark, in the process `_run_alone` started
         try:
             figures = importlib.import_module(f"bench_{args.names[0]}").run(args.scale)
@@ -137,13 +137,9 @@ def _run_alone(name: str, scale: float) -> list[Figure]:
         return [Figure(**figure) for figure in json.loads(out.read_text())]
 
 
-def _stop_on_sigterm() -> None:
-    """Make SIGTERM stop the process as Ctrl-C does: the code running unwinds, and
-    cleans up what it started."""
-    signal.signal(signal.SIGTERM, _interrupt)
-
-
 def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops as Ctrl-C does: the code running unwinds, and cleans up what it
+    started."""
     raise KeyboardInterrupt
 
 

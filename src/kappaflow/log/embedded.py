@@ -288,8 +288,7 @@ class _Writer:
             if self.fsync:
                 os.fdatasync(self.data.fileno())
         except OSError as error:
-            self._reopen_after_failure(start)
-            raise LogUnavailable(f"{self.path}: cannot append: {error.strerror}") from error
+            raise self._cut(start, error) from error
         self.unpublished = (start, ENTRY.pack(first + len(values), start + len(buffer)))
         self.next_offset, self.position = first + len(values), start + len(buffer)
         return first
@@ -304,14 +303,18 @@ class _Writer:
             self.index.write(entry)
             self.index.flush()
         except OSError as error:
-            self._reopen_after_failure(start)
-            raise LogUnavailable(f"{self.path}: cannot append: {error.strerror}") from error
+            raise self._cut(start, error) from error
 
     def discard(self) -> None:
-        """Cut the batch `write` wrote, unserved."""
+        """Cut the batch `write` wrote, unserved (nothing to do once published)."""
         if self.unpublished is not None:
             self._reopen_after_failure(self.unpublished[0])
             self.unpublished = None
+
+    def _cut(self, position: int, error: OSError) -> LogUnavailable:
+        """Cut back to ``position`` after ``error``; returns the error to raise."""
+        self._reopen_after_failure(position)
+        return LogUnavailable(f"{self.path}: cannot append: {error.strerror}")
 
     def _reopen_after_failure(self, position: int) -> None:
         """Cut what a failed append left behind, so that nothing of it is ever served."""
@@ -418,20 +421,14 @@ class EmbeddedLog:
         if self._lock is None:
             raise LogError("this log was opened for reading; open it with writer=True to append")
         writers = {partition: self._writer(topic, partition) for partition in records}
-        firsts: dict[int, int] = {}
         try:
-            for partition, values in records.items():
-                firsts[partition] = writers[partition].write(values)
-        except LogUnavailable:
-            for partition in firsts:
-                writers[partition].discard()
-            raise
-        try:
+            firsts = {partition: writers[partition].write(values)
+                      for partition, values in records.items()}  # fmt: skip
             for writer in writers.values():
                 writer.publish()
         except LogUnavailable:
             for writer in writers.values():
-                writer.discard()  # those not yet published
+                writer.discard()  # those written and not yet published
             raise
         return firsts
 
