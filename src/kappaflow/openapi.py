@@ -47,8 +47,8 @@ def document(apps: Sequence[App], roles: Collection[str]) -> dict[str, Any]:
         "/": _get("The dashboard: an HTML page showing /status as it changes.", {
             "200": {"description": "dashboard", "content": {"text/html": {}}},
         }),
-        "/status": _get("Per app stream: records appended, processed and lagging, by "
-                        "partition; the apps' queries.", {
+        "/status": _get("Per app stream: records appended, processed and lagging (also "
+                        "by partition) and dead letters; the apps' queries.", {
             "200": {"description": "status", "content": {"application/json": {
                 "schema": _schema_of(Status)}}},
             "503": _error("the log or the store is unreachable"),

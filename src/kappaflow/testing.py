@@ -1,12 +1,15 @@
 """Helpers for testing apps, ours and users' alike: push events through the real log,
 worker and store on a temporary data directory and look at the result tables; wait
-for what running processes do; run the Kafka log against librdkafka's mock cluster
-where no Kafka runs."""
+for what running processes do; make writes fail for real in a process of their own;
+run the Kafka log against librdkafka's mock cluster where no Kafka runs."""
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import random
+import resource
+import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -89,6 +92,22 @@ def result_tables(settings: Settings, names: Sequence[str]) -> dict[str, list[tu
         return {name: store.query(f"SELECT * FROM {name} ORDER BY 1, 2, 3, 4") for name in names}
     finally:
         store.close()
+
+
+def limit_file_size(limit_bytes: int) -> None:
+    """From now on, this process's writes that would grow a file past ``limit_bytes``
+    fail with EFBIG, as on a full disk (instead of SIGXFSZ killing the process)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+
+def run_in_process(target: Callable[..., object], *args: Any, timeout_s: float = 30) -> None:
+    """Run ``target(*args)`` in a process of its own (spawned, so that a limit it sets
+    stays there); fail unless it ends without an error within ``timeout_s``."""
+    child = multiprocessing.get_context("spawn").Process(target=target, args=args)
+    child.start()
+    child.join(timeout_s)
+    assert child.exitcode == 0, f"{target.__name__} exited with {child.exitcode}"
 
 
 MOCK_CREATE_TIMEOUT_S = 0.2

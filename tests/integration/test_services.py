@@ -3,10 +3,10 @@ processes on 127.0.0.1, over HTTP."""
 
 from __future__ import annotations
 
-import resource
 import signal
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -16,6 +16,7 @@ import pytest
 from kappaflow.apps.video_sim import simulate
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
+from kappaflow.testing import limit_file_size
 
 pytestmark = pytest.mark.integration
 EVENTS = "/v1/streams/heartbeats/events"
@@ -149,18 +150,13 @@ def test_sigterm_during_load_loses_nothing_acknowledged(tmp_path: Path, kappaflo
     assert set(attempted) > set(accepted) or len(attempted) == len(accepted)
 
 
-def _limit_file_size() -> None:
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
-    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
-
-
 def test_a_failing_log_write_is_503_and_writes_nothing(tmp_path: Path, kappaflow) -> None:
     data = str(tmp_path / "data")
     env = {**ENV, "KAPPAFLOW_RETRY_AFTER_S": "3"}
     small = [{"user_id": "u", "video_id": "v", "position_s": n, "ts": 1000} for n in range(10)]
     big = [{"user_id": "u", "video_id": "v", "position_s": n, "ts": 1000} for n in range(5_000)]
     with kappaflow("ingest", "--data-dir", data, env=env,
-                   preexec_fn=_limit_file_size) as ingest:  # fmt: skip
+                   preexec_fn=partial(limit_file_size, 200_000)) as ingest:  # fmt: skip
         client = ingest.client()
         assert client.post(EVENTS, json=small).status_code == 202
         failed = client.post(EVENTS, json=big)

@@ -3,8 +3,6 @@ from __future__ import annotations
 import errno
 import multiprocessing
 import os
-import resource
-import signal
 import struct
 import zlib
 from pathlib import Path
@@ -13,6 +11,7 @@ import pytest
 
 from kappaflow.errors import LogCorrupted, LogError, LogUnavailable, OffsetOutOfRange
 from kappaflow.log.embedded import BATCH, RECORD, EmbeddedLog
+from kappaflow.testing import limit_file_size, run_in_process
 
 
 def values(start: int, count: int) -> list[bytes]:
@@ -228,11 +227,10 @@ def test_retention_deletes_only_consumed_old_segments(log: EmbeddedLog) -> None:
 def _append_over_a_size_limit(root: str) -> None:
     """In a process of its own: three partitions served, then an append whose third
     partition goes over the file-size limit (a real EFBIG), then one more."""
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     log = EmbeddedLog(Path(root), writer=True)
     log.create_topic("t", 3)
     log.append_partitions("t", {p: values(0, 10) for p in range(3)})
-    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+    limit_file_size(20_000)
     big = [b"x" * 1_000] * 30
     with pytest.raises(LogUnavailable, match="cannot append"):
         log.append_partitions("t", {0: values(10, 5), 1: values(10, 5), 2: big})
@@ -241,12 +239,7 @@ def _append_over_a_size_limit(root: str) -> None:
 
 
 def test_an_append_of_several_partitions_is_served_all_or_nothing(tmp_path: Path) -> None:
-    child = multiprocessing.get_context("spawn").Process(
-        target=_append_over_a_size_limit, args=(str(tmp_path / "log"),)
-    )
-    child.start()
-    child.join(30)
-    assert child.exitcode == 0
+    run_in_process(_append_over_a_size_limit, str(tmp_path / "log"))
     reader = EmbeddedLog(tmp_path / "log")
     served = {p: reader.read("t", p, 0, 1_000).values for p in range(3)}
     assert served == {0: values(0, 10) + values(100, 2), 1: values(0, 10),
