@@ -1,9 +1,10 @@
 """Ingest's group commit on the Kafka log, against librdkafka's mock cluster on
 loopback (no Kafka runs here): the records of one group commit, spread over 4
-partitions (the mock cluster makes topics of 4), appended with one wait for all the
-partitions' deliveries (as ingest appends) against one wait per partition. Loopback
+partitions (the mock cluster makes topics of 4), appended in one transaction for all
+the partitions (as ingest appends) against one transaction per partition. Loopback
 answers in well under a millisecond; on a real cluster, with ``acks=all`` across
-brokers, each wait costs a replication round trip, so the gap there is wider."""
+brokers, each commit costs round trips to the transaction coordinator and the
+partitions' replication, so the gap there is wider."""
 
 from __future__ import annotations
 
@@ -35,14 +36,14 @@ def run(scale: float) -> list[Figure]:
         # The log's clients go with it when `_measure` returns, before the cluster does.
         log = KafkaLog(bootstrap, None, MOCK_CREATE_TIMEOUT_S)
         together, apart = _measure(log, events, seconds)
-    for name, rate in (("one wait", together), ("a wait per partition", apart)):
+    for name, rate in (("one transaction", together), ("a transaction per partition", apart)):
         console.print(f"Kafka mock cluster, {name}: {rate:,.0f} events/s")
     return [Figure(f"Kafka (mock) append, {PER_COMMIT:,} events over {PARTITIONS} partitions",
-                   together, "events/s", "a wait per partition", apart)]  # fmt: skip
+                   together, "events/s", "a transaction per partition", apart)]  # fmt: skip
 
 
 def _measure(log: KafkaLog, events: list[Heartbeat], seconds: float) -> tuple[float, float]:
-    """Events/s appended with one wait for all partitions, and with a wait for each."""
+    """Events/s appended in one transaction for all partitions, and in one for each."""
     stream = create_app(Settings.load({})).streams[0]
     records = Appender(log, stream, PARTITIONS).encode(events)  # as ingest encodes them
     log.append_partitions("heartbeats", records)  # the producer connects, the topic is made

@@ -1,7 +1,13 @@
 """The Kafka log against librdkafka's mock cluster, which speaks the Kafka protocol on
 loopback. What the mock does not do is out of reach here: replication and real disks,
-and admin requests (CreateTopics gets no answer; topics are auto-created with 4
-partitions, so these tests use 4)."""
+admin requests (CreateTopics gets no answer; topics are auto-created with 4
+partitions, so these tests use 4), and hiding the records of an aborted transaction
+from ``read_committed`` readers (it serves them; Kafka's brokers do not), so the tests
+of a failed append check that its transaction is aborted and its records never sent.
+
+Each append is a transaction, whose commit takes one offset in each of its partitions
+(a control record, never read): an append of 3 records to an empty partition ends
+it at 4."""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from kappaflow.log import open_log
 from kappaflow.log.kafka import KafkaLog
 from kappaflow.log.partitioner import partition_for
 from kappaflow.settings import Settings
-from kappaflow.testing import MOCK_CREATE_TIMEOUT_S
+from kappaflow.testing import MOCK_CREATE_TIMEOUT_S, kafka_mock_cluster
 
 
 def read(log: KafkaLog, topic: str, partition: int, offset: int, count: int):
@@ -26,6 +32,19 @@ def read(log: KafkaLog, topic: str, partition: int, offset: int, count: int):
         if batch.values:
             return batch
     return batch
+
+
+def read_to(log: KafkaLog, topic: str, partition: int, offset: int, end: int) -> list[bytes]:
+    """The values from ``offset`` on, read until the next offset is ``end``."""
+    values: list[bytes] = []
+    for _ in range(100):
+        batch = log.read(topic, partition, offset, 100)
+        values += batch.values
+        offset = batch.next_offset
+        if offset >= end:
+            assert offset == end
+            return values
+    raise AssertionError(f"the reads stopped at {offset}, not {end}")
 
 
 @pytest.fixture
@@ -41,27 +60,37 @@ def test_append_read_and_offsets(log: KafkaLog, request: pytest.FixtureRequest) 
     log.create_topic(topic, 4)  # idempotent
     assert log.partitions(topic) == 4
     assert log.append(topic, 1, [b"a", b"b", b"c"]) == 0
-    assert log.append(topic, 1, [b"d"]) == 3
-    assert log.end_offsets(topic) == {0: 0, 1: 4, 2: 0, 3: 0}
+    assert log.append(topic, 1, [b"d"]) == 4  # after the first commit's control record
+    assert log.end_offsets(topic) == {0: 0, 1: 6, 2: 0, 3: 0}
     assert log.start_offsets(topic) == {0: 0, 1: 0, 2: 0, 3: 0}
     batch = read(log, topic, 1, 1, 2)
-    assert (batch.offsets, batch.values, batch.next_offset) == ([1, 2], [b"b", b"c"], 3)
-    rest = read(log, topic, 1, 3, 100)
-    assert (rest.values, rest.next_offset) == ([b"d"], 4)
-    assert log.read(topic, 1, 4, 100).values == []
+    assert (batch.offsets, batch.values) == ([1, 2], [b"b", b"c"])
+    rest = read(log, topic, 1, batch.next_offset, 100)
+    assert (rest.offsets, rest.values, rest.next_offset) == ([4], [b"d"], 6)
+    assert log.read(topic, 1, 6, 100) == ([], [], 6)
     again = read(log, topic, 1, 0, 1)  # a restart reads from an earlier offset
     assert again.values == [b"a"]
 
 
-class CountingFlushes:
-    """The log's real producer, counting how often the log waits for deliveries."""
+def test_a_read_from_a_control_record_steps_over_it(log: KafkaLog) -> None:
+    """A reader that stopped before a commit's control record (a worker restored from
+    there) reaches the end with no records, so its lag reaches 0."""
+    log.create_topic("t-marker", 4)
+    log.append("t-marker", 2, [b"a", b"b"])
+    assert log.end_offsets("t-marker")[2] == 3
+    assert read_to(log, "t-marker", 2, 2, 3) == []
+
+
+class CountingCommits:
+    """The log's real producer, counting its transactions' commits (each waits for
+    every delivery report of its records)."""
 
     def __init__(self, producer: Any) -> None:
-        self.producer, self.flushes = producer, 0
+        self.producer, self.commits = producer, 0
 
-    def flush(self, *args: Any) -> int:
-        self.flushes += 1
-        return self.producer.flush(*args)
+    def commit_transaction(self, *args: Any) -> None:
+        self.commits += 1
+        self.producer.commit_transaction(*args)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.producer, name)
@@ -70,14 +99,15 @@ class CountingFlushes:
 def test_appends_to_several_partitions_wait_once_for_all(log: KafkaLog) -> None:
     log.create_topic("t-together", 4)
     log.append("t-together", 2, [b"before"])
-    producer = log._producer = CountingFlushes(log._producer_handle())
+    producer = log._producer = CountingCommits(log._producer_handle())
     records = {p: [f"{p}-{n}".encode() for n in range(20)] for p in (0, 2, 3)}
-    assert log.append_partitions("t-together", records) == {0: 0, 2: 1, 3: 0}
-    assert producer.flushes == 1, "one round trip for the partitions together"
+    assert log.append_partitions("t-together", records) == {0: 0, 2: 2, 3: 0}
+    assert producer.commits == 1, "one transaction for the partitions together"
+    ends = {0: 21, 1: 0, 2: 23, 3: 21}
+    assert log.end_offsets("t-together") == ends
     for partition, values in records.items():
-        start = 1 if partition == 2 else 0
-        assert read(log, "t-together", partition, start, 100).values == values
-    assert log.end_offsets("t-together") == {0: 20, 1: 0, 2: 21, 3: 20}
+        start = 2 if partition == 2 else 0
+        assert read_to(log, "t-together", partition, start, ends[partition]) == values
 
 
 def test_a_full_producer_queue_is_emptied_not_refused(kafka_bootstrap: str) -> None:
@@ -85,19 +115,46 @@ def test_a_full_producer_queue_is_emptied_not_refused(kafka_bootstrap: str) -> N
     small.create_topic("t-full", 4)
     records = {p: [f"{p}-{n}".encode() for n in range(25)] for p in range(4)}
     assert small.append_partitions("t-full", records) == dict.fromkeys(range(4), 0)
-    assert small.end_offsets("t-full") == dict.fromkeys(range(4), 25)
+    assert small.end_offsets("t-full") == dict.fromkeys(range(4), 26)
     assert read(small, "t-full", 3, 0, 100).values == records[3]
     small.close()
+
+
+def test_an_unreachable_cluster_is_log_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No broker listens on the port: the producer cannot start its transactions."""
+    monkeypatch.setattr(kafka_module, "TIMEOUT_S", 0.5)
+    dead = KafkaLog("127.0.0.1:1", None, MOCK_CREATE_TIMEOUT_S)
+    with pytest.raises(LogUnavailable, match="cannot start a producer"):
+        dead.append_partitions("t-dead", {0: [b"x"]})
 
 
 def test_a_producer_queue_that_stays_full_is_log_unavailable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """No broker listens on the port: the queue of 5 never empties."""
+    """The cluster goes away after the producer started: its queue of 5 never empties;
+    later appends fail too, none hangs."""
+    with kafka_mock_cluster(brokers=1) as bootstrap:
+        small = KafkaLog(bootstrap, {"queue.buffering.max.messages": "5"}, MOCK_CREATE_TIMEOUT_S)
+        small.append("t-gone", 0, [b"x"])
     monkeypatch.setattr(kafka_module, "TIMEOUT_S", 0.5)
-    dead = KafkaLog("127.0.0.1:1", {"queue.buffering.max.messages": "5"}, MOCK_CREATE_TIMEOUT_S)
-    with pytest.raises(LogUnavailable, match="queue stayed full"):
-        dead.append_partitions("t-dead", {0: [b"x"] * 10})
+    with pytest.raises(LogUnavailable, match=r"queue stayed full for 0\.5 s"):
+        small.append_partitions("t-gone", {0: [b"x"] * 10})
+    for _ in range(2):  # a commit that times out, then a producer that cannot start
+        with pytest.raises(LogUnavailable):
+            small.append("t-gone", 0, [b"x"])
+    small.close()
+
+
+def test_a_failed_append_is_aborted_whole(log: KafkaLog) -> None:
+    """One partition refuses its record (it does not exist): the transaction is aborted,
+    the other partition's record goes nowhere, and the next append is served."""
+    log.create_topic("t-abort", 4)
+    log.append("t-abort", 0, [b"before"])
+    with pytest.raises(LogUnavailable, match="2 records not appended to t-abort"):
+        log.append_partitions("t-abort", {0: [b"lost"], 9: [b"nowhere"]})
+    log.append("t-abort", 0, [b"after"])
+    end = log.end_offsets("t-abort")[0]
+    assert read_to(log, "t-abort", 0, 0, end) == [b"before", b"after"]
 
 
 def test_a_topic_with_other_partitions_is_refused(log: KafkaLog) -> None:
@@ -150,7 +207,7 @@ def test_close_ends_every_client_and_a_closed_log_opens_again(kafka_bootstrap: s
     the_log.close()
     assert process.num_threads() <= before  # earlier tests' clients may still be ending
 
-    assert the_log.append("t-close", 2, [b"c"]) == 2
+    assert the_log.append("t-close", 2, [b"c"]) == 3  # after the first commit's control record
     assert read(the_log, "t-close", 2, 1, 10).values == [b"b", b"c"]
     the_log.close()
     assert process.num_threads() <= before  # earlier tests' clients may still be ending

@@ -17,6 +17,7 @@ from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.stream import worker as worker_module
 from kappaflow.stream.worker import _NO_EVENT, Worker, _late, run_workers
+from kappaflow.testing import MOCK_CREATE_TIMEOUT_S
 
 encode = msgspec.json.Encoder().encode
 
@@ -242,6 +243,28 @@ def test_run_until_caught_up_stops_at_the_end_of_the_log(settings: Settings) -> 
     w.run(lambda: False, until_caught_up=True)
     assert w.caught_up()
     assert len(all_progress(w.store)) == 3
+
+
+def test_reads_that_only_step_over_control_records_are_committed(
+    settings: Settings, kafka_bootstrap: str
+) -> None:
+    """On Kafka each append's commit leaves a control record no reader gets: a worker
+    whose next read starts there commits the offset after it, so its lag reaches 0."""
+    on_kafka = settings.replace(
+        log="kafka", kafka_bootstrap_servers=kafka_bootstrap,
+        kafka_create_timeout_s=MOCK_CREATE_TIMEOUT_S,
+    )  # fmt: skip
+    p = partition_for("u", settings.partitions)
+    append(on_kafka, p, [beat(0, 0), beat(5, 5)])  # offsets 0 and 1, the control record 2
+    w = worker(on_kafka)
+    w.start()
+    w.runs[p].next_offset = 2  # as restored from a commit made before it was read
+    for _ in range(100):
+        w.poll()
+        if w.caught_up():
+            break
+    assert w.store.committed_offsets(w.group)[p] == 3 == w.log.end_offsets("heartbeats")[p]
+    w.log.close()
 
 
 def test_a_lost_database_connection_is_recovered_without_loss_or_repeats(

@@ -17,6 +17,13 @@ IMAGE = "ghcr.io/kappaflow/kappaflow:0.1.0"
 PORT = 8000
 ROLES = ("ingest", "query", "worker")
 PROBES = {"liveness": "/healthz", "readiness": "/readyz"}
+ONE_BROKER_INTERNAL_TOPICS = {
+    "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
+    "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
+    "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
+}
+"""A single broker's consumer offsets and transaction state (ingest appends in
+transactions): Kafka's defaults want 3 replicas of each."""
 Doc = dict[str, Any]
 
 
@@ -59,7 +66,7 @@ def compose(settings: Settings) -> Doc:
                 "KAFKA_ADVERTISED_LISTENERS": "PLAINTEXT://kafka:9092",
                 "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
                 "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@kafka:9093",
-                "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
+                **ONE_BROKER_INTERNAL_TOPICS,
                 "KAFKA_NUM_PARTITIONS": str(settings.partitions),
             },
             "healthcheck": {
@@ -301,8 +308,7 @@ def k8s_overlays(settings: Settings) -> dict[str, dict[str, list[Doc]]]:
         "KAFKA_ADVERTISED_LISTENERS": "PLAINTEXT://kafka:9092",
         "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
         "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@localhost:9093",
-        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
-        "KAFKA_NUM_PARTITIONS": str(settings.partitions),
+        **ONE_BROKER_INTERNAL_TOPICS, "KAFKA_NUM_PARTITIONS": str(settings.partitions),
     }  # fmt: skip
     postgres_env = {"POSTGRES_USER": "kappaflow", "POSTGRES_PASSWORD": "kappaflow",
                     "POSTGRES_DB": "kappaflow"}  # fmt: skip
@@ -326,7 +332,9 @@ def k8s_overlays(settings: Settings) -> dict[str, dict[str, list[Doc]]]:
          "spec": {"kafka": {"listeners": [
                       {"name": "plain", "port": 9092, "type": "internal", "tls": False}],
                             "config": {"default.replication.factor": 3,
-                                       "min.insync.replicas": 2}},
+                                       "min.insync.replicas": 2,
+                                       "transaction.state.log.replication.factor": 3,
+                                       "transaction.state.log.min.isr": 2}},
                   "entityOperator": {"topicOperator": {}}}},
         *({"apiVersion": "kafka.strimzi.io/v1beta2", "kind": "KafkaTopic",
            "metadata": {"name": stream, "labels": cluster},

@@ -30,11 +30,13 @@ class Log(Protocol):
         self, topic: str, records: Mapping[int, Sequence[bytes]]
     ) -> dict[int, int]:
         """Append records to several partitions (partition -> values), durably once it
-        returns; the offset of each partition's first record. A failure may leave some
-        partitions appended: callers retry the whole, as they would a single append."""
+        returns; the offset of each partition's first record. All or nothing: when it
+        fails, none of the records is served, and callers retry the whole."""
 
     def read(self, topic: str, partition: int, offset: int, max_records: int) -> RecordBatch:
-        """Up to ``max_records`` durable records starting at ``offset`` (maybe none)."""
+        """Up to ``max_records`` durable records starting at ``offset`` (maybe none).
+        Offsets may hold no record a reader gets (Kafka's transaction markers): the
+        batch's ``next_offset`` steps over them, with or without records."""
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         """Per partition, the offset the next appended record will get."""

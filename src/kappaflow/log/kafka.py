@@ -1,9 +1,12 @@
-"""The log on Apache Kafka (confluent-kafka / librdkafka). Appends go through an
-idempotent producer with ``acks=all`` and return once every delivery report is in;
-records go to the partition kappaflow's partitioner names, which is Kafka's own
-default for the key. Workers read the partitions they own by offset and copy their
-progress into the consumer group's committed offsets after each store commit, so
-KEDA's Kafka scaler and Kafka's tools see the true lag. Retention is Kafka's.
+"""The log on Apache Kafka (confluent-kafka / librdkafka). Each append is one
+transaction of a transactional producer (``acks=all``): its records, over every
+partition, are served to readers (``read_committed``) once it commits, or never. Records
+go to the partition kappaflow's partitioner names, which is Kafka's own default for the
+key. A commit leaves a control record after the transaction's records in each
+partition; reads step over them, so a reader's next offset reaches the partition's end.
+Workers read the partitions they own by offset and copy their progress into the
+consumer group's committed offsets after each store commit, so KEDA's Kafka scaler and
+Kafka's tools see the true lag. Retention is Kafka's.
 
 Client settings (security protocol, SASL, TLS, ...) pass through from
 ``KAPPAFLOW_KAFKA_CLIENT_CONFIG`` (``key=value`` items)."""
@@ -11,6 +14,7 @@ Client settings (security protocol, SASL, TLS, ...) pass through from
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,6 +26,9 @@ from kappaflow.log.base import RecordBatch
 
 log = logging.getLogger("kappaflow.log")
 TIMEOUT_S = 10.0
+TRANSACTION_TIMEOUT_MS = 10_000
+"""How long the cluster keeps a transaction open before aborting it itself: a process
+that dies mid-append holds back ``read_committed`` readers of its partitions that long."""
 
 
 class KafkaLog:
@@ -38,10 +45,16 @@ class KafkaLog:
             **(client_config or {}),
         }
         self._producer: Producer | None = None
+        self.transactional_id = f"kappaflow-{uuid.uuid4().hex}"
+        """One per log, kept by the producers it makes: a new one fences the last and
+        aborts the transaction it left open."""
         self._consumer: Consumer | None = None
         self._admin: AdminClient | None = None
         self._position: dict[tuple[str, int], int] = {}
         self._buffered: dict[tuple[str, int], list[Any]] = {}
+        self._repositioned_at: dict[tuple[str, int], int] = {}
+        """The consumer's position of each partition when it was last assigned or sought:
+        until the consumer reads on, what it reports is left from before."""
         self._acknowledgers: dict[str, Consumer] = {}
         self._member, self._group = False, ""
         """Set once `join` made the reading consumer a member of consumer group ``_group``."""
@@ -97,9 +110,15 @@ class KafkaLog:
 
     def _producer_handle(self) -> Producer:
         if self._producer is None:
-            self._producer = Producer(
-                {**self.config, "enable.idempotence": True, "acks": "all", "linger.ms": 5}
-            )
+            producer = Producer(
+                {"transaction.timeout.ms": TRANSACTION_TIMEOUT_MS, **self.config,
+                 "transactional.id": self.transactional_id, "acks": "all", "linger.ms": 5}
+            )  # fmt: skip
+            try:
+                producer.init_transactions(TIMEOUT_S)
+            except KafkaException as error:
+                raise LogUnavailable(f"Kafka: cannot start a producer: {error}") from error
+            self._producer = producer
         return self._producer
 
     def append(self, topic: str, partition: int, values: Sequence[bytes]) -> int:
@@ -108,36 +127,38 @@ class KafkaLog:
     def append_partitions(
         self, topic: str, records: Mapping[int, Sequence[bytes]]
     ) -> dict[int, int]:
-        """Produce every record, then wait once for all delivery reports: one round
-        trip for the partitions together, not one each."""
+        """Produce every record in one transaction and commit it, which waits once for
+        all delivery reports: one round trip for the partitions together, not one each.
+        A failure aborts the transaction, so none of the records is served."""
         producer = self._producer_handle()
         offsets: dict[int, int] = {}
-        failures: list[str] = []
 
         def delivered(error: KafkaError | None, message: Any) -> None:
-            if error is not None:
-                failures.append(f"{topic}[{message.partition()}]: {error}")
-            else:  # in order within a partition: the first report is its first record
+            if error is None:  # in order within a partition: the first is its first record
                 offsets.setdefault(message.partition(), message.offset())
 
-        for partition, values in records.items():
-            for value in values:
-                try:
-                    producer.produce(topic, value, partition=partition, on_delivery=delivered)
-                except BufferError:  # the producer's queue is full: empty it, go on
-                    if producer.flush(TIMEOUT_S):
-                        raise LogUnavailable(
-                            f"Kafka: the producer's queue stayed full for {TIMEOUT_S:.0f} s"
-                        ) from None
-                    producer.produce(topic, value, partition=partition, on_delivery=delivered)
-        remaining = producer.flush(TIMEOUT_S)
-        if failures or remaining:
+        try:
+            producer.begin_transaction()
+            for partition, values in records.items():
+                for value in values:
+                    _produce(producer, topic, partition, value, delivered)
+            producer.commit_transaction(TIMEOUT_S)
+        except KafkaException as error:
+            self._abort(producer)
             total = sum(map(len, records.values()))
             raise LogUnavailable(
-                f"Kafka: {len(failures) + remaining} of {total} records not delivered to "
-                f"{topic}: {failures[:1] or 'timed out'}"
-            )
+                f"Kafka: {total} records not appended to {topic}: {error.args[0].str()}"
+            ) from error
         return {partition: offsets.get(partition, -1) for partition in records}
+
+    def _abort(self, producer: Producer) -> None:
+        """Abort the open transaction; if the producer cannot, drop it: the next one,
+        with the same transactional id, aborts it on start."""
+        try:
+            producer.abort_transaction(TIMEOUT_S)
+        except KafkaException as error:
+            log.warning("Kafka: could not abort a transaction (%s); a new producer will", error)
+            self._producer = None
 
     # -- reading ---------------------------------------------------------------------
 
@@ -145,7 +166,8 @@ class KafkaLog:
         if self._consumer is None:
             self._consumer = Consumer(
                 {**self.config, "group.id": "kappaflow-reader", "enable.auto.commit": False,
-                 "enable.partition.eof": False, "auto.offset.reset": "error"}
+                 "enable.partition.eof": False, "auto.offset.reset": "error",
+                 "isolation.level": "read_committed"}
             )  # fmt: skip
         return self._consumer
 
@@ -160,11 +182,21 @@ class KafkaLog:
         if not buffered and not self._member:
             self._fill(max_records)
         taken, self._buffered[key] = buffered[:max_records], buffered[max_records:]
-        if not taken:
-            return RecordBatch([], [], offset)
-        next_offset = taken[-1].offset() + 1
+        next_offset = taken[-1].offset() + 1 if taken else offset
+        if not self._buffered[key]:  # all read: step over the control records after them
+            next_offset = max(next_offset, self._consumed_through(key))
         self._position[key] = next_offset
         return RecordBatch([m.offset() for m in taken], [m.value() for m in taken], next_offset)
+
+    def _consumed_through(self, key: tuple[str, int]) -> int:
+        """Where the consumer has read the partition up to, control records included;
+        below 0 while it has not read on since it was repositioned."""
+        (found,) = self._consumer_handle().position([TopicPartition(*key)])
+        return found.offset if found.offset != self._repositioned_at.get(key) else -1
+
+    def _repositioned(self, keys: list[tuple[str, int]]) -> None:
+        found = self._consumer_handle().position([TopicPartition(*key) for key in keys])
+        self._repositioned_at.update(((tp.topic, tp.partition), tp.offset) for tp in found)
 
     def _assign(self, topic: str, partition: int, offset: int) -> None:
         """Fetch ``partition`` from ``offset``; the other partitions go on fetching after
@@ -176,6 +208,7 @@ class KafkaLog:
             wanted[key] = buffered[-1].offset() + 1 if buffered else position
         wanted[topic, partition] = offset
         consumer.assign([TopicPartition(t, p, o) for (t, p), o in wanted.items()])
+        self._repositioned(list(wanted))
         self._position[topic, partition] = offset
         self._buffered[topic, partition] = []
 
@@ -194,11 +227,12 @@ class KafkaLog:
         the worker calls between batches, so nothing is in flight when they do."""
         if self._consumer is not None:
             self._consumer.close()
-        self._position, self._buffered = {}, {}
+        self._position, self._buffered, self._repositioned_at = {}, {}, {}
         self._consumer = Consumer(
             {**self.config, "group.id": group, "enable.auto.commit": False,
              "partition.assignment.strategy": "cooperative-sticky",
-             "auto.offset.reset": "earliest", "enable.partition.eof": False}
+             "auto.offset.reset": "earliest", "enable.partition.eof": False,
+             "isolation.level": "read_committed"}
         )  # fmt: skip
         self._member, self._group = True, group
 
@@ -206,6 +240,7 @@ class KafkaLog:
             starts = assigned([tp.partition for tp in partitions])
             chosen = [TopicPartition(topic, p, o) for p, o in starts.items()]
             consumer.incremental_assign(chosen)
+            self._repositioned([(topic, tp.partition) for tp in chosen])
             for tp in chosen:
                 self._position[topic, tp.partition] = tp.offset
                 self._buffered[topic, tp.partition] = []
@@ -229,6 +264,7 @@ class KafkaLog:
             self._consumer_handle().seek(TopicPartition(topic, partition, offset))
         except KafkaException as error:
             raise LogUnavailable(f"Kafka: {error}") from error
+        self._repositioned([(topic, partition)])
         self._position[topic, partition] = offset
         self._buffered[topic, partition] = []
 
@@ -296,5 +332,18 @@ class KafkaLog:
             if consumer is not None:
                 consumer.close()
         self._producer, self._admin, self._consumer, self._acknowledgers = None, None, None, {}
-        self._position, self._buffered = {}, {}
+        self._position, self._buffered, self._repositioned_at = {}, {}, {}
         self._member, self._group = False, ""
+
+
+def _produce(
+    producer: Producer, topic: str, partition: int, value: bytes, on_delivery: Any
+) -> None:
+    """Produce one record; when the producer's queue is full, empty it and go on."""
+    try:
+        producer.produce(topic, value, partition=partition, on_delivery=on_delivery)
+    except BufferError:
+        if producer.flush(TIMEOUT_S):
+            reason = f"the producer's queue stayed full for {TIMEOUT_S:g} s"
+            raise KafkaException(KafkaError(KafkaError._QUEUE_FULL, reason)) from None
+        producer.produce(topic, value, partition=partition, on_delivery=on_delivery)

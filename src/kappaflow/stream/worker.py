@@ -175,14 +175,16 @@ class Worker:
             if batch.values:
                 run.last_record_at, run.idle_flushed = now, False
                 self._process(run, batch, rows, dead)
-                run.next_offset = batch.next_offset
                 records += len(batch.values)
                 self.behind |= len(batch.values) >= self.settings.batch_max_events
             elif self._idle(run, now):
                 empty = Batch(run.partition, [], [], [], run.watermark(self.lateness_ms))
                 self._run_processor(run, empty, rows, dead)
-            else:
+            elif batch.next_offset == run.next_offset:
                 continue
+            # else only the offset moves on, over records no reader gets (Kafka's
+            # transaction markers): committed, so the partition's lag reaches 0
+            run.next_offset = batch.next_offset
             commits.append(
                 PartitionCommit(
                     run.partition,
