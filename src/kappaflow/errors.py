@@ -50,7 +50,16 @@ class InvalidQuery(KappaflowError):
 class InvalidEvents(KappaflowError):
     """Records of a request do not match their stream's schema; ``problems`` name them."""
 
-    def __init__(self, problems: list[Any], records: int = 1) -> None:
+    def __init__(self, problems: list[Any], invalid: int | None = None) -> None:
         self.problems = problems
-        self.records = records
-        super().__init__(f"{len(problems)} invalid record(s), first: {problems[0]}")
+        """The problems named (of the first records, when there are many)."""
+        self.invalid = len(problems) if invalid is None else invalid
+        """How many records are invalid."""
+        super().__init__(f"{self.invalid} invalid record(s), first: {problems[0]}")
+
+    def summary(self, noun: str) -> str:
+        """What a refused request is told: how many of its ``noun`` are invalid."""
+        listed = (
+            "" if self.invalid == len(self.problems) else f", the first {len(self.problems)} listed"
+        )
+        return f"{self.invalid} invalid {noun}(s){listed}; nothing was written"

@@ -95,6 +95,19 @@ def test_users_and_videos_are_independent(settings: Settings) -> None:
     }  # fmt: skip
 
 
+def test_identifiers_holding_the_key_separator_stay_apart(settings: Settings) -> None:
+    """The separator of (user, video) keys is a character JSON strings may carry: keys
+    holding it are escaped, so no pair is split wrongly, none is merged with another,
+    and the worker does not fail on them."""
+    tricky = [("a\x1fb", "v"), ("a", "b\x1fv"), ("a", "v"), ("\x1f", "\x1f\x1f")]
+    events = [hb(t, t, user=user, video=video) for user, video in tricky for t in (0, 5)]
+    store = run_events(create_app(settings), events, settings, close=True)
+    got = {(p.user_id, p.video_id): p.intervals for p in all_progress(store)}
+    assert got == {pair: [[0, 5]] for pair in tricky}
+    closed = store.query("SELECT DISTINCT user_id, video_id FROM video_segments ORDER BY 1, 2")
+    assert closed == sorted(tricky)
+
+
 # ---- property test -----------------------------------------------------------------
 
 PAUSE_OR_STOP = (KIND_RANK["pause"], KIND_RANK["stop"])

@@ -75,4 +75,4 @@ def test_problems_are_capped_but_counted() -> None:
     with pytest.raises(InvalidEvents) as raised:
         decoder.decode_ndjson(b"\n".join([b"{}"] * 100))
     assert len(raised.value.problems) == MAX_PROBLEMS
-    assert raised.value.records == 100
+    assert raised.value.invalid == 100

@@ -73,6 +73,44 @@ def test_one_bad_record_refuses_the_request_and_writes_nothing(
     assert logged(settings) == []
 
 
+def test_a_request_with_many_bad_records_says_how_many_of_them_it_lists(
+    client: TestClient,
+) -> None:
+    answer = client.post(EVENTS, json=[beat(str(n), position=-1) for n in range(25)])
+    assert answer.status_code == 400
+    body = answer.json()
+    assert body["error"] == "25 invalid record(s), the first 20 listed; nothing was written"
+    assert [p["index"] for p in body["problems"]] == list(range(20))
+
+
+def test_bodies_that_are_not_utf8_are_400_naming_the_record(
+    client: TestClient, settings: Settings
+) -> None:
+    good = msgspec.json.encode(beat("a"))
+    bad = good.replace(b'"a"', b'"a\xff"'.decode("unicode_escape").encode("latin-1"))
+    for body, content_type in ((b"[" + good + b"," + bad + b"]", "application/json"),
+                               (good + b"\n" + bad, "application/x-ndjson")):  # fmt: skip
+        answer = client.post(EVENTS, content=body, headers={"content-type": content_type})
+        assert answer.status_code == 400
+        (problem,) = answer.json()["problems"]
+        assert problem["index"] == 1 and "not valid UTF-8" in problem["reason"]
+    assert logged(settings) == []
+
+
+def test_rfc3339_times_outside_epoch_milliseconds_are_400(
+    client: TestClient, settings: Settings
+) -> None:
+    """Such times parse, but no epoch millisecond the log holds can carry them: refused
+    at ingest, not sent on to the worker's dead letters."""
+    times = ["1960-01-01T00:00:00Z", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-05:00"]
+    answer = client.post(EVENTS, json=[beat("a"), *(beat("b", ts=t) for t in times)])
+    assert answer.status_code == 400
+    problems = answer.json()["problems"]
+    assert [(p["index"], p["field"]) for p in problems] == [(1, "ts"), (2, "ts"), (3, "ts")]
+    assert "is outside 1970-01-01 .. 9999-12-31 UTC" in problems[0]["reason"]
+    assert logged(settings) == []
+
+
 def test_unknown_stream_is_404_naming_the_streams(client: TestClient) -> None:
     answer = client.post("/v1/streams/nope/events", json=beat())
     assert answer.status_code == 404

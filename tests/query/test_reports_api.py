@@ -111,6 +111,32 @@ def test_a_bad_catalog_row_refuses_the_whole_upload(client: TestClient, settings
                        ).status_code == 415  # fmt: skip
 
 
+def test_every_bad_catalog_row_is_named_and_unknown_sections_are_refused(
+    client: TestClient, settings: Settings
+) -> None:
+    bad = json.loads(json.dumps(CATALOG))
+    bad["videos"][0]["royalty_rate_per_minute"] = 1e308  # would overflow a day's amount
+    del bad["videos"][1]["title"]
+    answer = client.post("/v1/catalog", json=bad)
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "2 invalid row(s); nothing was written"
+    assert [(p["index"], p["field"]) for p in answer.json()["problems"]] == [
+        (0, "videos.royalty_rate_per_minute"), (1, "videos"),
+    ]  # fmt: skip
+    typo = client.post("/v1/catalog", json={"vidoes": CATALOG["videos"]})
+    assert typo.status_code == 400
+    assert "unknown field `vidoes`" in typo.json()["problems"][0]["reason"]
+    header = b"video_id,title,duration_s,license_holder,royalty_rate_per_minute\n"
+    csv_body = header + b"v1,t,10,h,inf\nv2,t,10,h,0.1,extra\n"
+    answer = client.post("/v1/catalog", content=csv_body, headers={"content-type": "text/csv"})
+    assert [(p["index"], p["field"], p["reason"]) for p in answer.json()["problems"]] == [
+        (0, "royalty_rate_per_minute", "Expected `float` <= 1000.0"),
+        (1, None, "1 more value(s) than the header has columns"),
+    ]
+    store = open_store(settings)
+    assert store.query("SELECT count(*) FROM video_catalog") == [(0,)]
+
+
 def test_catalog_load_command(tmp_path: Path, settings: Settings) -> None:
     videos = tmp_path / "videos.csv"
     videos.write_text(

@@ -9,6 +9,7 @@ families come from uap's user-agent patterns (ua-parser)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -19,7 +20,7 @@ import ua_parser
 
 from kappaflow.app import App, Query, Stream
 from kappaflow.errors import InvalidQuery
-from kappaflow.events import EventSeconds
+from kappaflow.events import MAX_EVENT_MS, EventSeconds
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
 from kappaflow.stream.windows import WINDOW_SIZES_MS, TumblingCounts, counts_table
@@ -105,26 +106,32 @@ def _window(params: Mapping[str, str]) -> str:
 
 
 def _range_ms(params: Mapping[str, str]) -> tuple[int, int]:
-    """``from``/``to`` as unix seconds or RFC 3339 times with a zone; default: all."""
+    """``from``/``to`` as unix seconds or RFC 3339 times with a zone; default: all.
+    Times outside what events may carry (1970 to 9999) are taken as those limits."""
     bounds = []
-    for name, default in (("from", 0), ("to", 1 << 62)):
+    for name, default in (("from", 0), ("to", MAX_EVENT_MS)):
         value = params.get(name)
         if not value:
             bounds.append(default)
             continue
         try:
-            bounds.append(round(float(value) * 1000))
-            continue
+            seconds = float(value)
         except ValueError:
-            pass
-        try:
-            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            moment = None
-        if moment is None or moment.tzinfo is None:
+            seconds = _rfc3339_seconds(value)
+        if seconds is None or not math.isfinite(seconds):
             raise InvalidQuery(f"{name} must be unix seconds or an RFC 3339 time, got {value!r}")
-        bounds.append(round(moment.timestamp() * 1000))
+        bounds.append(min(max(round(seconds * 1000), 0), MAX_EVENT_MS))
+    if bounds[0] > bounds[1]:
+        raise InvalidQuery(f"from ({params.get('from')}) is after to ({params.get('to')})")
     return bounds[0], bounds[1]
+
+
+def _rfc3339_seconds(value: str) -> float | None:
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.timestamp() if moment.tzinfo is not None else None
 
 
 def _iso(ms: int) -> str:

@@ -101,10 +101,14 @@ class WatchedSegments:
         self._json = msgspec.json.Encoder()
 
     def items(self, events: list[Heartbeat], times_ms: list[int]) -> list[tuple[str, Item]]:
-        return [
+        keyed = [
             (f"{e.user_id}{KEY_SEPARATOR}{e.video_id}", (ms, KIND_RANK[e.kind], e.position_s))
             for e, ms in zip(events, times_ms, strict=True)
         ]
+        if "".join([key for key, _ in keyed]).count(KEY_SEPARATOR) != len(keyed):
+            # An identifier holds the separator itself (rare): those keys are escaped.
+            keyed = [(session_key(e), item) for e, (_, item) in zip(events, keyed, strict=True)]
+        return keyed
 
     def start(self, item: Item) -> Acc:
         ts, rank, position = item
@@ -142,7 +146,7 @@ class WatchedSegments:
         return [acc[0], acc[1], None if current is None else current[:], acc[3], acc[4]]
 
     def closed(self, key: str, acc: Acc, rows: Rows) -> None:
-        user_id, video_id = key.split(KEY_SEPARATOR)
+        user_id, video_id = key_ids(key)
         session_ms = acc[0]
         segments = session_segments(acc)
         rows.setdefault(SEGMENTS.name, []).extend(
@@ -153,12 +157,30 @@ class WatchedSegments:
         report_rows(user_id, video_id, segments, self.videos.data, self.slots.data, rows)
 
     def view(self, key: str, accs: list[Acc], rows: Rows) -> None:
-        user_id, video_id = key.split(KEY_SEPARATOR)
+        user_id, video_id = key_ids(key)
         open_segments = [segment[:2] for acc in accs for segment in session_segments(acc)]
         last = accs[-1]
         rows.setdefault(PROGRESS.name, []).append(
             (user_id, video_id, last[4], last[3], self._json.encode(open_segments).decode())
         )
+
+
+def session_key(event: Heartbeat) -> str:
+    """The key of the event's (user, video): the two joined by ``KEY_SEPARATOR``, or,
+    when either holds that character, the separator then the pair as JSON."""
+    user_id, video_id = event.user_id, event.video_id
+    if KEY_SEPARATOR in user_id or KEY_SEPARATOR in video_id:
+        return KEY_SEPARATOR + msgspec.json.encode([user_id, video_id]).decode()
+    return f"{user_id}{KEY_SEPARATOR}{video_id}"
+
+
+def key_ids(key: str) -> tuple[str, str]:
+    """The (user, video) of a `session_key`."""
+    if key.startswith(KEY_SEPARATOR):
+        user_id, video_id = msgspec.json.decode(key[1:], type=tuple[str, str])
+    else:
+        user_id, video_id = key.split(KEY_SEPARATOR)
+    return user_id, video_id
 
 
 def _close(segments: list[list[float]], segment: list[float]) -> list[list[float]]:

@@ -16,10 +16,14 @@ from msgspec import Meta
 
 from kappaflow.errors import InvalidEvents
 from kappaflow.events import Identifier
-from kappaflow.events.validate import Problem
+from kappaflow.events.validate import MAX_PROBLEMS, Problem
 from kappaflow.store.base import Store, Table
 
 NonNegative = Annotated[float, Meta(ge=0)]
+MAX_RATE_PER_MINUTE = 1_000.0
+"""Royalty rates above it are refused: a day's amount in micro-units must stay an
+integer of 64 bits however many sessions add to it."""
+Rate = Annotated[float, Meta(ge=0, le=MAX_RATE_PER_MINUTE)]
 UNKNOWN_HOLDER = "unknown"
 
 
@@ -28,7 +32,7 @@ class Video(msgspec.Struct):
     title: str
     duration_s: NonNegative
     license_holder: Identifier
-    royalty_rate_per_minute: NonNegative
+    royalty_rate_per_minute: Rate
 
 
 class AdSlot(msgspec.Struct):
@@ -38,9 +42,16 @@ class AdSlot(msgspec.Struct):
     campaign: Identifier
 
 
-class Catalog(msgspec.Struct):
+class Catalog(msgspec.Struct, forbid_unknown_fields=True):
     videos: list[Video] = []
     ad_slots: list[AdSlot] = []
+
+
+class _Rows(msgspec.Struct, forbid_unknown_fields=True):
+    """A catalog whose rows are checked one by one, to name every bad one."""
+
+    videos: list[msgspec.Raw] = []
+    ad_slots: list[msgspec.Raw] = []
 
 
 class CatalogSummary(msgspec.Struct):
@@ -90,11 +101,31 @@ def parse(body: bytes, content_type: str) -> Catalog:
         return _parse_csv(body)
     try:
         return msgspec.json.decode(body, type=Catalog)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        pass
+    try:
+        rows = msgspec.json.decode(body, type=_Rows)
     except msgspec.ValidationError as error:
         message, _, path = str(error).partition(" - at `")
         raise InvalidEvents([_problem_at(path.rstrip("`"), message)]) from None
-    except msgspec.DecodeError as error:
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:
         raise InvalidEvents([Problem(None, None, f"not valid JSON: {error}")]) from None
+    problems = [
+        _problem_at(f"$.{section}[{index}]{path.rstrip('`').removeprefix('$')}", message)
+        for section, kind in (("videos", Video), ("ad_slots", AdSlot))
+        for index, raw in enumerate(getattr(rows, section))
+        if (found := _row_error(raw, kind)) is not None
+        for message, _, path in [found.partition(" - at `")]
+    ]
+    raise InvalidEvents(problems[:MAX_PROBLEMS], len(problems))
+
+
+def _row_error(raw: msgspec.Raw, kind: type[Video] | type[AdSlot]) -> str | None:
+    try:
+        msgspec.json.decode(raw, type=kind)
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+        return str(error)
+    return None
 
 
 def _problem_at(path: str, reason: str) -> Problem:
@@ -117,6 +148,10 @@ def _parse_csv(body: bytes) -> Catalog:
         raise InvalidEvents([Problem(None, None, reason)])
     rows, problems = [], []
     for index, row in enumerate(reader):
+        if None in row:  # DictReader's key for values beyond the header's columns
+            reason = f"{len(row[None])} more value(s) than the header has columns"
+            problems.append(Problem(index, None, reason))
+            continue
         try:
             rows.append(msgspec.convert(row, kind, strict=False))
         except msgspec.ValidationError as error:
@@ -124,7 +159,7 @@ def _parse_csv(body: bytes) -> Catalog:
             field = path.rstrip("`").removeprefix("$.") or None
             problems.append(Problem(index, field, reason))
     if problems:
-        raise InvalidEvents(problems, len(rows) + len(problems))
+        raise InvalidEvents(problems[:MAX_PROBLEMS], len(problems))
     return Catalog(videos=rows) if kind is Video else Catalog(ad_slots=rows)  # type: ignore[arg-type]
 
 

@@ -36,7 +36,7 @@ class EventDecoder:
         try:
             decoded = self._one_or_many.decode(body)
             return decoded if isinstance(decoded, list) else [decoded]
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             pass
         try:
             raw = self._raw.decode(body)
@@ -53,24 +53,27 @@ class EventDecoder:
             events = self._many.decode(b"[" + b",".join(lines) + b"]")
             if len(events) == len(lines):
                 return events
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             pass
         return self._each(lines)
 
     def _each(self, records: list[Any]) -> list[Any]:
-        events, problems = [], []
+        events, problems, invalid = [], [], 0
         for index, record in enumerate(records):
             try:
                 events.append(self._one.decode(record))
-            except msgspec.DecodeError as error:
+            except (msgspec.DecodeError, UnicodeDecodeError) as error:
+                invalid += 1
                 if len(problems) < MAX_PROBLEMS:
                     problems.append(_problem(index, error))
         if problems:
-            raise InvalidEvents(problems, len(records))
+            raise InvalidEvents(problems, invalid)
         return events
 
 
-def _problem(index: int, error: msgspec.DecodeError) -> Problem:
+def _problem(index: int, error: msgspec.DecodeError | UnicodeDecodeError) -> Problem:
+    if isinstance(error, UnicodeDecodeError):  # msgspec checks UTF-8 where it reads strings
+        return Problem(index, None, f"a string is not valid UTF-8 ({error.reason})")
     message = str(error)
     reason, _, path = message.partition(" - at `")
     field = path.rstrip("`").removeprefix("$").lstrip(".") or None

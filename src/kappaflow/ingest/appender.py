@@ -10,6 +10,9 @@ from typing import Any
 import msgspec
 
 from kappaflow.app import Stream
+from kappaflow.errors import InvalidEvents
+from kappaflow.events import MAX_EVENT_MS
+from kappaflow.events.validate import MAX_PROBLEMS, Problem
 from kappaflow.log.base import Log
 from kappaflow.log.partitioner import partition_for
 
@@ -28,12 +31,21 @@ class Appender:
         return len(events)
 
     def encode(self, events: Sequence[Any]) -> dict[int, list[bytes]]:
-        """Log records of ``events`` by partition, in order."""
+        """Log records of ``events`` by partition, in order; raises `InvalidEvents` for
+        RFC 3339 times outside what epoch milliseconds may hold (1970 to 9999)."""
         by_partition: dict[int, list[bytes]] = {}
         key, time_field = self.stream.key, self.stream.time
-        for event in events:
-            if isinstance(getattr(event, time_field), datetime):
-                event = msgspec.structs.replace(event, **{time_field: self.stream.time_of(event)})
+        problems: list[Problem] = []
+        for index, event in enumerate(events):
+            if isinstance(moment := getattr(event, time_field), datetime):
+                time_ms = self.stream.time_of(event)
+                if not 0 <= time_ms <= MAX_EVENT_MS:
+                    reason = f"{moment.isoformat()} is outside 1970-01-01 .. 9999-12-31 UTC"
+                    problems.append(Problem(index, time_field, reason))
+                    continue
+                event = msgspec.structs.replace(event, **{time_field: time_ms})
             partition = partition_for(getattr(event, key), self.partitions)
             by_partition.setdefault(partition, []).append(self._encode(event))
+        if problems:
+            raise InvalidEvents(problems[:MAX_PROBLEMS], len(problems))
         return by_partition

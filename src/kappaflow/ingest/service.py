@@ -122,12 +122,13 @@ class IngestService:
                 events = decoder.decode_ndjson(body)
             else:
                 events = decoder.decode_json(body)
+            records = appender.encode(events)
         except InvalidEvents as invalid:
-            message = f"{len(invalid.problems)} invalid record(s); nothing was written"
+            message = invalid.summary("record")
             return self._refuse(name, "invalid", 400, message, problems=invalid.problems)
         if events:
             try:
-                await self.committer.append(name, appender.encode(events))
+                await self.committer.append(name, records)
             except LogError as failure:
                 return self._refuse(name, "unavailable", 503, str(failure), headers=retry)
             EVENTS_INGESTED.labels(name).inc(len(events))

@@ -21,9 +21,10 @@ PAGE = files("kappaflow.query").joinpath("dashboard.html").read_bytes()
 class PartitionStatus(msgspec.Struct):
     partition: int
     appended: int
-    """Records in the log (its end offset)."""
+    """The log's end offset: the records in it (on Kafka, with a control record after
+    each append's records)."""
     processed: int
-    """Records committed by the stream's workers (their next offset)."""
+    """The offset the stream's workers have committed up to."""
     lag: int
 
 

@@ -69,8 +69,7 @@ class QueryService:
             try:
                 return json_response(upload.run(self.store, body, media_type))
             except InvalidEvents as invalid:
-                message = f"{len(invalid.problems)} invalid row(s); nothing was written"
-                return error(400, message, problems=invalid.problems)
+                return error(400, invalid.summary("row"), problems=invalid.problems)
             except StoreUnavailable as failure:
                 return self._unavailable(failure)
 
