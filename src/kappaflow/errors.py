@@ -43,6 +43,10 @@ class AppError(KappaflowError):
     """An app is declared wrongly or cannot be loaded."""
 
 
+class ProcessorFailed(AppError):
+    """An app's processor raised on a batch: its partition is halted there."""
+
+
 class InvalidQuery(KappaflowError):
     """A query's parameters are wrong; the message says which and why."""
 

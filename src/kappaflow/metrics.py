@@ -32,6 +32,11 @@ DEAD_LETTERS = Counter(
     "kappaflow_dead_letters", "Records sent to the dead-letter table, by reason.",
     ["group", "reason"],
 )  # fmt: skip
+PROCESSOR_FAILURES = Counter(
+    "kappaflow_processor_failures",
+    "Batches an app's processor raised on; each halts its partition for a while.",
+    ["group"],
+)
 BATCH_SECONDS = Histogram(
     "kappaflow_batch_seconds",
     "Time of one worker cycle: read, process and commit.",

@@ -3,20 +3,23 @@ ownership fencing, idle flushing and restore after a restart."""
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from kappaflow.apps.video import Heartbeat, all_progress, create_app
-from kappaflow.errors import StaleOwnership
+from kappaflow.errors import ProcessorFailed, StaleOwnership
 from kappaflow.events import MAX_EVENT_MS
 from kappaflow.ingest.appender import Appender
 from kappaflow.log import open_log, partition_for
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.stream import worker as worker_module
-from kappaflow.stream.worker import _NO_EVENT, Worker, _late, run_workers
+from kappaflow.stream.worker import _NO_EVENT, RETRY_S, Worker, _late, run_workers
 from kappaflow.testing import MOCK_CREATE_TIMEOUT_S
 
 encode = msgspec.json.Encoder().encode
@@ -265,6 +268,58 @@ def test_reads_that_only_step_over_control_records_are_committed(
             break
     assert w.store.committed_offsets(w.group)[p] == 3 == w.log.end_offsets("heartbeats")[p]
     w.log.close()
+
+
+class FailsOn:
+    """The video app's processor with a bug: it raises on a batch holding ``user``'s
+    events, until ``fixed``, after changing the state (as a bug midway would)."""
+
+    def __init__(self, processor: Any, user: str) -> None:
+        self.processor, self.user, self.fixed = processor, user, False
+
+    def process(self, state: Any, batch: Any) -> Any:
+        output = self.processor.process(state, batch)
+        if not self.fixed and any(event.user_id == self.user for event in batch.events):
+            raise ValueError(f"cannot handle {self.user}")
+        return output
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.processor, name)
+
+
+def test_a_processor_that_raises_halts_its_partition_and_the_others_go_on(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    p = partition_for("poison", settings.partitions)
+    users = (f"user-{n}" for n in range(100))
+    others = [u for u in users if partition_for(u, settings.partitions) != p][:3]
+    append(settings, p, [beat(0, 0, "fine"), beat(0, 0, "poison")])  # one batch of p
+    for user in others:
+        append(settings, partition_for(user, settings.partitions), [beat(0, 0, user)])
+    w = worker(settings, clock)
+    failing = w.processor = FailsOn(w.processor, "poison")
+    w.start()
+    with caplog.at_level(logging.ERROR, logger="kappaflow.worker"):
+        drain(w)
+    assert list(w.halted) == [p] and w.halted[p].offset == 0
+    assert w.halted[p].error == "ValueError: cannot handle poison"
+    assert f"raised on partition {p} at offset 0" in caplog.text
+    assert {row.user_id for row in all_progress(w.store)} == set(others), "none of p's batch"
+    assert w.store.committed_offsets(w.group).get(p, 0) == 0
+    with pytest.raises(ProcessorFailed, match=f"partition {p} halted at offset 0"):
+        w.run(lambda: False, until_caught_up=True)
+
+    clock.now += RETRY_S  # tried again from the store: it raises again, waits twice as long
+    w.poll()
+    assert w.halted[p].retry_at == clock.now + 2 * RETRY_S
+    failing.fixed = True
+    clock.now += 2 * RETRY_S
+    drain(w)
+    assert not w.halted
+    assert {row.user_id for row in all_progress(w.store)} == {*others, "fine", "poison"}
+    assert w.store.dead_letters(w.group) == [], "the half-changed state was not kept"
+    w.run(lambda: False, until_caught_up=True)
 
 
 def test_a_lost_database_connection_is_recovered_without_loss_or_repeats(

@@ -3,6 +3,11 @@ batch, reads records from the log, decodes them, drops late ones to the dead-let
 table, runs the app's processor, and commits result rows, processor state and next
 offsets in one store transaction. The store, not the log, holds the truth about
 progress, so a worker killed at any point resumes exactly where its last commit ended.
+
+When the app's processor raises, its partition halts at the batch's first offset
+(nothing of that batch is committed) while the worker's other partitions go on; the
+partition is restored from the store and tried again after 30 s, then after twice
+as long each time, up to 10 minutes, so a fixed app (or a passing cause) resumes it.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ import msgspec
 import numpy as np
 
 from kappaflow.app import App, Batch, Processor, Stream
-from kappaflow.errors import StoreUnavailable
+from kappaflow.errors import KappaflowError, ProcessorFailed, StoreUnavailable
 from kappaflow.log.base import Log, RecordBatch
-from kappaflow.metrics import BATCH_SECONDS, DEAD_LETTERS, EVENTS_PROCESSED
+from kappaflow.metrics import BATCH_SECONDS, DEAD_LETTERS, EVENTS_PROCESSED, PROCESSOR_FAILURES
 from kappaflow.settings import Settings
 from kappaflow.store.base import DeadLetter, PartitionCommit, Store
 from kappaflow.stream.shares import ShareFile
@@ -34,6 +39,17 @@ _META = struct.Struct("<qq")
 _NO_EVENT = -(1 << 62)
 WAKE_CHECK_S = 0.02
 """How often a waiting worker looks whether to stop or take a new share."""
+RETRY_S, MAX_RETRY_S = 30.0, 600.0
+"""When a halted partition is tried again: after 30 s, then twice as long each time."""
+
+
+@dataclass
+class Halt:
+    """A partition whose processor raised, and when it is tried again."""
+
+    error: str
+    offset: int
+    retry_at: float
 
 
 @dataclass
@@ -94,6 +110,10 @@ class Worker:
         """Partitions come from the log's consumer group (see `follow_group`)."""
         self.behind = False
         """The last poll read a full batch of some partition: more records are waiting."""
+        self.halted: dict[int, Halt] = {}
+        """Partitions whose processor raised, until they are tried again."""
+        self._failures: dict[int, int] = {}
+        """Partitions whose processor raised on their last batch: how many times running."""
         self._batch_decoder = msgspec.json.Decoder(list[stream.schema])
         self._decoder = msgspec.json.Decoder(stream.schema)
 
@@ -153,6 +173,8 @@ class Worker:
     def _revoked(self, partitions: Sequence[int]) -> None:
         for partition in partitions:
             self.runs.pop(partition, None)
+            self.halted.pop(partition, None)
+            self._failures.pop(partition, None)
         log.info("worker for %s gave up partitions %s", self.group, list(partitions))
 
     def poll(self) -> int:
@@ -168,19 +190,30 @@ class Worker:
         started = time.perf_counter()
         for lookup in self.app.lookups:
             lookup.refresh(self.store)
+        self._retry_halted(now)
         for run in self.runs.values():
+            if run.partition in self.halted:
+                continue
             batch = self.log.read(
                 self.stream.name, run.partition, run.next_offset, self.settings.batch_max_events
             )
-            if batch.values:
-                run.last_record_at, run.idle_flushed = now, False
-                self._process(run, batch, rows, dead)
-                records += len(batch.values)
-                self.behind |= len(batch.values) >= self.settings.batch_max_events
-            elif self._idle(run, now):
-                empty = Batch(run.partition, [], [], [], run.watermark(self.lateness_ms))
-                self._run_processor(run, empty, rows, dead)
-            elif batch.next_offset == run.next_offset:
+            dead_before = len(dead)
+            try:
+                if batch.values:
+                    run.last_record_at, run.idle_flushed = now, False
+                    self._process(run, batch, rows, dead)
+                    records += len(batch.values)
+                    self.behind |= len(batch.values) >= self.settings.batch_max_events
+                elif self._idle(run, now):
+                    empty = Batch(run.partition, [], [], [], run.watermark(self.lateness_ms))
+                    self._run_processor(run, empty, rows, dead)
+                elif batch.next_offset == run.next_offset:
+                    continue
+            except KappaflowError:
+                raise
+            except Exception as error:  # the app's processor: halt this partition only
+                del dead[dead_before:]
+                self._halt(run, error, now)
                 continue
             # else only the offset moves on, over records no reader gets (Kafka's
             # transaction markers): committed, so the partition's lag reaches 0
@@ -205,7 +238,31 @@ class Worker:
             BATCH_SECONDS.labels(self.group).observe(time.perf_counter() - started)
             for letter in dead:
                 DEAD_LETTERS.labels(self.group, letter.reason.split(":")[0]).inc()
+            if self._failures:  # a partition tried again went through
+                for commit in commits:
+                    self._failures.pop(commit.partition, None)
         return records
+
+    def _halt(self, run: PartitionRun, error: Exception, now: float) -> None:
+        """Stop processing ``run``'s partition at its next offset (its state may be half
+        changed: it is restored from the store when tried again)."""
+        failures = self._failures[run.partition] = self._failures.get(run.partition, 0) + 1
+        wait = min(RETRY_S * 2 ** (failures - 1), MAX_RETRY_S)
+        halt = Halt(f"{type(error).__name__}: {error}", run.next_offset, now + wait)
+        self.halted[run.partition] = halt
+        PROCESSOR_FAILURES.labels(self.group).inc()
+        log.error("%s: the processor raised on partition %d at offset %d (%s); the partition "
+                  "halts there, the others go on; tried again in %.0f s", self.group,
+                  run.partition, run.next_offset, halt.error, wait, exc_info=error)  # fmt: skip
+
+    def _retry_halted(self, now: float) -> None:
+        """Restore from the store the halted partitions whose time has come; they are
+        processed from their committed offset again (and halt again if it raises)."""
+        due = [p for p, halt in self.halted.items() if halt.retry_at <= now]
+        if due:
+            for partition in due:
+                del self.halted[partition]
+            self._assigned(due)
 
     def _idle(self, run: PartitionRun, now: float) -> bool:
         """After ``idle_timeout_s`` without records, the partition's event clock moves
@@ -336,8 +393,13 @@ def run_workers(
             wait = spacing - (time.monotonic() - started)
         else:
             wait = pause
-        if until_caught_up and all(worker.caught_up() for worker in workers):
-            return
+        if until_caught_up:
+            for worker in workers:
+                for partition, halt in worker.halted.items():
+                    raise ProcessorFailed(f"{worker.group}: partition {partition} halted at "
+                                          f"offset {halt.offset}: {halt.error}")  # fmt: skip
+            if all(worker.caught_up() for worker in workers):
+                return
         _sleep(wait, should_stop, share)
 
 
