@@ -280,7 +280,12 @@ def deploy() -> None:
 
 
 @deploy.command("render")
-@click.option("--target", type=click.Choice(["compose", "k8s"]), required=True)
+@click.option(
+    "--target",
+    type=click.Choice(["compose", "k8s"]),
+    required=True,
+    help="compose: deploy/compose.yaml; k8s: deploy/k8s/ (base and overlays).",
+)
 @click.option("--output", default="deploy", show_default=True, help="Directory to write to.")
 @click.pass_context
 def deploy_render(ctx: click.Context, target: str, output: str) -> None:
@@ -391,7 +396,6 @@ def replay(
 @click.option("--duration", default=60.0, show_default=True, help="Seconds of load.")
 @click.option("--rate", default=20_000.0, show_default=True, help="Target events per second.")
 @click.option("--viewers", default=3_000, show_default=True, help="Concurrent viewers.")
-@click.option("--workers", default=2, show_default=True, help="Worker processes.")
 @click.option("--port", type=int, help="Port of the demo stack [default: a free one].")
 @click.option("--data-dir", help="Keep the data here instead of a temporary directory.")
 def demo(
@@ -399,12 +403,12 @@ def demo(
     duration: float,
     rate: float,
     viewers: int,
-    workers: int,
     port: int | None,
     data_dir: str | None,
 ) -> None:
-    """Run the stack, load it over HTTP, and check the results against the ground truth."""
+    """Run the stack, load it over HTTP, and check the results against the ground truth.
+    Workers start at one and are scaled on lag, one per CPU at most."""
     from kappaflow.demo import run_demo
 
-    ok = run_demo(workload, duration, rate, viewers, workers, port, data_dir)
+    ok = run_demo(workload, duration, rate, viewers, port, data_dir)
     sys.exit(0 if ok else 1)

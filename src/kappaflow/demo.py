@@ -51,7 +51,6 @@ def run_demo(
     duration: float,
     rate: float,
     viewers: int,
-    workers: int,
     port: int | None,
     data_dir: str | None,
 ) -> bool:
@@ -60,7 +59,6 @@ def run_demo(
             overrides={
                 "data_dir": data_dir or temporary,
                 "port": port or free_port(),
-                "workers": workers,
                 # Viewing runs about 30x faster than real time here, so a request delayed
                 # by one second of wall clock arrives 30 s late in event time.
                 "allowed_lateness_s": DEMO_LATENESS_S,
@@ -185,7 +183,8 @@ class Demo:
     def run(self, duration: float, rate: float, viewers: int) -> bool:
         console.rule("[bold]kappaflow demo: video heartbeats -> watched segments and progress")
         console.print(
-            f"stack at {self.url}: ingest + queries, {self.settings.workers} workers, "
+            f"stack at {self.url}: ingest + queries, workers scaled on lag from 1 to "
+            f"{one_machine(self.settings).max_replicas}, "
             f"{self.settings.partitions} partitions, data in {self.settings.data_dir}"
         )
         catalog = simulated_catalog(SEED)
