@@ -116,17 +116,28 @@ class FunctionProcessor(Generic[S]):
 
 
 @dataclass(frozen=True)
+class Param:
+    """A query-string parameter of a `Query`, for the OpenAPI document."""
+
+    description: str
+    required: bool = False
+
+
+@dataclass(frozen=True)
 class Query:
     """A read query served over HTTP: ``GET path``, where ``path`` is a template like
     ``/v1/progress/{user_id}/{video_id}``. ``run(store, params)`` receives the path and
     query-string parameters and returns a msgspec-encodable ``result``, or None when
-    nothing is found (404); it raises `InvalidQuery` for bad parameters (400)."""
+    nothing is found (404); it raises `InvalidQuery` for bad parameters (400). A list
+    result is also served as CSV (``format=csv`` or ``Accept: text/csv``)."""
 
     path: str
     run: Callable[[Store, Mapping[str, str]], Any]
     summary: str
     result: Any = None
     """The type of the result, for the OpenAPI document."""
+    params: Mapping[str, Param] = field(default_factory=dict)
+    """The query-string parameters ``run`` reads, by name."""
 
 
 class Lookup(Generic[T]):

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import Any, get_origin
 
 import msgspec
 
 from kappaflow import __version__
 from kappaflow.app import App
 from kappaflow.events.validate import Problem
+from kappaflow.ingest.service import NDJSON_TYPES
 from kappaflow.query.dashboard import Status
 
 _PARAMETER = re.compile(r"{([^}]+)}")
 REF = "#/components/schemas/{name}"
+CSV_FORMAT = {"name": "format", "in": "query", "required": False, "schema": {"enum": ["csv"]},
+              "description": "csv: the rows as CSV, as with Accept: text/csv"}  # fmt: skip
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -64,7 +67,7 @@ def document(apps: Sequence[App], roles: Collection[str]) -> dict[str, Any]:
                     "summary": f"Append {stream.name} events (app {app.name}).",
                     "requestBody": {"required": True, "content": {
                         "application/json": {"schema": body},
-                        "application/x-ndjson": {"schema": ref},
+                        **{media_type: {"schema": ref} for media_type in NDJSON_TYPES},
                     }},
                     "responses": {
                         "202": {"description": "all events are durably in the log",
@@ -95,7 +98,14 @@ def document(apps: Sequence[App], roles: Collection[str]) -> dict[str, Any]:
                 parameters = [
                     {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                     for name in _PARAMETER.findall(query.path)
-                ]
+                ] + [
+                    {"name": name, "in": "query", "required": param.required,
+                     "description": param.description, "schema": {"type": "string"}}
+                    for name, param in query.params.items()
+                ]  # fmt: skip
+                if get_origin(query.result) is list:  # also served as CSV
+                    responses["200"]["content"]["text/csv"] = {"schema": {"type": "string"}}
+                    parameters.append(CSV_FORMAT)
                 paths[query.path] = {"get": {
                     "summary": query.summary, "parameters": parameters, "responses": responses,
                 }}  # fmt: skip
@@ -110,6 +120,7 @@ def document(apps: Sequence[App], roles: Collection[str]) -> dict[str, Any]:
                         "400": _error("invalid rows (problems name them); nothing written"),
                         "413": _error("body over the limit"),
                         "415": _error("unsupported content type"),
+                        "503": _error("store unavailable; see Retry-After"),
                     },
                 }}  # fmt: skip
     _, components = msgspec.json.schema_components(types, ref_template=REF)

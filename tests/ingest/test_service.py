@@ -11,6 +11,7 @@ import pytest
 from openapi_spec_validator import validate
 from starlette.testclient import TestClient
 
+from kappaflow.app import load_apps
 from kappaflow.apps.video import create_app
 from kappaflow.log import open_log
 from kappaflow.serve import build
@@ -182,6 +183,42 @@ def test_health_readiness_and_metrics(client: TestClient) -> None:
     assert 'kappaflow_ingest_rejected_total{reason="invalid",stream="heartbeats"}' in text
     lag = [line for line in text.splitlines() if line.startswith('kappaflow_lag{group="video')]
     assert len(lag) == 4 and sum(float(line.split()[-1]) for line in lag) == 2
+
+
+SAMPLE_PARAMS = {"dimension": "country", "window": "1h", "k": "5", "user_id": "u",
+                 "video_id": "v", "license_holder": "h", "advertiser": "a"}  # fmt: skip
+SAMPLE_RANGES = {"/v1/clicks": ("0", "60"), "/v1/reports": ("2026-01-01", "2026-01-02")}
+
+
+class Reads(dict):
+    """Query parameters that remember which of them a query read."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.read.add(name)
+        return super().__getitem__(name)
+
+    def get(self, name: str, default=None):
+        self.read.add(name)
+        return super().get(name, default)
+
+
+def test_openapi_lists_every_parameter_each_query_reads(settings: Settings) -> None:
+    app = build(settings, ("ingest", "query"))
+    with TestClient(app) as test_client:
+        paths = test_client.get("/openapi.json").json()["paths"]
+    store = open_store(settings)
+    for query in (q for a in load_apps(settings) for q in a.queries):
+        ranges = [bounds for prefix, bounds in SAMPLE_RANGES.items() if prefix in query.path]
+        first, last = ranges[0] if ranges else ("", "")
+        params = Reads({**SAMPLE_PARAMS, "from": first, "to": last})
+        query.run(store, params)
+        documented = {p["name"] for p in paths[query.path]["get"]["parameters"]}
+        assert params.read <= documented, (query.path, params.read - documented)
+        assert params.read, query.path
 
 
 def test_openapi_document_is_valid_and_lists_every_route(client: TestClient) -> None:

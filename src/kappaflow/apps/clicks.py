@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import msgspec
 import ua_parser
 
-from kappaflow.app import App, Query, Stream
+from kappaflow.app import App, Param, Query, Stream
 from kappaflow.errors import InvalidQuery
 from kappaflow.events import MAX_EVENT_MS, EventSeconds
 from kappaflow.settings import Settings
@@ -105,6 +105,13 @@ def _window(params: Mapping[str, str]) -> str:
     return window
 
 
+WINDOW = Param(f"one of {', '.join(WINDOW_SIZES_MS)} (default 1h)")
+TIME_RANGE = {
+    name: Param(f"{name} this time (unix seconds or RFC 3339 with a zone; default: {edge})")
+    for name, edge in (("from", "the first"), ("to", "the last"))
+}
+
+
 def _range_ms(params: Mapping[str, str]) -> tuple[int, int]:
     """``from``/``to`` as unix seconds or RFC 3339 times with a zone; default: all.
     Times outside what events may carry (1970 to 9999) are taken as those limits."""
@@ -182,9 +189,11 @@ def create_app(settings: Settings) -> App:
             Query("/v1/clicks/counts", counts_query,
                   "Clicks per window by a dimension (dimension, window=1m|1h, from, to: unix "
                   "seconds or RFC 3339). JSON, or CSV with Accept: text/csv or format=csv.",
-                  list[Count]),
+                  list[Count], {"dimension": Param(f"one of {', '.join(DIMENSIONS)}", True),
+                                "window": WINDOW, **TIME_RANGE}),
             Query("/v1/clicks/top", top_query,
                   "The k most clicked target URLs of each window (window, k, from, to).",
-                  list[Count]),
+                  list[Count], {"window": WINDOW, "k": Param("1 to 1000 (default 10)"),
+                                **TIME_RANGE}),
         ],
     )  # fmt: skip

@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 from prometheus_client import Counter
 
-from kappaflow.app import Query
+from kappaflow.app import Param, Query
 from kappaflow.apps.video_catalog import UNKNOWN_HOLDER, Licence, Slots
 from kappaflow.errors import InvalidQuery
 from kappaflow.store.base import Store, Table
@@ -236,6 +236,8 @@ def impression_report(store: Store, params: Mapping[str, str]) -> list[Impressio
     return [ImpressionRow(*row) for row in _report(store, IMPRESSIONS, params, "advertiser")]
 
 
+DAYS = {name: Param(f"{name} this UTC day, inclusive, like 2026-01-31", required=True)
+        for name in ("from", "to")}  # fmt: skip
 REPORT_QUERIES = (
     Query(
         "/v1/reports/royalties",
@@ -244,6 +246,7 @@ REPORT_QUERIES = (
         "(from, to: days, inclusive; license_holder: optional). JSON, or CSV with "
         "Accept: text/csv or format=csv.",
         list[RoyaltyRow],
+        {**DAYS, "license_holder": Param("only this license holder")},
     ),
     Query(
         "/v1/reports/impressions",
@@ -251,5 +254,6 @@ REPORT_QUERIES = (
         "Ad impressions and unique viewers per advertiser, campaign and UTC day "
         "(from, to: days, inclusive; advertiser: optional). JSON or CSV.",
         list[ImpressionRow],
+        {**DAYS, "advertiser": Param("only this advertiser")},
     ),
 )
