@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Collection
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
@@ -95,7 +96,8 @@ def build(settings: Settings, roles: Collection[str]) -> ASGIApp:
         Route("/status", status_json),
         *(query.routes if query else []),
     ]
-    framework = Starlette(routes=routes, lifespan=lifespan)
+    framework = Starlette(routes=routes, lifespan=lifespan,
+                          exception_handlers={HTTPException: http_error})  # fmt: skip
     if ingest is None:
         return framework
 
@@ -106,6 +108,14 @@ def build(settings: Settings, roles: Collection[str]) -> ASGIApp:
             await framework(scope, receive, send)
 
     return app
+
+
+async def http_error(request: Request, failure: Exception) -> Response:
+    """Starlette's own answers (no such route: 404, another method: 405) as JSON errors,
+    like every other answer."""
+    assert isinstance(failure, HTTPException)
+    message = f"{request.method} {request.url.path}: {failure.detail.lower()}"
+    return error(failure.status_code, message, dict(failure.headers or {}))
 
 
 def serve(settings: Settings, roles: Collection[str]) -> None:

@@ -221,6 +221,18 @@ def test_openapi_lists_every_parameter_each_query_reads(settings: Settings) -> N
         assert params.read, query.path
 
 
+def test_unknown_routes_methods_and_formats_are_json_errors(client: TestClient) -> None:
+    answers = {
+        ("GET", "/v1/nowhere"): (404, "GET /v1/nowhere: not found"),
+        ("POST", "/v1/progress/u/v"): (405, "POST /v1/progress/u/v: method not allowed"),
+        ("GET", "/v1/clicks/top?format=xml"): (400, "format must be json or csv, got 'xml'"),
+    }
+    for (method, path), (status, message) in answers.items():
+        answer = client.request(method, path)
+        assert (answer.status_code, answer.json()) == (status, {"error": message})
+    assert client.request("DELETE", "/healthz").headers["allow"] == "GET, HEAD"
+
+
 def test_openapi_document_is_valid_and_lists_every_route(client: TestClient) -> None:
     document = client.get("/openapi.json").json()
     validate(document)

@@ -47,6 +47,8 @@ class QueryService:
                 return self._unavailable(failure)
             if result is None:
                 return error(404, f"nothing found at {request.url.path}")
+            if params.get("format", "json") not in ("json", "csv"):
+                return error(400, f"format must be json or csv, got {params['format']!r}")
             wants_csv = params.get("format") == "csv" or "text/csv" in request.headers.get(
                 "accept", ""
             )
