@@ -101,7 +101,7 @@ class WatchedSegments:
         self._json = msgspec.json.Encoder()
 
     def items(self, events: list[Heartbeat], times_ms: list[int]) -> list[tuple[str, Item]]:
-        keyed = [
+        keyed = [  # `session_key`'s usual case, inline: a call per event costs more
             (f"{e.user_id}{KEY_SEPARATOR}{e.video_id}", (ms, KIND_RANK[e.kind], e.position_s))
             for e, ms in zip(events, times_ms, strict=True)
         ]
