@@ -51,11 +51,17 @@ class InvalidQuery(KappaflowError):
     """A query's parameters are wrong; the message says which and why."""
 
 
+MAX_PROBLEMS = 20
+"""The problems a refusal names; it counts all of them."""
+
+
 class InvalidEvents(KappaflowError):
-    """Records of a request do not match their stream's schema; ``problems`` name them."""
+    """Records of a request do not match their stream's schema; ``problems`` name them
+    (the first `MAX_PROBLEMS`). ``invalid`` counts them all, when more were found than
+    ``problems`` holds."""
 
     def __init__(self, problems: list[Any], invalid: int | None = None) -> None:
-        self.problems = problems
+        self.problems = problems[:MAX_PROBLEMS]
         """The problems named (of the first records, when there are many)."""
         self.invalid = len(problems) if invalid is None else invalid
         """How many records are invalid."""

@@ -16,7 +16,7 @@ from msgspec import Meta
 
 from kappaflow.errors import InvalidEvents
 from kappaflow.events import Identifier
-from kappaflow.events.validate import MAX_PROBLEMS, Problem
+from kappaflow.events.validate import Problem
 from kappaflow.store.base import Store, Table
 
 NonNegative = Annotated[float, Meta(ge=0)]
@@ -111,20 +111,21 @@ def parse(body: bytes, content_type: str) -> Catalog:
     except (msgspec.DecodeError, UnicodeDecodeError) as error:
         raise InvalidEvents([Problem(None, None, f"not valid JSON: {error}")]) from None
     problems = [
-        _problem_at(f"$.{section}[{index}]{path.rstrip('`').removeprefix('$')}", message)
+        problem
         for section, kind in (("videos", Video), ("ad_slots", AdSlot))
         for index, raw in enumerate(getattr(rows, section))
-        if (found := _row_error(raw, kind)) is not None
-        for message, _, path in [found.partition(" - at `")]
+        if (problem := _row_problem(f"$.{section}[{index}]", raw, kind)) is not None
     ]
-    raise InvalidEvents(problems[:MAX_PROBLEMS], len(problems))
+    raise InvalidEvents(problems)
 
 
-def _row_error(raw: msgspec.Raw, kind: type[Video] | type[AdSlot]) -> str | None:
+def _row_problem(at: str, raw: msgspec.Raw, kind: type[Video] | type[AdSlot]) -> Problem | None:
+    """What is wrong with the row at path ``at``, if anything."""
     try:
         msgspec.json.decode(raw, type=kind)
     except (msgspec.DecodeError, UnicodeDecodeError) as error:
-        return str(error)
+        message, _, path = str(error).partition(" - at `")
+        return _problem_at(at + path.rstrip("`").removeprefix("$"), message)
     return None
 
 
@@ -159,7 +160,7 @@ def _parse_csv(body: bytes) -> Catalog:
             field = path.rstrip("`").removeprefix("$.") or None
             problems.append(Problem(index, field, reason))
     if problems:
-        raise InvalidEvents(problems[:MAX_PROBLEMS], len(problems))
+        raise InvalidEvents(problems)
     return Catalog(videos=rows) if kind is Video else Catalog(ad_slots=rows)  # type: ignore[arg-type]
 
 

@@ -9,9 +9,8 @@ from typing import Any
 
 import msgspec
 
-from kappaflow.errors import InvalidEvents
+from kappaflow.errors import MAX_PROBLEMS, InvalidEvents
 
-MAX_PROBLEMS = 20
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 
 

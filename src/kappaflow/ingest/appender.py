@@ -12,7 +12,7 @@ import msgspec
 from kappaflow.app import Stream
 from kappaflow.errors import InvalidEvents
 from kappaflow.events import MAX_EVENT_MS
-from kappaflow.events.validate import MAX_PROBLEMS, Problem
+from kappaflow.events.validate import Problem
 from kappaflow.log.base import Log
 from kappaflow.log.partitioner import partition_for
 
@@ -47,5 +47,5 @@ class Appender:
             partition = partition_for(getattr(event, key), self.partitions)
             by_partition.setdefault(partition, []).append(self._encode(event))
         if problems:
-            raise InvalidEvents(problems[:MAX_PROBLEMS], len(problems))
+            raise InvalidEvents(problems)
         return by_partition
