@@ -20,7 +20,7 @@ from psycopg import errors as pg_errors
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, PartitionCommit, Table
 from kappaflow.store.keyed import append_keys, carry_over_keyed_rows, read_keys
-from kappaflow.store.sql import RowWriter, create_sql
+from kappaflow.store.sql import DeadLetterReads, RowWriter, create_sql
 
 T = TypeVar("T")
 log = logging.getLogger("kappaflow.store")
@@ -63,7 +63,7 @@ def placeholders(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
-class PostgresStore:
+class PostgresStore(DeadLetterReads):
     def __init__(self, dsn: str, connect_timeout_s: float = 10) -> None:
         self.dsn = dsn
         self.connect_timeout_s = connect_timeout_s
@@ -218,19 +218,6 @@ class PostgresStore:
             "SELECT partition, next_offset FROM kf_partitions WHERE grp = ?", (group,)
         )
         return dict(found)  # type: ignore[arg-type]
-
-    def dead_letters(self, group: str) -> list[tuple[int, int, str, bytes]]:
-        return [
-            (partition, offset, reason, bytes(payload))
-            for partition, offset, reason, payload in self.query(
-                'SELECT partition, "offset", reason, payload FROM kf_dead_letters '
-                'WHERE grp = ? ORDER BY partition, "offset"',
-                (group,),
-            )
-        ]
-
-    def dead_letter_count(self, group: str) -> int:
-        return int(self.query("SELECT COUNT(*) FROM kf_dead_letters WHERE grp = ?", (group,))[0][0])
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         def read(cursor: psycopg.Cursor[Any]) -> list[tuple[Any, ...]]:

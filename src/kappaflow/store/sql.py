@@ -1,5 +1,6 @@
 """SQL shared by the SQLite and PostgreSQL stores (and valid on YugabyteDB's YSQL):
-table creation, upserts by table mode, distinct counters, and the row writer."""
+table creation, upserts by table mode, distinct counters, dead-letter reads and the row
+writer."""
 
 from __future__ import annotations
 
@@ -60,6 +61,25 @@ def create_sql(table: Table, dialect: str = "sqlite") -> str:
         f"CREATE TABLE IF NOT EXISTS {table.name} "
         f"({columns}, PRIMARY KEY ({', '.join(table.key)})){suffix}"
     )
+
+
+class DeadLetterReads:
+    """The dead-letter reads of a store over ``kf_dead_letters``, through its ``query``."""
+
+    query: Callable[..., list[tuple[Any, ...]]]
+
+    def dead_letters(self, group: str) -> list[tuple[int, int, str, bytes]]:
+        return [
+            (partition, offset, reason, bytes(payload))
+            for partition, offset, reason, payload in self.query(
+                'SELECT partition, "offset", reason, payload FROM kf_dead_letters '
+                'WHERE grp = ? ORDER BY partition, "offset"',
+                (group,),
+            )
+        ]
+
+    def dead_letter_count(self, group: str) -> int:
+        return int(self.query("SELECT COUNT(*) FROM kf_dead_letters WHERE grp = ?", (group,))[0][0])
 
 
 class RowWriter:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, PartitionCommit, Table
 from kappaflow.store.keyed import append_keys, carry_over_keyed_rows, read_keys
-from kappaflow.store.sql import RowWriter, create_sql
+from kappaflow.store.sql import DeadLetterReads, RowWriter, create_sql
 
 T = TypeVar("T")
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
@@ -66,7 +66,7 @@ def _enable_wal(db: sqlite3.Connection, busy_timeout_s: float) -> None:
             time.sleep(0.01)
 
 
-class SQLiteStore:
+class SQLiteStore(DeadLetterReads):
     def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,16 +203,6 @@ class SQLiteStore:
             ).fetchall()
         )
         return dict(found)
-
-    def dead_letters(self, group: str) -> list[tuple[int, int, str, bytes]]:
-        return self.query(
-            'SELECT partition, "offset", reason, payload FROM kf_dead_letters '
-            'WHERE grp = ? ORDER BY partition, "offset"',
-            (group,),
-        )
-
-    def dead_letter_count(self, group: str) -> int:
-        return int(self.query("SELECT COUNT(*) FROM kf_dead_letters WHERE grp = ?", (group,))[0][0])
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._read(lambda db: db.execute(sql, params).fetchall())
