@@ -121,7 +121,7 @@ def test_every_bad_catalog_row_is_named_and_unknown_sections_are_refused(
     assert answer.status_code == 400
     assert answer.json()["error"] == "2 invalid row(s); nothing was written"
     assert [(p["index"], p["field"]) for p in answer.json()["problems"]] == [
-        (0, "videos.royalty_rate_per_minute"), (1, "videos"),
+        (0, "videos.royalty_rate_per_minute"), (1, "videos.title"),
     ]  # fmt: skip
     typo = client.post("/v1/catalog", json={"vidoes": CATALOG["videos"]})
     assert typo.status_code == 400
@@ -133,6 +133,9 @@ def test_every_bad_catalog_row_is_named_and_unknown_sections_are_refused(
         (0, "royalty_rate_per_minute", "Expected `float` <= 1000.0"),
         (1, None, "1 more value(s) than the header has columns"),
     ]
+    no_title = b"video_id,duration_s,license_holder,royalty_rate_per_minute\nv1,10,h,0.1\n"
+    answer = client.post("/v1/catalog", content=no_title, headers={"content-type": "text/csv"})
+    assert [(p["index"], p["field"]) for p in answer.json()["problems"]] == [(0, "title")]
     store = open_store(settings)
     assert store.query("SELECT count(*) FROM video_catalog") == [(0,)]
 

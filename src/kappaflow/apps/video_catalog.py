@@ -16,7 +16,7 @@ from msgspec import Meta
 
 from kappaflow.errors import InvalidEvents
 from kappaflow.events import Identifier
-from kappaflow.events.validate import Problem
+from kappaflow.events.validate import Problem, error_path
 from kappaflow.store.base import Store, Table
 
 NonNegative = Annotated[float, Meta(ge=0)]
@@ -106,15 +106,14 @@ def parse(body: bytes, content_type: str) -> Catalog:
     try:
         rows = msgspec.json.decode(body, type=_Rows)
     except msgspec.ValidationError as error:
-        message, _, path = str(error).partition(" - at `")
-        raise InvalidEvents([_problem_at(path.rstrip("`"), message)]) from None
+        raise InvalidEvents([_problem_at(*error_path(error))]) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as error:
         raise InvalidEvents([Problem(None, None, f"not valid JSON: {error}")]) from None
     problems = [
         problem
         for section, kind in (("videos", Video), ("ad_slots", AdSlot))
         for index, raw in enumerate(getattr(rows, section))
-        if (problem := _row_problem(f"$.{section}[{index}]", raw, kind)) is not None
+        if (problem := _row_problem(f".{section}[{index}]", raw, kind)) is not None
     ]
     raise InvalidEvents(problems)
 
@@ -124,14 +123,14 @@ def _row_problem(at: str, raw: msgspec.Raw, kind: type[Video] | type[AdSlot]) ->
     try:
         msgspec.json.decode(raw, type=kind)
     except (msgspec.DecodeError, UnicodeDecodeError) as error:
-        message, _, path = str(error).partition(" - at `")
-        return _problem_at(at + path.rstrip("`").removeprefix("$"), message)
+        reason, path = error_path(error)
+        return _problem_at(reason, at + path)
     return None
 
 
-def _problem_at(path: str, reason: str) -> Problem:
-    """``$.videos[3].duration_s`` -> Problem(3, "videos.duration_s", reason)."""
-    section, _, rest = path.removeprefix("$.").partition("[")
+def _problem_at(reason: str, path: str) -> Problem:
+    """``.videos[3].duration_s`` -> Problem(3, "videos.duration_s", reason)."""
+    section, _, rest = path.removeprefix(".").partition("[")
     index_text, _, field = rest.partition("]")
     index = int(index_text) if index_text.isdigit() else None
     return Problem(index, ".".join(p for p in (section, field.lstrip(".")) if p) or None, reason)
@@ -156,9 +155,8 @@ def _parse_csv(body: bytes) -> Catalog:
         try:
             rows.append(msgspec.convert(row, kind, strict=False))
         except msgspec.ValidationError as error:
-            reason, _, path = str(error).partition(" - at `")
-            field = path.rstrip("`").removeprefix("$.") or None
-            problems.append(Problem(index, field, reason))
+            reason, path = error_path(error)
+            problems.append(Problem(index, path.lstrip(".") or None, reason))
     if problems:
         raise InvalidEvents(problems)
     return Catalog(videos=rows) if kind is Video else Catalog(ad_slots=rows)  # type: ignore[arg-type]

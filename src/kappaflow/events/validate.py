@@ -73,11 +73,17 @@ class EventDecoder:
 def _problem(index: int, error: msgspec.DecodeError | UnicodeDecodeError) -> Problem:
     if isinstance(error, UnicodeDecodeError):  # msgspec checks UTF-8 where it reads strings
         return Problem(index, None, f"a string is not valid UTF-8 ({error.reason})")
-    message = str(error)
-    reason, _, path = message.partition(" - at `")
-    field = path.rstrip("`").removeprefix("$").lstrip(".") or None
-    if field is None and (missing := _MISSING.search(reason)):
-        field = missing.group(1)
+    reason, path = error_path(error)
     if not isinstance(error, msgspec.ValidationError):
         reason = f"not valid JSON: {reason}"
-    return Problem(index, field, reason)
+    return Problem(index, path.lstrip(".") or None, reason)
+
+
+def error_path(error: msgspec.DecodeError | UnicodeDecodeError) -> tuple[str, str]:
+    """A decode error's reason and the path it names without the leading ``$``, a
+    missing field's name included: ``.videos[2].title``; ``""`` for the whole value."""
+    reason, _, path = str(error).partition(" - at `")
+    path = path.rstrip("`").removeprefix("$")
+    if missing := _MISSING.search(reason):
+        path = f"{path}.{missing.group(1)}"
+    return reason, path
