@@ -8,6 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import msgspec
 import psycopg
 from starlette.testclient import TestClient
 
@@ -17,6 +18,7 @@ from kappaflow.log.partitioner import partition_for
 from kappaflow.serve import build
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
+from kappaflow.store.base import Halted
 from kappaflow.stream.worker import Worker
 
 EVENTS = "/v1/streams/heartbeats/events"
@@ -39,6 +41,8 @@ def test_status_counts_what_is_appended_processed_and_dead(settings: Settings) -
                         owned)  # fmt: skip
         worker.start()
         worker.poll()  # the first 10 records of each owned partition
+        halted = Halted(10, "ValueError: a bug", 1_000.0, 1_030.0)
+        worker.store.record_halt(worker.group, owned[0], halted)
         answer = client.get("/status")
     assert answer.status_code == 200
     video = next(s for s in answer.json()["streams"] if s["stream"] == "heartbeats")
@@ -47,6 +51,9 @@ def test_status_counts_what_is_appended_processed_and_dead(settings: Settings) -
     processed = [10 if partition in owned else 0 for partition in range(4)]
     assert [p["processed"] for p in video["partitions"]] == processed
     assert all(p["lag"] == p["appended"] - p["processed"] for p in video["partitions"])
+    assert [p["halted"] for p in video["partitions"]] == [
+        msgspec.to_builtins(halted) if p == owned[0] else None for p in range(4)
+    ]
     assert (video["appended"], video["processed"], video["lag"]) == (201, 20, 181)
     assert (video["group"], video["dead_letters"]) == ("video.heartbeats", 9)
     paths = {q["path"] for q in answer.json()["queries"]}
@@ -109,6 +116,16 @@ def test_the_page_shows_each_stream_and_then_the_error(settings: Settings) -> No
         "video · heartbeats|30|appended|0|processed|30|lag (records)|0|dead letters"
     )
     assert "partition|appended|processed|lag" in heartbeats
+    assert "halted" not in heartbeats
+    status["streams"][0]["partitions"][2]["halted"] = {
+        "offset": 7,
+        "error": "ValueError: a bug",
+        "since": 1e9,
+        "retry_at": 1e9 + 30,
+    }
+    shown = run_page([(200, status)])
+    notice = "|partition 2 halted at offset 7: ValueError: a bug; tried again at "
+    assert notice in shown["cards"][0]
     assert len(shown["queries"]) == len(status["queries"])
     assert shown["error"] is None
     failed = run_page([(200, status), (503, {"error": "status unknown: the store is down"})])

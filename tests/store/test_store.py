@@ -18,7 +18,7 @@ from kappaflow.errors import StaleOwnership, StoreError
 from kappaflow.settings import Settings
 from kappaflow.store import Store, keyed, open_store
 from kappaflow.store import sqlite as sqlite_store
-from kappaflow.store.base import DeadLetter, PartitionCommit, Table
+from kappaflow.store.base import DeadLetter, Halted, PartitionCommit, Table
 from kappaflow.store.postgres import placeholders
 
 TOTALS = Table("totals", (("k", "TEXT"), ("n", "INTEGER")), key=("k",), mode="add")
@@ -66,6 +66,22 @@ def test_commit_writes_rows_state_offsets_and_dead_letters_together(store: Store
     assert store.dead_letters("g") == [(0, 3, "late", b"{}")]
     assert (store.dead_letter_count("g"), store.dead_letter_count("other")) == (1, 0)
     assert store.committed_offsets("g") == {0: 20}
+
+
+def test_a_halt_holds_until_the_partition_commits_past_it_or_goes_on(store: Store):
+    store.claim("g", [0, 1, 2])
+    store.commit("g", [PartitionCommit(p, 1, 5, b"") for p in (0, 1, 2)], {})
+    for partition in (0, 1, 2):
+        store.record_halt("g", partition, Halted(5, "ValueError: first", 100.0, 130.0))
+    store.record_halt("g", 0, Halted(5, "ValueError: again", 130.0, 190.0))  # replaces
+    assert store.halts("g") == {
+        0: Halted(5, "ValueError: again", 130.0, 190.0),
+        1: Halted(5, "ValueError: first", 100.0, 130.0),
+        2: Halted(5, "ValueError: first", 100.0, 130.0),
+    }
+    store.commit("g", [PartitionCommit(1, 1, 9, b"")], {})  # a later owner went on
+    store.record_halt("g", 2, None)
+    assert list(store.halts("g")) == [0] and store.halts("other") == {}
 
 
 def test_stale_generation_cannot_commit_and_writes_nothing(store: Store, connect):
@@ -163,7 +179,7 @@ def test_state_kept_one_row_per_key_by_an_earlier_version_is_carried_over(
             ("CREATE TABLE kf_keys (grp TEXT NOT NULL, partition INTEGER NOT NULL, state_key TEXT "
              "NOT NULL, state BYTEA NOT NULL, PRIMARY KEY (grp, partition, state_key))", ()),
             *[("INSERT INTO kf_keys VALUES (?, ?, ?, ?)", row) for row in rows],
-            *[("DELETE FROM kf_schema WHERE version = 3", ())] * postgres,  # migrate again
+            *[("DELETE FROM kf_schema WHERE version >= 3", ())] * postgres,  # migrate again
         ],
     )  # fmt: skip
     claims = connect().claim("g", [0, 1])

@@ -307,6 +307,9 @@ def test_a_processor_that_raises_halts_its_partition_and_the_others_go_on(
     assert f"raised on partition {p} at offset 0" in caplog.text
     assert {row.user_id for row in all_progress(w.store)} == set(others), "none of p's batch"
     assert w.store.committed_offsets(w.group).get(p, 0) == 0
+    (noted,) = w.store.halts(w.group).items()  # for the dashboard
+    assert noted[0] == p and (noted[1].offset, noted[1].error) == (0, w.halted[p].error)
+    assert noted[1].retry_at - noted[1].since == RETRY_S
     with pytest.raises(ProcessorFailed, match=f"partition {p} halted at offset 0"):
         w.run(lambda: False, until_caught_up=True)
 
@@ -316,7 +319,7 @@ def test_a_processor_that_raises_halts_its_partition_and_the_others_go_on(
     failing.fixed = True
     clock.now += 2 * RETRY_S
     drain(w)
-    assert not w.halted
+    assert not w.halted and w.store.halts(w.group) == {}
     assert {row.user_id for row in all_progress(w.store)} == {*others, "fine", "poison"}
     assert w.store.dead_letters(w.group) == [], "the half-changed state was not kept"
     w.run(lambda: False, until_caught_up=True)

@@ -1,7 +1,7 @@
 """The dashboard: ``GET /`` is one self-contained HTML page (no assets fetched from
 anywhere) that polls ``GET /status`` and shows, per app stream, the events appended and
 processed, their rates, the dead letters, the lag of each partition and its recent
-history, and the apps' read queries."""
+history, the partitions an app's processor halted, and the apps' read queries."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import msgspec
 from kappaflow.app import App
 from kappaflow.log.base import Log
 from kappaflow.metrics import partition_offsets
-from kappaflow.store.base import Store
+from kappaflow.store.base import Halted, Store
 
 PAGE = files("kappaflow.query").joinpath("dashboard.html").read_bytes()
 
@@ -26,6 +26,9 @@ class PartitionStatus(msgspec.Struct):
     processed: int
     """The offset the stream's workers have committed up to."""
     lag: int
+    halted: Halted | None = None
+    """Set while the app's processor, having raised here, holds the partition at
+    ``processed``."""
 
 
 class StreamStatus(msgspec.Struct):
@@ -55,10 +58,15 @@ def status(apps: Sequence[App], log: Log, store: Store) -> Status:
     """Where every app stream stands now; raises `KappaflowError` when the log or the
     store cannot say."""
     by_stream: dict[tuple[str, str, str], list[PartitionStatus]] = {}
+    halts: dict[str, dict[int, Halted]] = {}
     for app, stream, partition, end, committed in partition_offsets(apps, log, store):
-        by_stream.setdefault((app.name, stream.name, app.group(stream)), []).append(
-            PartitionStatus(partition, end, committed, max(0, end - committed))
-        )
+        group = app.group(stream)
+        if group not in halts:
+            halts[group] = store.halts(group)
+        by_stream.setdefault((app.name, stream.name, group), []).append(
+            PartitionStatus(partition, end, committed, max(0, end - committed),
+                            halts[group].get(partition))
+        )  # fmt: skip
     streams = [
         StreamStatus(app, stream, group, sum(p.appended for p in parts),
                      sum(p.processed for p in parts), sum(p.lag for p in parts),

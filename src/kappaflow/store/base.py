@@ -55,6 +55,16 @@ class DeadLetter(NamedTuple):
     payload: bytes
 
 
+class Halted(msgspec.Struct):
+    """A partition whose app processor raised: where it stopped and why, since when and
+    when it is tried again (Unix seconds)."""
+
+    offset: int
+    error: str
+    since: float
+    retry_at: float
+
+
 class Store(Protocol):
     def create_tables(self, tables: Sequence[Table]) -> None:
         """Create the result tables (and the store's own) if missing."""
@@ -88,6 +98,13 @@ class Store(Protocol):
 
     def dead_letter_count(self, group: str) -> int:
         """How many dead letters ``group`` has."""
+
+    def record_halt(self, group: str, partition: int, halted: Halted | None) -> None:
+        """Note that ``partition`` halted (None: that it goes on again)."""
+
+    def halts(self, group: str) -> dict[int, Halted]:
+        """The partitions of ``group`` noted halted at the offset they are committed up
+        to (a note older than the partition's last commit no longer holds)."""
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only SQL query against the result tables."""

@@ -18,9 +18,9 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
-from kappaflow.store.base import Claim, DeadLetter, PartitionCommit, Table
+from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Table
 from kappaflow.store.keyed import append_keys, carry_over_keyed_rows, read_keys
-from kappaflow.store.sql import DeadLetterReads, RowWriter, create_sql
+from kappaflow.store.sql import RowWriter, StoreReads, create_sql, halt_statement
 
 T = TypeVar("T")
 log = logging.getLogger("kappaflow.store")
@@ -54,6 +54,13 @@ MIGRATIONS: tuple[str | Callable[[psycopg.Cursor[Any]], None], ...] = (
     """,
     # 3: keyed state as a log of changes per partition
     _create_state_log,
+    # 4: partitions halted by their app's processor
+    """
+    CREATE TABLE IF NOT EXISTS kf_halts (
+        grp TEXT NOT NULL, partition INTEGER NOT NULL, at_offset BIGINT NOT NULL,
+        error TEXT NOT NULL, since DOUBLE PRECISION NOT NULL,
+        retry_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (grp, partition));
+    """,
 )
 RETRIES = 5
 
@@ -63,7 +70,7 @@ def placeholders(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
-class PostgresStore(DeadLetterReads):
+class PostgresStore(StoreReads):
     def __init__(self, dsn: str, connect_timeout_s: float = 10) -> None:
         self.dsn = dsn
         self.connect_timeout_s = connect_timeout_s
@@ -218,6 +225,14 @@ class PostgresStore(DeadLetterReads):
             "SELECT partition, next_offset FROM kf_partitions WHERE grp = ?", (group,)
         )
         return dict(found)  # type: ignore[arg-type]
+
+    def record_halt(self, group: str, partition: int, halted: Halted | None) -> None:
+        sql, params = halt_statement(group, partition, halted)
+
+        def record(cursor: psycopg.Cursor[Any]) -> None:
+            cursor.execute(placeholders(sql), params)
+
+        self._transaction(record)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         def read(cursor: psycopg.Cursor[Any]) -> list[tuple[Any, ...]]:

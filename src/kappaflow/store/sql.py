@@ -1,6 +1,6 @@
 """SQL shared by the SQLite and PostgreSQL stores (and valid on YugabyteDB's YSQL):
-table creation, upserts by table mode, distinct counters, dead-letter reads and the row
-writer."""
+table creation, upserts by table mode, distinct counters, the reads and writes of the
+store's own dead letters and halts, and the row writer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kappaflow.errors import StoreError
-from kappaflow.store.base import Table
+from kappaflow.store.base import Halted, Table
 
 
 def upsert_sql(table: Table, dialect: str = "sqlite") -> str:
@@ -63,8 +63,26 @@ def create_sql(table: Table, dialect: str = "sqlite") -> str:
     )
 
 
-class DeadLetterReads:
-    """The dead-letter reads of a store over ``kf_dead_letters``, through its ``query``."""
+HALT_SQL = (
+    "INSERT INTO kf_halts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (grp, partition) DO UPDATE "
+    "SET at_offset = excluded.at_offset, error = excluded.error, since = excluded.since, "
+    "retry_at = excluded.retry_at"
+)
+UNHALT_SQL = "DELETE FROM kf_halts WHERE grp = ? AND partition = ?"
+
+
+def halt_statement(
+    group: str, partition: int, halted: Halted | None
+) -> tuple[str, tuple[Any, ...]]:
+    """The statement recording `Store.record_halt`, and its parameters."""
+    if halted is None:
+        return UNHALT_SQL, (group, partition)
+    return HALT_SQL, (group, partition, halted.offset, halted.error, halted.since, halted.retry_at)
+
+
+class StoreReads:
+    """Reads of the store's own tables that both SQL stores answer with the same SQL,
+    through their ``query``."""
 
     query: Callable[..., list[tuple[Any, ...]]]
 
@@ -80,6 +98,17 @@ class DeadLetterReads:
 
     def dead_letter_count(self, group: str) -> int:
         return int(self.query("SELECT COUNT(*) FROM kf_dead_letters WHERE grp = ?", (group,))[0][0])
+
+    def halts(self, group: str) -> dict[int, Halted]:
+        return {
+            partition: Halted(offset, error, since, retry_at)
+            for partition, offset, error, since, retry_at in self.query(
+                "SELECT h.partition, h.at_offset, h.error, h.since, h.retry_at FROM kf_halts h "
+                "JOIN kf_partitions p ON p.grp = h.grp AND p.partition = h.partition "
+                "WHERE h.grp = ? AND p.next_offset = h.at_offset",
+                (group,),
+            )
+        }
 
 
 class RowWriter:

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
-from kappaflow.store.base import Claim, DeadLetter, PartitionCommit, Table
+from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Table
 from kappaflow.store.keyed import append_keys, carry_over_keyed_rows, read_keys
-from kappaflow.store.sql import DeadLetterReads, RowWriter, create_sql
+from kappaflow.store.sql import RowWriter, StoreReads, create_sql, halt_statement
 
 T = TypeVar("T")
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
@@ -48,6 +48,15 @@ CREATE TABLE IF NOT EXISTS kf_dead_letters (
     payload BLOB NOT NULL,
     PRIMARY KEY (grp, partition, "offset")
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kf_halts (
+    grp TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    at_offset INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    since REAL NOT NULL,
+    retry_at REAL NOT NULL,
+    PRIMARY KEY (grp, partition)
+) WITHOUT ROWID;
 """
 
 
@@ -66,7 +75,7 @@ def _enable_wal(db: sqlite3.Connection, busy_timeout_s: float) -> None:
             time.sleep(0.01)
 
 
-class SQLiteStore(DeadLetterReads):
+class SQLiteStore(StoreReads):
     def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,6 +212,10 @@ class SQLiteStore(DeadLetterReads):
             ).fetchall()
         )
         return dict(found)
+
+    def record_halt(self, group: str, partition: int, halted: Halted | None) -> None:
+        with self._transaction() as cursor:
+            cursor.execute(*halt_statement(group, partition, halted))
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._read(lambda db: db.execute(sql, params).fetchall())

@@ -30,7 +30,7 @@ from kappaflow.errors import KappaflowError, ProcessorFailed, StoreUnavailable
 from kappaflow.log.base import Log, RecordBatch
 from kappaflow.metrics import BATCH_SECONDS, DEAD_LETTERS, EVENTS_PROCESSED, PROCESSOR_FAILURES
 from kappaflow.settings import Settings
-from kappaflow.store.base import DeadLetter, PartitionCommit, Store
+from kappaflow.store.base import DeadLetter, Halted, PartitionCommit, Store
 from kappaflow.stream.shares import ShareFile
 
 log = logging.getLogger("kappaflow.worker")
@@ -240,7 +240,8 @@ class Worker:
                 DEAD_LETTERS.labels(self.group, letter.reason.split(":")[0]).inc()
             if self._failures:  # a partition tried again went through
                 for commit in commits:
-                    self._failures.pop(commit.partition, None)
+                    if self._failures.pop(commit.partition, None):
+                        self._note_halt(commit.partition, None)
         return records
 
     def _halt(self, run: PartitionRun, error: Exception, now: float) -> None:
@@ -254,6 +255,16 @@ class Worker:
         log.error("%s: the processor raised on partition %d at offset %d (%s); the partition "
                   "halts there, the others go on; tried again in %.0f s", self.group,
                   run.partition, run.next_offset, halt.error, wait, exc_info=error)  # fmt: skip
+        since = time.time()
+        self._note_halt(run.partition, Halted(run.next_offset, halt.error, since, since + wait))
+
+    def _note_halt(self, partition: int, halted: Halted | None) -> None:
+        """Tell the store (for the dashboard) that ``partition`` halted, or goes on."""
+        try:
+            self.store.record_halt(self.group, partition, halted)
+        except KappaflowError as error:
+            log.warning("%s: could not note partition %d %s in the store: %s", self.group,
+                        partition, "halted" if halted else "going on", error)  # fmt: skip
 
     def _retry_halted(self, now: float) -> None:
         """Restore from the store the halted partitions whose time has come; they are
