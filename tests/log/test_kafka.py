@@ -11,6 +11,7 @@ it at 4."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import psutil
@@ -129,10 +130,10 @@ def test_an_unreachable_cluster_is_log_unavailable(monkeypatch: pytest.MonkeyPat
 
 
 def test_a_producer_queue_that_stays_full_is_log_unavailable(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """The cluster goes away after the producer started: its queue of 5 never empties;
-    later appends fail too, none hangs."""
+    later appends fail too, none hangs, and the producers given up stop connecting."""
     with kafka_mock_cluster(brokers=1) as bootstrap:
         small = KafkaLog(bootstrap, {"queue.buffering.max.messages": "5"}, MOCK_CREATE_TIMEOUT_S)
         small.append("t-gone", 0, [b"x"])
@@ -142,6 +143,9 @@ def test_a_producer_queue_that_stays_full_is_log_unavailable(
     for _ in range(2):  # a commit that times out, then a producer that cannot start
         with pytest.raises(LogUnavailable):
             small.append("t-gone", 0, [b"x"])
+    capfd.readouterr()
+    time.sleep(0.5)  # a live client would retry the connection every 100 ms or so
+    assert "Connect to" not in capfd.readouterr().err
     small.close()
 
 

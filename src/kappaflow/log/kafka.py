@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -117,6 +118,7 @@ class KafkaLog:
             try:
                 producer.init_transactions(TIMEOUT_S)
             except KafkaException as error:
+                _discard(producer)
                 raise LogUnavailable(f"Kafka: cannot start a producer: {error}") from error
             self._producer = producer
         return self._producer
@@ -159,6 +161,7 @@ class KafkaLog:
         except KafkaException as error:
             log.warning("Kafka: could not abort a transaction (%s); a new producer will", error)
             self._producer = None
+            _discard(producer)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -327,13 +330,22 @@ class KafkaLog:
         forget what was read; a later call opens new clients (a group member joins
         again)."""
         if self._producer is not None:
-            self._producer.flush(TIMEOUT_S)
+            self._producer.close()  # every append ended its transaction: nothing is queued
         for consumer in [self._consumer, *self._acknowledgers.values()]:
             if consumer is not None:
                 consumer.close()
         self._producer, self._admin, self._consumer, self._acknowledgers = None, None, None, {}
         self._position, self._buffered, self._repositioned_at = {}, {}, {}
         self._member, self._group = False, ""
+
+
+def _discard(producer: Producer) -> None:
+    """End a producer that cannot go on (its threads would keep connecting while the
+    object lives): its queued records are dropped, unsent."""
+    producer.purge()
+    with warnings.catch_warnings():  # it cannot abort its transaction either
+        warnings.simplefilter("ignore", RuntimeWarning)
+        producer.close()
 
 
 def _produce(
