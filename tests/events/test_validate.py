@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from kappaflow.apps.video import Heartbeat
@@ -57,6 +58,20 @@ def test_each_bad_record_is_named_by_index_field_and_reason() -> None:
     assert ">= 0" in found[2].reason
     assert "<= 253402300799999" in found[3].reason, "event times end with the year 9999"
     assert found[6].reason.startswith("not valid JSON")
+
+
+def test_fields_outside_the_schema_are_dropped_unless_it_forbids_them() -> None:
+    extra = GOOD.replace(b"}", b', "positon_s": 3}')
+    assert decoder.decode_json(extra) == [Heartbeat("u", "v", 1.5, 1000)]
+
+    class Strict(msgspec.Struct, forbid_unknown_fields=True):
+        user_id: str
+
+    with pytest.raises(InvalidEvents) as raised:
+        EventDecoder(Strict).decode_ndjson(b'{"user_id": "u"}\n{"user_id": "u", "x": 1}')
+    (problem,) = raised.value.problems
+    assert (problem.index, problem.field) == (1, "x")
+    assert "unknown field `x`" in problem.reason
 
 
 def test_array_records_are_named_by_position_in_the_array() -> None:

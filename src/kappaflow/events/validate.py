@@ -11,7 +11,7 @@ import msgspec
 
 from kappaflow.errors import MAX_PROBLEMS, InvalidEvents
 
-_MISSING = re.compile(r"missing required field `([^`]+)`")
+_NAMED_FIELD = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
 
 
 class Problem(msgspec.Struct):
@@ -81,9 +81,10 @@ def _problem(index: int, error: msgspec.DecodeError | UnicodeDecodeError) -> Pro
 
 def error_path(error: msgspec.DecodeError | UnicodeDecodeError) -> tuple[str, str]:
     """A decode error's reason and the path it names without the leading ``$``, a
-    missing field's name included: ``.videos[2].title``; ``""`` for the whole value."""
+    missing or unknown field's name included: ``.videos[2].title``; ``""`` for the
+    whole value."""
     reason, _, path = str(error).partition(" - at `")
     path = path.rstrip("`").removeprefix("$")
-    if missing := _MISSING.search(reason):
-        path = f"{path}.{missing.group(1)}"
+    if named := _NAMED_FIELD.search(reason):
+        path = f"{path}.{named.group(1)}"
     return reason, path
