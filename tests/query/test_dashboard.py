@@ -51,6 +51,10 @@ def test_status_counts_what_is_appended_processed_and_dead(settings: Settings) -
     processed = [10 if partition in owned else 0 for partition in range(4)]
     assert [p["processed"] for p in video["partitions"]] == processed
     assert all(p["lag"] == p["appended"] - p["processed"] for p in video["partitions"])
+    assert [p["worker"] for p in video["partitions"]] == [
+        worker.owner if p in owned else None for p in range(4)
+    ]
+    assert video["workers"] == 1
     assert [p["halted"] for p in video["partitions"]] == [
         msgspec.to_builtins(halted) if p == owned[0] else None for p in range(4)
     ]
@@ -115,8 +119,9 @@ def test_the_page_shows_each_stream_and_then_the_error(settings: Settings) -> No
     assert heartbeats.startswith(
         "video · heartbeats|30|appended|0|processed|30|lag (records)|0|dead letters"
     )
-    assert "partition|appended|processed|lag" in heartbeats
+    assert "|0|workers|" in heartbeats and "partition|appended|processed|lag||worker" in heartbeats
     assert "halted" not in heartbeats
+    status["streams"][0]["partitions"][2]["worker"] = "pod-7:1"
     status["streams"][0]["partitions"][2]["halted"] = {
         "offset": 7,
         "error": "ValueError: a bug",
@@ -125,7 +130,7 @@ def test_the_page_shows_each_stream_and_then_the_error(settings: Settings) -> No
     }
     shown = run_page([(200, status)])
     notice = "|partition 2 halted at offset 7: ValueError: a bug; tried again at "
-    assert notice in shown["cards"][0]
+    assert notice in shown["cards"][0] and "|pod-7:1|" in shown["cards"][0]
     assert len(shown["queries"]) == len(status["queries"])
     assert shown["error"] is None
     failed = run_page([(200, status), (503, {"error": "status unknown: the store is down"})])

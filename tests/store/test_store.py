@@ -47,16 +47,16 @@ def store(connect) -> Store:
 
 
 def test_first_claim_starts_at_zero_and_each_claim_bumps_the_generation(store: Store):
-    first = store.claim("g", [0, 1])
+    first = store.claim("g", [0, 1], "w")
     assert first[0].generation == 1 and first[0].next_offset == 0 and first[0].state is None
     store.commit("g", [PartitionCommit(0, 1, 42, b"state")], {})
-    second = store.claim("g", [0])
+    second = store.claim("g", [0], "w")
     assert second[0] == (2, 42, b"state", {})
     assert store.committed_offsets("g") == {0: 42, 1: 0}
 
 
 def test_commit_writes_rows_state_offsets_and_dead_letters_together(store: Store):
-    store.claim("g", [0])
+    store.claim("g", [0], "w")
     rows = {"totals": [("a", 1), ("a", 2), ("b", 5)], "latest": [("a", "x"), ("a", "y")]}
     letters = [DeadLetter(0, 3, "late", b"{}")]
     store.commit("g", [PartitionCommit(0, 1, 10, b"s1")], rows, letters)
@@ -69,7 +69,7 @@ def test_commit_writes_rows_state_offsets_and_dead_letters_together(store: Store
 
 
 def test_a_halt_holds_until_the_partition_commits_past_it_or_goes_on(store: Store):
-    store.claim("g", [0, 1, 2])
+    store.claim("g", [0, 1, 2], "w")
     store.commit("g", [PartitionCommit(p, 1, 5, b"") for p in (0, 1, 2)], {})
     for partition in (0, 1, 2):
         store.record_halt("g", partition, Halted(5, "ValueError: first", 100.0, 130.0))
@@ -85,9 +85,10 @@ def test_a_halt_holds_until_the_partition_commits_past_it_or_goes_on(store: Stor
 
 
 def test_stale_generation_cannot_commit_and_writes_nothing(store: Store, connect):
-    old = store.claim("g", [0, 1])
+    old = store.claim("g", [0, 1], "w")
     other = connect()
-    new = other.claim("g", [1])
+    new = other.claim("g", [1], "v")
+    assert store.owners("g") == {0: "w", 1: "v"} and store.owners("other") == {}
     with pytest.raises(StaleOwnership, match="partition 1"):
         store.commit(
             "g",
@@ -101,20 +102,20 @@ def test_stale_generation_cannot_commit_and_writes_nothing(store: Store, connect
     assert store.query("SELECT count(*) FROM totals") == [(0,)]
     assert store.dead_letters("g") == []
     assert store.committed_offsets("g") == {0: 0, 1: 0}
-    assert store.claim("g", [0])[0].keys == {}
+    assert store.claim("g", [0], "w")[0].keys == {}
     other.commit("g", [PartitionCommit(1, new[1].generation, 7, b"y")], {"totals": [("a", 1)]})
     assert store.committed_offsets("g") == {0: 0, 1: 7}
 
 
 def test_keyed_state_changes_are_kept_and_claimed_per_partition(store: Store) -> None:
-    store.claim("g", [0, 1])
+    store.claim("g", [0, 1], "w")
     store.commit("g", [PartitionCommit(0, 1, 3, b"", {"a": b"1", "b": b"2"}),
                        PartitionCommit(1, 1, 4, b"", {"a": b"other"})], {})  # fmt: skip
     store.commit("g", [PartitionCommit(0, 1, 5, b"", {"a": b"3", "b": None, "c": None})], {})
-    claims = store.claim("g", [0, 1])
+    claims = store.claim("g", [0, 1], "w")
     assert claims[0].keys == {"a": b"3"} and claims[0].next_offset == 5
     assert claims[1].keys == {"a": b"other"}
-    assert store.claim("h", [0])[0].keys == {}
+    assert store.claim("h", [0], "w")[0].keys == {}
 
 
 def _log_rows(store: Store, partition: int) -> int:
@@ -126,7 +127,7 @@ def test_keyed_state_log_is_merged_when_long_and_claims_see_every_change(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(keyed, "MERGE_MAX_ROWS", 4)
-    store.claim("g", [0])
+    store.claim("g", [0], "w")
     rng, expected, lengths = random.Random(7), {}, []
     for offset in range(1, 40):
         change = {f"k{rng.randrange(12)}": rng.choice([None, rng.randbytes(8)]) for _ in range(5)}
@@ -135,14 +136,14 @@ def test_keyed_state_log_is_merged_when_long_and_claims_see_every_change(
         lengths.append(_log_rows(store, 0))
     assert max(lengths) == 4 and lengths.count(1) >= 9  # merged every 4th commit
     kept = {key: state for key, state in expected.items() if state is not None}
-    assert store.claim("g", [0])[0].keys == kept
+    assert store.claim("g", [0], "w")[0].keys == kept
 
 
 def test_keyed_state_log_is_merged_when_its_changes_outweigh_the_last_merge(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(keyed, "MERGE_MIN_BYTES", 0)
-    store.claim("g", [0])
+    store.claim("g", [0], "w")
     base = {f"k{i}": b"x" * 50 for i in range(10)}  # 551 bytes of msgpack
     store.commit("g", [PartitionCommit(0, 1, 1, b"", base)], {})
     lengths = []
@@ -152,7 +153,7 @@ def test_keyed_state_log_is_merged_when_its_changes_outweigh_the_last_merge(
         base.update(change)
         lengths.append(_log_rows(store, 0))
     assert lengths == [2, 3, 4, 5, 6, 7, 8, 9, 10, 1]
-    assert store.claim("g", [0])[0].keys == base
+    assert store.claim("g", [0], "w")[0].keys == base
 
 
 def _execute(settings: Settings, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
@@ -170,7 +171,7 @@ def _execute(settings: Settings, statements: list[tuple[str, tuple[Any, ...]]]) 
 def test_state_kept_one_row_per_key_by_an_earlier_version_is_carried_over(
     backend_settings: Settings, connect
 ) -> None:
-    connect().claim("g", [0, 1])
+    connect().claim("g", [0, 1], "w")
     rows = [("g", 0, "a", b"A"), ("g", 1, "b", b"B"), ("g", 0, "c", b"C")]
     postgres = backend_settings.store == "postgres"
     _execute(
@@ -182,13 +183,13 @@ def test_state_kept_one_row_per_key_by_an_earlier_version_is_carried_over(
             *[("DELETE FROM kf_schema WHERE version >= 3", ())] * postgres,  # migrate again
         ],
     )  # fmt: skip
-    claims = connect().claim("g", [0, 1])
+    claims = connect().claim("g", [0, 1], "w")
     assert claims[0].keys == {"a": b"A", "c": b"C"} and claims[1].keys == {"b": b"B"}
-    assert connect().claim("g", [0])[0].keys == {"a": b"A", "c": b"C"}  # converted once
+    assert connect().claim("g", [0], "w")[0].keys == {"a": b"A", "c": b"C"}  # converted once
 
 
 def test_a_failing_row_rolls_back_the_whole_batch(store: Store) -> None:
-    store.claim("g", [0])
+    store.claim("g", [0], "w")
     with pytest.raises(StoreError, match="writing table totals"):
         store.commit("g", [PartitionCommit(0, 1, 9, b"s")], {"totals": [("a", 1), ("b",)]})
     assert store.committed_offsets("g") == {0: 0}
@@ -279,3 +280,18 @@ def test_sqlite_processes_opening_a_new_database_at_once_all_open_it(tmp_path: P
         assert results == ["opened"] * 8
         with closing(sqlite3.connect(path)) as db:
             assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_sqlite_store_made_before_owners_were_noted_gains_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE kf_partitions (grp TEXT NOT NULL, partition INTEGER NOT NULL, "
+                   "generation INTEGER NOT NULL, next_offset INTEGER NOT NULL, state BLOB, "
+                   "PRIMARY KEY (grp, partition)) WITHOUT ROWID")  # fmt: skip
+        db.execute("INSERT INTO kf_partitions VALUES ('g', 0, 3, 40, NULL)")
+        db.commit()
+    store = sqlite_store.SQLiteStore(path)
+    assert store.owners("g") == {} and store.committed_offsets("g") == {0: 40}
+    assert store.claim("g", [0, 1], "w")[0].generation == 4
+    assert store.owners("g") == {0: "w", 1: "w"}
+    store.close()

@@ -69,9 +69,10 @@ class Store(Protocol):
     def create_tables(self, tables: Sequence[Table]) -> None:
         """Create the result tables (and the store's own) if missing."""
 
-    def claim(self, group: str, partitions: Sequence[int]) -> dict[int, Claim]:
+    def claim(self, group: str, partitions: Sequence[int], owner: str) -> dict[int, Claim]:
         """Take ownership of partitions for consumer ``group``: bumps each generation,
-        which fences every earlier owner, and returns the committed offset and state."""
+        which fences every earlier owner, notes ``owner`` (which worker claimed them) and
+        returns the committed offset and state."""
 
     def commit(
         self,
@@ -92,6 +93,9 @@ class Store(Protocol):
 
     def committed_offsets(self, group: str) -> dict[int, int]:
         """Per partition, the next offset ``group`` will process."""
+
+    def owners(self, group: str) -> dict[int, str]:
+        """Per partition, the owner that claimed it last."""
 
     def dead_letters(self, group: str) -> list[tuple[int, int, str, bytes]]:
         """(partition, offset, reason, payload) of every dead letter of ``group``."""

@@ -20,7 +20,7 @@ from psycopg import errors as pg_errors
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Table
 from kappaflow.store.keyed import append_keys, carry_over_keyed_rows, read_keys
-from kappaflow.store.sql import RowWriter, StoreReads, create_sql, halt_statement
+from kappaflow.store.sql import CLAIM_SQL, RowWriter, StoreReads, create_sql, halt_statement
 
 T = TypeVar("T")
 log = logging.getLogger("kappaflow.store")
@@ -61,6 +61,8 @@ MIGRATIONS: tuple[str | Callable[[psycopg.Cursor[Any]], None], ...] = (
         error TEXT NOT NULL, since DOUBLE PRECISION NOT NULL,
         retry_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (grp, partition));
     """,
+    # 5: which worker claimed each partition last
+    "ALTER TABLE kf_partitions ADD COLUMN IF NOT EXISTS owner TEXT",
 )
 RETRIES = 5
 
@@ -156,17 +158,11 @@ class PostgresStore(StoreReads):
         for table in tables:
             self._writer.add(table)
 
-    def claim(self, group: str, partitions: Sequence[int]) -> dict[int, Claim]:
+    def claim(self, group: str, partitions: Sequence[int], owner: str) -> dict[int, Claim]:
         def claim(cursor: psycopg.Cursor[Any]) -> dict[int, Claim]:
             claims = {}
             for partition in partitions:
-                cursor.execute(
-                    "INSERT INTO kf_partitions VALUES (%s, %s, 1, 0, NULL) "
-                    "ON CONFLICT (grp, partition) DO UPDATE "
-                    "SET generation = kf_partitions.generation + 1 "
-                    "RETURNING generation, next_offset, state",
-                    (group, partition),
-                )
+                cursor.execute(placeholders(CLAIM_SQL), (group, partition, owner))
                 generation, offset, state = cursor.fetchone()  # type: ignore[misc]
                 keys = read_keys(cursor, group, partition, placeholders)
                 claims[partition] = Claim(generation, offset, bytes(state) if state else None, keys)
@@ -219,12 +215,6 @@ class PostgresStore(StoreReads):
     def version(self, table: str) -> int:
         found = self.query("SELECT version FROM kf_versions WHERE name = ?", (table,))
         return found[0][0] if found else 0
-
-    def committed_offsets(self, group: str) -> dict[int, int]:
-        found = self.query(
-            "SELECT partition, next_offset FROM kf_partitions WHERE grp = ?", (group,)
-        )
-        return dict(found)  # type: ignore[arg-type]
 
     def record_halt(self, group: str, partition: int, halted: Halted | None) -> None:
         sql, params = halt_statement(group, partition, halted)

@@ -1,6 +1,6 @@
 """SQL shared by the SQLite and PostgreSQL stores (and valid on YugabyteDB's YSQL):
-table creation, upserts by table mode, distinct counters, the reads and writes of the
-store's own dead letters and halts, and the row writer."""
+table creation, upserts by table mode, distinct counters, the claims, reads and writes of
+the store's own tables (offsets, owners, dead letters, halts), and the row writer."""
 
 from __future__ import annotations
 
@@ -63,6 +63,13 @@ def create_sql(table: Table, dialect: str = "sqlite") -> str:
     )
 
 
+CLAIM_SQL = (
+    "INSERT INTO kf_partitions (grp, partition, generation, next_offset, owner) "
+    "VALUES (?, ?, 1, 0, ?) ON CONFLICT (grp, partition) DO UPDATE "
+    "SET generation = kf_partitions.generation + 1, owner = excluded.owner "
+    "RETURNING generation, next_offset, state"
+)
+"""`Store.claim` of one partition: (group, partition, owner)."""
 HALT_SQL = (
     "INSERT INTO kf_halts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (grp, partition) DO UPDATE "
     "SET at_offset = excluded.at_offset, error = excluded.error, since = excluded.since, "
@@ -85,6 +92,19 @@ class StoreReads:
     through their ``query``."""
 
     query: Callable[..., list[tuple[Any, ...]]]
+
+    def committed_offsets(self, group: str) -> dict[int, int]:
+        found = self.query(
+            "SELECT partition, next_offset FROM kf_partitions WHERE grp = ?", (group,)
+        )
+        return dict(found)  # type: ignore[arg-type]
+
+    def owners(self, group: str) -> dict[int, str]:
+        found = self.query(
+            "SELECT partition, owner FROM kf_partitions WHERE grp = ? AND owner IS NOT NULL",
+            (group,),
+        )
+        return dict(found)  # type: ignore[arg-type]
 
     def dead_letters(self, group: str) -> list[tuple[int, int, str, bytes]]:
         return [

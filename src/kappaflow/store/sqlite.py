@@ -13,12 +13,13 @@ from typing import Any, TypeVar
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Table
 from kappaflow.store.keyed import append_keys, carry_over_keyed_rows, read_keys
-from kappaflow.store.sql import RowWriter, StoreReads, create_sql, halt_statement
+from kappaflow.store.sql import CLAIM_SQL, RowWriter, StoreReads, create_sql, halt_statement
 
 T = TypeVar("T")
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
 CACHE_BYTES = 64 * 1024 * 1024
 KF_KEYS_EXISTS = "SELECT 1 FROM sqlite_schema WHERE name = 'kf_keys'"
+KF_PARTITIONS_COLUMNS = "SELECT name FROM pragma_table_info('kf_partitions')"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kf_partitions (
@@ -27,6 +28,7 @@ CREATE TABLE IF NOT EXISTS kf_partitions (
     generation INTEGER NOT NULL,
     next_offset INTEGER NOT NULL,
     state BLOB,
+    owner TEXT,
     PRIMARY KEY (grp, partition)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS kf_state_log (
@@ -103,7 +105,17 @@ class SQLiteStore(StoreReads):
         except sqlite3.Error as error:
             raise StoreUnavailable(f"SQLite store {self.path}: {error}") from error
         self._writer = RowWriter(sqlite3.Error, sqlite3.OperationalError)
+        self._add_owner_column()
         self._carry_over_keyed_rows()
+
+    def _add_owner_column(self) -> None:
+        """A store made before partitions noted their owner gets the column (under the
+        write lock, looking again: another process may be adding it)."""
+        if ("owner",) in self.query(KF_PARTITIONS_COLUMNS):
+            return
+        with self._transaction() as cursor:
+            if ("owner",) not in cursor.execute(KF_PARTITIONS_COLUMNS).fetchall():
+                cursor.execute("ALTER TABLE kf_partitions ADD COLUMN owner TEXT")
 
     def _carry_over_keyed_rows(self) -> None:
         """Keyed state written one row per key (table kf_keys) moves to the state log.
@@ -145,16 +157,11 @@ class SQLiteStore(StoreReads):
                 cursor.execute(create_sql(table))
                 self._writer.add(table)
 
-    def claim(self, group: str, partitions: Sequence[int]) -> dict[int, Claim]:
+    def claim(self, group: str, partitions: Sequence[int], owner: str) -> dict[int, Claim]:
         claims = {}
         with self._transaction() as cursor:
             for partition in partitions:
-                cursor.execute(
-                    "INSERT INTO kf_partitions VALUES (?, ?, 1, 0, NULL) "
-                    "ON CONFLICT (grp, partition) DO UPDATE SET generation = generation + 1 "
-                    "RETURNING generation, next_offset, state",
-                    (group, partition),
-                )
+                cursor.execute(CLAIM_SQL, (group, partition, owner))
                 generation, offset, state = cursor.fetchone()
                 claims[partition] = Claim(
                     generation, offset, state, read_keys(cursor, group, partition)
@@ -204,14 +211,6 @@ class SQLiteStore(StoreReads):
     def version(self, table: str) -> int:
         found = self.query("SELECT version FROM kf_versions WHERE name = ?", (table,))
         return found[0][0] if found else 0
-
-    def committed_offsets(self, group: str) -> dict[int, int]:
-        found = self._read(
-            lambda db: db.execute(
-                "SELECT partition, next_offset FROM kf_partitions WHERE grp = ?", (group,)
-            ).fetchall()
-        )
-        return dict(found)
 
     def record_halt(self, group: str, partition: int, halted: Halted | None) -> None:
         with self._transaction() as cursor:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import bisect
 import gc
 import logging
+import os
+import socket
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -110,6 +112,8 @@ class Worker:
         """Partitions come from the log's consumer group (see `follow_group`)."""
         self.behind = False
         """The last poll read a full batch of some partition: more records are waiting."""
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        """Who claims the partitions: this process (on Kubernetes, the pod's name)."""
         self.halted: dict[int, Halt] = {}
         """Partitions whose processor raised, until they are tried again."""
         self._failures: dict[int, int] = {}
@@ -141,7 +145,7 @@ class Worker:
     def _assigned(self, partitions: Sequence[int]) -> dict[int, int]:
         """Claim ``partitions`` (fencing earlier owners), restore their state; returns
         where each continues."""
-        for partition, claim in self.store.claim(self.group, partitions).items():
+        for partition, claim in self.store.claim(self.group, partitions, self.owner).items():
             run = PartitionRun(partition, claim.generation, claim.next_offset, None)
             if claim.state is None:
                 run.state = self.processor.initial_state()
