@@ -258,6 +258,44 @@ def catalog_load(ctx: click.Context, path: str, data_dir: str | None) -> None:
 
 
 @main.command()
+@click.option("--data-dir", help="Directory of the embedded log and store.")
+@click.option("--json", "as_json", is_flag=True, help="Print GET /status's JSON instead.")
+@click.pass_context
+def status(ctx: click.Context, data_dir: str | None, as_json: bool) -> None:
+    """Where each app stream stands, read from the log and the store: records appended
+    and processed, lag and worker of each partition, dead letters, halted partitions
+    (what the dashboard shows)."""
+    import msgspec
+
+    from kappaflow.app import load_apps
+    from kappaflow.log import open_log
+    from kappaflow.query.dashboard import status as read_status
+    from kappaflow.store import open_store
+
+    settings = _settings(ctx, data_dir=data_dir)
+    try:
+        found = read_status(load_apps(settings), open_log(settings), open_store(settings))
+    except KappaflowError as failure:
+        click.echo(f"kappaflow status: {failure}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(msgspec.json.encode(found))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    for stream in found.streams:
+        title = (f"{stream.app} · {stream.stream}: {stream.lag:,} behind, "
+                 f"{stream.dead_letters:,} dead letters, {stream.workers} worker(s)")  # fmt: skip
+        table = Table("partition", "appended", "processed", "lag", "worker", "halted", title=title)
+        for p in stream.partitions:
+            halted = "" if p.halted is None else f"at {p.halted.offset:,}: {p.halted.error}"
+            table.add_row(str(p.partition), f"{p.appended:,}", f"{p.processed:,}",
+                          f"{p.lag:,}", p.worker or "", halted)  # fmt: skip
+        Console().print(table)
+
+
+@main.command()
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="Ingest URL.")
 @click.option("--rate", default=10_000.0, show_default=True, help="Target events per second.")
 @click.option("--duration", default=60.0, show_default=True, help="Seconds to run.")

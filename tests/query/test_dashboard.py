@@ -10,9 +10,11 @@ from pathlib import Path
 
 import msgspec
 import psycopg
+from click.testing import CliRunner
 from starlette.testclient import TestClient
 
 from kappaflow.apps.video import create_app
+from kappaflow.cli import main
 from kappaflow.log import open_log
 from kappaflow.log.partitioner import partition_for
 from kappaflow.serve import build
@@ -29,7 +31,9 @@ def beats(count: int) -> list[dict]:
             for i in range(count)]  # fmt: skip
 
 
-def test_status_counts_what_is_appended_processed_and_dead(settings: Settings) -> None:
+def test_status_counts_what_is_appended_processed_and_dead(
+    settings: Settings, tmp_path: Path
+) -> None:
     settings = settings.replace(batch_max_events=10)
     # The first record of its partition, far ahead: the other 9 of the batch come late.
     ahead = [{"user_id": "late", "video_id": "v", "position_s": 1.0, "ts": 10_000_000}]
@@ -62,6 +66,16 @@ def test_status_counts_what_is_appended_processed_and_dead(settings: Settings) -
     assert (video["group"], video["dead_letters"]) == ("video.heartbeats", 9)
     paths = {q["path"] for q in answer.json()["queries"]}
     assert {"/v1/progress/{user_id}/{video_id}", "/v1/clicks/top"} <= paths
+
+    command = ["status", "--data-dir", settings.data_dir]  # the same, read by `kappaflow status`
+    env = {"KAPPAFLOW_PARTITIONS": "4", "COLUMNS": "200"}
+    as_json = CliRunner().invoke(main, [*command, "--json"], env=env)
+    assert as_json.exit_code == 0 and json.loads(as_json.output) == answer.json()
+    tables = CliRunner().invoke(main, command, env=env).output
+    assert "video · heartbeats: 181 behind, 9 dead letters, 1 worker(s)" in tables
+    assert f"{worker.owner} │ at 10: ValueError: a bug" in tables
+    empty = CliRunner().invoke(main, ["status", "--data-dir", str(tmp_path / "none")], env=env)
+    assert empty.exit_code == 1 and "topic 'heartbeats' does not exist" in empty.output
 
 
 def test_status_is_503_when_the_store_is_gone(settings: Settings, postgres_dsn: str) -> None:
