@@ -273,8 +273,16 @@ def status(ctx: click.Context, data_dir: str | None, as_json: bool) -> None:
     from kappaflow.store import open_store
 
     settings = _settings(ctx, data_dir=data_dir)
+    if settings.log == "embedded" and not settings.log_path.is_dir():
+        click.echo(f"kappaflow status: no log in {settings.log_path}", err=True)
+        sys.exit(1)
     try:
-        found = read_status(load_apps(settings), open_log(settings), open_store(settings))
+        log, store = open_log(settings), open_store(settings)
+        try:
+            found = read_status(load_apps(settings), log, store)
+        finally:
+            log.close()
+            store.close()
     except KappaflowError as failure:
         click.echo(f"kappaflow status: {failure}", err=True)
         sys.exit(1)
@@ -282,6 +290,7 @@ def status(ctx: click.Context, data_dir: str | None, as_json: bool) -> None:
         click.echo(msgspec.json.encode(found))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     for stream in found.streams:
@@ -291,7 +300,7 @@ def status(ctx: click.Context, data_dir: str | None, as_json: bool) -> None:
         for p in stream.partitions:
             halted = "" if p.halted is None else f"at {p.halted.offset:,}: {p.halted.error}"
             table.add_row(str(p.partition), f"{p.appended:,}", f"{p.processed:,}",
-                          f"{p.lag:,}", p.worker or "", halted)  # fmt: skip
+                          f"{p.lag:,}", escape(p.worker or ""), escape(halted))  # fmt: skip
         Console().print(table)
 
 

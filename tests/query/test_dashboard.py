@@ -45,8 +45,8 @@ def test_status_counts_what_is_appended_processed_and_dead(
                         owned)  # fmt: skip
         worker.start()
         worker.poll()  # the first 10 records of each owned partition
-        halted = Halted(10, "ValueError: a bug", 1_000.0, 1_030.0)
-        worker.store.record_halt(worker.group, owned[0], halted)
+        halted = Halted(10, "ValueError: a bug in [/x]", 1_000.0, 1_030.0)
+        worker.store.record_halt(worker.group, owned[0], worker.owner, halted)
         answer = client.get("/status")
     assert answer.status_code == 200
     video = next(s for s in answer.json()["streams"] if s["stream"] == "heartbeats")
@@ -73,9 +73,11 @@ def test_status_counts_what_is_appended_processed_and_dead(
     assert as_json.exit_code == 0 and json.loads(as_json.output) == answer.json()
     tables = CliRunner().invoke(main, command, env=env).output
     assert "video · heartbeats: 181 behind, 9 dead letters, 1 worker(s)" in tables
-    assert f"{worker.owner} │ at 10: ValueError: a bug" in tables
-    empty = CliRunner().invoke(main, ["status", "--data-dir", str(tmp_path / "none")], env=env)
-    assert empty.exit_code == 1 and "topic 'heartbeats' does not exist" in empty.output
+    assert f"{worker.owner} │ at 10: ValueError: a bug in [/x]" in tables
+    missing = tmp_path / "none"
+    empty = CliRunner().invoke(main, ["status", "--data-dir", str(missing)], env=env)
+    assert empty.exit_code == 1 and f"no log in {missing / 'log'}" in empty.output
+    assert not missing.exists(), "nothing was created"
 
 
 def test_status_is_503_when_the_store_is_gone(settings: Settings, postgres_dsn: str) -> None:
@@ -143,7 +145,7 @@ def test_the_page_shows_each_stream_and_then_the_error(settings: Settings) -> No
         "retry_at": 1e9 + 30,
     }
     shown = run_page([(200, status)])
-    notice = "|partition 2 halted at offset 7: ValueError: a bug; tried again at "
+    notice = "|partition 2 halted at offset 7: ValueError: a bug; next try at "
     assert notice in shown["cards"][0] and "|pod-7:1|" in shown["cards"][0]
     assert len(shown["queries"]) == len(status["queries"])
     assert shown["error"] is None

@@ -68,27 +68,27 @@ def test_commit_writes_rows_state_offsets_and_dead_letters_together(store: Store
     assert store.committed_offsets("g") == {0: 20}
 
 
-def test_a_halt_holds_until_the_partition_commits_past_it_or_goes_on(store: Store):
+def test_a_halt_is_noted_by_the_owner_and_cleared_by_the_next_claim(store: Store):
     store.claim("g", [0, 1, 2], "w")
-    store.commit("g", [PartitionCommit(p, 1, 5, b"") for p in (0, 1, 2)], {})
     for partition in (0, 1, 2):
-        store.record_halt("g", partition, Halted(5, "ValueError: first", 100.0, 130.0))
-    store.record_halt("g", 0, Halted(5, "ValueError: again", 130.0, 190.0))  # replaces
+        store.record_halt("g", partition, "w", Halted(5, "ValueError: first", 100.0, 130.0))
+    store.record_halt("g", 0, "w", Halted(5, "ValueError: again", 130.0, 190.0))  # replaces
     assert store.halts("g") == {
         0: Halted(5, "ValueError: again", 130.0, 190.0),
         1: Halted(5, "ValueError: first", 100.0, 130.0),
         2: Halted(5, "ValueError: first", 100.0, 130.0),
     }
-    store.commit("g", [PartitionCommit(1, 1, 9, b"")], {})  # a later owner went on
-    store.record_halt("g", 2, None)
+    store.claim("g", [1], "v")  # another worker takes it over
+    store.record_halt("g", 1, "w", Halted(6, "ValueError: late", 140.0, 200.0))  # not w's now
+    store.claim("g", [2], "w")  # tried again
     assert list(store.halts("g")) == [0] and store.halts("other") == {}
+    assert store.owners("g") == {0: "w", 1: "v", 2: "w"}
 
 
 def test_stale_generation_cannot_commit_and_writes_nothing(store: Store, connect):
     old = store.claim("g", [0, 1], "w")
     other = connect()
     new = other.claim("g", [1], "v")
-    assert store.owners("g") == {0: "w", 1: "v"} and store.owners("other") == {}
     with pytest.raises(StaleOwnership, match="partition 1"):
         store.commit(
             "g",
@@ -280,18 +280,3 @@ def test_sqlite_processes_opening_a_new_database_at_once_all_open_it(tmp_path: P
         assert results == ["opened"] * 8
         with closing(sqlite3.connect(path)) as db:
             assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-
-
-def test_a_sqlite_store_made_before_owners_were_noted_gains_the_column(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    with closing(sqlite3.connect(path)) as db:
-        db.execute("CREATE TABLE kf_partitions (grp TEXT NOT NULL, partition INTEGER NOT NULL, "
-                   "generation INTEGER NOT NULL, next_offset INTEGER NOT NULL, state BLOB, "
-                   "PRIMARY KEY (grp, partition)) WITHOUT ROWID")  # fmt: skip
-        db.execute("INSERT INTO kf_partitions VALUES ('g', 0, 3, 40, NULL)")
-        db.commit()
-    store = sqlite_store.SQLiteStore(path)
-    assert store.owners("g") == {} and store.committed_offsets("g") == {0: 40}
-    assert store.claim("g", [0, 1], "w")[0].generation == 4
-    assert store.owners("g") == {0: "w", 1: "w"}
-    store.close()

@@ -71,8 +71,8 @@ class Store(Protocol):
 
     def claim(self, group: str, partitions: Sequence[int], owner: str) -> dict[int, Claim]:
         """Take ownership of partitions for consumer ``group``: bumps each generation,
-        which fences every earlier owner, notes ``owner`` (which worker claimed them) and
-        returns the committed offset and state."""
+        which fences every earlier owner, notes ``owner`` (which worker claimed them,
+        with no halt) and returns the committed offset and state."""
 
     def commit(
         self,
@@ -103,12 +103,12 @@ class Store(Protocol):
     def dead_letter_count(self, group: str) -> int:
         """How many dead letters ``group`` has."""
 
-    def record_halt(self, group: str, partition: int, halted: Halted | None) -> None:
-        """Note that ``partition`` halted (None: that it goes on again)."""
+    def record_halt(self, group: str, partition: int, owner: str, halted: Halted) -> None:
+        """Note that ``partition`` halted, unless ``owner`` no longer owns it; the
+        partition's next claim clears the note."""
 
     def halts(self, group: str) -> dict[int, Halted]:
-        """The partitions of ``group`` noted halted at the offset they are committed up
-        to (a note older than the partition's last commit no longer holds)."""
+        """The partitions of ``group`` noted halted since they were last claimed."""
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only SQL query against the result tables."""

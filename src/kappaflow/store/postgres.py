@@ -20,7 +20,15 @@ from psycopg import errors as pg_errors
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Table
 from kappaflow.store.keyed import append_keys, carry_over_keyed_rows, read_keys
-from kappaflow.store.sql import CLAIM_SQL, RowWriter, StoreReads, create_sql, halt_statement
+from kappaflow.store.sql import (
+    CLAIM_SQL,
+    HALT_SQL,
+    OWNER_SQL,
+    RowWriter,
+    StoreReads,
+    create_sql,
+    halt_parameters,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("kappaflow.store")
@@ -54,15 +62,13 @@ MIGRATIONS: tuple[str | Callable[[psycopg.Cursor[Any]], None], ...] = (
     """,
     # 3: keyed state as a log of changes per partition
     _create_state_log,
-    # 4: partitions halted by their app's processor
+    # 4: who claimed each partition last, and where its processor halted since
     """
-    CREATE TABLE IF NOT EXISTS kf_halts (
-        grp TEXT NOT NULL, partition INTEGER NOT NULL, at_offset BIGINT NOT NULL,
-        error TEXT NOT NULL, since DOUBLE PRECISION NOT NULL,
-        retry_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (grp, partition));
+    CREATE TABLE IF NOT EXISTS kf_claims (
+        grp TEXT NOT NULL, partition INTEGER NOT NULL, owner TEXT NOT NULL, at_offset BIGINT,
+        error TEXT, since DOUBLE PRECISION, retry_at DOUBLE PRECISION,
+        PRIMARY KEY (grp, partition));
     """,
-    # 5: which worker claimed each partition last
-    "ALTER TABLE kf_partitions ADD COLUMN IF NOT EXISTS owner TEXT",
 )
 RETRIES = 5
 
@@ -162,10 +168,11 @@ class PostgresStore(StoreReads):
         def claim(cursor: psycopg.Cursor[Any]) -> dict[int, Claim]:
             claims = {}
             for partition in partitions:
-                cursor.execute(placeholders(CLAIM_SQL), (group, partition, owner))
+                cursor.execute(placeholders(CLAIM_SQL), (group, partition))
                 generation, offset, state = cursor.fetchone()  # type: ignore[misc]
                 keys = read_keys(cursor, group, partition, placeholders)
                 claims[partition] = Claim(generation, offset, bytes(state) if state else None, keys)
+                cursor.execute(placeholders(OWNER_SQL), (group, partition, owner))
             return claims
 
         return self._retry(lambda: self._transaction(claim))
@@ -216,11 +223,9 @@ class PostgresStore(StoreReads):
         found = self.query("SELECT version FROM kf_versions WHERE name = ?", (table,))
         return found[0][0] if found else 0
 
-    def record_halt(self, group: str, partition: int, halted: Halted | None) -> None:
-        sql, params = halt_statement(group, partition, halted)
-
+    def record_halt(self, group: str, partition: int, owner: str, halted: Halted) -> None:
         def record(cursor: psycopg.Cursor[Any]) -> None:
-            cursor.execute(placeholders(sql), params)
+            cursor.execute(placeholders(HALT_SQL), halt_parameters(group, partition, owner, halted))
 
         self._transaction(record)
 

@@ -1,6 +1,9 @@
 """SQL shared by the SQLite and PostgreSQL stores (and valid on YugabyteDB's YSQL):
 table creation, upserts by table mode, distinct counters, the claims, reads and writes of
-the store's own tables (offsets, owners, dead letters, halts), and the row writer."""
+the store's own tables (offsets, owners, dead letters, halts), and the row writer.
+``kf_claims`` holds who claimed each partition last and, if its processor raised since,
+where it halted: a claim clears that, so a halt shows until the partition is claimed
+again (to try it again, or by another worker)."""
 
 from __future__ import annotations
 
@@ -64,27 +67,26 @@ def create_sql(table: Table, dialect: str = "sqlite") -> str:
 
 
 CLAIM_SQL = (
-    "INSERT INTO kf_partitions (grp, partition, generation, next_offset, owner) "
-    "VALUES (?, ?, 1, 0, ?) ON CONFLICT (grp, partition) DO UPDATE "
-    "SET generation = kf_partitions.generation + 1, owner = excluded.owner "
+    "INSERT INTO kf_partitions VALUES (?, ?, 1, 0, NULL) ON CONFLICT (grp, partition) "
+    "DO UPDATE SET generation = kf_partitions.generation + 1 "
     "RETURNING generation, next_offset, state"
 )
-"""`Store.claim` of one partition: (group, partition, owner)."""
-HALT_SQL = (
-    "INSERT INTO kf_halts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (grp, partition) DO UPDATE "
-    "SET at_offset = excluded.at_offset, error = excluded.error, since = excluded.since, "
-    "retry_at = excluded.retry_at"
+"""`Store.claim` of one partition: (group, partition)."""
+OWNER_SQL = (
+    "INSERT INTO kf_claims (grp, partition, owner) VALUES (?, ?, ?) "
+    "ON CONFLICT (grp, partition) DO UPDATE SET owner = excluded.owner, at_offset = NULL, "
+    "error = NULL, since = NULL, retry_at = NULL"
 )
-UNHALT_SQL = "DELETE FROM kf_halts WHERE grp = ? AND partition = ?"
+"""Who claimed the partition, with no halt yet: (group, partition, owner)."""
+HALT_SQL = (
+    "UPDATE kf_claims SET at_offset = ?, error = ?, since = ?, retry_at = ? "
+    "WHERE grp = ? AND partition = ? AND owner = ?"
+)
+"""`Store.record_halt`: a halt noted by the partition's owner only."""
 
 
-def halt_statement(
-    group: str, partition: int, halted: Halted | None
-) -> tuple[str, tuple[Any, ...]]:
-    """The statement recording `Store.record_halt`, and its parameters."""
-    if halted is None:
-        return UNHALT_SQL, (group, partition)
-    return HALT_SQL, (group, partition, halted.offset, halted.error, halted.since, halted.retry_at)
+def halt_parameters(group: str, partition: int, owner: str, halted: Halted) -> tuple[Any, ...]:
+    return (halted.offset, halted.error, halted.since, halted.retry_at, group, partition, owner)
 
 
 class StoreReads:
@@ -100,11 +102,7 @@ class StoreReads:
         return dict(found)  # type: ignore[arg-type]
 
     def owners(self, group: str) -> dict[int, str]:
-        found = self.query(
-            "SELECT partition, owner FROM kf_partitions WHERE grp = ? AND owner IS NOT NULL",
-            (group,),
-        )
-        return dict(found)  # type: ignore[arg-type]
+        return dict(self.query("SELECT partition, owner FROM kf_claims WHERE grp = ?", (group,)))
 
     def dead_letters(self, group: str) -> list[tuple[int, int, str, bytes]]:
         return [
@@ -123,9 +121,8 @@ class StoreReads:
         return {
             partition: Halted(offset, error, since, retry_at)
             for partition, offset, error, since, retry_at in self.query(
-                "SELECT h.partition, h.at_offset, h.error, h.since, h.retry_at FROM kf_halts h "
-                "JOIN kf_partitions p ON p.grp = h.grp AND p.partition = h.partition "
-                "WHERE h.grp = ? AND p.next_offset = h.at_offset",
+                "SELECT partition, at_offset, error, since, retry_at FROM kf_claims "
+                "WHERE grp = ? AND at_offset IS NOT NULL",
                 (group,),
             )
         }

@@ -13,13 +13,20 @@ from typing import Any, TypeVar
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Table
 from kappaflow.store.keyed import append_keys, carry_over_keyed_rows, read_keys
-from kappaflow.store.sql import CLAIM_SQL, RowWriter, StoreReads, create_sql, halt_statement
+from kappaflow.store.sql import (
+    CLAIM_SQL,
+    HALT_SQL,
+    OWNER_SQL,
+    RowWriter,
+    StoreReads,
+    create_sql,
+    halt_parameters,
+)
 
 T = TypeVar("T")
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
 CACHE_BYTES = 64 * 1024 * 1024
 KF_KEYS_EXISTS = "SELECT 1 FROM sqlite_schema WHERE name = 'kf_keys'"
-KF_PARTITIONS_COLUMNS = "SELECT name FROM pragma_table_info('kf_partitions')"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kf_partitions (
@@ -28,7 +35,6 @@ CREATE TABLE IF NOT EXISTS kf_partitions (
     generation INTEGER NOT NULL,
     next_offset INTEGER NOT NULL,
     state BLOB,
-    owner TEXT,
     PRIMARY KEY (grp, partition)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS kf_state_log (
@@ -50,13 +56,14 @@ CREATE TABLE IF NOT EXISTS kf_dead_letters (
     payload BLOB NOT NULL,
     PRIMARY KEY (grp, partition, "offset")
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS kf_halts (
+CREATE TABLE IF NOT EXISTS kf_claims (
     grp TEXT NOT NULL,
     partition INTEGER NOT NULL,
-    at_offset INTEGER NOT NULL,
-    error TEXT NOT NULL,
-    since REAL NOT NULL,
-    retry_at REAL NOT NULL,
+    owner TEXT NOT NULL,
+    at_offset INTEGER,
+    error TEXT,
+    since REAL,
+    retry_at REAL,
     PRIMARY KEY (grp, partition)
 ) WITHOUT ROWID;
 """
@@ -105,17 +112,7 @@ class SQLiteStore(StoreReads):
         except sqlite3.Error as error:
             raise StoreUnavailable(f"SQLite store {self.path}: {error}") from error
         self._writer = RowWriter(sqlite3.Error, sqlite3.OperationalError)
-        self._add_owner_column()
         self._carry_over_keyed_rows()
-
-    def _add_owner_column(self) -> None:
-        """A store made before partitions noted their owner gets the column (under the
-        write lock, looking again: another process may be adding it)."""
-        if ("owner",) in self.query(KF_PARTITIONS_COLUMNS):
-            return
-        with self._transaction() as cursor:
-            if ("owner",) not in cursor.execute(KF_PARTITIONS_COLUMNS).fetchall():
-                cursor.execute("ALTER TABLE kf_partitions ADD COLUMN owner TEXT")
 
     def _carry_over_keyed_rows(self) -> None:
         """Keyed state written one row per key (table kf_keys) moves to the state log.
@@ -161,8 +158,8 @@ class SQLiteStore(StoreReads):
         claims = {}
         with self._transaction() as cursor:
             for partition in partitions:
-                cursor.execute(CLAIM_SQL, (group, partition, owner))
-                generation, offset, state = cursor.fetchone()
+                generation, offset, state = cursor.execute(CLAIM_SQL, (group, partition)).fetchone()
+                cursor.execute(OWNER_SQL, (group, partition, owner))
                 claims[partition] = Claim(
                     generation, offset, state, read_keys(cursor, group, partition)
                 )
@@ -212,9 +209,9 @@ class SQLiteStore(StoreReads):
         found = self.query("SELECT version FROM kf_versions WHERE name = ?", (table,))
         return found[0][0] if found else 0
 
-    def record_halt(self, group: str, partition: int, halted: Halted | None) -> None:
+    def record_halt(self, group: str, partition: int, owner: str, halted: Halted) -> None:
         with self._transaction() as cursor:
-            cursor.execute(*halt_statement(group, partition, halted))
+            cursor.execute(HALT_SQL, halt_parameters(group, partition, owner, halted))
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._read(lambda db: db.execute(sql, params).fetchall())

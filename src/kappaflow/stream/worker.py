@@ -43,6 +43,8 @@ WAKE_CHECK_S = 0.02
 """How often a waiting worker looks whether to stop or take a new share."""
 RETRY_S, MAX_RETRY_S = 30.0, 600.0
 """When a halted partition is tried again: after 30 s, then twice as long each time."""
+MAX_NOTED_ERROR = 1_000
+"""Characters of a halting error noted in the store (the log has all of it)."""
 
 
 @dataclass
@@ -244,8 +246,7 @@ class Worker:
                 DEAD_LETTERS.labels(self.group, letter.reason.split(":")[0]).inc()
             if self._failures:  # a partition tried again went through
                 for commit in commits:
-                    if self._failures.pop(commit.partition, None):
-                        self._note_halt(commit.partition, None)
+                    self._failures.pop(commit.partition, None)
         return records
 
     def _halt(self, run: PartitionRun, error: Exception, now: float) -> None:
@@ -260,15 +261,12 @@ class Worker:
                   "halts there, the others go on; tried again in %.0f s", self.group,
                   run.partition, run.next_offset, halt.error, wait, exc_info=error)  # fmt: skip
         since = time.time()
-        self._note_halt(run.partition, Halted(run.next_offset, halt.error, since, since + wait))
-
-    def _note_halt(self, partition: int, halted: Halted | None) -> None:
-        """Tell the store (for the dashboard) that ``partition`` halted, or goes on."""
-        try:
-            self.store.record_halt(self.group, partition, halted)
-        except KappaflowError as error:
-            log.warning("%s: could not note partition %d %s in the store: %s", self.group,
-                        partition, "halted" if halted else "going on", error)  # fmt: skip
+        noted = Halted(run.next_offset, halt.error[:MAX_NOTED_ERROR], since, since + wait)
+        try:  # for the dashboard, until the partition is claimed again
+            self.store.record_halt(self.group, run.partition, self.owner, noted)
+        except KappaflowError as failure:
+            log.warning("%s: could not note in the store that partition %d halted: %s",
+                        self.group, run.partition, failure)  # fmt: skip
 
     def _retry_halted(self, now: float) -> None:
         """Restore from the store the halted partitions whose time has come; they are
