@@ -20,15 +20,7 @@ from psycopg import errors as pg_errors
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Table
 from kappaflow.store.keyed import append_keys, carry_over_keyed_rows, read_keys
-from kappaflow.store.sql import (
-    CLAIM_SQL,
-    HALT_SQL,
-    OWNER_SQL,
-    RowWriter,
-    StoreReads,
-    create_sql,
-    halt_parameters,
-)
+from kappaflow.store.sql import RowWriter, StoreReads, claim_partition, create_sql, note_halt
 
 T = TypeVar("T")
 log = logging.getLogger("kappaflow.store")
@@ -168,11 +160,11 @@ class PostgresStore(StoreReads):
         def claim(cursor: psycopg.Cursor[Any]) -> dict[int, Claim]:
             claims = {}
             for partition in partitions:
-                cursor.execute(placeholders(CLAIM_SQL), (group, partition))
-                generation, offset, state = cursor.fetchone()  # type: ignore[misc]
+                generation, offset, state = claim_partition(
+                    cursor, group, partition, owner, placeholders
+                )
                 keys = read_keys(cursor, group, partition, placeholders)
                 claims[partition] = Claim(generation, offset, bytes(state) if state else None, keys)
-                cursor.execute(placeholders(OWNER_SQL), (group, partition, owner))
             return claims
 
         return self._retry(lambda: self._transaction(claim))
@@ -225,7 +217,7 @@ class PostgresStore(StoreReads):
 
     def record_halt(self, group: str, partition: int, owner: str, halted: Halted) -> None:
         def record(cursor: psycopg.Cursor[Any]) -> None:
-            cursor.execute(placeholders(HALT_SQL), halt_parameters(group, partition, owner, halted))
+            note_halt(cursor, group, partition, owner, halted, placeholders)
 
         self._transaction(record)
 

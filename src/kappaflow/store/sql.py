@@ -13,6 +13,8 @@ from typing import Any
 from kappaflow.errors import StoreError
 from kappaflow.store.base import Halted, Table
 
+Translate = Callable[[str], str]
+
 
 def upsert_sql(table: Table, dialect: str = "sqlite") -> str:
     """INSERT ... ON CONFLICT for a table's mode (SQL shared by SQLite and PostgreSQL),
@@ -85,8 +87,22 @@ HALT_SQL = (
 """`Store.record_halt`: a halt noted by the partition's owner only."""
 
 
-def halt_parameters(group: str, partition: int, owner: str, halted: Halted) -> tuple[Any, ...]:
-    return (halted.offset, halted.error, halted.since, halted.retry_at, group, partition, owner)
+def claim_partition(
+    cursor: Any, group: str, partition: int, owner: str, translate: Translate = str
+) -> tuple[int, int, bytes | None]:
+    """Claim one partition for ``owner`` (see `Store.claim`): its generation, next
+    offset and state. ``translate`` turns the ``?`` placeholders into the driver's."""
+    generation, offset, state = cursor.execute(translate(CLAIM_SQL), (group, partition)).fetchone()
+    cursor.execute(translate(OWNER_SQL), (group, partition, owner))
+    return generation, offset, state
+
+
+def note_halt(
+    cursor: Any, group: str, partition: int, owner: str, halted: Halted, translate: Translate = str
+) -> None:
+    """`Store.record_halt` with a DB-API cursor."""
+    parameters = (halted.offset, halted.error, halted.since, halted.retry_at, group, partition)
+    cursor.execute(translate(HALT_SQL), (*parameters, owner))
 
 
 class StoreReads:

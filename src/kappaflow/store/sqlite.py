@@ -13,15 +13,7 @@ from typing import Any, TypeVar
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Table
 from kappaflow.store.keyed import append_keys, carry_over_keyed_rows, read_keys
-from kappaflow.store.sql import (
-    CLAIM_SQL,
-    HALT_SQL,
-    OWNER_SQL,
-    RowWriter,
-    StoreReads,
-    create_sql,
-    halt_parameters,
-)
+from kappaflow.store.sql import RowWriter, StoreReads, claim_partition, create_sql, note_halt
 
 T = TypeVar("T")
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
@@ -158,8 +150,7 @@ class SQLiteStore(StoreReads):
         claims = {}
         with self._transaction() as cursor:
             for partition in partitions:
-                generation, offset, state = cursor.execute(CLAIM_SQL, (group, partition)).fetchone()
-                cursor.execute(OWNER_SQL, (group, partition, owner))
+                generation, offset, state = claim_partition(cursor, group, partition, owner)
                 claims[partition] = Claim(
                     generation, offset, state, read_keys(cursor, group, partition)
                 )
@@ -211,7 +202,7 @@ class SQLiteStore(StoreReads):
 
     def record_halt(self, group: str, partition: int, owner: str, halted: Halted) -> None:
         with self._transaction() as cursor:
-            cursor.execute(HALT_SQL, halt_parameters(group, partition, owner, halted))
+            note_halt(cursor, group, partition, owner, halted)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._read(lambda db: db.execute(sql, params).fetchall())
