@@ -168,6 +168,31 @@ def _execute(settings: Settings, statements: list[tuple[str, tuple[Any, ...]]]) 
                 db.execute(placeholders(sql), params)
 
 
+def test_a_store_an_earlier_version_gave_an_owner_column_still_claims(
+    backend_settings: Settings, connect
+) -> None:
+    """Owners were briefly a column of kf_partitions (and halts a table of their own)."""
+    connect().claim("g", [0], "w")
+    postgres = backend_settings.store == "postgres"
+    _execute(
+        backend_settings,
+        [
+            ("ALTER TABLE kf_partitions ADD COLUMN owner TEXT", ()),
+            *[("CREATE TABLE kf_halts (grp TEXT)", ()),
+              ("DELETE FROM kf_schema WHERE version = 6", ())] * postgres,
+        ],
+    )  # fmt: skip
+    store = connect()
+    assert store.claim("g", [0, 1], "v")[0].generation == 2
+    assert store.owners("g") == {0: "v", 1: "v"}
+    if postgres:  # migrated: the column and the table are gone
+        assert store.query(
+            "SELECT count(*) FROM information_schema.columns WHERE column_name = 'owner' "
+            "AND table_name = 'kf_partitions'"
+        ) == [(0,)]
+        assert store.query("SELECT to_regclass('kf_halts') IS NULL") == [(True,)]
+
+
 def test_state_kept_one_row_per_key_by_an_earlier_version_is_carried_over(
     backend_settings: Settings, connect
 ) -> None:

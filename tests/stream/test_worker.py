@@ -302,14 +302,15 @@ def test_a_processor_that_raises_halts_its_partition_and_the_others_go_on(
     w.start()
     with caplog.at_level(logging.ERROR, logger="kappaflow.worker"):
         drain(w)
-    assert list(w.halted) == [p] and w.halted[p].offset == 0
-    assert w.halted[p].error == "ValueError: cannot handle poison"
+    assert list(w.halted) == [p] and w.halted[p].noted.offset == 0
+    assert w.halted[p].noted.error == "ValueError: cannot handle poison"
     assert f"raised on partition {p} at offset 0" in caplog.text
     assert {row.user_id for row in all_progress(w.store)} == set(others), "none of p's batch"
     assert w.store.committed_offsets(w.group).get(p, 0) == 0
-    (noted,) = w.store.halts(w.group).items()  # for the dashboard
-    assert noted[0] == p and (noted[1].offset, noted[1].error) == (0, w.halted[p].error)
-    assert noted[1].retry_at - noted[1].since == RETRY_S
+    assert w.store.halts(w.group) == {p: w.halted[p].noted}  # for the dashboard
+    assert w.halted[p].noted.retry_at - w.halted[p].noted.since == RETRY_S
+    w.start()  # claimed again, as after the store was out: still halted, and noted
+    assert list(w.halted) == [p] and w.store.halts(w.group) == {p: w.halted[p].noted}
     with pytest.raises(ProcessorFailed, match=f"partition {p} halted at offset 0"):
         w.run(lambda: False, until_caught_up=True)
 

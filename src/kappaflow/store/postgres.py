@@ -54,12 +54,23 @@ MIGRATIONS: tuple[str | Callable[[psycopg.Cursor[Any]], None], ...] = (
     """,
     # 3: keyed state as a log of changes per partition
     _create_state_log,
-    # 4: who claimed each partition last, and where its processor halted since
+    # 4: partitions halted by their app's processor (replaced by 6)
+    """
+    CREATE TABLE IF NOT EXISTS kf_halts (
+        grp TEXT NOT NULL, partition INTEGER NOT NULL, at_offset BIGINT NOT NULL,
+        error TEXT NOT NULL, since DOUBLE PRECISION NOT NULL,
+        retry_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (grp, partition));
+    """,
+    # 5: which worker claimed each partition last (replaced by 6)
+    "ALTER TABLE kf_partitions ADD COLUMN IF NOT EXISTS owner TEXT",
+    # 6: who claimed each partition last, and where its processor halted since
     """
     CREATE TABLE IF NOT EXISTS kf_claims (
         grp TEXT NOT NULL, partition INTEGER NOT NULL, owner TEXT NOT NULL, at_offset BIGINT,
         error TEXT, since DOUBLE PRECISION, retry_at DOUBLE PRECISION,
         PRIMARY KEY (grp, partition));
+    DROP TABLE IF EXISTS kf_halts;
+    ALTER TABLE kf_partitions DROP COLUMN IF EXISTS owner;
     """,
 )
 RETRIES = 5

@@ -69,7 +69,8 @@ def create_sql(table: Table, dialect: str = "sqlite") -> str:
 
 
 CLAIM_SQL = (
-    "INSERT INTO kf_partitions VALUES (?, ?, 1, 0, NULL) ON CONFLICT (grp, partition) "
+    "INSERT INTO kf_partitions (grp, partition, generation, next_offset) VALUES (?, ?, 1, 0) "
+    "ON CONFLICT (grp, partition) "
     "DO UPDATE SET generation = kf_partitions.generation + 1 "
     "RETURNING generation, next_offset, state"
 )

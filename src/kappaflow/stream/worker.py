@@ -49,10 +49,10 @@ MAX_NOTED_ERROR = 1_000
 
 @dataclass
 class Halt:
-    """A partition whose processor raised, and when it is tried again."""
+    """A partition whose processor raised: as noted in the store (wall-clock times), and
+    when it is tried again (on the worker's clock)."""
 
-    error: str
-    offset: int
+    noted: Halted
     retry_at: float
 
 
@@ -156,6 +156,8 @@ class Worker:
                 run.state = self.processor.decode(claim.state[_META.size :], claim.keys)
             run.last_record_at = self.clock()
             self.runs[partition] = run
+            if partition in self.halted:  # claimed again meanwhile (the store came back)
+                self._note_halt(partition, self.halted[partition].noted)
         starts = {p: self.runs[p].next_offset for p in partitions}
         log.info("worker for %s owns partitions %s from offsets %s", self.group,
                  sorted(self.runs), starts)  # fmt: skip
@@ -254,19 +256,23 @@ class Worker:
         changed: it is restored from the store when tried again)."""
         failures = self._failures[run.partition] = self._failures.get(run.partition, 0) + 1
         wait = min(RETRY_S * 2 ** (failures - 1), MAX_RETRY_S)
-        halt = Halt(f"{type(error).__name__}: {error}", run.next_offset, now + wait)
-        self.halted[run.partition] = halt
+        reason, since = f"{type(error).__name__}: {error}", time.time()
+        noted = Halted(run.next_offset, reason[:MAX_NOTED_ERROR], since, since + wait)
+        self.halted[run.partition] = Halt(noted, now + wait)
         PROCESSOR_FAILURES.labels(self.group).inc()
         log.error("%s: the processor raised on partition %d at offset %d (%s); the partition "
                   "halts there, the others go on; tried again in %.0f s", self.group,
-                  run.partition, run.next_offset, halt.error, wait, exc_info=error)  # fmt: skip
-        since = time.time()
-        noted = Halted(run.next_offset, halt.error[:MAX_NOTED_ERROR], since, since + wait)
-        try:  # for the dashboard, until the partition is claimed again
-            self.store.record_halt(self.group, run.partition, self.owner, noted)
+                  run.partition, run.next_offset, reason, wait, exc_info=error)  # fmt: skip
+        self._note_halt(run.partition, noted)
+
+    def _note_halt(self, partition: int, noted: Halted) -> None:
+        """Tell the store (for the dashboard) that ``partition`` halted; its next claim
+        clears that."""
+        try:
+            self.store.record_halt(self.group, partition, self.owner, noted)
         except KappaflowError as failure:
             log.warning("%s: could not note in the store that partition %d halted: %s",
-                        self.group, run.partition, failure)  # fmt: skip
+                        self.group, partition, failure)  # fmt: skip
 
     def _retry_halted(self, now: float) -> None:
         """Restore from the store the halted partitions whose time has come; they are
@@ -409,8 +415,9 @@ def run_workers(
         if until_caught_up:
             for worker in workers:
                 for partition, halt in worker.halted.items():
+                    noted = halt.noted
                     raise ProcessorFailed(f"{worker.group}: partition {partition} halted at "
-                                          f"offset {halt.offset}: {halt.error}")  # fmt: skip
+                                          f"offset {noted.offset}: {noted.error}")  # fmt: skip
             if all(worker.caught_up() for worker in workers):
                 return
         _sleep(wait, should_stop, share)
