@@ -63,23 +63,26 @@ class Status(msgspec.Struct):
 def status(apps: Sequence[App], log: Log, store: Store) -> Status:
     """Where every app stream stands now; raises `KappaflowError` when the log or the
     store cannot say."""
-    by_stream: dict[tuple[str, str, str], list[PartitionStatus]] = {}
-    noted: dict[str, tuple[dict[int, str], dict[int, Halted]]] = {}
+    offsets: dict[tuple[str, str, str], list[tuple[int, int, int]]] = {}
     for app, stream, partition, end, committed in partition_offsets(apps, log, store):
-        group = app.group(stream)
-        if group not in noted:
-            noted[group] = store.owners(group), store.halts(group)
-        owners, halts = noted[group]
-        by_stream.setdefault((app.name, stream.name, group), []).append(
-            PartitionStatus(partition, end, committed, max(0, end - committed),
-                            owners.get(partition), halts.get(partition))
-        )  # fmt: skip
-    streams = [
-        StreamStatus(app, stream, group, sum(p.appended for p in parts),
-                     sum(p.processed for p in parts), sum(p.lag for p in parts),
-                     store.dead_letter_count(group),
-                     len({p.worker for p in parts if p.worker is not None}), parts)
-        for (app, stream, group), parts in by_stream.items()
-    ]  # fmt: skip
+        key = (app.name, stream.name, app.group(stream))
+        offsets.setdefault(key, []).append((partition, end, committed))
+    streams = [_stream_status(store, *names, found) for names, found in offsets.items()]
     queries = [QueryInfo(app.name, q.path, q.summary) for app in apps for q in app.queries]
     return Status(streams, queries)
+
+
+def _stream_status(
+    store: Store, app: str, stream: str, group: str, offsets: list[tuple[int, int, int]]
+) -> StreamStatus:
+    """A stream's status from its partitions' (partition, end, committed) offsets."""
+    owners, halts = store.owners(group), store.halts(group)
+    parts = [
+        PartitionStatus(partition, end, committed, max(0, end - committed),
+                        owners.get(partition), halts.get(partition))
+        for partition, end, committed in offsets
+    ]  # fmt: skip
+    return StreamStatus(app, stream, group, sum(p.appended for p in parts),
+                        sum(p.processed for p in parts), sum(p.lag for p in parts),
+                        store.dead_letter_count(group),
+                        len({p.worker for p in parts if p.worker is not None}), parts)  # fmt: skip
