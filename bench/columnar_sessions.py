@@ -8,14 +8,15 @@ operator does. It writes nothing to the store (no rows, state or offsets) and ma
 progress or report rows: it measures how fast the operator could run with its state in
 columns, not a finished one.
 
-Per batch, the pending events and the new ones are sorted by (key, time, kind rank,
-position) and adjacent equal rows dropped. Those below the watermark are folded: each
-key's carried state goes in as a first row, an event joins the segment before it when
-it is in the same session, the one before does not close it (pause, stop), it is no
-seek and its position follows the clock within the gap; an event that does not join
-and does not close starts a segment; a segment's positions are the minimum and maximum
-of its rows (`numpy.minimum.reduceat`). A segment is closed unless it holds its key's
-last row, that row leaves it open and the session can still go on.
+Per batch, the new events and the pending ones of the same keys are sorted by (key,
+time, kind rank, position) and adjacent equal rows dropped. Those below the watermark
+are folded: each key's carried state goes in as a first row, an event joins the
+segment before it when it is in the same session, the one before does not close it
+(pause, stop), it is no seek and its position follows the clock within the gap; an
+event that does not join and does not close starts a segment; a segment's positions
+are the minimum and maximum of its rows (`numpy.minimum.reduceat`). A segment is closed
+unless it holds its key's last row, that row leaves it open and the session can still
+go on.
 """
 
 from __future__ import annotations
@@ -94,16 +95,22 @@ class PartitionSessions:
 
     def advance(self, rows: Rows, watermark: int) -> None:
         """Merge ``rows`` into the pending events, fold those below ``watermark`` into
-        the sessions and the rest into the provisional view."""
-        rows = Rows(*map(np.concatenate, zip(self.pending, rows, strict=True)))
+        the sessions and the pending events of the keys ``rows`` touched into the
+        provisional view. Only the touched keys' pending events are sorted again: the
+        others stay as they are, each key's together and in order."""
+        touched = np.zeros(len(self.keys), bool)
+        touched[rows.code] = True
+        of_touched = touched[self.pending.code]
+        rows = Rows(*map(np.concatenate, zip(self.pending.take(of_touched), rows, strict=True)))
         rows = rows.take(np.lexsort((rows.position, rows.rank, rows.ts, rows.code)))
         repeated = np.zeros(len(rows.ts), bool)
         repeated[1:] = np.logical_and.reduce([column[1:] == column[:-1] for column in rows])
-        rows = rows.take(~repeated)
+        rows = Rows(*map(np.concatenate, zip(self.pending.take(~of_touched),
+                                             rows.take(~repeated), strict=True)))  # fmt: skip
         released = rows.ts < watermark
         self.pending = rows.take(~released)
         self._fold(rows.take(released), watermark, keep=True)
-        self._fold(self.pending, watermark, keep=False)
+        self._fold(self.pending.take(touched[self.pending.code]), watermark, keep=False)
 
     def finish(self) -> None:
         """Close every session, as a watermark past all events would."""
