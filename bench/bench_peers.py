@@ -23,12 +23,12 @@ from pathlib import Path
 
 import bytewax.operators as op
 import msgspec
-from bench_sessionize import Segments, append_file, process, watched, write_heartbeats
+from bench_sessionize import append_file, process, watched, write_heartbeats
 from bytewax.connectors.files import FileSource
 from bytewax.dataflow import Dataflow
 from bytewax.operators.windowing import EventClock, SessionWindower, collect_window
 from bytewax.testing import TestingSink, run_main
-from common import Figure, timed
+from common import Figure, Segments, timed
 from rich.console import Console
 
 from kappaflow.apps.video import KEY_SEPARATOR, KIND_RANK

@@ -24,7 +24,7 @@ import duckdb
 import msgspec
 import polars as pl
 from columnar_sessions import consume_columnar
-from common import Figure, timed
+from common import Figure, Segments, timed
 from rich.console import Console
 
 from kappaflow.apps.video import KIND_RANK, PAUSE, SEEK, Heartbeat, Item, create_app
@@ -40,7 +40,6 @@ VIEWERS = 5_000
 WORKERS = 2  # one per core, as DuckDB's threads
 COLUMNAR = "columnar prototype"
 console = Console()
-Segments = Counter[tuple[str, str, float, float]]
 
 
 def run(scale: float) -> list[Figure]:

@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import msgspec
 import numpy as np
+from common import Segments
 
 from kappaflow.apps.video import KEY_SEPARATOR, KIND_RANK, PAUSE, SEEK, Heartbeat
 from kappaflow.log import open_log
@@ -36,7 +37,6 @@ from kappaflow.settings import Settings
 
 _TS, _KIND, _POSITION = attrgetter("ts"), attrgetter("kind"), attrgetter("position_s")
 _NO_EVENT = -(1 << 62)
-Segments = Counter[tuple[str, str, float, float]]
 
 
 class Rows(NamedTuple):
@@ -70,7 +70,10 @@ class PartitionSessions:
                          np.zeros(0))  # fmt: skip
         self.low, self.high = np.zeros(0), np.zeros(0)
         self.closed: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        """Closed segments: key codes, lowest and highest positions."""
         self.view = (np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+        """The last batch's provisional segments of the keys it touched, as ``closed``:
+        what a worker makes its progress rows from."""
 
     def add(self, events: list[Heartbeat]) -> None:
         """Fold a batch of events in: late ones dropped, then as `advance`."""

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TypeVar
 
 T = TypeVar("T")
+Segments = Counter[tuple[str, str, float, float]]
+"""A multiset of watched segments: (user, video, start_s, end_s)."""
 START_MS = 1_767_225_600_000
 """Where generated event time starts: 2026-01-01T00:00:00Z."""
 
