@@ -7,13 +7,14 @@ per key would rewrite a page of a B-tree for each key at a random place in it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from itertools import groupby
 from typing import Any
 
 import msgspec
 
 from kappaflow.store.base import PartitionCommit
+from kappaflow.store.sql import Translate
 
 MERGE_MIN_BYTES = 1 << 20
 """Changes below this size are never merged for size alone..."""
@@ -27,8 +28,6 @@ DELETE = "DELETE FROM kf_state_log WHERE grp = ? AND partition = ?"
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(dict[str, bytes | None]).decode
-
-Translate = Callable[[str], str]
 
 
 def read_keys(cursor: Any, group: str, partition: int, sql: Translate = str) -> dict[str, bytes]:

@@ -14,6 +14,7 @@ from kappaflow.errors import StoreError
 from kappaflow.store.base import Halted, Table
 
 Translate = Callable[[str], str]
+"""Turns the ``?`` placeholders of shared SQL into a driver's."""
 
 
 def upsert_sql(table: Table, dialect: str = "sqlite") -> str:
@@ -102,8 +103,10 @@ def note_halt(
     cursor: Any, group: str, partition: int, owner: str, halted: Halted, translate: Translate = str
 ) -> None:
     """`Store.record_halt` with a DB-API cursor."""
-    parameters = (halted.offset, halted.error, halted.since, halted.retry_at, group, partition)
-    cursor.execute(translate(HALT_SQL), (*parameters, owner))
+    cursor.execute(
+        translate(HALT_SQL),
+        (halted.offset, halted.error, halted.since, halted.retry_at, group, partition, owner),
+    )
 
 
 class StoreReads:
