@@ -34,6 +34,7 @@ from common import Segments
 from kappaflow.apps.video import KEY_SEPARATOR, KIND_RANK, PAUSE, SEEK, Heartbeat
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
+from kappaflow.stream.worker import _late
 
 _TS, _KIND, _POSITION = attrgetter("ts"), attrgetter("kind"), attrgetter("position_s")
 _NO_EVENT = -(1 << 62)
@@ -66,8 +67,7 @@ class PartitionSessions:
         self.pending = _no_rows()
         self.max_ms = _NO_EVENT
         self.open = np.zeros(0, bool)
-        self.last = Rows(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int8),
-                         np.zeros(0))  # fmt: skip
+        self.last = _no_rows()
         self.low, self.high = np.zeros(0), np.zeros(0)
         self.closed: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         """Closed segments: key codes, lowest and highest positions."""
@@ -76,22 +76,24 @@ class PartitionSessions:
         what a worker makes its progress rows from."""
 
     def add(self, events: list[Heartbeat]) -> None:
-        """Fold a batch of events in: late ones dropped, then as `advance`."""
+        """Fold a batch of events in: late ones dropped (by the worker's rule), then as
+        `advance`."""
         keys = [f"{e.user_id}{KEY_SEPARATOR}{e.video_id}" for e in events]
         new = [key for key in dict.fromkeys(keys) if key not in self.codes]
         if new:
             self.codes.update(zip(new, count(len(self.keys)), strict=False))
             self.keys += new
             self._grow()
-        n = len(events)
+        n, times = len(events), list(map(_TS, events))
         rows = Rows(
             np.fromiter(map(self.codes.__getitem__, keys), np.int64, n),
-            np.fromiter(map(_TS, events), np.int64, n),
+            np.array(times, np.int64),
             np.fromiter(map(KIND_RANK.__getitem__, map(_KIND, events)), np.int8, n),
             np.fromiter(map(_POSITION, events), np.float64, n),
         )
-        highest = np.maximum.accumulate(np.concatenate(([self.max_ms], rows.ts[:-1])))
-        rows = rows.take(rows.ts >= highest - self.lateness_ms)
+        on_time = np.ones(n, bool)
+        on_time[[i for i, _ in _late(times, self.max_ms, _NO_EVENT, self.lateness_ms)]] = False
+        rows = rows.take(on_time)
         if len(rows.ts):
             self.max_ms = max(self.max_ms, int(rows.ts.max()))
         self.advance(rows, self.max_ms - self.lateness_ms)
