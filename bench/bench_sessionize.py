@@ -27,7 +27,8 @@ from columnar_sessions import consume_columnar
 from common import Figure, Segments, timed
 from rich.console import Console
 
-from kappaflow.apps.video import KIND_RANK, PAUSE, SEEK, Heartbeat, Item, create_app
+from kappaflow.apps.video import create_app
+from kappaflow.apps.video_segments import KIND_RANK, PAUSE, SEEK, Heartbeat
 from kappaflow.apps.video_sim import simulate
 from kappaflow.ingest.appender import Appender
 from kappaflow.log import open_log
@@ -281,7 +282,7 @@ def python_batch(path: Path, gap_s: float) -> Segments:
     """The same rules in plain Python: one pass into a dict of items per key, then a
     walk over each key's sorted items."""
     decoder = msgspec.json.Decoder(Heartbeat)
-    by_key: dict[tuple[str, str], list[Item]] = defaultdict(list)
+    by_key: dict[tuple[str, str], list[tuple[int, int, float]]] = defaultdict(list)
     with path.open("rb") as lines:
         for line in lines:
             e = decoder.decode(line)
@@ -292,7 +293,7 @@ def python_batch(path: Path, gap_s: float) -> Segments:
     return segments
 
 
-def watched(items: Iterable[Item], gap_s: float) -> list[tuple[float, float]]:
+def watched(items: Iterable[tuple[int, int, float]], gap_s: float) -> list[tuple[float, float]]:
     """The segments of one key's events by the sessionizer's rules, duplicates dropped."""
     segments: list[list[float]] = []  # [low, high] positions, zero-length ones included
     joinable = False  # whether the next event may extend the last segment

@@ -31,7 +31,7 @@ import msgspec
 import numpy as np
 from common import Segments
 
-from kappaflow.apps.video import KEY_SEPARATOR, KIND_RANK, PAUSE, SEEK, Heartbeat
+from kappaflow.apps.video_segments import KEY_SEPARATOR, KIND_RANK, PAUSE, SEEK, Heartbeat
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
 from kappaflow.stream.worker import _late

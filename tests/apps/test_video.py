@@ -9,8 +9,10 @@ import msgspec
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from segment_fold import SegmentFold
 
-from kappaflow.apps.video import KIND_RANK, Heartbeat, Progress, all_progress, create_app
+from kappaflow.apps.video import Heartbeat, Progress, all_progress, create_app
+from kappaflow.apps.video_segments import KIND_RANK
 from kappaflow.settings import Settings
 from kappaflow.testing import run_events
 
@@ -255,7 +257,7 @@ def test_sessionizer_matches_the_oracle(events, lateness_s, batch, restarts) -> 
 def test_a_run_folds_as_its_items_one_at_a_time(events, cut) -> None:
     """The session operator hands the fold runs of items: one call for a run gives the
     accumulator of one call per item, and of the run cut in two."""
-    fold = create_app(Settings.load({}, {"session_gap_s": GAP_S})).processors["heartbeats"].fold
+    fold = SegmentFold(GAP_S, *create_app(Settings.load({}, {})).lookups)
     items = sorted(item for _, item in fold.items(events, [e.ts for e in events]))
     opened = fold.start(items[0])
     one_by_one = fold.copy(opened)

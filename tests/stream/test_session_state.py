@@ -1,19 +1,23 @@
 """The session operator's state persisted key by key: what a commit writes, and what a
-restore reads back (including a whole-state snapshot written by an earlier version)."""
+restore reads back (including a whole-state snapshot written by an earlier version).
+`SessionWindows` runs the video app's segment rules, as a fold, on the app's events."""
 
 from __future__ import annotations
 
 import msgspec
+from segment_fold import with_session_windows
 
 from kappaflow.app import Batch
-from kappaflow.apps.video import KEY_SEPARATOR, Heartbeat, create_app
+from kappaflow.apps.video import create_app
+from kappaflow.apps.video_segments import KEY_SEPARATOR, Heartbeat
 from kappaflow.settings import Settings
 
 A, B = f"a{KEY_SEPARATOR}v", f"b{KEY_SEPARATOR}v"
 
 
 def opened(settings: Settings):
-    processor = create_app(settings).processors["heartbeats"]
+    app = with_session_windows(create_app(settings), settings.session_gap_s)
+    processor = app.processors["heartbeats"]
     events = [Heartbeat("a", "v", 0.0, 1_000, "play"), Heartbeat("b", "v", 0.0, 1_000, "play"),
               Heartbeat("a", "v", 5.0, 6_000)]  # fmt: skip
     batch = Batch(0, [0, 1, 2], events, [e.ts for e in events], 2_000)

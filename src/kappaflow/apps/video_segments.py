@@ -1,0 +1,501 @@
+"""Heartbeats -> watched segments per (user, video): the video app's session operator,
+which works on each batch as columns (numpy arrays) rather than event by event.
+
+A player sends a heartbeat about every 5 s with its position. Per (user, video), a
+viewing session is a run of events with no more than the session gap of event time
+between them. Inside a session, a segment grows while the position follows the
+clock: it may deviate from real-time playback by at most the gap (so 2x playback,
+small rewinds and paused heartbeats are all continuous); a larger jump, or a
+``seek``, closes the segment and opens one at the new position; ``pause`` and
+``stop`` close it. Segments of zero length carry no watched time and are dropped.
+
+The operator keeps a code per key and, per code, its open session: its start, its
+last event, its current segment, and the segments it has closed. Events wait
+(``pending``) until the watermark passes them. A batch is sorted with the pending
+events of the keys it touches, and equal events are refused as duplicates. The
+events below the watermark are then folded into the open sessions: each key's open
+session goes in as a first row, and a row joins the segment before it when it is in
+the same session, the one before does not close it (pause, stop), it is no seek and
+its position follows the clock; a row that neither joins nor closes starts a segment.
+A session closes once the watermark passes its last event by the gap. The keys a batch
+touched, or whose session closed, are folded on over their pending events into their
+provisional sessions, which their progress rows show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from itertools import count
+from operator import attrgetter
+from typing import Annotated, Any, Literal, NamedTuple
+
+import msgspec
+import numpy as np
+from msgspec import Meta
+
+from kappaflow.app import Batch, Lookup, Output
+from kappaflow.apps.video_catalog import Licence, Slots
+from kappaflow.apps.video_reports import report_rows
+from kappaflow.events import EventTime, Identifier
+from kappaflow.store.base import Table
+from kappaflow.stream.sessions import KeyState, Rows
+
+Kind = Literal["heartbeat", "play", "pause", "seek", "stop"]
+# Tie-break between events of one key at the same millisecond; pause and stop rank last.
+KIND_RANK = {"play": 0, "seek": 1, "heartbeat": 2, "pause": 3, "stop": 4}
+SEEK, PAUSE = KIND_RANK["seek"], KIND_RANK["pause"]
+KEY_SEPARATOR = "\x1f"
+
+
+class Heartbeat(msgspec.Struct, omit_defaults=True, gc=False):
+    user_id: Identifier
+    video_id: Identifier
+    position_s: Annotated[float, Meta(ge=0)]
+    ts: EventTime
+    kind: Kind = "heartbeat"
+    event_id: str | None = None
+
+
+SEGMENTS = Table(
+    "video_segments",
+    columns=(
+        ("user_id", "TEXT"),
+        ("video_id", "TEXT"),
+        ("session_ms", "INTEGER"),
+        ("segment_no", "INTEGER"),
+        ("start_s", "REAL"),
+        ("end_s", "REAL"),
+        ("start_ms", "INTEGER"),
+        ("end_ms", "INTEGER"),
+    ),
+    key=("user_id", "video_id", "session_ms", "segment_no"),
+)
+PROGRESS = Table(
+    "video_progress",
+    columns=(
+        ("user_id", "TEXT"),
+        ("video_id", "TEXT"),
+        ("resume_position_s", "REAL"),
+        ("last_event_ms", "INTEGER"),
+        ("open_segments", "TEXT"),
+    ),
+    key=("user_id", "video_id"),
+)
+
+
+def session_key(event: Heartbeat) -> str:
+    """The key of the event's (user, video): the two joined by ``KEY_SEPARATOR``, or,
+    when either holds that character, the separator then the pair as JSON."""
+    user_id, video_id = event.user_id, event.video_id
+    if KEY_SEPARATOR in user_id or KEY_SEPARATOR in video_id:
+        return KEY_SEPARATOR + msgspec.json.encode([user_id, video_id]).decode()
+    return f"{user_id}{KEY_SEPARATOR}{video_id}"
+
+
+def key_ids(key: str) -> tuple[str, str]:
+    """The (user, video) of a `session_key`."""
+    if key.startswith(KEY_SEPARATOR):
+        user_id, video_id = msgspec.json.decode(key[1:], type=tuple[str, str])
+    else:
+        user_id, video_id = key.split(KEY_SEPARATOR)
+    return user_id, video_id
+
+
+# A segment: [start_s, end_s, start_ms, end_ms], the positions covered and the event
+# times of its first and last heartbeat.
+Segment = list[Any]
+_KIND, _POSITION = attrgetter("kind"), attrgetter("position_s")
+_NO_CURRENT = PAUSE  # the rank of an open session's last event when no segment is open
+
+
+class Events(NamedTuple):
+    """Events as columns: key codes, event times (ms), kind ranks, positions."""
+
+    code: np.ndarray
+    ts: np.ndarray
+    rank: np.ndarray
+    position: np.ndarray
+
+    def take(self, selected: np.ndarray) -> Events:
+        return Events(*(column[selected] for column in self))
+
+
+def _events(code: Any, ts: Any, rank: Any, position: Any) -> Events:
+    return Events(
+        np.asarray(code, np.int64),
+        np.asarray(ts, np.int64),
+        np.asarray(rank, np.int8),
+        np.asarray(position, np.float64),
+    )
+
+
+def _joined(*parts: Events) -> Events:
+    return Events(*map(np.concatenate, zip(*parts, strict=True)))
+
+
+class Sessions(NamedTuple):
+    """Per key code: its open session (``open``) with its start, its last event and
+    its current segment (lowest and highest position, first event time), and whether
+    the key changed since the state was last persisted."""
+
+    open: np.ndarray
+    session_ms: np.ndarray
+    last_ts: np.ndarray
+    last_rank: np.ndarray
+    last_position: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    start_ms: np.ndarray
+    changed: np.ndarray
+
+    @classmethod
+    def of_size(cls, size: int) -> Sessions:
+        types = (bool, np.int64, np.int64, np.int8, np.float64, np.float64, np.float64,
+                 np.int64, bool)  # fmt: skip
+        return cls(*(np.zeros(size, t) for t in types))
+
+    def take(self, selected: np.ndarray) -> Sessions:
+        return Sessions(*(column[selected] for column in self))
+
+
+class SegmentState:
+    """One partition's sessions: a code per key (`keys`, `codes`), the `sessions` by
+    code, the segments each open session has closed (`done`, by code) and the events
+    the watermark has not passed (`pending`): each key's together, in order."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.codes: dict[str, int] = {}
+        self.sessions = Sessions.of_size(0)
+        self.done: dict[int, list[Segment]] = {}
+        self.pending = _events((), (), (), ())
+
+    def code_all(self, keys: list[str]) -> np.ndarray:
+        """The codes of ``keys``, new keys given new codes."""
+        new = [key for key in dict.fromkeys(keys) if key not in self.codes]
+        if new:
+            self.codes.update(zip(new, count(len(self.keys)), strict=False))
+            self.keys += new
+            size = len(self.sessions.open)
+            if len(self.keys) > size:
+                grown = Sessions.of_size(max(len(self.keys), 2 * size))
+                for old, column in zip(self.sessions, grown, strict=True):
+                    column[:size] = old
+                self.sessions = grown
+        return np.fromiter(map(self.codes.__getitem__, keys), np.int64, len(keys))
+
+    def live(self) -> np.ndarray:
+        """Whether each code's key has an open session or pending events."""
+        live = self.sessions.open[: len(self.keys)].copy()
+        live[self.pending.code] = True
+        return live
+
+    def compact(self) -> None:
+        """Drop the codes of keys that are gone, when they outnumber the rest; codes
+        must not be marked changed."""
+        live = np.flatnonzero(self.live())
+        if 2 * len(live) + 1024 > len(self.keys):
+            return
+        renumbered = np.zeros(len(self.keys), np.int64)
+        renumbered[live] = np.arange(len(live))
+        self.keys = [self.keys[code] for code in live.tolist()]
+        self.codes = dict(zip(self.keys, count(), strict=False))
+        self.sessions = self.sessions.take(live)
+        self.done = {int(renumbered[code]): done for code, done in self.done.items()}
+        self.pending = self.pending._replace(code=renumbered[self.pending.code])
+
+
+class Fold(NamedTuple):
+    """Events folded onto the open sessions of their keys: the rows (each key's open
+    session first), and the segments and sessions they make, in row order."""
+
+    rows: Events
+    last: np.ndarray
+    """Whether a row is its key's last."""
+    segment_session: np.ndarray
+    segment_code: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    start_ms: np.ndarray
+    end_ms: np.ndarray
+    current: np.ndarray
+    """Whether a segment is still open: it holds its key's last row, which does not
+    close it."""
+    session_code: np.ndarray
+    session_ms: np.ndarray
+    session_end: np.ndarray
+    """A session's last row."""
+    carried: np.ndarray
+    """Whether a session is the open session its key had."""
+
+    def segments(self, selected: np.ndarray) -> list[tuple[int, int, Segment]]:
+        """(session, code, segment) of the ``selected`` segments."""
+        return list(zip(self.segment_session[selected].tolist(),
+                        self.segment_code[selected].tolist(),
+                        [list(s) for s in zip(self.low[selected].tolist(),
+                                              self.high[selected].tolist(),
+                                              self.start_ms[selected].tolist(),
+                                              self.end_ms[selected].tolist(), strict=True)],
+                        strict=True))  # fmt: skip
+
+
+class WatchedSegments:
+    """The video app's `Processor`: heartbeats to watched segments and progress, and
+    the royalty and impression rows of each closed session."""
+
+    def __init__(
+        self, gap_s: float, videos: Lookup[dict[str, Licence]], slots: Lookup[dict[str, Slots]]
+    ) -> None:
+        self.gap_s, self.gap_ms = gap_s, round(gap_s * 1000)
+        self.videos = videos
+        self.slots = slots
+        self._json = msgspec.json.Encoder()
+        self._msgpack = msgspec.msgpack.Encoder()
+        self._key_decoder = msgspec.msgpack.Decoder(KeyState)
+        self._snapshot_decoder = msgspec.msgpack.Decoder(dict[str, KeyState])
+
+    def initial_state(self) -> SegmentState:
+        return SegmentState()
+
+    def process(self, state: SegmentState, batch: Batch) -> Output[SegmentState]:
+        events, watermark = batch.events, batch.watermark_ms
+        keys = [f"{e.user_id}{KEY_SEPARATOR}{e.video_id}" for e in events]
+        if "".join(keys).count(KEY_SEPARATOR) != len(keys):
+            # An identifier holds the separator itself (rare): those keys are escaped.
+            keys = [session_key(e) for e in events]
+        n = len(events)
+        new = Events(
+            state.code_all(keys),
+            np.array(batch.times_ms, np.int64),
+            np.fromiter(map(KIND_RANK.__getitem__, map(_KIND, events)), np.int8, n),
+            np.fromiter(map(_POSITION, events), np.float64, n),
+        )
+        touched, duplicates = self._merge(state, new, np.array(batch.offsets, np.int64))
+        rows: Rows = {}
+        pending = state.pending
+        released = pending.ts < watermark
+        state.pending = pending.take(~released)
+        closed = self._fold_released(state, pending.take(released), watermark, rows)
+        changed = np.zeros(len(state.keys), bool)
+        changed[touched] = True
+        changed[closed] = True
+        state.sessions.changed[: len(changed)] |= changed
+        self._view(state, np.flatnonzero(changed & state.live()), rows)
+        return Output(state, rows, duplicates)
+
+    def _merge(
+        self, state: SegmentState, new: Events, offsets: np.ndarray
+    ) -> tuple[np.ndarray, list[tuple[int, str]]]:
+        """Merge ``new`` into the pending events, refusing those equal to one there or
+        earlier in the batch. Returns the codes of the keys with events taken, and the
+        refused events' (offset, reason)."""
+        pending = state.pending
+        touched = np.zeros(len(state.keys), bool)
+        touched[new.code] = True
+        of_touched = touched[pending.code]
+        merged = _joined(pending.take(of_touched), new)
+        offset = np.concatenate((np.full(np.count_nonzero(of_touched), -1), offsets))
+        order = np.lexsort((merged.position, merged.rank, merged.ts, merged.code))  # stable
+        merged, offset = merged.take(order), offset[order]
+        repeated = np.zeros(len(offset), bool)
+        repeated[1:] = np.logical_and.reduce([column[1:] == column[:-1] for column in merged])
+        state.pending = _joined(pending.take(~of_touched), merged.take(~repeated))
+        taken = np.unique(merged.code[~repeated & (offset >= 0)])
+        return taken, [(offset, "duplicate") for offset in offset[repeated].tolist()]
+
+    def _fold(self, state: SegmentState, carried: np.ndarray, events: Events) -> Fold:
+        """Fold ``events`` (each key's together, in order) onto the open sessions of
+        the ``carried`` codes."""
+        s = state.sessions
+        heads = _events(carried, s.last_ts[carried], s.last_rank[carried],
+                        s.last_position[carried])  # fmt: skip
+        rows = _joined(heads, events)
+        order = np.argsort(rows.code, kind="stable")  # a key's open session first
+        rows = rows.take(order)
+        low, high, start_ms, session_ms = (
+            np.concatenate((carried_values, row_values))[order]
+            for carried_values, row_values in (
+                (s.low[carried], events.position),
+                (s.high[carried], events.position),
+                (s.start_ms[carried], events.ts),
+                (s.session_ms[carried], events.ts),
+            )
+        )
+        is_carried = order < len(carried)
+        code, ts, rank, position = rows
+        first = np.ones(len(ts), bool)
+        first[1:] = code[1:] != code[:-1]
+        last = np.ones(len(ts), bool)
+        last[:-1] = first[1:]
+        elapsed = np.diff(ts, prepend=0)
+        opens = first | (elapsed > self.gap_ms)
+        drift = np.diff(position, prepend=0.0) - elapsed / 1000
+        joins = (~opens & (np.roll(rank, 1) < PAUSE) & (rank != SEEK)
+                 & (np.abs(drift) <= self.gap_s))  # fmt: skip
+        kept = np.flatnonzero(joins | (rank < PAUSE))  # joined, or starting a segment
+        starts = np.flatnonzero(~joins[kept])
+        heads_at, tails_at = kept[starts], np.append(kept[starts[1:] - 1], kept[-1:])
+        session_of = np.cumsum(opens) - 1
+        session_starts = np.flatnonzero(opens)
+        reduce = len(starts) > 0
+        return Fold(
+            rows,
+            last,
+            session_of[heads_at],
+            code[heads_at],
+            np.minimum.reduceat(low[kept], starts) if reduce else low[:0],
+            np.maximum.reduceat(high[kept], starts) if reduce else high[:0],
+            start_ms[heads_at],
+            ts[tails_at[: len(starts)]],
+            last[tails_at[: len(starts)]] & (rank[tails_at[: len(starts)]] < PAUSE),
+            code[session_starts],
+            session_ms[session_starts],
+            np.append(session_starts[1:] - 1, len(ts) - 1)[: len(session_starts)],
+            is_carried[session_starts],
+        )
+
+    def _fold_released(
+        self, state: SegmentState, released: Events, watermark: int, rows: Rows
+    ) -> np.ndarray:
+        """Fold the events the watermark has passed into the open sessions and close
+        the sessions that ended. Returns the codes of the keys with a session closed."""
+        s, done = state.sessions, state.done
+        codes = np.unique(released.code)
+        fold = self._fold(state, codes[s.open[codes]], released)
+        code, ts, rank, position = fold.rows
+        stays = fold.last[fold.session_end]  # its key's last session: it stays open
+        ended, end = np.flatnonzero(~stays), fold.session_end
+        has_length = fold.high > fold.low
+        segments: dict[int, list[Segment]] = {}
+        for session, _, segment in fold.segments(has_length & ~stays[fold.segment_session]):
+            segments.setdefault(session, []).append(segment)
+        closing = [
+            (code, session_ms, [*(done.pop(code, []) if carried else ()), *segments.get(i, ())],
+             position, ts)
+            for i, code, session_ms, carried, position, ts in zip(
+                ended.tolist(), fold.session_code[ended].tolist(),
+                fold.session_ms[ended].tolist(), fold.carried[ended].tolist(),
+                position[end[ended]].tolist(), ts[end[ended]].tolist(), strict=True)
+        ]  # fmt: skip
+        for _, code, segment in fold.segments(
+            has_length & stays[fold.segment_session] & ~fold.current
+        ):
+            done.setdefault(code, []).append(segment)
+        staying, end = fold.session_code[stays], end[stays]
+        s.open[staying] = True
+        s.session_ms[staying] = fold.session_ms[stays]
+        s.last_ts[staying], s.last_position[staying] = ts[end], position[end]
+        s.last_rank[staying] = np.minimum(rank[end], _NO_CURRENT)
+        current = np.flatnonzero(fold.current)
+        going_on = fold.segment_code[current]
+        s.low[going_on], s.high[going_on] = fold.low[current], fold.high[current]
+        s.start_ms[going_on] = fold.start_ms[current]
+
+        idle = np.flatnonzero(s.open & (s.last_ts + self.gap_ms < watermark))
+        s.open[idle] = False
+        for code, session_ms, ts, rank, position, low, high, start_ms in zip(
+            idle.tolist(), *(column[idle].tolist() for column in s[1:8]), strict=True
+        ):
+            segments_of = done.pop(code, [])
+            if rank < PAUSE and high > low:
+                segments_of.append([low, high, start_ms, ts])
+            closing.append((code, session_ms, segments_of, position, ts))
+        for code, session_ms, segments_of, position, ts in closing:
+            self._closed(state.keys[code], session_ms, segments_of, position, ts, rows)
+        return np.array([code for code, *_ in closing], np.int64)
+
+    def _closed(
+        self, key: str, session_ms: int, segments: list[Segment], position: float, ts: int,
+        rows: Rows,
+    ) -> None:  # fmt: skip
+        """Add the rows of a session that has ended for good."""
+        user_id, video_id = key_ids(key)
+        rows.setdefault(SEGMENTS.name, []).extend(
+            (user_id, video_id, session_ms, number, *segment)
+            for number, segment in enumerate(segments)
+        )
+        rows.setdefault(PROGRESS.name, []).append((user_id, video_id, position, ts, "[]"))
+        report_rows(user_id, video_id, segments, self.videos.data, self.slots.data, rows)
+
+    def _view(self, state: SegmentState, codes: np.ndarray, rows: Rows) -> None:
+        """Add the progress rows of the keys of ``codes``: their provisional sessions,
+        the open one folded on over their pending events."""
+        if not len(codes):
+            return
+        viewed = np.zeros(len(state.keys), bool)
+        viewed[codes] = True
+        pending = state.pending
+        fold = self._fold(state, codes[state.sessions.open[codes]],
+                          pending.take(viewed[pending.code]))  # fmt: skip
+        segments: dict[int, list[list[float]]] = {}
+        for _, code, segment in fold.segments(fold.high > fold.low):
+            segments.setdefault(code, []).append(segment[:2])
+        done, keys, encode = state.done, state.keys, self._json.encode
+        ends = fold.rows.take(fold.last)
+        progress = rows.setdefault(PROGRESS.name, [])
+        for code, ts, position in zip(
+            ends.code.tolist(), ends.ts.tolist(), ends.position.tolist(), strict=True
+        ):
+            open_segments = [s[:2] for s in done.get(code, ())] + segments.get(code, [])
+            progress.append((*key_ids(keys[code]), position, ts, encode(open_segments).decode()))
+
+    def encode(self, state: SegmentState) -> bytes:
+        return b""  # all of it is keyed
+
+    def changed_keys(self, state: SegmentState) -> dict[str, bytes | None]:
+        """The changed keys as `SessionWindows` encodes them: (session, its last event
+        time, pending events), the session as [start ms, closed segments, current
+        segment or None, last event time, last position]."""
+        s, pending = state.sessions, state.pending
+        codes = np.flatnonzero(s.changed)
+        of_changed = pending.take(s.changed[pending.code])
+        s.changed[codes] = False
+        of_changed = of_changed.take(np.argsort(of_changed.code, kind="stable"))
+        bounds = [*np.searchsorted(of_changed.code, codes).tolist(), len(of_changed.code)]
+        items = list(zip(*(column.tolist() for column in of_changed[1:]), strict=True))
+        keys, done, encode = state.keys, state.done, self._msgpack.encode
+        changed: dict[str, bytes | None] = {}
+        for i, (code, live, is_open, session_ms, last_ts, rank, position, low, high, start_ms) in (
+            enumerate(zip(codes.tolist(), state.live()[codes].tolist(),
+                          *(column[codes].tolist() for column in s[:8]), strict=True))
+        ):  # fmt: skip
+            if not live:
+                changed[keys[code]] = None
+                continue
+            acc = None
+            if is_open:
+                current = [low, high, start_ms, last_ts] if rank < PAUSE else None
+                acc = [session_ms, done.get(code, []), current, last_ts, position]
+            changed[keys[code]] = encode((acc, last_ts, items[bounds[i] : bounds[i + 1]]))
+        state.compact()
+        return changed
+
+    def decode(self, data: bytes, keys: Mapping[str, bytes]) -> SegmentState:
+        """The state from its keys; ``data``, if any, is a whole-state snapshot of an
+        earlier version, whose keys are then all written with the next commit."""
+        restored = self._snapshot_decoder.decode(data) if data else {}
+        changed = list(restored)
+        restored.update((key, self._key_decoder.decode(value)) for key, value in keys.items())
+        state = SegmentState()
+        codes = state.code_all(list(restored)).tolist()
+        s = state.sessions
+        for code, key_state in zip(codes, restored.values(), strict=True):
+            if key_state.acc is None:
+                continue
+            session_ms, done, current, last_ts, position = key_state.acc
+            if done:
+                state.done[code] = done
+            low, high, start_ms = current[:3] if current else (0.0, 0.0, 0)
+            rank = KIND_RANK["heartbeat"] if current else _NO_CURRENT
+            values = (True, session_ms, last_ts, rank, position, low, high, start_ms)
+            for column, value in zip(s[:8], values, strict=True):
+                column[code] = value
+        items = [
+            (code, *item)
+            for code, key_state in zip(codes, restored.values(), strict=True)
+            for item in key_state.pending
+        ]
+        if items:
+            state.pending = _events(*zip(*items, strict=True))
+        s.changed[state.code_all(changed)] = True
+        return state

@@ -1,0 +1,135 @@
+"""The video app's columnar session operator: every table it writes equals what the
+library's `SessionWindows` writes with the same rules as a fold (`segment_fold`),
+whatever the batches, lateness and restarts; its state is written key by key in the
+format `SessionWindows` writes, and read back from it."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from segment_fold import with_session_windows
+
+from kappaflow.app import App, Batch
+from kappaflow.apps.video import create_app
+from kappaflow.apps.video_catalog import AD_SLOTS, VIDEOS
+from kappaflow.apps.video_segments import KEY_SEPARATOR, Heartbeat
+from kappaflow.apps.video_sim import simulate, simulated_catalog
+from kappaflow.settings import Settings
+from kappaflow.store.base import Store
+from kappaflow.testing import run_events
+
+GAP_S = 10.0
+
+
+def everything(app: App, store: Store) -> dict[str, list[tuple]]:
+    """Every row of the app's tables, and its dead letters' offsets and reasons."""
+    found = {
+        table.name: store.query(f"SELECT * FROM {table.name} ORDER BY {', '.join(table.key)}")
+        for table in app.tables
+    }
+    found["dead letters"] = sorted(
+        (offset, reason) for _, offset, reason, _ in store.dead_letters("video.heartbeats")
+    )
+    return found
+
+
+def catalog(seed: int) -> dict[str, list[tuple]]:
+    found = simulated_catalog(seed)
+    return {
+        VIDEOS.name: [(v.video_id, v.title, v.duration_s, v.license_holder,
+                       v.royalty_rate_per_minute) for v in found.videos],
+        AD_SLOTS.name: [(s.video_id, s.position_s, s.advertiser, s.campaign)
+                        for s in found.ad_slots],
+    }  # fmt: skip
+
+
+@hypothesis_settings(max_examples=25, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(
+    seed=st.integers(0, 10_000),
+    viewers=st.integers(1, 12),
+    jitter_ms=st.sampled_from([0, 3_000, 12_000]),
+    lateness_s=st.sampled_from([0, 5, 30]),
+    batch=st.sampled_from([1, 7, 50, 500]),
+    restarts=st.integers(0, 2),
+    close=st.booleans(),
+)
+def test_every_table_equals_what_session_windows_writes(
+    settings: Settings, seed, viewers, jitter_ms, lateness_s, batch, restarts, close
+) -> None:
+    workload = simulate(800, viewers=viewers, seed=seed, jitter_ms=jitter_ms, duplicates=0.03)
+    tricky = [Heartbeat(f"u{KEY_SEPARATOR}", "v", t / 1000, t) for t in range(0, 30_000, 5_000)]
+    found = []
+    for side, fold in (("columns", False), ("fold", True)):
+        data_dir = f"{settings.data_dir}-{seed}-{viewers}-{jitter_ms}-{lateness_s}-{batch}-{side}"
+        run = settings.replace(data_dir=data_dir, partitions=2, batch_max_events=batch,
+                               allowed_lateness_s=lateness_s, session_gap_s=GAP_S)  # fmt: skip
+        app = with_session_windows(create_app(run), GAP_S) if fold else create_app(run)
+        store = run_events(app, [*workload.events, *tricky], run, restarts=restarts, seed=seed,
+                           reference=catalog(seed), close=close)  # fmt: skip
+        found.append(everything(app, store))
+        store.close()
+    assert found[0] == found[1]
+    assert found[0]["video_segments"]
+
+
+def open_two(settings: Settings):
+    processor = create_app(settings).processors["heartbeats"]
+    events = [Heartbeat("a", "v", 0.0, 1_000, "play"), Heartbeat("b", "v", 0.0, 1_000, "play"),
+              Heartbeat("a", "v", 5.0, 6_000), Heartbeat("a", "v", 5.0, 6_000)]  # fmt: skip
+    batch = Batch(0, [0, 1, 2, 3], events, [e.ts for e in events], 2_000)
+    output = processor.process(processor.initial_state(), batch)
+    assert output.dead_letters == [(3, "duplicate")]  # the later of two equal events
+    return processor, output.state
+
+
+def test_a_commit_writes_the_changed_keys_and_gone_keys_leave_the_state(
+    settings: Settings,
+) -> None:
+    processor, state = open_two(settings)
+    a, b = f"a{KEY_SEPARATOR}v", f"b{KEY_SEPARATOR}v"
+    assert set(processor.changed_keys(state)) == {a, b}
+    assert processor.changed_keys(state) == {}
+    event = Heartbeat("b", "v", 10.0, 11_000)
+    state = processor.process(state, Batch(0, [4], [event], [event.ts], 2_000)).state
+    assert set(processor.changed_keys(state)) == {b}
+    state = processor.process(state, Batch(0, [], [], [], 100_000)).state
+    assert processor.changed_keys(state) == {a: None, b: None}
+    many = [Heartbeat(f"u{n}", "v", 0.0, 200_000) for n in range(3_000)]
+    batch = Batch(0, [*range(5, 3_005)], many, [e.ts for e in many], 150_000)
+    state = processor.process(state, batch).state
+    processor.changed_keys(state)
+    assert len(state.keys) == 3_002
+    state = processor.process(state, Batch(0, [], [], [], 300_000)).state
+    assert len(processor.changed_keys(state)) == 3_000
+    assert state.keys == [] and state.codes == {} and len(state.pending.ts) == 0
+
+
+def test_state_written_by_session_windows_is_read_back_and_goes_on_alike(
+    settings: Settings,
+) -> None:
+    """Keys persisted by `SessionWindows` (an open session with a closed segment and a
+    current one, pending events) restore into the columnar operator, which then writes
+    what `SessionWindows` writes from there, and persists the same keys."""
+    columns = create_app(settings).processors["heartbeats"]
+    windows = with_session_windows(create_app(settings), GAP_S).processors["heartbeats"]
+    events = [
+        Heartbeat("a", "v", 0.0, 1_000), Heartbeat("a", "v", 5.0, 6_000),
+        Heartbeat("a", "v", 60.0, 8_000, "seek"), Heartbeat("a", "v", 65.0, 13_000),
+        Heartbeat("b", "v", 0.0, 1_000, "pause"), Heartbeat("a", "v", 70.0, 18_000),
+    ]  # fmt: skip
+    state = windows.process(
+        windows.initial_state(), Batch(0, [*range(6)], events, [e.ts for e in events], 15_000)
+    ).state
+    keys = {key: value for key, value in windows.changed_keys(state).items() if value}
+    assert len(keys) == 1  # b's session, a pause alone, closed
+    restored, restored_again = columns.decode(b"", keys), windows.decode(b"", keys)
+    assert columns.changed_keys(columns.decode(b"", keys)) == {}
+    for watermark in (16_000, 19_000, 40_000):
+        expected = windows.process(restored_again, Batch(0, [], [], [], watermark)).rows
+        got = columns.process(restored, Batch(0, [], [], [], watermark)).rows
+        assert {table: sorted(rows) for table, rows in got.items()} == {
+            table: sorted(rows) for table, rows in expected.items()
+        }
+        assert columns.changed_keys(restored) == windows.changed_keys(restored_again)
