@@ -1,7 +1,6 @@
 """Heartbeats -> watched segments on a generated file: kappaflow's log + worker path
 (one process, one core) against batch computations of the same segments: Polars and
-DuckDB (the vectorized limit) and a plain-Python pass over a dict; and a prototype of a
-columnar operator over the same log (`columnar_sessions.py`), which writes nothing.
+DuckDB (the vectorized limit) and a plain-Python pass over a dict.
 
 The file holds simulated viewers (pauses, seeks, abandonment, out-of-order delivery
 within the allowed lateness, 0.5% client retries). Every side must produce the same
@@ -15,7 +14,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ from typing import Any
 import duckdb
 import msgspec
 import polars as pl
-from columnar_sessions import consume_columnar
 from common import Figure, Segments, timed
 from rich.console import Console
 
@@ -39,7 +37,6 @@ from kappaflow.stream.worker import Worker
 EVENTS = 2_900_000  # the simulator stops players at the end: about 2 million heartbeats
 VIEWERS = 5_000
 WORKERS = 2  # one per core, as DuckDB's threads
-COLUMNAR = "columnar prototype"
 console = Console()
 
 
@@ -59,11 +56,6 @@ def run(scale: float) -> list[Figure]:
         console.print(f"{WORKERS} workers: {events / pair_s:,.0f} events/s")
         worker_segments = segments(settings)
         _check_same(worker_segments, segments(pair), f"{WORKERS} workers")
-        columnar, columnar_s = timed(lambda: consume_columnar(settings))
-        console.print(f"log + {COLUMNAR} (no store): {events / columnar_s:,.0f} events/s")
-        _check_same(worker_segments, columnar, COLUMNAR)
-        columnar_pair_s = timed_workers(settings, WORKERS, consume_columnar)
-        console.print(f"{WORKERS} processes: {events / columnar_pair_s:,.0f} events/s")
         baselines = {}
         for name, compute in BASELINES.items():
             batch, seconds = timed(partial(compute, path, settings.session_gap_s))
@@ -82,11 +74,6 @@ def run(scale: float) -> list[Figure]:
                one_thread, baselines[one_thread]),
         *(Figure(f"sessionize baseline: {name}", rate, "events/s", "log+worker+SQLite",
                  worker_rate) for name, rate in baselines.items()),
-        Figure(f"sessionize: {COLUMNAR}, {WORKERS} processes",
-               events / columnar_pair_s, "events/s", f"fastest batch ({fastest})",
-               baselines[fastest]),
-        Figure(f"sessionize: {COLUMNAR}, 1 process", events / columnar_s, "events/s",
-               one_thread, baselines[one_thread]),
     ]  # fmt: skip
 
 
@@ -142,19 +129,14 @@ def consume(settings: Settings, partitions: Sequence[int] | None = None) -> Work
     return worker
 
 
-def timed_workers(
-    settings: Settings, count: int, consumer: Callable[..., object] = consume
-) -> float:
-    """Seconds ``count`` worker processes (``consumer``: the worker, or the columnar
-    prototype), each owning every count-th partition and started before the clock, take
-    to consume the log."""
+def timed_workers(settings: Settings, count: int) -> float:
+    """Seconds ``count`` worker processes, each owning every count-th partition and
+    started before the clock, take to consume the log."""
     context = multiprocessing.get_context("spawn")  # no fork of Polars' and DuckDB's threads
     ready, go = context.Barrier(count + 1), context.Event()
     parts = range(settings.partitions)
     processes = [
-        context.Process(
-            target=_consume_when_told, args=(consumer, settings, parts[i::count], ready, go)
-        )
+        context.Process(target=_consume_when_told, args=(settings, parts[i::count], ready, go))
         for i in range(count)
     ]
     for process in processes:
@@ -169,16 +151,10 @@ def timed_workers(
     return time.perf_counter() - started
 
 
-def _consume_when_told(
-    consumer: Callable[..., object],
-    settings: Settings,
-    partitions: Sequence[int],
-    ready: Any,
-    go: Any,
-) -> None:
+def _consume_when_told(settings: Settings, partitions: Sequence[int], ready: Any, go: Any) -> None:
     ready.wait()
     go.wait()
-    consumer(settings, partitions)
+    consume(settings, partitions)
 
 
 def process(settings: Settings) -> Segments:
