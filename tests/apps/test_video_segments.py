@@ -5,6 +5,7 @@ format `SessionWindows` writes, and read back from it."""
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -103,7 +104,21 @@ def test_a_commit_writes_the_changed_keys_and_gone_keys_leave_the_state(
     assert len(state.keys) == 3_002
     state = processor.process(state, Batch(0, [], [], [], 300_000)).state
     assert len(processor.changed_keys(state)) == 3_000
-    assert state.keys == [] and state.codes == {} and len(state.pending.ts) == 0
+    assert state.keys == [] and state.codes == {} and state.used == 0
+
+
+def test_a_key_written_again_and_again_leaves_the_arena_small(settings: Settings) -> None:
+    """Each batch writes the key's pending events anew at the arena's end; the arena is
+    rewritten without the rows left behind before it outgrows twice what is pending."""
+    processor = create_app(settings).processors["heartbeats"]
+    state = processor.initial_state()
+    for n in range(2_000):
+        event = Heartbeat("a", "v", n * 5.0, n * 5_000)
+        batch = Batch(0, [n], [event], [event.ts], n * 5_000 - 30_000)
+        state = processor.process(state, batch).state
+        assert state.used <= 2 * 8 + 1_024 and len(state.arena.ts) <= 2 * (8 + 1) + 1_024
+    pending = state.pending_of(np.array([0]))
+    assert pending.ts.tolist() == [n * 5_000 for n in range(1_993, 2_000)]
 
 
 def test_state_written_by_session_windows_is_read_back_and_goes_on_alike(

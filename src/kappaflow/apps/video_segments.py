@@ -129,13 +129,17 @@ def _events(code: Any, ts: Any, rank: Any, position: Any) -> Events:
     )
 
 
+_NONE = ((), (), (), ())
+
+
 def _joined(*parts: Events) -> Events:
     return Events(*map(np.concatenate, zip(*parts, strict=True)))
 
 
 class Sessions(NamedTuple):
     """Per key code: its open session (``open``) with its start, its last event and
-    its current segment (lowest and highest position, first event time), and whether
+    its current segment (lowest and highest position, first event time); where its
+    pending events are in the arena, how many, and the time of the first; and whether
     the key changed since the state was last persisted."""
 
     open: np.ndarray
@@ -146,12 +150,15 @@ class Sessions(NamedTuple):
     low: np.ndarray
     high: np.ndarray
     start_ms: np.ndarray
+    at: np.ndarray
+    pending: np.ndarray
+    first_ms: np.ndarray
     changed: np.ndarray
 
     @classmethod
     def of_size(cls, size: int) -> Sessions:
-        types = (bool, np.int64, np.int64, np.int8, np.float64, np.float64, np.float64,
-                 np.int64, bool)  # fmt: skip
+        i8, f8 = np.int64, np.float64
+        types = (bool, i8, i8, np.int8, f8, f8, f8, i8, i8, i8, i8, bool)
         return cls(*(np.zeros(size, t) for t in types))
 
     def take(self, selected: np.ndarray) -> Sessions:
@@ -160,15 +167,19 @@ class Sessions(NamedTuple):
 
 class SegmentState:
     """One partition's sessions: a code per key (`keys`, `codes`), the `sessions` by
-    code, the segments each open session has closed (`done`, by code) and the events
-    the watermark has not passed (`pending`): each key's together, in order."""
+    code, the segments each open session has closed (`done`, by code), and the events
+    the watermark has not passed, each key's in order in the `arena`. A batch costs what
+    it touches: a key's events, when they change, are written anew at the arena's end,
+    and the arena is rewritten without the rows left behind when it is full."""
 
     def __init__(self) -> None:
         self.keys: list[str] = []
         self.codes: dict[str, int] = {}
         self.sessions = Sessions.of_size(0)
         self.done: dict[int, list[Segment]] = {}
-        self.pending = _events((), (), (), ())
+        self.arena = _events(*_NONE)
+        self.used = 0
+        """Rows of the arena written."""
 
     def code_all(self, keys: list[str]) -> np.ndarray:
         """The codes of ``keys``, new keys given new codes."""
@@ -184,25 +195,63 @@ class SegmentState:
                 self.sessions = grown
         return np.fromiter(map(self.codes.__getitem__, keys), np.int64, len(keys))
 
-    def live(self) -> np.ndarray:
-        """Whether each code's key has an open session or pending events."""
-        live = self.sessions.open[: len(self.keys)].copy()
-        live[self.pending.code] = True
-        return live
+    def live(self, codes: np.ndarray) -> np.ndarray:
+        """Whether each of ``codes`` has an open session or pending events."""
+        return self.sessions.open[codes] | (self.sessions.pending[codes] > 0)
+
+    def due(self, watermark: int) -> np.ndarray:
+        """The codes with pending events below ``watermark``."""
+        s, known = self.sessions, len(self.keys)
+        return np.flatnonzero((s.pending[:known] > 0) & (s.first_ms[:known] < watermark))
+
+    def pending_of(self, codes: np.ndarray) -> Events:
+        """The pending events of ``codes`` (sorted), in code order."""
+        counts = self.sessions.pending[codes]
+        ends = np.cumsum(counts)
+        firsts = np.repeat(self.sessions.at[codes] - ends + counts, counts)
+        return self.arena.take(firsts + np.arange(len(firsts)))
+
+    def set_pending(self, codes: np.ndarray, events: Events) -> None:
+        """Make ``events`` (sorted by code, each key's in order) the pending events of
+        ``codes`` (sorted): those of each code that has any."""
+        s, written = self.sessions, len(events.ts)
+        s.pending[codes] = 0
+        if self.used + written > len(self.arena.ts):
+            self._rewrite(2 * (int(s.pending.sum()) + written) + 1024)
+        firsts = np.searchsorted(events.code, codes)
+        counts = np.diff(firsts, append=written)
+        s.at[codes], s.pending[codes] = self.used + firsts, counts
+        having = counts > 0
+        s.first_ms[codes[having]] = events.ts[firsts[having]]
+        for column, values in zip(self.arena, events, strict=True):
+            column[self.used : self.used + written] = values
+        self.used += written
+
+    def _rewrite(self, size: int) -> None:
+        """The arena anew, of ``size`` rows, with the pending events only, in code order."""
+        codes = np.flatnonzero(self.sessions.pending[: len(self.keys)])
+        events = self.pending_of(codes)
+        counts = self.sessions.pending[codes]
+        self.arena = Events(*(np.zeros(size, column.dtype) for column in events))
+        for column, values in zip(self.arena, events, strict=True):
+            column[: len(values)] = values
+        self.sessions.at[codes] = np.cumsum(counts) - counts
+        self.used = len(events.ts)
 
     def compact(self) -> None:
         """Drop the codes of keys that are gone, when they outnumber the rest; codes
         must not be marked changed."""
-        live = np.flatnonzero(self.live())
+        live = np.flatnonzero(self.live(np.arange(len(self.keys))))
         if 2 * len(live) + 1024 > len(self.keys):
             return
+        self._rewrite(len(self.arena.ts))  # in code order, so still after renumbering
         renumbered = np.zeros(len(self.keys), np.int64)
         renumbered[live] = np.arange(len(live))
         self.keys = [self.keys[code] for code in live.tolist()]
         self.codes = dict(zip(self.keys, count(), strict=False))
         self.sessions = self.sessions.take(live)
         self.done = {int(renumbered[code]): done for code, done in self.done.items()}
-        self.pending = self.pending._replace(code=renumbered[self.pending.code])
+        self.arena.code[: self.used] = renumbered[self.arena.code[: self.used]]
 
 
 class Fold(NamedTuple):
@@ -239,6 +288,24 @@ class Fold(NamedTuple):
                         strict=True))  # fmt: skip
 
 
+def _merged(
+    pending: Events, new: Events, offsets: np.ndarray
+) -> tuple[Events, np.ndarray, list[tuple[int, str]]]:
+    """``new`` (at ``offsets``) merged into ``pending``, refusing those equal to an
+    event there or earlier in the batch: the events sorted by (code, time, rank,
+    position), the codes of the keys with events taken, and the refused events'
+    (offset, reason)."""
+    merged = _joined(pending, new)
+    offset = np.concatenate((np.full(len(pending.ts), -1), offsets))
+    order = np.lexsort((merged.position, merged.rank, merged.ts, merged.code))  # stable
+    merged, offset = merged.take(order), offset[order]
+    repeated = np.zeros(len(offset), bool)
+    repeated[1:] = np.logical_and.reduce([column[1:] == column[:-1] for column in merged])
+    taken = np.unique(merged.code[~repeated & (offset >= 0)])
+    refused = [(offset, "duplicate") for offset in offset[repeated].tolist()]
+    return merged.take(~repeated), taken, refused
+
+
 class WatchedSegments:
     """The video app's `Processor`: heartbeats to watched segments and progress, and
     the royalty and impression rows of each closed session."""
@@ -270,38 +337,18 @@ class WatchedSegments:
             np.fromiter(map(KIND_RANK.__getitem__, map(_KIND, events)), np.int8, n),
             np.fromiter(map(_POSITION, events), np.float64, n),
         )
-        touched, duplicates = self._merge(state, new, np.array(batch.offsets, np.int64))
+        work = np.union1d(new.code, state.due(watermark))  # the keys whose events move
+        merged, taken, duplicates = _merged(
+            state.pending_of(work), new, np.array(batch.offsets, np.int64)
+        )
+        released = merged.ts < watermark
+        state.set_pending(work, merged.take(~released))
         rows: Rows = {}
-        pending = state.pending
-        released = pending.ts < watermark
-        state.pending = pending.take(~released)
-        closed = self._fold_released(state, pending.take(released), watermark, rows)
-        changed = np.zeros(len(state.keys), bool)
-        changed[touched] = True
-        changed[closed] = True
-        state.sessions.changed[: len(changed)] |= changed
-        self._view(state, np.flatnonzero(changed & state.live()), rows)
+        closed = self._fold_released(state, merged.take(released), watermark, rows)
+        changed = np.union1d(taken, closed)
+        state.sessions.changed[changed] = True
+        self._view(state, changed[state.live(changed)], rows)
         return Output(state, rows, duplicates)
-
-    def _merge(
-        self, state: SegmentState, new: Events, offsets: np.ndarray
-    ) -> tuple[np.ndarray, list[tuple[int, str]]]:
-        """Merge ``new`` into the pending events, refusing those equal to one there or
-        earlier in the batch. Returns the codes of the keys with events taken, and the
-        refused events' (offset, reason)."""
-        pending = state.pending
-        touched = np.zeros(len(state.keys), bool)
-        touched[new.code] = True
-        of_touched = touched[pending.code]
-        merged = _joined(pending.take(of_touched), new)
-        offset = np.concatenate((np.full(np.count_nonzero(of_touched), -1), offsets))
-        order = np.lexsort((merged.position, merged.rank, merged.ts, merged.code))  # stable
-        merged, offset = merged.take(order), offset[order]
-        repeated = np.zeros(len(offset), bool)
-        repeated[1:] = np.logical_and.reduce([column[1:] == column[:-1] for column in merged])
-        state.pending = _joined(pending.take(~of_touched), merged.take(~repeated))
-        taken = np.unique(merged.code[~repeated & (offset >= 0)])
-        return taken, [(offset, "duplicate") for offset in offset[repeated].tolist()]
 
     def _fold(self, state: SegmentState, carried: np.ndarray, events: Events) -> Fold:
         """Fold ``events`` (each key's together, in order) onto the open sessions of
@@ -422,11 +469,7 @@ class WatchedSegments:
         the open one folded on over their pending events."""
         if not len(codes):
             return
-        viewed = np.zeros(len(state.keys), bool)
-        viewed[codes] = True
-        pending = state.pending
-        fold = self._fold(state, codes[state.sessions.open[codes]],
-                          pending.take(viewed[pending.code]))  # fmt: skip
+        fold = self._fold(state, codes[state.sessions.open[codes]], state.pending_of(codes))
         segments: dict[int, list[list[float]]] = {}
         for _, code, segment in fold.segments(fold.high > fold.low):
             segments.setdefault(code, []).append(segment[:2])
@@ -446,17 +489,16 @@ class WatchedSegments:
         """The changed keys as `SessionWindows` encodes them: (session, its last event
         time, pending events), the session as [start ms, closed segments, current
         segment or None, last event time, last position]."""
-        s, pending = state.sessions, state.pending
+        s = state.sessions
         codes = np.flatnonzero(s.changed)
-        of_changed = pending.take(s.changed[pending.code])
         s.changed[codes] = False
-        of_changed = of_changed.take(np.argsort(of_changed.code, kind="stable"))
-        bounds = [*np.searchsorted(of_changed.code, codes).tolist(), len(of_changed.code)]
-        items = list(zip(*(column.tolist() for column in of_changed[1:]), strict=True))
+        bounds = [0, *np.cumsum(s.pending[codes]).tolist()]
+        items = list(zip(*(column.tolist() for column in state.pending_of(codes)[1:]),
+                         strict=True))  # fmt: skip
         keys, done, encode = state.keys, state.done, self._msgpack.encode
         changed: dict[str, bytes | None] = {}
         for i, (code, live, is_open, session_ms, last_ts, rank, position, low, high, start_ms) in (
-            enumerate(zip(codes.tolist(), state.live()[codes].tolist(),
+            enumerate(zip(codes.tolist(), state.live(codes).tolist(),
                           *(column[codes].tolist() for column in s[:8]), strict=True))
         ):  # fmt: skip
             if not live:
@@ -495,7 +537,7 @@ class WatchedSegments:
             for code, key_state in zip(codes, restored.values(), strict=True)
             for item in key_state.pending
         ]
-        if items:
-            state.pending = _events(*zip(*items, strict=True))
+        columns = list(zip(*items, strict=True)) or _NONE
+        state.set_pending(np.arange(len(codes)), _events(*columns))
         s.changed[state.code_all(changed)] = True
         return state
