@@ -180,6 +180,8 @@ class SegmentState:
         self.arena = _events(*_NONE)
         self.used = 0
         """Rows of the arena written."""
+        self.gone = 0
+        """Codes whose keys have gone since the codes were last compacted, or more."""
 
     def code_all(self, keys: list[str]) -> np.ndarray:
         """The codes of ``keys``, new keys given new codes."""
@@ -241,9 +243,13 @@ class SegmentState:
     def compact(self) -> None:
         """Drop the codes of keys that are gone, when they outnumber the rest; codes
         must not be marked changed."""
+        if 2 * (len(self.keys) - self.gone) + 1024 > len(self.keys):
+            return
         live = np.flatnonzero(self.live(np.arange(len(self.keys))))
+        self.gone = len(self.keys) - len(live)  # some came back
         if 2 * len(live) + 1024 > len(self.keys):
             return
+        self.gone = 0
         self._rewrite(len(self.arena.ts))  # in code order, so still after renumbering
         renumbered = np.zeros(len(self.keys), np.int64)
         renumbered[live] = np.arange(len(live))
@@ -279,13 +285,10 @@ class Fold(NamedTuple):
 
     def segments(self, selected: np.ndarray) -> list[tuple[int, int, Segment]]:
         """(session, code, segment) of the ``selected`` segments."""
+        columns = (self.low, self.high, self.start_ms, self.end_ms)
+        segments = map(list, zip(*(column[selected].tolist() for column in columns), strict=True))
         return list(zip(self.segment_session[selected].tolist(),
-                        self.segment_code[selected].tolist(),
-                        [list(s) for s in zip(self.low[selected].tolist(),
-                                              self.high[selected].tolist(),
-                                              self.start_ms[selected].tolist(),
-                                              self.end_ms[selected].tolist(), strict=True)],
-                        strict=True))  # fmt: skip
+                        self.segment_code[selected].tolist(), segments, strict=True))  # fmt: skip
 
 
 def _merged(
@@ -471,8 +474,10 @@ class WatchedSegments:
             return
         fold = self._fold(state, codes[state.sessions.open[codes]], state.pending_of(codes))
         segments: dict[int, list[list[float]]] = {}
-        for _, code, segment in fold.segments(fold.high > fold.low):
-            segments.setdefault(code, []).append(segment[:2])
+        kept = fold.high > fold.low
+        for code, low, high in zip(fold.segment_code[kept].tolist(), fold.low[kept].tolist(),
+                                   fold.high[kept].tolist(), strict=True):  # fmt: skip
+            segments.setdefault(code, []).append([low, high])
         done, keys, encode = state.done, state.keys, self._json.encode
         ends = fold.rows.take(fold.last)
         progress = rows.setdefault(PROGRESS.name, [])
@@ -503,6 +508,7 @@ class WatchedSegments:
         ):  # fmt: skip
             if not live:
                 changed[keys[code]] = None
+                state.gone += 1
                 continue
             acc = None
             if is_open:
