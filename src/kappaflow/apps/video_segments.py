@@ -305,7 +305,7 @@ def _merged(
     repeated = np.zeros(len(offset), bool)
     repeated[1:] = np.logical_and.reduce([column[1:] == column[:-1] for column in merged])
     taken = np.unique(merged.code[~repeated & (offset >= 0)])
-    refused = [(offset, "duplicate") for offset in offset[repeated].tolist()]
+    refused = [(at, "duplicate") for at in offset[repeated].tolist()]
     return merged.take(~repeated), taken, refused
 
 
@@ -357,9 +357,9 @@ class WatchedSegments:
         """Fold ``events`` (each key's together, in order) onto the open sessions of
         the ``carried`` codes."""
         s = state.sessions
-        heads = _events(carried, s.last_ts[carried], s.last_rank[carried],
-                        s.last_position[carried])  # fmt: skip
-        rows = _joined(heads, events)
+        sessions = _events(carried, s.last_ts[carried], s.last_rank[carried],
+                           s.last_position[carried])  # fmt: skip
+        rows = _joined(sessions, events)
         order = np.argsort(rows.code, kind="stable")  # a key's open session first
         rows = rows.take(order)
         low, high, start_ms, session_ms = (
@@ -396,8 +396,8 @@ class WatchedSegments:
             np.minimum.reduceat(low[kept], starts) if reduce else low[:0],
             np.maximum.reduceat(high[kept], starts) if reduce else high[:0],
             start_ms[heads_at],
-            ts[tails_at[: len(starts)]],
-            last[tails_at[: len(starts)]] & (rank[tails_at[: len(starts)]] < PAUSE),
+            ts[tails_at],
+            last[tails_at] & (rank[tails_at] < PAUSE),
             code[session_starts],
             session_ms[session_starts],
             np.append(session_starts[1:] - 1, len(ts) - 1)[: len(session_starts)],
