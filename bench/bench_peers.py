@@ -31,7 +31,7 @@ from bytewax.testing import TestingSink, run_main
 from common import Figure, Segments, timed
 from rich.console import Console
 
-from kappaflow.apps.video_segments import KEY_SEPARATOR, KIND_RANK
+from kappaflow.apps.video_events import KEY_SEPARATOR, KIND_RANK
 from kappaflow.settings import Settings
 
 HERE = Path(__file__).resolve().parent

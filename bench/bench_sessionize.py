@@ -26,7 +26,7 @@ from common import Figure, Segments, timed
 from rich.console import Console
 
 from kappaflow.apps.video import create_app
-from kappaflow.apps.video_segments import KIND_RANK, PAUSE, SEEK, Heartbeat
+from kappaflow.apps.video_events import KIND_RANK, PAUSE, SEEK, Heartbeat
 from kappaflow.apps.video_sim import simulate
 from kappaflow.ingest.appender import Appender
 from kappaflow.log import open_log

@@ -11,8 +11,7 @@ import msgspec
 
 from kappaflow.app import App, Lookup
 from kappaflow.apps.video_catalog import Licence, Slots
-from kappaflow.apps.video_reports import report_rows
-from kappaflow.apps.video_segments import (
+from kappaflow.apps.video_events import (
     KEY_SEPARATOR,
     KIND_RANK,
     PAUSE,
@@ -23,6 +22,7 @@ from kappaflow.apps.video_segments import (
     key_ids,
     session_key,
 )
+from kappaflow.apps.video_reports import report_rows
 from kappaflow.stream.sessions import Rows, SessionWindows
 
 # start_ms, end_ms]: the positions covered and the event times of the first and last

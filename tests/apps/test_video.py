@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from segment_fold import SegmentFold
 
 from kappaflow.apps.video import Heartbeat, Progress, all_progress, create_app
-from kappaflow.apps.video_segments import KIND_RANK
+from kappaflow.apps.video_events import KIND_RANK
 from kappaflow.settings import Settings
 from kappaflow.testing import run_events
 

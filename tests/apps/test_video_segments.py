@@ -14,7 +14,7 @@ from segment_fold import with_session_windows
 from kappaflow.app import App, Batch
 from kappaflow.apps.video import create_app
 from kappaflow.apps.video_catalog import AD_SLOTS, VIDEOS
-from kappaflow.apps.video_segments import KEY_SEPARATOR, Heartbeat
+from kappaflow.apps.video_events import KEY_SEPARATOR, Heartbeat
 from kappaflow.apps.video_sim import simulate, simulated_catalog
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store

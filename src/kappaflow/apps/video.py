@@ -16,8 +16,9 @@ import msgspec
 
 from kappaflow.app import App, Lookup, Query, Stream, Upload
 from kappaflow.apps.video_catalog import AD_SLOTS, VIDEOS, index_slots, index_videos, upload
+from kappaflow.apps.video_events import PROGRESS, SEGMENTS, Heartbeat
 from kappaflow.apps.video_reports import REPORT_QUERIES, REPORT_TABLES
-from kappaflow.apps.video_segments import PROGRESS, SEGMENTS, Heartbeat, WatchedSegments
+from kappaflow.apps.video_segments import WatchedSegments
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
 

@@ -27,79 +27,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 from itertools import count
 from operator import attrgetter
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
-from msgspec import Meta
 
 from kappaflow.app import Batch, Lookup, Output
 from kappaflow.apps.video_catalog import Licence, Slots
+from kappaflow.apps.video_events import (
+    KEY_SEPARATOR,
+    KIND_RANK,
+    PAUSE,
+    PROGRESS,
+    SEEK,
+    SEGMENTS,
+    key_ids,
+    session_key,
+)
 from kappaflow.apps.video_reports import report_rows
-from kappaflow.events import EventTime, Identifier
-from kappaflow.store.base import Table
 from kappaflow.stream.sessions import KeyState, Rows
-
-Kind = Literal["heartbeat", "play", "pause", "seek", "stop"]
-# Tie-break between events of one key at the same millisecond; pause and stop rank last.
-KIND_RANK = {"play": 0, "seek": 1, "heartbeat": 2, "pause": 3, "stop": 4}
-SEEK, PAUSE = KIND_RANK["seek"], KIND_RANK["pause"]
-KEY_SEPARATOR = "\x1f"
-
-
-class Heartbeat(msgspec.Struct, omit_defaults=True, gc=False):
-    user_id: Identifier
-    video_id: Identifier
-    position_s: Annotated[float, Meta(ge=0)]
-    ts: EventTime
-    kind: Kind = "heartbeat"
-    event_id: str | None = None
-
-
-SEGMENTS = Table(
-    "video_segments",
-    columns=(
-        ("user_id", "TEXT"),
-        ("video_id", "TEXT"),
-        ("session_ms", "INTEGER"),
-        ("segment_no", "INTEGER"),
-        ("start_s", "REAL"),
-        ("end_s", "REAL"),
-        ("start_ms", "INTEGER"),
-        ("end_ms", "INTEGER"),
-    ),
-    key=("user_id", "video_id", "session_ms", "segment_no"),
-)
-PROGRESS = Table(
-    "video_progress",
-    columns=(
-        ("user_id", "TEXT"),
-        ("video_id", "TEXT"),
-        ("resume_position_s", "REAL"),
-        ("last_event_ms", "INTEGER"),
-        ("open_segments", "TEXT"),
-    ),
-    key=("user_id", "video_id"),
-)
-
-
-def session_key(event: Heartbeat) -> str:
-    """The key of the event's (user, video): the two joined by ``KEY_SEPARATOR``, or,
-    when either holds that character, the separator then the pair as JSON."""
-    user_id, video_id = event.user_id, event.video_id
-    if KEY_SEPARATOR in user_id or KEY_SEPARATOR in video_id:
-        return KEY_SEPARATOR + msgspec.json.encode([user_id, video_id]).decode()
-    return f"{user_id}{KEY_SEPARATOR}{video_id}"
-
-
-def key_ids(key: str) -> tuple[str, str]:
-    """The (user, video) of a `session_key`."""
-    if key.startswith(KEY_SEPARATOR):
-        user_id, video_id = msgspec.json.decode(key[1:], type=tuple[str, str])
-    else:
-        user_id, video_id = key.split(KEY_SEPARATOR)
-    return user_id, video_id
-
 
 # A segment: [start_s, end_s, start_ms, end_ms], the positions covered and the event
 # times of its first and last heartbeat.
