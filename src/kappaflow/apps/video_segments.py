@@ -45,7 +45,7 @@ from kappaflow.apps.video_events import (
     session_key,
 )
 from kappaflow.apps.video_reports import report_rows
-from kappaflow.stream.sessions import KeyState, Rows
+from kappaflow.stream.sessions import Rows, restored_keys
 
 # A segment: [start_s, end_s, start_ms, end_ms], the positions covered and the event
 # times of its first and last heartbeat.
@@ -267,8 +267,6 @@ class WatchedSegments:
         self.slots = slots
         self._json = msgspec.json.Encoder()
         self._msgpack = msgspec.msgpack.Encoder()
-        self._key_decoder = msgspec.msgpack.Decoder(KeyState)
-        self._snapshot_decoder = msgspec.msgpack.Decoder(dict[str, KeyState])
 
     def initial_state(self) -> SegmentState:
         return SegmentState()
@@ -467,9 +465,7 @@ class WatchedSegments:
     def decode(self, data: bytes, keys: Mapping[str, bytes]) -> SegmentState:
         """The state from its keys; ``data``, if any, is a whole-state snapshot of an
         earlier version, whose keys are then all written with the next commit."""
-        restored = self._snapshot_decoder.decode(data) if data else {}
-        changed = list(restored)
-        restored.update((key, self._key_decoder.decode(value)) for key, value in keys.items())
+        restored, changed = restored_keys(data, keys)
         state = SegmentState()
         codes = state.code_all(list(restored)).tolist()
         s = state.sessions
@@ -491,5 +487,5 @@ class WatchedSegments:
         ]
         columns = list(zip(*items, strict=True)) or _NONE
         state.set_pending(np.arange(len(codes)), _events(*columns))
-        s.changed[state.code_all(changed)] = True
+        s.changed[state.code_all(list(changed))] = True
         return state

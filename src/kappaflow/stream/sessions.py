@@ -142,14 +142,25 @@ def _due(state: KeyState, gap_ms: int) -> int:
     return pending[0][0] + gap_ms + 1 if pending else _NEVER
 
 
+_KEY_DECODER = msgspec.msgpack.Decoder(KeyState)
+_SNAPSHOT_DECODER = msgspec.msgpack.Decoder(dict[str, KeyState])
+
+
+def restored_keys(data: bytes, keys: Mapping[str, bytes]) -> tuple[dict[str, KeyState], set[str]]:
+    """Each key's `KeyState` from its stored value, and the keys to write with the next
+    commit: those of ``data``, if any, a whole-state snapshot of an earlier version."""
+    restored = _SNAPSHOT_DECODER.decode(data) if data else {}
+    changed = set(restored)
+    restored.update((key, _KEY_DECODER.decode(value)) for key, value in keys.items())
+    return restored, changed
+
+
 class SessionWindows:
     """A `Processor` running session windows with ``fold``."""
 
     def __init__(self, fold: SessionFold, gap_ms: int) -> None:
         self.fold = fold
         self.gap_ms = gap_ms
-        self._snapshot_decoder = msgspec.msgpack.Decoder(dict[str, KeyState])
-        self._decoder = msgspec.msgpack.Decoder(KeyState)
         self._encoder = msgspec.msgpack.Encoder()
 
     def initial_state(self) -> SessionState:
@@ -170,9 +181,7 @@ class SessionWindows:
     def decode(self, data: bytes, keys: Mapping[str, bytes]) -> SessionState:
         """The state from its keys; ``data``, if any, is a whole-state snapshot of an
         earlier version, whose keys are then all written with the next commit."""
-        restored = self._snapshot_decoder.decode(data) if data else {}
-        changed = set(restored)
-        restored.update((key, self._decoder.decode(value)) for key, value in keys.items())
+        restored, changed = restored_keys(data, keys)
         return SessionState(restored, self.gap_ms, changed)
 
     def process(self, state: SessionState, batch: Batch) -> Output[SessionState]:
