@@ -13,7 +13,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from kappaflow.apps.video import Heartbeat, create_app, merge_intervals
-from kappaflow.apps.video_catalog import AD_SLOTS, VIDEOS
+from kappaflow.apps.video_catalog import AD_SLOTS, VIDEOS, catalog_rows
 from kappaflow.apps.video_reports import DAY_MS, day_of, royalty_report
 from kappaflow.apps.video_sim import simulate, simulated_catalog
 from kappaflow.events import MAX_EVENT_MS
@@ -112,12 +112,12 @@ def test_a_rate_change_applies_to_sessions_closed_after_it(settings: Settings) -
 # ---- property test -------------------------------------------------------------------
 
 
-def from_scratch(store, catalog_rows: dict) -> tuple[dict, dict]:
+def from_scratch(store, reference: dict) -> tuple[dict, dict]:
     """Per holder: (seconds, amount); per (day, advertiser, campaign): (impressions,
     viewers), from the closed segments, computed directly."""
-    licences = {v: (holder, rate) for v, _, _, holder, rate in catalog_rows[VIDEOS.name]}
+    licences = {v: (holder, rate) for v, _, _, holder, rate in reference[VIDEOS.name]}
     slots = defaultdict(list)
-    for video, position, advertiser, campaign in catalog_rows[AD_SLOTS.name]:
+    for video, position, advertiser, campaign in reference[AD_SLOTS.name]:
         slots[video].append((position, advertiser, campaign))
     sessions = defaultdict(list)
     for user, video, session, _, start, end, t0, t1 in store.query(
@@ -158,13 +158,7 @@ def test_incremental_reports_equal_a_computation_from_scratch(
     settings = settings.replace(data_dir=data_dir)
     workload = simulate(1_500, viewers=viewers, seed=seed, jitter_ms=jitter_ms, duplicates=0.02,
                         start_ms=MIDNIGHT_MS - 3_600_000)  # fmt: skip
-    catalog_ = simulated_catalog(seed)
-    rows = {
-        VIDEOS.name: [(v.video_id, v.title, v.duration_s, v.license_holder,
-                       v.royalty_rate_per_minute) for v in catalog_.videos],
-        AD_SLOTS.name: [(s.video_id, s.position_s, s.advertiser, s.campaign)
-                        for s in catalog_.ad_slots],
-    }  # fmt: skip
+    rows = catalog_rows(simulated_catalog(seed))
     store = run_events(create_app(settings), workload.events, settings, restarts=restarts,
                        seed=seed, reference=rows, close=True)  # fmt: skip
     money, shown = from_scratch(store, rows)

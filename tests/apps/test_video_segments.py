@@ -13,7 +13,7 @@ from segment_fold import with_session_windows
 
 from kappaflow.app import App, Batch
 from kappaflow.apps.video import create_app
-from kappaflow.apps.video_catalog import AD_SLOTS, VIDEOS
+from kappaflow.apps.video_catalog import catalog_rows
 from kappaflow.apps.video_events import KEY_SEPARATOR, Heartbeat
 from kappaflow.apps.video_sim import simulate, simulated_catalog
 from kappaflow.settings import Settings
@@ -35,16 +35,6 @@ def everything(app: App, store: Store) -> dict[str, list[tuple]]:
     return found
 
 
-def catalog(seed: int) -> dict[str, list[tuple]]:
-    found = simulated_catalog(seed)
-    return {
-        VIDEOS.name: [(v.video_id, v.title, v.duration_s, v.license_holder,
-                       v.royalty_rate_per_minute) for v in found.videos],
-        AD_SLOTS.name: [(s.video_id, s.position_s, s.advertiser, s.campaign)
-                        for s in found.ad_slots],
-    }  # fmt: skip
-
-
 @hypothesis_settings(max_examples=25, deadline=None,
                      suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(
@@ -61,14 +51,14 @@ def test_every_table_equals_what_session_windows_writes(
 ) -> None:
     workload = simulate(800, viewers=viewers, seed=seed, jitter_ms=jitter_ms, duplicates=0.03)
     tricky = [Heartbeat(f"u{KEY_SEPARATOR}", "v", t / 1000, t) for t in range(0, 30_000, 5_000)]
-    found = []
+    catalog, found = catalog_rows(simulated_catalog(seed)), []
     for side, fold in (("columns", False), ("fold", True)):
         data_dir = f"{settings.data_dir}-{seed}-{viewers}-{jitter_ms}-{lateness_s}-{batch}-{side}"
         run = settings.replace(data_dir=data_dir, partitions=2, batch_max_events=batch,
                                allowed_lateness_s=lateness_s, session_gap_s=GAP_S)  # fmt: skip
         app = with_session_windows(create_app(run), GAP_S) if fold else create_app(run)
         store = run_events(app, [*workload.events, *tricky], run, restarts=restarts, seed=seed,
-                           reference=catalog(seed), close=close)  # fmt: skip
+                           reference=catalog, close=close)  # fmt: skip
         found.append(everything(app, store))
         store.close()
     assert found[0] == found[1]

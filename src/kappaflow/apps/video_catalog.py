@@ -162,15 +162,20 @@ def _parse_csv(body: bytes) -> Catalog:
     return Catalog(videos=rows) if kind is Video else Catalog(ad_slots=rows)  # type: ignore[arg-type]
 
 
-def load(store: Store, catalog: Catalog) -> CatalogSummary:
-    """Upsert the catalog in one transaction."""
-    store.create_tables([VIDEOS, AD_SLOTS])
+def catalog_rows(catalog: Catalog) -> dict[str, list[tuple[Any, ...]]]:
+    """The catalog's rows by table, for `Store.upsert`."""
     rows: dict[str, list[tuple[Any, ...]]] = {}
     if catalog.videos:
         rows[VIDEOS.name] = [msgspec.structs.astuple(v) for v in catalog.videos]
     if catalog.ad_slots:
         rows[AD_SLOTS.name] = [msgspec.structs.astuple(s) for s in catalog.ad_slots]
-    store.upsert(rows)
+    return rows
+
+
+def load(store: Store, catalog: Catalog) -> CatalogSummary:
+    """Upsert the catalog in one transaction."""
+    store.create_tables([VIDEOS, AD_SLOTS])
+    store.upsert(catalog_rows(catalog))
     return CatalogSummary(len(catalog.videos), len(catalog.ad_slots))
 
 
