@@ -1,7 +1,7 @@
 """The video app's columnar session operator: every table it writes equals what the
 library's `SessionWindows` writes with the same rules as a fold (`segment_fold`),
-whatever the batches, lateness and restarts; its state is written key by key in the
-format `SessionWindows` writes, and read back from it."""
+whatever the batches, lateness and restarts; its state is packed key by key, and state
+in the format `SessionWindows` writes is read back too."""
 
 from __future__ import annotations
 
@@ -111,30 +111,42 @@ def test_a_key_written_again_and_again_leaves_the_arena_small(settings: Settings
     assert pending.ts.tolist() == [n * 5_000 for n in range(1_993, 2_000)]
 
 
-def test_state_written_by_session_windows_is_read_back_and_goes_on_alike(
+def test_state_written_by_session_windows_or_packed_is_read_back_and_goes_on_alike(
     settings: Settings,
 ) -> None:
-    """Keys persisted by `SessionWindows` (an open session with a closed segment and a
-    current one, pending events) restore into the columnar operator, which then writes
-    what `SessionWindows` writes from there, and persists the same keys."""
+    """Keys persisted by `SessionWindows` and keys the columnar operator packed (open
+    sessions with a closed segment and a current one, pending events, a closed session
+    with events pending) restore together into the columnar operator, which then writes
+    what `SessionWindows` writes from there, and changes the same keys."""
     columns = create_app(settings).processors["heartbeats"]
     windows = with_session_windows(create_app(settings), GAP_S).processors["heartbeats"]
     events = [
         Heartbeat("a", "v", 0.0, 1_000), Heartbeat("a", "v", 5.0, 6_000),
         Heartbeat("a", "v", 60.0, 8_000, "seek"), Heartbeat("a", "v", 65.0, 13_000),
         Heartbeat("b", "v", 0.0, 1_000, "pause"), Heartbeat("a", "v", 70.0, 18_000),
+        Heartbeat("c", "v", 0.0, 1_000), Heartbeat("c", "v", 9.0, 9_000, "seek"),
+        Heartbeat("c", "v", 14.0, 14_000), Heartbeat("d", "v", 3.0, 2_000),
+        Heartbeat("d", "v", 4.0, 29_000),
     ]  # fmt: skip
-    state = windows.process(
-        windows.initial_state(), Batch(0, [*range(6)], events, [e.ts for e in events], 15_000)
-    ).state
-    keys = {key: value for key, value in windows.changed_keys(state).items() if value}
-    assert len(keys) == 1  # b's session, a pause alone, closed
-    restored, restored_again = columns.decode(b"", keys), windows.decode(b"", keys)
-    assert columns.changed_keys(columns.decode(b"", keys)) == {}
+    batch = Batch(0, [*range(len(events))], events, [e.ts for e in events], 15_000)
+    written = {}
+    for side in (windows, columns):
+        changed = side.changed_keys(side.process(side.initial_state(), batch).state)
+        written[side] = {key: value for key, value in changed.items() if value}
+    assert len(written[windows]) == len(written[columns]) == 3  # b's session, a pause, closed
+    a, c, d = (f"{user}{KEY_SEPARATOR}v" for user in "acd")
+    mixed = {a: written[windows][a], c: written[columns][c], d: written[columns][d]}
+    restored, restored_again = columns.decode(b"", mixed), windows.decode(b"", written[windows])
+    assert columns.changed_keys(columns.decode(b"", mixed)) == {}
+    packed_again = columns.decode(b"", written[columns])
+    packed_again.sessions.changed[:] = True
+    assert columns.changed_keys(packed_again) == written[columns]
     for watermark in (16_000, 19_000, 40_000):
         expected = windows.process(restored_again, Batch(0, [], [], [], watermark)).rows
         got = columns.process(restored, Batch(0, [], [], [], watermark)).rows
         assert {table: sorted(rows) for table, rows in got.items()} == {
             table: sorted(rows) for table, rows in expected.items()
         }
-        assert columns.changed_keys(restored) == windows.changed_keys(restored_again)
+        changed = columns.changed_keys(restored)
+        assert changed.keys() == windows.changed_keys(restored_again).keys()
+    assert changed == {a: None, c: None, d: None}

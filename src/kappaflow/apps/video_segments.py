@@ -24,7 +24,7 @@ provisional sessions, which their progress rows show.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from itertools import count
 from operator import attrgetter
 from typing import Any, NamedTuple
@@ -45,7 +45,8 @@ from kappaflow.apps.video_events import (
     session_key,
 )
 from kappaflow.apps.video_reports import report_rows
-from kappaflow.stream.sessions import Rows, restored_keys
+from kappaflow.apps.video_state import DONE, FORMAT, HEAD, PENDING, packed, unpacked
+from kappaflow.stream.sessions import KeyState, Rows, restored_keys
 
 # A segment: [start_s, end_s, start_ms, end_ms], the positions covered and the event
 # times of its first and last heartbeat.
@@ -266,7 +267,6 @@ class WatchedSegments:
         self.videos = videos
         self.slots = slots
         self._json = msgspec.json.Encoder()
-        self._msgpack = msgspec.msgpack.Encoder()
 
     def initial_state(self) -> SegmentState:
         return SegmentState()
@@ -435,57 +435,74 @@ class WatchedSegments:
         return b""  # all of it is keyed
 
     def changed_keys(self, state: SegmentState) -> dict[str, bytes | None]:
-        """The changed keys as `SessionWindows` encodes them: (session, its last event
-        time, pending events), the session as [start ms, closed segments, current
-        segment or None, last event time, last position]."""
+        """The changed keys' state, `packed` (module `video_state`); None for keys gone."""
         s = state.sessions
         codes = np.flatnonzero(s.changed)
         s.changed[codes] = False
-        bounds = [0, *np.cumsum(s.pending[codes]).tolist()]
-        items = list(zip(*(column.tolist() for column in state.pending_of(codes)[1:]),
-                         strict=True))  # fmt: skip
-        keys, done, encode = state.keys, state.done, self._msgpack.encode
-        changed: dict[str, bytes | None] = {}
-        for i, (code, live, is_open, session_ms, last_ts, rank, position, low, high, start_ms) in (
-            enumerate(zip(codes.tolist(), state.live(codes).tolist(),
-                          *(column[codes].tolist() for column in s[:8]), strict=True))
-        ):  # fmt: skip
-            if not live:
-                changed[keys[code]] = None
-                state.gone += 1
-                continue
-            acc = None
-            if is_open:
-                current = [low, high, start_ms, last_ts] if rank < PAUSE else None
-                acc = [session_ms, done.get(code, []), current, last_ts, position]
-            changed[keys[code]] = encode((acc, last_ts, items[bounds[i] : bounds[i + 1]]))
+        live = state.live(codes)
+        changed: dict[str, bytes | None] = dict.fromkeys(
+            map(state.keys.__getitem__, codes[~live].tolist())
+        )
+        state.gone += len(changed)
+        codes = codes[live]
+        head = np.zeros(len(codes), HEAD)
+        head["format"] = FORMAT
+        for name, column in zip(HEAD.names[1:9], s[:8], strict=True):
+            head[name] = column[codes]
+        done = [state.done.get(code, ()) for code in codes.tolist()]
+        head["done"] = [*map(len, done)]
+        pending = state.pending_of(codes)
+        pending_rows = np.zeros(len(pending.ts), PENDING)
+        for name, column in zip(PENDING.names, pending[1:], strict=True):
+            pending_rows[name] = column
+        done_rows = np.array([tuple(segment) for segments in done for segment in segments], DONE)
+        values = packed(head, done_rows, pending_rows, s.pending[codes])
+        changed.update(zip(map(state.keys.__getitem__, codes.tolist()), values, strict=True))
         state.compact()
         return changed
 
     def decode(self, data: bytes, keys: Mapping[str, bytes]) -> SegmentState:
-        """The state from its keys; ``data``, if any, is a whole-state snapshot of an
-        earlier version, whose keys are then all written with the next commit."""
-        restored, changed = restored_keys(data, keys)
+        """The state from its keys, `packed` or as `SessionWindows` writes them; ``data``,
+        if any, is a whole-state snapshot of an earlier version, whose keys are then all
+        written with the next commit."""
+        marker = bytes((FORMAT,))
+        written = {key: value for key, value in keys.items() if value[:1] == marker}
+        restored, changed = restored_keys(
+            data, {key: value for key, value in keys.items() if key not in written}
+        )
+        parts = (_unpacked_key_states(restored.values()), unpacked(list(written.values())))
+        head, done, pending, counts = map(np.concatenate, zip(*parts, strict=True))
         state = SegmentState()
-        codes = state.code_all(list(restored)).tolist()
+        codes = state.code_all([*restored, *written])
         s = state.sessions
-        for code, key_state in zip(codes, restored.values(), strict=True):
-            if key_state.acc is None:
-                continue
-            session_ms, done, current, last_ts, position = key_state.acc
-            if done:
-                state.done[code] = done
-            low, high, start_ms = current[:3] if current else (0.0, 0.0, 0)
-            rank = KIND_RANK["heartbeat"] if current else _NO_CURRENT
-            values = (True, session_ms, last_ts, rank, position, low, high, start_ms)
-            for column, value in zip(s[:8], values, strict=True):
-                column[code] = value
-        items = [
-            (code, *item)
-            for code, key_state in zip(codes, restored.values(), strict=True)
-            for item in key_state.pending
-        ]
-        columns = list(zip(*items, strict=True)) or _NONE
-        state.set_pending(np.arange(len(codes)), _events(*columns))
+        for name, column in zip(HEAD.names[1:9], s[:8], strict=True):
+            column[codes] = head[name]
+        for code, segment in zip(np.repeat(codes, head["done"]).tolist(), done.tolist(),
+                                 strict=True):  # fmt: skip
+            state.done.setdefault(code, []).append(list(segment))
+        code = np.repeat(codes, counts)
+        state.set_pending(codes, _events(code, *(pending[name] for name in PENDING.names)))
         s.changed[state.code_all(list(changed))] = True
         return state
+
+
+def _unpacked_key_states(
+    key_states: Iterable[KeyState],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """As `unpacked` gives them, the state of keys as `SessionWindows` writes them: (its
+    open session or None, its last event time, pending (time, rank, position) items)."""
+    heads, done, pending, counts = [], [], [], []
+    for key_state in key_states:
+        head = (FORMAT, False, 0, 0, _NO_CURRENT, 0.0, 0.0, 0.0, 0, 0)
+        if key_state.acc is not None:
+            session_ms, done_of, current, last_ts, position = key_state.acc
+            low, high, start_ms = current[:3] if current else (0.0, 0.0, 0)
+            rank = KIND_RANK["heartbeat"] if current else _NO_CURRENT
+            head = (FORMAT, True, session_ms, last_ts, rank, position, low, high, start_ms,
+                    len(done_of))  # fmt: skip
+            done += map(tuple, done_of)
+        heads.append(head)
+        pending += map(tuple, key_state.pending)
+        counts.append(len(key_state.pending))
+    return (np.array(heads, HEAD), np.array(done, DONE), np.array(pending, PENDING),
+            np.array(counts, np.int64))  # fmt: skip
