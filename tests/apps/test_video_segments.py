@@ -5,6 +5,8 @@ in the format `SessionWindows` writes is read back too."""
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -50,19 +52,24 @@ def test_every_table_equals_what_session_windows_writes(
     settings: Settings, seed, viewers, jitter_ms, lateness_s, batch, restarts, close
 ) -> None:
     workload = simulate(800, viewers=viewers, seed=seed, jitter_ms=jitter_ms, duplicates=0.03)
-    tricky = [Heartbeat(f"u{KEY_SEPARATOR}", "v", t / 1000, t) for t in range(0, 30_000, 5_000)]
+    start = workload.events[0].ts
+    tricky = [
+        Heartbeat(f"u{KEY_SEPARATOR}", "v", t / 1000, start + t) for t in range(0, 30_000, 5_000)
+    ]
+    events = [*heapq.merge(workload.events, tricky, key=lambda event: event.ts)]
     catalog, found = catalog_rows(simulated_catalog(seed)), []
     for side, fold in (("columns", False), ("fold", True)):
         data_dir = f"{settings.data_dir}-{seed}-{viewers}-{jitter_ms}-{lateness_s}-{batch}-{side}"
         run = settings.replace(data_dir=data_dir, partitions=2, batch_max_events=batch,
                                allowed_lateness_s=lateness_s, session_gap_s=GAP_S)  # fmt: skip
         app = with_session_windows(create_app(run), GAP_S) if fold else create_app(run)
-        store = run_events(app, [*workload.events, *tricky], run, restarts=restarts, seed=seed,
+        store = run_events(app, events, run, restarts=restarts, seed=seed,
                            reference=catalog, close=close)  # fmt: skip
         found.append(everything(app, store))
         store.close()
     assert found[0] == found[1]
     assert found[0]["video_segments"]
+    assert any(user == f"u{KEY_SEPARATOR}" for user, *_ in found[0]["video_progress"])
 
 
 def open_two(settings: Settings):

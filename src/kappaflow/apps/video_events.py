@@ -70,3 +70,14 @@ def key_ids(key: str) -> tuple[str, str]:
     else:
         user_id, video_id = key.split(KEY_SEPARATOR)
     return user_id, video_id
+
+
+def keys_ids(keys: list[str]) -> tuple[list[str], list[str]]:
+    """The users and the videos of `session_key`s, split in one pass when none is
+    escaped (identifiers are never empty, so an escaped key's user would be)."""
+    parts = KEY_SEPARATOR.join(keys).split(KEY_SEPARATOR)
+    users, videos = parts[0::2], parts[1::2]
+    if len(parts) == 2 * len(keys) and "" not in users:
+        return users, videos
+    pairs = [key_ids(key) for key in keys]
+    return [user for user, _ in pairs], [video for _, video in pairs]

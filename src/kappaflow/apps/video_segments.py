@@ -25,7 +25,7 @@ provisional sessions, which their progress rows show.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from itertools import count
+from itertools import count, filterfalse
 from operator import attrgetter
 from typing import Any, NamedTuple
 
@@ -42,6 +42,7 @@ from kappaflow.apps.video_events import (
     SEEK,
     SEGMENTS,
     key_ids,
+    keys_ids,
     session_key,
 )
 from kappaflow.apps.video_reports import report_rows
@@ -132,7 +133,7 @@ class SegmentState:
 
     def code_all(self, keys: list[str]) -> np.ndarray:
         """The codes of ``keys``, new keys given new codes."""
-        new = [key for key in dict.fromkeys(keys) if key not in self.codes]
+        new = [*dict.fromkeys(filterfalse(self.codes.__contains__, keys))]
         if new:
             self.codes.update(zip(new, count(len(self.keys)), strict=False))
             self.keys += new
@@ -238,6 +239,11 @@ class Fold(NamedTuple):
                         self.segment_code[selected].tolist(), segments, strict=True))  # fmt: skip
 
 
+def _distinct(codes: np.ndarray) -> np.ndarray:
+    """The distinct values of sorted ``codes``."""
+    return codes[np.append(True, codes[1:] != codes[:-1])] if len(codes) else codes
+
+
 def _merged(
     pending: Events, new: Events, offsets: np.ndarray
 ) -> tuple[Events, np.ndarray, list[tuple[int, str]]]:
@@ -251,7 +257,7 @@ def _merged(
     merged, offset = merged.take(order), offset[order]
     repeated = np.zeros(len(offset), bool)
     repeated[1:] = np.logical_and.reduce([column[1:] == column[:-1] for column in merged])
-    taken = np.unique(merged.code[~repeated & (offset >= 0)])
+    taken = _distinct(merged.code[~repeated & (offset >= 0)])
     refused = [(at, "duplicate") for at in offset[repeated].tolist()]
     return merged.take(~repeated), taken, refused
 
@@ -354,7 +360,7 @@ class WatchedSegments:
         """Fold the events the watermark has passed into the open sessions and close
         the sessions that ended. Returns the codes of the keys with a session closed."""
         s, done = state.sessions, state.done
-        codes = np.unique(released.code)
+        codes = _distinct(released.code)
         fold = self._fold(state, codes[s.open[codes]], released)
         code, ts, rank, position = fold.rows
         stays = fold.last[fold.session_end]  # its key's last session: it stays open
@@ -417,19 +423,20 @@ class WatchedSegments:
         if not len(codes):
             return
         fold = self._fold(state, codes[state.sessions.open[codes]], state.pending_of(codes))
-        segments: dict[int, list[list[float]]] = {}
         kept = fold.high > fold.low
-        for code, low, high in zip(fold.segment_code[kept].tolist(), fold.low[kept].tolist(),
-                                   fold.high[kept].tolist(), strict=True):  # fmt: skip
-            segments.setdefault(code, []).append([low, high])
-        done, keys, encode = state.done, state.keys, self._json.encode
-        ends = fold.rows.take(fold.last)
-        progress = rows.setdefault(PROGRESS.name, [])
-        for code, ts, position in zip(
-            ends.code.tolist(), ends.ts.tolist(), ends.position.tolist(), strict=True
-        ):
-            open_segments = [s[:2] for s in done.get(code, ())] + segments.get(code, [])
-            progress.append((*key_ids(keys[code]), position, ts, encode(open_segments).decode()))
+        pairs = [*zip(fold.low[kept].tolist(), fold.high[kept].tolist(), strict=True)]
+        ends = fold.rows.take(fold.last)  # one a key, in code order, as the segments
+        bounds = np.searchsorted(fold.segment_code[kept], ends.code, side="right").tolist()
+        done, encode, end_codes = state.done, self._json.encode, ends.code.tolist()
+        texts = [
+            encode([*(s[:2] for s in done[code]), *pairs[start:end]] if code in done
+                   else pairs[start:end]).decode()
+            for code, start, end in zip(end_codes, [0, *bounds], bounds, strict=False)
+        ]  # fmt: skip
+        users, videos = keys_ids([*map(state.keys.__getitem__, end_codes)])
+        rows.setdefault(PROGRESS.name, []).extend(
+            zip(users, videos, ends.position.tolist(), ends.ts.tolist(), texts, strict=True)
+        )
 
     def encode(self, state: SegmentState) -> bytes:
         return b""  # all of it is keyed
