@@ -17,6 +17,7 @@ from kappaflow.app import App, Batch
 from kappaflow.apps.video import create_app
 from kappaflow.apps.video_catalog import catalog_rows
 from kappaflow.apps.video_events import KEY_SEPARATOR, Heartbeat
+from kappaflow.apps.video_segments import _NONE, _events, _order
 from kappaflow.apps.video_sim import simulate, simulated_catalog
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
@@ -157,3 +158,22 @@ def test_state_written_by_session_windows_or_packed_is_read_back_and_goes_on_ali
         changed = columns.changed_keys(restored)
         assert changed.keys() == windows.changed_keys(restored_again).keys()
     assert changed == {a: None, c: None, d: None}
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 5),
+            st.one_of(st.integers(0, 3), st.integers(0, 2**60)),
+            st.integers(0, 4),
+            st.sampled_from([0.0, 1.5, 2.0]),
+        )
+    )
+)
+def test_events_are_ordered_as_by_their_four_columns(rows) -> None:
+    """One sort of a number made of code, time and rank gives the order of a stable sort
+    by all four columns: with ties out of position order and spans that would overflow,
+    the four columns are sorted instead."""
+    events = _events(*zip(*rows, strict=True)) if rows else _events(*_NONE)
+    expected = np.lexsort((events.position, events.rank, events.ts, events.code))
+    assert _order(events).tolist() == expected.tolist()
