@@ -33,13 +33,9 @@ def _rows_at(firsts: np.ndarray, counts: np.ndarray, itemsize: int) -> np.ndarra
     return (np.repeat(firsts, counts) + record * itemsize)[:, None] + np.arange(itemsize)
 
 
-def _sections(head: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Where each key's head, closed segments and pending events start, and how many
-    pending events it has, given its size in bytes."""
-    starts = np.cumsum(sizes) - sizes
-    done_at = starts + HEAD.itemsize
-    pending_at = done_at + head["done"] * DONE.itemsize
-    return starts, pending_at, (starts + sizes - pending_at) // PENDING.itemsize
+def _pending_at(starts: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """Where the pending events of keys starting at ``starts`` start."""
+    return starts + HEAD.itemsize + head["done"] * DONE.itemsize
 
 
 def packed(
@@ -48,12 +44,12 @@ def packed(
     """Each key's bytes: its ``head``, its ``head["done"]`` rows of ``done`` and its
     ``counts`` rows of ``pending`` (both in key order)."""
     sizes = HEAD.itemsize + head["done"] * DONE.itemsize + counts * PENDING.itemsize
-    starts, pending_at, _ = _sections(head, sizes)
+    starts = np.cumsum(sizes) - sizes
     out = np.zeros(int(sizes.sum()), np.uint8)
     for firsts, per_key, records in (
         (starts, np.ones(len(head), np.int64), head),
         (starts + HEAD.itemsize, head["done"], done),
-        (pending_at, counts, pending),
+        (_pending_at(starts, head), counts, pending),
     ):
         out[_rows_at(firsts, per_key, records.itemsize)] = records.view(np.uint8).reshape(
             len(records), records.itemsize
@@ -70,7 +66,8 @@ def unpacked(values: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     sizes = np.fromiter(map(len, values), np.int64, len(values))
     starts = np.cumsum(sizes) - sizes
     head = _records(data, starts, np.ones(len(values), np.int64), HEAD)
-    _, pending_at, counts = _sections(head, sizes)
+    pending_at = _pending_at(starts, head)
+    counts = (starts + sizes - pending_at) // PENDING.itemsize
     done = _records(data, starts + HEAD.itemsize, head["done"], DONE)
     return head, done, _records(data, pending_at, counts, PENDING), counts
 
@@ -78,4 +75,5 @@ def unpacked(values: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
 def _records(
     data: np.ndarray, firsts: np.ndarray, counts: np.ndarray, dtype: np.dtype
 ) -> np.ndarray:
+    """``counts[k]`` records of ``dtype`` from byte ``firsts[k]`` of ``data`` on."""
     return data[_rows_at(firsts, counts, dtype.itemsize)].view(dtype)[:, 0]
