@@ -12,7 +12,6 @@ import msgspec
 from kappaflow.app import App, Lookup
 from kappaflow.apps.video_catalog import Licence, Slots
 from kappaflow.apps.video_events import (
-    KEY_SEPARATOR,
     KIND_RANK,
     PAUSE,
     PROGRESS,
@@ -20,7 +19,7 @@ from kappaflow.apps.video_events import (
     SEGMENTS,
     Heartbeat,
     key_ids,
-    session_key,
+    session_keys,
 )
 from kappaflow.apps.video_reports import report_rows
 from kappaflow.stream.sessions import Rows, SessionWindows
@@ -44,14 +43,10 @@ class SegmentFold:
         self._json = msgspec.json.Encoder()
 
     def items(self, events: list[Heartbeat], times_ms: list[int]) -> list[tuple[str, Item]]:
-        keyed = [  # `session_key`'s usual case, inline: a call per event costs more
-            (f"{e.user_id}{KEY_SEPARATOR}{e.video_id}", (ms, KIND_RANK[e.kind], e.position_s))
-            for e, ms in zip(events, times_ms, strict=True)
+        return [
+            (key, (ms, KIND_RANK[e.kind], e.position_s))
+            for key, e, ms in zip(session_keys(events), events, times_ms, strict=True)
         ]
-        if "".join([key for key, _ in keyed]).count(KEY_SEPARATOR) != len(keyed):
-            # An identifier holds the separator itself (rare): those keys are escaped.
-            keyed = [(session_key(e), item) for e, (_, item) in zip(events, keyed, strict=True)]
-        return keyed
 
     def start(self, item: Item) -> Acc:
         ts, rank, position = item

@@ -35,7 +35,6 @@ import numpy as np
 from kappaflow.app import Batch, Lookup, Output
 from kappaflow.apps.video_catalog import Licence, Slots
 from kappaflow.apps.video_events import (
-    KEY_SEPARATOR,
     KIND_RANK,
     PAUSE,
     PROGRESS,
@@ -43,10 +42,10 @@ from kappaflow.apps.video_events import (
     SEGMENTS,
     key_ids,
     keys_ids,
-    session_key,
+    session_keys,
 )
 from kappaflow.apps.video_reports import report_rows
-from kappaflow.apps.video_state import DONE, FORMAT, HEAD, PENDING, packed, unpacked
+from kappaflow.apps.video_state import DONE, HEAD, PENDING, SESSION, is_packed, packed, unpacked
 from kappaflow.stream.sessions import KeyState, Rows, restored_keys
 
 # A segment: [start_s, end_s, start_ms, end_ms], the positions covered and the event
@@ -296,13 +295,9 @@ class WatchedSegments:
 
     def process(self, state: SegmentState, batch: Batch) -> Output[SegmentState]:
         events, watermark = batch.events, batch.watermark_ms
-        keys = [f"{e.user_id}{KEY_SEPARATOR}{e.video_id}" for e in events]
-        if "".join(keys).count(KEY_SEPARATOR) != len(keys):
-            # An identifier holds the separator itself (rare): those keys are escaped.
-            keys = [session_key(e) for e in events]
         n = len(events)
         new = Events(
-            state.code_all(keys),
+            state.code_all(session_keys(events)),
             np.array(batch.times_ms, np.int64),
             np.fromiter(map(KIND_RANK.__getitem__, map(_KIND, events)), np.int8, n),
             np.fromiter(map(_POSITION, events), np.float64, n),
@@ -470,8 +465,7 @@ class WatchedSegments:
         state.gone += len(changed)
         codes = codes[live]
         head = np.zeros(len(codes), HEAD)
-        head["format"] = FORMAT
-        for name, column in zip(HEAD.names[1:9], s[:8], strict=True):
+        for name, column in zip(SESSION, s[:8], strict=True):
             head[name] = column[codes]
         done = [state.done.get(code, ()) for code in codes.tolist()]
         head["done"] = [*map(len, done)]
@@ -489,8 +483,7 @@ class WatchedSegments:
         """The state from its keys, `packed` or as `SessionWindows` writes them; ``data``,
         if any, is a whole-state snapshot of an earlier version, whose keys are then all
         written with the next commit."""
-        marker = bytes((FORMAT,))
-        written = {key: value for key, value in keys.items() if value[:1] == marker}
+        written = {key: value for key, value in keys.items() if is_packed(value)}
         restored, changed = restored_keys(
             data, {key: value for key, value in keys.items() if key not in written}
         )
@@ -499,7 +492,7 @@ class WatchedSegments:
         state = SegmentState()
         codes = state.code_all([*restored, *written])
         s = state.sessions
-        for name, column in zip(HEAD.names[1:9], s[:8], strict=True):
+        for name, column in zip(SESSION, s[:8], strict=True):
             column[codes] = head[name]
         for code, segment in zip(np.repeat(codes, head["done"]).tolist(), done.tolist(),
                                  strict=True):  # fmt: skip
@@ -517,12 +510,12 @@ def _unpacked_key_states(
     open session or None, its last event time, pending (time, rank, position) items)."""
     heads, done, pending, counts = [], [], [], []
     for key_state in key_states:
-        head = (FORMAT, False, 0, 0, _NO_CURRENT, 0.0, 0.0, 0.0, 0, 0)
+        head = (0, False, 0, 0, _NO_CURRENT, 0.0, 0.0, 0.0, 0, 0)
         if key_state.acc is not None:
             session_ms, done_of, current, last_ts, position = key_state.acc
             low, high, start_ms = current[:3] if current else (0.0, 0.0, 0)
             rank = KIND_RANK["heartbeat"] if current else _NO_CURRENT
-            head = (FORMAT, True, session_ms, last_ts, rank, position, low, high, start_ms,
+            head = (0, True, session_ms, last_ts, rank, position, low, high, start_ms,
                     len(done_of))  # fmt: skip
             done += map(tuple, done_of)
         heads.append(head)

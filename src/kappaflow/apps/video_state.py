@@ -19,6 +19,8 @@ HEAD = np.dtype([
 ])  # fmt: skip
 """The open session (as the operator's `Sessions` columns), and how many segments it
 has closed."""
+SESSION = HEAD.names[1:9]
+"""The head's fields that are the operator's `Sessions` columns, in their order."""
 DONE = np.dtype([("low", "<f8"), ("high", "<f8"), ("start_ms", "<i8"), ("end_ms", "<i8")])
 PENDING = np.dtype([("ts", "<i8"), ("rank", "i1"), ("position", "<f8")])
 
@@ -41,8 +43,10 @@ def _pending_at(starts: np.ndarray, head: np.ndarray) -> np.ndarray:
 def packed(
     head: np.ndarray, done: np.ndarray, pending: np.ndarray, counts: np.ndarray
 ) -> list[bytes]:
-    """Each key's bytes: its ``head``, its ``head["done"]`` rows of ``done`` and its
-    ``counts`` rows of ``pending`` (both in key order)."""
+    """Each key's bytes: its ``head`` (whose format byte this sets), its
+    ``head["done"]`` rows of ``done`` and its ``counts`` rows of ``pending`` (both in key
+    order)."""
+    head["format"] = FORMAT
     sizes = HEAD.itemsize + head["done"] * DONE.itemsize + counts * PENDING.itemsize
     starts = np.cumsum(sizes) - sizes
     out = np.zeros(int(sizes.sum()), np.uint8)
@@ -57,6 +61,11 @@ def packed(
     data = out.tobytes()
     bounds = np.append(starts, len(data)).tolist()
     return [data[bounds[k] : bounds[k + 1]] for k in range(len(head))]
+
+
+def is_packed(value: bytes) -> bool:
+    """Whether ``value`` is a key's state as `packed` writes it."""
+    return value[:1] == bytes((FORMAT,))
 
 
 def unpacked(values: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
