@@ -37,7 +37,7 @@ from kappaflow.app import load_apps
 from kappaflow.apps.video import Heartbeat
 from kappaflow.apps.video_sim import hb_ms, heartbeats
 from kappaflow.demo import Probe
-from kappaflow.loadgen import LoadGenerator, Summary
+from kappaflow.loadgen import Batch, LoadGenerator, Summary
 from kappaflow.log import open_log
 from kappaflow.metrics import partition_lag
 from kappaflow.settings import Settings
@@ -113,28 +113,59 @@ def run(scale: float) -> list[Figure]:
 
 def write_pool(path: Path, events: int) -> None:
     """Heartbeats of ``VIEWERS`` simulated viewers in delivery order, with the load
-    generator's 1 s of jitter and 0.1% of client retries, as msgpack."""
+    generator's 1 s of jitter and 0.1% of client retries, as a msgpack `Pool`."""
     stream = heartbeats(VIEWERS, 0, int(time.time() * 1000), jitter_ms=1_000, duplicates=0.001)
-    path.write_bytes(msgspec.msgpack.encode(list(itertools.islice(stream, events))))
+    path.write_bytes(msgspec.msgpack.encode(Pool.of(list(itertools.islice(stream, events)))))
 
 
-def laps(pool: list[Heartbeat], start_ms: int) -> Iterator[Heartbeat]:
-    """The pool over and over from ``start_ms``, each lap later than the one before by
-    the pool's span, in event time and in playback position alike. A viewer still
-    playing at the pool's end sent its last heartbeat within a heartbeat interval of it,
-    and its first within one of the pool's start, so its session runs on into the next
-    lap. A longer shift in time closed about half the sessions at once at the end of
-    every lap (a gap over the session gap); the same position in the next lap made 90% of
-    the sessions seek back once a lap, so that their segments piled up. Neither happens
-    in steady traffic."""
-    first = min(map(hb_ms, pool))
-    span = max(map(hb_ms, pool)) - first
+class Pool(NamedTuple):
+    """Heartbeats, each encoded once as the JSON around its position and its time, the
+    numbers a lap shifts: joining the pieces around a lap's numbers takes 1.4 µs an
+    event, against 3.4 for shifting and encoding each event anew, CPU the load
+    generator would take from the stack on the same cores."""
+
+    heads: list[str]
+    middles: list[str]
+    tails: list[str]
+    positions: list[float]
+    times: list[int]
+
+    @classmethod
+    def of(cls, events: list[Heartbeat]) -> Pool:
+        heads, middles, tails = zip(*map(_pieces, events), strict=True)
+        positions = [event.position_s for event in events]
+        return cls(list(heads), list(middles), list(tails), positions, list(map(hb_ms, events)))
+
+
+def _pieces(event: Heartbeat) -> tuple[str, str, str]:
+    """An event's JSON before its position, between its position and its time, and
+    after its time."""
+    json = msgspec.json.encode(msgspec.structs.replace(event, position_s=0.5, ts=-1)).decode()
+    head, position, rest = json.partition('"position_s":0.5')
+    middle, ts, tail = rest.partition('"ts":-1')
+    assert position and ts, json
+    return head + position[:-3], middle + ts[:-2], tail
+
+
+def laps(pool: Pool, start_ms: int, size: int) -> Iterator[Batch]:
+    """The pool over and over from ``start_ms`` in batches of ``size``, each lap later
+    than the one before by the pool's span, in event time and in playback position
+    alike. A viewer still playing at the pool's end sent its last heartbeat within a
+    heartbeat interval of it, and its first within one of the pool's start, so its
+    session runs on into the next lap. A longer shift in time closed about half the
+    sessions at once at the end of every lap (a gap over the session gap); the same
+    position in the next lap made 90% of the sessions seek back once a lap, so that
+    their segments piled up. Neither happens in steady traffic."""
+    first, span = min(pool.times), max(pool.times) - min(pool.times)
     for lap in itertools.count():
         shift, ahead_s = start_ms - first + lap * span, lap * span / 1000
-        for event in pool:
-            yield msgspec.structs.replace(
-                event, ts=hb_ms(event) + shift, position_s=event.position_s + ahead_s
-            )
+        for i in range(0, len(pool.times), size):
+            batch = slice(i, i + size)
+            times = pool.times[batch]
+            parts = zip(pool.heads[batch], pool.positions[batch], pool.middles[batch], times,
+                        pool.tails[batch], strict=True)  # fmt: skip
+            body = ",".join([f"{h}{p + ahead_s!r}{m}{t + shift}{e}" for h, p, m, t, e in parts])
+            yield Batch(f"[{body}]".encode(), len(times), max(times) + shift)
 
 
 def send(
@@ -143,8 +174,8 @@ def send(
 ) -> None:  # fmt: skip
     """The load generator's process: the pool's laps at ``rate`` for ``seconds``;
     ``latest`` follows the highest event time ingest has accepted."""
-    events = msgspec.msgpack.decode(Path(pool).read_bytes(), type=list[Heartbeat])
-    generator = LoadGenerator(url, rate, batch=BATCH, events=laps(events, start_ms))
+    events = msgspec.msgpack.decode(Path(pool).read_bytes(), type=Pool)
+    generator = LoadGenerator(url, rate, laps(events, start_ms, BATCH))
     done = threading.Event()
 
     def mirror() -> None:

@@ -313,9 +313,9 @@ def status(ctx: click.Context, data_dir: str | None, as_json: bool) -> None:
 @click.option("--seed", default=0, show_default=True, help="Random seed of the viewers.")
 def loadgen(url: str, rate: float, duration: float, viewers: int, batch: int, seed: int) -> None:
     """Post simulated viewers' heartbeats to an ingest service at a target rate."""
-    from kappaflow.loadgen import LoadGenerator, print_summary
+    from kappaflow.loadgen import LoadGenerator, encoded, print_summary, simulated
 
-    generator = LoadGenerator(url, rate=rate, viewers=viewers, batch=batch, seed=seed)
+    generator = LoadGenerator(url, rate, encoded(simulated(viewers, seed), batch))
     summary = generator.run(duration, progress=True)
     print_summary(summary)
     sys.exit(0 if summary.rejected == 0 and summary.failed == 0 else 1)

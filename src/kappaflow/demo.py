@@ -25,7 +25,7 @@ from kappaflow.apps.video import Heartbeat, Progress, all_progress
 from kappaflow.apps.video_catalog import Catalog, index_slots, index_videos
 from kappaflow.apps.video_reports import day_of, impressions, royalties
 from kappaflow.apps.video_sim import HEARTBEAT_S, Truth, heartbeats, simulated_catalog
-from kappaflow.loadgen import LoadGenerator, Summary
+from kappaflow.loadgen import LoadGenerator, Summary, encoded
 from kappaflow.log import open_log
 from kappaflow.metrics import partition_lag
 from kappaflow.scale.supervisor import Autoscaler
@@ -42,6 +42,8 @@ DEMO_LAG_THRESHOLD = 10_000
 SURGE = (0.35, 0.6, 3.0)
 """The load runs at 3x the rate from 35% to 60% of the run."""
 GROUP = "video.heartbeats"
+BATCH = 500
+"""Heartbeats per request, as a client SDK might batch them."""
 POLL_S = 0.02
 """How often the probe asks the query API whether its heartbeat shows."""
 
@@ -207,7 +209,7 @@ class Demo:
         def rate_at(t: float) -> float:
             return rate * factor if surge_from <= t < surge_to else rate
 
-        load = LoadGenerator(self.url, rate_at, events=events)
+        load = LoadGenerator(self.url, rate_at, encoded(events, BATCH))
         probe = Probe(self.url, lambda: max(start_ms, load.summary.latest_ms))
         prober = threading.Thread(target=probe.run, daemon=True)
         prober.start()

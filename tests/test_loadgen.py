@@ -1,0 +1,72 @@
+"""The load generator against a small HTTP server on loopback that answers as ingest
+may: a refusal to retry after a pause, then acceptance, and a 400 that is final."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+import msgspec
+import pytest
+
+from kappaflow.apps.video import Heartbeat
+from kappaflow.loadgen import LoadGenerator, encoded
+
+
+class Ingest(BaseHTTPRequestHandler):
+    """Refuses each body's first post with 429 (or 503 for bodies of one event), then
+    accepts it; refuses bodies with a negative position with 400."""
+
+    protocol_version = "HTTP/1.1"
+    seen: ClassVar[set[bytes]] = set()
+    posts: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        self.posts.append(self.path)
+        events = msgspec.json.decode(body)
+        if any(event["position_s"] < 0 for event in events):
+            status, headers = 400, {}
+        elif body not in self.seen:
+            self.seen.add(body)
+            status, headers = (503 if len(events) == 1 else 429), {"retry-after": "0"}
+        else:
+            status, headers = 202, {}
+        self.send_response(status)
+        for name, value in {**headers, "content-length": "2"}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.fixture
+def ingest() -> Iterator[str]:
+    Ingest.seen, Ingest.posts = set(), []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ingest)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/base"
+    server.shutdown()
+    server.server_close()
+
+
+def test_refusals_are_retried_after_the_pause_and_400s_are_final(ingest: str) -> None:
+    good = [Heartbeat(f"u{n}", "v", float(n), 5_000 + n) for n in range(7)]
+    bad = [Heartbeat("u9", "v", -1.0, 9_000)]
+    batches = [*encoded(good[:6], 2), *encoded(good[6:], 1), *encoded([good[0], *bad], 2)]
+    summary = LoadGenerator(ingest, 1_000, batches).run()
+    assert (summary.sent, summary.accepted, summary.rejected, summary.failed) == (9, 7, 2, 0)
+    assert (summary.requests, summary.retries) == (9, 4)
+    assert summary.codes == {429: 3, 503: 1, 202: 4, 400: 1}
+    assert summary.latest_ms == 5_006
+    assert set(Ingest.posts) == {"/base/v1/streams/heartbeats/events"}
+
+
+def test_an_url_that_is_not_http_is_refused() -> None:
+    with pytest.raises(ValueError, match="not an http:// URL"):
+        LoadGenerator("https://example.com", 1_000, [])
