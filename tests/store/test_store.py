@@ -147,12 +147,14 @@ def test_keyed_state_log_is_merged_when_its_changes_outweigh_the_last_merge(
     base = {f"k{i}": b"x" * 50 for i in range(10)}  # 551 bytes of msgpack
     store.commit("g", [PartitionCommit(0, 1, 1, b"", base)], {})
     lengths = []
-    for offset in range(2, 12):  # changes of 56 bytes each: the tenth outweighs the first row
+    # Changes of 56 bytes each: the 40th outweighs the first row 4 times (2,240 > 2,204).
+    assert keyed.MERGE_RATIO == 4
+    for offset in range(2, 42):
         change = {f"k{offset % 10}": bytes([offset]) * 50}
         store.commit("g", [PartitionCommit(0, 1, offset, b"", change)], {})
         base.update(change)
         lengths.append(_log_rows(store, 0))
-    assert lengths == [2, 3, 4, 5, 6, 7, 8, 9, 10, 1]
+    assert lengths == [*range(2, 41), 1]
     assert store.claim("g", [0], "w")[0].keys == base
 
 

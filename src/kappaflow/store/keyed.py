@@ -1,8 +1,9 @@
 """Keyed state in the store, as a log of changes per partition (SQL shared by SQLite
 and PostgreSQL). Each commit appends one row: the keys it changed, as a msgpack map
-whose None values delete. Once the changes outweigh the oldest row, the rows are merged
-into one. A commit thus writes about as many bytes as its keys changed, where an upsert
-per key would rewrite a page of a B-tree for each key at a random place in it.
+whose None values delete. Once the changes outweigh the oldest row ``MERGE_RATIO``
+times, the rows are merged into one. A commit thus writes about as many bytes as its
+keys changed, where an upsert per key would rewrite a page of a B-tree for each key at a
+random place in it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ import msgspec
 from kappaflow.store.base import PartitionCommit
 from kappaflow.store.sql import Translate
 
+MERGE_RATIO = 4
+"""A merge reads the oldest row and the changes after it and writes about the oldest
+row's size again (the changes mostly overwrite its keys). Merging when the changes are
+4 times its size, not once, reads 1.25 bytes and writes 0.25 per byte of change, against
+2 and 1: half the work, for a partition's state read at a claim from up to 5 times its
+size."""
 MERGE_MIN_BYTES = 1 << 20
 """Changes below this size are never merged for size alone..."""
 MERGE_MAX_ROWS = 64
@@ -38,7 +45,8 @@ def read_keys(cursor: Any, group: str, partition: int, sql: Translate = str) -> 
 
 def append_keys(cursor: Any, group: str, commit: PartitionCommit, sql: Translate = str) -> None:
     """Append the keys ``commit`` changed to its partition's log; merge the log when its
-    changes outweigh its oldest row (the last merge) or it has grown too long."""
+    changes outweigh its oldest row (the last merge) ``MERGE_RATIO`` times or it has
+    grown too long."""
     if not commit.keys:
         return
     cursor.execute(sql(SIZES), (group, commit.partition))
@@ -47,7 +55,8 @@ def append_keys(cursor: Any, group: str, commit: PartitionCommit, sql: Translate
     seq = sizes[-1][0] + 1 if sizes else 1
     cursor.execute(sql(INSERT), (group, commit.partition, seq, change))
     changes = sum(size for _, size in sizes[1:]) + len(change)
-    if sizes and (len(sizes) >= MERGE_MAX_ROWS or changes > max(sizes[0][1], MERGE_MIN_BYTES)):
+    oldest = MERGE_RATIO * sizes[0][1] if sizes else 0
+    if sizes and (len(sizes) >= MERGE_MAX_ROWS or changes > max(oldest, MERGE_MIN_BYTES)):
         merged = read_keys(cursor, group, commit.partition, sql)
         cursor.execute(sql(DELETE), (group, commit.partition))
         if merged:
@@ -65,11 +74,11 @@ def carry_over_keyed_rows(cursor: Any, sql: Translate = str) -> None:
 
 
 def _merge(changes: Iterable[bytes]) -> dict[str, bytes]:
-    merged: dict[str, bytes] = {}
+    merged: dict[str, bytes | None] = {}
     for change in changes:
-        for key, state in _decode(change).items():
-            if state is None:
-                merged.pop(key, None)
-            else:
-                merged[key] = state
-    return merged
+        keys = _decode(change)
+        merged.update(keys)
+        if None in keys.values():
+            for key in [key for key, state in keys.items() if state is None]:
+                del merged[key]
+    return merged  # type: ignore[return-value]  # no None is left
