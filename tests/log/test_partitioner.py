@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from kappaflow.log.partitioner import murmur2, partition_for
+from kappaflow.log.partitioner import murmur2, partition_for, partitions_for
 
 
 # Vectors from Kafka's UtilsTest.testMurmur2 (clients/src/test/.../utils/UtilsTest.java).
@@ -35,3 +37,13 @@ def test_keys_spread_over_partitions() -> None:
     for n in range(8_000):
         counts[partition_for(f"user-{n}", 8)] += 1
     assert min(counts) > 800, counts
+
+
+def test_partitions_of_many_keys_at_once_are_each_keys_partition() -> None:
+    rng = random.Random(3)
+    alphabet = "abcXYZ019-_\x00\x7fé€\U0001f600"
+    keys = ["".join(rng.choices(alphabet, k=rng.randrange(41))) for _ in range(5_000)]
+    keys += [f"user-{n}-1" for n in range(1_000)] + ["", "a", "ab", "abc", "abcd"]
+    for partitions in (1, 3, 8, 100):
+        assert partitions_for(keys, partitions) == [partition_for(k, partitions) for k in keys]
+    assert partitions_for([], 8) == []

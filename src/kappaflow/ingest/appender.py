@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -14,7 +16,7 @@ from kappaflow.errors import InvalidEvents
 from kappaflow.events import MAX_EVENT_MS
 from kappaflow.events.validate import Problem
 from kappaflow.log.base import Log
-from kappaflow.log.partitioner import partition_for
+from kappaflow.log.partitioner import partitions_for
 
 
 class Appender:
@@ -33,9 +35,21 @@ class Appender:
     def encode(self, events: Sequence[Any]) -> dict[int, list[bytes]]:
         """Log records of ``events`` by partition, in order; raises `InvalidEvents` for
         RFC 3339 times outside what epoch milliseconds may hold (1970 to 9999)."""
+        events = self._in_epoch_ms(events)
+        keys = list(map(attrgetter(self.stream.key), events))
         by_partition: dict[int, list[bytes]] = {}
-        key, time_field = self.stream.key, self.stream.time
-        problems: list[Problem] = []
+        records = map(self._encode, events)
+        for partition, record in zip(partitions_for(keys, self.partitions), records, strict=True):
+            by_partition.setdefault(partition, []).append(record)
+        return by_partition
+
+    def _in_epoch_ms(self, events: Sequence[Any]) -> Sequence[Any]:
+        """``events`` with their RFC 3339 times as epoch milliseconds."""
+        time_field = self.stream.time
+        times = map(attrgetter(time_field), events)
+        if not any(map(isinstance, times, repeat(datetime))):
+            return events
+        normalized, problems = [], []
         for index, event in enumerate(events):
             if isinstance(moment := getattr(event, time_field), datetime):
                 time_ms = self.stream.time_of(event)
@@ -44,8 +58,7 @@ class Appender:
                     problems.append(Problem(index, time_field, reason))
                     continue
                 event = msgspec.structs.replace(event, **{time_field: time_ms})
-            partition = partition_for(getattr(event, key), self.partitions)
-            by_partition.setdefault(partition, []).append(self._encode(event))
+            normalized.append(event)
         if problems:
             raise InvalidEvents(problems)
-        return by_partition
+        return normalized
