@@ -3,7 +3,9 @@ machine (a database of its own per test)."""
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
+import os
 import random
 import sqlite3
 from collections.abc import Callable
@@ -252,6 +254,7 @@ def test_sqlite_wal_is_cut_back_once_a_checkpoint_reaches_its_end(
     """A reader holds the checkpoints back, so the WAL grows; after it is gone, the
     WAL shrinks to the limit instead of keeping its peak size on disk."""
     monkeypatch.setattr(sqlite_store, "WAL_LIMIT_BYTES", 64 * 1024)
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_S", 0.0)  # after every commit
     store = open_store(settings)
     store.create_tables([LATEST])
     wal = Path(f"{settings.sqlite_path}-wal")
@@ -268,16 +271,38 @@ def test_sqlite_wal_is_cut_back_once_a_checkpoint_reaches_its_end(
     store.close()
 
 
-def test_sqlite_checkpoints_once_the_wal_reaches_its_limit(settings: Settings) -> None:
-    """Rows rewritten by many commits stay in the WAL until it reaches the limit, and
-    are then copied into the database once (SQLite's default checkpoints at 4 MiB)."""
+def test_sqlite_checkpoints_after_a_commit_once_one_is_due(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows rewritten by many commits stay in the WAL until a checkpoint is due, and are
+    then copied into the database once, after the commit that finds it due."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_S", 3600.0)
     store = open_store(settings)
     store.create_tables([LATEST])
     database, wal = Path(settings.sqlite_path), Path(f"{settings.sqlite_path}-wal")
     for commit in range(12):  # 12 commits rewrite the same 500 rows: about 2.4 MB each
         store.upsert({"latest": [(f"{i}", f"{commit:x}" * 1000) for i in range(500)]})
     assert wal.stat().st_size > 5_000_000 and database.stat().st_size < 200_000
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_S", 0.0)
+    store.upsert({"latest": [("0", "z")]})
+    assert 500_000 < database.stat().st_size < 5_000_000  # the rows once, not 12 times
     store.close()
+
+
+def test_sqlite_writers_take_turns_through_a_lock_file(settings: Settings) -> None:
+    """A writer holds the lock file beside the database for its whole transaction, so
+    the next one waits for it in the kernel, not in SQLite's busy loop."""
+    store = open_store(settings)
+    store.create_tables([LATEST])
+    turns = os.open(f"{settings.sqlite_path}-writer", os.O_RDWR)
+    try:
+        with store._transaction(), pytest.raises(BlockingIOError):
+            fcntl.flock(turns, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(turns, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(turns, fcntl.LOCK_UN)
+    finally:
+        os.close(turns)
+        store.close()
 
 
 def _open_when_all_are_ready(path: Path, ready: Any, outcomes: Any) -> None:
