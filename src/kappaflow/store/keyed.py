@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from itertools import groupby
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -39,28 +39,58 @@ _decode = msgspec.msgpack.Decoder(dict[str, bytes | None]).decode
 
 def read_keys(cursor: Any, group: str, partition: int, sql: Translate = str) -> dict[str, bytes]:
     """A partition's keyed state: its log's changes, applied in order."""
-    cursor.execute(sql(SELECT), (group, partition))
-    return _merge(bytes(data) for _, data in cursor.fetchall())
+    return _merge(_changes(cursor, group, partition, sql))
+
+
+def _changes(cursor: Any, group: str, partition: int, sql: Translate) -> list[bytes]:
+    return [bytes(data) for _, data in cursor.execute(sql(SELECT), (group, partition))]
+
+
+class KeysAppend(NamedTuple):
+    """What `append_keys` writes to a partition's log: the change as row ``seq``, or,
+    when ``merged`` is not None, the whole log merged into that row (none if empty)."""
+
+    partition: int
+    seq: int
+    change: bytes
+    merged: dict[str, bytes] | None
 
 
 def append_keys(cursor: Any, group: str, commit: PartitionCommit, sql: Translate = str) -> None:
     """Append the keys ``commit`` changed to its partition's log; merge the log when its
     changes outweigh its oldest row (the last merge) ``MERGE_RATIO`` times or it has
     grown too long."""
+    if (append := prepare_keys(cursor, group, commit, sql)) is not None:
+        write_keys(cursor, group, append, sql)
+
+
+def prepare_keys(
+    cursor: Any, group: str, commit: PartitionCommit, sql: Translate = str
+) -> KeysAppend | None:
+    """`append_keys` up to its writes: it reads the log and encodes and merges, so a
+    store can do this before its write transaction (only the partition's owner writes
+    its log, and a commit checks that ownership before `write_keys`)."""
     if not commit.keys:
-        return
-    cursor.execute(sql(SIZES), (group, commit.partition))
-    sizes = cursor.fetchall()
+        return None
+    sizes = cursor.execute(sql(SIZES), (group, commit.partition)).fetchall()
     change = _encode(commit.keys)
     seq = sizes[-1][0] + 1 if sizes else 1
-    cursor.execute(sql(INSERT), (group, commit.partition, seq, change))
     changes = sum(size for _, size in sizes[1:]) + len(change)
     oldest = MERGE_RATIO * sizes[0][1] if sizes else 0
+    merged = None
     if sizes and (len(sizes) >= MERGE_MAX_ROWS or changes > max(oldest, MERGE_MIN_BYTES)):
-        merged = read_keys(cursor, group, commit.partition, sql)
-        cursor.execute(sql(DELETE), (group, commit.partition))
-        if merged:
-            cursor.execute(sql(INSERT), (group, commit.partition, seq, _encode(merged)))
+        merged = _merge([*_changes(cursor, group, commit.partition, sql), change])
+    return KeysAppend(commit.partition, seq, change, merged)
+
+
+def write_keys(cursor: Any, group: str, append: KeysAppend, sql: Translate = str) -> None:
+    """The writes `prepare_keys` prepared."""
+    if append.merged is None:
+        cursor.execute(sql(INSERT), (group, append.partition, append.seq, append.change))
+        return
+    cursor.execute(sql(DELETE), (group, append.partition))
+    if append.merged:
+        cursor.execute(sql(INSERT), (group, append.partition, append.seq, _encode(append.merged)))
 
 
 def carry_over_keyed_rows(cursor: Any, sql: Translate = str) -> None:

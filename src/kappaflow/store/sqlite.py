@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Table
-from kappaflow.store.keyed import append_keys, carry_over_keyed_rows, read_keys
+from kappaflow.store.keyed import carry_over_keyed_rows, prepare_keys, read_keys, write_keys
 from kappaflow.store.sql import RowWriter, StoreReads, claim_partition, create_sql, note_halt
 
 T = TypeVar("T")
@@ -197,8 +197,10 @@ class SQLiteStore(StoreReads):
         rows: Mapping[str, Sequence[tuple[Any, ...]]],
         dead_letters: Sequence[DeadLetter] = (),
     ) -> None:
+        # The state logs' reads, encoding and merges before this writer's turn.
+        appends = self._read(lambda db: [prepare_keys(db, group, c) for c in partitions])
         with self._transaction() as cursor:
-            for commit in partitions:
+            for commit, append in zip(partitions, appends, strict=True):
                 found = cursor.execute(
                     "SELECT generation FROM kf_partitions WHERE grp = ? AND partition = ?",
                     (group, commit.partition),
@@ -213,7 +215,8 @@ class SQLiteStore(StoreReads):
                     "WHERE grp = ? AND partition = ?",
                     (commit.next_offset, commit.state, group, commit.partition),
                 )
-                append_keys(cursor, group, commit)
+                if append is not None:
+                    write_keys(cursor, group, append)
             self._writer.write(cursor, rows)
             if dead_letters:
                 cursor.executemany(
