@@ -48,12 +48,13 @@ def _changes(cursor: Any, group: str, partition: int, sql: Translate) -> list[by
 
 class KeysAppend(NamedTuple):
     """What `append_keys` writes to a partition's log: the change as row ``seq``, or,
-    when ``merged`` is not None, the whole log merged into that row (none if empty)."""
+    when ``merged`` is not None, the whole log merged into that row (no row if it is
+    empty: b"")."""
 
     partition: int
     seq: int
     change: bytes
-    merged: dict[str, bytes] | None
+    merged: bytes | None
 
 
 def append_keys(cursor: Any, group: str, commit: PartitionCommit, sql: Translate = str) -> None:
@@ -79,7 +80,8 @@ def prepare_keys(
     oldest = MERGE_RATIO * sizes[0][1] if sizes else 0
     merged = None
     if sizes and (len(sizes) >= MERGE_MAX_ROWS or changes > max(oldest, MERGE_MIN_BYTES)):
-        merged = _merge([*_changes(cursor, group, commit.partition, sql), change])
+        keys = _merge([*_changes(cursor, group, commit.partition, sql), change])
+        merged = _encode(keys) if keys else b""
     return KeysAppend(commit.partition, seq, change, merged)
 
 
@@ -90,7 +92,7 @@ def write_keys(cursor: Any, group: str, append: KeysAppend, sql: Translate = str
         return
     cursor.execute(sql(DELETE), (group, append.partition))
     if append.merged:
-        cursor.execute(sql(INSERT), (group, append.partition, append.seq, _encode(append.merged)))
+        cursor.execute(sql(INSERT), (group, append.partition, append.seq, append.merged))
 
 
 def carry_over_keyed_rows(cursor: Any, sql: Translate = str) -> None:

@@ -20,6 +20,8 @@ from kappaflow.store.sql import RowWriter, StoreReads, claim_partition, create_s
 
 T = TypeVar("T")
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
+"""Size the WAL is cut back to once a checkpoint reaches its end, and over which a writer
+checkpoints inside its turn so that it does."""
 CHECKPOINT_S = 2.0
 """How often a connection that writes checkpoints the WAL, at most."""
 CACHE_BYTES = 64 * 1024 * 1024
@@ -96,7 +98,7 @@ class SQLiteStore(StoreReads):
             # The WAL grows while readers keep a checkpoint from reaching its end; once one
             # does, it is cut back to this size instead of keeping its peak on disk.
             self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
-            # Checkpoints run after a writer's turn (`_checkpoint`), not inside its COMMIT.
+            # Checkpoints are run by `_checkpoint`, not inside COMMIT.
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             # Pages kept in memory (the default keeps 2 MiB): a worker's commits touch
             # pages all over its state and result tables, and re-reading each from the
@@ -145,28 +147,37 @@ class SQLiteStore(StoreReads):
                     cursor.execute("ROLLBACK")
                     raise
                 cursor.execute("COMMIT")
+                if self._wal_bytes() > WAL_LIMIT_BYTES:
+                    self._checkpoint()
         except sqlite3.OperationalError as error:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise StoreUnavailable(f"SQLite store {self.path}: {error}") from error
         except sqlite3.Error as error:
             raise StoreError(f"SQLite store {self.path}: {error}") from error
-        self._checkpoint()
+        if time.monotonic() - self._checkpointed >= CHECKPOINT_S:
+            self._checkpoint()
 
     def _checkpoint(self) -> None:
-        """Copy the WAL's pages into the database, at most every ``CHECKPOINT_S``, once
-        this writer's turn is over: other writers take theirs meanwhile (a checkpoint
-        inside COMMIT, as SQLite runs them, would hold the turn for up to 0.6 s). A
-        checkpoint copies each page changed since the last one once, so a page that
-        many commits rewrite (progress rows, say) is copied once a checkpoint, not once
-        a commit. PASSIVE: it copies what no reader still needs, and waits for none; a
-        checkpoint that cannot run is tried again after a later commit."""
-        now = time.monotonic()
-        if now - self._checkpointed < CHECKPOINT_S:
-            return
-        self._checkpointed = now
+        """Copy the WAL's pages into the database. A writer does so after its turn, at
+        most every ``CHECKPOINT_S``, while the others take theirs (SQLite's automatic
+        checkpoints run inside COMMIT, and held the turn for up to 0.6 s); each copies
+        the pages changed since the last one once, so a page that many commits rewrite
+        (progress rows, say) is copied once a checkpoint, not once a commit. But while
+        writers take turns, one is always writing, and the WAL restarts from its start
+        only if a checkpoint copied all of it before the next write: so a writer that
+        finds the WAL over ``WAL_LIMIT_BYTES`` checkpoints inside its turn (the copying
+        left after the checkpoints before it). PASSIVE: it copies what no reader still
+        needs and waits for none; a checkpoint that cannot run is tried again later."""
+        self._checkpointed = time.monotonic()
         with suppress(sqlite3.OperationalError):
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _wal_bytes(self) -> int:
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except FileNotFoundError:
+            return 0
 
     def _read(self, action: Callable[[sqlite3.Connection], T]) -> T:
         try:
