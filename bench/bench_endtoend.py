@@ -35,9 +35,9 @@ from rich.table import Table
 
 from kappaflow.app import load_apps
 from kappaflow.apps.video import Heartbeat
-from kappaflow.apps.video_sim import hb_ms, heartbeats
+from kappaflow.apps.video_sim import hb_ms
 from kappaflow.demo import Probe
-from kappaflow.loadgen import Batch, LoadGenerator, Summary
+from kappaflow.loadgen import Batch, LoadGenerator, Summary, simulated
 from kappaflow.log import open_log
 from kappaflow.metrics import partition_lag
 from kappaflow.settings import Settings
@@ -114,8 +114,8 @@ def run(scale: float) -> list[Figure]:
 def write_pool(path: Path, events: int) -> None:
     """Heartbeats of ``VIEWERS`` simulated viewers in delivery order, with the load
     generator's 1 s of jitter and 0.1% of client retries, as a msgpack `Pool`."""
-    stream = heartbeats(VIEWERS, 0, int(time.time() * 1000), jitter_ms=1_000, duplicates=0.001)
-    path.write_bytes(msgspec.msgpack.encode(Pool.of(list(itertools.islice(stream, events)))))
+    pool = list(itertools.islice(simulated(VIEWERS, 0), events))
+    path.write_bytes(msgspec.msgpack.encode(Pool.of(pool)))
 
 
 class Pool(NamedTuple):
