@@ -144,7 +144,7 @@ def _pieces(event: Heartbeat) -> tuple[str, str, str]:
     head, position, rest = json.partition('"position_s":0.5')
     middle, ts, tail = rest.partition('"ts":-1')
     assert position and ts, json
-    return head + position[:-3], middle + ts[:-2], tail
+    return f'{head}"position_s":', f'{middle}"ts":', tail
 
 
 def laps(pool: Pool, start_ms: int, size: int) -> Iterator[Batch]:
