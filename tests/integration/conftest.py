@@ -37,12 +37,18 @@ class Running:
         client = self.client()
         prefix = f'kappaflow_lag{{group="{group}'
 
-        def drained() -> bool:
-            lines = client.get("/metrics").text.splitlines()
-            lag = [float(line.split()[-1]) for line in lines if line.startswith(prefix)]
-            return bool(lag) and sum(lag) == 0
+        lagging: list[str] = []
 
-        wait_until(drained, timeout_s, f"no lag for groups {group}*", 0.1)
+        def drained() -> bool:
+            lines = [line for line in client.get("/metrics").text.splitlines()
+                     if line.startswith(prefix)]  # fmt: skip
+            lagging[:] = [line for line in lines if float(line.split()[-1]) != 0]
+            return bool(lines) and not lagging
+
+        try:
+            wait_until(drained, timeout_s, f"no lag for groups {group}*", 0.1)
+        except AssertionError as error:
+            raise AssertionError(f"{error}; still lagging: {lagging}") from None
 
     def stop(self, timeout_s: float = 60) -> int:
         if self.process.poll() is None:
