@@ -16,12 +16,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from kappaflow.errors import StaleOwnership, StoreError
+from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.settings import Settings
 from kappaflow.store import Store, keyed, open_store
 from kappaflow.store import sqlite as sqlite_store
 from kappaflow.store.base import DeadLetter, Halted, PartitionCommit, Table
-from kappaflow.store.postgres import placeholders
+from kappaflow.store.postgres import PostgresStore, placeholders
+from kappaflow.up import free_port
 
 TOTALS = Table("totals", (("k", "TEXT"), ("n", "INTEGER")), key=("k",), mode="add")
 LATEST = Table("latest", (("k", "TEXT"), ("v", "TEXT")), key=("k",))
@@ -333,3 +334,27 @@ def test_sqlite_processes_opening_a_new_database_at_once_all_open_it(tmp_path: P
         assert results == ["opened"] * 8
         with closing(sqlite3.connect(path)) as db:
             assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_postgres_notes_a_halt_after_the_server_dropped_its_connection(
+    postgres_dsn: str,
+) -> None:
+    """Noting a halt sets the same values again, so it is retried on a new connection."""
+    store = PostgresStore(postgres_dsn)
+    store.claim("g", [0], "worker-1")
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    halted = Halted(5, "ValueError: boom", 1.0, 2.0)
+    store.record_halt("g", 0, "worker-1", halted)
+    assert store.halts("g") == {0: halted}
+    store.close()
+
+
+def test_an_unreachable_postgres_is_named_once_in_the_error() -> None:
+    with pytest.raises(StoreUnavailable) as raised:
+        PostgresStore(f"postgresql://postgres@127.0.0.1:{free_port()}/none", connect_timeout_s=1)
+    assert str(raised.value).startswith("PostgreSQL store: cannot connect: ")
+    assert str(raised.value).count("PostgreSQL store") == 1

@@ -114,6 +114,8 @@ class PostgresStore(StoreReads):
             except (StoreUnavailable, psycopg.OperationalError) as error:
                 self._drop_connection()
                 if attempt == RETRIES - 1:
+                    if isinstance(error, StoreUnavailable):
+                        raise
                     raise StoreUnavailable(f"PostgreSQL store: {error}") from error
                 pause = 0.1 * 2**attempt
                 log.warning("PostgreSQL unavailable (%s); retrying in %.1f s", error, pause)
@@ -230,7 +232,7 @@ class PostgresStore(StoreReads):
         def record(cursor: psycopg.Cursor[Any]) -> None:
             note_halt(cursor, group, partition, owner, halted, placeholders)
 
-        self._transaction(record)
+        self._retry(lambda: self._transaction(record))  # it sets the same values again
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         def read(cursor: psycopg.Cursor[Any]) -> list[tuple[Any, ...]]:
