@@ -36,19 +36,20 @@ class Running:
         """Until /metrics shows no lag for the groups whose names start with ``group``."""
         client = self.client()
         prefix = f'kappaflow_lag{{group="{group}'
-
-        lagging: list[str] = []
+        behind: list[str] = []
 
         def drained() -> bool:
             lines = [line for line in client.get("/metrics").text.splitlines()
                      if line.startswith(prefix)]  # fmt: skip
-            lagging[:] = [line for line in lines if float(line.split()[-1]) != 0]
-            return bool(lines) and not lagging
+            behind[:] = [line for line in lines if float(line.split()[-1]) != 0]
+            if not lines:
+                behind[:] = ["no kappaflow_lag line (the server could not read the log or store)"]
+            return not behind
 
         try:
             wait_until(drained, timeout_s, f"no lag for groups {group}*", 0.1)
         except AssertionError as error:
-            raise AssertionError(f"{error}; still lagging: {lagging}") from None
+            raise AssertionError(f"{error}; last seen: {behind}") from None
 
     def stop(self, timeout_s: float = 60) -> int:
         if self.process.poll() is None:
