@@ -107,16 +107,16 @@ class PostgresStore(StoreReads):
                 self._db = None
 
     def _retry(self, action: Callable[[], T]) -> T:
-        """Run an idempotent action, reconnecting with backoff when the server is gone."""
+        """Run an idempotent action (made of `_transaction`s, which turn a lost
+        connection into StoreUnavailable), reconnecting with backoff when the server is
+        gone."""
         for attempt in range(RETRIES):
             try:
                 return action()
-            except (StoreUnavailable, psycopg.OperationalError) as error:
+            except StoreUnavailable as error:
                 self._drop_connection()
                 if attempt == RETRIES - 1:
-                    if isinstance(error, StoreUnavailable):
-                        raise
-                    raise StoreUnavailable(f"PostgreSQL store: {error}") from error
+                    raise
                 pause = 0.1 * 2**attempt
                 log.warning("PostgreSQL unavailable (%s); retrying in %.1f s", error, pause)
                 time.sleep(pause)
