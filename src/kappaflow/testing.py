@@ -1,7 +1,8 @@
 """Helpers for testing apps, ours and users' alike: push events through the real log,
 worker and store on a temporary data directory and look at the result tables; wait
 for what running processes do; make writes fail for real in a process of their own;
-run the Kafka log against librdkafka's mock cluster where no Kafka runs."""
+cut a PostgreSQL store's connections; run the Kafka log against librdkafka's mock
+cluster where no Kafka runs."""
 
 from __future__ import annotations
 
@@ -108,6 +109,18 @@ def limit_file_size(limit_bytes: int) -> None:
     fail with EFBIG, as on a full disk (instead of SIGXFSZ killing the process)."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+
+def drop_postgres_connections(dsn: str) -> None:
+    """End every other session on ``dsn``'s database, as a PostgreSQL restart or a cut
+    network would end a store's connection."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
 
 
 def run_in_process(target: Callable[..., object], *args: Any, timeout_s: float = 30) -> None:

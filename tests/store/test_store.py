@@ -22,6 +22,7 @@ from kappaflow.store import Store, keyed, open_store
 from kappaflow.store import sqlite as sqlite_store
 from kappaflow.store.base import DeadLetter, Halted, PartitionCommit, Table
 from kappaflow.store.postgres import PostgresStore, placeholders
+from kappaflow.testing import drop_postgres_connections
 from kappaflow.up import free_port
 
 TOTALS = Table("totals", (("k", "TEXT"), ("n", "INTEGER")), key=("k",), mode="add")
@@ -342,11 +343,7 @@ def test_postgres_notes_a_halt_after_the_server_dropped_its_connection(
     """Noting a halt sets the same values again, so it is retried on a new connection."""
     store = PostgresStore(postgres_dsn)
     store.claim("g", [0], "worker-1")
-    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
+    drop_postgres_connections(postgres_dsn)
     halted = Halted(5, "ValueError: boom", 1.0, 2.0)
     store.record_halt("g", 0, "worker-1", halted)
     assert store.halts("g") == {0: halted}

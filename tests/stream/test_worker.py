@@ -329,11 +329,9 @@ def test_a_processor_that_raises_halts_its_partition_and_the_others_go_on(
 def test_a_lost_database_connection_is_recovered_without_loss_or_repeats(
     settings: Settings, postgres_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import psycopg
-
     from kappaflow.apps.video_sim import simulate
     from kappaflow.stream.worker import run_workers
-    from kappaflow.testing import run_events
+    from kappaflow.testing import drop_postgres_connections, run_events
 
     workload = simulate(6_000, viewers=20, seed=2, jitter_ms=1_000)
     expected = all_progress(run_events(create_app(settings), workload.events, settings))
@@ -352,11 +350,7 @@ def test_a_lost_database_connection_is_recovered_without_loss_or_repeats(
     def commit_on_a_connection_cut_now_and_then(*args, **kwargs) -> None:
         commits["n"] += 1
         if commits["n"] % 5 == 2:  # the server drops us just before the commit
-            with psycopg.connect(postgres_dsn, autocommit=True) as admin:
-                admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
+            drop_postgres_connections(postgres_dsn)
         commit(*args, **kwargs)
 
     w.store.commit = commit_on_a_connection_cut_now_and_then  # type: ignore[method-assign]
