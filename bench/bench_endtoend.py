@@ -47,9 +47,10 @@ from kappaflow.up import free_port
 STEP_S = 240
 """Each step's second half (2 minutes) is judged: a sustained rate keeps the backlog
 bounded for at least that long after the stack has settled."""
-FIRST_RATE = 10_000
-TOP_RATE = 160_000
 GOAL_RATE = 100_000
+FIRST_RATE = 12_500
+"""Doubled three times, the goal rate: the goal's p99 is measured at that rate."""
+TOP_RATE = 200_000
 GOAL_P99_MS = 1_000
 BISECTIONS = 3
 TOLERANCE = 0.05
@@ -94,10 +95,18 @@ def run(scale: float) -> list[Figure]:
                       "events/s", "goal", GOAL_RATE)]  # fmt: skip
     if best is None:
         return figures
+    goal = next((s for s in steps if s.target == GOAL_RATE and s.sustained), None)
+    if goal is not None:
+        p50, p99 = goal.percentiles()
+        figures += [
+            Figure(f"end to end: p50 ingest->queryable at {GOAL_RATE:,}/s", p50, "ms"),
+            Figure(f"end to end: p99 ingest->queryable at {GOAL_RATE:,}/s", p99, "ms",
+                   "goal", GOAL_P99_MS),
+        ]  # fmt: skip
     p50, p99 = best.percentiles()
     figures += [
-        Figure("end to end: p50 ingest->queryable", p50, "ms"),
-        Figure("end to end: p99 ingest->queryable", p99, "ms", "goal", GOAL_P99_MS),
+        Figure("end to end: p50 ingest->queryable at the highest rate", p50, "ms"),
+        Figure("end to end: p99 ingest->queryable at the highest rate", p99, "ms"),
     ]
     cpus = float(os.cpu_count() or 1)
     stack = sum(cores for name, cores in best.cores.items() if name not in OUTSIDE)
