@@ -23,7 +23,7 @@ WAL_LIMIT_BYTES = 256 * 1024 * 1024
 """Size the WAL is cut back to once a checkpoint reaches its end, and over which a writer
 checkpoints inside its turn so that it does. At 100,000 heartbeats/s two workers write
 about 120 MB/s of WAL: at 64 MiB most checkpoints ran inside a turn, holding the other
-worker up, and turns took 18% longer in all (bench/README.md)."""
+worker up; at 256 MiB the turns are held 17% less time in all (bench/README.md)."""
 CHECKPOINT_S = 2.0
 """How often a connection that writes checkpoints the WAL, at most."""
 CACHE_BYTES = 64 * 1024 * 1024
