@@ -268,3 +268,33 @@ def test_a_failed_index_entry_serves_no_later_partition(log: EmbeddedLog) -> Non
     assert served[0] == values(0, 3) + values(10, 2) + values(20, 1)  # published before
     assert served[1] == values(0, 3) + values(20, 1)
     assert served[2] == values(0, 3) + values(20, 1)
+
+
+def test_a_failed_fsync_serves_no_partition_of_the_append(
+    log: EmbeddedLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An fsync that fails (EIO from a dying disk) cannot be produced for real here:
+    # fdatasync of partition 1's data file stands in for one, while the fsyncs of the
+    # other partitions run at the same time and succeed.
+    log.append_partitions("t", {p: values(0, 3) for p in range(3)})
+    failing = log._writer("t", 1).data.fileno()
+    real = os.fdatasync
+    synced: list[int] = []
+
+    def fdatasync(fd: int) -> None:
+        if fd == failing:
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+        synced.append(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    with pytest.raises(LogUnavailable, match="Input/output error"):
+        log.append_partitions("t", {p: values(10, 2) for p in range(3)})
+    assert len(synced) == 2  # the others' fsyncs all ran before any batch was cut
+    monkeypatch.setattr(os, "fdatasync", real)
+    assert log.append_partitions("t", {p: values(20, 1) for p in range(3)}) == {
+        p: 3 for p in range(3)
+    }
+    reader = EmbeddedLog(log.root)
+    served = {p: reader.read("t", p, 0, 100).values for p in range(3)}
+    assert served == {p: values(0, 3) + values(20, 1) for p in range(3)}

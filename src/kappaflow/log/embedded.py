@@ -29,6 +29,7 @@ import struct
 import time
 import zlib
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -40,6 +41,8 @@ RECORD = struct.Struct("<II")
 """A record's frame in a segment of kappaflow 0.1."""
 ENTRY = struct.Struct("<QQ")
 BATCHES, RECORDS = ".batches", ".log"
+SYNC_THREADS = 32
+"""Most fsyncs of one append at once (a thread is started only when none is idle)."""
 _EMPTY = b""
 
 
@@ -274,8 +277,9 @@ class _Writer:
         return offset + count, position + length
 
     def write(self, values: Sequence[bytes]) -> int:
-        """Write ``values`` as one batch, durably, but not yet served to readers: that
-        takes `publish` (or `discard` cuts it). Returns the batch's first offset."""
+        """Write ``values`` as one batch, not yet durable (that takes `sync`) nor served
+        to readers (that takes `publish`; or `discard` cuts it). Returns the batch's
+        first offset."""
         if not values:
             return self.next_offset
         if self.position >= self.segment_bytes:
@@ -285,13 +289,22 @@ class _Writer:
         try:
             self.data.write(buffer)
             self.data.flush()
-            if self.fsync:
-                os.fdatasync(self.data.fileno())
         except OSError as error:
             raise self._cut(start, error) from error
         self.unpublished = (start, ENTRY.pack(first + len(values), start + len(buffer)))
         self.next_offset, self.position = first + len(values), start + len(buffer)
         return first
+
+    def sync(self) -> None:
+        """Make the batch `write` wrote durable (unless relaxed); when that fails, cut
+        it and raise `LogUnavailable`."""
+        if self.unpublished is None or not self.fsync:
+            return
+        try:
+            os.fdatasync(self.data.fileno())
+        except OSError as error:
+            start, self.unpublished = self.unpublished[0], None
+            raise self._cut(start, error) from error
 
     def publish(self) -> None:
         """Serve the batch `write` wrote: its index entry."""
@@ -364,6 +377,7 @@ class EmbeddedLog:
         self._writers: dict[tuple[str, int], _Writer] = {}
         self._readers: dict[tuple[str, int], _Partition] = {}
         self._partition_counts: dict[str, int] = {}
+        self._syncs: ThreadPoolExecutor | None = None
         if writer:
             self._lock = (self.root / "writer.lock").open("ab")
             try:
@@ -414,16 +428,18 @@ class EmbeddedLog:
     def append_partitions(
         self, topic: str, records: Mapping[int, Sequence[bytes]]
     ) -> dict[int, int]:
-        """One write and fsync per partition, in turn; the batches are served once all
-        of them are written. When a write fails, those before it are cut: nothing of
-        ``records`` is served. (Only a failure to write an index entry, 16 bytes, after
-        others were written, leaves the partitions before it served.)"""
+        """One write per partition, then their fsyncs at once; the batches are served
+        once all of them are durable. When a write or an fsync fails, every batch of the
+        append is cut: nothing of ``records`` is served. (Only a failure to write an index
+        entry, 16 bytes, after others were written, leaves the partitions before it
+        served.)"""
         if self._lock is None:
             raise LogError("this log was opened for reading; open it with writer=True to append")
         writers = {partition: self._writer(topic, partition) for partition in records}
         try:
             firsts = {partition: writers[partition].write(values)
                       for partition, values in records.items()}  # fmt: skip
+            self._sync([*writers.values()])
             for writer in writers.values():
                 writer.publish()
         except LogUnavailable:
@@ -431,6 +447,22 @@ class EmbeddedLog:
                 writer.discard()  # those written and not yet published
             raise
         return firsts
+
+    def _sync(self, writers: list[_Writer]) -> None:
+        """`_Writer.sync` of each writer, in threads when there are several: the file
+        system then makes them durable together (on ext4, in one journal commit), where
+        one after another each waited for its own. Raises the first failure once all
+        are done."""
+        if len(writers) < 2 or not self.fsync:
+            for writer in writers:
+                writer.sync()
+            return
+        if self._syncs is None:
+            self._syncs = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="kappaflow-fsync")
+        futures = [self._syncs.submit(writer.sync) for writer in writers]
+        wait(futures)
+        for future in futures:
+            future.result()
 
     def _writer(self, topic: str, partition: int) -> _Writer:
         """The partition's writer, recovering its tail the first time."""
@@ -499,6 +531,9 @@ class EmbeddedLog:
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
+        if self._syncs is not None:
+            self._syncs.shutdown()
+            self._syncs = None
         if self._lock is not None:
             self._lock.close()
             self._lock = None
