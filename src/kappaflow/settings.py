@@ -67,6 +67,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Events older than the partition's highest event time minus this are dead-lettered."""
     session_gap_s: PositiveFloat = 10.0
     """A viewing session ends after this much event time without a heartbeat."""
+    progress_accuracy_s: NonNegativeFloat = 5.0
+    """A (user, video)'s progress row is written again once its resume position or its
+    last event time moved by more than this, or its watched segments changed in number;
+    until then the row stays within this of the latest heartbeat. 0 writes it on every
+    change."""
     idle_timeout_s: PositiveFloat = 30.0
     """Wall-clock time without new records after which a partition's open sessions close."""
     host: str = "127.0.0.1"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import heapq
 
+import msgspec
 import numpy as np
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -62,7 +63,8 @@ def test_every_table_equals_what_session_windows_writes(
     for side, fold in (("columns", False), ("fold", True)):
         data_dir = f"{settings.data_dir}-{seed}-{viewers}-{jitter_ms}-{lateness_s}-{batch}-{side}"
         run = settings.replace(data_dir=data_dir, partitions=2, batch_max_events=batch,
-                               allowed_lateness_s=lateness_s, session_gap_s=GAP_S)  # fmt: skip
+                               allowed_lateness_s=lateness_s, session_gap_s=GAP_S,
+                               progress_accuracy_s=0)  # as `SessionWindows` writes  # fmt: skip
         app = with_session_windows(create_app(run), GAP_S) if fold else create_app(run)
         store = run_events(app, events, run, restarts=restarts, seed=seed,
                            reference=catalog, close=close)  # fmt: skip
@@ -177,3 +179,79 @@ def test_events_are_ordered_as_by_their_four_columns(rows) -> None:
     events = _events(*zip(*rows, strict=True)) if rows else _events(*_NONE)
     expected = np.lexsort((events.position, events.rank, events.ts, events.code))
     assert _order(events).tolist() == expected.tolist()
+
+
+def progress_rows(output) -> dict[str, tuple]:
+    """A batch's progress rows by user: (resume position, last event time, segments)."""
+    return {
+        user: (position, ts, msgspec.json.decode(segments))
+        for user, _, position, ts, segments in output.rows.get("video_progress", [])
+    }
+
+
+def test_a_progress_row_is_written_again_once_it_moved_more_than_the_accuracy(
+    settings: Settings,
+) -> None:
+    """A heartbeat a second, each in a batch of its own. The row is written at the
+    first, at the second (its segment now has a length), then once the position has
+    moved more than 5 s (at normal speed, then at three times that); a seek is written
+    at once, and so is the segment it starts once that has a length; paused, once the
+    event time has moved more than 5 s; and the session's close. With an accuracy of 0
+    every batch writes it."""
+    events = [Heartbeat("u", "v", float(s), s * 1_000) for s in range(9)]
+    events += [Heartbeat("u", "v", 100.0, 9_000, "seek")]
+    events += [Heartbeat("u", "v", 101.0 + 3 * k, 10_000 + k * 1_000) for k in range(5)]
+    events += [Heartbeat("u", "v", 116.0, 15_000, "pause")]
+    events += [Heartbeat("u", "v", 116.0, s * 1_000) for s in range(16, 22)]
+    for accuracy, written in ((5.0, [0, 1, 7, 9, 10, 12, 14, 20]), (0.0, [*range(22)])):
+        processor = create_app(settings.replace(progress_accuracy_s=accuracy)).processors[
+            "heartbeats"
+        ]
+        state, rows = processor.initial_state(), []
+        for n, event in enumerate(events):
+            output = processor.process(state, Batch(0, [n], [event], [event.ts], 0))
+            state = output.state
+            rows += [(n, row) for row in progress_rows(output).values()]
+        assert [n for n, _ in rows] == written
+        assert dict(rows)[7] == (7.0, 7_000, [[0.0, 7.0]])
+        assert dict(rows)[12] == (107.0, 12_000, [[0.0, 8.0], [100.0, 107.0]])
+        closed = processor.process(state, Batch(0, [], [], [], 60_000))
+        assert progress_rows(closed) == {"u": (116.0, 21_000, [])}
+
+
+def test_progress_rows_stay_within_the_accuracy_after_every_batch(settings: Settings) -> None:
+    """Simulated viewers (pauses, seeks, out-of-order and duplicate heartbeats) in small
+    batches, with the state restored from its persisted keys now and then: after every
+    batch, each progress row written at an accuracy of 5 s is within 5 s of the row
+    written on every change, with as many segments, and fewer rows are written."""
+    workload = simulate(30_000, viewers=400, seed=7, jitter_ms=3_000, duplicates=0.01)
+    sides = [
+        create_app(settings.replace(progress_accuracy_s=accuracy)).processors["heartbeats"]
+        for accuracy in (0.0, 5.0)
+    ]
+    states = [side.initial_state() for side in sides]
+    tables: list[dict[str, tuple]] = [{}, {}]
+    written, persisted, highest = [0, 0], {}, 0
+    for n, start in enumerate(range(0, len(workload.events), 150)):
+        events = workload.events[start : start + 150]
+        highest = max(highest, *(event.ts for event in events))
+        batch = Batch(0, [*range(start, start + len(events))], events,
+                      [event.ts for event in events], highest - 10_000)  # fmt: skip
+        for k, side in enumerate(sides):
+            output = side.process(states[k], batch)
+            states[k], rows = output.state, progress_rows(output)
+            tables[k].update(rows)
+            written[k] += len(rows)
+        persisted.update(sides[1].changed_keys(states[1]))
+        if n % 40 == 39:
+            persisted = {key: state for key, state in persisted.items() if state is not None}
+            states[1] = sides[1].decode(b"", persisted)
+        exact, coarse = tables
+        assert exact.keys() == coarse.keys()
+        for user, (position, ts, segments) in exact.items():
+            coarse_position, coarse_ts, coarse_segments = coarse[user]
+            assert abs(coarse_position - position) <= 5 and abs(coarse_ts - ts) <= 5_000
+            assert len(coarse_segments) == len(segments)
+            for bounds, coarse_bounds in zip(segments, coarse_segments, strict=True):
+                assert np.allclose(bounds, coarse_bounds, rtol=0, atol=5), (user, n)
+    assert written[1] < 0.7 * written[0]

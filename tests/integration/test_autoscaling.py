@@ -34,6 +34,8 @@ SCALING = {
     # partition with no commit yet as all lag (the workers do start from its first record)
     # lets the first tick, before the new worker's first commit, see the whole backlog.
     "KAPPAFLOW_OFFSET_RESET_POLICY": "earliest",
+    # Progress rows on every change: at an accuracy, which are written depends on the batches.
+    "KAPPAFLOW_PROGRESS_ACCURACY_S": "0",
 }
 
 
@@ -48,9 +50,8 @@ def test_scaling_up_and_down_loses_and_repeats_nothing(
     """On each stack, against an unscaled run on the embedded one."""
     workload = simulate(60_000, viewers=400, seed=5, jitter_ms=2_000, duplicates=0.01)
     catalog = simulated_catalog(5)
-    unscaled = Settings.load(
-        {}, {"data_dir": str(tmp_path / "unscaled"), "idle_timeout_s": 3600, "partitions": 4}
-    )
+    unscaled = Settings.load({}, {"data_dir": str(tmp_path / "unscaled"), "idle_timeout_s": 3600,
+                                  "partitions": 4, "progress_accuracy_s": 0})  # fmt: skip
     load_catalog(open_store(unscaled), catalog)
     run_events(create_app(unscaled), workload.events, unscaled).close()
 

@@ -31,7 +31,9 @@ def test_group_assigned_workers_survive_a_kill_and_a_rebalance(
     tmp_path: Path, kafka_bootstrap: str, postgres_dsn: str
 ) -> None:
     workload = simulate(30_000, viewers=200, seed=9, jitter_ms=2_000, duplicates=0.01)
-    base = {"partitions": 4, "idle_timeout_s": 3600, "batch_max_events": 300}
+    # Progress rows on every change: at an accuracy, which are written depends on the batches.
+    base = {"partitions": 4, "idle_timeout_s": 3600, "batch_max_events": 300,
+            "progress_accuracy_s": 0}  # fmt: skip
     reference = Settings.load({}, {**base, "data_dir": str(tmp_path / "reference")})
     run_events(create_app(reference), workload.events, reference).close()
 

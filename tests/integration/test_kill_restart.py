@@ -43,7 +43,9 @@ def snapshot(store: Store) -> dict[str, list[tuple]]:
 
 def settings_for(path: Path) -> Settings:
     # A long idle timeout: idle flushing depends on wall-clock pauses, which the kills
-    # change on purpose; small batches make many commits to be interrupted.
+    # change on purpose; small batches make many commits to be interrupted. Progress rows
+    # are written on every change: at an accuracy, which rows are written depends on the
+    # batches, and the kills change those too.
     return Settings.load(
         {},
         {
@@ -52,6 +54,7 @@ def settings_for(path: Path) -> Settings:
             "batch_max_events": 300,
             "idle_timeout_s": 3600,
             "poll_interval_ms": 10,
+            "progress_accuracy_s": 0,
         },
     )
 

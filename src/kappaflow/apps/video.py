@@ -3,8 +3,9 @@
 
 Tables: ``video_segments`` holds the segments of closed sessions (final);
 ``video_progress`` holds, per (user, video), the resume position (the position of
-the latest event by event time) and the segments of sessions still open. Progress
-merges both into the watched intervals.
+the latest event by event time) and the segments of sessions still open, to the
+progress accuracy (`Settings.progress_accuracy_s`). Progress merges both into the
+watched intervals.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ PROGRESS_QUERY = Query(
 def create_app(settings: Settings) -> App:
     heartbeats = Stream("heartbeats", Heartbeat, key="user_id", time="ts")
     videos, slots = Lookup(VIDEOS, index_videos), Lookup(AD_SLOTS, index_slots)
-    sessions = WatchedSegments(settings.session_gap_s, videos, slots)
+    sessions = WatchedSegments(settings.session_gap_s, videos, slots, settings.progress_accuracy_s)
     return App(
         "video",
         streams=[heartbeats],

@@ -19,13 +19,15 @@ the same session, the one before does not close it (pause, stop), it is no seek 
 its position follows the clock; a row that neither joins nor closes starts a segment.
 A session closes once the watermark passes its last event by the gap. The keys a batch
 touched, or whose session closed, are folded on over their pending events into their
-provisional sessions, which their progress rows show.
+provisional sessions, which their progress rows show: a key's row is written again once
+it moved by more than the progress accuracy, so it stays within that of the key's
+latest heartbeat.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from itertools import count, filterfalse
+from itertools import count, filterfalse, repeat
 from operator import attrgetter
 from typing import Any, NamedTuple
 
@@ -86,8 +88,9 @@ def _joined(*parts: Events) -> Events:
 class Sessions(NamedTuple):
     """Per key code: its open session (``open``) with its start, its last event and
     its current segment (lowest and highest position, first event time); where its
-    pending events are in the arena, how many, and the time of the first; and whether
-    the key changed since the state was last persisted."""
+    pending events are in the arena, how many, and the time of the first; whether the
+    key changed since the state was last persisted; and whether this process wrote its
+    progress row, with the position, event time and number of segments it showed."""
 
     open: np.ndarray
     session_ms: np.ndarray
@@ -101,11 +104,15 @@ class Sessions(NamedTuple):
     pending: np.ndarray
     first_ms: np.ndarray
     changed: np.ndarray
+    shown: np.ndarray
+    shown_position: np.ndarray
+    shown_ms: np.ndarray
+    shown_count: np.ndarray
 
     @classmethod
     def of_size(cls, size: int) -> Sessions:
         i8, f8 = np.int64, np.float64
-        types = (bool, i8, i8, np.int8, f8, f8, f8, i8, i8, i8, i8, bool)
+        types = (bool, i8, i8, np.int8, f8, f8, f8, i8, i8, i8, i8, bool, bool, f8, i8, i8)
         return cls(*(np.zeros(size, t) for t in types))
 
     def take(self, selected: np.ndarray) -> Sessions:
@@ -283,9 +290,14 @@ class WatchedSegments:
     the royalty and impression rows of each closed session."""
 
     def __init__(
-        self, gap_s: float, videos: Lookup[dict[str, Licence]], slots: Lookup[dict[str, Slots]]
+        self,
+        gap_s: float,
+        videos: Lookup[dict[str, Licence]],
+        slots: Lookup[dict[str, Slots]],
+        accuracy_s: float = 0.0,
     ) -> None:
         self.gap_s, self.gap_ms = gap_s, round(gap_s * 1000)
+        self.accuracy_s, self.accuracy_ms = accuracy_s, accuracy_s * 1000
         self.videos = videos
         self.slots = slots
         self._json = msgspec.json.Encoder()
@@ -312,6 +324,7 @@ class WatchedSegments:
         closed = self._fold_released(state, merged.take(released), watermark, rows)
         changed = np.union1d(taken, closed)
         state.sessions.changed[changed] = True
+        state.sessions.shown[closed] = False  # its row shows the closed session
         self._view(state, changed[state.live(changed)], rows)
         return Output(state, rows, duplicates)
 
@@ -430,16 +443,27 @@ class WatchedSegments:
         report_rows(user_id, video_id, segments, self.videos.data, self.slots.data, rows)
 
     def _view(self, state: SegmentState, codes: np.ndarray, rows: Rows) -> None:
-        """Add the progress rows of the keys of ``codes``: their provisional sessions,
-        the open one folded on over their pending events."""
+        """Add the progress rows of the keys of ``codes`` that moved by more than the
+        accuracy since their row was last written (see `_moved`): their provisional
+        sessions, the open one folded on over their pending events."""
         if not len(codes):
             return
         fold = self._fold(state, codes[state.sessions.open[codes]], state.pending_of(codes))
         kept = fold.high > fold.low
-        pairs = [*zip(fold.low[kept].tolist(), fold.high[kept].tolist(), strict=True)]
         ends = fold.rows.take(fold.last)  # one a key, in code order, as the segments
-        bounds = np.searchsorted(fold.segment_code[kept], ends.code, side="right").tolist()
-        done, encode, end_codes = state.done, self._json.encode, ends.code.tolist()
+        done, end_codes = state.done, ends.code.tolist()
+        bounds = np.searchsorted(fold.segment_code[kept], ends.code, side="right")
+        per_key = np.diff(bounds, prepend=0)
+        counts = per_key + np.fromiter(
+            map(len, map(done.get, end_codes, repeat(()))), np.int64, len(end_codes)
+        )
+        moved = self._moved(state.sessions, ends, counts)
+        of_moved = np.repeat(moved, per_key)  # the kept segments of the keys moved
+        pairs = [*zip(fold.low[kept][of_moved].tolist(), fold.high[kept][of_moved].tolist(),
+                      strict=True)]  # fmt: skip
+        ends, bounds = ends.take(moved), np.cumsum(per_key[moved]).tolist()
+        end_codes = ends.code.tolist()
+        encode = self._json.encode
         texts = [
             encode([*(s[:2] for s in done[code]), *pairs[start:end]] if code in done
                    else pairs[start:end]).decode()
@@ -449,6 +473,25 @@ class WatchedSegments:
         rows.setdefault(PROGRESS.name, []).extend(
             zip(users, videos, ends.position.tolist(), ends.ts.tolist(), texts, strict=True)
         )
+
+    def _moved(self, s: Sessions, ends: Events, counts: np.ndarray) -> np.ndarray:
+        """Which keys' progress rows to write, given each key's last event (``ends``)
+        and number of segments: those this process has not written, and those whose
+        position or event time moved by more than the accuracy, or whose number of
+        segments changed, since; it notes what the rows written show. A row left as it
+        is stays within the accuracy of the key's progress: its segments' ends move no
+        more than its position does."""
+        code = ends.code
+        moved = (
+            ~s.shown[code]
+            | (counts != s.shown_count[code])
+            | (np.abs(ends.position - s.shown_position[code]) > self.accuracy_s)
+            | (np.abs(ends.ts - s.shown_ms[code]) > self.accuracy_ms)
+        )
+        code = code[moved]
+        s.shown[code], s.shown_count[code] = True, counts[moved]
+        s.shown_position[code], s.shown_ms[code] = ends.position[moved], ends.ts[moved]
+        return moved
 
     def encode(self, state: SegmentState) -> bytes:
         return b""  # all of it is keyed
