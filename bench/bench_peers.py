@@ -42,7 +42,8 @@ console = Console()
 
 def run(scale: float) -> list[Figure]:
     with tempfile.TemporaryDirectory(prefix="kappaflow-bench-") as tmp:
-        settings = Settings.load({}, {"data_dir": tmp})
+        # Progress written on every change: open sessions' segments exact, as the peers'.
+        settings = Settings.load({}, {"data_dir": tmp, "progress_accuracy_s": 0})
         path = Path(tmp) / "heartbeats.ndjson"
         events = write_heartbeats(path, scale)
         with console.status("appending to the log"):

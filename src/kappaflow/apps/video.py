@@ -102,7 +102,8 @@ def _progress_query(store: Store, params: Mapping[str, str]) -> Progress | None:
 PROGRESS_QUERY = Query(
     "/v1/progress/{user_id}/{video_id}",
     _progress_query,
-    "Where a user should resume a video, and what they watched (open sessions included).",
+    "Where a user should resume a video, and what they watched (open sessions included), "
+    "to the progress accuracy (5 s by default).",
     Progress,
 )
 
