@@ -181,11 +181,12 @@ def test_events_are_ordered_as_by_their_four_columns(rows) -> None:
     assert _order(events).tolist() == expected.tolist()
 
 
-def progress_rows(output) -> dict[str, tuple]:
-    """A batch's progress rows by user: (resume position, last event time, segments)."""
+def progress_rows(output) -> dict[tuple[str, str], tuple]:
+    """A batch's progress rows by (user, video): (resume position, last event time,
+    segments)."""
     return {
-        user: (position, ts, msgspec.json.decode(segments))
-        for user, _, position, ts, segments in output.rows.get("video_progress", [])
+        (user, video): (position, ts, msgspec.json.decode(segments))
+        for user, video, position, ts, segments in output.rows.get("video_progress", [])
     }
 
 
@@ -216,7 +217,7 @@ def test_a_progress_row_is_written_again_once_it_moved_more_than_the_accuracy(
         assert dict(rows)[7] == (7.0, 7_000, [[0.0, 7.0]])
         assert dict(rows)[12] == (107.0, 12_000, [[0.0, 8.0], [100.0, 107.0]])
         closed = processor.process(state, Batch(0, [], [], [], 60_000))
-        assert progress_rows(closed) == {"u": (116.0, 21_000, [])}
+        assert progress_rows(closed) == {("u", "v"): (116.0, 21_000, [])}
 
 
 def test_progress_rows_stay_within_the_accuracy_after_every_batch(settings: Settings) -> None:
@@ -230,7 +231,7 @@ def test_progress_rows_stay_within_the_accuracy_after_every_batch(settings: Sett
         for accuracy in (0.0, 5.0)
     ]
     states = [side.initial_state() for side in sides]
-    tables: list[dict[str, tuple]] = [{}, {}]
+    tables: list[dict[tuple[str, str], tuple]] = [{}, {}]
     written, persisted, highest = [0, 0], {}, 0
     for n, start in enumerate(range(0, len(workload.events), 150)):
         events = workload.events[start : start + 150]
@@ -248,10 +249,10 @@ def test_progress_rows_stay_within_the_accuracy_after_every_batch(settings: Sett
             states[1] = sides[1].decode(b"", persisted)
         exact, coarse = tables
         assert exact.keys() == coarse.keys()
-        for user, (position, ts, segments) in exact.items():
-            coarse_position, coarse_ts, coarse_segments = coarse[user]
+        for key, (position, ts, segments) in exact.items():
+            coarse_position, coarse_ts, coarse_segments = coarse[key]
             assert abs(coarse_position - position) <= 5 and abs(coarse_ts - ts) <= 5_000
             assert len(coarse_segments) == len(segments)
             for bounds, coarse_bounds in zip(segments, coarse_segments, strict=True):
-                assert np.allclose(bounds, coarse_bounds, rtol=0, atol=5), (user, n)
+                assert np.allclose(bounds, coarse_bounds, rtol=0, atol=5), (key, n)
     assert written[1] < 0.7 * written[0]
