@@ -458,9 +458,8 @@ class WatchedSegments:
             map(len, map(done.get, end_codes, repeat(()))), np.int64, len(end_codes)
         )
         moved = self._moved(state.sessions, ends, counts)
-        of_moved = np.repeat(moved, per_key)  # the kept segments of the keys moved
-        pairs = [*zip(fold.low[kept][of_moved].tolist(), fold.high[kept][of_moved].tolist(),
-                      strict=True)]  # fmt: skip
+        shown = np.flatnonzero(kept)[np.repeat(moved, per_key)]  # the moved keys' segments
+        pairs = [*zip(fold.low[shown].tolist(), fold.high[shown].tolist(), strict=True)]
         ends, bounds = ends.take(moved), np.cumsum(per_key[moved]).tolist()
         end_codes = ends.code.tolist()
         encode = self._json.encode
