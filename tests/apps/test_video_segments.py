@@ -256,3 +256,19 @@ def test_progress_rows_stay_within_the_accuracy_after_every_batch(settings: Sett
             for bounds, coarse_bounds in zip(segments, coarse_segments, strict=True):
                 assert np.allclose(bounds, coarse_bounds, rtol=0, atol=5), (key, n)
     assert written[1] < 0.7 * written[0]
+
+
+def test_an_event_before_the_latest_its_key_had_writes_the_row_again(settings: Settings) -> None:
+    """An earlier heartbeat that arrives later changes a segment's start without moving
+    the latest event: the row is written again, at any accuracy."""
+    first = [Heartbeat("u", "v", 1.0, 1_000), Heartbeat("u", "v", 4.0, 4_000)]
+    late = Heartbeat("u", "v", 0.0, 0)
+    for accuracy in (0.0, 5.0):
+        processor = create_app(settings.replace(progress_accuracy_s=accuracy)).processors[
+            "heartbeats"
+        ]
+        state = processor.process(
+            processor.initial_state(), Batch(0, [0, 1], first, [1_000, 4_000], 0)
+        ).state
+        output = processor.process(state, Batch(0, [2], [late], [0], 0))
+        assert progress_rows(output) == {("u", "v"): (4.0, 4_000, [[0.0, 4.0]])}

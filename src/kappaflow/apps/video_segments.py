@@ -89,8 +89,9 @@ class Sessions(NamedTuple):
     """Per key code: its open session (``open``) with its start, its last event and
     its current segment (lowest and highest position, first event time); where its
     pending events are in the arena, how many, and the time of the first; whether the
-    key changed since the state was last persisted; and whether this process wrote its
-    progress row, with the position, event time and number of segments it showed."""
+    key changed since the state was last persisted; whether this process wrote its
+    progress row, with the position, event time and number of segments it showed; and
+    the time of the latest event its view had."""
 
     open: np.ndarray
     session_ms: np.ndarray
@@ -108,11 +109,12 @@ class Sessions(NamedTuple):
     shown_position: np.ndarray
     shown_ms: np.ndarray
     shown_count: np.ndarray
+    viewed_ms: np.ndarray
 
     @classmethod
     def of_size(cls, size: int) -> Sessions:
         i8, f8 = np.int64, np.float64
-        types = (bool, i8, i8, np.int8, f8, f8, f8, i8, i8, i8, i8, bool, bool, f8, i8, i8)
+        types = (bool, i8, i8, np.int8, f8, f8, f8, i8, i8, i8, i8, bool, bool, f8, i8, i8, i8)
         return cls(*(np.zeros(size, t) for t in types))
 
     def take(self, selected: np.ndarray) -> Sessions:
@@ -322,9 +324,11 @@ class WatchedSegments:
         state.set_pending(work, merged.take(~released))
         rows: Rows = {}
         closed = self._fold_released(state, merged.take(released), watermark, rows)
-        changed = np.union1d(taken, closed)
-        state.sessions.changed[changed] = True
-        state.sessions.shown[closed] = False  # its row shows the closed session
+        changed, s = np.union1d(taken, closed), state.sessions
+        s.changed[changed] = True
+        s.shown[closed] = False  # its row shows the closed session
+        # An event at or before the latest its key's view had may change any segment.
+        s.shown[new.code[new.ts <= s.viewed_ms[new.code]]] = False
         self._view(state, changed[state.live(changed)], rows)
         return Output(state, rows, duplicates)
 
@@ -478,9 +482,11 @@ class WatchedSegments:
         and number of segments: those this process has not written, and those whose
         position or event time moved by more than the accuracy, or whose number of
         segments changed, since; it notes what the rows written show. A row left as it
-        is stays within the accuracy of the key's progress: its segments' ends move no
-        more than its position does."""
+        is stays within the accuracy of the key's progress: events after the latest its
+        view had move its segments' ends no more than its position (an earlier one makes
+        `process` write the key again)."""
         code = ends.code
+        s.viewed_ms[code] = ends.ts
         moved = (
             ~s.shown[code]
             | (counts != s.shown_count[code])
