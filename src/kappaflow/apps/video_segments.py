@@ -27,7 +27,7 @@ latest heartbeat.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from itertools import count, filterfalse, repeat
+from itertools import compress, count, filterfalse, repeat
 from operator import attrgetter
 from typing import Any, NamedTuple
 
@@ -132,7 +132,9 @@ class SegmentState:
         self.keys: list[str] = []
         self.codes: dict[str, int] = {}
         self.sessions = Sessions.of_size(0)
-        self.done: dict[int, list[Segment]] = {}
+        self.done: dict[int, bytes] = {}
+        """The closed segments of open sessions as `DONE` records: a key changes with every
+        heartbeat, and its state is written with all of them, by joining bytes."""
         self.arena = _events(*_NONE)
         self.used = 0
         """Rows of the arena written."""
@@ -152,6 +154,15 @@ class SegmentState:
                     column[:size] = old
                 self.sessions = grown
         return np.fromiter(map(self.codes.__getitem__, keys), np.int64, len(keys))
+
+    def done_of(self, codes: list[int]) -> tuple[list[bytes], np.ndarray]:
+        """The `done` records of ``codes`` and how many each has."""
+        records = [*map(self.done.get, codes, repeat(b""))]
+        return records, np.fromiter(map(len, records), np.int64, len(codes)) // DONE.itemsize
+
+    def pop_done(self, code: int) -> list[Segment]:
+        """The closed segments of ``code``'s open session, as it closes."""
+        return np.frombuffer(self.done.pop(code, b""), DONE).tolist()
 
     def live(self, codes: np.ndarray) -> np.ndarray:
         """Whether each of ``codes`` has an open session or pending events."""
@@ -239,12 +250,24 @@ class Fold(NamedTuple):
     carried: np.ndarray
     """Whether a session is the open session its key had."""
 
+    @property
+    def extents(self) -> tuple[np.ndarray, ...]:
+        """The segments' columns, in the order of a `Segment` and of `DONE`."""
+        return self.low, self.high, self.start_ms, self.end_ms
+
     def segments(self, selected: np.ndarray) -> list[tuple[int, int, Segment]]:
         """(session, code, segment) of the ``selected`` segments."""
-        columns = (self.low, self.high, self.start_ms, self.end_ms)
-        segments = map(list, zip(*(column[selected].tolist() for column in columns), strict=True))
+        segments = map(list, zip(*(column[selected].tolist() for column in self.extents),
+                                 strict=True))  # fmt: skip
         return list(zip(self.segment_session[selected].tolist(),
                         self.segment_code[selected].tolist(), segments, strict=True))  # fmt: skip
+
+    def records(self, selected: np.ndarray) -> bytes:
+        """The ``selected`` segments as `DONE` records."""
+        records = np.zeros(len(selected), DONE)
+        for name, column in zip(DONE.names, self.extents, strict=True):
+            records[name] = column[selected]
+        return records.tobytes()
 
 
 def _distinct(codes: np.ndarray) -> np.ndarray:
@@ -399,17 +422,17 @@ class WatchedSegments:
         for session, _, segment in fold.segments(has_length & ~stays[fold.segment_session]):
             segments.setdefault(session, []).append(segment)
         closing = [
-            (code, session_ms, [*(done.pop(code, []) if carried else ()), *segments.get(i, ())],
+            (code, session_ms, [*(state.pop_done(code) if carried else ()), *segments.get(i, ())],
              position, ts)
             for i, code, session_ms, carried, position, ts in zip(
                 ended.tolist(), fold.session_code[ended].tolist(),
                 fold.session_ms[ended].tolist(), fold.carried[ended].tolist(),
                 position[end[ended]].tolist(), ts[end[ended]].tolist(), strict=True)
         ]  # fmt: skip
-        for _, code, segment in fold.segments(
-            has_length & stays[fold.segment_session] & ~fold.current
-        ):
-            done.setdefault(code, []).append(segment)
+        closed_on = np.flatnonzero(has_length & stays[fold.segment_session] & ~fold.current)
+        records = fold.records(closed_on)
+        for i, code in enumerate(fold.segment_code[closed_on].tolist()):
+            done[code] = done.get(code, b"") + records[i * DONE.itemsize : (i + 1) * DONE.itemsize]
         staying, end = fold.session_code[stays], end[stays]
         s.open[staying] = True
         s.session_ms[staying] = fold.session_ms[stays]
@@ -425,7 +448,7 @@ class WatchedSegments:
         for code, session_ms, ts, rank, position, low, high, start_ms in zip(
             idle.tolist(), *(column[idle].tolist() for column in s[1:8]), strict=True
         ):
-            segments_of = done.pop(code, [])
+            segments_of = state.pop_done(code)
             if rank < PAUSE and high > low:
                 segments_of.append([low, high, start_ms, ts])
             closing.append((code, session_ms, segments_of, position, ts))
@@ -455,23 +478,23 @@ class WatchedSegments:
         fold = self._fold(state, codes[state.sessions.open[codes]], state.pending_of(codes))
         kept = fold.high > fold.low
         ends = fold.rows.take(fold.last)  # one a key, in code order, as the segments
-        done, end_codes = state.done, ends.code.tolist()
         bounds = np.searchsorted(fold.segment_code[kept], ends.code, side="right")
         per_key = np.diff(bounds, prepend=0)
-        counts = per_key + np.fromiter(
-            map(len, map(done.get, end_codes, repeat(()))), np.int64, len(end_codes)
-        )
-        moved = self._moved(state.sessions, ends, counts)
+        records, done = state.done_of(ends.code.tolist())
+        moved = self._moved(state.sessions, ends, per_key + done)
         shown = np.flatnonzero(kept)[np.repeat(moved, per_key)]  # the moved keys' segments
         pairs = [*zip(fold.low[shown].tolist(), fold.high[shown].tolist(), strict=True)]
+        closed = np.frombuffer(b"".join(compress(records, moved)), DONE)  # theirs before
+        closed_pairs = [*zip(closed["low"].tolist(), closed["high"].tolist(), strict=True)]
         ends, bounds = ends.take(moved), np.cumsum(per_key[moved]).tolist()
-        end_codes = ends.code.tolist()
+        closed_bounds = np.cumsum(done[moved]).tolist()
         encode = self._json.encode
         texts = [
-            encode([*(s[:2] for s in done[code]), *pairs[start:end]] if code in done
-                   else pairs[start:end]).decode()
-            for code, start, end in zip(end_codes, [0, *bounds], bounds, strict=False)
+            encode(closed_pairs[c0:c1] + pairs[start:end] if c1 > c0 else pairs[start:end]).decode()
+            for c0, c1, start, end in zip([0, *closed_bounds], closed_bounds, [0, *bounds], bounds,
+                                          strict=False)
         ]  # fmt: skip
+        end_codes = ends.code.tolist()
         users, videos = keys_ids([*map(state.keys.__getitem__, end_codes)])
         rows.setdefault(PROGRESS.name, []).extend(
             zip(users, videos, ends.position.tolist(), ends.ts.tolist(), texts, strict=True)
@@ -515,14 +538,13 @@ class WatchedSegments:
         head = np.zeros(len(codes), HEAD)
         for name, column in zip(SESSION, s[:8], strict=True):
             head[name] = column[codes]
-        done = [state.done.get(code, ()) for code in codes.tolist()]
-        head["done"] = [*map(len, done)]
+        records, head["done"] = state.done_of(codes.tolist())
         pending = state.pending_of(codes)
         pending_rows = np.zeros(len(pending.ts), PENDING)
         for name, column in zip(PENDING.names, pending[1:], strict=True):
             pending_rows[name] = column
-        done_rows = np.array([tuple(segment) for segments in done for segment in segments], DONE)
-        values = packed(head, done_rows, pending_rows, s.pending[codes])
+        done = np.frombuffer(b"".join(records), DONE)
+        values = packed(head, done, pending_rows, s.pending[codes])
         changed.update(zip(map(state.keys.__getitem__, codes.tolist()), values, strict=True))
         state.compact()
         return changed
@@ -542,9 +564,13 @@ class WatchedSegments:
         s = state.sessions
         for name, column in zip(SESSION, s[:8], strict=True):
             column[codes] = head[name]
-        for code, segment in zip(np.repeat(codes, head["done"]).tolist(), done.tolist(),
-                                 strict=True):  # fmt: skip
-            state.done.setdefault(code, []).append(list(segment))
+        records = done.astype(DONE).tobytes()
+        bounds = [0, *(np.cumsum(head["done"]) * DONE.itemsize).tolist()]
+        state.done = {
+            code: records[start:end]
+            for code, start, end in zip(codes.tolist(), bounds, bounds[1:], strict=False)
+            if end > start
+        }
         code = np.repeat(codes, counts)
         state.set_pending(codes, _events(code, *(pending[name] for name in PENDING.names)))
         s.changed[state.code_all(list(changed))] = True
