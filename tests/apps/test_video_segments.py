@@ -107,6 +107,27 @@ def test_a_commit_writes_the_changed_keys_and_gone_keys_leave_the_state(
     assert state.keys == [] and state.codes == {} and state.used == 0
 
 
+def test_a_key_new_after_the_codes_are_compacted_gets_a_code_of_its_own(
+    settings: Settings,
+) -> None:
+    """Compacting renumbers the keys that stay from 0; the next new key is numbered
+    after them, and each key keeps its own pending events."""
+    processor = create_app(settings).processors["heartbeats"]
+    many = [Heartbeat(f"u{n}", "v", 0.0, 0) for n in range(3_000)]
+    batch = Batch(0, [*range(3_000)], many, [0] * 3_000, -30_000)
+    state = processor.process(processor.initial_state(), batch).state
+    kept, new = Heartbeat("kept", "v", 1.0, 100_000), Heartbeat("new", "v", 2.0, 101_000)
+    state = processor.process(state, Batch(0, [3_000], [kept], [kept.ts], 70_000)).state
+    processor.changed_keys(state)  # the 3,000 sessions closed: their codes go
+    state = processor.process(state, Batch(0, [3_001], [new], [new.ts], 71_000)).state
+    keys = [f"kept{KEY_SEPARATOR}v", f"new{KEY_SEPARATOR}v"]
+    assert state.keys == keys and state.codes == {keys[0]: 0, keys[1]: 1}
+    assert [state.pending_of(np.array([code])).position.tolist() for code in (0, 1)] == [
+        [1.0],
+        [2.0],
+    ]
+
+
 def test_a_key_written_again_and_again_leaves_the_arena_small(settings: Settings) -> None:
     """Each batch writes the key's pending events anew at the arena's end; the arena is
     rewritten without the rows left behind before it outgrows twice what is pending."""
