@@ -17,6 +17,7 @@ from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Table
 from kappaflow.store.keyed import carry_over_keyed_rows, prepare_keys, read_keys, write_keys
 from kappaflow.store.sql import RowWriter, StoreReads, claim_partition, create_sql, note_halt
+from kappaflow.store.sqlite_checkpoints import Checkpointer
 
 T = TypeVar("T")
 WAL_LIMIT_BYTES = 256 * 1024 * 1024
@@ -25,7 +26,7 @@ checkpoints inside its turn so that it does. At 100,000 heartbeats/s two workers
 about 120 MB/s of WAL: at 64 MiB most checkpoints ran inside a turn, holding the other
 worker up; at 256 MiB the turns are held 17% less time in all (bench/README.md)."""
 CHECKPOINT_S = 2.0
-"""How often a connection that writes checkpoints the WAL, at most."""
+"""How often the WAL is checkpointed beside a connection that writes, at most."""
 CACHE_BYTES = 64 * 1024 * 1024
 KF_KEYS_EXISTS = "SELECT 1 FROM sqlite_schema WHERE name = 'kf_keys'"
 
@@ -100,7 +101,7 @@ class SQLiteStore(StoreReads):
             # The WAL grows while readers keep a checkpoint from reaching its end; once one
             # does, it is cut back to this size instead of keeping its peak on disk.
             self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
-            # Checkpoints are run by `_checkpoint`, not inside COMMIT.
+            # Checkpoints run beside the writer (`Checkpointer`), not inside COMMIT.
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             # Pages kept in memory (the default keeps 2 MiB): a worker's commits touch
             # pages all over its state and result tables, and re-reading each from the
@@ -111,7 +112,7 @@ class SQLiteStore(StoreReads):
             raise StoreUnavailable(f"SQLite store {self.path}: {error}") from error
         self._writer = RowWriter(sqlite3.Error, sqlite3.OperationalError)
         self._turns = os.open(f"{self.path}-writer", os.O_RDWR | os.O_CREAT, 0o644)
-        self._checkpointed = time.monotonic()
+        self._checkpoints = Checkpointer(self.path, CHECKPOINT_S)
         self._carry_over_keyed_rows()
 
     def _carry_over_keyed_rows(self) -> None:
@@ -157,21 +158,15 @@ class SQLiteStore(StoreReads):
             raise StoreUnavailable(f"SQLite store {self.path}: {error}") from error
         except sqlite3.Error as error:
             raise StoreError(f"SQLite store {self.path}: {error}") from error
-        if time.monotonic() - self._checkpointed >= CHECKPOINT_S:
-            self._checkpoint()
+        self._checkpoints.wrote()
 
     def _checkpoint(self) -> None:
-        """Copy the WAL's pages into the database. A writer does so after its turn, at
-        most every ``CHECKPOINT_S``, while the others take theirs (SQLite's automatic
-        checkpoints run inside COMMIT, and held the turn for up to 0.6 s); each copies
-        the pages changed since the last one once, so a page that many commits rewrite
-        (progress rows, say) is copied once a checkpoint, not once a commit. But while
+        """Copy the WAL's pages into the database inside this writer's turn. The
+        checkpoints beside the writers (`Checkpointer`) copy most of them; but while
         writers take turns, one is always writing, and the WAL restarts from its start
         only if a checkpoint copied all of it before the next write: so a writer that
-        finds the WAL over ``WAL_LIMIT_BYTES`` checkpoints inside its turn (the copying
-        left after the checkpoints before it). PASSIVE: it copies what no reader still
-        needs and waits for none; a checkpoint that cannot run is tried again later."""
-        self._checkpointed = time.monotonic()
+        finds the WAL over ``WAL_LIMIT_BYTES`` copies what is left in its turn. PASSIVE:
+        it copies what no reader still needs and waits for none."""
         with suppress(sqlite3.OperationalError):
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
@@ -258,5 +253,6 @@ class SQLiteStore(StoreReads):
         return self._read(lambda db: db.execute(sql, params).fetchall())
 
     def close(self) -> None:
+        self._checkpoints.close()
         self._db.close()
         os.close(self._turns)
