@@ -1,15 +1,15 @@
 """The SQLite store (WAL mode): the embedded default. Worker processes share one
 database file; ``BEGIN IMMEDIATE`` serializes their commits, and the store's writers
-take turns through a lock file beside it first (see `SQLiteStore._writer_turn`)."""
+take turns through a lock file beside it first; the WAL is checkpointed beside them
+(module `sqlite_wal`)."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,12 +17,12 @@ from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Table
 from kappaflow.store.keyed import carry_over_keyed_rows, prepare_keys, read_keys, write_keys
 from kappaflow.store.sql import RowWriter, StoreReads, claim_partition, create_sql, note_halt
-from kappaflow.store.sqlite_checkpoints import Checkpointer
+from kappaflow.store.sqlite_wal import Checkpointer, open_turns, writer_turn
 
 T = TypeVar("T")
 WAL_LIMIT_BYTES = 256 * 1024 * 1024
-"""Size the WAL is cut back to once a checkpoint reaches its end, and over which a writer
-checkpoints inside its turn so that it does. At 100,000 heartbeats/s two workers write
+"""Size the WAL is cut back to once a checkpoint reaches its end, and over which a
+checkpoint takes a writer's turn so that it does. At 100,000 heartbeats/s two workers write
 about 120 MB/s of WAL: at 64 MiB most checkpoints ran inside a turn, holding the other
 worker up; at 256 MiB the turns are held 17% less time in all (bench/README.md)."""
 CHECKPOINT_S = 2.0
@@ -111,8 +111,8 @@ class SQLiteStore(StoreReads):
         except sqlite3.Error as error:
             raise StoreUnavailable(f"SQLite store {self.path}: {error}") from error
         self._writer = RowWriter(sqlite3.Error, sqlite3.OperationalError)
-        self._turns = os.open(f"{self.path}-writer", os.O_RDWR | os.O_CREAT, 0o644)
-        self._checkpoints = Checkpointer(self.path, CHECKPOINT_S)
+        self._turns = open_turns(self.path)
+        self._checkpoints = Checkpointer(self.path, CHECKPOINT_S, WAL_LIMIT_BYTES)
         self._carry_over_keyed_rows()
 
     def _carry_over_keyed_rows(self) -> None:
@@ -126,23 +126,10 @@ class SQLiteStore(StoreReads):
                 carry_over_keyed_rows(cursor)
 
     @contextmanager
-    def _writer_turn(self) -> Iterator[None]:
-        """Wait for the other writers of this database in the kernel, woken as soon as
-        the lock file is free. SQLite's own wait for its write lock sleeps 1, 2, 5 ...
-        25, 50 then 100 ms between tries, and wakes up to that late: while two workers
-        commit in turn, each waited 45 ms a commit on average, 0.75 s at most. A writer
-        outside kappaflow is still held off by SQLite's lock and its busy timeout."""
-        fcntl.flock(self._turns, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._turns, fcntl.LOCK_UN)
-
-    @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
         cursor = self._db.cursor()
         try:
-            with self._writer_turn():
+            with writer_turn(self._turns):
                 cursor.execute("BEGIN IMMEDIATE")
                 try:
                     yield cursor
@@ -150,8 +137,6 @@ class SQLiteStore(StoreReads):
                     cursor.execute("ROLLBACK")
                     raise
                 cursor.execute("COMMIT")
-                if self._wal_bytes() > WAL_LIMIT_BYTES:
-                    self._checkpoint()
         except sqlite3.OperationalError as error:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
@@ -159,22 +144,6 @@ class SQLiteStore(StoreReads):
         except sqlite3.Error as error:
             raise StoreError(f"SQLite store {self.path}: {error}") from error
         self._checkpoints.wrote()
-
-    def _checkpoint(self) -> None:
-        """Copy the WAL's pages into the database inside this writer's turn. The
-        checkpoints beside the writers (`Checkpointer`) copy most of them; but while
-        writers take turns, one is always writing, and the WAL restarts from its start
-        only if a checkpoint copied all of it before the next write: so a writer that
-        finds the WAL over ``WAL_LIMIT_BYTES`` copies what is left in its turn. PASSIVE:
-        it copies what no reader still needs and waits for none."""
-        with suppress(sqlite3.OperationalError):
-            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-
-    def _wal_bytes(self) -> int:
-        try:
-            return os.stat(f"{self.path}-wal").st_size
-        except FileNotFoundError:
-            return 0
 
     def _read(self, action: Callable[[sqlite3.Connection], T]) -> T:
         try:
