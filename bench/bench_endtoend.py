@@ -42,6 +42,7 @@ from kappaflow.log import open_log
 from kappaflow.metrics import partition_lag
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
+from kappaflow.store.sqlite_wal import wal_bytes
 from kappaflow.up import free_port
 
 STEP_S = 240
@@ -249,8 +250,7 @@ class Up:
 
     def wal_bytes(self) -> int:
         """Size of the SQLite store's write-ahead log."""
-        wal = Path(f"{self.settings.sqlite_path}-wal")
-        return wal.stat().st_size if wal.exists() else 0
+        return wal_bytes(Path(self.settings.sqlite_path))
 
     def backlog(self) -> int:
         """Records appended to the log and not yet committed by the workers."""
