@@ -163,24 +163,6 @@ def test_keyed_state_log_is_merged_when_its_changes_outweigh_the_last_merge(
     assert store.claim("g", [0], "w")[0].keys == base
 
 
-def test_keyed_state_logs_due_together_are_merged_one_a_commit(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Partitions whose logs fall due in the same commit are merged by consecutive
-    commits, so that a commit pays for one merge at most."""
-    monkeypatch.setattr(keyed, "MERGE_MAX_ROWS", 3)
-    store.claim("g", [0, 1], "w")
-
-    def commit(offset: int) -> list[int]:
-        change = {f"k{offset}": b"x"}
-        store.commit("g", [PartitionCommit(p, 1, offset, b"", change) for p in (0, 1)], {})
-        return [_log_rows(store, p) for p in (0, 1)]
-
-    assert [commit(offset) for offset in range(1, 6)] == [[1, 1], [2, 2], [3, 3], [1, 4], [2, 1]]
-    keys = {f"k{offset}": b"x" for offset in range(1, 6)}
-    assert [claim.keys for claim in store.claim("g", [0, 1], "w").values()] == [keys, keys]
-
-
 def _execute(settings: Settings, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
     """SQL on the store's database through its driver, outside kappaflow."""
     if settings.store == "sqlite":

@@ -1,14 +1,14 @@
 """Keyed state in the store, as a log of changes per partition (SQL shared by SQLite
 and PostgreSQL). Each commit appends one row: the keys it changed, as a msgpack map
 whose None values delete. Once the changes outweigh the oldest row ``MERGE_RATIO``
-times, the rows are merged into one (one partition's a commit). A commit thus writes
-about as many bytes as its keys changed, where an upsert per key would rewrite a page
-of a B-tree for each key at a random place in it.
+times, the rows are merged into one. A commit thus writes about as many bytes as its
+keys changed, where an upsert per key would rewrite a page of a B-tree for each key at a
+random place in it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from itertools import groupby
 from typing import Any, NamedTuple
 
@@ -61,39 +61,20 @@ class KeysAppend(NamedTuple):
     merged: bytes | None
 
 
-def append_keys(
-    cursor: Any, group: str, commits: Sequence[PartitionCommit], sql: Translate = str
-) -> None:
-    """Append the keys each of ``commits`` changed to its partition's log, merging the
-    log of at most one partition (see `prepare_keys`)."""
-    for append in prepare_keys(cursor, group, commits, sql):
-        if append is not None:
-            write_keys(cursor, group, append, sql)
+def append_keys(cursor: Any, group: str, commit: PartitionCommit, sql: Translate = str) -> None:
+    """Append the keys ``commit`` changed to its partition's log; merge the log when its
+    changes outweigh its oldest row (the last merge) ``MERGE_RATIO`` times or it has
+    grown too long."""
+    if (append := prepare_keys(cursor, group, commit, sql)) is not None:
+        write_keys(cursor, group, append, sql)
 
 
 def prepare_keys(
-    cursor: Any, group: str, commits: Sequence[PartitionCommit], sql: Translate = str
-) -> list[KeysAppend | None]:
-    """`append_keys` up to its writes: it reads the logs and encodes and merges, so a
-    store can do this before its write transaction (only a partition's owner writes its
-    log, and a commit checks that ownership before `write_keys`). A partition's log is
-    merged when its changes outweigh its oldest row (the last merge) ``MERGE_RATIO``
-    times or it has grown too long; of the partitions due, one a commit, so that a
-    commit pays for one merge at most (a worker's partitions grow alike and fell due
-    together: 50-300 ms of merging in one commit at 100,000 heartbeats/s, where one
-    merge takes 20-50 ms). The others are merged by the commits after."""
-    appends: list[KeysAppend | None] = []
-    merged = False
-    for commit in commits:
-        append = _prepare(cursor, group, commit, sql, may_merge=not merged)
-        merged |= append is not None and append.merged is not None
-        appends.append(append)
-    return appends
-
-
-def _prepare(
-    cursor: Any, group: str, commit: PartitionCommit, sql: Translate, may_merge: bool
+    cursor: Any, group: str, commit: PartitionCommit, sql: Translate = str
 ) -> KeysAppend | None:
+    """`append_keys` up to its writes: it reads the log and encodes and merges, so a
+    store can do this before its write transaction (only the partition's owner writes
+    its log, and a commit checks that ownership before `write_keys`)."""
     if not commit.keys:
         return None
     sizes = cursor.execute(sql(SIZES), (group, commit.partition)).fetchall()
@@ -102,8 +83,7 @@ def _prepare(
     changes = sum(size for _, size in sizes[1:]) + len(change)
     oldest = MERGE_RATIO * sizes[0][1] if sizes else 0
     merged = None
-    due = len(sizes) >= MERGE_MAX_ROWS or changes > max(oldest, MERGE_MIN_BYTES)
-    if sizes and may_merge and due:
+    if sizes and (len(sizes) >= MERGE_MAX_ROWS or changes > max(oldest, MERGE_MIN_BYTES)):
         merged = _merged([*_changes(cursor, group, commit.partition, sql), change])
     return KeysAppend(commit.partition, seq, change, merged)
 

@@ -201,7 +201,7 @@ class PostgresStore(StoreReads):
                         f"{group} partition {c.partition}: generation {c.generation} is stale; "
                         "another worker owns it"
                     )
-            append_keys(cursor, group, partitions, placeholders)
+                append_keys(cursor, group, c, placeholders)
             self._writer.write(cursor, rows)
             if dead_letters:
                 cursor.executemany(

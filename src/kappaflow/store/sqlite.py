@@ -175,7 +175,7 @@ class SQLiteStore(StoreReads):
         dead_letters: Sequence[DeadLetter] = (),
     ) -> None:
         # The state logs' reads, encoding and merges before this writer's turn.
-        appends = self._read(lambda db: prepare_keys(db, group, partitions))
+        appends = self._read(lambda db: [prepare_keys(db, group, c) for c in partitions])
         with self._transaction() as cursor:
             for commit, append in zip(partitions, appends, strict=True):
                 found = cursor.execute(
