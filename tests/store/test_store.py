@@ -19,7 +19,7 @@ import pytest
 
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.settings import Settings
-from kappaflow.store import Store, keyed, open_store
+from kappaflow.store import Store, keyed, open_store, sqlite_wal
 from kappaflow.store import sqlite as sqlite_store
 from kappaflow.store.base import DeadLetter, Halted, PartitionCommit, Table
 from kappaflow.store.postgres import PostgresStore, placeholders
@@ -275,6 +275,36 @@ def test_sqlite_wal_is_cut_back_once_a_checkpoint_reaches_its_end(
         store.upsert({"latest": [("again", "y")]})
         time.sleep(0.05)
     assert peak > 8_000_000 and wal.stat().st_size <= 64 * 1024
+    store.close()
+
+
+def test_sqlite_wal_over_its_limit_is_checkpointed_once_a_write(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The WAL keeps its size on disk until the next commit starts it over: a store that
+    stops writing with the WAL over the limit checkpoints it once, and does not take the
+    writers' turn again for nothing while it is idle."""
+    monkeypatch.setattr(sqlite_store, "WAL_LIMIT_BYTES", 64 * 1024)
+    checkpoints: list[sqlite3.Connection] = []
+    checkpoint = sqlite_wal._checkpoint
+
+    def counted(db: sqlite3.Connection) -> None:
+        checkpoints.append(db)
+        checkpoint(db)
+
+    monkeypatch.setattr(sqlite_wal, "_checkpoint", counted)
+    store = open_store(settings)
+    store.create_tables([LATEST])
+    for batch in range(3):
+        store.upsert({"latest": [(f"{batch}-{i}", "x" * 1000) for i in range(1000)]})
+    deadline = time.monotonic() + 10
+    while not checkpoints and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # the cut-back's two checkpoints, the second in a writer's turn
+    cut_back = len(checkpoints)
+    time.sleep(1.0)  # 10 looks at the WAL, still over the limit
+    assert Path(f"{settings.sqlite_path}-wal").stat().st_size > 64 * 1024
+    assert cut_back >= 1 and len(checkpoints) == cut_back
     store.close()
 
 

@@ -55,9 +55,11 @@ class Checkpointer:
     once a commit. While writers take turns one is always writing, and the WAL restarts
     from its start only if a checkpoint copied all of it before the next write: so once
     it is over ``limit_bytes``, a checkpoint copies what it can, then takes a writer's
-    turn to copy the rest, the frames written meanwhile. PASSIVE: it copies what no
-    reader still needs and waits for no one; a checkpoint that cannot run is tried again
-    later."""
+    turn to copy the rest, the frames written meanwhile. Either waits for a write since
+    the checkpoint before: the WAL keeps its size on disk until the next commit starts
+    it over, and until then another checkpoint would find nothing to copy. PASSIVE: it
+    copies what no reader still needs and waits for no one; a checkpoint that cannot
+    run is tried again after the next write."""
 
     def __init__(self, path: Path, interval_s: float, limit_bytes: int) -> None:
         self._path = path
@@ -90,11 +92,14 @@ class Checkpointer:
     def _checkpoints(self, db: sqlite3.Connection, turns: int) -> None:
         last = time.monotonic()
         while not self._stop.wait(LOOK_S):
+            if not self._wrote.is_set():
+                continue
             if wal_bytes(self._path) > self._limit_bytes:
+                self._wrote.clear()
                 _checkpoint(db)
                 with writer_turn(turns):
                     _checkpoint(db)
-            elif self._wrote.is_set() and time.monotonic() - last >= self._interval_s:
+            elif time.monotonic() - last >= self._interval_s:
                 self._wrote.clear()
                 _checkpoint(db)
             else:
