@@ -1,7 +1,8 @@
 """A video key's state as bytes, many keys at a time: a fixed head (its open session),
 then the segments that session has closed, then its pending events, each a record of
-fixed size, little-endian. A batch of keys is packed and unpacked with array
-operations, with no Python object per event or segment.
+fixed size, little-endian. A batch of keys is packed by slicing the bytes of all its
+heads, segments and events, and unpacked with array operations: no Python object per
+event or segment.
 
 The first byte is `FORMAT`; state written by `SessionWindows` (a msgpack array, whose
 first byte is 0x90-0x9f) is told apart by it.
@@ -45,22 +46,19 @@ def packed(
 ) -> list[bytes]:
     """Each key's bytes: its ``head`` (whose format byte this sets), its
     ``head["done"]`` rows of ``done`` and its ``counts`` rows of ``pending`` (both in key
-    order)."""
+    order). Each key's three parts are sliced from the parts' bytes and joined: a byte
+    index built to scatter them into one array took 1.7 times as long."""
     head["format"] = FORMAT
-    sizes = HEAD.itemsize + head["done"] * DONE.itemsize + counts * PENDING.itemsize
-    starts = np.cumsum(sizes) - sizes
-    out = np.zeros(int(sizes.sum()), np.uint8)
-    for firsts, per_key, records in (
-        (starts, np.ones(len(head), np.int64), head),
-        (starts + HEAD.itemsize, head["done"], done),
-        (_pending_at(starts, head), counts, pending),
-    ):
-        out[_rows_at(firsts, per_key, records.itemsize)] = records.view(np.uint8).reshape(
-            len(records), records.itemsize
+    heads, done_bytes, pending_bytes = head.tobytes(), done.tobytes(), pending.tobytes()
+    done_ends = (np.cumsum(head["done"], dtype=np.int64) * DONE.itemsize).tolist()
+    pending_ends = (np.cumsum(counts, dtype=np.int64) * PENDING.itemsize).tolist()
+    return [
+        heads[start : start + HEAD.itemsize] + done_bytes[d0:d1] + pending_bytes[p0:p1]
+        for start, d0, d1, p0, p1 in zip(
+            range(0, len(heads), HEAD.itemsize), [0, *done_ends], done_ends,
+            [0, *pending_ends], pending_ends, strict=False,
         )
-    data = out.tobytes()
-    bounds = np.append(starts, len(data)).tolist()
-    return [data[bounds[k] : bounds[k + 1]] for k in range(len(head))]
+    ]  # fmt: skip
 
 
 def is_packed(value: bytes) -> bool:
