@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from kappaflow.apps.video import Heartbeat
-from kappaflow.loadgen import LoadGenerator, encoded
+from kappaflow.loadgen import LoadGenerator, Summary, encoded
 
 
 class Ingest(BaseHTTPRequestHandler):
@@ -70,3 +70,44 @@ def test_refusals_are_retried_after_the_pause_and_400s_are_final(ingest: str) ->
 def test_an_url_that_is_not_http_is_refused() -> None:
     with pytest.raises(ValueError, match="not an http:// URL"):
         LoadGenerator("https://example.com", 1_000, [])
+
+
+class Busy(BaseHTTPRequestHandler):
+    """Refuses every post with 429, asking for a pause of 0.1 s."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(429)
+        for name, value in {"retry-after": "0.1", "content-length": "2"}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_refusals_are_not_retried_past_the_duration() -> None:
+    """A stack that refuses everything: the run ends about when its duration is up, and
+    the batches still refused then are dropped."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        events = [Heartbeat(f"u{n}", "v", 0.0, 5_000 + n) for n in range(40)]
+        generator = LoadGenerator(f"http://127.0.0.1:{server.server_address[1]}", 100,
+                                  encoded(events, 2))  # fmt: skip
+        runs: list[Summary] = []
+        runner = threading.Thread(target=lambda: runs.append(generator.run(0.5)), daemon=True)
+        runner.start()
+        runner.join(10)
+        assert not runner.is_alive(), "the run went on retrying past its duration"
+    finally:
+        server.shutdown()
+        server.server_close()
+    summary = runs[0]
+    assert summary.seconds < 2.0
+    assert summary.accepted == 0 and summary.sent > 0
+    assert summary.dropped == summary.sent
+    assert summary.retries > 0

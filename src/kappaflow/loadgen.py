@@ -1,8 +1,10 @@
 """``kappaflow loadgen``: simulated viewers posting heartbeats over HTTP at a target
 rate, batched per request like a client SDK. Refusals with ``Retry-After`` (429, 503)
-are retried after the pause the server asks for; 400s are counted as rejected. The
-generator posts `Batch`es encoded beforehand (`encoded`), so that a caller can encode
-them faster than heartbeat by heartbeat."""
+are retried after the pause the server asks for, until the run's duration is up: a
+batch still refused then is dropped, so that a run against a stack that cannot take
+more still ends. 400s are counted as rejected. The generator posts `Batch`es encoded
+beforehand (`encoded`), so that a caller can encode them faster than heartbeat by
+heartbeat."""
 
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ class Summary:
     """Events in requests answered 400 (never retried)."""
     failed: int = 0
     """Events given up on after connection errors."""
+    dropped: int = 0
+    """Events still refused (429, 503) when the run's duration was up."""
     retries: int = 0
     requests: int = 0
     seconds: float = 0.0
@@ -90,11 +94,14 @@ class LoadGenerator:
         self.batches = iter(batches)
         self.summary = Summary()
         self._counting = threading.Lock()
+        self._end = float("inf")
+        """When refusals stop being retried (`time.perf_counter`)."""
 
     def run(
         self, duration: float | None = None, progress: bool = False, total: int | None = None
     ) -> Summary:
-        """Send until ``duration`` seconds have passed or the events run out. ``SENDERS``
+        """Send until ``duration`` seconds have passed or the events run out; with a
+        ``duration``, batches still refused then are dropped, not retried. ``SENDERS``
         threads post the batches, each on a keep-alive connection of its own (the
         standard library's client: a fifth of the CPU an asyncio httpx client takes per
         request, which would take from a stack on the same machine)."""
@@ -106,6 +113,8 @@ class LoadGenerator:
         )  # fmt: skip
         task = bar.add_task("", total=duration if duration else total)
         started = time.perf_counter()
+        if duration is not None:
+            self._end = started + duration
         for sender in senders:
             sender.start()
         try:
@@ -153,6 +162,9 @@ class LoadGenerator:
                     status = response.status
                     self._count(requests=1, code=status)
                     if status in (429, 503):
+                        if time.perf_counter() >= self._end:
+                            self._count(dropped=batch.events)
+                            break
                         self._count(retries=1)
                         time.sleep(float(response.getheader("retry-after", "1")))
                         continue
@@ -181,6 +193,7 @@ def print_summary(summary: Summary) -> None:
     table.add_row("accepted", f"{summary.accepted:,}")
     table.add_row("rejected (400)", f"{summary.rejected:,}")
     table.add_row("failed (connection)", f"{summary.failed:,}")
+    table.add_row("dropped (refused at the end)", f"{summary.dropped:,}")
     table.add_row("retried (429/503/errors)", f"{summary.retries:,}")
     table.add_row("achieved rate", f"{summary.rate:,.0f} events/s over {summary.seconds:.1f} s")
     table.add_row("answers", ", ".join(f"{c}: {n:,}" for c, n in sorted(summary.codes.items())))
