@@ -43,6 +43,7 @@ def writer_turn(turns: int) -> Iterator[None]:
 
 
 def wal_bytes(path: Path) -> int:
+    """The size on disk of the WAL of the database at ``path`` (0 if it has none)."""
     try:
         return os.stat(f"{path}-wal").st_size
     except FileNotFoundError:
