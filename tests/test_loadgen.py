@@ -67,6 +67,16 @@ def test_refusals_are_retried_after_the_pause_and_400s_are_final(ingest: str) ->
     assert set(Ingest.posts) == {"/base/v1/streams/heartbeats/events"}
 
 
+def test_a_run_without_a_duration_retries_whatever_the_run_before_had(ingest: str) -> None:
+    """A run whose duration is over at once sends nothing (it drew one batch of three);
+    the next run, without a duration, still retries each refusal until accepted."""
+    events = [Heartbeat(f"u{n}", "v", float(n), 5_000 + n) for n in range(6)]
+    generator = LoadGenerator(ingest, 1_000, encoded(events, 2))
+    assert generator.run(0.0).sent == 0
+    summary = generator.run()
+    assert (summary.sent, summary.accepted, summary.dropped, summary.retries) == (4, 4, 0, 2)
+
+
 def test_an_url_that_is_not_http_is_refused() -> None:
     with pytest.raises(ValueError, match="not an http:// URL"):
         LoadGenerator("https://example.com", 1_000, [])

@@ -113,8 +113,7 @@ class LoadGenerator:
         )  # fmt: skip
         task = bar.add_task("", total=duration if duration else total)
         started = time.perf_counter()
-        if duration is not None:
-            self._end = started + duration
+        self._end = started + duration if duration is not None else float("inf")
         for sender in senders:
             sender.start()
         try:
