@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
@@ -15,11 +16,38 @@ from kappaflow.apps.video import Heartbeat
 from kappaflow.loadgen import LoadGenerator, Summary, encoded
 
 
-class Ingest(BaseHTTPRequestHandler):
+class Answering(BaseHTTPRequestHandler):
+    """A handler that answers each post with a status, headers and an empty object."""
+
+    protocol_version = "HTTP/1.1"
+
+    def answer(self, status: int, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for name, value in {**headers, "content-length": "2"}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@contextmanager
+def serving(handler: type[Answering]) -> Iterator[str]:
+    """A server with ``handler`` on loopback, while in the block; yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class Ingest(Answering):
     """Refuses each body's first post with 429 (or 503 for bodies of one event), then
     accepts it; refuses bodies with a negative position with 400."""
 
-    protocol_version = "HTTP/1.1"
     seen: ClassVar[set[bytes]] = set()
     posts: ClassVar[list[str]] = []
 
@@ -34,25 +62,14 @@ class Ingest(BaseHTTPRequestHandler):
             status, headers = (503 if len(events) == 1 else 429), {"retry-after": "0"}
         else:
             status, headers = 202, {}
-        self.send_response(status)
-        for name, value in {**headers, "content-length": "2"}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *_: object) -> None:
-        pass
+        self.answer(status, headers)
 
 
 @pytest.fixture
 def ingest() -> Iterator[str]:
     Ingest.seen, Ingest.posts = set(), []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Ingest)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/base"
-    server.shutdown()
-    server.server_close()
+    with serving(Ingest) as url:
+        yield f"{url}/base"
 
 
 def test_refusals_are_retried_after_the_pause_and_400s_are_final(ingest: str) -> None:
@@ -82,40 +99,25 @@ def test_an_url_that_is_not_http_is_refused() -> None:
         LoadGenerator("https://example.com", 1_000, [])
 
 
-class Busy(BaseHTTPRequestHandler):
+class Busy(Answering):
     """Refuses every post with 429, asking for a pause of 0.1 s."""
-
-    protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["content-length"]))
-        self.send_response(429)
-        for name, value in {"retry-after": "0.1", "content-length": "2"}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *_: object) -> None:
-        pass
+        self.answer(429, {"retry-after": "0.1"})
 
 
 def test_refusals_are_not_retried_past_the_duration() -> None:
     """A stack that refuses everything: the run ends about when its duration is up, and
     the batches still refused then are dropped."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(Busy) as url:
         events = [Heartbeat(f"u{n}", "v", 0.0, 5_000 + n) for n in range(40)]
-        generator = LoadGenerator(f"http://127.0.0.1:{server.server_address[1]}", 100,
-                                  encoded(events, 2))  # fmt: skip
+        generator = LoadGenerator(url, 100, encoded(events, 2))
         runs: list[Summary] = []
         runner = threading.Thread(target=lambda: runs.append(generator.run(0.5)), daemon=True)
         runner.start()
         runner.join(10)
         assert not runner.is_alive(), "the run went on retrying past its duration"
-    finally:
-        server.shutdown()
-        server.server_close()
     summary = runs[0]
     assert summary.seconds < 2.0
     assert summary.accepted == 0 and summary.sent > 0

@@ -94,8 +94,6 @@ class LoadGenerator:
         self.batches = iter(batches)
         self.summary = Summary()
         self._counting = threading.Lock()
-        self._end = float("inf")
-        """When refusals stop being retried (`time.perf_counter`)."""
 
     def run(
         self, duration: float | None = None, progress: bool = False, total: int | None = None
@@ -106,14 +104,14 @@ class LoadGenerator:
         standard library's client: a fifth of the CPU an asyncio httpx client takes per
         request, which would take from a stack on the same machine)."""
         batches: queue.Queue[Batch | None] = queue.Queue(maxsize=SENDERS * 4)
-        senders = [threading.Thread(target=self._send, args=(batches,)) for _ in range(SENDERS)]
         bar = Progress(
             TextColumn("[bold]loadgen"), BarColumn(), TextColumn("{task.description}"),
             TimeElapsedColumn(), console=console, transient=True, disable=not progress,
         )  # fmt: skip
         task = bar.add_task("", total=duration if duration else total)
         started = time.perf_counter()
-        self._end = started + duration if duration is not None else float("inf")
+        end = started + duration if duration is not None else float("inf")
+        senders = [threading.Thread(target=self._send, args=(batches, end)) for _ in range(SENDERS)]
         for sender in senders:
             sender.start()
         try:
@@ -139,7 +137,9 @@ class LoadGenerator:
         self.summary.seconds = time.perf_counter() - started
         return self.summary
 
-    def _send(self, batches: queue.Queue[Batch | None]) -> None:
+    def _send(self, batches: queue.Queue[Batch | None], end: float) -> None:
+        """Post ``batches`` until a None; a refusal is retried until ``end``
+        (`time.perf_counter`), then dropped."""
         connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
         headers = {"content-type": "application/json"}
         try:
@@ -161,7 +161,7 @@ class LoadGenerator:
                     status = response.status
                     self._count(requests=1, code=status)
                     if status in (429, 503):
-                        if time.perf_counter() >= self._end:
+                        if time.perf_counter() >= end:
                             self._count(dropped=batch.events)
                             break
                         self._count(retries=1)
