@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from kappaflow.app import App, Lookup
+from kappaflow.app import App, Batch, Lookup, Output
 from kappaflow.apps.video_catalog import Licence, Slots
 from kappaflow.apps.video_events import (
     KIND_RANK,
@@ -22,7 +22,7 @@ from kappaflow.apps.video_events import (
     session_keys,
 )
 from kappaflow.apps.video_reports import report_rows
-from kappaflow.stream.sessions import Rows, SessionWindows
+from kappaflow.stream.sessions import Rows, SessionState, SessionWindows
 
 # start_ms, end_ms]: the positions covered and the event times of the first and last
 # heartbeat; a closed segment is never changed, and closing one makes a new list of them.
@@ -113,9 +113,20 @@ def session_segments(acc: Acc) -> list[list[float]]:
     return _close(acc[1], current) if current is not None else acc[1]
 
 
+class PartitionedWindows(SessionWindows):
+    """`SessionWindows` with each batch's partition put first in its progress rows, as
+    the table's key has it: a `SessionFold` is not told the partition."""
+
+    def process(self, state: SessionState, batch: Batch) -> Output[SessionState]:
+        output = super().process(state, batch)
+        if progress := output.rows.get(PROGRESS.name):
+            output.rows[PROGRESS.name] = [(batch.partition, *row) for row in progress]
+        return output
+
+
 def with_session_windows(app: App, gap_s: float) -> App:
     """The video app ``app`` with its heartbeats processed by `SessionWindows` and
     `SegmentFold` instead of its own operator."""
     fold = SegmentFold(gap_s, *app.lookups)
-    sessions = SessionWindows(fold, gap_ms=round(gap_s * 1000))
+    sessions = PartitionedWindows(fold, gap_ms=round(gap_s * 1000))
     return dataclasses.replace(app, processors={"heartbeats": sessions})

@@ -3,7 +3,9 @@ and a property test against a brute-force oracle over random heartbeat streams."
 
 from __future__ import annotations
 
+import sqlite3
 import tempfile
+from contextlib import closing
 
 import msgspec
 from hypothesis import HealthCheck, given
@@ -11,8 +13,9 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from segment_fold import SegmentFold
 
-from kappaflow.apps.video import Heartbeat, Progress, all_progress, create_app
+from kappaflow.apps.video import Heartbeat, Progress, all_progress, create_app, progress
 from kappaflow.apps.video_events import KIND_RANK
+from kappaflow.log.partitioner import partition_for
 from kappaflow.settings import Settings
 from kappaflow.testing import run_events
 
@@ -95,6 +98,28 @@ def test_users_and_videos_are_independent(settings: Settings) -> None:
     assert {k: p.intervals for k, p in got.items()} == {
         ("a", "v"): [[0, 5]], ("b", "v"): [[50, 55]], ("a", "w"): [[0, 5]],
     }  # fmt: skip
+
+
+def test_progress_rows_lead_with_their_partition_and_are_found_in_any(settings: Settings) -> None:
+    """A progress row is keyed by the partition of its user's heartbeats first, so that a
+    worker's commit rewrites the pages of its own partitions only; the query looks in
+    every partition, so a row is found even where its user's key does not hash to."""
+    users = [f"user-{n}" for n in range(40)]
+    events = [*(hb(0, 0, "play", user) for user in users), *(hb(5, 5, user=user) for user in users)]
+    store = run_events(create_app(settings), events, settings)
+    rows = store.query("SELECT partition, user_id FROM video_progress")
+    assert dict((user, partition) for partition, user in rows) == {
+        user: partition_for(user, settings.partitions) for user in users
+    }
+    assert {partition for partition, _ in rows} == set(range(settings.partitions))
+    db = sqlite3.connect(settings.sqlite_path)
+    with closing(db), db:  # as another partitioner would have put it
+        db.execute("UPDATE video_progress SET partition = (partition + 1) % 4 WHERE user_id = ?",
+                   ("user-0",))  # fmt: skip
+    for user in users:
+        found = progress(store, user, "v", settings.partitions)
+        assert found is not None and found.resume_position_s == 5.0
+    assert progress(store, "user-40", "v", settings.partitions) is None
 
 
 def test_identifiers_holding_the_key_separator_stay_apart(settings: Settings) -> None:

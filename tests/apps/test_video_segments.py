@@ -72,7 +72,7 @@ def test_every_table_equals_what_session_windows_writes(
         store.close()
     assert found[0] == found[1]
     assert found[0]["video_segments"]
-    assert any(user == f"u{KEY_SEPARATOR}" for user, *_ in found[0]["video_progress"])
+    assert any(user == f"u{KEY_SEPARATOR}" for _, user, *_ in found[0]["video_progress"])
 
 
 def open_two(settings: Settings):
@@ -207,7 +207,7 @@ def progress_rows(output) -> dict[tuple[str, str], tuple]:
     segments)."""
     return {
         (user, video): (position, ts, msgspec.json.decode(segments))
-        for user, video, position, ts, segments in output.rows.get("video_progress", [])
+        for _, user, video, position, ts, segments in output.rows.get("video_progress", [])
     }
 
 

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 GROUP = "video.heartbeats"
 TABLES = {
     "video_segments": "SELECT * FROM video_segments ORDER BY 1, 2, 3, 4",
-    "video_progress": "SELECT * FROM video_progress ORDER BY 1, 2",
+    "video_progress": "SELECT * FROM video_progress ORDER BY 1, 2, 3",
     "kf_dead_letters": DEAD_LETTERS,
     "video_royalties": "SELECT * FROM video_royalties ORDER BY 1, 2",
     "ad_impressions": "SELECT * FROM ad_impressions ORDER BY 1, 2, 3",

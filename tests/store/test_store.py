@@ -220,6 +220,32 @@ def test_state_kept_one_row_per_key_by_an_earlier_version_is_carried_over(
     assert connect().claim("g", [0], "w")[0].keys == {"a": b"A", "c": b"C"}  # converted once
 
 
+@pytest.mark.parametrize(
+    "declared",
+    [
+        Table("latest", (("p", "INTEGER"), ("k", "TEXT"), ("v", "TEXT")), key=("p", "k")),
+        Table("latest", (("k", "TEXT"), ("v", "TEXT")), key=("k", "v")),
+        Table("latest", (("v", "TEXT"), ("k", "TEXT")), key=("k",)),
+    ],
+    ids=["a column more", "another key", "another order"],
+)
+def test_a_table_an_earlier_app_created_otherwise_is_named_with_both_shapes(
+    store: Store, declared: Table
+) -> None:
+    """Tables are created if missing; one the app now declares otherwise is an error at
+    start, not a failure at every commit, and the table is left as it was."""
+    store.create_tables([LATEST])  # as it is: nothing to say
+    store.commit("g", [], {"latest": [("a", "1")]})
+    with pytest.raises(StoreError) as raised:
+        store.create_tables([TOTALS, declared])
+    message = str(raised.value)
+    assert "table latest has columns (k, v) keyed by (k), but the app declares" in message
+    columns = ", ".join(declared.column_names)
+    assert f"({columns}) keyed by ({', '.join(declared.key)})" in message
+    assert "compute every result again from the log" in message
+    assert store.query("SELECT k, v FROM latest") == [("a", "1")]
+
+
 def test_a_failing_row_rolls_back_the_whole_batch(store: Store) -> None:
     store.claim("g", [0], "w")
     with pytest.raises(StoreError, match="writing table totals"):

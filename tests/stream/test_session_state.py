@@ -148,7 +148,7 @@ def batch(events: list[Heartbeat], watermark_ms: int) -> Batch:
 
 
 def progress_segments(rows) -> dict[str, list]:
-    return {row[0]: msgspec.json.decode(row[4]) for row in rows["video_progress"]}
+    return {row[1]: msgspec.json.decode(row[5]) for row in rows["video_progress"]}
 
 
 def by_key(rows) -> dict[str, list]:

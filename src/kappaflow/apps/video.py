@@ -11,6 +11,7 @@ watched intervals.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -54,12 +55,14 @@ class Progress(msgspec.Struct):
         return [[segment.start_s, segment.end_s] for segment in self.segments]
 
 
-def progress(store: Store, user_id: str, video_id: str) -> Progress | None:
-    """Where to resume and what was watched, open sessions included."""
+def progress(store: Store, user_id: str, video_id: str, partitions: int) -> Progress | None:
+    """Where to resume and what was watched, open sessions included. The progress row is
+    looked for in each of the stream's ``partitions`` (a seek in each), so it is found
+    whichever partitioner the heartbeats' producer used."""
     found = store.query(
         "SELECT resume_position_s, open_segments FROM video_progress "
-        "WHERE user_id = ? AND video_id = ?",
-        (user_id, video_id),
+        f"WHERE partition IN ({', '.join('?' * partitions)}) AND user_id = ? AND video_id = ?",
+        (*range(partitions), user_id, video_id),
     )
     if not found:
         return None
@@ -95,17 +98,19 @@ def _progress(
     return Progress(user_id, video_id, resume, watched, [Segment(*m) for m in merged])
 
 
-def _progress_query(store: Store, params: Mapping[str, str]) -> Progress | None:
-    return progress(store, params["user_id"], params["video_id"])
+def _progress_query(partitions: int, store: Store, params: Mapping[str, str]) -> Progress | None:
+    return progress(store, params["user_id"], params["video_id"], partitions)
 
 
-PROGRESS_QUERY = Query(
-    "/v1/progress/{user_id}/{video_id}",
-    _progress_query,
-    "Where a user should resume a video, and what they watched (open sessions included), "
-    "to the progress accuracy (5 s by default).",
-    Progress,
-)
+def progress_query(partitions: int) -> Query:
+    """``GET /v1/progress/{user_id}/{video_id}`` over a stream of ``partitions``."""
+    return Query(
+        "/v1/progress/{user_id}/{video_id}",
+        partial(_progress_query, partitions),
+        "Where a user should resume a video, and what they watched (open sessions "
+        "included), to the progress accuracy (5 s by default).",
+        Progress,
+    )
 
 
 def create_app(settings: Settings) -> App:
@@ -117,7 +122,7 @@ def create_app(settings: Settings) -> App:
         streams=[heartbeats],
         tables=[SEGMENTS, PROGRESS, *REPORT_TABLES],
         processors={heartbeats.name: sessions},
-        queries=[PROGRESS_QUERY, *REPORT_QUERIES],
+        queries=[progress_query(settings.partitions), *REPORT_QUERIES],
         lookups=[videos, slots],
         uploads=[Upload("/v1/catalog", upload, "Add or replace videos and ad slots.")],
     )

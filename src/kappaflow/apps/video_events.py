@@ -44,14 +44,19 @@ SEGMENTS = Table(
 PROGRESS = Table(
     "video_progress",
     columns=(
+        ("partition", "INTEGER"),
         ("user_id", "TEXT"),
         ("video_id", "TEXT"),
         ("resume_position_s", "REAL"),
         ("last_event_ms", "INTEGER"),
         ("open_segments", "TEXT"),
     ),
-    key=("user_id", "video_id"),
+    key=("partition", "user_id", "video_id"),
 )
+"""Keyed by the partition of the user's heartbeats first, so that the rows of each
+partition are together in the table: a worker's commit rewrites the pages of its own
+partitions only, not a page of every part of the table (bench/README.md, "Progress rows
+by partition")."""
 
 
 def session_key(event: Heartbeat) -> str:

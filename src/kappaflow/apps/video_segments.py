@@ -356,13 +356,13 @@ class WatchedSegments:
         released = merged.ts < watermark
         state.set_pending(work, merged.take(~released))
         rows: Rows = {}
-        closed = self._fold_released(state, merged.take(released), watermark, rows)
+        closed = self._fold_released(state, merged.take(released), watermark, batch.partition, rows)
         changed, s = state.union(taken, closed), state.sessions
         s.changed[changed] = True
         s.shown[closed] = False  # its row shows the closed session
         # An event at or before the latest its key's view had may change any segment.
         s.shown[new.code[new.ts <= s.viewed_ms[new.code]]] = False
-        self._view(state, changed[state.live(changed)], rows)
+        self._view(state, changed[state.live(changed)], batch.partition, rows)
         return Output(state, rows, duplicates)
 
     def _fold(self, state: SegmentState, carried: np.ndarray, events: Events) -> Fold:
@@ -417,7 +417,7 @@ class WatchedSegments:
         )
 
     def _fold_released(
-        self, state: SegmentState, released: Events, watermark: int, rows: Rows
+        self, state: SegmentState, released: Events, watermark: int, partition: int, rows: Rows
     ) -> np.ndarray:
         """Fold the events the watermark has passed into the open sessions and close
         the sessions that ended. Returns the codes of the keys with a session closed."""
@@ -463,12 +463,12 @@ class WatchedSegments:
                 segments_of.append([low, high, start_ms, ts])
             closing.append((code, session_ms, segments_of, position, ts))
         for code, session_ms, segments_of, position, ts in closing:
-            self._closed(state.keys[code], session_ms, segments_of, position, ts, rows)
+            self._closed(partition, state.keys[code], session_ms, segments_of, position, ts, rows)
         return np.array([code for code, *_ in closing], np.int64)
 
     def _closed(
-        self, key: str, session_ms: int, segments: list[Segment], position: float, ts: int,
-        rows: Rows,
+        self, partition: int, key: str, session_ms: int, segments: list[Segment],
+        position: float, ts: int, rows: Rows,
     ) -> None:  # fmt: skip
         """Add the rows of a session that has ended for good."""
         user_id, video_id = key_ids(key)
@@ -476,10 +476,11 @@ class WatchedSegments:
             (user_id, video_id, session_ms, number, *segment)
             for number, segment in enumerate(segments)
         )
-        rows.setdefault(PROGRESS.name, []).append((user_id, video_id, position, ts, "[]"))
+        progress = (partition, user_id, video_id, position, ts, "[]")
+        rows.setdefault(PROGRESS.name, []).append(progress)
         report_rows(user_id, video_id, segments, self.videos.data, self.slots.data, rows)
 
-    def _view(self, state: SegmentState, codes: np.ndarray, rows: Rows) -> None:
+    def _view(self, state: SegmentState, codes: np.ndarray, partition: int, rows: Rows) -> None:
         """Add the progress rows of the keys of ``codes`` that moved by more than the
         accuracy since their row was last written (see `_moved`): their provisional
         sessions, the open one folded on over their pending events."""
@@ -506,8 +507,9 @@ class WatchedSegments:
         ]  # fmt: skip
         end_codes = ends.code.tolist()
         users, videos = keys_ids([*map(state.keys.__getitem__, end_codes)])
+        columns = (users, videos, ends.position.tolist(), ends.ts.tolist(), texts)
         rows.setdefault(PROGRESS.name, []).extend(
-            zip(users, videos, ends.position.tolist(), ends.ts.tolist(), texts, strict=True)
+            zip(repeat(partition, len(users)), *columns, strict=True)
         )
 
     def _moved(self, s: Sessions, ends: Events, counts: np.ndarray) -> np.ndarray:

@@ -20,7 +20,14 @@ from psycopg import errors as pg_errors
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Table
 from kappaflow.store.keyed import append_keys, carry_over_keyed_rows, read_keys
-from kappaflow.store.sql import RowWriter, StoreReads, claim_partition, create_sql, note_halt
+from kappaflow.store.sql import (
+    RowWriter,
+    StoreReads,
+    check_table,
+    claim_partition,
+    create_sql,
+    note_halt,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("kappaflow.store")
@@ -74,6 +81,12 @@ MIGRATIONS: tuple[str | Callable[[psycopg.Cursor[Any]], None], ...] = (
     """,
 )
 RETRIES = 5
+COLUMNS_SQL = (
+    "SELECT a.attname, array_position(i.indkey::int2[], a.attnum) FROM pg_attribute a "
+    "LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary "
+    "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+)
+"""A table's columns in order, each with its place in the primary key (None if not in it)."""
 
 
 def placeholders(sql: str) -> str:
@@ -164,6 +177,8 @@ class PostgresStore(StoreReads):
         def create(cursor: psycopg.Cursor[Any]) -> None:
             for table in tables:
                 cursor.execute(create_sql(table, "postgres"))
+                found = cursor.execute(COLUMNS_SQL, (table.name,)).fetchall()
+                check_table(table, found, "PostgreSQL store")
 
         self._retry(lambda: self._create(create))
         for table in tables:

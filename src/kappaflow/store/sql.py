@@ -51,6 +51,24 @@ def count_sql(target: Table, column: str) -> str:
     )
 
 
+def check_table(table: Table, found: Sequence[tuple[str, int | None]], store: str) -> None:
+    """Raise `StoreError` when the ``store``'s table ``table.name``, ``found`` as its
+    columns in order, each with its place in the primary key (None if not in it), is not
+    the one the app declares: an earlier version of the app created it, and the rows the
+    app writes now do not fit it."""
+    columns = [name for name, _ in found]
+    key = [name for _, name in sorted((at, name) for name, at in found if at is not None)]
+    if (tuple(columns), tuple(key)) == (table.column_names, table.key):
+        return
+    raise StoreError(
+        f"{store}: table {table.name} has columns ({', '.join(columns)}) keyed by "
+        f"({', '.join(key)}), but the app declares ({', '.join(table.column_names)}) keyed "
+        f"by ({', '.join(table.key)}): an earlier version of the app created it. Move this "
+        "store aside (the SQLite file, or the PostgreSQL database) and start again: the "
+        "workers compute every result again from the log, as far back as it keeps events"
+    )
+
+
 POSTGRES_TYPES = {"TEXT": "TEXT", "INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION"}
 
 

@@ -16,7 +16,14 @@ from typing import Any, TypeVar
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Table
 from kappaflow.store.keyed import carry_over_keyed_rows, prepare_keys, read_keys, write_keys
-from kappaflow.store.sql import RowWriter, StoreReads, claim_partition, create_sql, note_halt
+from kappaflow.store.sql import (
+    RowWriter,
+    StoreReads,
+    check_table,
+    claim_partition,
+    create_sql,
+    note_halt,
+)
 from kappaflow.store.sqlite_wal import Checkpointer, open_turns, writer_turn
 
 T = TypeVar("T")
@@ -69,6 +76,9 @@ CREATE TABLE IF NOT EXISTS kf_claims (
     PRIMARY KEY (grp, partition)
 ) WITHOUT ROWID;
 """
+
+COLUMNS_SQL = "SELECT name, nullif(pk, 0) FROM pragma_table_info(?) ORDER BY cid"
+"""A table's columns in order, each with its place in the primary key (None if not in it)."""
 
 
 def _enable_wal(db: sqlite3.Connection, busy_timeout_s: float) -> None:
@@ -155,6 +165,8 @@ class SQLiteStore(StoreReads):
         with self._transaction() as cursor:
             for table in tables:
                 cursor.execute(create_sql(table))
+                found = cursor.execute(COLUMNS_SQL, (table.name,)).fetchall()
+                check_table(table, found, f"SQLite store {self.path}")
                 self._writer.add(table)
 
     def claim(self, group: str, partitions: Sequence[int], owner: str) -> dict[int, Claim]:
