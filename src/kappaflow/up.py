@@ -265,7 +265,7 @@ def run_up(settings: Settings, serve: bool = True) -> int:
                 autoscaler.tick()
                 next_tick = time.monotonic() + settings.polling_interval_s
             time.sleep(0.2)
-    except StackFailed as failure:
+    except KappaflowError as failure:  # a process that kept failing, a store it cannot use
         log.error("%s", failure)
         return 1
     finally:

@@ -3,9 +3,14 @@ processes on 127.0.0.1, over HTTP."""
 
 from __future__ import annotations
 
+import os
 import signal
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
+from contextlib import closing
 from functools import partial
 from pathlib import Path
 
@@ -168,3 +173,32 @@ def test_a_failing_log_write_is_503_and_writes_nothing(tmp_path: Path, kappaflow
         assert ingest.stop() == -signal.SIGTERM
     assert "stopped; every acknowledged event is in the log" in ingest.output.read_text()
     assert len(logged_records(tmp_path / "data")) == 20
+
+
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [("up", "kappaflow.up"), ("worker", "kappaflow worker"), ("query", "kappaflow query")],
+)
+def test_a_store_an_earlier_app_wrote_stops_the_stack_at_start_naming_the_table(
+    tmp_path: Path, command: str, says: str
+) -> None:
+    """A result table the store has in another shape (progress rows keyed by (user,
+    video), before the partition led their key): exit 1 at start, the table named."""
+    data = tmp_path / "data"
+    settings = Settings.load({}, {"data_dir": str(data)})
+    settings.sqlite_path.parent.mkdir(parents=True)
+    db = sqlite3.connect(settings.sqlite_path)
+    with closing(db), db:
+        db.execute("CREATE TABLE video_progress (user_id TEXT, video_id TEXT, resume_position_s "
+                   "REAL, last_event_ms INTEGER, open_segments TEXT, PRIMARY KEY (user_id, "
+                   "video_id)) WITHOUT ROWID")  # fmt: skip
+    finished = subprocess.run(
+        [sys.executable, "-m", "kappaflow", command, "--data-dir", str(data)],
+        env={**os.environ, **ENV}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert finished.returncode == 1, finished.stderr
+    assert "table video_progress has columns (user_id, video_id, resume_position_s" in (
+        finished.stderr
+    )
+    assert "keyed by (partition, user_id, video_id)" in finished.stderr
+    assert says in finished.stderr and "Traceback" not in finished.stderr
