@@ -114,8 +114,8 @@ def test_progress_rows_lead_with_their_partition_and_are_found_in_any(settings: 
     assert {partition for partition, _ in rows} == set(range(settings.partitions))
     db = sqlite3.connect(settings.sqlite_path)
     with closing(db), db:  # as another partitioner would have put it
-        db.execute("UPDATE video_progress SET partition = (partition + 1) % 4 WHERE user_id = ?",
-                   ("user-0",))  # fmt: skip
+        db.execute("UPDATE video_progress SET partition = (partition + 1) % ? WHERE user_id = ?",
+                   (settings.partitions, "user-0"))  # fmt: skip
     for user in users:
         found = progress(store, user, "v", settings.partitions)
         assert found is not None and found.resume_position_s == 5.0
