@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kappaflow.settings import Settings
-from kappaflow.testing import MOCK_CREATE_TIMEOUT_S, kafka_mock_cluster
+from kappaflow.testing import MOCK_CREATE_TIMEOUT_S, kafka_mock_cluster, postgres
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -19,20 +18,23 @@ def settings(tmp_path: Path) -> Settings:
     return Settings.load({}, {"data_dir": str(tmp_path / "data"), "partitions": 4})
 
 
-POSTGRES = "postgresql://postgres@127.0.0.1:5432"
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL server for the test session (see kappaflow.testing.postgres):
+    its DSN, without a database."""
+    try:
+        postgres.server_binaries()
+    except postgres.PostgresNotFound as error:
+        pytest.fail(str(error), pytrace=False)
+    with postgres.postgres_server() as dsn:
+        yield dsn
 
 
 @pytest.fixture
-def postgres_dsn() -> Iterator[str]:
-    """A fresh database on the PostgreSQL server at 127.0.0.1:5432, dropped afterwards."""
-    import psycopg
-
-    name = f"kappaflow_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    yield f"{POSTGRES}/{name}"
-    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+def postgres_dsn(postgres_server: str) -> Iterator[str]:
+    """A fresh database on the session's PostgreSQL server, dropped afterwards."""
+    with postgres.postgres_database(postgres_server) as dsn:
+        yield dsn
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
