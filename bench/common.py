@@ -6,11 +6,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
 Segments = Counter[tuple[str, str, float, float]]
 """A multiset of watched segments: (user, video, start_s, end_s)."""
+KAFKA_LIBS = Path(__file__).resolve().parents[1] / "tools" / "kafka" / "libs"
+"""Kafka's jars as `make test` fetches them (``KAFKA_LIBS`` in the environment wins)."""
 START_MS = 1_767_225_600_000
 """Where generated event time starts: 2026-01-01T00:00:00Z."""
 

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from kappaflow.settings import Settings
-from kappaflow.testing import MOCK_CREATE_TIMEOUT_S, kafka_mock_cluster, postgres
+from kappaflow.testing import kafka, postgres
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+KAFKA_LIBS = REPO / "tools" / "kafka" / "libs"
 
 
 @pytest.fixture
@@ -46,18 +46,40 @@ def backend_settings(request: pytest.FixtureRequest, settings: Settings) -> Sett
     return settings.replace(store="postgres", postgres_dsn=dsn)
 
 
+@pytest.fixture(scope="session")
+def kafka_libs() -> Path:
+    """Kafka's jars: ``KAFKA_LIBS``, else those `make test` fetched with Maven."""
+    try:
+        return kafka.kafka_libs(KAFKA_LIBS)
+    except kafka.KafkaNotFound as error:
+        pytest.fail(str(error), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def shared_kafka(kafka_libs: Path) -> Iterator[kafka.KafkaCluster]:
+    """One Kafka broker for the test session, for tests that name topics of their own."""
+    with kafka.kafka_cluster(kafka_libs) as cluster:
+        yield cluster
+
+
 @pytest.fixture
-def kafka_bootstrap() -> Iterator[str]:
-    """A fresh mock Kafka cluster of librdkafka (3 brokers on 127.0.0.1), held by this
-    process for the test; other processes reach it over loopback like a real one."""
-    with kafka_mock_cluster() as bootstrap:
-        yield bootstrap
+def kafka_broker(kafka_libs: Path) -> Iterator[kafka.KafkaCluster]:
+    """A fresh one-broker Kafka cluster for the test: the apps' topics and consumer
+    groups start empty."""
+    with kafka.kafka_cluster(kafka_libs) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def kafka_bootstrap(kafka_broker: kafka.KafkaCluster) -> str:
+    """The bootstrap servers of the test's fresh one-broker cluster."""
+    return kafka_broker.bootstrap_servers
 
 
 @pytest.fixture(params=["embedded+sqlite", "embedded+postgres", "kafka+postgres"])
 def stack_settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
     """The test's settings on each stack: the embedded default, then PostgreSQL, then
-    Kafka (librdkafka's mock cluster) with PostgreSQL."""
+    Kafka (a fresh broker; topics of the default partition count) with PostgreSQL."""
     log, store = request.param.split("+")
     if store == "postgres":
         settings = settings.replace(
@@ -67,6 +89,6 @@ def stack_settings(request: pytest.FixtureRequest, settings: Settings) -> Settin
         settings = settings.replace(
             log="kafka",
             kafka_bootstrap_servers=request.getfixturevalue("kafka_bootstrap"),
-            kafka_create_timeout_s=MOCK_CREATE_TIMEOUT_S,
+            partitions=Settings().partitions,
         )
     return settings

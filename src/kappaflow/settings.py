@@ -40,9 +40,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_client_config: tuple[str, ...] = ()
     """Extra librdkafka settings as ``key=value`` items (security.protocol, sasl.*, ssl.*)."""
-    kafka_create_timeout_s: PositiveFloat = 3.0
-    """How long a missing topic's creation may take before kappaflow asks the cluster for
-    the topic instead (which brokers that auto-create topics answer by creating it)."""
     store: Literal["sqlite", "postgres"] = "sqlite"
     postgres_dsn: str = "postgresql://127.0.0.1:5432/kappaflow"
     """libpq connection string of the PostgreSQL or YugabyteDB (YSQL) store."""

@@ -21,7 +21,7 @@ from kappaflow.ingest.appender import Appender
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
-from kappaflow.testing import MOCK_CREATE_TIMEOUT_S, result_tables, run_events
+from kappaflow.testing import result_tables, run_events
 
 pytestmark = pytest.mark.integration
 TABLES = ("video_segments", "video_progress", "kf_dead_letters")
@@ -40,7 +40,6 @@ def test_group_assigned_workers_survive_a_kill_and_a_rebalance(
     settings = Settings.load({}, {
         **base, "data_dir": str(tmp_path / "kafka"), "log": "kafka", "store": "postgres",
         "kafka_bootstrap_servers": kafka_bootstrap, "postgres_dsn": postgres_dsn,
-        "kafka_create_timeout_s": MOCK_CREATE_TIMEOUT_S,
         # a killed member leaves the group after 6 s instead of 45
         "kafka_client_config": ("session.timeout.ms=6000", "heartbeat.interval.ms=500"),
     })  # fmt: skip

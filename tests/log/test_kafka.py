@@ -1,9 +1,5 @@
-"""The Kafka log against librdkafka's mock cluster, which speaks the Kafka protocol on
-loopback. What the mock does not do is out of reach here: replication and real disks,
-admin requests (CreateTopics gets no answer; topics are auto-created with 4
-partitions, so these tests use 4), and hiding the records of an aborted transaction
-from ``read_committed`` readers (it serves them; Kafka's brokers do not), so the tests
-of a failed append check that its transaction is aborted and its records never sent.
+"""The Kafka log against a real Apache Kafka broker (one for the session; each test
+names topics of its own).
 
 Each append is a transaction, whose commit takes one offset in each of its partitions
 (a control record, never read): an append of 3 records to an empty partition ends
@@ -23,7 +19,7 @@ from kappaflow.log import open_log
 from kappaflow.log.kafka import KafkaLog
 from kappaflow.log.partitioner import partition_for
 from kappaflow.settings import Settings
-from kappaflow.testing import MOCK_CREATE_TIMEOUT_S, kafka_mock_cluster
+from kappaflow.testing.kafka import KafkaCluster
 
 
 def read(log: KafkaLog, topic: str, partition: int, offset: int, count: int):
@@ -49,8 +45,13 @@ def read_to(log: KafkaLog, topic: str, partition: int, offset: int, end: int) ->
 
 
 @pytest.fixture
+def kafka_bootstrap(shared_kafka: KafkaCluster) -> str:
+    return shared_kafka.bootstrap_servers
+
+
+@pytest.fixture
 def log(kafka_bootstrap: str):
-    the_log = KafkaLog(kafka_bootstrap, None, MOCK_CREATE_TIMEOUT_S)
+    the_log = KafkaLog(kafka_bootstrap)
     yield the_log
     the_log.close()
 
@@ -112,7 +113,7 @@ def test_appends_to_several_partitions_wait_once_for_all(log: KafkaLog) -> None:
 
 
 def test_a_full_producer_queue_is_emptied_not_refused(kafka_bootstrap: str) -> None:
-    small = KafkaLog(kafka_bootstrap, {"queue.buffering.max.messages": "10"}, MOCK_CREATE_TIMEOUT_S)
+    small = KafkaLog(kafka_bootstrap, {"queue.buffering.max.messages": "10"})
     small.create_topic("t-full", 4)
     records = {p: [f"{p}-{n}".encode() for n in range(25)] for p in range(4)}
     assert small.append_partitions("t-full", records) == dict.fromkeys(range(4), 0)
@@ -124,19 +125,22 @@ def test_a_full_producer_queue_is_emptied_not_refused(kafka_bootstrap: str) -> N
 def test_an_unreachable_cluster_is_log_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     """No broker listens on the port: the producer cannot start its transactions."""
     monkeypatch.setattr(kafka_module, "TIMEOUT_S", 0.5)
-    dead = KafkaLog("127.0.0.1:1", None, MOCK_CREATE_TIMEOUT_S)
+    dead = KafkaLog("127.0.0.1:1")
     with pytest.raises(LogUnavailable, match="cannot start a producer"):
         dead.append_partitions("t-dead", {0: [b"x"]})
 
 
 def test_a_producer_queue_that_stays_full_is_log_unavailable(
-    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    kafka_broker: KafkaCluster, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """The cluster goes away after the producer started: its queue of 5 never empties;
-    later appends fail too, none hangs, and the producers given up stop connecting."""
-    with kafka_mock_cluster(brokers=1) as bootstrap:
-        small = KafkaLog(bootstrap, {"queue.buffering.max.messages": "5"}, MOCK_CREATE_TIMEOUT_S)
-        small.append("t-gone", 0, [b"x"])
+    """The broker dies after the producer started: its queue of 5 never empties; later
+    appends fail too, none hangs, and the producers given up stop connecting."""
+    admin = KafkaLog(kafka_broker.bootstrap_servers)  # closed: only the producers remain
+    admin.create_topic("t-gone", 1)
+    admin.close()
+    small = KafkaLog(kafka_broker.bootstrap_servers, {"queue.buffering.max.messages": "5"})
+    small.append("t-gone", 0, [b"x"])
+    kafka_broker.nodes[0].kill()
     monkeypatch.setattr(kafka_module, "TIMEOUT_S", 0.5)
     with pytest.raises(LogUnavailable, match=r"queue stayed full for 0\.5 s"):
         small.append_partitions("t-gone", {0: [b"x"] * 10})
@@ -159,6 +163,33 @@ def test_a_failed_append_is_aborted_whole(log: KafkaLog) -> None:
     log.append("t-abort", 0, [b"after"])
     end = log.end_offsets("t-abort")[0]
     assert read_to(log, "t-abort", 0, 0, end) == [b"before", b"after"]
+
+
+class FailingCommit(CountingCommits):
+    """The log's real producer, whose commit fails once its records are on the broker
+    (as when the coordinator cannot be reached in time)."""
+
+    def commit_transaction(self, *args: Any) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
+        assert self.producer.flush(10) == 0
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "commit timed out"))
+
+
+def test_an_aborted_transactions_records_are_in_the_log_and_never_read(log: KafkaLog) -> None:
+    """On a real broker the records of a failed append are written, then marked aborted:
+    they take offsets, but no ``read_committed`` reader ever gets them."""
+    log.create_topic("t-aborted", 2)
+    log.append("t-aborted", 0, [b"before"])
+    log._producer = FailingCommit(log._producer_handle())
+    with pytest.raises(LogUnavailable, match="3 records not appended to t-aborted"):
+        log.append_partitions("t-aborted", {0: [b"lost-1", b"lost-2"], 1: [b"lost-3"]})
+    log._producer = log._producer.producer
+    log.append("t-aborted", 0, [b"after"])
+    ends = log.end_offsets("t-aborted")
+    assert ends == {0: 7, 1: 2}, "before+commit, 2 aborted+abort marker, after+commit"
+    assert read_to(log, "t-aborted", 0, 0, ends[0]) == [b"before", b"after"]
+    assert read_to(log, "t-aborted", 1, 0, ends[1]) == []
 
 
 def test_a_topic_with_other_partitions_is_refused(log: KafkaLog) -> None:
@@ -201,7 +232,7 @@ def test_close_ends_every_client_and_a_closed_log_opens_again(kafka_bootstrap: s
     clients kept until the log is collected go on talking to the cluster."""
     process = psutil.Process()
     before = process.num_threads()
-    the_log = KafkaLog(kafka_bootstrap, None, MOCK_CREATE_TIMEOUT_S)
+    the_log = KafkaLog(kafka_bootstrap)
     the_log.create_topic("t-close", 4)
     the_log.append("t-close", 2, [b"a", b"b"])
     assert read(the_log, "t-close", 2, 0, 10).values == [b"a", b"b"]
@@ -223,7 +254,15 @@ def test_keys_go_where_kafkas_default_partitioner_sends_them() -> None:
     assert {partition_for(f"user-{n}", 8) for n in range(100)} == set(range(8))
 
 
-def test_the_settings_set_how_long_a_topic_creation_is_waited_for(settings: Settings) -> None:
-    on_kafka = settings.replace(log="kafka", kafka_create_timeout_s=0.5)
+def test_the_settings_name_the_cluster_and_the_client_settings(settings: Settings) -> None:
+    on_kafka = settings.replace(
+        log="kafka", kafka_bootstrap_servers="k1:9092,k2:9092",
+        kafka_client_config=("security.protocol=SASL_SSL", "sasl.mechanism=PLAIN"),
+    )  # fmt: skip
     the_log = open_log(on_kafka)
-    assert isinstance(the_log, KafkaLog) and the_log.create_timeout_s == 0.5
+    assert isinstance(the_log, KafkaLog)
+    assert the_log.config == {
+        "bootstrap.servers": "k1:9092,k2:9092",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "PLAIN",
+    }

@@ -20,7 +20,6 @@ from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.stream import worker as worker_module
 from kappaflow.stream.worker import _NO_EVENT, RETRY_S, Worker, _late, run_workers
-from kappaflow.testing import MOCK_CREATE_TIMEOUT_S
 
 encode = msgspec.json.Encoder().encode
 
@@ -253,10 +252,7 @@ def test_reads_that_only_step_over_control_records_are_committed(
 ) -> None:
     """On Kafka each append's commit leaves a control record no reader gets: a worker
     whose next read starts there commits the offset after it, so its lag reaches 0."""
-    on_kafka = settings.replace(
-        log="kafka", kafka_bootstrap_servers=kafka_bootstrap,
-        kafka_create_timeout_s=MOCK_CREATE_TIMEOUT_S,
-    )  # fmt: skip
+    on_kafka = settings.replace(log="kafka", kafka_bootstrap_servers=kafka_bootstrap)
     p = partition_for("u", settings.partitions)
     append(on_kafka, p, [beat(0, 0), beat(5, 5)])  # offsets 0 and 1, the control record 2
     w = worker(on_kafka)

@@ -16,7 +16,7 @@ def open_log(settings: Settings, *, writer: bool = False) -> Log:
         from kappaflow.log.kafka import KafkaLog
 
         options = dict(item.split("=", 1) for item in settings.kafka_client_config)
-        return KafkaLog(settings.kafka_bootstrap_servers, options, settings.kafka_create_timeout_s)
+        return KafkaLog(settings.kafka_bootstrap_servers, options)
     from kappaflow.log.embedded import EmbeddedLog
 
     return EmbeddedLog(

@@ -14,6 +14,7 @@ Client settings (security protocol, SASL, TLS, ...) pass through from
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -33,14 +34,7 @@ that dies mid-append holds back ``read_committed`` readers of its partitions tha
 
 
 class KafkaLog:
-    def __init__(
-        self,
-        bootstrap_servers: str,
-        client_config: Mapping[str, str] | None,
-        create_timeout_s: float,
-    ):
-        self.create_timeout_s = create_timeout_s
-        """How long `create_topic` waits for the cluster to answer."""
+    def __init__(self, bootstrap_servers: str, client_config: Mapping[str, str] | None = None):
         self.config: dict[str, Any] = {
             "bootstrap.servers": bootstrap_servers,
             **(client_config or {}),
@@ -63,30 +57,31 @@ class KafkaLog:
     # -- topics ----------------------------------------------------------------------
 
     def create_topic(self, topic: str, partitions: int) -> None:
-        existing = self._topics()
-        if topic in existing:
-            if existing[topic] != partitions:
-                raise LogError(
-                    f"Kafka topic {topic!r} has {existing[topic]} partitions, "
-                    f"the settings say {partitions}"
-                )
-            return
-        futures = self._admin_handle().create_topics([NewTopic(topic, partitions)])
-        try:
-            futures[topic].result(self.create_timeout_s)
-        except KafkaException as error:
-            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise LogUnavailable(f"Kafka: cannot create topic {topic!r}: {error}") from error
-        except TimeoutError:
-            # No answer to CreateTopics (librdkafka's mock cluster gives none): ask for
-            # the topic's metadata, which brokers that auto-create topics answer by
-            # creating it, then check it has the partitions it must have.
-            self._admin_handle().list_topics(topic, timeout=TIMEOUT_S)
-        found = self._topics().get(topic)
-        if found != partitions:
+        """Create the topic with the cluster's default replication, or check that the one
+        there has ``partitions``; wait until the cluster's metadata shows it."""
+        existing = self._topics().get(topic)
+        if existing is None:
+            futures = self._admin_handle().create_topics(
+                [NewTopic(topic, partitions)], request_timeout=TIMEOUT_S
+            )
+            try:
+                futures[topic].result()
+            except KafkaException as error:
+                if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # else: a race
+                    raise LogUnavailable(
+                        f"Kafka: cannot create topic {topic!r}: {error.args[0].str()}"
+                    ) from error
+            deadline = time.monotonic() + TIMEOUT_S
+            while (existing := self._topics().get(topic)) is None:
+                if time.monotonic() > deadline:
+                    raise LogUnavailable(f"Kafka: topic {topic!r} was created but is not "
+                                         f"in the metadata after {TIMEOUT_S:g} s")  # fmt: skip
+                time.sleep(0.05)
+        if existing != partitions:
             raise LogError(
-                f"Kafka topic {topic!r} could not be created with {partitions} partitions "
-                f"(found {found}); create it with the cluster's tools"
+                f"Kafka topic {topic!r} has {existing} partitions, the settings say "
+                f"{partitions}: set KAPPAFLOW_PARTITIONS={existing} to use the topic as it "
+                "is, or delete it so that kappaflow creates it again"
             )
 
     def _admin_handle(self) -> AdminClient:

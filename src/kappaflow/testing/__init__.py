@@ -1,19 +1,17 @@
 """Helpers for testing apps, ours and users' alike: push events through the real log,
 worker and store on a temporary data directory and look at the result tables; wait
 for what running processes do; make writes fail for real in a process of their own;
-cut a PostgreSQL store's connections; run the Kafka log against librdkafka's mock
-cluster where no Kafka runs."""
+cut a PostgreSQL store's connections. Throwaway servers: `postgres` (PostgreSQL) and
+`kafka` (Apache Kafka)."""
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import random
 import resource
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from kappaflow.app import App
@@ -130,39 +128,3 @@ def run_in_process(target: Callable[..., object], *args: Any, timeout_s: float =
     child.start()
     child.join(timeout_s)
     assert child.exitcode == 0, f"{target.__name__} exited with {child.exitcode}"
-
-
-MOCK_CREATE_TIMEOUT_S = 0.2
-"""``kafka_create_timeout_s`` for the mock cluster: it never answers a topic's creation,
-so waiting the default 3 s for the answer would only slow each test down."""
-
-
-@contextmanager
-def kafka_mock_cluster(brokers: int = 3) -> Iterator[str]:
-    """A mock Kafka cluster of librdkafka on 127.0.0.1, speaking the Kafka protocol, for
-    as long as the block runs in this process (other processes reach it over loopback
-    like a real one); yields its bootstrap servers. It auto-creates topics with 4
-    partitions and does not answer admin requests (see `MOCK_CREATE_TIMEOUT_S`)."""
-    from confluent_kafka import Producer
-
-    found: list[str] = []
-
-    class Bootstrap(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            message = record.getMessage()
-            if "Mock cluster enabled" in message:
-                found.append(message.rsplit(" ", 1)[-1])
-
-    logger = logging.getLogger("kappaflow.testing.kafka-mock")
-    handler = Bootstrap()
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    holder = Producer({"test.mock.num.brokers": brokers, "logger": logger})
-    try:
-        holder.poll(1)
-        if not found:
-            raise RuntimeError("the mock Kafka cluster did not report its address")
-        yield found[0]
-    finally:
-        holder.flush(1)
-        logger.removeHandler(handler)
