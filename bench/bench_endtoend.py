@@ -19,7 +19,8 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from ctypes import c_longlong
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -81,17 +82,9 @@ def run(scale: float) -> list[Figure]:
     seconds = max(10.0, STEP_S * scale)
     console.print(f"{os.cpu_count()} CPUs; each step {seconds:.0f} s; {VIEWERS:,} viewers")
     with tempfile.TemporaryDirectory(prefix="kappaflow-bench-") as tmp:
-        pool = Path(tmp) / "pool.msgpack"
-        with console.status("simulating the viewers' heartbeats"):
-            events = int(max(POOL_EVENTS * scale, 5 * VIEWERS))
-            simulator = spawn.Process(target=write_pool, args=(pool, events))
-            simulator.start()
-            simulator.join()
-        if simulator.exitcode:
-            raise RuntimeError(f"the simulator exited with {simulator.exitcode}")
-        steps = search(pool, seconds)
+        steps = search(simulated_pool(Path(tmp), scale), seconds)
     print_steps(steps)
-    best = max((s for s in steps if s.sustained), key=lambda s: s.target, default=None)
+    best = highest(steps)
     figures = [Figure("end to end: highest sustained rate", best.target if best else 0.0,
                       "events/s", "goal", GOAL_RATE)]  # fmt: skip
     if best is None:
@@ -119,6 +112,24 @@ def run(scale: float) -> list[Figure]:
     for name, rss in best.peak_rss_mb.items():
         figures.append(Figure(f"end to end: peak RSS of {name}", rss, "MB"))
     return figures
+
+
+def simulated_pool(directory: Path, scale: float) -> Path:
+    """The viewers' heartbeats for the load generator, in ``directory``."""
+    pool = directory / "pool.msgpack"
+    with console.status("simulating the viewers' heartbeats"):
+        events = int(max(POOL_EVENTS * scale, 5 * VIEWERS))
+        simulator = spawn.Process(target=write_pool, args=(pool, events))
+        simulator.start()
+        simulator.join()
+    if simulator.exitcode:
+        raise RuntimeError(f"the simulator exited with {simulator.exitcode}")
+    return pool
+
+
+def highest(steps: list[Step]) -> Step | None:
+    """The sustained step of the highest rate."""
+    return max((s for s in steps if s.sustained), key=lambda s: s.target, default=None)
 
 
 def write_pool(path: Path, events: int) -> None:
@@ -202,8 +213,11 @@ class Up:
     ``<data_dir>/up.log``. On exit: SIGTERM (it stops its server and workers), then
     SIGKILL to any process of its tree still running after ``STOP_S``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, servers: Sequence[int] = ()) -> None:
+        """``servers``: pids of the servers the stack uses beside its own processes (a
+        Kafka broker, a PostgreSQL server), measured as part of it."""
         self.settings = settings
+        self.servers = [psutil.Process(pid) for pid in servers]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.seen: dict[int, psutil.Process] = {}
@@ -240,16 +254,20 @@ class Up:
             self.store.close()
 
     def processes(self) -> list[psutil.Process]:
-        """``up`` and its children now (each remembered, to be killed if need be)."""
+        """``up`` and its children now (each remembered, to be killed if need be), and
+        the servers with theirs."""
         try:
             tree = [self.root, *self.root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
         self.seen.update((p.pid, p) for p in tree)
-        return tree
+        return tree + [child for server in self.servers
+                       for child in (server, *server.children(recursive=True))]  # fmt: skip
 
     def wal_bytes(self) -> int:
-        """Size of the SQLite store's write-ahead log."""
+        """Size of the SQLite store's write-ahead log (0 on another store)."""
+        if self.settings.store != "sqlite":
+            return 0
         return wal_bytes(Path(self.settings.sqlite_path))
 
     def backlog(self) -> int:
@@ -259,6 +277,10 @@ class Up:
 
 def role(process: psutil.Process) -> str:
     arguments = process.cmdline()
+    if "kafka.Kafka" in arguments:
+        return "kafka broker"
+    if process.name() == "postgres":
+        return "postgres"
     if "serve" in arguments:
         return "server (ingest + query)"
     if "worker" in arguments:  # named by its share file: its number in the pool
@@ -364,16 +386,32 @@ class Step:
         )
 
 
-def search(pool: Path, seconds: float) -> list[Step]:
+class Stack(NamedTuple):
+    settings: Settings
+    servers: Sequence[int] = ()
+    """Pids of the servers it uses beside kappaflow's own processes."""
+
+
+@contextmanager
+def embedded(data: str) -> Iterator[Stack]:
+    """The default stack: the embedded log and SQLite in ``data``."""
+    yield Stack(Settings.load(overrides={"data_dir": data}))
+
+
+def search(
+    pool: Path, seconds: float, stacks: Callable[[str], AbstractContextManager[Stack]] = embedded
+) -> list[Step]:
     """Double the rate from ``FIRST_RATE`` until a step fails (or ``TOP_RATE``), then
     bisect between the highest sustained and the lowest failed rate. Each step runs on
-    a new stack, so that none inherits the backlog or the store of the one before."""
+    a new stack from ``stacks`` (given a new data directory), so that none inherits the
+    backlog or the store of the one before."""
     steps: list[Step] = []
     rate, low, high, bisections = float(FIRST_RATE), 0.0, math.inf, 0
     while True:
         with (
             tempfile.TemporaryDirectory(prefix="kappaflow-bench-") as data,
-            Up(Settings.load(overrides={"data_dir": data})) as up,
+            stacks(data) as stack,
+            Up(*stack) as up,
         ):
             step = run_step(up, pool, rate, seconds)
         console.print(step.line())

@@ -1,16 +1,19 @@
 """Workers on Kafka as they run on Kubernetes: members of the consumer group, which
-assigns them partitions (cooperative-sticky). One is SIGKILLed mid-stream, another
-joins; the group moves partitions between them, the store's generations fence, and
-every result table equals an uninterrupted run's."""
+assigns them partitions (cooperative-sticky). A member is SIGKILLed mid-stream and
+another joins; a member is paused past its session timeout and then resumes. The group
+moves partitions between them, the store's generations fence the member that lost
+them, and every result table equals an uninterrupted run's."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -21,73 +24,161 @@ from kappaflow.ingest.appender import Appender
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
-from kappaflow.testing import result_tables, run_events
+from kappaflow.testing import result_tables, run_events, wait_until
 
 pytestmark = pytest.mark.integration
 TABLES = ("video_segments", "video_progress", "kf_dead_letters")
+OWNS_SOME = re.compile(r"owns partitions \[\d")
+SESSION_TIMEOUT_S = 6
+"""A member that stops answering leaves the group after this (the broker's least)."""
 
 
-def test_group_assigned_workers_survive_a_kill_and_a_rebalance(
-    tmp_path: Path, kafka_bootstrap: str, postgres_dsn: str
-) -> None:
-    workload = simulate(30_000, viewers=200, seed=9, jitter_ms=2_000, duplicates=0.01)
-    # Progress rows on every change: at an accuracy, which are written depends on the batches.
-    base = {"partitions": 4, "idle_timeout_s": 3600, "batch_max_events": 300,
-            "progress_accuracy_s": 0}  # fmt: skip
-    reference = Settings.load({}, {**base, "data_dir": str(tmp_path / "reference")})
-    run_events(create_app(reference), workload.events, reference).close()
+SLOW_VIDEO = """
+import time
+from kappaflow.apps.video import create_app as video
 
-    settings = Settings.load({}, {
-        **base, "data_dir": str(tmp_path / "kafka"), "log": "kafka", "store": "postgres",
-        "kafka_bootstrap_servers": kafka_bootstrap, "postgres_dsn": postgres_dsn,
-        # a killed member leaves the group after 6 s instead of 45
-        "kafka_client_config": ("session.timeout.ms=6000", "heartbeat.interval.ms=500"),
-    })  # fmt: skip
-    env = {**os.environ, **settings.to_environ()}
+def create_app(settings):
+    app = video(settings)
+    processor = app.processors["heartbeats"]
+    process = processor.process
 
-    command = [sys.executable, "-m", "kappaflow", "worker", "--app", "video", "-v"]
+    def slowly(state, batch):
+        time.sleep(0.2)
+        return process(state, batch)
 
-    def worker() -> subprocess.Popen[bytes]:
-        started.append(subprocess.Popen(command, env=env, stderr=subprocess.PIPE))
-        return started[-1]
+    processor.process = slowly
+    return app
+"""
+"""The video app, whose processor spends most of a member's time: a pause then comes
+between its read of a batch and its commit of the batch, nearly always."""
 
-    writer = open_log(settings, writer=True)
-    appender = Appender(writer, create_app(settings).streams[0], settings.partitions)
 
-    def write() -> None:
-        for start in range(0, len(workload.events), 1_000):
-            appender.append(workload.events[start : start + 1_000])
-            time.sleep(0.05)
+class Members:
+    """`kappaflow worker` processes in the consumer group, and the log they read."""
 
-    feeder = threading.Thread(target=write)
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        first, second = worker(), worker()
-        feeder.start()
-        time.sleep(4)
-        first.send_signal(signal.SIGKILL)
-        first.communicate(timeout=10)
-        third = worker()
-        feeder.join()
-        ends = writer.end_offsets("heartbeats")
-        writer.close()
-        store = open_store(settings)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            committed = store.committed_offsets("video.heartbeats")
-            if all(committed.get(p, -1) >= end for p, end in ends.items()):
-                break
-            time.sleep(0.2)
-        store.close()
-        logs = []
-        for process in (second, third):
-            process.send_signal(signal.SIGTERM)
-            logs.append(process.communicate(timeout=30)[1].decode())
-    finally:
-        for process in started:
+    def __init__(self, tmp_path: Path, kafka_bootstrap: str, postgres_dsn: str) -> None:
+        self.tmp_path = tmp_path
+        self.workload = simulate(30_000, viewers=200, seed=9, jitter_ms=2_000, duplicates=0.01)
+        # Progress rows on every change: at an accuracy, which are written depends on the
+        # batches.
+        base = {"partitions": 4, "idle_timeout_s": 3600, "batch_max_events": 300,
+                "progress_accuracy_s": 0}  # fmt: skip
+        self.reference = Settings.load({}, {**base, "data_dir": str(tmp_path / "reference")})
+        self.settings = Settings.load({}, {
+            **base, "data_dir": str(tmp_path / "kafka"), "log": "kafka", "store": "postgres",
+            "kafka_bootstrap_servers": kafka_bootstrap, "postgres_dsn": postgres_dsn,
+            "kafka_client_config": (f"session.timeout.ms={SESSION_TIMEOUT_S * 1000}",
+                                    "heartbeat.interval.ms=500"),
+        })  # fmt: skip
+        self.started: list[tuple[subprocess.Popen[bytes], Path]] = []
+        self.writer = open_log(self.settings, writer=True)
+        stream = create_app(self.settings).streams[0]
+        self.appender = Appender(self.writer, stream, self.settings.partitions)
+
+    def start(self, slow: bool = False) -> subprocess.Popen[bytes]:
+        """A member; ``slow``: its processor takes 0.2 s a batch more (see `SLOW_VIDEO`)."""
+        command = [sys.executable, "-m", "kappaflow", "worker", "--app", "video", "-v"]
+        env = {**os.environ, **self.settings.to_environ()}
+        if slow:
+            (self.tmp_path / "slow_video.py").write_text(SLOW_VIDEO)
+            env.update(KAPPAFLOW_APPS="slow_video", PYTHONPATH=str(self.tmp_path))
+        output = self.tmp_path / f"worker-{len(self.started)}.log"
+        with output.open("wb") as sink:
+            self.started.append((subprocess.Popen(command, env=env, stderr=sink), output))
+        return self.started[-1][0]
+
+    def output(self, process: subprocess.Popen[bytes]) -> str:
+        return next(path for p, path in self.started if p is process).read_text()
+
+    def append(self, events: Sequence[object], step: int = 1_000, pause_s: float = 0) -> None:
+        for start in range(0, len(events), step):
+            self.appender.append(events[start : start + step])
+            time.sleep(pause_s)
+
+    def committed(self) -> dict[int, int]:
+        store = open_store(self.settings)
+        try:
+            return store.committed_offsets("video.heartbeats")
+        finally:
+            store.close()
+
+    def wait_caught_up(self, timeout_s: float = 90) -> None:
+        ends = self.writer.end_offsets("heartbeats")
+        wait_until(lambda: all(self.committed().get(p, -1) >= e for p, e in ends.items()),
+                   timeout_s, f"the members committed up to {ends}")  # fmt: skip
+
+    def stop(self) -> None:
+        """SIGTERM every member still running and wait for it."""
+        for process, _ in self.started:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            process.wait(30)
+
+    def close(self) -> None:
+        for process, _ in self.started:
             if process.poll() is None:
                 process.kill()
-                process.communicate()
-    assert all(committed.get(p, -1) >= end for p, end in ends.items()), (committed, ends, logs)
+                process.wait()
+        self.writer.close()
+
+    def results_equal_an_uninterrupted_run(self) -> bool:
+        run_events(create_app(self.reference), self.workload.events, self.reference).close()
+        return result_tables(self.settings, TABLES) == result_tables(self.reference, TABLES)
+
+
+@pytest.fixture
+def members(tmp_path: Path, kafka_bootstrap: str, postgres_dsn: str) -> Iterator[Members]:
+    group = Members(tmp_path, kafka_bootstrap, postgres_dsn)
+    yield group
+    group.close()
+
+
+def test_group_assigned_workers_survive_a_kill_and_a_rebalance(members: Members) -> None:
+    feeder = threading.Thread(target=members.append, args=(members.workload.events,),
+                              kwargs={"pause_s": 0.05})  # fmt: skip
+    first, second = members.start(), members.start()
+    feeder.start()
+    time.sleep(4)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    third = members.start()
+    feeder.join()
+    members.wait_caught_up()
+    members.stop()
+    logs = [members.output(process) for process in (second, third)]
     assert any("gave up partitions" in text or "owns partitions" in text for text in logs)
-    assert result_tables(settings, TABLES) == result_tables(reference, TABLES)
+    assert members.results_equal_an_uninterrupted_run()
+
+
+def test_a_member_paused_past_its_session_is_fenced_and_rejoins(members: Members) -> None:
+    """SIGSTOP a member busy with a backlog until the group gives its partitions to the
+    other one, which claims them in the store; SIGCONT: the commit of the batch it was
+    on is refused (its generation is stale), it drops the batch and rejoins, and the
+    results stay exact. A pause may catch the member outside a batch, or inside its
+    store transaction (the other one's claim then waits for its commit): it is tried
+    again."""
+    events = members.workload.events
+    first, second = members.start(slow=True), members.start()
+    members.append(events[:3_000])
+    members.wait_caught_up()
+    wait_until(lambda: OWNS_SOME.search(members.output(first)), 30, "the group gave it partitions")
+    chunks = [events[3_000:12_000], events[12_000:21_000], events[21_000:]]
+    while chunks and "was fenced" not in members.output(first):
+        chunk = chunks.pop(0)
+        members.append(chunk, step=len(chunk))
+        time.sleep(0.3)  # into the backlog: it reads, processes and commits without a pause
+        first.send_signal(signal.SIGSTOP)
+        time.sleep(SESSION_TIMEOUT_S + 4)
+        first.send_signal(signal.SIGCONT)
+        members.wait_caught_up()
+        owned = len(OWNS_SOME.findall(members.output(first)))
+        wait_until(lambda n=owned: len(OWNS_SOME.findall(members.output(first))) > n, 30,
+                   "the group gave it partitions again")  # fmt: skip
+    for chunk in chunks:
+        members.append(chunk)
+    members.wait_caught_up()
+    members.stop()
+    paused = members.output(first)
+    assert "was fenced" in paused and "rejoining the group" in paused, paused
+    assert first.returncode == 0 and second.returncode == 0, paused
+    assert members.results_equal_an_uninterrupted_run()

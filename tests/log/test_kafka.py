@@ -12,13 +12,19 @@ from typing import Any
 
 import psutil
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
+from kappaflow.apps.video import Heartbeat, all_progress, create_app
 from kappaflow.errors import LogError, LogUnavailable
+from kappaflow.ingest.appender import Appender
 from kappaflow.log import kafka as kafka_module
 from kappaflow.log import open_log
 from kappaflow.log.kafka import KafkaLog
 from kappaflow.log.partitioner import partition_for
 from kappaflow.settings import Settings
+from kappaflow.store import open_store
+from kappaflow.stream.worker import Worker
+from kappaflow.testing import wait_until
 from kappaflow.testing.kafka import KafkaCluster
 
 
@@ -166,30 +172,96 @@ def test_a_failed_append_is_aborted_whole(log: KafkaLog) -> None:
 
 
 class FailingCommit(CountingCommits):
-    """The log's real producer, whose commit fails once its records are on the broker
-    (as when the coordinator cannot be reached in time)."""
+    """The log's real producer, whose commit times out once its records are on the
+    broker (the transaction coordinator unreachable), for good."""
 
     def commit_transaction(self, *args: Any) -> None:
-        from confluent_kafka import KafkaError, KafkaException
-
         assert self.producer.flush(10) == 0
         raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "commit timed out"))
 
 
-def test_an_aborted_transactions_records_are_in_the_log_and_never_read(log: KafkaLog) -> None:
-    """On a real broker the records of a failed append are written, then marked aborted:
-    they take offsets, but no ``read_committed`` reader ever gets them."""
+class CommitLostAnswer(CountingCommits):
+    """The log's real producer, whose commit goes through but whose answer is lost."""
+
+    def commit_transaction(self, *args: Any) -> None:
+        self.producer.commit_transaction(*args)
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT, "connection reset"))
+
+
+class RetriableCommit(CountingCommits):
+    """The log's real producer, whose first commit times out (a leader moving)."""
+
+    def commit_transaction(self, *args: Any) -> None:
+        self.commits += 1
+        if self.commits == 1:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "timed out", retriable=True))
+        self.producer.commit_transaction(*args)
+
+
+def test_a_commit_of_unknown_outcome_that_was_aborted_is_refused(log: KafkaLog) -> None:
+    """On a real broker the records of a failed append are written, then marked aborted
+    when a new producer fences the one that failed: they take offsets, but no
+    ``read_committed`` reader ever gets them."""
     log.create_topic("t-aborted", 2)
     log.append("t-aborted", 0, [b"before"])
-    log._producer = FailingCommit(log._producer_handle())
+    failing = log._producer = FailingCommit(log._producer_handle())
     with pytest.raises(LogUnavailable, match="3 records not appended to t-aborted"):
         log.append_partitions("t-aborted", {0: [b"lost-1", b"lost-2"], 1: [b"lost-3"]})
-    log._producer = log._producer.producer
+    assert log._producer_handle() is not failing
     log.append("t-aborted", 0, [b"after"])
     ends = log.end_offsets("t-aborted")
     assert ends == {0: 7, 1: 2}, "before+commit, 2 aborted+abort marker, after+commit"
     assert read_to(log, "t-aborted", 0, 0, ends[0]) == [b"before", b"after"]
     assert read_to(log, "t-aborted", 1, 0, ends[1]) == []
+
+
+def test_nothing_of_an_aborted_append_reaches_a_result_table(
+    settings: Settings, kafka_broker: KafkaCluster
+) -> None:
+    """A worker reading past an aborted append's records (in the log, marked aborted)
+    processes only the committed ones around them."""
+    on_kafka = settings.replace(log="kafka", kafka_bootstrap_servers=kafka_broker.bootstrap_servers)
+    app = create_app(on_kafka)
+    writer = KafkaLog(on_kafka.kafka_bootstrap_servers)
+    writer.create_topic("heartbeats", on_kafka.partitions)
+    appender = Appender(writer, app.streams[0], on_kafka.partitions)
+
+    def beats(*users_and_seconds: tuple[str, int]) -> list[Heartbeat]:
+        return [Heartbeat(user, "v", s, s * 1000, "heartbeat") for user, s in users_and_seconds]
+
+    appender.append(beats(("kept", 0)))
+    writer._producer = FailingCommit(writer._producer_handle())
+    with pytest.raises(LogUnavailable):
+        appender.append(beats(("lost", 0), ("lost", 5), ("kept", 5)))
+    assert sum(writer.end_offsets("heartbeats").values()) >= 5, "the aborted ones are there"
+    appender.append(beats(("kept", 10), ("other", 0), ("other", 5)))
+    writer.close()
+
+    log, store = KafkaLog(on_kafka.kafka_bootstrap_servers), open_store(on_kafka)
+    w = Worker(app, app.streams[0], log, store, on_kafka, range(on_kafka.partitions))
+    w.start()
+    wait_until(lambda: not w.poll() and w.caught_up(), 30, "the worker caught up")
+    progress = {p.user_id: p.resume_position_s for p in all_progress(store)}
+    assert progress == {"kept": 10, "other": 5}
+    log.close()
+
+
+def test_a_commit_whose_answer_was_lost_is_found_committed(log: KafkaLog) -> None:
+    """A 503 would make the client send the records again: the log finds out that they
+    were committed and returns as for any commit."""
+    log.create_topic("t-lost-answer", 2)
+    log._producer = CommitLostAnswer(log._producer_handle())
+    assert log.append_partitions("t-lost-answer", {0: [b"a", b"b"], 1: [b"c"]}) == {0: 0, 1: 0}
+    assert read_to(log, "t-lost-answer", 0, 0, 3) == [b"a", b"b"]
+    assert read_to(log, "t-lost-answer", 1, 0, 2) == [b"c"]
+
+
+def test_a_retriable_commit_failure_is_retried(log: KafkaLog) -> None:
+    log.create_topic("t-retried", 1)
+    retrying = log._producer = RetriableCommit(log._producer_handle())
+    assert log.append("t-retried", 0, [b"a"]) == 0
+    assert retrying.commits == 2
+    assert read_to(log, "t-retried", 0, 0, 2) == [b"a"]
 
 
 def test_a_topic_with_other_partitions_is_refused(log: KafkaLog) -> None:

@@ -4,6 +4,7 @@ in the log; any other answer means nothing of the request was written."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -102,7 +103,7 @@ class IngestService:
                                 accepted=sorted(JSON_TYPES | NDJSON_TYPES))  # fmt: skip
         retry = {"retry-after": str(self.settings.retry_after_s)}
         try:
-            backlog = self._backlog_of(app, stream)
+            backlog = await self._backlog_of(app, stream)
         except KappaflowError as failure:
             return self._refuse(name, "unavailable", 503, str(failure), headers=retry)
         if backlog > self.settings.ingest_max_backlog:
@@ -146,12 +147,14 @@ class IngestService:
         REQUESTS_REJECTED.labels(stream, reason).inc()
         return status, {"error": message, **details}, headers or {}
 
-    def _backlog_of(self, app: App, stream: Stream) -> int:
-        """Events of the stream appended but not processed, checked at most every 0.5 s."""
+    async def _backlog_of(self, app: App, stream: Stream) -> int:
+        """Events of the stream appended but not processed, checked at most every 0.5 s,
+        in a thread: a log or store that is slow to answer holds up no other request."""
         now = time.monotonic()
         checked_at, backlog = self._backlog.get(stream.name, (0.0, 0))
         if now - checked_at >= BACKLOG_CHECK_S:
-            backlog = sum(lag for *_, lag in partition_lag([app], self.log, self.store, stream))
+            lags = partition_lag([app], self.log, self.store, stream)
+            backlog = await asyncio.to_thread(lambda: sum(lag for *_, lag in lags))
             self._backlog[stream.name] = (now, backlog)
         return backlog
 

@@ -18,10 +18,11 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from kappaflow.errors import LogError, LogUnavailable, OffsetOutOfRange
 from kappaflow.log.base import RecordBatch
@@ -31,6 +32,10 @@ TIMEOUT_S = 10.0
 TRANSACTION_TIMEOUT_MS = 10_000
 """How long the cluster keeps a transaction open before aborting it itself: a process
 that dies mid-append holds back ``read_committed`` readers of its partitions that long."""
+COMMIT_TIMEOUT_S = 30.0
+"""How long a commit is retried while its errors are retriable (a leader moving)."""
+SETTLE_TIMEOUT_S = 120.0
+"""How long the outcome of a failed commit is sought while the cluster is unreachable."""
 
 
 class KafkaLog:
@@ -126,7 +131,10 @@ class KafkaLog:
     ) -> dict[int, int]:
         """Produce every record in one transaction and commit it, which waits once for
         all delivery reports: one round trip for the partitions together, not one each.
-        A failure aborts the transaction, so none of the records is served."""
+        Returns only once the transaction committed; raises `LogUnavailable` only once
+        it is known to be aborted (none of the records is ever served). A commit whose
+        outcome is unknown (the cluster failed mid-commit) is retried while that may
+        help, then settled by fencing the producer and reading the records back."""
         producer = self._producer_handle()
         offsets: dict[int, int] = {}
 
@@ -139,24 +147,69 @@ class KafkaLog:
             for partition, values in records.items():
                 for value in values:
                     _produce(producer, topic, partition, value, delivered)
-            producer.commit_transaction(TIMEOUT_S)
+            _commit(producer)
         except KafkaException as error:
-            self._abort(producer)
-            total = sum(map(len, records.values()))
-            raise LogUnavailable(
-                f"Kafka: {total} records not appended to {topic}: {error.args[0].str()}"
-            ) from error
+            if not self._committed_after_all(producer, error.args[0], topic, offsets):
+                total = sum(map(len, records.values()))
+                raise LogUnavailable(
+                    f"Kafka: {total} records not appended to {topic}: {error.args[0].str()}"
+                ) from error
+            log.warning("Kafka: a commit that failed (%s) had gone through", error.args[0])
         return {partition: offsets.get(partition, -1) for partition in records}
 
-    def _abort(self, producer: Producer) -> None:
-        """Abort the open transaction; if the producer cannot, drop it: the next one,
-        with the same transactional id, aborts it on start."""
+    def _committed_after_all(
+        self, producer: Producer, error: KafkaError, topic: str, offsets: Mapping[int, int]
+    ) -> bool:
+        """Whether the transaction whose commit failed with ``error`` committed. An
+        abortable one is aborted. Otherwise the producer is dropped, and a new one with
+        the same transactional id fences it and ends its transaction (committed if the
+        commit had reached the coordinator, else aborted); its first record, read back,
+        tells which. Tries for `SETTLE_TIMEOUT_S` while the cluster is unreachable."""
+        if error.txn_requires_abort():
+            try:
+                producer.abort_transaction(TIMEOUT_S)
+                return False
+            except KafkaException as failure:
+                log.warning("Kafka: could not abort a transaction (%s); fencing it", failure)
+        self._producer = None
+        _discard(producer)
+        if not offsets:  # a commit goes out only once every record was delivered
+            return False
+        partition, offset = next(iter(offsets.items()))
+        deadline, delay = time.monotonic() + SETTLE_TIMEOUT_S, 0.1
+        while True:
+            try:
+                self._producer_handle()
+                return self._committed_at(topic, partition, offset)
+            except LogUnavailable as failure:
+                if time.monotonic() > deadline:
+                    log.error("Kafka: a transaction's outcome is unknown after %g s (%s): "
+                              "its records may be served", SETTLE_TIMEOUT_S, failure)  # fmt: skip
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _committed_at(self, topic: str, partition: int, offset: int) -> bool:
+        """Whether the record at ``offset`` is served to ``read_committed`` readers, once
+        every transaction before it ended (aborted records are stepped over)."""
+        reader = Consumer(
+            {**self.config, "group.id": "kappaflow-reader", "enable.auto.commit": False,
+             "auto.offset.reset": "error", "isolation.level": "read_committed"}
+        )  # fmt: skip
         try:
-            producer.abort_transaction(TIMEOUT_S)
-        except KafkaException as error:
-            log.warning("Kafka: could not abort a transaction (%s); a new producer will", error)
-            self._producer = None
-            _discard(producer)
+            reader.assign([TopicPartition(topic, partition, offset)])
+            deadline = time.monotonic() + TRANSACTION_TIMEOUT_MS / 1000 + TIMEOUT_S
+            while time.monotonic() < deadline:
+                for message in reader.consume(1, timeout=0.2):
+                    if message.error():
+                        raise LogUnavailable(f"Kafka: {message.error()}")
+                    return message.offset() == offset
+                (position,) = reader.position([TopicPartition(topic, partition)])
+                if position.offset > offset:
+                    return False
+            raise LogUnavailable(f"Kafka: {topic}[{partition}] not readable at {offset}")
+        finally:
+            reader.close()
 
     # -- reading ---------------------------------------------------------------------
 
@@ -283,23 +336,21 @@ class KafkaLog:
 
     # -- offsets ---------------------------------------------------------------------
 
-    def _watermarks(self, topic: str) -> dict[int, tuple[int, int]]:
-        consumer = self._consumer_handle()
-        found = {}
-        for partition in range(self.partitions(topic)):
-            try:
-                found[partition] = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=TIMEOUT_S, cached=False
-                )
-            except KafkaException as error:
-                raise LogUnavailable(f"Kafka: {error}") from error
-        return found
+    def _list_offsets(self, topic: str, spec: OffsetSpec) -> dict[int, int]:
+        """One ListOffsets request for every partition of ``topic`` (librdkafka sends it
+        to each partition's leader at once)."""
+        wanted = {TopicPartition(topic, p): spec for p in range(self.partitions(topic))}
+        futures = self._admin_handle().list_offsets(wanted, request_timeout=TIMEOUT_S)
+        try:
+            return {tp.partition: future.result().offset for tp, future in futures.items()}
+        except KafkaException as error:
+            raise LogUnavailable(f"Kafka: offsets of {topic}: {error.args[0].str()}") from error
 
     def end_offsets(self, topic: str) -> dict[int, int]:
-        return {p: high for p, (_, high) in self._watermarks(topic).items()}
+        return self._list_offsets(topic, OffsetSpec.latest())
 
     def start_offsets(self, topic: str) -> dict[int, int]:
-        return {p: low for p, (low, _) in self._watermarks(topic).items()}
+        return self._list_offsets(topic, OffsetSpec.earliest())
 
     def acknowledge(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
         """Commit the group's offsets: through the member consumer when the group assigns
@@ -334,11 +385,24 @@ class KafkaLog:
         self._member, self._group = False, ""
 
 
+def _commit(producer: Producer) -> None:
+    """Commit the open transaction, again while the error is retriable (a timeout while
+    partition leaders move), for at most `COMMIT_TIMEOUT_S`."""
+    deadline = time.monotonic() + COMMIT_TIMEOUT_S
+    while True:
+        try:
+            producer.commit_transaction(TIMEOUT_S)
+            return
+        except KafkaException as error:
+            if not error.args[0].retriable() or time.monotonic() > deadline:
+                raise
+
+
 def _discard(producer: Producer) -> None:
     """End a producer that cannot go on (its threads would keep connecting while the
     object lives): its queued records are dropped, unsent."""
     producer.purge()
-    with warnings.catch_warnings():  # it cannot abort its transaction either
+    with warnings.catch_warnings(), suppress(KafkaException):  # nor end its transaction
         warnings.simplefilter("ignore", RuntimeWarning)
         producer.close()
 

@@ -15,6 +15,7 @@ from typing import Protocol
 from prometheus_client import Counter, Gauge
 
 from kappaflow.app import App
+from kappaflow.errors import LogUnavailable, StoreUnavailable
 from kappaflow.log.base import Log
 from kappaflow.scale.policy import PolicyState, decide, from_settings
 from kappaflow.settings import Settings
@@ -70,10 +71,24 @@ class Autoscaler:
     def __post_init__(self) -> None:
         self.policy = from_settings(self.settings)
         self.started = time.monotonic()
+        self.blind_since: float | None = None
+        """When the offsets could last not be read: the pool keeps its size meanwhile."""
 
     def tick(self) -> None:
+        """Read the offsets, decide, resize. While the log or the store cannot be read,
+        keep the workers there are (as KEDA keeps the replicas when its scaler fails)."""
         now = time.monotonic() - self.started
-        end, committed = offsets(self.apps, self.log, self.store)
+        try:
+            end, committed = offsets(self.apps, self.log, self.store)
+        except (LogUnavailable, StoreUnavailable) as failure:
+            if self.blind_since is None:
+                self.blind_since = now
+                log.warning("cannot read the offsets (%s); keeping %d workers until it can",
+                            failure, self.pool.size())  # fmt: skip
+            return
+        if self.blind_since is not None:
+            log.warning("offsets readable again after %.0f s", now - self.blind_since)
+            self.blind_since = None
         current = self.pool.size()
         decision = decide(now, end, committed, current, self.policy, self.state)
         self.state = decision.state

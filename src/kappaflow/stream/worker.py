@@ -28,7 +28,7 @@ import msgspec
 import numpy as np
 
 from kappaflow.app import App, Batch, Processor, Stream
-from kappaflow.errors import KappaflowError, ProcessorFailed, StoreUnavailable
+from kappaflow.errors import KappaflowError, ProcessorFailed, StaleOwnership, StoreUnavailable
 from kappaflow.log.base import Log, RecordBatch
 from kappaflow.metrics import BATCH_SECONDS, DEAD_LETTERS, EVENTS_PROCESSED, PROCESSOR_FAILURES
 from kappaflow.settings import Settings
@@ -70,6 +70,8 @@ class PartitionRun:
     """A lower bound the watermark has been raised to after an idle period."""
     last_record_at: float = field(default_factory=time.monotonic)
     idle_flushed: bool = False
+    shown: bool = False
+    """Whether the log's tools were shown where it starts (see `Log.acknowledge`)."""
 
     def watermark(self, lateness_ms: int) -> int:
         return max(self.floor_ms, self.max_event_ms - lateness_ms)
@@ -235,11 +237,22 @@ class Worker:
                     self.processor.changed_keys(run.state),
                 )
             )
+        # A partition is shown to the log's tools once claimed, records or not: KEDA counts
+        # a partition without a committed group offset as lag, and would never scale to 0.
+        shown = {p: run.next_offset for p, run in self.runs.items() if not run.shown}
         if commits:
-            self.store.commit(self.group, commits, rows, dead)
-            self.log.acknowledge(
-                self.group, self.stream.name, {c.partition: c.next_offset for c in commits}
-            )
+            try:
+                self.store.commit(self.group, commits, rows, dead)
+            except StaleOwnership as fenced:
+                if not self.member:
+                    raise
+                # The group gave our partitions to another member while we could not
+                # answer it (a pause past the session timeout): the batch is dropped.
+                log.warning("worker for %s was fenced (%s); rejoining the group", self.group,
+                            fenced)  # fmt: skip
+                self.start()
+                return 0
+            shown.update((c.partition, c.next_offset) for c in commits)
             self.stats.commits += 1
             self.stats.events += records
             EVENTS_PROCESSED.labels(self.group).inc(records)
@@ -249,6 +262,10 @@ class Worker:
             if self._failures:  # a partition tried again went through
                 for commit in commits:
                     self._failures.pop(commit.partition, None)
+        if shown:
+            self.log.acknowledge(self.group, self.stream.name, shown)
+            for partition in shown:
+                self.runs[partition].shown = True
         return records
 
     def _halt(self, run: PartitionRun, error: Exception, now: float) -> None:
