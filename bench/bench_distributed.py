@@ -57,7 +57,7 @@ def postmaster(dsn: str) -> int:
     """The pid of the PostgreSQL server's main process (its sessions' parent)."""
     with psycopg.connect(dsn) as db:
         (backend,) = db.execute("SELECT pg_backend_pid()").fetchone()
-    return psutil.Process(backend).ppid()
+        return psutil.Process(backend).ppid()
 
 
 def run(scale: float) -> list[Figure]:

@@ -228,7 +228,10 @@ class Up:
         command = [sys.executable, "-m", "kappaflow", "up", "--data-dir", str(data),
                    "--port", str(self.port)]  # fmt: skip
         with self.output.open("wb") as output:
-            self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+            env = {**os.environ, **self.settings.to_environ()}
+            self.process = subprocess.Popen(
+                command, env=env, stdout=output, stderr=subprocess.STDOUT
+            )
         self.root = psutil.Process(self.process.pid)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and self.process.poll() is None:

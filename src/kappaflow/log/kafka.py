@@ -64,7 +64,7 @@ class KafkaLog:
     def create_topic(self, topic: str, partitions: int) -> None:
         """Create the topic with the cluster's default replication, or check that the one
         there has ``partitions``; wait until the cluster's metadata shows it."""
-        existing = self._topics().get(topic)
+        existing = self._partition_count(topic)
         if existing is None:
             futures = self._admin_handle().create_topics(
                 [NewTopic(topic, partitions)], request_timeout=TIMEOUT_S
@@ -77,7 +77,7 @@ class KafkaLog:
                         f"Kafka: cannot create topic {topic!r}: {error.args[0].str()}"
                     ) from error
             deadline = time.monotonic() + TIMEOUT_S
-            while (existing := self._topics().get(topic)) is None:
+            while (existing := self._partition_count(topic)) is None:
                 if time.monotonic() > deadline:
                     raise LogUnavailable(f"Kafka: topic {topic!r} was created but is not "
                                          f"in the metadata after {TIMEOUT_S:g} s")  # fmt: skip
@@ -94,15 +94,24 @@ class KafkaLog:
             self._admin = AdminClient(self.config)
         return self._admin
 
-    def _topics(self) -> dict[str, int]:
+    def _partition_count(self, topic: str) -> int | None:
+        """Partitions of ``topic``, None if the cluster has no such topic. All topics are
+        listed (asking for one by name makes brokers that auto-create topics create it);
+        a topic whose metadata has another error (no leader yet) is unavailable."""
         try:
-            metadata = self._admin_handle().list_topics(timeout=TIMEOUT_S)
+            metadata = self._admin_handle().list_topics(timeout=TIMEOUT_S).topics.get(topic)
         except KafkaException as error:
             raise LogUnavailable(f"Kafka: {error}") from error
-        return {name: len(t.partitions) for name, t in metadata.topics.items() if not t.error}
+        if metadata is None or (
+            metadata.error is not None and metadata.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+        ):
+            return None
+        if metadata.error is not None:
+            raise LogUnavailable(f"Kafka topic {topic!r}: {metadata.error.str()}")
+        return len(metadata.partitions)
 
     def partitions(self, topic: str) -> int:
-        found = self._topics().get(topic)
+        found = self._partition_count(topic)
         if found is None:
             raise LogError(f"Kafka topic {topic!r} does not exist")
         return found
