@@ -20,6 +20,7 @@ from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.stream import worker as worker_module
 from kappaflow.stream.worker import _NO_EVENT, RETRY_S, Worker, _late, run_workers
+from kappaflow.testing import wait_until
 
 encode = msgspec.json.Encoder().encode
 
@@ -256,6 +257,7 @@ def test_reads_that_only_step_over_control_records_are_committed(
     p = partition_for("u", settings.partitions)
     append(on_kafka, p, [beat(0, 0), beat(5, 5)])  # offsets 0 and 1, the control record 2
     w = worker(on_kafka)
+    wait_until(lambda: w.log.end_offsets("heartbeats")[p] == 3, 5, "the control record")
     w.start()
     w.runs[p].next_offset = 2  # as restored from a commit made before it was read
     for _ in range(100):
