@@ -22,6 +22,7 @@ from kappaflow.apps.video_events import (
     session_keys,
 )
 from kappaflow.apps.video_reports import report_rows
+from kappaflow.settings import Settings
 from kappaflow.stream.sessions import Rows, SessionState, SessionWindows
 
 # start_ms, end_ms]: the positions covered and the event times of the first and last
@@ -124,9 +125,11 @@ class PartitionedWindows(SessionWindows):
         return output
 
 
-def with_session_windows(app: App, gap_s: float) -> App:
+def with_session_windows(app: App, settings: Settings) -> App:
     """The video app ``app`` with its heartbeats processed by `SessionWindows` and
     `SegmentFold` instead of its own operator."""
-    fold = SegmentFold(gap_s, *app.lookups)
-    sessions = PartitionedWindows(fold, gap_ms=round(gap_s * 1000))
+    fold = SegmentFold(settings.session_gap_s, *app.lookups)
+    sessions = PartitionedWindows(fold, round(settings.session_gap_s * 1000),
+                                  round(settings.allowed_lateness_s * 1000),
+                                  round(settings.idle_timeout_s * 1000))  # fmt: skip
     return dataclasses.replace(app, processors={"heartbeats": sessions})

@@ -53,15 +53,20 @@ class Stream:
 
 
 class Batch(NamedTuple):
-    """On-time events of one partition, in offset order, with their event times in
-    epoch milliseconds. ``watermark_ms``: every later event of this partition will have
-    an event time at or above it."""
+    """Events of one partition, in offset order, with their event times in epoch
+    milliseconds; the events below ``watermark_ms`` are left out unless the processor
+    judges lateness itself (see `Processor`). ``watermark_ms``: the partition's highest
+    event time, counted no further than the wall clock, less the allowed lateness;
+    every later event the processor gets is at or above it. ``now_ms``: the wall clock
+    (epoch milliseconds), for what closes after a while without events; 0 when not
+    given, and then nothing closes for that."""
 
     partition: int
     offsets: list[int]
     events: list[Any]
     times_ms: list[int]
     watermark_ms: int
+    now_ms: int = 0
 
 
 class Output(NamedTuple, Generic[S]):
@@ -75,7 +80,12 @@ class Processor(Protocol[S]):
     """Turns one partition's batches into result rows. ``process`` may update the state
     it receives in place and return it. The worker persists the state with each commit:
     ``encode`` gives its partition-wide part, ``changed_keys`` the keys changed since the
-    last call (so a commit writes only those), and ``decode`` restores both."""
+    last call (so a commit writes only those), and ``decode`` restores both.
+
+    A processor whose class sets ``judges_lateness = True`` (a keyed operator, such as
+    `SessionWindows`) gets every event and dead-letters the late ones itself, each
+    against its own key's events; the others get only the events at or above the
+    partition's watermark."""
 
     def initial_state(self) -> S: ...
 

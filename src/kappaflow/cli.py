@@ -311,14 +311,32 @@ def status(ctx: click.Context, data_dir: str | None, as_json: bool) -> None:
     "--duration", default=60.0, show_default=True,
     help="Seconds to run; batches still refused (429, 503) then are dropped.",
 )  # fmt: skip
-@click.option("--viewers", default=2_000, show_default=True, help="Concurrent simulated viewers.")
+@click.option(
+    "--viewers", type=click.IntRange(min=1),
+    help="Concurrent simulated viewers, each sending a heartbeat per 5 s of event time "
+    "[default: as many as make event time follow the wall clock: rate x 5]. Fewer "
+    "make event time run faster; it then starts in the past, so that it never runs "
+    "ahead of the wall clock (an earlier run's later events of the same viewers make "
+    "theirs late).",
+)  # fmt: skip
 @click.option("--batch", default=500, show_default=True, help="Events per request, at most.")
 @click.option("--seed", default=0, show_default=True, help="Random seed of the viewers.")
-def loadgen(url: str, rate: float, duration: float, viewers: int, batch: int, seed: int) -> None:
+def loadgen(
+    url: str, rate: float, duration: float, viewers: int | None, batch: int, seed: int
+) -> None:
     """Post simulated viewers' heartbeats to an ingest service at a target rate."""
-    from kappaflow.loadgen import LoadGenerator, encoded, print_summary, simulated
+    from kappaflow.loadgen import (
+        LoadGenerator,
+        encoded,
+        print_summary,
+        simulated,
+        start_for,
+        viewers_for,
+    )
 
-    generator = LoadGenerator(url, rate, encoded(simulated(viewers, seed), batch))
+    viewers = viewers or viewers_for(rate)
+    start_ms = start_for(rate, viewers, duration)
+    generator = LoadGenerator(url, rate, encoded(simulated(viewers, seed, start_ms), batch))
     summary = generator.run(duration, progress=True)
     print_summary(summary)
     sys.exit(0 if summary.rejected == summary.failed == summary.dropped == 0 else 1)

@@ -200,9 +200,11 @@ class Demo:
             f"{len(catalog.ad_slots)} ad slots"
         )
         truth: dict[tuple[str, str], Truth] = {}
-        start_ms = int(time.time() * 1000)
-        # Each viewer sends about one heartbeat per 5 s of event time while playing.
-        end_ms = start_ms + int(rate * duration * HEARTBEAT_S * 1000 / viewers)
+        # Each viewer sends about one heartbeat per 5 s of event time while playing. The
+        # viewing runs faster than real time, so it is played from as far in the past
+        # as it lasts: it ends at the wall clock, and never runs ahead of it.
+        end_ms = int(time.time() * 1000)
+        start_ms = end_ms - int(rate * duration * HEARTBEAT_S * 1000 / viewers)
         events = heartbeats(viewers, SEED, start_ms, end_ms, 2_000, 0.005, truth=truth)
         surge_from, surge_to, factor = (duration * SURGE[0], duration * SURGE[1], SURGE[2])
 

@@ -61,7 +61,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     more events, and each store page it rewrites serves more of them; the cost is up to
     this much more time from ingest to queryable."""
     allowed_lateness_s: NonNegativeFloat = 30.0
-    """Events older than the partition's highest event time minus this are dead-lettered."""
+    """How far an event may be behind the latest before it: for keyed operators (the
+    video app's sessions), the latest of its own key; for windows over all keys, the
+    latest of its partition, never counted past the wall clock. Later events are
+    dead-lettered (docs/event-time.md)."""
+    max_future_skew_s: NonNegativeFloat = 300.0
+    """Ingest refuses (400) event times more than this ahead of its own clock."""
     session_gap_s: PositiveFloat = 10.0
     """A viewing session ends after this much event time without a heartbeat."""
     progress_accuracy_s: NonNegativeFloat = 5.0
@@ -70,7 +75,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     until then the row stays within this of the latest heartbeat. 0 writes it on every
     change."""
     idle_timeout_s: PositiveFloat = 30.0
-    """Wall-clock time without new records after which a partition's open sessions close."""
+    """Wall-clock time without new events after which a key's open session closes (and a
+    partition's windows, when the partition gets no records)."""
     host: str = "127.0.0.1"
     """Address the HTTP services listen on (0.0.0.0 in containers)."""
     port: Annotated[int, Meta(ge=1, le=65535)] = 8000

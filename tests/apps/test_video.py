@@ -15,6 +15,7 @@ from segment_fold import SegmentFold
 
 from kappaflow.apps.video import Heartbeat, Progress, all_progress, create_app, progress
 from kappaflow.apps.video_events import KIND_RANK
+from kappaflow.events import MAX_EVENT_MS
 from kappaflow.log.partitioner import partition_for
 from kappaflow.settings import Settings
 from kappaflow.testing import run_events
@@ -141,16 +142,18 @@ PAUSE_OR_STOP = (KIND_RANK["pause"], KIND_RANK["stop"])
 
 
 def oracle(events: list[Heartbeat], lateness_ms: int, gap_ms: int) -> dict:
-    """Slow and obvious: filter late events and duplicates in delivery order, then sort
-    each pair's events, split sessions on the gap and walk the segment rules. Returns
-    per pair (resume position, watched intervals, raw segments), and refusal counts."""
-    accepted, seen, highest = [], set(), None
+    """Slow and obvious: filter late events (against the latest of their own pair) and
+    duplicates in delivery order, then sort each pair's events, split sessions on the
+    gap and walk the segment rules. Returns per pair (resume position, watched
+    intervals, raw segments), and refusal counts."""
+    accepted, seen, highest = [], set(), {}
     refused = {"late": 0, "duplicate": 0}
     for e in events:
-        if highest is not None and e.ts < highest - lateness_ms:
+        pair = (e.user_id, e.video_id)
+        if pair in highest and e.ts < highest[pair] - lateness_ms:
             refused["late"] += 1
             continue
-        highest = e.ts if highest is None else max(highest, e.ts)
+        highest[pair] = max(highest.get(pair, e.ts), e.ts)
         item = (e.user_id, e.video_id, e.ts, KIND_RANK[e.kind], e.position_s)
         if item in seen:
             refused["duplicate"] += 1
@@ -292,3 +295,24 @@ def test_a_run_folds_as_its_items_one_at_a_time(events, cut) -> None:
     cut = min(cut + 1, len(items))
     in_two = fold.extend(fold.extend(fold.copy(opened), items[1:cut]), items[cut:])
     assert fold.extend(fold.copy(opened), items[1:]) == one_by_one == in_two
+
+
+def test_a_players_clock_ahead_costs_no_other_player_an_event(settings: Settings) -> None:
+    """Ten players on one partition, one of whose clocks runs 60 s fast and one of which
+    sent a heartbeat dated in the year 9999 (in the log from before ingest refused
+    such times): every heartbeat of every other player counts, before and after
+    restarts, and the fast player's own count too."""
+    settings = settings.replace(partitions=1)
+    start = 1_767_225_600_000
+    events = [
+        hb(start // 1000 + s + (60 if user == "fast" else 0), s, user=user)
+        for s in range(0, 450, 5)
+        for user in ["fast", *(f"user-{n}" for n in range(9))]
+    ]
+    events.insert(20, Heartbeat("future", "v", 0.0, MAX_EVENT_MS, "heartbeat"))
+    store = run_events(create_app(settings), events, settings, restarts=2, close=True)
+    assert store.dead_letters("video.heartbeats") == []
+    watched = {p.user_id: p.watched_s for p in all_progress(store)}
+    assert watched == {"future": 0.0} | {
+        u: 445.0 for u in ["fast", *(f"user-{n}" for n in range(9))]
+    }

@@ -25,6 +25,10 @@ from kappaflow.store.base import Store
 from kappaflow.testing import run_events
 
 GAP_S = 10.0
+NOW = 1_000
+"""The wall clock of the batches (ms)."""
+IDLE_MS = round(Settings().idle_timeout_s * 1000)
+"""A key without events this long closes (wall clock)."""
 
 
 def everything(app: App, store: Store) -> dict[str, list[tuple]]:
@@ -65,7 +69,7 @@ def test_every_table_equals_what_session_windows_writes(
         run = settings.replace(data_dir=data_dir, partitions=2, batch_max_events=batch,
                                allowed_lateness_s=lateness_s, session_gap_s=GAP_S,
                                progress_accuracy_s=0)  # as `SessionWindows` writes  # fmt: skip
-        app = with_session_windows(create_app(run), GAP_S) if fold else create_app(run)
+        app = with_session_windows(create_app(run), run) if fold else create_app(run)
         store = run_events(app, events, run, restarts=restarts, seed=seed,
                            reference=catalog, close=close)  # fmt: skip
         found.append(everything(app, store))
@@ -79,7 +83,7 @@ def open_two(settings: Settings):
     processor = create_app(settings).processors["heartbeats"]
     events = [Heartbeat("a", "v", 0.0, 1_000, "play"), Heartbeat("b", "v", 0.0, 1_000, "play"),
               Heartbeat("a", "v", 5.0, 6_000), Heartbeat("a", "v", 5.0, 6_000)]  # fmt: skip
-    batch = Batch(0, [0, 1, 2, 3], events, [e.ts for e in events], 2_000)
+    batch = Batch(0, [0, 1, 2, 3], events, [e.ts for e in events], 0, NOW)
     output = processor.process(processor.initial_state(), batch)
     assert output.dead_letters == [(3, "duplicate")]  # the later of two equal events
     return processor, output.state
@@ -93,16 +97,16 @@ def test_a_commit_writes_the_changed_keys_and_gone_keys_leave_the_state(
     assert set(processor.changed_keys(state)) == {a, b}
     assert processor.changed_keys(state) == {}
     event = Heartbeat("b", "v", 10.0, 11_000)
-    state = processor.process(state, Batch(0, [4], [event], [event.ts], 2_000)).state
+    state = processor.process(state, Batch(0, [4], [event], [event.ts], 0, NOW)).state
     assert set(processor.changed_keys(state)) == {b}
-    state = processor.process(state, Batch(0, [], [], [], 100_000)).state
+    state = processor.process(state, Batch(0, [], [], [], 0, NOW + IDLE_MS)).state
     assert processor.changed_keys(state) == {a: None, b: None}
     many = [Heartbeat(f"u{n}", "v", 0.0, 200_000) for n in range(3_000)]
-    batch = Batch(0, [*range(5, 3_005)], many, [e.ts for e in many], 150_000)
+    batch = Batch(0, [*range(5, 3_005)], many, [e.ts for e in many], 0, NOW + IDLE_MS)
     state = processor.process(state, batch).state
     processor.changed_keys(state)
     assert len(state.keys) == 3_002
-    state = processor.process(state, Batch(0, [], [], [], 300_000)).state
+    state = processor.process(state, Batch(0, [], [], [], 0, NOW + 2 * IDLE_MS)).state
     assert len(processor.changed_keys(state)) == 3_000
     assert state.keys == [] and state.codes == {} and state.used == 0
 
@@ -114,12 +118,13 @@ def test_a_key_new_after_the_codes_are_compacted_gets_a_code_of_its_own(
     after them, and each key keeps its own pending events."""
     processor = create_app(settings).processors["heartbeats"]
     many = [Heartbeat(f"u{n}", "v", 0.0, 0) for n in range(3_000)]
-    batch = Batch(0, [*range(3_000)], many, [0] * 3_000, -30_000)
+    batch = Batch(0, [*range(3_000)], many, [0] * 3_000, 0, NOW)
     state = processor.process(processor.initial_state(), batch).state
     kept, new = Heartbeat("kept", "v", 1.0, 100_000), Heartbeat("new", "v", 2.0, 101_000)
-    state = processor.process(state, Batch(0, [3_000], [kept], [kept.ts], 70_000)).state
+    later = NOW + IDLE_MS  # the 3,000 keys have been idle long enough
+    state = processor.process(state, Batch(0, [3_000], [kept], [kept.ts], 0, later)).state
     processor.changed_keys(state)  # the 3,000 sessions closed: their codes go
-    state = processor.process(state, Batch(0, [3_001], [new], [new.ts], 71_000)).state
+    state = processor.process(state, Batch(0, [3_001], [new], [new.ts], 0, later)).state
     keys = [f"kept{KEY_SEPARATOR}v", f"new{KEY_SEPARATOR}v"]
     assert state.keys == keys and state.codes == {keys[0]: 0, keys[1]: 1}
     assert [state.pending_of(np.array([code])).position.tolist() for code in (0, 1)] == [
@@ -135,7 +140,7 @@ def test_a_key_written_again_and_again_leaves_the_arena_small(settings: Settings
     state = processor.initial_state()
     for n in range(2_000):
         event = Heartbeat("a", "v", n * 5.0, n * 5_000)
-        batch = Batch(0, [n], [event], [event.ts], n * 5_000 - 30_000)
+        batch = Batch(0, [n], [event], [event.ts], 0, NOW)
         state = processor.process(state, batch).state
         assert state.used <= 2 * 8 + 1_024 and len(state.arena.ts) <= 2 * (8 + 1) + 1_024
     pending = state.pending_of(np.array([0]))
@@ -149,8 +154,9 @@ def test_state_written_by_session_windows_or_packed_is_read_back_and_goes_on_ali
     sessions with a closed segment and a current one, pending events, a closed session
     with events pending) restore together into the columnar operator, which then writes
     what `SessionWindows` writes from there, and changes the same keys."""
+    settings = settings.replace(allowed_lateness_s=5.0)  # a key's events 5 s before its latest
     columns = create_app(settings).processors["heartbeats"]
-    windows = with_session_windows(create_app(settings), GAP_S).processors["heartbeats"]
+    windows = with_session_windows(create_app(settings), settings).processors["heartbeats"]
     events = [
         Heartbeat("a", "v", 0.0, 1_000), Heartbeat("a", "v", 5.0, 6_000),
         Heartbeat("a", "v", 60.0, 8_000, "seek"), Heartbeat("a", "v", 65.0, 13_000),
@@ -159,22 +165,23 @@ def test_state_written_by_session_windows_or_packed_is_read_back_and_goes_on_ali
         Heartbeat("c", "v", 14.0, 14_000), Heartbeat("d", "v", 3.0, 2_000),
         Heartbeat("d", "v", 4.0, 29_000),
     ]  # fmt: skip
-    batch = Batch(0, [*range(len(events))], events, [e.ts for e in events], 15_000)
+    batch = Batch(0, [*range(len(events))], events, [e.ts for e in events], 0, NOW)
     written = {}
     for side in (windows, columns):
         changed = side.changed_keys(side.process(side.initial_state(), batch).state)
         written[side] = {key: value for key, value in changed.items() if value}
-    assert len(written[windows]) == len(written[columns]) == 3  # b's session, a pause, closed
+    assert len(written[windows]) == len(written[columns]) == 4
     a, c, d = (f"{user}{KEY_SEPARATOR}v" for user in "acd")
     mixed = {a: written[windows][a], c: written[columns][c], d: written[columns][d]}
-    restored, restored_again = columns.decode(b"", mixed), windows.decode(b"", written[windows])
+    own = {key: written[windows][key] for key in mixed}
+    restored, restored_again = columns.decode(b"", mixed), windows.decode(b"", own)
     assert columns.changed_keys(columns.decode(b"", mixed)) == {}
     packed_again = columns.decode(b"", written[columns])
     packed_again.sessions.changed[:] = True
     assert columns.changed_keys(packed_again) == written[columns]
-    for watermark in (16_000, 19_000, 40_000):
-        expected = windows.process(restored_again, Batch(0, [], [], [], watermark)).rows
-        got = columns.process(restored, Batch(0, [], [], [], watermark)).rows
+    for now in (NOW, NOW + IDLE_MS - 1, NOW + IDLE_MS):  # restored keys: idle from NOW on
+        expected = windows.process(restored_again, Batch(0, [], [], [], 0, now)).rows
+        got = columns.process(restored, Batch(0, [], [], [], 0, now)).rows
         assert {table: sorted(rows) for table, rows in got.items()} == {
             table: sorted(rows) for table, rows in expected.items()
         }
@@ -231,13 +238,13 @@ def test_a_progress_row_is_written_again_once_it_moved_more_than_the_accuracy(
         ]
         state, rows = processor.initial_state(), []
         for n, event in enumerate(events):
-            output = processor.process(state, Batch(0, [n], [event], [event.ts], 0))
+            output = processor.process(state, Batch(0, [n], [event], [event.ts], 0, NOW))
             state = output.state
             rows += [(n, row) for row in progress_rows(output).values()]
         assert [n for n, _ in rows] == written
         assert dict(rows)[7] == (7.0, 7_000, [[0.0, 7.0]])
         assert dict(rows)[12] == (107.0, 12_000, [[0.0, 8.0], [100.0, 107.0]])
-        closed = processor.process(state, Batch(0, [], [], [], 60_000))
+        closed = processor.process(state, Batch(0, [], [], [], 0, NOW + IDLE_MS))
         assert progress_rows(closed) == {("u", "v"): (116.0, 21_000, [])}
 
 
@@ -253,12 +260,11 @@ def test_progress_rows_stay_within_the_accuracy_after_every_batch(settings: Sett
     ]
     states = [side.initial_state() for side in sides]
     tables: list[dict[tuple[str, str], tuple]] = [{}, {}]
-    written, persisted, highest = [0, 0], {}, 0
+    written, persisted = [0, 0], {}
     for n, start in enumerate(range(0, len(workload.events), 150)):
         events = workload.events[start : start + 150]
-        highest = max(highest, *(event.ts for event in events))
         batch = Batch(0, [*range(start, start + len(events))], events,
-                      [event.ts for event in events], highest - 10_000)  # fmt: skip
+                      [event.ts for event in events], 0, NOW)  # fmt: skip
         for k, side in enumerate(sides):
             output = side.process(states[k], batch)
             states[k], rows = output.state, progress_rows(output)

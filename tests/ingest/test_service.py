@@ -112,6 +112,26 @@ def test_rfc3339_times_outside_epoch_milliseconds_are_400(
     assert logged(settings) == []
 
 
+def test_times_too_far_ahead_of_the_clock_are_400_naming_the_record_and_field(
+    client: TestClient, settings: Settings
+) -> None:
+    """One client's clock years ahead would otherwise hold its key's (or partition's)
+    event clock there: refused at ingest, in milliseconds and RFC 3339 alike; a time
+    within the skew is accepted."""
+    now_ms = int(time.time() * 1000)
+    skew_ms = round(settings.max_future_skew_s * 1000)
+    ahead = [beat("a", ts=now_ms + skew_ms - 60_000), beat("b", ts=now_ms + skew_ms + 60_000),
+             beat("c", ts="9999-01-01T00:00:00Z")]  # fmt: skip
+    answer = client.post(EVENTS, json=ahead)
+    assert answer.status_code == 400
+    problems = answer.json()["problems"]
+    assert [(p["index"], p["field"]) for p in problems] == [(1, "ts"), (2, "ts")]
+    assert "ahead of the server's clock" in problems[0]["reason"]
+    assert "KAPPAFLOW_MAX_FUTURE_SKEW_S" in problems[1]["reason"]
+    assert logged(settings) == []
+    assert client.post(EVENTS, json=ahead[0]).status_code == 202
+
+
 def test_unknown_stream_is_404_naming_the_streams(client: TestClient) -> None:
     answer = client.post("/v1/streams/nope/events", json=beat())
     assert answer.status_code == 404

@@ -35,11 +35,13 @@ def test_status_counts_what_is_appended_processed_and_dead(
     settings: Settings, tmp_path: Path
 ) -> None:
     settings = settings.replace(batch_max_events=10)
-    # The first record of its partition, far ahead: the other 9 of the batch come late.
-    ahead = [{"user_id": "late", "video_id": "v", "position_s": 1.0, "ts": 10_000_000}]
+    # The first record of its partition, far ahead of the 9 of its key that follow it in
+    # the batch: they come late.
+    ahead = [{"user_id": "late", "video_id": "v", "position_s": 1.0, "ts": ts}
+             for ts in (10_000_000, *range(1_000, 1_009))]  # fmt: skip
     owned = sorted({partition_for("late", 4), partition_for("late", 4) ^ 1})
     with TestClient(build(settings, ("ingest", "query"))) as client:
-        assert client.post(EVENTS, json=ahead + beats(200)).status_code == 202
+        assert client.post(EVENTS, json=ahead + beats(191)).status_code == 202
         app = create_app(settings)
         worker = Worker(app, app.streams[0], open_log(settings), open_store(settings), settings,
                         owned)  # fmt: skip

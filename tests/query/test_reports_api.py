@@ -4,6 +4,7 @@ and ``kappaflow catalog load``."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,10 +45,11 @@ def watch(client: TestClient, settings: Settings, video: str, day: int, seconds:
     events = [{"user_id": "u", "video_id": video, "position_s": s, "ts": start + s * 1000}
               for s in range(0, seconds + 1, 5)]  # fmt: skip
     assert client.post("/v1/streams/heartbeats/events", json=events).status_code == 202
-    clock = [0.0]
+    clock, started = [0.0], time.time()
     app = create_app(settings)
     worker = Worker(app, app.streams[0], open_log(settings), open_store(settings), settings,
-                    range(settings.partitions), lambda: clock[0])  # fmt: skip
+                    range(settings.partitions), lambda: clock[0],
+                    lambda: started + clock[0])  # fmt: skip
     worker.start()
     while worker.poll():
         pass

@@ -1,4 +1,4 @@
-"""The session operator's index of keys by the watermark at which each is due."""
+"""The session operator's index of keys by the time at which each is due."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ POP = st.tuples(st.just("pop"), st.just(""), st.integers(-10, 1_100))
 
 
 @given(st.lists(st.one_of(SCHEDULE, POP), max_size=60))
-def test_pop_gives_each_key_once_when_the_watermark_reaches_its_earliest_due(
+def test_pop_gives_each_key_once_when_the_time_reaches_its_latest_schedule(
     steps: list[tuple[str, str, int]],
 ) -> None:
     due_keys, expected = DueKeys(), {}
     for action, key, value in steps:
         if action == "schedule":
             due_keys.schedule(key, value)
-            expected[key] = min(value, expected.get(key, value))
+            expected[key] = value
         else:
             reached = {k for k, due in expected.items() if due <= value}
             popped = due_keys.pop(value)

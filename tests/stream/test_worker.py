@@ -4,6 +4,7 @@ ownership fencing, idle flushing and restore after a restart."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import msgspec
@@ -11,6 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kappaflow.apps.clicks import Click
+from kappaflow.apps.clicks import create_app as create_clicks
 from kappaflow.apps.video import Heartbeat, all_progress, create_app
 from kappaflow.errors import ProcessorFailed, StaleOwnership
 from kappaflow.events import MAX_EVENT_MS
@@ -19,6 +22,7 @@ from kappaflow.log import open_log, partition_for
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.stream import worker as worker_module
+from kappaflow.stream.lateness import late_reason
 from kappaflow.stream.worker import _NO_EVENT, RETRY_S, Worker, _late, run_workers
 from kappaflow.testing import wait_until
 
@@ -36,7 +40,7 @@ class Clock:
 def worker(settings: Settings, clock: Clock | None = None, partitions=None) -> Worker:
     app = create_app(settings)
     parts = range(settings.partitions) if partitions is None else partitions
-    kwargs = {"clock": clock} if clock else {}
+    kwargs = {"clock": clock, "wall_clock": clock} if clock else {}
     return Worker(
         app, app.streams[0], open_log(settings), open_store(settings), settings, parts, **kwargs
     )
@@ -88,9 +92,9 @@ def test_undecodable_records_are_dead_lettered_and_the_partition_keeps_flowing(
     assert w.stats.undecodable == 4 and w.stats.events == len(records)
 
 
-def test_late_records_are_dead_lettered_with_the_watermark_each_one_met(
-    settings: Settings,
-) -> None:
+def test_late_records_are_dead_lettered_against_their_own_key(settings: Settings) -> None:
+    """The video app judges lateness per (user, video): each record more than the
+    lateness before its key's latest, in its batch or an earlier one, is refused."""
     settings = settings.replace(allowed_lateness_s=5)
     p = partition_for("u", settings.partitions)
     first = [beat(100, 0), beat(96, 1), beat(94, 2), b"not json", beat(120, 3), beat(114, 4)]
@@ -103,14 +107,48 @@ def test_late_records_are_dead_lettered_with_the_watermark_each_one_met(
     late = [(offset, reason) for _, offset, reason, _ in w.store.dead_letters("video.heartbeats")
             if reason.startswith("late")]  # fmt: skip
     assert late == [
-        (2, "late: event time 94000 is below the watermark 95000"),
-        (5, "late: event time 114000 is below the watermark 115000"),  # raised in its batch
-        (7, "late: event time 114000 is below the watermark 115000"),  # kept from the last
+        (2, late_reason(94_000, 100_000, 5_000)),
+        (5, late_reason(114_000, 120_000, 5_000)),  # raised in its batch
+        (7, late_reason(114_000, 120_000, 5_000)),  # kept from the last
     ]
-    assert w.stats.late == 3 and w.stats.undecodable == 1
+    assert w.stats.refused == 3 and w.stats.late == 0 and w.stats.undecodable == 1
     assert w.runs[p].max_event_ms == 200_000
     (got,) = all_progress(w.store)
     assert got.resume_position_s == 7
+
+
+def test_a_clock_far_ahead_makes_no_other_click_late(settings: Settings) -> None:
+    """Windows over all keys judge lateness by the partition's highest event time, but
+    counted no further than the wall clock: clicks from a clock hours or years ahead
+    (in the log from before ingest refused them) make no click of now late, before or
+    after a restore, nor after an idle time."""
+    clicks = create_clicks(settings)
+    stream = clicks.streams[0]
+    now = int(time.time())
+    log = open_log(settings, writer=True)
+    appender = Appender(log, stream, settings.partitions)
+    ahead = [Click(t=now + 3_600, g="k"), Click(t=MAX_EVENT_MS // 1000, g="k")]
+    appender.append([*ahead, Click(t=now - 5, g="k"), Click(t=now, g="k")])
+    clock = Clock()
+
+    def run() -> Worker:
+        w = Worker(clicks, stream, open_log(settings), open_store(settings), settings,
+                   range(settings.partitions), clock)  # fmt: skip
+        w.start()
+        drain(w)
+        return w
+
+    w = run()
+    clock.now += settings.idle_timeout_s + 1  # an idle time: the event clock moves on
+    drain(w)
+    appender.append([Click(t=now + 1, g="k")])
+    w = run()
+    assert w.stats.late == 0
+    assert w.store.dead_letters("clicks.clicks") == []
+    counted = w.store.query("SELECT SUM(events) FROM click_counts "
+                            "WHERE span = '1m' AND dimension = 'country'")  # fmt: skip
+    assert counted == [(5,)]
+    log.close()
 
 
 def test_duplicates_are_dead_lettered_with_their_own_record(settings: Settings) -> None:
@@ -172,17 +210,18 @@ def test_a_run_until_caught_up_ends_with_its_last_batch_not_a_pause(
     max_event=st.sampled_from([_NO_EVENT, 0, 10**12, MAX_EVENT_MS]),
     floor=st.sampled_from([_NO_EVENT, 0, 10**12]),
     lateness=st.integers(0, 10**7),
+    now=st.sampled_from([0, 10**12, 1_800_000_000_000, MAX_EVENT_MS]),
 )
-def test_late_events_are_those_below_the_highest_time_before_them_less_the_lateness(
-    times: list[int], max_event: int, floor: int, lateness: int
+def test_late_events_are_those_below_the_highest_time_before_them_up_to_now_less_the_lateness(
+    times: list[int], max_event: int, floor: int, lateness: int, now: int
 ) -> None:
     expected, highest = [], max_event
     for i, event_ms in enumerate(times):
-        watermark = max(floor, highest - lateness)
+        watermark = max(floor, min(highest, now) - lateness)
         if event_ms < watermark:
             expected.append((i, watermark))
         highest = max(highest, event_ms)
-    assert _late(times, max_event, floor, lateness) == expected
+    assert _late(times, max_event, floor, lateness, now) == expected
 
 
 def test_a_worker_with_a_stale_generation_cannot_commit(settings: Settings) -> None:

@@ -49,6 +49,7 @@ from kappaflow.apps.video_events import (
 )
 from kappaflow.apps.video_reports import report_rows
 from kappaflow.apps.video_state import DONE, HEAD, PENDING, SESSION, is_packed, packed, unpacked
+from kappaflow.stream.lateness import late_reason, latest_before
 from kappaflow.stream.sessions import KeyState, Rows, restored_keys
 
 # A segment: [start_s, end_s, start_ms, end_ms], the positions covered and the event
@@ -56,6 +57,8 @@ from kappaflow.stream.sessions import KeyState, Rows, restored_keys
 Segment = list[Any]
 _KIND, _POSITION = attrgetter("kind"), attrgetter("position_s")
 _NO_CURRENT = PAUSE  # the rank of an open session's last event when no segment is open
+_PAST_ALL = 1 << 62
+"""A watermark past every event time."""
 
 
 class Events(NamedTuple):
@@ -91,8 +94,9 @@ class Sessions(NamedTuple):
     its current segment (lowest and highest position, first event time); where its
     pending events are in the arena, how many, and the time of the first; whether the
     key changed since the state was last persisted; whether this process wrote its
-    progress row, with the position, event time and number of segments it showed; and
-    the time of the latest event its view had."""
+    progress row, with the position, event time and number of segments it showed; the
+    time of the latest event its view had; the latest event time the key has had (its
+    own event clock); and when its latest event arrived (wall clock, ms)."""
 
     open: np.ndarray
     session_ms: np.ndarray
@@ -111,11 +115,14 @@ class Sessions(NamedTuple):
     shown_ms: np.ndarray
     shown_count: np.ndarray
     viewed_ms: np.ndarray
+    clock_ms: np.ndarray
+    arrived_ms: np.ndarray
 
     @classmethod
     def of_size(cls, size: int) -> Sessions:
         i8, f8 = np.int64, np.float64
-        types = (bool, i8, i8, np.int8, f8, f8, f8, i8, i8, i8, i8, bool, bool, f8, i8, i8, i8)
+        types = (bool, i8, i8, np.int8, f8, f8, f8, i8, i8, i8, i8, bool, bool, f8, i8, i8, i8,
+                 i8, i8)  # fmt: skip
         return cls(*(np.zeros(size, t) for t in types))
 
     def take(self, selected: np.ndarray) -> Sessions:
@@ -142,6 +149,8 @@ class SegmentState:
         """Rows of the arena written."""
         self.gone = 0
         """Codes whose keys have gone since the codes were last compacted, or more."""
+        self.unarrived = np.zeros(0, np.int64)
+        """Codes restored whose latest event's arrival is not known: taken as now."""
 
     def code_all(self, keys: list[str]) -> np.ndarray:
         """The codes of ``keys``, new keys given new codes."""
@@ -178,10 +187,10 @@ class SegmentState:
         """Whether each of ``codes`` has an open session or pending events."""
         return self.sessions.open[codes] | (self.sessions.pending[codes] > 0)
 
-    def due(self, watermark: int) -> np.ndarray:
-        """The codes with pending events below ``watermark``."""
+    def due(self, watermarks: np.ndarray) -> np.ndarray:
+        """The codes with pending events below their watermark (``watermarks``, by code)."""
         s, known = self.sessions, len(self.keys)
-        return np.flatnonzero((s.pending[:known] > 0) & (s.first_ms[:known] < watermark))
+        return np.flatnonzero((s.pending[:known] > 0) & (s.first_ms[:known] < watermarks[:known]))
 
     def pending_of(self, codes: np.ndarray) -> Events:
         """The pending events of ``codes`` (sorted), in code order."""
@@ -330,9 +339,12 @@ class WatchedSegments:
         videos: Lookup[dict[str, Licence]],
         slots: Lookup[dict[str, Slots]],
         accuracy_s: float = 0.0,
+        lateness_s: float = 30.0,
+        idle_s: float = 30.0,
     ) -> None:
         self.gap_s, self.gap_ms = gap_s, round(gap_s * 1000)
         self.accuracy_s, self.accuracy_ms = accuracy_s, accuracy_s * 1000
+        self.lateness_ms, self.idle_ms = round(lateness_s * 1000), round(idle_s * 1000)
         self.videos = videos
         self.slots = slots
         self._json = msgspec.json.Encoder()
@@ -340,8 +352,16 @@ class WatchedSegments:
     def initial_state(self) -> SegmentState:
         return SegmentState()
 
+    judges_lateness = True
+    """Each key's events are judged against its own: a client's clock costs no other
+    key its events (see `process`)."""
+
     def process(self, state: SegmentState, batch: Batch) -> Output[SegmentState]:
-        events, watermark = batch.events, batch.watermark_ms
+        """Each key runs on its own event clock, its latest event time: an event more
+        than the lateness before it is refused as late, and the key's watermark is its
+        clock less the lateness. A key without an event for the idle time (wall clock)
+        has its pending events folded and its session closed."""
+        events, now = batch.events, batch.now_ms
         n = len(events)
         new = Events(
             state.code_all(session_keys(events)),
@@ -349,21 +369,43 @@ class WatchedSegments:
             np.fromiter(map(KIND_RANK.__getitem__, map(_KIND, events)), np.int8, n),
             np.fromiter(map(_POSITION, events), np.float64, n),
         )
-        work = state.union(new.code, state.due(watermark))  # the keys whose events move
-        merged, taken, duplicates = _merged(
-            state.pending_of(work), new, np.array(batch.offsets, np.int64)
-        )
-        released = merged.ts < watermark
+        offsets, s = np.array(batch.offsets, np.int64), state.sessions
+        if len(state.unarrived):
+            s.arrived_ms[state.unarrived], state.unarrived = now, state.unarrived[:0]
+        before = latest_before(new.code, new.ts, s.clock_ms)
+        late = new.ts < before - self.lateness_ms
+        refused = [
+            (offset, late_reason(ts, latest, self.lateness_ms))
+            for offset, ts, latest in zip(offsets[late].tolist(), new.ts[late].tolist(),
+                                          before[late].tolist(), strict=True)
+        ]  # fmt: skip
+        if refused:
+            new, offsets = new.take(~late), offsets[~late]
+        np.maximum.at(s.clock_ms, new.code, new.ts)
+        s.arrived_ms[new.code] = now
+        watermarks = self._watermarks(s, now)
+        work = state.union(new.code, state.due(watermarks))  # the keys whose events move
+        merged, taken, duplicates = _merged(state.pending_of(work), new, offsets)
+        released = merged.ts < watermarks[merged.code]
         state.set_pending(work, merged.take(~released))
         rows: Rows = {}
-        closed = self._fold_released(state, merged.take(released), watermark, batch.partition, rows)
+        closed = self._fold_released(state, merged.take(released), watermarks, batch.partition,
+                                     rows)  # fmt: skip
         changed, s = state.union(taken, closed), state.sessions
         s.changed[changed] = True
         s.shown[closed] = False  # its row shows the closed session
         # An event at or before the latest its key's view had may change any segment.
         s.shown[new.code[new.ts <= s.viewed_ms[new.code]]] = False
         self._view(state, changed[state.live(changed)], batch.partition, rows)
-        return Output(state, rows, duplicates)
+        return Output(state, rows, refused + duplicates)
+
+    def _watermarks(self, s: Sessions, now_ms: int) -> np.ndarray:
+        """Each key's watermark, by code: its clock less the lateness, or past every
+        event when it has been idle (no wall clock given: never)."""
+        watermarks = s.clock_ms - self.lateness_ms
+        if now_ms:
+            watermarks[now_ms - s.arrived_ms >= self.idle_ms] = _PAST_ALL
+        return watermarks
 
     def _fold(self, state: SegmentState, carried: np.ndarray, events: Events) -> Fold:
         """Fold ``events`` (each key's together, in order) onto the open sessions of
@@ -417,10 +459,16 @@ class WatchedSegments:
         )
 
     def _fold_released(
-        self, state: SegmentState, released: Events, watermark: int, partition: int, rows: Rows
+        self,
+        state: SegmentState,
+        released: Events,
+        watermarks: np.ndarray,
+        partition: int,
+        rows: Rows,
     ) -> np.ndarray:
-        """Fold the events the watermark has passed into the open sessions and close
-        the sessions that ended. Returns the codes of the keys with a session closed."""
+        """Fold the events their keys' watermarks (``watermarks``, by code) have passed
+        into the open sessions and close the sessions that ended. Returns the codes of
+        the keys with a session closed."""
         s, done = state.sessions, state.done
         codes = _distinct(released.code)
         fold = self._fold(state, codes[s.open[codes]], released)
@@ -453,7 +501,7 @@ class WatchedSegments:
         s.low[going_on], s.high[going_on] = fold.low[current], fold.high[current]
         s.start_ms[going_on] = fold.start_ms[current]
 
-        idle = np.flatnonzero(s.open & (s.last_ts + self.gap_ms < watermark))
+        idle = np.flatnonzero(s.open & (s.last_ts + self.gap_ms < watermarks))
         s.open[idle] = False
         for code, session_ms, ts, rank, position, low, high, start_ms in zip(
             idle.tolist(), *(column[idle].tolist() for column in s[1:8]), strict=True
@@ -585,6 +633,10 @@ class WatchedSegments:
         }
         code = np.repeat(codes, counts)
         state.set_pending(codes, _events(code, *(pending[name] for name in PENDING.names)))
+        clocks = np.where(head["open"], head["last_ts"], 0)
+        having = counts > 0
+        clocks[having] = np.maximum(clocks[having], pending["ts"][np.cumsum(counts)[having] - 1])
+        s.clock_ms[codes], state.unarrived = clocks, codes
         s.changed[state.code_all(list(changed))] = True
         return state
 

@@ -3,8 +3,9 @@ key. Event times are normalized to epoch milliseconds on the way in."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from itertools import repeat
 from operator import attrgetter
 from typing import Any
@@ -20,10 +21,20 @@ from kappaflow.log.partitioner import partitions_for
 
 
 class Appender:
-    def __init__(self, log: Log, stream: Stream, partitions: int) -> None:
+    def __init__(
+        self,
+        log: Log,
+        stream: Stream,
+        partitions: int,
+        max_future_skew_s: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``max_future_skew_s``: refuse event times more than this ahead of ``clock``
+        (epoch seconds); None accepts any."""
         self.log = log
         self.stream = stream
         self.partitions = partitions
+        self.max_future_skew_s, self.clock = max_future_skew_s, clock
         self._encode = msgspec.json.Encoder().encode
         log.create_topic(stream.name, partitions)
 
@@ -34,14 +45,31 @@ class Appender:
 
     def encode(self, events: Sequence[Any]) -> dict[int, list[bytes]]:
         """Log records of ``events`` by partition, in order; raises `InvalidEvents` for
-        RFC 3339 times outside what epoch milliseconds may hold (1970 to 9999)."""
+        RFC 3339 times outside what epoch milliseconds may hold (1970 to 9999), and for
+        times too far ahead of the clock."""
         events = self._in_epoch_ms(events)
+        if self.max_future_skew_s is not None and events:
+            self._refuse_future(events, self.max_future_skew_s)
         keys = list(map(attrgetter(self.stream.key), events))
         by_partition: dict[int, list[bytes]] = {}
         records = map(self._encode, events)
         for partition, record in zip(partitions_for(keys, self.partitions), records, strict=True):
             by_partition.setdefault(partition, []).append(record)
         return by_partition
+
+    def _refuse_future(self, events: Sequence[Any], skew_s: float) -> None:
+        now_ms = round(self.clock() * 1000)
+        times = self.stream.times_ms(events)
+        limit = now_ms + round(skew_s * 1000)
+        if max(times) <= limit:
+            return
+        problems = [
+            Problem(index, self.stream.time, f"{_iso(time_ms)} is {(time_ms - now_ms) / 1000:,.0f} "
+                    f"s ahead of the server's clock ({_iso(now_ms)}); at most {skew_s:g} s is "
+                    "accepted (KAPPAFLOW_MAX_FUTURE_SKEW_S)")
+            for index, time_ms in enumerate(times) if time_ms > limit
+        ]  # fmt: skip
+        raise InvalidEvents(problems)
 
     def _in_epoch_ms(self, events: Sequence[Any]) -> Sequence[Any]:
         """``events`` with their RFC 3339 times as epoch milliseconds."""
@@ -62,3 +90,7 @@ class Appender:
         if problems:
             raise InvalidEvents(problems)
         return normalized
+
+
+def _iso(time_ms: int) -> str:
+    return datetime.fromtimestamp(time_ms / 1000, UTC).isoformat(timespec="milliseconds")

@@ -64,7 +64,7 @@ class IngestService:
         self.streams: dict[str, tuple[App, Stream, Appender, EventDecoder]] = {}
         for app in apps:
             for stream in app.streams:
-                appender = Appender(log, stream, settings.partitions)
+                appender = Appender(log, stream, settings.partitions, settings.max_future_skew_s)
                 self.streams[stream.name] = (app, stream, appender, EventDecoder(stream.schema))
         self._backlog: dict[str, tuple[float, int]] = {}
 

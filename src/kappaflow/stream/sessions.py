@@ -1,12 +1,14 @@
-"""Session windows: per key, events are ordered by event time, held until the
+"""Session windows: per key, events are ordered by event time, held until the key's
 watermark passes them, and grouped into sessions that end after ``gap_ms`` of event
 time without an event. A `SessionFold` says what a session accumulates and which
 rows it yields, both for closed sessions and for the still-open view of a key.
 
-A key is visited only when the watermark could close one of its sessions: when it
-passes, by ``gap_ms``, the key's first pending item (or its open session's last, when a
-gap follows that). The visit folds in the items the watermark has passed and closes the
-sessions that ended; a key that is not due costs nothing when the watermark moves.
+Each key runs on its own event clock, its latest event time (`kappaflow.stream.lateness`):
+an item more than the allowed lateness before it is refused as late, and the key's
+watermark is its clock less the lateness, so no key's clock costs another key its
+events. A key is visited when it gets items: the visit folds in the items its watermark
+has passed and closes the sessions that ended. A key without items for the idle time
+(wall clock) has everything folded and its session closed.
 
 Items are tuples whose first element is the event time in milliseconds; the rest
 breaks ties, so the order of a key's items depends on their content only, never on
@@ -23,6 +25,7 @@ from typing import Any, Protocol
 import msgspec
 
 from kappaflow.app import Batch, Output
+from kappaflow.stream.lateness import late_reason
 
 Rows = dict[str, list[tuple[Any, ...]]]
 
@@ -69,10 +72,10 @@ BUCKET_BITS = 6
 
 
 class DueKeys:
-    """Keys by the watermark at which each is due: a timer wheel of buckets of 64 ms,
+    """Keys by the time (ms) at which each is due: a timer wheel of buckets of 64 ms,
     found through a heap of bucket numbers (a heap of every key's entry costs more per
-    entry). Each key has at most one valid entry (``scheduled``); an earlier due leaves
-    the old entry stale."""
+    entry). Each key has at most one valid entry (``scheduled``); scheduling it again
+    leaves the old entry stale."""
 
     def __init__(self) -> None:
         self.scheduled: dict[str, int] = {}
@@ -80,8 +83,8 @@ class DueKeys:
         self._order: list[int] = []
 
     def schedule(self, key: str, due: int) -> None:
-        """Make ``key`` due at ``due``, unless it is due earlier already."""
-        if due >= self.scheduled.get(key, _NEVER + 1):
+        """Make ``key`` due at ``due`` instead of when it was due."""
+        if self.scheduled.get(key) == due:
             return
         self.scheduled[key] = due
         bucket = due >> BUCKET_BITS
@@ -93,7 +96,7 @@ class DueKeys:
             entries.append((due, key))
 
     def pop(self, watermark: int) -> list[str]:
-        """The keys due at or below ``watermark``, no longer scheduled."""
+        """The keys due at or before ``watermark``, no longer scheduled."""
         due_keys: list[str] = []
         order, buckets, scheduled = self._order, self._buckets, self.scheduled
         while order and order[0] << BUCKET_BITS <= watermark:
@@ -116,30 +119,27 @@ class DueKeys:
 
 
 class SessionState:
-    """Per-partition state: each key's open session and pending items. ``due`` finds
-    the keys the watermark has reached; it is derived from the keys on restore.
+    """Per-partition state: each key's open session and pending items. ``idle`` holds
+    the keys by the wall-clock time at which they have been idle long enough; keys
+    restored are scheduled there at the first batch, when the wall clock is known.
     ``changed`` holds the keys changed since the state was last persisted. A key whose
     visit only folded items (no session closed) is left out: restored, its stored state
     folds them at its next visit, to the same result."""
 
-    def __init__(self, keys: dict[str, KeyState], gap_ms: int, changed: set[str]) -> None:
+    def __init__(self, keys: dict[str, KeyState], changed: set[str]) -> None:
         self.keys = keys
         self.changed = changed
-        self.due = DueKeys()
-        for key, state in keys.items():
-            self.due.schedule(key, _due(state, gap_ms))
+        self.idle = DueKeys()
+        self.unscheduled = list(keys)
 
 
 _NEVER = 1 << 62
 
 
-def _due(state: KeyState, gap_ms: int) -> int:
-    """The lowest watermark at which one of this key's sessions could close: the first
-    pending item's time plus the gap, or the open session's last, when a gap follows it."""
-    pending = state.pending
-    if state.acc is not None and (not pending or pending[0][0] - state.last_ms > gap_ms):
-        return state.last_ms + gap_ms + 1
-    return pending[0][0] + gap_ms + 1 if pending else _NEVER
+def _latest(state: KeyState) -> int:
+    """The key's clock: the latest event time of its open session or pending items."""
+    latest = state.last_ms if state.acc is not None else -_NEVER
+    return max(latest, state.pending[-1][0]) if state.pending else latest
 
 
 _KEY_DECODER = msgspec.msgpack.Decoder(KeyState)
@@ -156,15 +156,21 @@ def restored_keys(data: bytes, keys: Mapping[str, bytes]) -> tuple[dict[str, Key
 
 
 class SessionWindows:
-    """A `Processor` running session windows with ``fold``."""
+    """A `Processor` running session windows with ``fold``; it judges lateness per key
+    (``lateness_ms``) and closes a key's session after ``idle_ms`` of wall clock
+    without its events."""
 
-    def __init__(self, fold: SessionFold, gap_ms: int) -> None:
+    judges_lateness = True
+
+    def __init__(
+        self, fold: SessionFold, gap_ms: int, lateness_ms: int = 30_000, idle_ms: int = 30_000
+    ) -> None:
         self.fold = fold
-        self.gap_ms = gap_ms
+        self.gap_ms, self.lateness_ms, self.idle_ms = gap_ms, lateness_ms, idle_ms
         self._encoder = msgspec.msgpack.Encoder()
 
     def initial_state(self) -> SessionState:
-        return SessionState({}, self.gap_ms, set())
+        return SessionState({}, set())
 
     def encode(self, state: SessionState) -> bytes:
         return b""  # all of it is keyed
@@ -182,49 +188,55 @@ class SessionWindows:
         """The state from its keys; ``data``, if any, is a whole-state snapshot of an
         earlier version, whose keys are then all written with the next commit."""
         restored, changed = restored_keys(data, keys)
-        return SessionState(restored, self.gap_ms, changed)
+        return SessionState(restored, changed)
 
     def process(self, state: SessionState, batch: Batch) -> Output[SessionState]:
-        keys, fold, schedule, gap = state.keys, self.fold, state.due.schedule, self.gap_ms
+        keys, fold, now = state.keys, self.fold, batch.now_ms
+        if now and state.unscheduled:
+            for key in state.unscheduled:
+                state.idle.schedule(key, now + self.idle_ms)
+            state.unscheduled = []
         touched: set[str] = set()  # keys whose provisional view changed
-        duplicates: list[tuple[int, str]] = []
+        refused: list[tuple[int, str]] = []
         keyed = fold.items(batch.events, batch.times_ms)
         for offset, (key, item) in zip(batch.offsets, keyed, strict=True):
             current = keys.get(key)
             if current is None:
                 keys[key] = current = KeyState(None, 0, [item])
-                schedule(key, _due(current, gap))
+            elif item[0] < (latest := _latest(current)) - self.lateness_ms:
+                refused.append((offset, late_reason(item[0], latest, self.lateness_ms)))
+                continue
             else:
                 pending = current.pending
                 if not pending or item > pending[-1]:
                     pending.append(item)
                 elif item in pending:
-                    duplicates.append((offset, "duplicate"))
+                    refused.append((offset, "duplicate"))
                     continue
                 else:
                     bisect.insort(pending, item)
                     current.view = None
-                if pending[0] is item:
-                    schedule(key, _due(current, gap))
             touched.add(key)
+            if now:
+                state.idle.schedule(key, now + self.idle_ms)
 
         rows: Rows = {}
-        watermark = batch.watermark_ms
-        for key in state.due.pop(watermark):
+        visits = [(key, _latest(keys[key]) - self.lateness_ms) for key in touched]
+        if now:
+            visits += [(key, _NEVER) for key in state.idle.pop(now) if key in keys]
+        for key, watermark in visits:
             current = keys[key]
             if self._advance(key, current, watermark, rows):
                 touched.add(key)
             if current.acc is None and not current.pending:
                 del keys[key]
-            else:
-                schedule(key, _due(current, gap))
 
         state.changed |= touched  # new items, or a session closed
         for key in touched:
             current = keys.get(key)
             if current is not None:
                 fold.view(key, self._provisional(current), rows)
-        return Output(state, rows, duplicates)
+        return Output(state, rows, refused)
 
     def _advance(self, key: str, state: KeyState, watermark: int, rows: Rows) -> bool:
         """Fold the items the watermark has passed; close the session if it ended.

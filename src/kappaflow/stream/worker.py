@@ -73,8 +73,10 @@ class PartitionRun:
     shown: bool = False
     """Whether the log's tools were shown where it starts (see `Log.acknowledge`)."""
 
-    def watermark(self, lateness_ms: int) -> int:
-        return max(self.floor_ms, self.max_event_ms - lateness_ms)
+    def watermark(self, lateness_ms: int, now_ms: int) -> int:
+        """The highest event time, counted no further than the wall clock (so that no
+        client's clock drags it ahead), less the lateness; or the floor if higher."""
+        return max(self.floor_ms, min(self.max_event_ms, now_ms) - lateness_ms)
 
 
 @dataclass
@@ -98,6 +100,7 @@ class Worker:
         settings: Settings,
         partitions: Sequence[int],
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
         self.stream = stream
@@ -108,7 +111,10 @@ class Worker:
         self.processor: Processor[Any] = app.processors[stream.name]
         self.partitions = list(partitions)
         self.clock = clock
+        self.wall_clock = wall_clock
+        """Epoch seconds: event times are judged against it."""
         self.lateness_ms = round(settings.allowed_lateness_s * 1000)
+        self.future_ms = round(settings.max_future_skew_s * 1000)
         self.idle_ms = round(settings.idle_timeout_s * 1000)
         self.stats = WorkerStats()
         self.runs: dict[int, PartitionRun] = {}
@@ -154,7 +160,12 @@ class Worker:
             if claim.state is None:
                 run.state = self.processor.initial_state()
             else:
-                run.max_event_ms, run.floor_ms = _META.unpack_from(claim.state)
+                max_event_ms, floor_ms = _META.unpack_from(claim.state)
+                # A clock far ahead, kept from before ingest refused such times, is cut
+                # back to what ingest accepts now: the partition's events flow again.
+                now_ms = self._now_ms()
+                run.max_event_ms = min(max_event_ms, now_ms + self.future_ms)
+                run.floor_ms = min(floor_ms, now_ms)
                 run.state = self.processor.decode(claim.state[_META.size :], claim.keys)
             run.last_record_at = self.clock()
             self.runs[partition] = run
@@ -196,7 +207,7 @@ class Worker:
         self.behind = False
         if self.member:
             self.log.rebalance(self.settings.batch_max_events)  # type: ignore[attr-defined]
-        now = self.clock()
+        now, now_ms = self.clock(), self._now_ms()
         started = time.perf_counter()
         for lookup in self.app.lookups:
             lookup.refresh(self.store)
@@ -211,11 +222,12 @@ class Worker:
             try:
                 if batch.values:
                     run.last_record_at, run.idle_flushed = now, False
-                    self._process(run, batch, rows, dead)
+                    self._process(run, batch, rows, dead, now_ms)
                     records += len(batch.values)
                     self.behind |= len(batch.values) >= self.settings.batch_max_events
-                elif self._idle(run, now):
-                    empty = Batch(run.partition, [], [], [], run.watermark(self.lateness_ms))
+                elif self._idle(run, now, now_ms):
+                    watermark = run.watermark(self.lateness_ms, now_ms)
+                    empty = Batch(run.partition, [], [], [], watermark, now_ms)
                     self._run_processor(run, empty, rows, dead)
                 elif batch.next_offset == run.next_offset:
                     continue
@@ -300,16 +312,20 @@ class Worker:
                 del self.halted[partition]
             self._assigned(due)
 
-    def _idle(self, run: PartitionRun, now: float) -> bool:
+    def _idle(self, run: PartitionRun, now: float, now_ms: int) -> bool:
         """After ``idle_timeout_s`` without records, the partition's event clock moves
-        on by that much, so its open sessions close instead of waiting forever."""
+        on by that much (never past the wall clock), so its open windows close instead of
+        waiting forever."""
         if run.idle_flushed or run.max_event_ms == _NO_EVENT:
             return False
         if (now - run.last_record_at) * 1000 < self.idle_ms:
             return False
-        run.floor_ms = max(run.floor_ms, run.max_event_ms + self.idle_ms)
+        run.floor_ms = max(run.floor_ms, min(run.max_event_ms + self.idle_ms, now_ms))
         run.idle_flushed = True
         return True
+
+    def _now_ms(self) -> int:
+        return round(self.wall_clock() * 1000)
 
     def _process(
         self,
@@ -317,10 +333,13 @@ class Worker:
         records: RecordBatch,
         rows: dict[str, list[tuple[Any, ...]]],
         dead: list[DeadLetter],
+        now_ms: int,
     ) -> None:
         offsets, values, events = self._decode(run.partition, records, dead)
         times = self.stream.times_ms(events)
-        late = _late(times, run.max_event_ms, run.floor_ms, self.lateness_ms)
+        judged = getattr(self.processor, "judges_lateness", False)
+        late = [] if judged else _late(times, run.max_event_ms, run.floor_ms, self.lateness_ms,
+                                       now_ms)  # fmt: skip
         if late:
             for i, watermark in late:
                 reason = f"late: event time {times[i]} is below the watermark {watermark}"
@@ -332,7 +351,8 @@ class Worker:
                                       for column in (offsets, events, times))  # fmt: skip
         if times:
             run.max_event_ms = max(run.max_event_ms, max(times))
-        batch = Batch(run.partition, offsets, events, times, run.watermark(self.lateness_ms))
+        watermark = run.watermark(self.lateness_ms, now_ms)
+        batch = Batch(run.partition, offsets, events, times, watermark, now_ms)
         self._run_processor(run, batch, rows, dead, records)
 
     def _run_processor(
@@ -388,15 +408,15 @@ class Worker:
 
 
 def _late(
-    times: list[int], max_event_ms: int, floor_ms: int, lateness_ms: int
+    times: list[int], max_event_ms: int, floor_ms: int, lateness_ms: int, now_ms: int
 ) -> list[tuple[int, int]]:
     """(index, watermark) of each event of a batch below the watermark it meets: the
-    highest event time before it (earlier batches included) less the lateness, or the
-    floor if higher. In float64: exact for event times below 2**53 ms (year 287,396),
-    and any integer an event carries converts."""
+    highest event time before it (earlier batches included), counted no further than
+    ``now_ms``, less the lateness; or the floor if higher. In float64: exact for event
+    times below 2**53 ms (year 287,396), and any integer an event carries converts."""
     times_ = np.array(times, dtype=np.float64)
     highest = np.maximum.accumulate(np.concatenate(([max_event_ms], times_[:-1])))
-    watermarks = np.maximum(highest - lateness_ms, floor_ms)
+    watermarks = np.maximum(np.minimum(highest, now_ms) - lateness_ms, floor_ms)
     late = np.flatnonzero(times_ < watermarks).tolist()
     return [(i, int(watermarks[i])) for i in late]
 

@@ -51,16 +51,21 @@ def run_events(
         store.create_tables(app.all_tables)
         store.upsert(reference)
     clock = [0.0]
-    worker = Worker(app, target, log, store, settings, range(settings.partitions), lambda: clock[0])
+    started = time.time()
+
+    def new_worker() -> Worker:
+        partitions = range(settings.partitions)
+        return Worker(app, target, log, store, settings, partitions, lambda: clock[0],
+                      lambda: started + clock[0])  # fmt: skip
+
+    worker = new_worker()
     worker.start()
     while True:
         if restarts and rng.random() < 0.3:
             restarts -= 1
             store.close()
             store = open_store(settings)
-            worker = Worker(
-                app, target, log, store, settings, range(settings.partitions), lambda: clock[0]
-            )
+            worker = new_worker()
             worker.start()
         if not worker.poll() and worker.caught_up():
             break
