@@ -57,16 +57,16 @@ class Batch(NamedTuple):
     milliseconds; the events below ``watermark_ms`` are left out unless the processor
     judges lateness itself (see `Processor`). ``watermark_ms``: the partition's highest
     event time, counted no further than the wall clock, less the allowed lateness;
-    every later event the processor gets is at or above it. ``now_ms``: the wall clock
-    (epoch milliseconds), for what closes after a while without events; 0 when not
-    given, and then nothing closes for that."""
+    every later event the processor gets is at or above it. ``clock_ms``: a clock (ms)
+    that runs while the worker keeps up with the partition, to time what closes after
+    a while without events: a worker that falls behind closes nothing early."""
 
     partition: int
     offsets: list[int]
     events: list[Any]
     times_ms: list[int]
     watermark_ms: int
-    now_ms: int = 0
+    clock_ms: int = 0
 
 
 class Output(NamedTuple, Generic[S]):

@@ -259,6 +259,55 @@ def test_idle_timeout_closes_open_sessions_without_new_events(settings: Settings
     assert all_progress(w.store)[0].intervals == [[0, 10]]
 
 
+def test_a_worker_that_falls_behind_closes_no_session_early(settings: Settings) -> None:
+    """Time passes for idleness only while the worker reads all a partition has: a
+    worker held up for longer than the idle time (a full backlog waiting) closes no
+    session whose events are in that backlog, and closes the others once it caught up
+    and the idle time has passed."""
+    settings = settings.replace(idle_timeout_s=30, batch_max_events=5)
+    p = partition_for("u", settings.partitions)
+    q = next(user for user in (f"v{n}" for n in range(100)) if partition_for(user, 4) == p)
+    append(settings, p, [beat(0, 0), beat(0, 0, user=q)])
+    clock = Clock()
+    w = worker(settings, clock)
+    w.start()
+    drain(w)
+    clock.now += 60  # held up, while both sessions go on: a backlog, q's at its end
+    append(settings, p, [beat(t, t) for t in range(5, 65, 5)])
+    append(settings, p, [beat(5, 5, user=q), beat(10, 10, user=q)])
+    while w.poll() == settings.batch_max_events:
+        pass
+    segments = "SELECT user_id, start_s, end_s FROM video_segments ORDER BY 1"
+    assert w.store.query(segments) == [], "nothing closed: the keys' time stood still"
+    clock.now += 31
+    w.poll()
+    assert w.store.query(segments) == [("u", 0, 60), (q, 0, 10)]
+
+
+def test_keys_idle_for_longer_than_the_partition_close_while_it_stays_quiet(
+    settings: Settings,
+) -> None:
+    """The partition's own idle time passes once; an operator timing its keys out after
+    longer still gets the quiet partition's empty batches, and closes them."""
+    settings = settings.replace(idle_timeout_s=30)
+    p = partition_for("u", settings.partitions)
+    append(settings, p, [beat(0, 0), beat(5, 5)])
+    clock = Clock()
+    w = worker(settings, clock)
+    w.processor.idle_ms = 90_000
+    w.start()
+    drain(w)
+    segments = "SELECT start_s, end_s FROM video_segments"
+    for _ in range(60):  # a minute of polls a second apart
+        clock.now += 1
+        w.poll()
+    assert w.store.query(segments) == []
+    for _ in range(31):
+        clock.now += 1
+        w.poll()
+    assert w.store.query(segments) == [(0, 5)]
+
+
 def test_restart_restores_offsets_and_open_sessions(settings: Settings) -> None:
     p = partition_for("u", settings.partitions)
     append(settings, p, [beat(0, 0), beat(5, 5)])

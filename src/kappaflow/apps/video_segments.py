@@ -359,9 +359,9 @@ class WatchedSegments:
     def process(self, state: SegmentState, batch: Batch) -> Output[SegmentState]:
         """Each key runs on its own event clock, its latest event time: an event more
         than the lateness before it is refused as late, and the key's watermark is its
-        clock less the lateness. A key without an event for the idle time (wall clock)
-        has its pending events folded and its session closed."""
-        events, now = batch.events, batch.now_ms
+        clock less the lateness. A key without an event for the idle time (on the
+        batch's clock) has its pending events folded and its session closed."""
+        events, now = batch.events, batch.clock_ms
         n = len(events)
         new = Events(
             state.code_all(session_keys(events)),
@@ -401,10 +401,9 @@ class WatchedSegments:
 
     def _watermarks(self, s: Sessions, now_ms: int) -> np.ndarray:
         """Each key's watermark, by code: its clock less the lateness, or past every
-        event when it has been idle (no wall clock given: never)."""
+        event when it has been idle."""
         watermarks = s.clock_ms - self.lateness_ms
-        if now_ms:
-            watermarks[now_ms - s.arrived_ms >= self.idle_ms] = _PAST_ALL
+        watermarks[now_ms - s.arrived_ms >= self.idle_ms] = _PAST_ALL
         return watermarks
 
     def _fold(self, state: SegmentState, carried: np.ndarray, events: Events) -> Fold:

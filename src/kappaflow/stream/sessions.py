@@ -8,7 +8,8 @@ an item more than the allowed lateness before it is refused as late, and the key
 watermark is its clock less the lateness, so no key's clock costs another key its
 events. A key is visited when it gets items: the visit folds in the items its watermark
 has passed and closes the sessions that ended. A key without items for the idle time
-(wall clock) has everything folded and its session closed.
+(on the batches' clock, which runs while the worker keeps up) has everything folded and
+its session closed.
 
 Items are tuples whose first element is the event time in milliseconds; the rest
 breaks ties, so the order of a key's items depends on their content only, never on
@@ -120,8 +121,9 @@ class DueKeys:
 
 class SessionState:
     """Per-partition state: each key's open session and pending items. ``idle`` holds
-    the keys by the wall-clock time at which they have been idle long enough; keys
-    restored are scheduled there at the first batch, when the wall clock is known.
+    the keys by the time (on the batches' clock) at which they have been idle long
+    enough; keys restored are scheduled there at the first batch, when the clock is
+    known.
     ``changed`` holds the keys changed since the state was last persisted. A key whose
     visit only folded items (no session closed) is left out: restored, its stored state
     folds them at its next visit, to the same result."""
@@ -157,8 +159,8 @@ def restored_keys(data: bytes, keys: Mapping[str, bytes]) -> tuple[dict[str, Key
 
 class SessionWindows:
     """A `Processor` running session windows with ``fold``; it judges lateness per key
-    (``lateness_ms``) and closes a key's session after ``idle_ms`` of wall clock
-    without its events."""
+    (``lateness_ms``) and closes a key's session after ``idle_ms`` without its events
+    (on the batches' clock)."""
 
     judges_lateness = True
 
@@ -191,8 +193,8 @@ class SessionWindows:
         return SessionState(restored, changed)
 
     def process(self, state: SessionState, batch: Batch) -> Output[SessionState]:
-        keys, fold, now = state.keys, self.fold, batch.now_ms
-        if now and state.unscheduled:
+        keys, fold, now = state.keys, self.fold, batch.clock_ms
+        if state.unscheduled:
             for key in state.unscheduled:
                 state.idle.schedule(key, now + self.idle_ms)
             state.unscheduled = []
@@ -217,13 +219,11 @@ class SessionWindows:
                     bisect.insort(pending, item)
                     current.view = None
             touched.add(key)
-            if now:
-                state.idle.schedule(key, now + self.idle_ms)
+            state.idle.schedule(key, now + self.idle_ms)
 
         rows: Rows = {}
         visits = [(key, _latest(keys[key]) - self.lateness_ms) for key in touched]
-        if now:
-            visits += [(key, _NEVER) for key in state.idle.pop(now) if key in keys]
+        visits += [(key, _NEVER) for key in state.idle.pop(now) if key in keys]
         for key, watermark in visits:
             current = keys[key]
             if self._advance(key, current, watermark, rows):

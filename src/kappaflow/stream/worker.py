@@ -41,6 +41,8 @@ _META = struct.Struct("<qq")
 _NO_EVENT = -(1 << 62)
 WAKE_CHECK_S = 0.02
 """How often a waiting worker looks whether to stop or take a new share."""
+QUIET_CHECK_S = 1.0
+"""How often a partition without records has its idle keys timed out."""
 RETRY_S, MAX_RETRY_S = 30.0, 600.0
 """When a halted partition is tried again: after 30 s, then twice as long each time."""
 MAX_NOTED_ERROR = 1_000
@@ -72,6 +74,22 @@ class PartitionRun:
     idle_flushed: bool = False
     shown: bool = False
     """Whether the log's tools were shown where it starts (see `Log.acknowledge`)."""
+    clock_s: float = 0.0
+    """The batches' clock (`Batch.clock_ms`): runs while the worker keeps up."""
+    polled_at: float | None = None
+    quiet_at: float = 0.0
+    """When the processor was last given an empty batch to time out idle keys."""
+
+    def tick(self, now: float, records: int, full: int) -> int:
+        """Advance the clock by the time since the last poll when this read (``records``,
+        ``full`` at most) took all the partition had: whatever arrived meanwhile is in
+        it, so a key without an event in it had none for that long. A full read may
+        leave events of that time unread: it does not advance the clock. Returns it
+        in ms."""
+        if records < full and self.polled_at is not None:
+            self.clock_s += now - self.polled_at
+        self.polled_at = now
+        return round(self.clock_s * 1000)
 
     def watermark(self, lateness_ms: int, now_ms: int) -> int:
         """The highest event time, counted no further than the wall clock (so that no
@@ -109,6 +127,8 @@ class Worker:
         self.settings = settings
         self.group = app.group(stream)
         self.processor: Processor[Any] = app.processors[stream.name]
+        self.judged: bool = getattr(self.processor, "judges_lateness", False)
+        """The processor judges lateness per key and times out idle keys itself."""
         self.partitions = list(partitions)
         self.clock = clock
         self.wall_clock = wall_clock
@@ -219,16 +239,19 @@ class Worker:
                 self.stream.name, run.partition, run.next_offset, self.settings.batch_max_events
             )
             dead_before = len(dead)
+            clock_ms = run.tick(now, len(batch.values), self.settings.batch_max_events)
             try:
                 if batch.values:
                     run.last_record_at, run.idle_flushed = now, False
-                    self._process(run, batch, rows, dead, now_ms)
+                    self._process(run, batch, rows, dead, now_ms, clock_ms)
                     records += len(batch.values)
                     self.behind |= len(batch.values) >= self.settings.batch_max_events
                 elif self._idle(run, now, now_ms):
                     watermark = run.watermark(self.lateness_ms, now_ms)
-                    empty = Batch(run.partition, [], [], [], watermark, now_ms)
+                    empty = Batch(run.partition, [], [], [], watermark, clock_ms)
                     self._run_processor(run, empty, rows, dead)
+                elif self._quiet(run, now) and self._timed_out(run, now_ms, clock_ms, rows):
+                    pass  # keys of a quiet partition closed for their idle time
                 elif batch.next_offset == run.next_offset:
                     continue
             except KappaflowError:
@@ -327,6 +350,26 @@ class Worker:
     def _now_ms(self) -> int:
         return round(self.wall_clock() * 1000)
 
+    def _quiet(self, run: PartitionRun, now: float) -> bool:
+        """For a processor that times out its keys (one that judges lateness per key):
+        whether to give it an empty batch, at most every `QUIET_CHECK_S` while its
+        partition has no records, so that keys that went idle close."""
+        if not self.judged or now - max(run.last_record_at, run.quiet_at) < QUIET_CHECK_S:
+            return False
+        run.quiet_at = now
+        return True
+
+    def _timed_out(
+        self, run: PartitionRun, now_ms: int, clock_ms: int, rows: dict[str, list[tuple[Any, ...]]]
+    ) -> bool:
+        """Run an empty batch; whether it closed anything (and is to be committed)."""
+        empty = Batch(run.partition, [], [], [], run.watermark(self.lateness_ms, now_ms), clock_ms)
+        output = self.processor.process(run.state, empty)
+        run.state = output.state
+        for table, table_rows in output.rows.items():
+            rows.setdefault(table, []).extend(table_rows)
+        return bool(output.rows)
+
     def _process(
         self,
         run: PartitionRun,
@@ -334,12 +377,12 @@ class Worker:
         rows: dict[str, list[tuple[Any, ...]]],
         dead: list[DeadLetter],
         now_ms: int,
+        clock_ms: int,
     ) -> None:
         offsets, values, events = self._decode(run.partition, records, dead)
         times = self.stream.times_ms(events)
-        judged = getattr(self.processor, "judges_lateness", False)
-        late = [] if judged else _late(times, run.max_event_ms, run.floor_ms, self.lateness_ms,
-                                       now_ms)  # fmt: skip
+        late = [] if self.judged else _late(times, run.max_event_ms, run.floor_ms,
+                                            self.lateness_ms, now_ms)  # fmt: skip
         if late:
             for i, watermark in late:
                 reason = f"late: event time {times[i]} is below the watermark {watermark}"
@@ -352,7 +395,7 @@ class Worker:
         if times:
             run.max_event_ms = max(run.max_event_ms, max(times))
         watermark = run.watermark(self.lateness_ms, now_ms)
-        batch = Batch(run.partition, offsets, events, times, watermark, now_ms)
+        batch = Batch(run.partition, offsets, events, times, watermark, clock_ms)
         self._run_processor(run, batch, rows, dead, records)
 
     def _run_processor(
