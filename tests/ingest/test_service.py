@@ -98,6 +98,19 @@ def test_bodies_that_are_not_utf8_are_400_naming_the_record(
     assert logged(settings) == []
 
 
+def test_json_nested_too_deeply_is_400_naming_the_problem(
+    client: TestClient, settings: Settings
+) -> None:
+    deep = b'{"unknown": ' + b"[" * 1_000 + b"]" * 1_000 + b"}"
+    for content_type in ("application/json", "application/x-ndjson"):
+        for stream in ("heartbeats", "clicks"):
+            answer = client.post(f"/v1/streams/{stream}/events", content=deep,
+                                 headers={"content-type": content_type})  # fmt: skip
+            assert answer.status_code == 400
+            assert "nested too deeply" in answer.json()["problems"][0]["reason"]
+    assert logged(settings) == []
+
+
 def test_rfc3339_times_outside_epoch_milliseconds_are_400(
     client: TestClient, settings: Settings
 ) -> None:

@@ -16,7 +16,7 @@ from msgspec import Meta
 
 from kappaflow.errors import InvalidEvents
 from kappaflow.events import Identifier
-from kappaflow.events.validate import Problem, error_path
+from kappaflow.events.validate import DECODE_ERRORS, Problem, decode_problem, error_path
 from kappaflow.store.base import Store, Table
 
 NonNegative = Annotated[float, Meta(ge=0)]
@@ -101,14 +101,14 @@ def parse(body: bytes, content_type: str) -> Catalog:
         return _parse_csv(body)
     try:
         return msgspec.json.decode(body, type=Catalog)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except DECODE_ERRORS:
         pass
     try:
         rows = msgspec.json.decode(body, type=_Rows)
     except msgspec.ValidationError as error:
         raise InvalidEvents([_problem_at(*error_path(error))]) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
-        raise InvalidEvents([Problem(None, None, f"not valid JSON: {error}")]) from None
+    except DECODE_ERRORS as error:
+        raise InvalidEvents([decode_problem(None, error)]) from None
     problems = [
         problem
         for section, kind in (("videos", Video), ("ad_slots", AdSlot))
