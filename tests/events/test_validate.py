@@ -131,3 +131,24 @@ def test_ndjson_lines_are_decoded_each_on_its_own() -> None:
 def test_ndjson_problems_name_the_line_blank_lines_included() -> None:
     (problem,) = problems(GOOD + b"\n\n \n" + b'{"user_id": 3}' + b"\n", ndjson=True)
     assert (problem.index, problem.field) == (3, "user_id")
+
+
+@pytest.mark.parametrize(
+    ("value", "character"),
+    [(rb"a\u0000b", "\x00"), (rb"a\nb", "\n"), (rb"\u001f", "\x1f"), (b"a\x7fb", "\x7f"),
+     (b"a/b", "/"), (rb"a\/b", "/")],
+)  # fmt: skip
+def test_identifiers_refuse_control_characters_and_slashes(value: bytes, character: str) -> None:
+    bad = GOOD.replace(b'"video_id": "v"', b'"video_id": "' + value + b'"')
+    for found in (problems(b"[" + GOOD + b"," + bad + b"]"), problems(GOOD + b"\n" + bad, True)):
+        (problem,) = found
+        assert (problem.index, problem.field) == (1, "video_id")
+        assert f"holds {character!r}: an identifier may not hold control characters" in (
+            problem.reason
+        )
+
+
+def test_identifiers_may_hold_any_other_character_and_other_fields_slashes() -> None:
+    body = GOOD.replace(b'"u"', '"ü 東京 \\\\ x"'.encode()).replace(b"}", b', "event_id": "a/b"}')
+    (event,) = decoder.decode_json(body)
+    assert (event.user_id, event.event_id) == ("ü 東京 \\ x", "a/b")

@@ -3,6 +3,7 @@ and store): every answer of ingest, the queries, health, metrics and OpenAPI."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 
@@ -109,6 +110,20 @@ def test_json_nested_too_deeply_is_400_naming_the_problem(
             assert answer.status_code == 400
             assert "nested too deeply" in answer.json()["problems"][0]["reason"]
     assert logged(settings) == []
+
+
+def test_identifiers_with_control_characters_or_slashes_are_400_naming_them(
+    client: TestClient, settings: Settings
+) -> None:
+    answer = client.post(EVENTS, json=[beat("a"), beat("nd\x00b"), beat("c/d")])
+    assert answer.status_code == 400
+    assert [(p["index"], p["field"]) for p in answer.json()["problems"]] == [
+        (1, "user_id"), (2, "user_id"),
+    ]  # fmt: skip
+    assert logged(settings) == []
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["Heartbeat"]
+    pattern = re.compile(schema["properties"]["user_id"]["pattern"])
+    assert [bool(pattern.search(user)) for user in ("a", "nd\x00b", "c/d")] == [True, False, False]
 
 
 def test_rfc3339_times_outside_epoch_milliseconds_are_400(

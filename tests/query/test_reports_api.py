@@ -144,6 +144,31 @@ def test_every_bad_catalog_row_is_named_and_unknown_sections_are_refused(
     assert store.query("SELECT count(*) FROM video_catalog") == [(0,)]
 
 
+def test_catalog_identifiers_refuse_control_characters_and_slashes(
+    backend_settings: Settings,
+) -> None:
+    """On each store: PostgreSQL refuses a NUL in text, and answered 500."""
+    bad = json.loads(json.dumps(CATALOG))
+    bad["videos"][1]["license_holder"] = "h\x00"
+    bad["ad_slots"][0]["campaign"] = "a/b"
+    csv_body = b"video_id,position_s,advertiser,campaign\nv,10,acme,spring\nv,20,a\x01,s\n"
+    with TestClient(build(backend_settings, ("query",)), raise_server_exceptions=False) as client:
+        answer = client.post("/v1/catalog", json=bad)
+        from_csv = client.post("/v1/catalog", content=csv_body,
+                               headers={"content-type": "text/csv"})  # fmt: skip
+    assert answer.status_code == 400
+    assert [(p["index"], p["field"]) for p in answer.json()["problems"]] == [
+        (1, "videos.license_holder"), (0, "ad_slots.campaign"),
+    ]  # fmt: skip
+    assert "an identifier may not hold control characters" in answer.json()["problems"][0]["reason"]
+    assert from_csv.status_code == 400
+    assert [(p["index"], p["field"]) for p in from_csv.json()["problems"]] == [(1, "advertiser")]
+    store = open_store(backend_settings)
+    assert store.query("SELECT count(*) FROM video_catalog") == [(0,)]
+    assert store.query("SELECT count(*) FROM video_ad_slots") == [(0,)]
+    store.close()
+
+
 def test_a_catalog_nested_too_deeply_is_400_naming_the_problem(
     client: TestClient, tmp_path: Path, settings: Settings
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -22,6 +23,8 @@ from kappaflow.store.base import Store
 
 Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 UPLOAD_TYPES = ("application/json", "text/csv")
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+"""Refused in parameters: no identifier holds one, and PostgreSQL refuses NUL in text."""
 
 
 class QueryService:
@@ -40,6 +43,11 @@ class QueryService:
     def _query(self, query: Query) -> Endpoint:
         async def endpoint(request: Request) -> Response:
             params = {**request.query_params, **request.path_params}
+            for name, value in params.items():
+                if found := CONTROL_CHARACTER.search(value):
+                    return error(400, f"parameter {name}: {value!r} holds {found.group()!r}: "
+                                 "parameters may not hold control characters "
+                                 "(U+0000 to U+001F, U+007F)")  # fmt: skip
             try:
                 result = query.run(self.store, params)
             except InvalidQuery as invalid:
