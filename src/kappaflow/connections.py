@@ -2,8 +2,9 @@
 them a client sending a byte a second, or nothing at all, holds its connection for
 good. A request's head (request line and headers) must be complete within the header
 timeout of the connection opening or of the previous answer, and its body within the
-body timeout of its head; otherwise the connection is answered 408 and closed. While
-the app works on a request that has arrived, no deadline runs.
+body timeout of its head; otherwise the connection is answered 408 and closed (closed
+only, when no byte of a request came). While the app works on a request that has
+arrived, no deadline runs.
 
 Deadlines are checked once a second on uvicorn's tick, so a request pays no timer of
 its own (arming one costs more than a small request's whole decode)."""
@@ -38,11 +39,18 @@ class DeadlineProtocol(HttpToolsProtocol):
         """What of a request the connection waits for; None while it answers one."""
         self.deadline = 0.0
         """Loop time by which it must have arrived."""
+        self.begun = False
+        """Whether a byte of the head awaited has come."""
 
     def _wait_for(self, part: Literal["head", "body"] | None) -> None:
         self.waiting_for = part
         if part is not None:
             self.deadline = self.loop.time() + self.timeouts[part]
+            self.begun = False
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.begun = True
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -64,16 +72,19 @@ class DeadlineProtocol(HttpToolsProtocol):
             self._wait_for("head")
 
     def expire(self, now: float) -> None:
-        """Answer 408 and close the connection if its request is past the deadline."""
-        if self.waiting_for is None or now < self.deadline or self.transport.is_closing():
+        """Close the connection if the request awaited is past its deadline, answering
+        408 if the request has begun and has no answer yet."""
+        part = self.waiting_for
+        if part is None or now < self.deadline or self.transport.is_closing():
             return
-        if self.waiting_for == "head":
-            message = f"the request head did not arrive within {self.timeouts['head']:g} s"
+        if part == "body":
+            unanswered = not self.cycle.response_started
+            self.cycle.disconnected = True  # the app reads a disconnect; an answer is dropped
+        else:
+            unanswered = self.begun
+        if unanswered:
+            message = f"the request {part} did not arrive within {self.timeouts[part]:g} s"
             self.transport.write(_timeout_answer(message))
-        elif not self.cycle.response_started:
-            message = f"the request body did not arrive within {self.timeouts['body']:g} s"
-            self.transport.write(_timeout_answer(message))
-            self.cycle.disconnected = True  # the app reads a disconnect; its answer is dropped
         self.transport.close()
 
 
