@@ -84,7 +84,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """``Retry-After`` of 429 and 503 answers."""
     http_header_timeout_s: PositiveFloat = 10.0
     """Longest a request's head (request line and headers) may take to arrive, from the
-    connection's opening or its previous answer; then 408 and the connection is closed."""
+    connection's opening or its previous answer; then the connection is closed, with a
+    408 if the request had begun."""
     http_body_timeout_s: PositiveFloat = 60.0
     """Longest a request's body may take to arrive after its head; then 408 and the
     connection is closed."""
