@@ -173,7 +173,9 @@ class Lookup(Generic[T]):
 class Upload:
     """A write of reference data served over HTTP: ``POST path``; ``run(store, body,
     content_type)`` validates the body, writes it with `Store.upsert` and returns a
-    summary; it raises `InvalidEvents` (400, nothing written) for bad rows."""
+    summary; it raises `InvalidEvents` (400, nothing written) for bad rows. The body
+    is at most ``ingest_max_body_bytes``; a `RecursionError` (msgspec's, for JSON nested
+    too deeply) is a 400 too."""
 
     path: str
     run: Callable[[Store, bytes, str], Any]

@@ -1,14 +1,16 @@
 """One ASGI application serving the ingest and/or query roles, with the endpoints
 every role has (``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json``, and the
-dashboard at ``/`` with its ``/status``), run on uvicorn. On SIGTERM or Ctrl-C uvicorn
-stops accepting, answers the requests in flight (each either 202 and durable, or
-refused), then the log and store close."""
+dashboard at ``/`` with its ``/status``), run on uvicorn with deadlines for requests
+to arrive (`kappaflow.connections`) and a bound on open connections. On SIGTERM or
+Ctrl-C uvicorn stops accepting, answers the requests in flight (each either 202 and
+durable, or refused), then the log and store close."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Collection
+from functools import partial
 
 import uvicorn
 from starlette.applications import Starlette
@@ -19,6 +21,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kappaflow.app import load_apps
+from kappaflow.connections import DeadlineProtocol, Server
 from kappaflow.errors import KappaflowError
 from kappaflow.http import error, json_response
 from kappaflow.ingest.service import IngestService
@@ -120,12 +123,21 @@ async def http_error(request: Request, failure: Exception) -> Response:
 
 def serve(settings: Settings, roles: Collection[str]) -> None:
     """Serve until SIGTERM or Ctrl-C."""
+    protocol = partial(
+        DeadlineProtocol,
+        header_timeout_s=settings.http_header_timeout_s,
+        body_timeout_s=settings.http_body_timeout_s,
+    )
     config = uvicorn.Config(
         build(settings, roles),
         host=settings.host,
         port=settings.port,
+        http=protocol,  # type: ignore[arg-type]  # a factory of the protocol, as uvicorn calls it
         log_level="warning",
         access_log=False,
+        timeout_keep_alive=settings.http_keep_alive_s,  # type: ignore[arg-type]  # any number
+        # uvicorn answers 503 once the connections, the new one included, reach the limit.
+        limit_concurrency=settings.http_max_connections + 1,
         timeout_graceful_shutdown=30,
     )
-    uvicorn.Server(config).run()
+    Server(config).run()

@@ -88,6 +88,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Events appended but not yet processed above which ingest answers 429."""
     retry_after_s: PositiveInt = 1
     """``Retry-After`` of 429 and 503 answers."""
+    http_header_timeout_s: PositiveFloat = 10.0
+    """Longest a request's head (request line and headers) may take to arrive, from the
+    connection's opening or its previous answer; then the connection is closed, with a
+    408 if the request had begun."""
+    http_body_timeout_s: PositiveFloat = 60.0
+    """Longest a request's body may take to arrive after its head; then 408 and the
+    connection is closed."""
+    http_keep_alive_s: PositiveFloat = 5.0
+    """Idle time after an answer at which a keep-alive connection is closed."""
+    http_max_connections: PositiveInt = 512
+    """Open connections beyond which requests are answered 503 and their connection
+    closed; keep it under the process's open-file limit (``ulimit -n``)."""
 
     # Autoscaling (AUTOSCALING.md): KEDA ScaledObject and HPA field names, snake_case.
     autoscale: bool = True

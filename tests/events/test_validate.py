@@ -91,3 +91,64 @@ def test_problems_are_capped_but_counted() -> None:
         decoder.decode_ndjson(b"\n".join([b"{}"] * 100))
     assert len(raised.value.problems) == MAX_PROBLEMS
     assert raised.value.invalid == 100
+
+
+DEEP = b"[" * 1_000 + b"]" * 1_000
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        DEEP,
+        b'{"user_id": ' + DEEP + b"}",
+        b'{"unknown": ' + DEEP + b"}",
+        b"[" + GOOD + b"," + DEEP + b"]",
+    ],
+    ids=["array", "field", "unknown field", "record"],
+)
+def test_json_nested_too_deeply_is_a_problem_of_the_body(body: bytes) -> None:
+    (problem,) = problems(body)
+    assert problem.index is None and "nested too deeply" in problem.reason
+
+
+def test_an_ndjson_line_nested_too_deeply_is_named_by_its_line() -> None:
+    (problem,) = problems(GOOD + b'\n{"unknown": ' + DEEP + b"}\n" + GOOD, ndjson=True)
+    assert problem.index == 1 and "nested too deeply" in problem.reason
+
+
+def test_ndjson_lines_are_decoded_each_on_its_own() -> None:
+    """Two lines that are each not JSON, which joined with a comma would be two events."""
+    body = (
+        b'{"user_id": "nd-a", "video_id": "v", "position_s": 1, "ts": 1800000000000},'
+        b'{"user_id": "nd-b\n'
+        b'x", "video_id": "v", "position_s": 1, "ts": 1800000000000}'
+    )
+    found = problems(body, ndjson=True)
+    assert [p.index for p in found] == [0, 1]
+    assert all(p.reason.startswith("not valid JSON") for p in found)
+
+
+def test_ndjson_problems_name_the_line_blank_lines_included() -> None:
+    (problem,) = problems(GOOD + b"\n\n \n" + b'{"user_id": 3}' + b"\n", ndjson=True)
+    assert (problem.index, problem.field) == (3, "user_id")
+
+
+@pytest.mark.parametrize(
+    ("value", "character"),
+    [(rb"a\u0000b", "\x00"), (rb"a\nb", "\n"), (rb"\u001f", "\x1f"), (b"a\x7fb", "\x7f"),
+     (b"a/b", "/"), (rb"a\/b", "/")],
+)  # fmt: skip
+def test_identifiers_refuse_control_characters_and_slashes(value: bytes, character: str) -> None:
+    bad = GOOD.replace(b'"video_id": "v"', b'"video_id": "' + value + b'"')
+    for found in (problems(b"[" + GOOD + b"," + bad + b"]"), problems(GOOD + b"\n" + bad, True)):
+        (problem,) = found
+        assert (problem.index, problem.field) == (1, "video_id")
+        assert f"holds {character!r}: an identifier may not hold control characters" in (
+            problem.reason
+        )
+
+
+def test_identifiers_may_hold_any_other_character_and_other_fields_slashes() -> None:
+    body = GOOD.replace(b'"u"', '"ü 東京 \\\\ x"'.encode()).replace(b"}", b', "event_id": "a/b"}')
+    (event,) = decoder.decode_json(body)
+    assert (event.user_id, event.event_id) == ("ü 東京 \\ x", "a/b")

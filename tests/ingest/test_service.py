@@ -3,6 +3,7 @@ and store): every answer of ingest, the queries, health, metrics and OpenAPI."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 
@@ -96,6 +97,33 @@ def test_bodies_that_are_not_utf8_are_400_naming_the_record(
         (problem,) = answer.json()["problems"]
         assert problem["index"] == 1 and "not valid UTF-8" in problem["reason"]
     assert logged(settings) == []
+
+
+def test_json_nested_too_deeply_is_400_naming_the_problem(
+    client: TestClient, settings: Settings
+) -> None:
+    deep = b'{"unknown": ' + b"[" * 1_000 + b"]" * 1_000 + b"}"
+    for content_type in ("application/json", "application/x-ndjson"):
+        for stream in ("heartbeats", "clicks"):
+            answer = client.post(f"/v1/streams/{stream}/events", content=deep,
+                                 headers={"content-type": content_type})  # fmt: skip
+            assert answer.status_code == 400
+            assert "nested too deeply" in answer.json()["problems"][0]["reason"]
+    assert logged(settings) == []
+
+
+def test_identifiers_with_control_characters_or_slashes_are_400_naming_them(
+    client: TestClient, settings: Settings
+) -> None:
+    answer = client.post(EVENTS, json=[beat("a"), beat("nd\x00b"), beat("c/d")])
+    assert answer.status_code == 400
+    assert [(p["index"], p["field"]) for p in answer.json()["problems"]] == [
+        (1, "user_id"), (2, "user_id"),
+    ]  # fmt: skip
+    assert logged(settings) == []
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["Heartbeat"]
+    pattern = re.compile(schema["properties"]["user_id"]["pattern"])
+    assert [bool(pattern.search(user)) for user in ("a", "nd\x00b", "c/d")] == [True, False, False]
 
 
 def test_rfc3339_times_outside_epoch_milliseconds_are_400(

@@ -7,17 +7,21 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from unittest.mock import patch
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
+from kappaflow.app import App, Upload
 from kappaflow.apps.video import create_app
 from kappaflow.cli import main
 from kappaflow.log import open_log
 from kappaflow.serve import build
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
+from kappaflow.store.base import Store
 from kappaflow.stream.worker import Worker
 
 CATALOG = {
@@ -140,6 +144,62 @@ def test_every_bad_catalog_row_is_named_and_unknown_sections_are_refused(
     assert [(p["index"], p["field"]) for p in answer.json()["problems"]] == [(0, "title")]
     store = open_store(settings)
     assert store.query("SELECT count(*) FROM video_catalog") == [(0,)]
+
+
+def test_catalog_identifiers_refuse_control_characters_and_slashes(
+    backend_settings: Settings,
+) -> None:
+    """On each store: PostgreSQL refuses a NUL in text, and answered 500."""
+    bad = json.loads(json.dumps(CATALOG))
+    bad["videos"][1]["license_holder"] = "h\x00"
+    bad["ad_slots"][0]["campaign"] = "a/b"
+    csv_body = b"video_id,position_s,advertiser,campaign\nv,10,acme,spring\nv,20,a\x01,s\n"
+    with TestClient(build(backend_settings, ("query",)), raise_server_exceptions=False) as client:
+        answer = client.post("/v1/catalog", json=bad)
+        from_csv = client.post("/v1/catalog", content=csv_body,
+                               headers={"content-type": "text/csv"})  # fmt: skip
+    assert answer.status_code == 400
+    assert [(p["index"], p["field"]) for p in answer.json()["problems"]] == [
+        (1, "videos.license_holder"), (0, "ad_slots.campaign"),
+    ]  # fmt: skip
+    assert "an identifier may not hold control characters" in answer.json()["problems"][0]["reason"]
+    assert from_csv.status_code == 400
+    assert [(p["index"], p["field"]) for p in from_csv.json()["problems"]] == [(1, "advertiser")]
+    store = open_store(backend_settings)
+    assert store.query("SELECT count(*) FROM video_catalog") == [(0,)]
+    assert store.query("SELECT count(*) FROM video_ad_slots") == [(0,)]
+    store.close()
+
+
+def test_a_catalog_nested_too_deeply_is_400_naming_the_problem(
+    client: TestClient, tmp_path: Path, settings: Settings
+) -> None:
+    deep = b'{"videos": [' + b"[" * 1_000 + b"]" * 1_000 + b"]}"
+    answer = client.post("/v1/catalog", content=deep, headers={"content-type": "application/json"})
+    assert answer.status_code == 400
+    assert "nested too deeply" in answer.json()["problems"][0]["reason"]
+    path = tmp_path / "deep.json"
+    path.write_bytes(deep)
+    loaded = CliRunner().invoke(
+        main, ["catalog", "load", str(path), "--data-dir", settings.data_dir]
+    )
+    assert loaded.exit_code == 1 and "nested too deeply" in loaded.output
+
+
+def test_an_upload_nested_too_deeply_for_its_app_is_400(settings: Settings) -> None:
+    """Any app's upload: the service answers for a decoder the app calls itself."""
+
+    def run(store: Store, body: bytes, content_type: str) -> object:
+        return msgspec.json.decode(body)
+
+    app = App("deep", streams=[], tables=[], uploads=[Upload("/v1/deep", run, "anything")])
+    with patch("kappaflow.serve.load_apps", return_value=[app]):
+        client = TestClient(build(settings, ("query",)), raise_server_exceptions=False)
+    with client:
+        deep = b"[" * 1_000 + b"]" * 1_000
+        answer = client.post("/v1/deep", content=deep, headers={"content-type": "application/json"})
+    assert answer.status_code == 400
+    assert "nested too deeply" in answer.json()["error"]
 
 
 def test_catalog_load_command(tmp_path: Path, settings: Settings) -> None:

@@ -16,7 +16,13 @@ from msgspec import Meta
 
 from kappaflow.errors import InvalidEvents
 from kappaflow.events import Identifier
-from kappaflow.events.validate import Problem, error_path
+from kappaflow.events.validate import (
+    DECODE_ERRORS,
+    Identifiers,
+    Problem,
+    decode_problem,
+    error_path,
+)
 from kappaflow.store.base import Store, Table
 
 NonNegative = Annotated[float, Meta(ge=0)]
@@ -45,6 +51,9 @@ class AdSlot(msgspec.Struct):
 class Catalog(msgspec.Struct, forbid_unknown_fields=True):
     videos: list[Video] = []
     ad_slots: list[AdSlot] = []
+
+
+_IDS = {kind: Identifiers(kind) for kind in (Video, AdSlot)}
 
 
 class _Rows(msgspec.Struct, forbid_unknown_fields=True):
@@ -100,15 +109,17 @@ def parse(body: bytes, content_type: str) -> Catalog:
     if content_type == "text/csv":
         return _parse_csv(body)
     try:
-        return msgspec.json.decode(body, type=Catalog)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+        catalog = msgspec.json.decode(body, type=Catalog)
+        if _IDS[Video].valid(catalog.videos) and _IDS[AdSlot].valid(catalog.ad_slots):
+            return catalog
+    except DECODE_ERRORS:
         pass
     try:
         rows = msgspec.json.decode(body, type=_Rows)
     except msgspec.ValidationError as error:
         raise InvalidEvents([_problem_at(*error_path(error))]) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
-        raise InvalidEvents([Problem(None, None, f"not valid JSON: {error}")]) from None
+    except DECODE_ERRORS as error:
+        raise InvalidEvents([decode_problem(None, error)]) from None
     problems = [
         problem
         for section, kind in (("videos", Video), ("ad_slots", AdSlot))
@@ -121,10 +132,13 @@ def parse(body: bytes, content_type: str) -> Catalog:
 def _row_problem(at: str, raw: msgspec.Raw, kind: type[Video] | type[AdSlot]) -> Problem | None:
     """What is wrong with the row at path ``at``, if anything."""
     try:
-        msgspec.json.decode(raw, type=kind)
+        row = msgspec.json.decode(raw, type=kind)
     except (msgspec.DecodeError, UnicodeDecodeError) as error:
         reason, path = error_path(error)
         return _problem_at(reason, at + path)
+    if found := _IDS[kind].problem(row):
+        field, reason = found
+        return _problem_at(reason, f"{at}.{field}")
     return None
 
 
@@ -153,10 +167,15 @@ def _parse_csv(body: bytes) -> Catalog:
             problems.append(Problem(index, None, reason))
             continue
         try:
-            rows.append(msgspec.convert(row, kind, strict=False))
+            converted = msgspec.convert(row, kind, strict=False)
         except msgspec.ValidationError as error:
             reason, path = error_path(error)
             problems.append(Problem(index, path.lstrip(".") or None, reason))
+            continue
+        if found := _IDS[kind].problem(converted):
+            problems.append(Problem(index, *found))
+        else:
+            rows.append(converted)
     if problems:
         raise InvalidEvents(problems)
     return Catalog(videos=rows) if kind is Video else Catalog(ad_slots=rows)  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated
 
@@ -17,7 +18,19 @@ EventTime = Annotated[int, Meta(ge=0, le=MAX_EVENT_MS)] | Annotated[datetime, Me
 """Event time: epoch milliseconds up to the year 9999, or an RFC 3339 string with a
 time zone."""
 
-Identifier = Annotated[str, Meta(min_length=1, max_length=256)]
+NOT_IN_IDENTIFIERS = re.compile(r"[\x00-\x1f\x7f/]")
+"""Control characters, which PostgreSQL (NUL) and terminals refuse, and ``/``, which
+would end an identifier's segment of a query path."""
+
+Identifier = Annotated[
+    str,
+    Meta(min_length=1, max_length=256, extra_json_schema={"pattern": r"^[^\x00-\x1f\x7f/]*$"}),
+]
+"""The name of a thing results are kept and queried by (a user, a video, a license
+holder): 1 to 256 characters, none of them `NOT_IN_IDENTIFIERS`. msgspec checks the
+length as it decodes; `kappaflow.events.validate.Identifiers` checks the characters
+(a msgspec ``pattern`` would cost more than the rest of an event's decode), and the
+JSON schema states them."""
 
 
 def event_time_ms(value: int | datetime) -> int:

@@ -1,31 +1,76 @@
 """Decode a request body of events against a stream's schema: one JSON object, a JSON
-array, or NDJSON. The whole body decodes in one call when it is valid; otherwise each
-record is decoded on its own to name every bad one (index, field, reason)."""
+array, or NDJSON. A valid body decodes in one call (NDJSON: one call per line); otherwise
+each record is decoded on its own to name every bad one (index, field, reason)."""
 
 from __future__ import annotations
 
 import re
+import typing
+from collections.abc import Iterable, Sequence
+from operator import attrgetter
 from typing import Any
 
 import msgspec
 
 from kappaflow.errors import MAX_PROBLEMS, InvalidEvents
+from kappaflow.events import NOT_IN_IDENTIFIERS, Identifier
 
 _NAMED_FIELD = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
+DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+"""What decoding untrusted JSON raises: msgspec raises `RecursionError` for values nested
+deeper than Python's recursion limit allows (about 1,000 levels)."""
+TOO_DEEP = "nested too deeply (JSON is refused past about 1,000 levels)"
+BACKSLASH, SLASH, DEL = b"\\/\x7f"  # as ints: a byte's membership test is a memchr
 
 
 class Problem(msgspec.Struct):
-    """What is wrong with one record: ``index`` in the body (None: the body itself)."""
+    """What is wrong with one record: ``index`` in the body (None: the body itself): the
+    record's position in an array, or its line in NDJSON (from 0, blank lines counted)."""
 
     index: int | None
     field: str | None
     reason: str
 
 
+class Identifiers:
+    """The fields of a struct type typed `Identifier` (or `Identifier | None`), and a
+    check that their values hold no character `NOT_IN_IDENTIFIERS`."""
+
+    def __init__(self, schema: type[msgspec.Struct]) -> None:
+        hints = typing.get_type_hints(schema, include_extras=True)
+        self.fields = [
+            (attribute, name)
+            for attribute, name in zip(
+                schema.__struct_fields__, schema.__struct_encode_fields__, strict=True
+            )
+            if any(
+                hint is Identifier
+                for hint in (hints[attribute], *typing.get_args(hints[attribute]))
+            )
+        ]
+        """(attribute, name in JSON) of each identifier field."""
+
+    def valid(self, records: Sequence[Any]) -> bool:
+        """Whether every identifier of ``records`` is valid: one search per field."""
+        return not any(
+            NOT_IN_IDENTIFIERS.search("".join(filter(None, map(attrgetter(attribute), records))))
+            for attribute, _ in self.fields
+        )
+
+    def problem(self, record: Any) -> tuple[str, str] | None:
+        """(field, reason) of the first invalid identifier of ``record``, if any."""
+        for attribute, name in self.fields:
+            value = getattr(record, attribute)
+            if value is not None and (found := NOT_IN_IDENTIFIERS.search(value)):
+                return name, (f"{value!r} holds {found.group()!r}: an identifier may not hold "
+                              "control characters (U+0000 to U+001F, U+007F) or '/'")  # fmt: skip
+        return None
+
+
 class EventDecoder:
     def __init__(self, schema: type[msgspec.Struct]) -> None:
+        self._identifiers = Identifiers(schema)
         self._one_or_many = msgspec.json.Decoder(schema | list[schema])  # type: ignore[valid-type]
-        self._many = msgspec.json.Decoder(list[schema])  # type: ignore[valid-type]
         self._one = msgspec.json.Decoder(schema)
         self._raw = msgspec.json.Decoder(msgspec.Raw)
         self._raw_list = msgspec.json.Decoder(list[msgspec.Raw])
@@ -34,45 +79,68 @@ class EventDecoder:
         """A JSON object or array of objects -> events; raises `InvalidEvents`."""
         try:
             decoded = self._one_or_many.decode(body)
-            return decoded if isinstance(decoded, list) else [decoded]
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except DECODE_ERRORS:
             pass
+        else:
+            events = decoded if isinstance(decoded, list) else [decoded]
+            if self._identifiers_valid(body, events):
+                return events
         try:
             raw = self._raw.decode(body)
-        except msgspec.DecodeError as error:
-            raise InvalidEvents([Problem(None, None, f"body is not valid JSON: {error}")]) from None
+        except DECODE_ERRORS as error:
+            reason = TOO_DEEP if isinstance(error, RecursionError) else f"not valid JSON: {error}"
+            raise InvalidEvents([Problem(None, None, f"body is {reason}")]) from None
         if body.lstrip().startswith(b"["):
-            return self._each(self._raw_list.decode(body))
-        return self._each([raw])
+            return self._each(enumerate(self._raw_list.decode(body)))
+        return self._each([(0, raw)])
 
     def decode_ndjson(self, body: bytes) -> list[Any]:
         """One JSON object per line (blank lines ignored) -> events."""
-        lines = [line for line in body.split(b"\n") if line.strip()]
+        lines = body.split(b"\n")
         try:
-            events = self._many.decode(b"[" + b",".join(lines) + b"]")
-            if len(events) == len(lines):
+            events = list(map(self._one.decode, filter(None, lines)))
+            if self._identifiers_valid(body, events):
                 return events
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except DECODE_ERRORS:
             pass
-        return self._each(lines)
+        return self._each((n, line) for n, line in enumerate(lines) if line.strip())
 
-    def _each(self, records: list[Any]) -> list[Any]:
+    def _identifiers_valid(self, body: bytes, events: list[Any]) -> bool:
+        # A JSON string holds a control character only escaped: a body with no
+        # backslash, '/' or DEL needs no look at its events.
+        if not (self._identifiers.fields and (BACKSLASH in body or SLASH in body or DEL in body)):
+            return True
+        return self._identifiers.valid(events)
+
+    def _each(self, records: Iterable[tuple[int, Any]]) -> list[Any]:
+        """Each (index, record) decoded on its own; raises `InvalidEvents` naming the bad."""
         events, problems, invalid = [], [], 0
-        for index, record in enumerate(records):
+        for index, record in records:
             try:
-                events.append(self._one.decode(record))
-            except (msgspec.DecodeError, UnicodeDecodeError) as error:
-                invalid += 1
-                if len(problems) < MAX_PROBLEMS:
-                    problems.append(_problem(index, error))
+                event = self._one.decode(record)
+            except DECODE_ERRORS as error:
+                problem = decode_problem(index, error)
+            else:
+                if (found := self._identifiers.problem(event)) is None:
+                    events.append(event)
+                    continue
+                problem = Problem(index, *found)
+            invalid += 1
+            if len(problems) < MAX_PROBLEMS:
+                problems.append(problem)
         if problems:
             raise InvalidEvents(problems, invalid)
         return events
 
 
-def _problem(index: int, error: msgspec.DecodeError | UnicodeDecodeError) -> Problem:
+def decode_problem(
+    index: int | None, error: msgspec.DecodeError | UnicodeDecodeError | RecursionError
+) -> Problem:
+    """What is wrong with the record at ``index`` (None: the body) that ``error`` says."""
     if isinstance(error, UnicodeDecodeError):  # msgspec checks UTF-8 where it reads strings
         return Problem(index, None, f"a string is not valid UTF-8 ({error.reason})")
+    if isinstance(error, RecursionError):
+        return Problem(index, None, TOO_DEEP)
     reason, path = error_path(error)
     if not isinstance(error, msgspec.ValidationError):
         reason = f"not valid JSON: {reason}"

@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 from kappaflow.app import App, Stream
 from kappaflow.errors import InvalidEvents, KappaflowError, LogError
 from kappaflow.events.validate import EventDecoder
+from kappaflow.http import Disconnected, read_body
 from kappaflow.ingest.appender import Appender
 from kappaflow.ingest.committer import GroupCommitter
 from kappaflow.log.base import Log
@@ -30,29 +31,6 @@ BACKLOG_CHECK_S = 0.5
 PREFIX, SUFFIX = "/v1/streams/", "/events"
 Answer = tuple[int, Any, dict[str, str]]
 _encode = msgspec.json.Encoder().encode
-
-
-class Disconnected(Exception):
-    """The client went away before sending its whole body: nothing is written."""
-
-
-async def _read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> bytes | None:
-    """The request body, or None when it is over ``limit`` bytes."""
-    declared = headers.get(b"content-length", b"")
-    if declared.isdigit() and int(declared) > limit:
-        return None
-    chunks, size, more = [], 0, True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise Disconnected
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return b"".join(chunks)
 
 
 class IngestService:
@@ -112,7 +90,7 @@ class IngestService:
             return self._refuse(name, "backlog", 429, message, headers=retry)
         limit = self.settings.ingest_max_body_bytes
         try:
-            body = await _read_body(headers, receive, limit)
+            body = await read_body(headers, receive, limit)
         except Disconnected:
             return self._refuse(name, "disconnected", 400, "the client disconnected mid-body")
         if body is None:

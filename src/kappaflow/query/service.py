@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -15,12 +16,15 @@ from starlette.routing import Route
 
 from kappaflow.app import App, Query, Upload
 from kappaflow.errors import InvalidEvents, InvalidQuery, StoreUnavailable
-from kappaflow.http import error, json_response
+from kappaflow.events.validate import TOO_DEEP
+from kappaflow.http import Disconnected, error, json_response, read_body
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
 
 Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 UPLOAD_TYPES = ("application/json", "text/csv")
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+"""Refused in parameters: no identifier holds one, and PostgreSQL refuses NUL in text."""
 
 
 class QueryService:
@@ -39,6 +43,11 @@ class QueryService:
     def _query(self, query: Query) -> Endpoint:
         async def endpoint(request: Request) -> Response:
             params = {**request.query_params, **request.path_params}
+            for name, value in params.items():
+                if found := CONTROL_CHARACTER.search(value):
+                    return error(400, f"parameter {name}: {value!r} holds {found.group()!r}: "
+                                 "parameters may not hold control characters "
+                                 "(U+0000 to U+001F, U+007F)")  # fmt: skip
             try:
                 result = query.run(self.store, params)
             except InvalidQuery as invalid:
@@ -64,14 +73,19 @@ class QueryService:
             if media_type not in UPLOAD_TYPES:
                 return error(415, f"content type {media_type!r} is not accepted",
                              accepted=list(UPLOAD_TYPES))  # fmt: skip
-            body = await request.body()
-            if len(body) > self.settings.ingest_max_body_bytes:
-                return error(413, "body is over the limit of "
-                             f"{self.settings.ingest_max_body_bytes:,} bytes")  # fmt: skip
+            limit = self.settings.ingest_max_body_bytes
+            try:
+                body = await read_body(dict(request.scope["headers"]), request.receive, limit)
+            except Disconnected:
+                return error(400, "the client disconnected mid-body")
+            if body is None:
+                return error(413, f"body is over the limit of {limit:,} bytes")
             try:
                 return json_response(upload.run(self.store, body, media_type))
             except InvalidEvents as invalid:
                 return error(400, invalid.summary("row"), problems=invalid.problems)
+            except RecursionError:  # from msgspec, for JSON nested past Python's limit
+                return error(400, f"body is {TOO_DEEP}")
             except StoreUnavailable as failure:
                 return self._unavailable(failure)
 
