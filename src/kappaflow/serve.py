@@ -42,7 +42,7 @@ def build(settings: Settings, roles: Collection[str]) -> ASGIApp:
         store.create_tables(app.all_tables)
         for stream in app.streams:
             the_log.create_topic(stream.name, settings.partitions)
-    ingest = IngestService(settings, apps, the_log, store) if "ingest" in roles else None
+    ingest = IngestService(settings, apps, the_log) if "ingest" in roles else None
     query = QueryService(settings, apps, store) if "query" in roles else None
     lag = LagCollector(apps, the_log, store)
     openapi = json_response(document(apps, roles))
