@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from kappaflow.app import App, Query, Upload
 from kappaflow.errors import InvalidEvents, InvalidQuery, StoreUnavailable
-from kappaflow.http import error, json_response
+from kappaflow.http import Blocking, error, json_response
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
 
@@ -24,9 +24,14 @@ UPLOAD_TYPES = ("application/json", "text/csv")
 
 
 class QueryService:
-    def __init__(self, settings: Settings, apps: Sequence[App], store: Store) -> None:
+    """The routes; each runs its query or upload in ``blocking``'s thread."""
+
+    def __init__(
+        self, settings: Settings, apps: Sequence[App], store: Store, blocking: Blocking
+    ) -> None:
         self.settings = settings
         self.store = store
+        self.blocking = blocking
         self.queries = [query for app in apps for query in app.queries]
         self.routes = [Route(q.path, self._query(q), methods=["GET"]) for q in self.queries]
         self.routes += [
@@ -40,7 +45,7 @@ class QueryService:
         async def endpoint(request: Request) -> Response:
             params = {**request.query_params, **request.path_params}
             try:
-                result = query.run(self.store, params)
+                result = await self.blocking.run(query.run, self.store, params)
             except InvalidQuery as invalid:
                 return error(400, str(invalid))
             except StoreUnavailable as failure:
@@ -69,7 +74,9 @@ class QueryService:
                 return error(413, "body is over the limit of "
                              f"{self.settings.ingest_max_body_bytes:,} bytes")  # fmt: skip
             try:
-                return json_response(upload.run(self.store, body, media_type))
+                return json_response(
+                    await self.blocking.run(upload.run, self.store, body, media_type)
+                )
             except InvalidEvents as invalid:
                 return error(400, invalid.summary("row"), problems=invalid.problems)
             except StoreUnavailable as failure:
