@@ -25,7 +25,7 @@ from kappaflow.errors import KappaflowError
 from kappaflow.http import Blocking, error, json_response
 from kappaflow.ingest.service import IngestService
 from kappaflow.log import open_log
-from kappaflow.metrics import LagCollector, exposition
+from kappaflow.metrics import LagCollector, declare, exposition
 from kappaflow.openapi import document
 from kappaflow.query.dashboard import PAGE, status
 from kappaflow.query.service import QueryService
@@ -48,6 +48,7 @@ def build(settings: Settings, roles: Collection[str]) -> ASGIApp:
     ingest = IngestService(settings, apps, the_log) if "ingest" in roles else None
     query = QueryService(settings, apps, store, blocking) if "query" in roles else None
     lag = LagCollector(apps, the_log, store)
+    declare(apps)
     openapi = json_response(document(apps, roles))
 
     async def healthz(request: Request) -> Response:

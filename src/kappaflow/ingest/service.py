@@ -19,7 +19,7 @@ from kappaflow.events.validate import EventDecoder
 from kappaflow.ingest.appender import Appender
 from kappaflow.ingest.committer import GroupCommitter
 from kappaflow.log.base import Log
-from kappaflow.metrics import EVENTS_INGESTED, REQUESTS_REJECTED
+from kappaflow.metrics import EVENTS_INGESTED, REQUESTS_REJECTED, UNKNOWN_STREAM
 from kappaflow.settings import Settings
 
 log = logging.getLogger("kappaflow.ingest")
@@ -94,7 +94,7 @@ class IngestService:
         found = self.streams.get(name)
         if found is None:
             message = f"unknown stream {name!r}"
-            return self._refuse("(unknown)", "unknown_stream", 404, message,
+            return self._refuse(UNKNOWN_STREAM, "unknown_stream", 404, message,
                                 streams=sorted(self.streams))  # fmt: skip
         app, stream, appender, decoder = found
         headers = dict(scope["headers"])
