@@ -69,7 +69,7 @@ def run(scale: float) -> list[Figure]:
         postgres_server(durable=True) as server,
     ):
         pool = simulated_pool(Path(tmp), scale)
-        for name, stacks in ((EMBEDDED, embedded), (KAFKA, partial(on_kafka, server))):
+        for name, stacks in ((EMBEDDED, embedded), (KAFKA, partial(on_kafka, server.dsn))):
             console.rule(name)
             steps[name] = search(pool, seconds, stacks)
             print_steps(steps[name])

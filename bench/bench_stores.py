@@ -24,7 +24,7 @@ def run(scale: float) -> list[Figure]:
     count = round(EVENTS * scale)
     with (
         postgres_server(durable=True) as server,
-        postgres_database(server) as dsn,
+        postgres_database(server.dsn) as dsn,
         tempfile.TemporaryDirectory(prefix="kappaflow-bench-") as tmp,
     ):
         workload = simulate(count, viewers=3_000, seed=2, jitter_ms=2_000)

@@ -26,8 +26,8 @@ def postgres_server() -> Iterator[str]:
         postgres.server_binaries()
     except postgres.PostgresNotFound as error:
         pytest.fail(str(error), pytrace=False)
-    with postgres.postgres_server() as dsn:
-        yield dsn
+    with postgres.postgres_server() as server:
+        yield server.dsn
 
 
 @pytest.fixture

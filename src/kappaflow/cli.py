@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import click
 
 from kappaflow.errors import KappaflowError
-from kappaflow.settings import MULTIPROCESS_VARIABLE, Settings
+from kappaflow.settings import Settings
 from kappaflow.signals import stop_flag
 
 
@@ -185,10 +184,6 @@ def _run_stack(ctx: click.Context, serve: bool, workers: int | None, **options: 
     settings = _settings(ctx, **options)
     if workers is not None:
         settings = settings.replace(workers=workers, autoscale=False)
-    # Before prometheus_client is imported, so that this process shares metrics too.
-    from kappaflow.up import prepare_metrics_dir
-
-    os.environ[MULTIPROCESS_VARIABLE] = str(prepare_metrics_dir(settings))
     from kappaflow.up import run_up
 
     _setup_logging(verbose=False)

@@ -1,16 +1,38 @@
 """What the HTTP services share: request bodies read to a limit, JSON responses and
-error bodies."""
+error bodies, and the thread that runs their blocking calls."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import asyncio
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.responses import Response
 from starlette.types import Receive
 
+T = TypeVar("T")
 _encode = msgspec.json.Encoder().encode
+
+
+class Blocking:
+    """Runs the HTTP services' blocking calls (store queries, log offsets) in one thread
+    of their own, one at a time: the event loop goes on answering ingest and
+    ``/healthz`` however long the store takes (a store that is down is retried for
+    seconds), and the store's one connection is never used by two threads at once."""
+
+    def __init__(self) -> None:
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="kappaflow-blocking")
+
+    async def run(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` in the thread, once the calls before it are done."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, partial(call, *args))
+
+    def close(self) -> None:
+        """Wait for the call running, if any; those waiting are dropped."""
+        self._thread.shutdown(cancel_futures=True)
 
 
 def json_response(

@@ -1,7 +1,9 @@
 """Prometheus metrics of every kappaflow process. Processes started by ``kappaflow up``
 share a directory (``PROMETHEUS_MULTIPROC_DIR``, set before they start) and the HTTP
 service's ``/metrics`` adds them up; a process on its own exports just its own. Lag
-is computed when scraped, from the log's end offsets and the store's commits."""
+is computed when scraped, from the log's end offsets and the store's commits. Every
+family the README lists exists from start, at 0 (`declare`): an alert on a family
+without samples would see "no data" instead."""
 
 from __future__ import annotations
 
@@ -25,6 +27,11 @@ EVENTS_INGESTED = Counter(
 REQUESTS_REJECTED = Counter(
     "kappaflow_ingest_rejected", "Ingest requests refused, by reason.", ["stream", "reason"]
 )
+REJECTION_REASONS = ("invalid", "too_large", "unsupported_media_type", "disconnected",
+                     "backlog", "unavailable")  # fmt: skip
+"""The reasons ingest refuses a request to a stream for (and ``unknown_stream``)."""
+UNKNOWN_STREAM = "(unknown)"
+"""The stream label of requests to a stream no app declares."""
 EVENTS_PROCESSED = Counter(
     "kappaflow_events_processed", "Log records processed and committed by workers.", ["group"]
 )
@@ -32,6 +39,8 @@ DEAD_LETTERS = Counter(
     "kappaflow_dead_letters", "Records sent to the dead-letter table, by reason.",
     ["group", "reason"],
 )  # fmt: skip
+DEAD_LETTER_REASONS = ("late", "undecodable")
+"""The worker's own reasons; an app's processor may refuse records for others."""
 PROCESSOR_FAILURES = Counter(
     "kappaflow_processor_failures",
     "Batches an app's processor raised on; each halts its partition for a while.",
@@ -43,6 +52,22 @@ BATCH_SECONDS = Histogram(
     ["group"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+
+def declare(apps: Sequence[App]) -> None:
+    """Give the labelled families their samples for the apps' streams and groups, at 0
+    until counted, so that this process's ``/metrics`` shows each of them from start."""
+    REQUESTS_REJECTED.labels(UNKNOWN_STREAM, "unknown_stream")
+    for app in apps:
+        for stream in app.streams:
+            EVENTS_INGESTED.labels(stream.name)
+            for reason in REJECTION_REASONS:
+                REQUESTS_REJECTED.labels(stream.name, reason)
+            group = app.group(stream)
+            for family in (EVENTS_PROCESSED, PROCESSOR_FAILURES, BATCH_SECONDS):
+                family.labels(group)
+            for reason in DEAD_LETTER_REASONS:
+                DEAD_LETTERS.labels(group, reason)
 
 
 class LagCollector(Collector):

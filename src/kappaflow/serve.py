@@ -1,9 +1,11 @@
 """One ASGI application serving the ingest and/or query roles, with the endpoints
 every role has (``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json``, and the
 dashboard at ``/`` with its ``/status``), run on uvicorn with deadlines for requests
-to arrive (`kappaflow.connections`) and a bound on open connections. On SIGTERM or
-Ctrl-C uvicorn stops accepting, answers the requests in flight (each either 202 and
-durable, or refused), then the log and store close."""
+to arrive (`kappaflow.connections`) and a bound on open connections. Whatever reads the
+store or the log's offsets runs in a thread of its own (`Blocking`), so that a slow or
+unreachable store holds up neither ingest nor ``/healthz``. On SIGTERM or Ctrl-C
+uvicorn stops accepting, answers the requests in flight (each either 202 and durable,
+or refused), then the log and store close."""
 
 from __future__ import annotations
 
@@ -23,10 +25,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from kappaflow.app import load_apps
 from kappaflow.connections import DeadlineProtocol, Server
 from kappaflow.errors import KappaflowError
-from kappaflow.http import error, json_response
+from kappaflow.http import Blocking, error, json_response
 from kappaflow.ingest.service import IngestService
 from kappaflow.log import open_log
-from kappaflow.metrics import LagCollector, exposition
+from kappaflow.metrics import LagCollector, declare, exposition
 from kappaflow.openapi import document
 from kappaflow.query.dashboard import PAGE, status
 from kappaflow.query.service import QueryService
@@ -45,26 +47,35 @@ def build(settings: Settings, roles: Collection[str]) -> ASGIApp:
         store.create_tables(app.all_tables)
         for stream in app.streams:
             the_log.create_topic(stream.name, settings.partitions)
-    ingest = IngestService(settings, apps, the_log, store) if "ingest" in roles else None
-    query = QueryService(settings, apps, store) if "query" in roles else None
+    blocking = Blocking()
+    ingest = IngestService(settings, apps, the_log) if "ingest" in roles else None
+    query = QueryService(settings, apps, store, blocking) if "query" in roles else None
     lag = LagCollector(apps, the_log, store)
+    declare(apps)
     openapi = json_response(document(apps, roles))
 
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
 
+    def check_ready() -> None:
+        """The log answers; so does the store, if queries are served (ingest needs only
+        the log: a store outage must not take it out of service)."""
+        for app in apps:
+            for stream in app.streams:
+                the_log.end_offsets(stream.name)
+        if query is not None:
+            store.query("SELECT 1")
+
     async def readyz(request: Request) -> Response:
         try:
-            for app in apps:
-                for stream in app.streams:
-                    the_log.end_offsets(stream.name)
-            store.query("SELECT 1")
+            await blocking.run(check_ready)
         except KappaflowError as failure:
             return error(503, f"not ready: {failure}")
         return json_response({"status": "ready"})
 
     async def metrics(request: Request) -> Response:
-        return Response(exposition(lag), media_type="text/plain; version=0.0.4")
+        text = await blocking.run(exposition, lag)
+        return Response(text, media_type="text/plain; version=0.0.4")
 
     async def openapi_json(request: Request) -> Response:
         return openapi
@@ -74,7 +85,7 @@ def build(settings: Settings, roles: Collection[str]) -> ASGIApp:
 
     async def status_json(request: Request) -> Response:
         try:
-            return json_response(status(apps, the_log, store))
+            return json_response(await blocking.run(status, apps, the_log, store))
         except KappaflowError as failure:
             return error(503, f"status unknown: {failure}")
 
@@ -86,6 +97,7 @@ def build(settings: Settings, roles: Collection[str]) -> ASGIApp:
         finally:
             if ingest is not None:
                 await ingest.close()
+            blocking.close()
             the_log.close()
             store.close()
             log.warning("%s stopped; every acknowledged event is in the log", "+".join(roles))

@@ -51,6 +51,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Per partition; 0 keeps everything. Only data every consumer has committed is deleted."""
     log_retention_hours: NonNegativeFloat = 168.0
     """Segments older than this may be deleted once consumed; 0 disables age retention."""
+    log_retention_check_s: PositiveFloat = 60.0
+    """How often ``kappaflow up`` applies the embedded log's retention."""
     batch_max_events: PositiveInt = 20_000
     """Most records a worker reads from one partition per batch."""
     poll_interval_ms: PositiveInt = 50

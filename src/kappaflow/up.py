@@ -1,7 +1,9 @@
 """``kappaflow up``: the whole stack on one machine. One process serves ingest and
 queries on one port (it is the log's one writer); worker processes share the
-partitions. Children that die are restarted; SIGTERM or Ctrl-C stop the server first
-(in-flight requests are answered), then the workers (each finishes its batch)."""
+partitions. Workers that die are restarted (again and again after a pause that
+doubles); SIGTERM or Ctrl-C stop the server first (in-flight requests are answered),
+then the workers (each finishes its batch). The children end with ``up`` however it
+ends, SIGKILL included; the embedded log's retention is applied from here."""
 
 from __future__ import annotations
 
@@ -14,18 +16,29 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from kappaflow.errors import KappaflowError
 from kappaflow.settings import MULTIPROCESS_VARIABLE, Settings
-from kappaflow.signals import stop_flag
+from kappaflow.signals import die_with_parent, stop_flag
 from kappaflow.stream.shares import ShareFile
+
+if TYPE_CHECKING:
+    from kappaflow.app import App
+    from kappaflow.log.base import Log
 
 log = logging.getLogger("kappaflow.up")
 STOP_TIMEOUT_S = 60
+RESTART_PAUSE_S, MAX_RESTART_PAUSE_S = 0.5, 30.0
+"""A worker that exits again is restarted after 0.5 s, then twice as long each time."""
+RAN_FINE_S = 60.0
+"""A worker that ran this long before it exited is restarted at once, as a first exit."""
 
 
 class StackFailed(KappaflowError):
@@ -51,12 +64,21 @@ class WorkerProcess:
     """The partitions it is to own."""
     process: subprocess.Popen[bytes]
     file: ShareFile
+    started: float = 0.0
+    exits: int = 0
+    """How many times in a row the worker in this place exited soon after its start."""
+    restart_at: float | None = None
+    """Once it exited: when it is started again."""
 
 
 class Stack:
-    def __init__(self, settings: Settings, quiet: bool = False) -> None:
-        """``quiet``: children's output goes to ``<data_dir>/logs/`` instead of the terminal."""
+    def __init__(
+        self, settings: Settings, quiet: bool = False, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """``quiet``: children's output goes to ``<data_dir>/logs/`` instead of the terminal.
+        ``clock`` times the restarts."""
         self.settings = settings
+        self.clock = clock
         self.url = f"http://{settings.host}:{settings.port}"
         self.server: subprocess.Popen[bytes] | None = None
         self.workers: dict[int, WorkerProcess] = {}
@@ -73,8 +95,14 @@ class Stack:
         self.shares.mkdir(parents=True)
         shared = os.environ.get(MULTIPROCESS_VARIABLE) or str(prepare_metrics_dir(settings))
         self.env = {**os.environ, **settings.to_environ(), MULTIPROCESS_VARIABLE: shared}
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="kappaflow-spawner")
+        """The one thread that starts the children, alive until `stop`: a child's
+        parent-death signal comes when the thread that started it ends, and the
+        autoscaler may run in a thread that ends before the stack does (the demo's)."""
 
     def _spawn(self, *arguments: str) -> subprocess.Popen[bytes]:
+        """Start ``kappaflow ARGUMENTS`` in a session of its own (Ctrl-C reaches only
+        ``up``, which stops the children in order), sent SIGTERM if ``up`` ends first."""
         command = [
             sys.executable,
             "-m",
@@ -83,12 +111,14 @@ class Stack:
             "--data-dir",
             self.settings.data_dir,
         ]
+        options = {"env": self.env, "start_new_session": True,
+                   "preexec_fn": die_with_parent(signal.SIGTERM)}  # fmt: skip
         if not self.quiet:
-            return subprocess.Popen(command, env=self.env, start_new_session=True)
+            return self._spawner.submit(subprocess.Popen, command, **options).result()
         with (self.logs / f"{arguments[0]}.log").open("ab") as output:
-            return subprocess.Popen(
-                command, env=self.env, stdout=output, stderr=output, start_new_session=True
-            )
+            return self._spawner.submit(
+                subprocess.Popen, command, stdout=output, stderr=output, **options
+            ).result()
 
     def start(self, workers: int, serve: bool = True, ready_timeout_s: float = 30) -> None:
         s = self.settings
@@ -123,11 +153,11 @@ class Stack:
             for number, share in enumerate(wanted):
                 self._hand(number, share)
 
-    def _start_worker(self, number: int, share: list[int]) -> None:
+    def _start_worker(self, number: int, share: list[int], exits: int = 0) -> None:
         file = ShareFile(self.shares / str(number))
         file.offer_anew(share)
         process = self._spawn("worker", "--share-file", str(file.path))
-        self.workers[number] = WorkerProcess(share, process, file)
+        self.workers[number] = WorkerProcess(share, process, file, self.clock(), exits)
         log.warning("started worker %d (pid %d) for partitions %s", number, process.pid, share)
 
     def _hand(self, number: int, share: list[int]) -> bool:
@@ -170,16 +200,28 @@ class Stack:
         raise StackFailed(f"the server was not ready at {self.url} within {timeout_s:.0f} s")
 
     def check(self) -> None:
-        """Restart workers that died; fail if the server died."""
+        """Restart workers that exited: at once the first time, then, while each exits
+        again within `RAN_FINE_S`, after `RESTART_PAUSE_S` doubling up to
+        `MAX_RESTART_PAUSE_S` (a worker that cannot start, or a partition that makes it
+        exit on every batch, does not spin). Fail if the server died."""
         if self.server is not None and self.server.poll() is not None:
             raise StackFailed(f"the server exited with code {self.server.returncode}")
         with self._lock:
+            now = self.clock()
             for number, worker in list(self.workers.items()):
                 process = worker.process
-                if process.poll() is not None:
-                    log.warning("worker %d (pid %d) exited with code %s; restarting it",
-                                number, process.pid, process.returncode)  # fmt: skip
-                    self._start_worker(number, worker.share)
+                if process.poll() is None:
+                    continue
+                if worker.restart_at is None:
+                    ran = now - worker.started
+                    worker.exits = 1 if ran >= RAN_FINE_S else worker.exits + 1
+                    pause = restart_pause(worker.exits)
+                    worker.restart_at = now + pause
+                    log.warning("worker %d (pid %d) exited with code %s after %.1f s; restarting "
+                                "it in %g s (exit %d in a row)", number, process.pid,
+                                process.returncode, ran, pause, worker.exits)  # fmt: skip
+                if now >= worker.restart_at:
+                    self._start_worker(number, worker.share, worker.exits)
 
     def stop(self) -> None:
         """Server first, so nothing new arrives; then the workers, which commit and exit."""
@@ -188,6 +230,7 @@ class Stack:
             _terminate(self.server)
         with self._lock:
             self._stop_workers(list(self.workers))
+        self._spawner.shutdown()
         log.warning("stopped")
 
     def _stop_workers(self, numbers: list[int]) -> None:
@@ -198,6 +241,11 @@ class Stack:
                 process.send_signal(signal.SIGTERM)
         for process in stopping:
             _wait(process)
+
+
+def restart_pause(exits: int) -> float:
+    """Seconds before a worker that exited ``exits`` times in a row starts again."""
+    return 0.0 if exits <= 1 else min(RESTART_PAUSE_S * 2 ** (exits - 2), MAX_RESTART_PAUSE_S)
 
 
 def _owns_share(worker: WorkerProcess) -> bool:
@@ -239,9 +287,56 @@ def one_machine(settings: Settings) -> Settings:
     return settings
 
 
+def refuse_if_taken(settings: Settings) -> None:
+    """Raise naming the other process when one already writes this data directory's
+    embedded log (an ``up`` running on it, or a ``kappaflow ingest``), or listens on the
+    port: the stack's server could not start, and another's answers to the readiness
+    probe would pass for its own."""
+    if settings.log == "embedded":
+        from kappaflow.log.embedded import check_unwritten
+
+        check_unwritten(settings.log_path)
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((settings.host, settings.port))
+        except OSError as error:
+            raise StackFailed(f"cannot listen on {settings.host}:{settings.port}: "
+                              f"{error.strerror}; stop what listens there, or choose "
+                              "another --port") from None  # fmt: skip
+
+
+def apply_retention(settings: Settings, apps: Sequence[App], the_log: Log) -> None:
+    """Apply the log's retention (``log_retention_bytes``, ``log_retention_hours``) to
+    every app stream: only what every app reading it has processed may go."""
+    readers: dict[str, list[str]] = {}
+    for app in apps:
+        for stream in app.streams:
+            readers.setdefault(stream.name, []).append(app.group(stream))
+    max_age_s = settings.log_retention_hours * 3600
+    for topic, groups in readers.items():
+        try:
+            deleted = the_log.apply_retention(topic, groups, settings.log_retention_bytes,
+                                              max_age_s)  # fmt: skip
+        except (OSError, KappaflowError) as failure:
+            log.warning("could not apply retention to %s: %s", topic, failure)
+            continue
+        if deleted:
+            log.info("retention deleted %d segment(s) of %s", deleted, topic)
+
+
 def run_up(settings: Settings, serve: bool = True) -> int:
     """Run the stack (with ``serve``: the HTTP server too) until SIGTERM or Ctrl-C,
-    scaling workers on lag when ``settings.autoscale``; returns the exit code."""
+    scaling workers on lag when ``settings.autoscale`` and applying the log's retention
+    every ``log_retention_check_s``; returns the exit code. Imports prometheus_client
+    only once this process shares the stack's metrics directory."""
+    try:
+        if serve:
+            refuse_if_taken(settings)
+    except KappaflowError as failure:
+        log.error("%s", failure)
+        return 1
+    os.environ[MULTIPROCESS_VARIABLE] = str(prepare_metrics_dir(settings))
     from kappaflow.app import load_apps
     from kappaflow.log import open_log
     from kappaflow.scale.supervisor import Autoscaler
@@ -251,19 +346,24 @@ def run_up(settings: Settings, serve: bool = True) -> int:
     stack = Stack(settings)
     autoscaler = None
     try:
+        apps, the_log = load_apps(settings), open_log(settings)
         if settings.autoscale:
-            store, apps = open_store(settings), load_apps(settings)
+            store = open_store(settings)
             for app in apps:
                 store.create_tables(app.all_tables)
-            autoscaler = Autoscaler(one_machine(settings), apps, open_log(settings), store, stack)
+            autoscaler = Autoscaler(one_machine(settings), apps, the_log, store, stack)
         stack.start(max(settings.min_replicas, 1) if settings.autoscale else settings.workers,
                     serve=serve)  # fmt: skip
-        next_tick = 0.0
+        next_tick = next_retention = 0.0
         while not stopping():
             stack.check()
-            if autoscaler is not None and time.monotonic() >= next_tick:
+            now = time.monotonic()
+            if autoscaler is not None and now >= next_tick:
                 autoscaler.tick()
                 next_tick = time.monotonic() + settings.polling_interval_s
+            if now >= next_retention:
+                apply_retention(settings, apps, the_log)
+                next_retention = time.monotonic() + settings.log_retention_check_s
             time.sleep(0.2)
     except KappaflowError as failure:  # a process that kept failing, a store it cannot use
         log.error("%s", failure)

@@ -14,7 +14,10 @@ from starlette.testclient import TestClient
 
 from kappaflow.app import load_apps
 from kappaflow.apps.video import create_app
+from kappaflow.errors import LogUnavailable
+from kappaflow.ingest import service
 from kappaflow.log import open_log
+from kappaflow.log.embedded import EmbeddedLog
 from kappaflow.serve import build
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
@@ -197,6 +200,40 @@ def test_backlog_over_the_bound_is_429_with_retry_after(settings: Settings) -> N
     assert refused.headers["retry-after"] == "2"
     assert "backlog of 5" in refused.json()["error"]
     assert len(logged(settings)) == 5
+
+
+def test_the_backlog_is_read_from_the_log_alone(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the workers acknowledged to the log counts as processed, whatever the store
+    holds (it may be down): no commit in the store here."""
+    monkeypatch.setattr(service, "BACKLOG_CHECK_S", 0)
+    settings = settings.replace(ingest_max_backlog=3)
+    with TestClient(build(settings, ("ingest",))) as client:
+        assert client.post(EVENTS, json=[beat(str(n)) for n in range(5)]).status_code == 202
+        assert client.post(EVENTS, json=beat()).status_code == 429
+        reader = open_log(settings)
+        ends = reader.end_offsets("heartbeats")
+        done = dict(ends)
+        done[next(p for p, end in ends.items() if end)] -= 1
+        reader.acknowledge("video.heartbeats", "heartbeats", done)
+        assert client.post(EVENTS, json=beat()).status_code == 202, "a backlog of 1"
+        reader.acknowledge("video.heartbeats", "heartbeats", {p: 0 for p in ends})
+        assert client.post(EVENTS, json=beat()).status_code == 429
+
+
+def test_a_backlog_that_cannot_be_read_leaves_it_to_the_append(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As while Kafka's group coordinator loads: the log takes appends all the same."""
+
+    def unreadable(log: EmbeddedLog, group: str, topic: str) -> dict[int, int]:
+        raise LogUnavailable("the group's offsets cannot be read")
+
+    monkeypatch.setattr(EmbeddedLog, "acknowledged", unreadable)
+    with TestClient(build(settings, ("ingest",))) as client:
+        assert client.post(EVENTS, json=beat()).status_code == 202
+    assert len(logged(settings)) == 1
 
 
 def test_progress_query_after_processing(client: TestClient, settings: Settings) -> None:

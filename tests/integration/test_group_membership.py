@@ -81,7 +81,8 @@ class Members:
         env = {**os.environ, **self.settings.to_environ()}
         if slow:
             (self.tmp_path / "slow_video.py").write_text(SLOW_VIDEO)
-            env.update(KAPPAFLOW_APPS="slow_video", PYTHONPATH=str(self.tmp_path))
+            path = [str(self.tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
+            env.update(KAPPAFLOW_APPS="slow_video", PYTHONPATH=os.pathsep.join(path))
         output = self.tmp_path / f"worker-{len(self.started)}.log"
         with output.open("wb") as sink:
             self.started.append((subprocess.Popen(command, env=env, stderr=sink), output))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kappaflow.errors import LogCorrupted, LogError, LogUnavailable, OffsetOutOfRange
-from kappaflow.log.embedded import BATCH, RECORD, EmbeddedLog
+from kappaflow.log.embedded import BATCH, RECORD, EmbeddedLog, check_unwritten, writer_pid
 from kappaflow.testing import limit_file_size, run_in_process
 
 
@@ -66,9 +66,33 @@ def test_reader_in_other_instance_sees_appends(log: EmbeddedLog, tmp_path: Path)
         reader.append("t", 0, values(0, 1))
 
 
-def test_second_writer_is_refused(log: EmbeddedLog, tmp_path: Path) -> None:
-    with pytest.raises(LogUnavailable, match="another process is already writing"):
+def test_second_writer_is_refused_naming_the_first(log: EmbeddedLog, tmp_path: Path) -> None:
+    said = rf"another process \(pid {os.getpid()}\) is writing to the log at {tmp_path}/log"
+    with pytest.raises(LogUnavailable, match=said):
         EmbeddedLog(tmp_path / "log", writer=True)
+    with pytest.raises(LogUnavailable, match=said):
+        check_unwritten(tmp_path / "log")
+    assert writer_pid(tmp_path / "log") == os.getpid()
+    log.close()
+    assert writer_pid(tmp_path / "log") is None
+    check_unwritten(tmp_path / "log")
+
+
+def test_acknowledged_offsets_are_kept_per_group_for_readers(
+    log: EmbeddedLog, tmp_path: Path
+) -> None:
+    """Workers of one group, each in a process of its own (a log instance here), note
+    their own partitions; other groups and readers see what each group noted last."""
+    first, second = EmbeddedLog(tmp_path / "log"), EmbeddedLog(tmp_path / "log")
+    assert log.acknowledged("g", "t") == {}
+    first.acknowledge("g", "t", {0: 5, 2: 7})
+    second.acknowledge("g", "t", {1: 3})
+    first.acknowledge("g", "t", {0: 9})
+    second.acknowledge("other", "t", {0: 1})
+    assert log.acknowledged("g", "t") == {0: 9, 1: 3, 2: 7}
+    assert log.acknowledged("other", "t") == {0: 1}
+    (log.root / "t" / "groups" / "g.json").write_bytes(b"")  # torn by a power loss
+    assert log.acknowledged("g", "t") == {}
 
 
 def test_topic_partition_count_cannot_change(log: EmbeddedLog) -> None:
@@ -156,7 +180,8 @@ def test_segments_of_kappaflow_0_1_are_read_and_continued_in_batches(tmp_path: P
     assert log.read("t", 0, 0, 100).values == values(0, 5), "a read stays in one segment"
     assert log.read("t", 0, 5, 100).values == values(5, 2)
     assert log.read("t", 1, 0, 100).values == values(0, 1)
-    assert log.apply_retention("t", {0: 7, 1: 1}, max_bytes=1, max_age_s=0) == 1
+    log.acknowledge("g", "t", {0: 7, 1: 1})
+    assert log.apply_retention("t", ["g"], max_bytes=1, max_age_s=0) == 1
     assert log.start_offsets("t") == {0: 5, 1: 0}
     log.close()
 
@@ -210,18 +235,22 @@ def test_retention_deletes_only_consumed_old_segments(log: EmbeddedLog) -> None:
     path = log.root / "t" / "0"
     bases = sorted(int(p.stem) for p in path.glob("*.batches"))
     assert len(bases) >= 4
-    # Consumers still need offsets from bases[2]: nothing at or above it may go.
-    deleted = log.apply_retention("t", {0: bases[2]}, max_bytes=1, max_age_s=0)
+    # One consumer still needs offsets from bases[2]: nothing at or above it may go, and
+    # nothing of a partition another consumer never acknowledged.
+    log.acknowledge("slow", "t", {0: bases[2]})
+    log.acknowledge("fast", "t", {0: 1000})
+    assert log.apply_retention("t", ["fast", "slow", "new"], max_bytes=1, max_age_s=0) == 0
+    deleted = log.apply_retention("t", ["fast", "slow"], max_bytes=1, max_age_s=0)
     assert deleted == 2
     assert log.start_offsets("t")[0] == bases[2]
     with pytest.raises(OffsetOutOfRange):
         log.read("t", 0, 0, 10)
     assert log.read("t", 0, bases[2], 1).offsets == [bases[2]]
     # Nothing is over the age limit yet, and no size limit is set.
-    assert log.apply_retention("t", {0: 1000}, max_bytes=0, max_age_s=3600) == 0
+    assert log.apply_retention("t", ["fast"], max_bytes=0, max_age_s=3600) == 0
     old = os.stat(path / f"{bases[2]:020d}.batches").st_mtime - 7200
     os.utime(path / f"{bases[2]:020d}.batches", (old, old))
-    assert log.apply_retention("t", {0: 1000}, max_bytes=0, max_age_s=3600) == 1
+    assert log.apply_retention("t", ["fast"], max_bytes=0, max_age_s=3600) == 1
 
 
 def _append_over_a_size_limit(root: str) -> None:

@@ -295,7 +295,7 @@ def test_reads_from_several_partitions_interleaved(log: KafkaLog) -> None:
     assert all(seen[p] == [f"{p}-{n}".encode() for n in range(50)] for p in range(4))
 
 
-def test_acknowledged_progress_is_the_consumer_group_offset(log: KafkaLog) -> None:
+def test_acknowledged_progress_is_the_consumer_group_offset_and_read_back(log: KafkaLog) -> None:
     from confluent_kafka import Consumer, TopicPartition
 
     log.create_topic("t-ack", 4)
@@ -305,6 +305,8 @@ def test_acknowledged_progress_is_the_consumer_group_offset(log: KafkaLog) -> No
     committed = probe.committed([TopicPartition("t-ack", 0), TopicPartition("t-ack", 1)], 10)
     probe.close()
     assert [tp.offset for tp in committed] == [3, 0]
+    assert log.acknowledged("video.heartbeats", "t-ack") == {0: 3, 1: 0}
+    assert log.acknowledged("another.group", "t-ack") == {}
 
 
 def test_close_ends_every_client_and_a_closed_log_opens_again(kafka_bootstrap: str) -> None:

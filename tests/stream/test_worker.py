@@ -334,6 +334,8 @@ def test_run_until_caught_up_stops_at_the_end_of_the_log(settings: Settings) -> 
     w.run(lambda: False, until_caught_up=True)
     assert w.caught_up()
     assert len(all_progress(w.store)) == 3
+    ends = w.log.end_offsets("heartbeats")
+    assert w.log.acknowledged(w.group, "heartbeats") == w.store.committed_offsets(w.group) == ends
 
 
 def test_reads_that_only_step_over_control_records_are_committed(

@@ -24,13 +24,13 @@ def test_missing_binaries_fail_saying_what_to_install(
 
 
 def test_a_server_of_its_own_runs_unprivileged_and_is_removed_after() -> None:
-    with postgres.postgres_server() as server, postgres.postgres_database(server) as dsn:
+    with postgres.postgres_server() as server, postgres.postgres_database(server.dsn) as dsn:
         with psycopg.connect(dsn) as db:
             data = Path(db.execute("SHOW data_directory").fetchone()[0])
             owner = data.stat().st_uid
             assert db.execute("SHOW fsync").fetchone() == ("off",)
         assert owner != 0, "the server runs unprivileged, under root too"
-        port = int(server.rsplit(":", 1)[1])
+        port = server.port
     assert not data.parent.exists()
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0

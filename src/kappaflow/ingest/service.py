@@ -5,6 +5,7 @@ in the log; any other answer means nothing of the request was written."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -19,10 +20,10 @@ from kappaflow.http import Disconnected, read_body
 from kappaflow.ingest.appender import Appender
 from kappaflow.ingest.committer import GroupCommitter
 from kappaflow.log.base import Log
-from kappaflow.metrics import EVENTS_INGESTED, REQUESTS_REJECTED, partition_lag
+from kappaflow.metrics import EVENTS_INGESTED, REQUESTS_REJECTED, UNKNOWN_STREAM
 from kappaflow.settings import Settings
-from kappaflow.store.base import Store
 
+log = logging.getLogger("kappaflow.ingest")
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
 BACKLOG_CHECK_S = 0.5
@@ -34,10 +35,9 @@ _encode = msgspec.json.Encoder().encode
 
 
 class IngestService:
-    def __init__(self, settings: Settings, apps: Sequence[App], log: Log, store: Store) -> None:
+    def __init__(self, settings: Settings, apps: Sequence[App], log: Log) -> None:
         self.settings = settings
         self.log = log
-        self.store = store
         self.committer = GroupCommitter(log)
         self.streams: dict[str, tuple[App, Stream, Appender, EventDecoder]] = {}
         for app in apps:
@@ -45,6 +45,8 @@ class IngestService:
                 appender = Appender(log, stream, settings.partitions, settings.max_future_skew_s)
                 self.streams[stream.name] = (app, stream, appender, EventDecoder(stream.schema))
         self._backlog: dict[str, tuple[float, int]] = {}
+        self._unknown: set[str] = set()
+        """Streams whose backlog could not be read at the last check."""
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -70,7 +72,7 @@ class IngestService:
         found = self.streams.get(name)
         if found is None:
             message = f"unknown stream {name!r}"
-            return self._refuse("(unknown)", "unknown_stream", 404, message,
+            return self._refuse(UNKNOWN_STREAM, "unknown_stream", 404, message,
                                 streams=sorted(self.streams))  # fmt: skip
         app, stream, appender, decoder = found
         headers = dict(scope["headers"])
@@ -80,10 +82,7 @@ class IngestService:
             return self._refuse(name, "unsupported_media_type", 415, message,
                                 accepted=sorted(JSON_TYPES | NDJSON_TYPES))  # fmt: skip
         retry = {"retry-after": str(self.settings.retry_after_s)}
-        try:
-            backlog = await self._backlog_of(app, stream)
-        except KappaflowError as failure:
-            return self._refuse(name, "unavailable", 503, str(failure), headers=retry)
+        backlog = await self._backlog_of(app, stream)
         if backlog > self.settings.ingest_max_backlog:
             message = (f"backlog of {backlog:,} events is over the bound "
                        f"{self.settings.ingest_max_backlog:,}; retry later")  # fmt: skip
@@ -126,15 +125,34 @@ class IngestService:
         return status, {"error": message, **details}, headers or {}
 
     async def _backlog_of(self, app: App, stream: Stream) -> int:
-        """Events of the stream appended but not processed, checked at most every 0.5 s,
-        in a thread: a log or store that is slow to answer holds up no other request."""
+        """Events of the stream appended but not processed, from the log alone (its end
+        offsets less what the stream's workers acknowledged to it), so that a store
+        outage does not stop ingest. Checked at most every 0.5 s, in a thread: a log
+        that is slow to answer holds up no other request. While it cannot be read, the
+        last one read stands (whether the log takes the append is the append's to say)."""
         now = time.monotonic()
         checked_at, backlog = self._backlog.get(stream.name, (0.0, 0))
-        if now - checked_at >= BACKLOG_CHECK_S:
-            lags = partition_lag([app], self.log, self.store, stream)
-            backlog = await asyncio.to_thread(lambda: sum(lag for *_, lag in lags))
-            self._backlog[stream.name] = (now, backlog)
+        if now - checked_at < BACKLOG_CHECK_S:
+            return backlog
+        self._backlog[stream.name] = (now, backlog)  # requests meanwhile: the last one
+        try:
+            backlog = await asyncio.to_thread(self._backlog_now, app.group(stream), stream.name)
+        except KappaflowError as failure:
+            if stream.name not in self._unknown:
+                log.warning("cannot read the backlog of %s (%s); going on with the last one "
+                            "read, %d events", stream.name, failure, backlog)  # fmt: skip
+                self._unknown.add(stream.name)
+            return backlog
+        if stream.name in self._unknown:
+            log.warning("the backlog of %s is read again", stream.name)
+            self._unknown.discard(stream.name)
+        self._backlog[stream.name] = (now, backlog)
         return backlog
+
+    def _backlog_now(self, group: str, topic: str) -> int:
+        done = self.log.acknowledged(group, topic)
+        ends = self.log.end_offsets(topic)
+        return sum(max(0, end - done.get(partition, 0)) for partition, end in ends.items())
 
     async def close(self) -> None:
         await self.committer.drain()

@@ -3,7 +3,7 @@ addressed by offset. Backends live beside this module; only `open_log` names the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 
@@ -45,8 +45,20 @@ class Log(Protocol):
         """Per partition, the lowest offset still held (retention deletes below it)."""
 
     def acknowledge(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
-        """Show ``group``'s progress (next offset per partition) to the log's own tools,
-        such as Kafka's consumer group offsets that KEDA reads. The store stays the
-        truth: this is a copy, written after each store commit."""
+        """Show ``group``'s progress (next offset per partition) to the log: Kafka's
+        consumer group offsets, which KEDA reads; the embedded log's own record, which
+        its retention reads. The store stays the truth: this is a copy, written after
+        each store commit, so never ahead of it."""
+
+    def acknowledged(self, group: str, topic: str) -> dict[int, int]:
+        """What ``group`` last acknowledged (see `acknowledge`), of the partitions it
+        did: how far it has processed, from the log alone (ingest's backlog bound)."""
+
+    def apply_retention(
+        self, topic: str, groups: Collection[str], max_bytes: int, max_age_s: float
+    ) -> int:
+        """Delete what is over the size (per partition) or age limit and every one of
+        ``groups`` acknowledged (0: no limit); returns how many segments went. A log
+        that applies retention of its own (Kafka's brokers) does nothing."""
 
     def close(self) -> None: ...

@@ -1,7 +1,9 @@
 """The embedded log: segment files on local disk, one writer process, many readers.
 
 Layout: ``<root>/<topic>/topic.json`` and, per partition, ``<root>/<topic>/<p>/``
-holding segments ``<base offset>.batches`` with their ``<base offset>.index``.
+holding segments ``<base offset>.batches`` with their ``<base offset>.index``; the
+offsets each consumer group acknowledged in ``<root>/<topic>/groups/<group>.json``; the
+writer's lock ``<root>/writer.lock``, holding its pid.
 
 A segment is a sequence of record batches, one per append: ``[u32 count][u32 body
 length][u32 crc32 of the body]``, then the body: ``count`` u32 record lengths and the
@@ -24,11 +26,13 @@ import contextlib
 import fcntl
 import itertools
 import json
+import logging
 import os
 import struct
+import threading
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -36,6 +40,7 @@ from typing import BinaryIO, Literal
 from kappaflow.errors import LogCorrupted, LogError, LogUnavailable, OffsetOutOfRange
 from kappaflow.log.base import RecordBatch
 
+log = logging.getLogger("kappaflow.log")
 BATCH = struct.Struct("<III")
 RECORD = struct.Struct("<II")
 """A record's frame in a segment of kappaflow 0.1."""
@@ -44,6 +49,7 @@ BATCHES, RECORDS = ".batches", ".log"
 SYNC_THREADS = 32
 """Most fsyncs of one append at once (a thread is started only when none is idle)."""
 _EMPTY = b""
+WRITER_LOCK = "writer.lock"
 
 
 def _segment_name(base: int, suffix: str) -> str:
@@ -100,10 +106,12 @@ class _Index:
 
 
 class _Partition:
-    """A reader's view of one partition directory."""
+    """A reader's view of one partition directory. Callers hold ``lock``: a process
+    reads from several threads (ingest's backlog check beside the dashboard's)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.lock = threading.Lock()
         self.bases: list[int] = []
         self.suffixes: dict[int, str] = {}
         self.indexes: dict[int, _Index] = {}
@@ -379,14 +387,15 @@ class EmbeddedLog:
         self._partition_counts: dict[str, int] = {}
         self._syncs: ThreadPoolExecutor | None = None
         if writer:
-            self._lock = (self.root / "writer.lock").open("ab")
+            self._lock = (self.root / WRITER_LOCK).open("ab")
             try:
                 fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 self._lock.close()
-                raise LogUnavailable(
-                    f"another process is already writing to the log at {self.root}"
-                ) from None
+                raise LogUnavailable(_held_message(self.root, writer_pid(self.root))) from None
+            self._lock.truncate(0)
+            self._lock.write(str(os.getpid()).encode())
+            self._lock.flush()
             for meta in sorted(self.root.glob("*/topic.json")):
                 for partition in range(self.partitions(meta.parent.name)):
                     self._writer(meta.parent.name, partition)
@@ -482,31 +491,46 @@ class EmbeddedLog:
         return self._readers[key]
 
     def read(self, topic: str, partition: int, offset: int, max_records: int) -> RecordBatch:
-        return self._reader(topic, partition).read(offset, max_records)
+        reader = self._reader(topic, partition)
+        with reader.lock:
+            return reader.read(offset, max_records)
 
     def end_offsets(self, topic: str) -> dict[int, int]:
-        return {p: self._reader(topic, p).end() for p in range(self.partitions(topic))}
+        ends = {}
+        for partition in range(self.partitions(topic)):
+            reader = self._reader(topic, partition)
+            with reader.lock:
+                ends[partition] = reader.end()
+        return ends
 
     def start_offsets(self, topic: str) -> dict[int, int]:
         starts = {}
         for partition in range(self.partitions(topic)):
             reader = self._reader(topic, partition)
-            reader.refresh_segments()
-            starts[partition] = reader.bases[0] if reader.bases else 0
+            with reader.lock:
+                reader.refresh_segments()
+                starts[partition] = reader.bases[0] if reader.bases else 0
         return starts
 
     def apply_retention(
         self,
         topic: str,
-        safe_offsets: dict[int, int],
+        groups: Collection[str],
         max_bytes: int,
         max_age_s: float,
         now: float | None = None,
     ) -> int:
         """Delete whole segments that are over the size or age limit and lie entirely
-        below ``safe_offsets[p]`` (the lowest offset any consumer still needs).
-        The active segment is never deleted. Returns the number of segments deleted."""
+        below the offset every one of ``groups`` acknowledged (see `acknowledge`): a
+        partition one of them never acknowledged keeps everything. The active segment is
+        never deleted. Returns the number of segments deleted."""
         now = time.time() if now is None else now
+        acknowledged = [self.acknowledged(group, topic) for group in groups]
+        safe_offsets = {
+            partition: min(offsets[partition] for offsets in acknowledged)
+            for partition in range(self.partitions(topic))
+            if acknowledged and all(partition in offsets for offsets in acknowledged)
+        }
         deleted = 0
         for partition, safe in safe_offsets.items():
             path = self.root / topic / str(partition)
@@ -525,7 +549,34 @@ class EmbeddedLog:
         return deleted
 
     def acknowledge(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
-        """The store holds the embedded log's consumer progress; nothing to copy."""
+        """Set ``group``'s offsets of these partitions in its file, which is replaced
+        whole (readers see the last file or the new one) under a lock, as the group's
+        workers each acknowledge their own partitions. Not fsynced: the store holds the
+        truth, and a copy older than it only makes the backlog look longer and
+        retention keep more. A failure is logged, not raised; the next commit writes
+        the file again."""
+        path = self._acknowledged_path(group, topic)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with _locked(path.with_suffix(".lock")):
+                merged = {**self.acknowledged(group, topic), **offsets}
+                temporary = path.with_suffix(f".{os.getpid()}.tmp")
+                temporary.write_text(json.dumps({str(p): o for p, o in sorted(merged.items())}))
+                os.replace(temporary, path)
+        except OSError as error:
+            log.warning("cannot note %s's offsets of %s in %s: %s", group, topic, path, error)
+
+    def acknowledged(self, group: str, topic: str) -> dict[int, int]:
+        """The offsets ``group`` last acknowledged, of the partitions it acknowledged
+        (none if its file is missing or unreadable)."""
+        try:
+            found = json.loads(self._acknowledged_path(group, topic).read_bytes())
+            return {int(partition): int(offset) for partition, offset in found.items()}
+        except (OSError, ValueError):  # a file torn by a power loss: as if missing
+            return {}
+
+    def _acknowledged_path(self, group: str, topic: str) -> Path:
+        return self.root / topic / "groups" / f"{group}.json"
 
     def close(self) -> None:
         for writer in self._writers.values():
@@ -537,3 +588,42 @@ class EmbeddedLog:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+
+def writer_pid(root: Path) -> int | None:
+    """The pid of the process writing the log at ``root``, None if none is (0 if it
+    did not say)."""
+    try:
+        lock = (Path(root) / WRITER_LOCK).open("rb")
+    except FileNotFoundError:
+        return None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = lock.read().strip()
+            return int(text) if text.isdigit() else 0
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        return None
+
+
+def check_unwritten(root: Path) -> None:
+    """Raise `LogUnavailable` naming the process that writes the log at ``root``, if
+    one does."""
+    pid = writer_pid(root)
+    if pid is not None:
+        raise LogUnavailable(_held_message(root, pid))
+
+
+def _held_message(root: Path, pid: int | None) -> str:
+    holder = f"another process (pid {pid})" if pid else "another process"
+    return (f"{holder} is writing to the log at {root}; stop it first, or use another "
+            "data directory")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file at ``path`` (created if missing)."""
+    with path.open("ab") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        yield

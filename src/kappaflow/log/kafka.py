@@ -14,10 +14,11 @@ Client settings (security protocol, SASL, TLS, ...) pass through from
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import suppress
 from typing import Any
 
@@ -50,6 +51,8 @@ class KafkaLog:
         aborts the transaction it left open."""
         self._consumer: Consumer | None = None
         self._admin: AdminClient | None = None
+        self._clients_lock = threading.Lock()
+        """Held while a client that threads share is made."""
         self._position: dict[tuple[str, int], int] = {}
         self._buffered: dict[tuple[str, int], list[Any]] = {}
         self._repositioned_at: dict[tuple[str, int], int] = {}
@@ -90,9 +93,13 @@ class KafkaLog:
             )
 
     def _admin_handle(self) -> AdminClient:
-        if self._admin is None:
-            self._admin = AdminClient(self.config)
-        return self._admin
+        """The one admin client, which threads share (the HTTP server reads offsets in
+        threads): a second one made by a race would be collected with requests in
+        flight."""
+        with self._clients_lock:
+            if self._admin is None:
+                self._admin = AdminClient(self.config)
+            return self._admin
 
     def _partition_count(self, topic: str) -> int | None:
         """Partitions of ``topic``, None if the cluster has no such topic. All topics are
@@ -368,10 +375,7 @@ class KafkaLog:
         if self._member and self._group == group:
             consumer = self._consumer_handle()
         else:
-            consumer = self._acknowledgers.get(group)
-            if consumer is None:
-                config = {**self.config, "group.id": group, "enable.auto.commit": False}
-                consumer = self._acknowledgers[group] = Consumer(config)
+            consumer = self._group_handle(group)
         try:
             consumer.commit(
                 offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()],
@@ -379,6 +383,33 @@ class KafkaLog:
             )
         except KafkaException as error:
             log.warning("Kafka: could not copy %s's offsets to the group: %s", group, error)
+
+    def acknowledged(self, group: str, topic: str) -> dict[int, int]:
+        """The group's committed offsets (what KEDA reads), fetched by a consumer of the
+        group that never joins it. (The admin API's ListConsumerGroupOffsets crashed the
+        process while the group coordinator was loading, in confluent-kafka 2.16.)"""
+        wanted = [TopicPartition(topic, p) for p in range(self.partitions(topic))]
+        try:
+            found = self._group_handle(group).committed(wanted, timeout=TIMEOUT_S)
+        except KafkaException as error:
+            message = error.args[0].str()
+            raise LogUnavailable(f"Kafka: offsets of group {group}: {message}") from error
+        return {tp.partition: tp.offset for tp in found if tp.offset >= 0}
+
+    def _group_handle(self, group: str) -> Consumer:
+        """A consumer of ``group`` that only commits and reads its offsets."""
+        with self._clients_lock:
+            if group not in self._acknowledgers:
+                config = {**self.config, "group.id": group, "enable.auto.commit": False}
+                self._acknowledgers[group] = Consumer(config)
+            return self._acknowledgers[group]
+
+    def apply_retention(
+        self, topic: str, groups: Collection[str], max_bytes: int, max_age_s: float
+    ) -> int:
+        """Nothing: the brokers apply the topic's retention (``retention.ms``,
+        ``retention.bytes``), whatever the consumer groups have read."""
+        return 0
 
     def close(self) -> None:
         """Close every client (librdkafka's threads and connections end with them) and

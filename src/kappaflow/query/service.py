@@ -17,7 +17,7 @@ from starlette.routing import Route
 from kappaflow.app import App, Query, Upload
 from kappaflow.errors import InvalidEvents, InvalidQuery, StoreUnavailable
 from kappaflow.events.validate import TOO_DEEP
-from kappaflow.http import Disconnected, error, json_response, read_body
+from kappaflow.http import Blocking, Disconnected, error, json_response, read_body
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
 
@@ -28,9 +28,14 @@ CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class QueryService:
-    def __init__(self, settings: Settings, apps: Sequence[App], store: Store) -> None:
+    """The routes; each runs its query or upload in ``blocking``'s thread."""
+
+    def __init__(
+        self, settings: Settings, apps: Sequence[App], store: Store, blocking: Blocking
+    ) -> None:
         self.settings = settings
         self.store = store
+        self.blocking = blocking
         self.queries = [query for app in apps for query in app.queries]
         self.routes = [Route(q.path, self._query(q), methods=["GET"]) for q in self.queries]
         self.routes += [
@@ -49,7 +54,7 @@ class QueryService:
                                  "parameters may not hold control characters "
                                  "(U+0000 to U+001F, U+007F)")  # fmt: skip
             try:
-                result = query.run(self.store, params)
+                result = await self.blocking.run(query.run, self.store, params)
             except InvalidQuery as invalid:
                 return error(400, str(invalid))
             except StoreUnavailable as failure:
@@ -81,7 +86,9 @@ class QueryService:
             if body is None:
                 return error(413, f"body is over the limit of {limit:,} bytes")
             try:
-                return json_response(upload.run(self.store, body, media_type))
+                return json_response(
+                    await self.blocking.run(upload.run, self.store, body, media_type)
+                )
             except InvalidEvents as invalid:
                 return error(400, invalid.summary("row"), problems=invalid.problems)
             except RecursionError:  # from msgspec, for JSON nested past Python's limit

@@ -73,6 +73,12 @@ class Autoscaler:
         self.started = time.monotonic()
         self.blind_since: float | None = None
         """When the offsets could last not be read: the pool keeps its size meanwhile."""
+        # Every family on /metrics from start, before the first tick has read anything.
+        for kind in ("desired", "current"):
+            REPLICAS.labels(kind).set(self.pool.size())
+        TOTAL_LAG.set(0)
+        for direction in ("up", "down"):
+            DECISIONS.labels(direction)
 
     def tick(self) -> None:
         """Read the offsets, decide, resize. While the log or the store cannot be read,

@@ -11,7 +11,6 @@ tests need."""
 from __future__ import annotations
 
 import base64
-import ctypes
 import os
 import shutil
 import signal
@@ -23,6 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from kappaflow.signals import die_with_parent
 from kappaflow.up import free_port
 
 QUICK_START = ("-Xms64m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
@@ -90,7 +90,7 @@ class KafkaNode:
         with (self.directory / "stdout.log").open("ab") as sink:
             self.process = subprocess.Popen(
                 self._java("kafka.Kafka", str(self.directory / "server.properties")),
-                stdout=sink, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                stdout=sink, stderr=subprocess.STDOUT, preexec_fn=die_with_parent(signal.SIGKILL),
             )  # fmt: skip
 
     def kill(self) -> None:
@@ -228,14 +228,10 @@ def _format(nodes: list[KafkaNode], cluster_id: str) -> None:
         command = node._java("kafka.tools.StorageTool", "format", "--ignore-formatted",
                              f"--cluster-id={cluster_id}", f"--config={properties}")  # fmt: skip
         output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
-        running.append(subprocess.Popen(command, **output, preexec_fn=_die_with_parent))
+        running.append(
+            subprocess.Popen(command, **output, preexec_fn=die_with_parent(signal.SIGKILL))
+        )
     for node, process in zip(nodes, running, strict=True):
         output, _ = process.communicate(timeout=120)
         if process.returncode != 0:
             raise RuntimeError(f"formatting Kafka node {node.node_id} failed: {output.decode()}")
-
-
-def _die_with_parent() -> None:
-    """In the child: be killed when the process that started it ends, so that a test
-    run that dies leaves no broker behind (Linux's PR_SET_PDEATHSIG)."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)

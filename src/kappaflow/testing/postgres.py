@@ -1,6 +1,7 @@
 """A throwaway PostgreSQL server for tests and benchmarks: ``initdb`` into a temporary
-directory, started with ``pg_ctl`` on a free port of 127.0.0.1, stopped and removed
-afterwards. It never touches a server the user already runs.
+directory, started with ``pg_ctl`` on a free port of 127.0.0.1 (a test may stop it
+and start it again, as an outage would), stopped and removed afterwards. It never
+touches a server the user already runs.
 
 The server binaries are found in ``KAPPAFLOW_PG_BIN`` (a folder), on ``PATH``, or in
 Debian's ``/usr/lib/postgresql/<version>/bin`` (package ``postgresql``). PostgreSQL
@@ -69,26 +70,56 @@ def _run_as() -> str | None:
     return os.environ.get("KAPPAFLOW_PG_USER", "nobody") if os.geteuid() == 0 else None
 
 
+class PostgresServer:
+    """A running throwaway server (see `postgres_server`), which a test can stop and
+    start again to cut its clients off."""
+
+    def __init__(self, root: Path, user: str | None, binaries: Path, durable: bool) -> None:
+        self.root, self.user, self.binaries = root, user, binaries
+        self.data = root / "data"
+        _run(root, user, binaries / "initdb", "-D", self.data, "-U", "postgres",
+             "--auth=trust", "--no-sync", "--encoding=UTF8", "--locale=C")  # fmt: skip
+        self.port = _start(root, user, binaries, self.data,
+                           SETTINGS if durable else {**SETTINGS, **FAST})  # fmt: skip
+        self.stopped = False
+
+    @property
+    def dsn(self) -> str:
+        """``postgresql://postgres@127.0.0.1:PORT``: trust authentication, no database."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        """Stop at once, as a crash would: every connection ends, and new ones are
+        refused until `start`."""
+        _run(self.root, self.user, self.binaries / "pg_ctl", "-D", self.data,
+             "-m", "immediate", "-w", "stop")  # fmt: skip
+        self.stopped = True
+
+    def start(self) -> None:
+        """Start again after `stop`, on the same port, with the same data."""
+        _run(self.root, self.user, self.binaries / "pg_ctl", "-D", self.data,
+             "-l", self.root / "server.log", "-w", "-t", "60", "start")  # fmt: skip
+        self.stopped = False
+
+
 @contextmanager
-def postgres_server(durable: bool = False) -> Iterator[str]:
-    """Run a fresh PostgreSQL cluster for the block; yield the DSN of its server
-    (``postgresql://postgres@127.0.0.1:PORT``, trust authentication, no database).
-    Commits are flushed to disk only if ``durable`` (as a benchmark needs)."""
+def postgres_server(durable: bool = False) -> Iterator[PostgresServer]:
+    """Run a fresh PostgreSQL cluster for the block; yield its server (connect with
+    its ``dsn``). Commits are flushed to disk only if ``durable`` (as a benchmark
+    needs)."""
     binaries = server_binaries()
     user = _run_as()
     root = Path(tempfile.mkdtemp(prefix="kappaflow-pg-"))
-    data = root / "data"
     if user is not None:
         entry = pwd.getpwnam(user)
         os.chown(root, entry.pw_uid, entry.pw_gid)
     try:
-        _run(root, user, binaries / "initdb", "-D", data, "-U", "postgres", "--auth=trust",
-             "--no-sync", "--encoding=UTF8", "--locale=C")  # fmt: skip
-        port = _start(root, user, binaries, data, SETTINGS if durable else {**SETTINGS, **FAST})
+        server = PostgresServer(root, user, binaries, durable)
         try:
-            yield f"postgresql://postgres@127.0.0.1:{port}"
+            yield server
         finally:
-            _run(root, user, binaries / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
+            if not server.stopped:
+                server.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
