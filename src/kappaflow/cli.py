@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from kappaflow.errors import KappaflowError
+from kappaflow.query.params import parse_ranges
 from kappaflow.settings import MULTIPROCESS_VARIABLE, Settings
 from kappaflow.signals import stop_flag
 
@@ -37,16 +38,11 @@ def parse_partitions(text: str | None) -> list[int] | None:
     """``0,2,5-7`` -> [0, 2, 5, 6, 7]."""
     if not text:
         return None
-    partitions: list[int] = []
-    for part in text.split(","):
-        first, _, last = part.partition("-")
-        try:
-            partitions.extend(range(int(first), int(last or first) + 1))
-        except ValueError:
-            raise click.BadParameter(
-                f"expected numbers and ranges like 0,2,5-7, got {text!r}"
-            ) from None
-    return partitions
+    try:
+        return [p for low, high in parse_ranges(text) for p in range(low, high + 1)]
+    except ValueError:
+        message = f"expected numbers and ranges like 0,2,5-7, got {text!r}"
+        raise click.BadParameter(message) from None
 
 
 @click.group()
