@@ -1,8 +1,11 @@
-"""The query service: each app's read queries as ``GET`` routes over the store (JSON,
-or CSV for tabular results), and its reference-data uploads as ``POST`` routes."""
+"""The query service: each app's read queries, and kappaflow's own (the dead letters),
+as ``GET`` routes over the store (JSON, or CSV for tabular results), and the apps'
+reference-data uploads as ``POST`` routes. The store is called in a thread: a slow
+store holds up no other request."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections.abc import Callable, Coroutine, Sequence
@@ -13,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from kappaflow import dead_letters
 from kappaflow.app import App, Query, Upload
 from kappaflow.errors import InvalidEvents, InvalidQuery, StoreUnavailable
 from kappaflow.http import error, json_response
@@ -23,11 +27,18 @@ Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 UPLOAD_TYPES = ("application/json", "text/csv")
 
 
+def served_queries(apps: Sequence[App]) -> list[tuple[str, Query]]:
+    """(who declares it, query) of every read query served: kappaflow's own, then each
+    app's."""
+    return [("kappaflow", dead_letters.query(apps)),
+            *((app.name, query) for app in apps for query in app.queries)]  # fmt: skip
+
+
 class QueryService:
     def __init__(self, settings: Settings, apps: Sequence[App], store: Store) -> None:
         self.settings = settings
         self.store = store
-        self.queries = [query for app in apps for query in app.queries]
+        self.queries = [query for _, query in served_queries(apps)]
         self.routes = [Route(q.path, self._query(q), methods=["GET"]) for q in self.queries]
         self.routes += [
             Route(u.path, self._upload(u), methods=["POST"]) for app in apps for u in app.uploads
@@ -40,7 +51,7 @@ class QueryService:
         async def endpoint(request: Request) -> Response:
             params = {**request.query_params, **request.path_params}
             try:
-                result = query.run(self.store, params)
+                result = await asyncio.to_thread(query.run, self.store, params)
             except InvalidQuery as invalid:
                 return error(400, str(invalid))
             except StoreUnavailable as failure:
@@ -69,11 +80,12 @@ class QueryService:
                 return error(413, "body is over the limit of "
                              f"{self.settings.ingest_max_body_bytes:,} bytes")  # fmt: skip
             try:
-                return json_response(upload.run(self.store, body, media_type))
+                summary = await asyncio.to_thread(upload.run, self.store, body, media_type)
             except InvalidEvents as invalid:
                 return error(400, invalid.summary("row"), problems=invalid.problems)
             except StoreUnavailable as failure:
                 return self._unavailable(failure)
+            return json_response(summary)
 
         return endpoint
 
