@@ -81,7 +81,9 @@ class Members:
         env = {**os.environ, **self.settings.to_environ()}
         if slow:
             (self.tmp_path / "slow_video.py").write_text(SLOW_VIDEO)
-            env.update(KAPPAFLOW_APPS="slow_video", PYTHONPATH=str(self.tmp_path))
+            # Beside the kappaflow under test (a PYTHONPATH that names it), not instead.
+            path = os.pathsep.join(filter(None, [str(self.tmp_path), os.environ.get("PYTHONPATH")]))
+            env.update(KAPPAFLOW_APPS="slow_video", PYTHONPATH=path)
         output = self.tmp_path / f"worker-{len(self.started)}.log"
         with output.open("wb") as sink:
             self.started.append((subprocess.Popen(command, env=env, stderr=sink), output))
