@@ -53,14 +53,16 @@ def watch(sensors: Sensors, batch: Batch) -> Output[Sensors]:
     """Each reading in turn: it becomes the sensor's latest, and one above the limit
     after one at or below it starts an alert. A reading not after the sensor's latest
     (a retry, or one overtaken by a later reading) is refused: it goes to the dead
-    letters with the reason."""
+    letters with the reason, whose kind (``not newer``, up to the colon) is what the
+    dead letters are counted and filtered by."""
     latest: dict[str, tuple[str, float, int]] = {}
     alerts: list[tuple[str, int, float]] = []
     refused: list[tuple[int, str]] = []
     for offset, reading, ts in zip(batch.offsets, batch.events, batch.times_ms, strict=True):
         sensor = sensors.get(reading.sensor_id)
         if sensor is not None and ts <= sensor.last_ms:
-            refused.append((offset, f"not after the sensor's latest reading at {sensor.last_ms}"))
+            reason = f"not newer: the sensor's latest reading is at {sensor.last_ms}"
+            refused.append((offset, reason))
             continue
         hot = reading.celsius > LIMIT_C
         if hot and (sensor is None or not sensor.hot):

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from kappaflow.errors import KappaflowError
+from kappaflow.query.params import parse_ranges
 from kappaflow.settings import Settings
 from kappaflow.signals import stop_flag
 
@@ -36,16 +37,11 @@ def parse_partitions(text: str | None) -> list[int] | None:
     """``0,2,5-7`` -> [0, 2, 5, 6, 7]."""
     if not text:
         return None
-    partitions: list[int] = []
-    for part in text.split(","):
-        first, _, last = part.partition("-")
-        try:
-            partitions.extend(range(int(first), int(last or first) + 1))
-        except ValueError:
-            raise click.BadParameter(
-                f"expected numbers and ranges like 0,2,5-7, got {text!r}"
-            ) from None
-    return partitions
+    try:
+        return [p for low, high in parse_ranges(text) for p in range(low, high + 1)]
+    except ValueError:
+        message = f"expected numbers and ranges like 0,2,5-7, got {text!r}"
+        raise click.BadParameter(message) from None
 
 
 @click.group()
@@ -289,14 +285,171 @@ def status(ctx: click.Context, data_dir: str | None, as_json: bool) -> None:
     from rich.table import Table
 
     for stream in found.streams:
+        reasons = ", ".join(f"{kind} {n:,}" for kind, n in stream.dead_letters_by_reason.items())
         title = (f"{stream.app} · {stream.stream}: {stream.lag:,} behind, "
-                 f"{stream.dead_letters:,} dead letters, {stream.workers} worker(s)")  # fmt: skip
+                 f"{stream.dead_letters:,} dead letters{f' ({reasons})' if reasons else ''}, "
+                 f"{stream.workers} worker(s)")  # fmt: skip
         table = Table("partition", "appended", "processed", "lag", "worker", "halted", title=title)
         for p in stream.partitions:
             halted = "" if p.halted is None else f"at {p.halted.offset:,}: {p.halted.error}"
             table.add_row(str(p.partition), f"{p.appended:,}", f"{p.processed:,}",
                           f"{p.lag:,}", escape(p.worker or ""), escape(halted))  # fmt: skip
         Console().print(table)
+
+
+@main.group("dead-letters")
+def dead_letters() -> None:
+    """Records the workers could not process (late, undecodable, refused by an app):
+    list them, and replay them into their stream once the cause is fixed."""
+
+
+def selection_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that choose dead letters: those of GET /v1/dead-letters."""
+    for option in reversed(
+        [
+            click.option("--data-dir", help="Directory of the embedded log and store."),
+            click.option("--stream", help="Only the dead letters of this stream."),
+            click.option("--reason", help="Only those of this reason kind: the reason up to "
+                         "its first colon (late, undecodable, or the app processor's word)."),
+            click.option("--since", help="Only those dead-lettered at or after this time: "
+                         "unix seconds, or RFC 3339 with a zone."),
+            click.option("--partition", help="Only those of this partition."),
+            click.option("--offsets", help="Only those at these offsets of --partition, "
+                         "e.g. 10,12-15."),
+        ]
+    ):  # fmt: skip
+        command = option(command)
+    return command
+
+
+def _dead_letter_settings(ctx: click.Context, data_dir: str | None) -> Settings:
+    settings = _settings(ctx, data_dir=data_dir)
+    if settings.store == "sqlite" and not settings.sqlite_path.exists():
+        ctx.fail(f"no store at {settings.sqlite_path}: is --data-dir (or KAPPAFLOW_DATA_DIR) "
+                 "the one kappaflow up ran with?")  # fmt: skip
+    return settings
+
+
+def _selection(**options: Any) -> dict[str, str]:
+    """The options given, as the query-string parameters of GET /v1/dead-letters."""
+    return {name: str(value) for name, value in options.items() if value is not None}
+
+
+@dead_letters.command("list")
+@selection_options
+@click.option(
+    "--limit", default=100, show_default=True, help="At most this many, the newest first "
+    "(up to 10,000).",
+)  # fmt: skip
+@click.option(
+    "--format", "output", type=click.Choice(["table", "csv", "json"]), default="table",
+    show_default=True, help="csv and json: what GET /v1/dead-letters answers.",
+)  # fmt: skip
+@click.pass_context
+def dead_letters_list(
+    ctx: click.Context, data_dir: str | None, output: str, **options: Any
+) -> None:
+    """List dead letters, the newest first.
+
+    Each with its stream, partition, offset and reason, the record (its text when it is
+    UTF-8, else base64) and when; read from the store, with or without the server
+    running."""
+    import msgspec
+
+    from kappaflow.app import load_apps
+    from kappaflow.dead_letters import listing
+    from kappaflow.errors import InvalidQuery
+    from kappaflow.query.service import to_csv
+    from kappaflow.store import open_store
+
+    settings = _dead_letter_settings(ctx, data_dir)
+    try:
+        apps, store = load_apps(settings), open_store(settings)
+        try:
+            found = listing(apps, store, _selection(**options))
+        finally:
+            store.close()
+    except InvalidQuery as invalid:
+        ctx.fail(f"--{invalid}")  # its message starts with the parameter's name
+    except KappaflowError as failure:
+        click.echo(f"kappaflow dead-letters list: {failure}", err=True)
+        sys.exit(1)
+    if output == "json":
+        click.echo(msgspec.json.encode(found))
+        return
+    if output == "csv":
+        click.echo(to_csv(found), nl=False)
+        return
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"{len(found):,} dead letter(s), the newest first")
+    table.add_column("dead-lettered (UTC)", no_wrap=True)
+    for name in ("stream", "partition", "offset"):
+        table.add_column(name, justify="left" if name == "stream" else "right")
+    table.add_column("reason", overflow="fold")
+    table.add_column("record", max_width=60, no_wrap=True, overflow="ellipsis")
+    for letter in found:
+        when = datetime.fromtimestamp(letter.dead_lettered_at, UTC)
+        record = letter.record if letter.encoding == "utf-8" else f"(base64) {letter.record}"
+        table.add_row(when.strftime("%Y-%m-%d %H:%M:%S"), escape(letter.stream),
+                      str(letter.partition), str(letter.offset), escape(letter.reason),
+                      escape(record))  # fmt: skip
+    Console().print(table)
+    if len(found) == options["limit"]:
+        click.echo(f"(the newest {len(found):,}: --limit shows more)")
+
+
+@dead_letters.command("replay")
+@selection_options
+@click.pass_context
+def dead_letters_replay(ctx: click.Context, data_dir: str | None, **options: Any) -> None:
+    """Append a stream's dead letters to its log again.
+
+    Once their cause is fixed (a client's clock, the app), the dead letters chosen
+    (--stream is required) go back to the end of their partitions, and the workers
+    process them again at new offsets. Each leaves the dead letters once it is durably
+    in the log. On the embedded log, stop kappaflow up first: one process appends to
+    it."""
+    from kappaflow.app import load_apps
+    from kappaflow.dead_letters import plan_replay, replay
+    from kappaflow.errors import InvalidQuery, LogUnavailable
+    from kappaflow.log import open_log
+    from kappaflow.store import open_store
+
+    settings = _dead_letter_settings(ctx, data_dir)
+    if settings.log == "embedded" and not settings.log_path.is_dir():
+        ctx.fail(f"no log in {settings.log_path}")
+    try:
+        plan = plan_replay(load_apps(settings), _selection(**options))
+        try:
+            log = open_log(settings, writer=True)
+        except LogUnavailable as held:
+            if settings.log != "embedded":
+                raise
+            raise LogUnavailable(f"{held}: stop it (kappaflow up, or kappaflow ingest), replay, "
+                                 "then start it again; its workers take the replayed "
+                                 "records") from held  # fmt: skip
+        store = open_store(settings)
+        try:
+            replayed = replay(log, store, plan)
+        finally:
+            log.close()
+            store.close()
+    except InvalidQuery as invalid:
+        ctx.fail(f"--{invalid}")  # its message starts with the parameter's name
+    except KappaflowError as failure:
+        click.echo(f"kappaflow dead-letters replay: {failure}", err=True)
+        sys.exit(1)
+    if not replayed:
+        click.echo(f"no dead letters of {plan.stream.name} match: nothing replayed")
+        return
+    by_partition = ", ".join(f"partition {p}: {n:,}" for p, n in replayed.items())
+    click.echo(f"replayed {sum(replayed.values()):,} dead letter(s) of {plan.stream.name} to "
+               f"its log ({by_partition}); the workers process them again")  # fmt: skip
 
 
 @main.command()

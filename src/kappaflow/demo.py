@@ -305,7 +305,7 @@ class Demo:
             wrong_api = [
                 key for key in sample if not _matches(_api_progress(client, key), truth[key])
             ]
-        reasons = Counter(reason.split(":")[0] for *_, reason, _ in store.dead_letters(GROUP))
+        reasons = store.dead_letter_counts(GROUP)
         segments = store.query("SELECT count(*) FROM video_segments")[0][0]
         store.close()
         watched_h = sum(p.watched_s for k, p in found.items() if k in truth) / 3600

@@ -1,5 +1,5 @@
-"""The OpenAPI document of the HTTP services, derived from the apps' streams and
-queries, so it always matches what is served."""
+"""The OpenAPI document of the HTTP services, derived from the apps' streams and the
+queries served, so it always matches what is served."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from kappaflow.app import App
 from kappaflow.events.validate import Problem
 from kappaflow.ingest.service import NDJSON_TYPES
 from kappaflow.query.dashboard import Status
+from kappaflow.query.service import served_queries
 
 _PARAMETER = re.compile(r"{([^}]+)}")
 REF = "#/components/schemas/{name}"
@@ -51,7 +52,7 @@ def document(apps: Sequence[App], roles: Collection[str]) -> dict[str, Any]:
             "200": {"description": "dashboard", "content": {"text/html": {}}},
         }),
         "/status": _get("Per app stream: records appended, processed and lagging (also "
-                        "by partition) and dead letters; the apps' queries.", {
+                        "by partition) and dead letters by reason; the queries.", {
             "200": {"description": "status", "content": {"application/json": {
                 "schema": _schema_of(Status)}}},
             "503": _error("the log or the store is unreachable"),
@@ -83,32 +84,31 @@ def document(apps: Sequence[App], roles: Collection[str]) -> dict[str, Any]:
                     },
                 }}  # fmt: skip
     if "query" in roles:
-        for app in apps:
-            for query in app.queries:
-                responses: dict[str, Any] = {
-                    "200": {"description": "found"},
-                    "400": _error("invalid parameters"),
-                    "404": _error("nothing found"),
-                    "503": _error("store unavailable"),
-                }
-                if query.result is not None:
-                    types.append(query.result)
-                    schema = _schema_of(query.result)
-                    responses["200"]["content"] = {"application/json": {"schema": schema}}
-                parameters = [
-                    {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                    for name in _PARAMETER.findall(query.path)
-                ] + [
-                    {"name": name, "in": "query", "required": param.required,
-                     "description": param.description, "schema": {"type": "string"}}
-                    for name, param in query.params.items()
-                ]  # fmt: skip
-                if get_origin(query.result) is list:  # also served as CSV
-                    responses["200"]["content"]["text/csv"] = {"schema": {"type": "string"}}
-                    parameters.append(CSV_FORMAT)
-                paths[query.path] = {"get": {
-                    "summary": query.summary, "parameters": parameters, "responses": responses,
-                }}  # fmt: skip
+        for _, query in served_queries(apps):
+            responses: dict[str, Any] = {
+                "200": {"description": "found"},
+                "400": _error("invalid parameters"),
+                "404": _error("nothing found"),
+                "503": _error("store unavailable"),
+            }
+            if query.result is not None:
+                types.append(query.result)
+                schema = _schema_of(query.result)
+                responses["200"]["content"] = {"application/json": {"schema": schema}}
+            parameters = [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in _PARAMETER.findall(query.path)
+            ] + [
+                {"name": name, "in": "query", "required": param.required,
+                 "description": param.description, "schema": {"type": "string"}}
+                for name, param in query.params.items()
+            ]  # fmt: skip
+            if get_origin(query.result) is list:  # also served as CSV
+                responses["200"]["content"]["text/csv"] = {"schema": {"type": "string"}}
+                parameters.append(CSV_FORMAT)
+            paths[query.path] = {"get": {
+                "summary": query.summary, "parameters": parameters, "responses": responses,
+            }}  # fmt: skip
         for app in apps:
             for upload in app.uploads:
                 paths[upload.path] = {"post": {

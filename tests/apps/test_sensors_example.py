@@ -68,7 +68,7 @@ def test_readings_not_after_the_latest_are_refused_with_the_reason(
     store = run_events(app, [app.streams[0].schema(**r) for r in retried], sensors_settings)
     letters = store.dead_letters(app.group(app.streams[0]))
     assert [reason for *_, reason, _ in letters] == [
-        f"not after the sensor's latest reading at {T0 + 2000}"
+        f"not newer: the sensor's latest reading is at {T0 + 2000}"
     ] * 2
     assert store.query("SELECT sensor_id, start_ms, celsius FROM sensor_alerts") == [
         ("a", T0 + 2000, 31.0)

@@ -66,6 +66,7 @@ def test_status_counts_what_is_appended_processed_and_dead(
     ]
     assert (video["appended"], video["processed"], video["lag"]) == (201, 20, 181)
     assert (video["group"], video["dead_letters"]) == ("video.heartbeats", 9)
+    assert video["dead_letters_by_reason"] == {"late": 9}
     paths = {q["path"] for q in answer.json()["queries"]}
     assert {"/v1/progress/{user_id}/{video_id}", "/v1/clicks/top"} <= paths
 
@@ -74,7 +75,7 @@ def test_status_counts_what_is_appended_processed_and_dead(
     as_json = CliRunner().invoke(main, [*command, "--json"], env=env)
     assert as_json.exit_code == 0 and json.loads(as_json.output) == answer.json()
     tables = CliRunner().invoke(main, command, env=env).output
-    assert "video · heartbeats: 181 behind, 9 dead letters, 1 worker(s)" in tables
+    assert "video · heartbeats: 181 behind, 9 dead letters (late 9), 1 worker(s)" in tables
     assert f"{worker.owner} │ at 10: ValueError: a bug in [/x]" in tables
     missing = tmp_path / "none"
     empty = CliRunner().invoke(main, ["status", "--data-dir", str(missing)], env=env)
@@ -109,18 +110,23 @@ globalThis.fetch = async () => {
   return {ok: status === 200, status, json: async () => body};
 };
 globalThis.setTimeout = (poll) => { if (answers.length) Promise.resolve().then(poll); };
-const text = (n) => typeof n === "string" ? n : n.children.map(text).join("|");
+const tag = (n) => `<${n.tag}${Object.entries(n.attrs).map(([k, v]) => ` ${k}=${v}`).join("")}>`;
+const text = (n) => typeof n === "string" ? n
+  : (ATTRIBUTES ? tag(n) : "") + n.children.map(text).join("|");
 process.on("exit", () => console.log(JSON.stringify({
   cards: nodes.streams.children.map(text), queries: nodes.queries.children.map(text),
   error: nodes.error.hidden ? null : nodes.error.textContent})));
 """
 
 
-def run_page(answers: list[tuple[int, object]]) -> dict:
+def run_page(answers: list[tuple[int, object]], attributes: bool = False) -> dict:
+    """What the page shows after each answer of /status: each element's text, and with
+    ``attributes`` its tag and attributes before it (``<a href=x class=y>``)."""
     page = (Path(__file__).parents[2] / "src/kappaflow/query/dashboard.html").read_text()
     script = re.search(r"<script>(.*)</script>", page, re.S)
     assert script is not None
-    program = DOM.replace("ANSWERS", json.dumps(answers)) + script.group(1)
+    dom = DOM.replace("ANSWERS", json.dumps(answers))
+    program = dom.replace("ATTRIBUTES", json.dumps(attributes)) + script.group(1)
     ran = subprocess.run(["node", "-e", program], capture_output=True, text=True, timeout=30)
     assert ran.returncode == 0, ran.stderr
     return json.loads(ran.stdout)
@@ -154,3 +160,25 @@ def test_the_page_shows_each_stream_and_then_the_error(settings: Settings) -> No
     failed = run_page([(200, status), (503, {"error": "status unknown: the store is down"})])
     assert failed["error"] == "/status: status unknown: the store is down"
     assert len(failed["cards"]) == 2  # the last figures stay on the page
+
+
+def test_the_page_shows_dead_letters_by_reason_in_a_warning_colour_while_they_grow(
+    settings: Settings,
+) -> None:
+    with TestClient(build(settings, ("query",))) as client:
+        status = client.get("/status").json()
+    assert "|no dead letters|" in run_page([(200, status)])["cards"][0]
+    answers = []
+    for late, undecodable in ((3, 1), (5, 1), (5, 1)):
+        status["streams"][0]["dead_letters"] = late + undecodable
+        status["streams"][0]["dead_letters_by_reason"] = {"late": late, "undecodable": undecodable}
+        answers.append((200, json.loads(json.dumps(status))))
+    card = run_page(answers, attributes=True)["cards"][0]
+    assert (
+        "<div class=reasons>dead letters by reason: "
+        "|<a href=/v1/dead-letters?stream=heartbeats&reason=late class=warn>late 5"
+        "| · |<a href=/v1/dead-letters?stream=heartbeats&reason=undecodable class=>undecodable 1"
+    ) in card
+    assert "<div class=figure warn><b>6|dead letters" in card
+    steady = run_page(answers[1:], attributes=True)["cards"][0]
+    assert "warn" not in steady, "nothing grew within the history shown"

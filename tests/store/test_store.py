@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -21,7 +22,7 @@ from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.settings import Settings
 from kappaflow.store import Store, keyed, open_store, sqlite_wal
 from kappaflow.store import sqlite as sqlite_store
-from kappaflow.store.base import DeadLetter, Halted, PartitionCommit, Table
+from kappaflow.store.base import DeadLetter, DeadLetterFilter, Halted, PartitionCommit, Table
 from kappaflow.store.postgres import PostgresStore, placeholders
 from kappaflow.testing import drop_postgres_connections
 from kappaflow.up import free_port
@@ -69,8 +70,114 @@ def test_commit_writes_rows_state_offsets_and_dead_letters_together(store: Store
     assert store.query("SELECT k, n FROM totals ORDER BY k") == [("a", 13), ("b", 5)]
     assert store.query("SELECT k, v FROM latest") == [("a", "y")]
     assert store.dead_letters("g") == [(0, 3, "late", b"{}")]
-    assert (store.dead_letter_count("g"), store.dead_letter_count("other")) == (1, 0)
+    assert (store.dead_letter_counts("g"), store.dead_letter_counts("other")) == ({"late": 1}, {})
     assert store.committed_offsets("g") == {0: 20}
+
+
+def test_dead_letters_are_found_by_group_kind_time_partition_and_offsets(store: Store):
+    store.claim("g", [0, 1], "w")
+    store.claim("h", [0], "w")
+    store.commit("g", [PartitionCommit(0, 1, 5, b"")], {}, [
+        DeadLetter(0, 1, "late: event time 1 is below the watermark 9", b'{"a":1}'),
+        DeadLetter(0, 3, "undecodable: expected an object", b"\xff\xfe"),
+    ])  # fmt: skip
+    store.commit("h", [PartitionCommit(0, 1, 2, b"")], {}, [DeadLetter(0, 0, "duplicate", b"h")])
+    store.commit("g", [PartitionCommit(0, 1, 9, b""), PartitionCommit(1, 1, 4, b"")], {}, [
+        DeadLetter(0, 7, "late: event time 2 is below the watermark 9", b"{}"),
+        DeadLetter(1, 2, "lateness: not a kind of late", b"{}"),
+    ])  # fmt: skip
+
+    def found(limit: int = 100, newest_first: bool = True, **which) -> list[tuple[str, int, int]]:
+        which.setdefault("groups", ["g"])
+        letters = store.find_dead_letters(DeadLetterFilter(**which), limit, newest_first)
+        return [(letter.group, letter.partition, letter.offset) for letter in letters]
+
+    # The newest first: the last commit's, then the one before (the last offsets first).
+    assert found() == [("g", 1, 2), ("g", 0, 7), ("g", 0, 3), ("g", 0, 1)]
+    assert found(groups=["g", "h"], limit=5) == [
+        ("g", 1, 2), ("g", 0, 7), ("h", 0, 0), ("g", 0, 3), ("g", 0, 1)
+    ]  # fmt: skip
+    assert found(groups=["g", "h"], newest_first=False) == [
+        ("g", 0, 1), ("g", 0, 3), ("g", 0, 7), ("g", 1, 2), ("h", 0, 0)
+    ]  # fmt: skip
+    assert found(limit=1) == [("g", 1, 2)] and found(groups=[]) == []
+    assert found(kind="late") == [("g", 0, 7), ("g", 0, 1)]
+    assert found(kind="lat") == [] and found(kind="duplicate") == []
+    assert found(partition=0, offsets=[(2, 2), (4, 6)]) == [] == found(partition=2)
+    assert found(partition=0, offsets=[(2, 4), (7, 9)]) == [("g", 0, 7), ("g", 0, 3)]
+    stored = store.find_dead_letters(DeadLetterFilter(["g"]), 100)
+    assert [(letter.reason, letter.payload) for letter in stored[2:]] == [
+        ("undecodable: expected an object", b"\xff\xfe"),
+        ("late: event time 1 is below the watermark 9", b'{"a":1}'),
+    ]
+    first, last = stored[-1].at, stored[0].at
+    assert 0 < time.time() - first < 60 and first < last == stored[1].at
+    assert found(since=last) == [("g", 1, 2), ("g", 0, 7)]
+    assert store.dead_letter_counts("g") == {"late": 2, "lateness": 1, "undecodable": 1}
+    store.delete_dead_letters("g", 0, [1, 7, 99])
+    assert found() == [("g", 1, 2), ("g", 0, 3)] and found(groups=["h"]) == [("h", 0, 0)]
+    assert store.dead_letter_counts("g") == {"lateness": 1, "undecodable": 1}
+
+
+def test_dead_letters_an_earlier_version_kept_get_their_kind_and_the_upgrade_time(
+    backend_settings: Settings, connect
+) -> None:
+    """Dead letters were kept without their reason's kind or a time."""
+    connect().claim("g", [0], "w")
+    rows = [("g", 0, 4, "late: event time 1 is below the watermark 9", b"{}"),
+            ("g", 0, 5, "refused", b"[]")]  # fmt: skip
+    postgres = backend_settings.store == "postgres"
+    _execute(
+        backend_settings,
+        [
+            ("DROP TABLE kf_dead_letters", ()),
+            ('CREATE TABLE kf_dead_letters (grp TEXT NOT NULL, partition INTEGER NOT NULL, '
+             '"offset" BIGINT NOT NULL, reason TEXT NOT NULL, payload BYTEA NOT NULL, '
+             'PRIMARY KEY (grp, partition, "offset"))', ()),
+            *[("INSERT INTO kf_dead_letters VALUES (?, ?, ?, ?, ?)", row) for row in rows],
+            *[("DELETE FROM kf_schema WHERE version = 7", ())] * postgres,
+        ],
+    )  # fmt: skip
+    before = time.time()
+    store = connect()
+    upgraded = store.find_dead_letters(DeadLetterFilter(["g"]), 10, newest_first=False)
+    assert [letter[:5] for letter in upgraded] == [(*row[:4], bytes(row[4])) for row in rows]
+    assert all(before <= letter.at <= time.time() for letter in upgraded)
+    assert store.dead_letter_counts("g") == {"late": 1, "refused": 1}
+    store.commit("g", [PartitionCommit(0, 1, 9, b"")], {}, [DeadLetter(0, 8, "late: x", b"")])
+    newest = store.find_dead_letters(DeadLetterFilter(["g"], kind="late"), 1)
+    assert [letter.offset for letter in newest] == [8]
+    assert connect().dead_letter_counts("g") == {"late": 2, "refused": 1}  # upgraded once
+
+
+def test_threads_may_share_one_store(store: Store) -> None:
+    """The HTTP services call the store from threads: each transaction is whole."""
+    store.claim("g", [0, 1], "w")
+    failures: list[BaseException] = []
+
+    def run(action: Callable[[int], object]) -> None:
+        try:
+            for i in range(150):
+                action(i)
+        except BaseException as failure:
+            failures.append(failure)
+
+    def write(partition: int) -> Callable[[int], object]:
+        return lambda i: store.commit("g", [PartitionCommit(partition, 1, i + 1, b"")], {},
+                                      [DeadLetter(partition, i, "late: x", b"{}")])  # fmt: skip
+
+    def read(i: int) -> object:
+        return store.find_dead_letters(DeadLetterFilter(["g"]), 5), store.dead_letter_counts("g")
+
+    threads = [threading.Thread(target=run, args=(action,))
+               for action in (write(0), write(1), read, read, read)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert store.dead_letter_counts("g") == {"late": 300}
+    assert store.committed_offsets("g") == {0: 150, 1: 150}
 
 
 def test_a_halt_is_noted_by_the_owner_and_cleared_by_the_next_claim(store: Store):
@@ -186,7 +293,7 @@ def test_a_store_an_earlier_version_gave_an_owner_column_still_claims(
         [
             ("ALTER TABLE kf_partitions ADD COLUMN owner TEXT", ()),
             *[("CREATE TABLE kf_halts (grp TEXT)", ()),
-              ("DELETE FROM kf_schema WHERE version = 6", ())] * postgres,
+              ("DELETE FROM kf_schema WHERE version >= 6", ())] * postgres,
         ],
     )  # fmt: skip
     store = connect()

@@ -9,7 +9,6 @@ families come from uap's user-agent patterns (ua-parser)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -21,6 +20,7 @@ import ua_parser
 from kappaflow.app import App, Param, Query, Stream
 from kappaflow.errors import InvalidQuery
 from kappaflow.events import MAX_EVENT_MS, EventSeconds
+from kappaflow.query.params import int_param, time_param
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
 from kappaflow.stream.windows import WINDOW_SIZES_MS, TumblingCounts, counts_table
@@ -117,28 +117,13 @@ def _range_ms(params: Mapping[str, str]) -> tuple[int, int]:
     Times outside what events may carry (1970 to 9999) are taken as those limits."""
     bounds = []
     for name, default in (("from", 0), ("to", MAX_EVENT_MS)):
-        value = params.get(name)
-        if not value:
-            bounds.append(default)
-            continue
-        try:
-            seconds = float(value)
-        except ValueError:
-            seconds = _rfc3339_seconds(value)
-        if seconds is None or not math.isfinite(seconds):
-            raise InvalidQuery(f"{name} must be unix seconds or an RFC 3339 time, got {value!r}")
-        bounds.append(min(max(round(seconds * 1000), 0), MAX_EVENT_MS))
+        seconds = time_param(params, name)
+        bounds.append(
+            default if seconds is None else min(max(round(seconds * 1000), 0), MAX_EVENT_MS)
+        )
     if bounds[0] > bounds[1]:
         raise InvalidQuery(f"from ({params.get('from')}) is after to ({params.get('to')})")
     return bounds[0], bounds[1]
-
-
-def _rfc3339_seconds(value: str) -> float | None:
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment.timestamp() if moment.tzinfo is not None else None
 
 
 def _iso(ms: int) -> str:
@@ -162,12 +147,7 @@ def counts_query(store: Store, params: Mapping[str, str]) -> list[Count]:
 def top_query(store: Store, params: Mapping[str, str]) -> list[Count]:
     window = _window(params)
     first, last = _range_ms(params)
-    try:
-        k = int(params.get("k", "10"))
-    except ValueError:
-        k = 0
-    if not 1 <= k <= 1000:
-        raise InvalidQuery(f"k must be an integer from 1 to 1000, got {params.get('k')!r}")
+    k = int_param(params, "k", 10, 1, 1000)
     rows = store.query(
         "SELECT start_ms, value, events FROM (SELECT start_ms, value, events, row_number() "
         "OVER (PARTITION BY start_ms ORDER BY events DESC, value) AS rank FROM click_counts "

@@ -1,8 +1,8 @@
 """The dashboard: ``GET /`` is one self-contained HTML page (no assets fetched from
 anywhere) that polls ``GET /status`` and shows, per app stream, the events appended and
-processed, their rates, the dead letters, the lag of each partition and its recent
-history, the worker that owns it, the partitions an app's processor halted, and the
-apps' read queries."""
+processed, their rates, the dead letters by reason (in a warning colour while they
+grow), the lag of each partition and its recent history, the worker that owns it, the
+partitions an app's processor halted, and the read queries."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import msgspec
 from kappaflow.app import App
 from kappaflow.log.base import Log
 from kappaflow.metrics import partition_offsets
+from kappaflow.query.service import served_queries
 from kappaflow.store.base import Halted, Store
 
 PAGE = files("kappaflow.query").joinpath("dashboard.html").read_bytes()
@@ -42,7 +43,9 @@ class StreamStatus(msgspec.Struct):
     processed: int
     lag: int
     dead_letters: int
-    """Records sent to the dead-letter table (late, undecodable, refused)."""
+    """Records in the dead letters (late, undecodable, refused); a replay takes them out."""
+    dead_letters_by_reason: dict[str, int]
+    """The same by reason kind (``late``, ``undecodable``, ...), the most first."""
     workers: int
     """How many workers claimed the partitions last (one that stopped counts until
     another claims its partitions)."""
@@ -51,6 +54,7 @@ class StreamStatus(msgspec.Struct):
 
 class QueryInfo(msgspec.Struct):
     app: str
+    """The app that declares the query (``kappaflow`` for its own)."""
     path: str
     summary: str
 
@@ -68,7 +72,7 @@ def status(apps: Sequence[App], log: Log, store: Store) -> Status:
         key = (app.name, stream.name, app.group(stream))
         offsets.setdefault(key, []).append((partition, end, committed))
     streams = [_stream_status(store, *names, found) for names, found in offsets.items()]
-    queries = [QueryInfo(app.name, q.path, q.summary) for app in apps for q in app.queries]
+    queries = [QueryInfo(owner, q.path, q.summary) for owner, q in served_queries(apps)]
     return Status(streams, queries)
 
 
@@ -76,7 +80,7 @@ def _stream_status(
     store: Store, app: str, stream: str, group: str, offsets: list[tuple[int, int, int]]
 ) -> StreamStatus:
     """A stream's status from its partitions' (partition, end, committed) offsets."""
-    owners, halts = store.owners(group), store.halts(group)
+    owners, halts, dead = store.owners(group), store.halts(group), store.dead_letter_counts(group)
     parts = [
         PartitionStatus(partition, end, committed, max(0, end - committed),
                         owners.get(partition), halts.get(partition))
@@ -84,5 +88,5 @@ def _stream_status(
     ]  # fmt: skip
     return StreamStatus(app, stream, group, sum(p.appended for p in parts),
                         sum(p.processed for p in parts), sum(p.lag for p in parts),
-                        store.dead_letter_count(group),
+                        sum(dead.values()), dead,
                         len({p.worker for p in parts if p.worker is not None}), parts)  # fmt: skip

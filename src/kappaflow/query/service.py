@@ -1,5 +1,7 @@
-"""The query service: each app's read queries as ``GET`` routes over the store (JSON,
-or CSV for tabular results), and its reference-data uploads as ``POST`` routes."""
+"""The query service: each app's read queries, and kappaflow's own (the dead letters),
+as ``GET`` routes over the store (JSON, or CSV for tabular results), and the apps'
+reference-data uploads as ``POST`` routes. The store is called in a thread: a slow
+store holds up no other request."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from kappaflow import dead_letters
 from kappaflow.app import App, Query, Upload
 from kappaflow.errors import InvalidEvents, InvalidQuery, StoreUnavailable
 from kappaflow.events.validate import TOO_DEEP
@@ -27,6 +30,13 @@ CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 """Refused in parameters: no identifier holds one, and PostgreSQL refuses NUL in text."""
 
 
+def served_queries(apps: Sequence[App]) -> list[tuple[str, Query]]:
+    """(who declares it, query) of every read query served: kappaflow's own, then each
+    app's."""
+    return [("kappaflow", dead_letters.query(apps)),
+            *((app.name, query) for app in apps for query in app.queries)]  # fmt: skip
+
+
 class QueryService:
     """The routes; each runs its query or upload in ``blocking``'s thread."""
 
@@ -36,7 +46,7 @@ class QueryService:
         self.settings = settings
         self.store = store
         self.blocking = blocking
-        self.queries = [query for app in apps for query in app.queries]
+        self.queries = [query for _, query in served_queries(apps)]
         self.routes = [Route(q.path, self._query(q), methods=["GET"]) for q in self.queries]
         self.routes += [
             Route(u.path, self._upload(u), methods=["POST"]) for app in apps for u in app.uploads

@@ -49,10 +49,44 @@ class PartitionCommit(NamedTuple):
 
 
 class DeadLetter(NamedTuple):
+    """A record a worker could not process: where it is in the log, why (``kind:
+    details``, see `reason_kind`), and the record as the log holds it."""
+
     partition: int
     offset: int
     reason: str
     payload: bytes
+
+
+def reason_kind(reason: str) -> str:
+    """What a dead letter's reason is filtered and counted by: its part before the
+    first colon (``late``, ``undecodable``, or a processor's own word)."""
+    return reason.partition(":")[0]
+
+
+class StoredDeadLetter(NamedTuple):
+    """A dead letter as the store keeps it."""
+
+    group: str
+    partition: int
+    offset: int
+    reason: str
+    payload: bytes
+    at: float
+    """When it was dead-lettered: the commit that wrote it (Unix seconds)."""
+
+
+class DeadLetterFilter(NamedTuple):
+    """Which dead letters: those of ``groups`` and, for each field given, of that
+    reason kind (see `reason_kind`), dead-lettered at or after ``since`` (Unix
+    seconds), on that partition, at an offset in one of the inclusive ranges
+    ``offsets``."""
+
+    groups: Sequence[str]
+    kind: str | None = None
+    since: float | None = None
+    partition: int | None = None
+    offsets: Sequence[tuple[int, int]] = ()
 
 
 class Halted(msgspec.Struct):
@@ -98,10 +132,20 @@ class Store(Protocol):
         """Per partition, the owner that claimed it last."""
 
     def dead_letters(self, group: str) -> list[tuple[int, int, str, bytes]]:
-        """(partition, offset, reason, payload) of every dead letter of ``group``."""
+        """(partition, offset, reason, payload) of every dead letter of ``group``, in
+        (partition, offset) order."""
 
-    def dead_letter_count(self, group: str) -> int:
-        """How many dead letters ``group`` has."""
+    def find_dead_letters(
+        self, which: DeadLetterFilter, limit: int, newest_first: bool = True
+    ) -> list[StoredDeadLetter]:
+        """Up to ``limit`` of the dead letters ``which`` selects: the newest first, or
+        in (group, partition, offset) order."""
+
+    def delete_dead_letters(self, group: str, partition: int, offsets: Sequence[int]) -> None:
+        """Remove dead letters of ``group``'s ``partition`` (those replayed)."""
+
+    def dead_letter_counts(self, group: str) -> dict[str, int]:
+        """How many dead letters ``group`` has, by reason kind (see `reason_kind`)."""
 
     def record_halt(self, group: str, partition: int, owner: str, halted: Halted) -> None:
         """Note that ``partition`` halted, unless ``owner`` no longer owns it; the

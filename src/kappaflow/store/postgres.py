@@ -10,6 +10,7 @@ are harmless; conflicts are resolved by primary keys and ``ON CONFLICT``."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -21,11 +22,14 @@ from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Table
 from kappaflow.store.keyed import append_keys, carry_over_keyed_rows, read_keys
 from kappaflow.store.sql import (
+    DEAD_LETTER_SQL,
+    DELETE_DEAD_LETTER_SQL,
     RowWriter,
     StoreReads,
     check_table,
     claim_partition,
     create_sql,
+    dead_letter_rows,
     note_halt,
 )
 
@@ -79,6 +83,21 @@ MIGRATIONS: tuple[str | Callable[[psycopg.Cursor[Any]], None], ...] = (
     DROP TABLE IF EXISTS kf_halts;
     ALTER TABLE kf_partitions DROP COLUMN IF EXISTS owner;
     """,
+    # 7: each dead letter's reason kind, and when it was dead-lettered (rows from before:
+    # the upgrade's time, when they were dead-lettered at the latest)
+    """
+    ALTER TABLE kf_dead_letters ADD COLUMN IF NOT EXISTS kind TEXT;
+    ALTER TABLE kf_dead_letters ADD COLUMN IF NOT EXISTS dead_lettered_at DOUBLE PRECISION;
+    UPDATE kf_dead_letters
+        SET kind = split_part(reason, ':', 1), dead_lettered_at = extract(epoch FROM now())
+        WHERE dead_lettered_at IS NULL;
+    ALTER TABLE kf_dead_letters ALTER COLUMN kind SET NOT NULL,
+        ALTER COLUMN dead_lettered_at SET NOT NULL;
+    CREATE INDEX IF NOT EXISTS kf_dead_letters_at
+        ON kf_dead_letters (grp, dead_lettered_at, partition, "offset");
+    CREATE INDEX IF NOT EXISTS kf_dead_letters_kinds
+        ON kf_dead_letters (grp, kind, dead_lettered_at, partition, "offset");
+    """,
 )
 RETRIES = 5
 COLUMNS_SQL = (
@@ -99,6 +118,9 @@ class PostgresStore(StoreReads):
         self.dsn = dsn
         self.connect_timeout_s = connect_timeout_s
         self._db: psycopg.Connection[Any] | None = None
+        self._lock = threading.RLock()
+        """Held while a thread uses the connection: the HTTP services call the store from
+        threads of their own, and one connection runs one transaction at a time."""
         self._writer = RowWriter(psycopg.Error, psycopg.OperationalError, placeholders, "postgres")
         self._retry(self._migrate)
 
@@ -127,7 +149,8 @@ class PostgresStore(StoreReads):
             try:
                 return action()
             except StoreUnavailable as error:
-                self._drop_connection()
+                with self._lock:
+                    self._drop_connection()
                 if attempt == RETRIES - 1:
                     raise
                 pause = 0.1 * 2**attempt
@@ -137,15 +160,16 @@ class PostgresStore(StoreReads):
 
     def _transaction(self, body: Callable[[psycopg.Cursor[Any]], T]) -> T:
         """One transaction; connection loss is StoreUnavailable (its outcome unknown)."""
-        db = self._connection()
-        try:
-            with db.transaction(), db.cursor() as cursor:
-                return body(cursor)
-        except psycopg.OperationalError as error:
-            self._drop_connection()
-            raise StoreUnavailable(f"PostgreSQL store: {error}") from error
-        except psycopg.Error as error:
-            raise StoreError(f"PostgreSQL store: {error}") from error
+        with self._lock:
+            db = self._connection()
+            try:
+                with db.transaction(), db.cursor() as cursor:
+                    return body(cursor)
+            except psycopg.OperationalError as error:
+                self._drop_connection()
+                raise StoreUnavailable(f"PostgreSQL store: {error}") from error
+            except psycopg.Error as error:
+                raise StoreError(f"PostgreSQL store: {error}") from error
 
     def _migrate(self) -> None:
         def migrate(cursor: psycopg.Cursor[Any]) -> None:
@@ -220,10 +244,8 @@ class PostgresStore(StoreReads):
             self._writer.write(cursor, rows)
             if dead_letters:
                 cursor.executemany(
-                    "INSERT INTO kf_dead_letters VALUES (%s, %s, %s, %s, %s) "
-                    'ON CONFLICT (grp, partition, "offset") DO UPDATE '
-                    "SET reason = excluded.reason, payload = excluded.payload",
-                    [(group, *letter) for letter in dead_letters],
+                    placeholders(DEAD_LETTER_SQL),
+                    dead_letter_rows(group, dead_letters, time.time()),
                 )
 
         self._transaction(commit)
@@ -249,6 +271,15 @@ class PostgresStore(StoreReads):
 
         self._retry(lambda: self._transaction(record))  # it sets the same values again
 
+    def delete_dead_letters(self, group: str, partition: int, offsets: Sequence[int]) -> None:
+        def delete(cursor: psycopg.Cursor[Any]) -> None:
+            cursor.executemany(
+                placeholders(DELETE_DEAD_LETTER_SQL),
+                [(group, partition, offset) for offset in offsets],
+            )
+
+        self._retry(lambda: self._transaction(delete))  # deleting again changes nothing
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         def read(cursor: psycopg.Cursor[Any]) -> list[tuple[Any, ...]]:
             cursor.execute(placeholders(sql), params)
@@ -257,4 +288,5 @@ class PostgresStore(StoreReads):
         return self._retry(lambda: self._transaction(read))
 
     def close(self) -> None:
-        self._drop_connection()
+        with self._lock:
+            self._drop_connection()

@@ -11,7 +11,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kappaflow.errors import StoreError
-from kappaflow.store.base import Halted, Table
+from kappaflow.store.base import (
+    DeadLetter,
+    DeadLetterFilter,
+    Halted,
+    StoredDeadLetter,
+    Table,
+    reason_kind,
+)
 
 Translate = Callable[[str], str]
 """Turns the ``?`` placeholders of shared SQL into a driver's."""
@@ -127,6 +134,53 @@ def note_halt(
     )
 
 
+DEAD_LETTER_SQL = (
+    'INSERT INTO kf_dead_letters (grp, partition, "offset", reason, payload, kind, '
+    'dead_lettered_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (grp, partition, "offset") '
+    "DO UPDATE SET reason = excluded.reason, payload = excluded.payload, kind = excluded.kind, "
+    "dead_lettered_at = excluded.dead_lettered_at"
+)
+"""A dead letter written by a commit: `dead_letter_rows`."""
+DELETE_DEAD_LETTER_SQL = (
+    'DELETE FROM kf_dead_letters WHERE grp = ? AND partition = ? AND "offset" = ?'
+)
+"""`Store.delete_dead_letters`: (group, partition, offset)."""
+
+
+def dead_letter_rows(group: str, letters: Sequence[DeadLetter], at: float) -> list[tuple[Any, ...]]:
+    """The parameters of `DEAD_LETTER_SQL` for ``letters`` dead-lettered at ``at``."""
+    return [(group, *letter, reason_kind(letter.reason), at) for letter in letters]
+
+
+def select_dead_letters(
+    group: str, which: DeadLetterFilter, limit: int, newest_first: bool
+) -> tuple[str, list[Any]]:
+    """`Store.find_dead_letters` of one group as SQL and its parameters: one walk of an
+    index by group and time (or kind and time), or of the primary key."""
+    where, params = ["grp = ?"], [group]
+    for condition, value in (
+        ("kind = ?", which.kind),
+        ("dead_lettered_at >= ?", which.since),
+        ("partition = ?", which.partition),
+    ):
+        if value is not None:
+            where.append(condition)
+            params.append(value)
+    if which.offsets:
+        where.append("(" + " OR ".join('"offset" BETWEEN ? AND ?' for _ in which.offsets) + ")")
+        params.extend(bound for bounds in which.offsets for bound in bounds)
+    order = (
+        'dead_lettered_at DESC, partition DESC, "offset" DESC'
+        if newest_first
+        else ('partition, "offset"')
+    )
+    sql = (
+        'SELECT grp, partition, "offset", reason, payload, dead_lettered_at FROM kf_dead_letters '
+        f"WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"
+    )
+    return sql, [*params, limit]
+
+
 class StoreReads:
     """Reads of the store's own tables that both SQL stores answer with the same SQL,
     through their ``query``."""
@@ -152,8 +206,30 @@ class StoreReads:
             )
         ]
 
-    def dead_letter_count(self, group: str) -> int:
-        return int(self.query("SELECT COUNT(*) FROM kf_dead_letters WHERE grp = ?", (group,))[0][0])
+    def find_dead_letters(
+        self, which: DeadLetterFilter, limit: int, newest_first: bool = True
+    ) -> list[StoredDeadLetter]:
+        # Group by group: each query walks an index, where one over several groups
+        # (grp IN ...) sorts all their rows for the planners that pick the primary key.
+        found = [
+            StoredDeadLetter(group, partition, offset, reason, bytes(payload), at)
+            for each in sorted(set(which.groups))
+            for group, partition, offset, reason, payload, at in self.query(
+                *select_dead_letters(each, which, limit, newest_first)
+            )
+        ]
+        if newest_first:
+            found.sort(key=lambda letter: (letter.at, letter.group), reverse=True)
+        return found[:limit]
+
+    def dead_letter_counts(self, group: str) -> dict[str, int]:
+        return dict(
+            self.query(  # type: ignore[arg-type]
+                "SELECT kind, count(*) FROM kf_dead_letters WHERE grp = ? "
+                "GROUP BY kind ORDER BY count(*) DESC, kind",
+                (group,),
+            )
+        )
 
     def halts(self, group: str) -> dict[int, Halted]:
         return {

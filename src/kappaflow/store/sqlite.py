@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -17,11 +18,14 @@ from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Table
 from kappaflow.store.keyed import carry_over_keyed_rows, prepare_keys, read_keys, write_keys
 from kappaflow.store.sql import (
+    DEAD_LETTER_SQL,
+    DELETE_DEAD_LETTER_SQL,
     RowWriter,
     StoreReads,
     check_table,
     claim_partition,
     create_sql,
+    dead_letter_rows,
     note_halt,
 )
 from kappaflow.store.sqlite_wal import Checkpointer, open_turns, writer_turn
@@ -63,6 +67,8 @@ CREATE TABLE IF NOT EXISTS kf_dead_letters (
     "offset" INTEGER NOT NULL,
     reason TEXT NOT NULL,
     payload BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    dead_lettered_at REAL NOT NULL,
     PRIMARY KEY (grp, partition, "offset")
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS kf_claims (
@@ -76,6 +82,40 @@ CREATE TABLE IF NOT EXISTS kf_claims (
     PRIMARY KEY (grp, partition)
 ) WITHOUT ROWID;
 """
+
+INDEXES = """
+CREATE INDEX IF NOT EXISTS kf_dead_letters_at
+    ON kf_dead_letters (grp, dead_lettered_at, partition, "offset");
+CREATE INDEX IF NOT EXISTS kf_dead_letters_kinds
+    ON kf_dead_letters (grp, kind, dead_lettered_at, partition, "offset");
+"""
+"""Created after `UPGRADES`, which may add the columns they index."""
+
+
+def _add_dead_letter_times(cursor: sqlite3.Cursor) -> None:
+    """Dead letters written before their time and kind were kept get the kind of their
+    reason, and the upgrade's time: they were dead-lettered then at the latest."""
+    cursor.execute("ALTER TABLE kf_dead_letters ADD COLUMN kind TEXT NOT NULL DEFAULT ''")
+    cursor.execute(
+        "ALTER TABLE kf_dead_letters ADD COLUMN dead_lettered_at REAL NOT NULL DEFAULT 0"
+    )
+    cursor.execute(
+        "UPDATE kf_dead_letters SET dead_lettered_at = ?, kind = CASE WHEN instr(reason, ':') "
+        "THEN substr(reason, 1, instr(reason, ':') - 1) ELSE reason END",
+        (time.time(),),
+    )
+
+
+UPGRADES: tuple[tuple[str, Callable[[sqlite3.Cursor], None]], ...] = (
+    (KF_KEYS_EXISTS, carry_over_keyed_rows),
+    (
+        "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM pragma_table_info('kf_dead_letters') "
+        "WHERE name = 'dead_lettered_at')",
+        _add_dead_letter_times,
+    ),
+)
+"""What brings a store written by an earlier kappaflow up to date: each step runs when
+its query finds a row."""
 
 COLUMNS_SQL = "SELECT name, nullif(pk, 0) FROM pragma_table_info(?) ORDER BY cid"
 """A table's columns in order, each with its place in the primary key (None if not in it)."""
@@ -100,6 +140,9 @@ class SQLiteStore(StoreReads):
     def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        """Held while a thread uses the connection: the HTTP services call the store from
+        threads of their own, and one connection runs one transaction at a time."""
         try:
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, timeout=busy_timeout_s, check_same_thread=False
@@ -123,41 +166,45 @@ class SQLiteStore(StoreReads):
         self._writer = RowWriter(sqlite3.Error, sqlite3.OperationalError)
         self._turns = open_turns(self.path)
         self._checkpoints = Checkpointer(self.path, CHECKPOINT_S, WAL_LIMIT_BYTES)
-        self._carry_over_keyed_rows()
+        self._upgrade()
+        self._read(lambda db: db.executescript(INDEXES))
 
-    def _carry_over_keyed_rows(self) -> None:
-        """Keyed state written one row per key (table kf_keys) moves to the state log.
-        Only a store that has the table takes the write lock (and looks again under it,
-        as another process may have moved the rows meanwhile)."""
-        if not self.query(KF_KEYS_EXISTS):
-            return
-        with self._transaction() as cursor:
-            if cursor.execute(KF_KEYS_EXISTS).fetchone():
-                carry_over_keyed_rows(cursor)
+    def _upgrade(self) -> None:
+        """Run the `UPGRADES` this store needs. Only a store that needs one takes the
+        write lock (and looks again under it, as another process may have run it
+        meanwhile)."""
+        for needed, step in UPGRADES:
+            if not self.query(needed):
+                continue
+            with self._transaction() as cursor:
+                if cursor.execute(needed).fetchone():
+                    step(cursor)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
-        cursor = self._db.cursor()
-        try:
-            with writer_turn(self._turns):
-                cursor.execute("BEGIN IMMEDIATE")
-                try:
-                    yield cursor
-                except BaseException:
-                    cursor.execute("ROLLBACK")
-                    raise
-                cursor.execute("COMMIT")
-        except sqlite3.OperationalError as error:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise StoreUnavailable(f"SQLite store {self.path}: {error}") from error
-        except sqlite3.Error as error:
-            raise StoreError(f"SQLite store {self.path}: {error}") from error
+        with self._lock:
+            cursor = self._db.cursor()
+            try:
+                with writer_turn(self._turns):
+                    cursor.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield cursor
+                    except BaseException:
+                        cursor.execute("ROLLBACK")
+                        raise
+                    cursor.execute("COMMIT")
+            except sqlite3.OperationalError as error:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise StoreUnavailable(f"SQLite store {self.path}: {error}") from error
+            except sqlite3.Error as error:
+                raise StoreError(f"SQLite store {self.path}: {error}") from error
         self._checkpoints.wrote()
 
     def _read(self, action: Callable[[sqlite3.Connection], T]) -> T:
         try:
-            return action(self._db)
+            with self._lock:
+                return action(self._db)
         except sqlite3.OperationalError as error:
             raise StoreUnavailable(f"SQLite store {self.path}: {error}") from error
 
@@ -209,8 +256,7 @@ class SQLiteStore(StoreReads):
             self._writer.write(cursor, rows)
             if dead_letters:
                 cursor.executemany(
-                    "INSERT OR REPLACE INTO kf_dead_letters VALUES (?, ?, ?, ?, ?)",
-                    [(group, *letter) for letter in dead_letters],
+                    DEAD_LETTER_SQL, dead_letter_rows(group, dead_letters, time.time())
                 )
 
     def upsert(self, rows: Mapping[str, Sequence[tuple[Any, ...]]]) -> None:
@@ -230,10 +276,17 @@ class SQLiteStore(StoreReads):
         with self._transaction() as cursor:
             note_halt(cursor, group, partition, owner, halted)
 
+    def delete_dead_letters(self, group: str, partition: int, offsets: Sequence[int]) -> None:
+        with self._transaction() as cursor:
+            cursor.executemany(
+                DELETE_DEAD_LETTER_SQL, [(group, partition, offset) for offset in offsets]
+            )
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._read(lambda db: db.execute(sql, params).fetchall())
 
     def close(self) -> None:
         self._checkpoints.close()
-        self._db.close()
+        with self._lock:
+            self._db.close()
         os.close(self._turns)

@@ -32,7 +32,7 @@ from kappaflow.errors import KappaflowError, ProcessorFailed, StaleOwnership, St
 from kappaflow.log.base import Log, RecordBatch
 from kappaflow.metrics import BATCH_SECONDS, DEAD_LETTERS, EVENTS_PROCESSED, PROCESSOR_FAILURES
 from kappaflow.settings import Settings
-from kappaflow.store.base import DeadLetter, Halted, PartitionCommit, Store
+from kappaflow.store.base import DeadLetter, Halted, PartitionCommit, Store, reason_kind
 from kappaflow.stream.shares import ShareFile
 
 log = logging.getLogger("kappaflow.worker")
@@ -293,7 +293,7 @@ class Worker:
             EVENTS_PROCESSED.labels(self.group).inc(records)
             BATCH_SECONDS.labels(self.group).observe(time.perf_counter() - started)
             for letter in dead:
-                DEAD_LETTERS.labels(self.group, letter.reason.split(":")[0]).inc()
+                DEAD_LETTERS.labels(self.group, reason_kind(letter.reason)).inc()
             if self._failures:  # a partition tried again went through
                 for commit in commits:
                     self._failures.pop(commit.partition, None)
