@@ -303,8 +303,12 @@ def test_a_killed_up_takes_its_processes_with_it(tmp_path: Path, kappaflow) -> N
     half = len(workload.events) // 2
     with kappaflow("up", "--data-dir", data, env=ENV) as first:
         post_all(first.client(), workload.events[:half])
-        children = psutil.Process(first.process.pid).children()
-        assert len(children) >= 2, "the server and a worker"
+
+        def started() -> list[psutil.Process]:
+            found = psutil.Process(first.process.pid).children()
+            return found if len(found) >= 2 else []
+
+        children = wait_until(started, 30, "the server and a worker started")
         first.process.kill()
         first.process.wait()
         wait_until(lambda: not any(alive(child) for child in children), 10,
