@@ -39,11 +39,12 @@ DEAD_LETTERS = Counter(
     "kappaflow_dead_letters", "Records sent to the dead-letter table, by reason.",
     ["group", "reason"],
 )  # fmt: skip
-DEAD_LETTER_REASONS = ("late", "undecodable")
+DEAD_LETTER_REASONS = ("late", "undecodable", "processor", "store")
 """The worker's own reasons; an app's processor may refuse records for others."""
 PROCESSOR_FAILURES = Counter(
     "kappaflow_processor_failures",
-    "Batches an app's processor raised on; each halts its partition for a while.",
+    "Records an app's processor or the store failed on (each set aside as a dead letter), "
+    "and batches without a record it raised on (each halts its partition for a while).",
     ["group"],
 )
 BATCH_SECONDS = Histogram(

@@ -60,7 +60,7 @@ def beat(ts_s: int, position: float, user: str = "u") -> bytes:
 
 
 def drain(w: Worker) -> None:
-    while w.poll():
+    while w.poll() or w.behind:
         pass
 
 
@@ -375,43 +375,117 @@ class FailsOn:
         return getattr(self.processor, name)
 
 
-def test_a_processor_that_raises_halts_its_partition_and_the_others_go_on(
+def test_a_record_the_processor_fails_on_is_dead_lettered_and_the_partition_goes_on(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = Clock()
+    """The batch is read again in halves down to the record at fault, which goes to the
+    dead letters with the error; the records around it, and the other partitions, are
+    processed once each, and the half-changed state is not kept."""
+    settings = settings.replace(progress_accuracy_s=0)
     p = partition_for("poison", settings.partitions)
     users = (f"user-{n}" for n in range(100))
-    others = [u for u in users if partition_for(u, settings.partitions) != p][:3]
-    append(settings, p, [beat(0, 0, "fine"), beat(0, 0, "poison")])  # one batch of p
+    neighbours = [u for u in users if partition_for(u, settings.partitions) == p][:6]
+    others = [u for u in (f"other-{n}" for n in range(100))
+              if partition_for(u, settings.partitions) != p][:3]  # fmt: skip
+    records = [beat(0, 0, user) for user in neighbours[:3]]
+    records += [beat(0, 0, "poison")] + [beat(0, 0, user) for user in neighbours[3:]]
+    append(settings, p, records)  # one batch of p, the poison at offset 3
     for user in others:
         append(settings, partition_for(user, settings.partitions), [beat(0, 0, user)])
-    w = worker(settings, clock)
-    failing = w.processor = FailsOn(w.processor, "poison")
+    w = worker(settings)
+    w.processor = FailsOn(w.processor, "poison")
     w.start()
     with caplog.at_level(logging.ERROR, logger="kappaflow.worker"):
         drain(w)
-    assert list(w.halted) == [p] and w.halted[p].noted.offset == 0
-    assert w.halted[p].noted.error == "ValueError: cannot handle poison"
-    assert f"raised on partition {p} at offset 0" in caplog.text
-    assert {row.user_id for row in all_progress(w.store)} == set(others), "none of p's batch"
-    assert w.store.committed_offsets(w.group).get(p, 0) == 0
+    (letter,) = w.store.dead_letters(w.group)
+    assert letter[:3] == (p, 3, "processor: ValueError: cannot handle poison")
+    assert f"partition {p}, offset 3: processor: ValueError" in caplog.text
+    assert {row.user_id for row in all_progress(w.store)} == {*neighbours, *others}
+    assert w.store.committed_offsets(w.group)[p] == 7 and not w.halted
+    assert not w.isolating, "read as usual again once past the poison"
+
+
+class FailsWhenEmpty(FailsOn):
+    """The video app's processor with a bug on batches without events (the idle ones) of
+    the partition of ``user``."""
+
+    def process(self, state: Any, batch: Any) -> Any:
+        mine = batch.partition == partition_for(self.user, 4)
+        if not self.fixed and not batch.events and mine:
+            raise ValueError("cannot time out")
+        return self.processor.process(state, batch)
+
+
+def test_a_processor_that_raises_without_a_record_halts_its_partition(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No record to set aside: the partition halts at its next offset, is noted in the
+    store for the dashboard, and is tried again after 30 s, then twice as long."""
+    clock = Clock()
+    p = partition_for("u", settings.partitions)
+    append(settings, p, [beat(0, 0)])
+    w = worker(settings, clock)
+    failing = w.processor = FailsWhenEmpty(w.processor, "u")
+    w.start()
+    drain(w)
+    clock.now += settings.idle_timeout_s + 1
+    with caplog.at_level(logging.ERROR, logger="kappaflow.worker"):
+        w.poll()
+    assert list(w.halted) == [p] and w.halted[p].noted.offset == 1
+    assert w.halted[p].noted.error == "ValueError: cannot time out"
+    assert f"raised on partition {p} at offset 1" in caplog.text
     assert w.store.halts(w.group) == {p: w.halted[p].noted}  # for the dashboard
     assert w.halted[p].noted.retry_at - w.halted[p].noted.since == RETRY_S
     w.start()  # claimed again, as after the store was out: still halted, and noted
     assert list(w.halted) == [p] and w.store.halts(w.group) == {p: w.halted[p].noted}
-    with pytest.raises(ProcessorFailed, match=f"partition {p} halted at offset 0"):
+    with pytest.raises(ProcessorFailed, match=f"partition {p} halted at offset 1"):
         w.run(lambda: False, until_caught_up=True)
-
     clock.now += RETRY_S  # tried again from the store: it raises again, waits twice as long
+    w.poll()
+    clock.now += settings.idle_timeout_s + 1
     w.poll()
     assert w.halted[p].retry_at == clock.now + 2 * RETRY_S
     failing.fixed = True
     clock.now += 2 * RETRY_S
+    w.poll()
+    clock.now += settings.idle_timeout_s + 1
     drain(w)
     assert not w.halted and w.store.halts(w.group) == {}
-    assert {row.user_id for row in all_progress(w.store)} == {*others, "fine", "poison"}
-    assert w.store.dead_letters(w.group) == [], "the half-changed state was not kept"
-    w.run(lambda: False, until_caught_up=True)
+    assert w.store.query("SELECT count(*) FROM video_progress") == [(1,)]
+
+
+def test_a_record_the_store_cannot_hold_is_dead_lettered_and_the_others_go_on(
+    settings: Settings, postgres_dsn: str
+) -> None:
+    """PostgreSQL refuses a NUL in text: the commit of several partitions is refused;
+    each then commits alone, the one at fault in halves down to the click, which goes
+    to the dead letters with the store's error; every other click is counted."""
+    on_postgres = settings.replace(store="postgres", postgres_dsn=postgres_dsn)
+    clicks = create_clicks(on_postgres)
+    stream = clicks.streams[0]
+    now = int(time.time())
+    log = open_log(on_postgres, writer=True)
+    good = [Click(t=now, g=f"link-{n}", c="NL") for n in range(40)]
+    Appender(log, stream, on_postgres.partitions).append(
+        [*good[:20], Click(t=now, g="x", c="N\x00L"), *good[20:]]
+    )
+    log.close()
+    w = Worker(clicks, stream, open_log(on_postgres), open_store(on_postgres), on_postgres,
+               range(on_postgres.partitions))  # fmt: skip
+    w.start()
+    for _ in range(200):
+        w.poll()
+        if w.caught_up() and not w.isolating:
+            break
+    (letter,) = w.store.dead_letters(w.group)
+    assert letter[0] == partition_for("x", on_postgres.partitions)
+    assert letter[2].startswith("store: StoreError: ") and "NUL" in letter[2]
+    counted = w.store.query("SELECT SUM(events) FROM click_counts "
+                            "WHERE span = '1m' AND dimension = 'country'")  # fmt: skip
+    assert counted == [(40,)]
+    assert w.caught_up() and not w.halted
+    w.store.close()
+    w.log.close()
 
 
 def test_a_lost_database_connection_is_recovered_without_loss_or_repeats(

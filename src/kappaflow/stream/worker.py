@@ -4,10 +4,12 @@ table, runs the app's processor, and commits result rows, processor state and ne
 offsets in one store transaction. The store, not the log, holds the truth about
 progress, so a worker killed at any point resumes exactly where its last commit ended.
 
-When the app's processor raises, its partition halts at the batch's first offset
-(nothing of that batch is committed) while the worker's other partitions go on; the
-partition is restored from the store and tried again after 30 s, then after twice
-as long each time, up to 10 minutes, so a fixed app (or a passing cause) resumes it.
+When the app's processor raises on a batch, or the store refuses what it made, the
+partition is restored from the store and read again in halves down to the record at
+fault, which goes to the dead letters; the partition goes on after it, and the worker's
+other partitions throughout. A processor that raises on a batch without records halts
+its partition, which is restored and tried again after 30 s, then after twice as long
+each time, up to 10 minutes, so a fixed app (or a passing cause) resumes it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ import msgspec
 import numpy as np
 
 from kappaflow.app import App, Batch, Processor, Stream
-from kappaflow.errors import KappaflowError, ProcessorFailed, StaleOwnership, StoreUnavailable
+from kappaflow.errors import (
+    KappaflowError,
+    ProcessorFailed,
+    StaleOwnership,
+    StoreError,
+    StoreUnavailable,
+)
 from kappaflow.log.base import Log, RecordBatch
 from kappaflow.metrics import BATCH_SECONDS, DEAD_LETTERS, EVENTS_PROCESSED, PROCESSOR_FAILURES
 from kappaflow.settings import Settings
@@ -106,6 +114,21 @@ class WorkerStats:
     commits: int = 0
 
 
+@dataclass
+class Step:
+    """One partition's share of a poll: the records read, and what to commit."""
+
+    run: PartitionRun
+    batch: RecordBatch
+    rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    dead: list[DeadLetter] = field(default_factory=list)
+    commit: PartitionCommit | None = None
+
+    @property
+    def records(self) -> int:
+        return len(self.batch.values)
+
+
 class Worker:
     """Processes ``partitions`` of ``stream`` with the app's processor."""
 
@@ -145,7 +168,11 @@ class Worker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         """Who claims the partitions: this process (on Kubernetes, the pod's name)."""
         self.halted: dict[int, Halt] = {}
-        """Partitions whose processor raised, until they are tried again."""
+        """Partitions whose processor raised on an empty batch, until tried again."""
+        self.isolating: dict[int, int] = {}
+        """Partitions whose batch made the processor or the store fail: how many records
+        to read at a time (halved down to the record at fault, then doubled again), each
+        committed on its own meanwhile."""
         self._failures: dict[int, int] = {}
         """Partitions whose processor raised on their last batch: how many times running."""
         self._batch_decoder = msgspec.json.Decoder(list[stream.schema])
@@ -220,10 +247,6 @@ class Worker:
 
     def poll(self) -> int:
         """One cycle over the owned partitions: returns how many records it committed."""
-        commits: list[PartitionCommit] = []
-        rows: dict[str, list[tuple[Any, ...]]] = {}
-        dead: list[DeadLetter] = []
-        records = 0
         self.behind = False
         if self.member:
             self.log.rebalance(self.settings.batch_max_events)  # type: ignore[attr-defined]
@@ -232,76 +255,182 @@ class Worker:
         for lookup in self.app.lookups:
             lookup.refresh(self.store)
         self._retry_halted(now)
-        for run in self.runs.values():
-            if run.partition in self.halted:
-                continue
-            batch = self.log.read(
-                self.stream.name, run.partition, run.next_offset, self.settings.batch_max_events
-            )
-            dead_before = len(dead)
-            clock_ms = run.tick(now, len(batch.values), self.settings.batch_max_events)
-            try:
-                if batch.values:
-                    run.last_record_at, run.idle_flushed = now, False
-                    self._process(run, batch, rows, dead, now_ms, clock_ms)
-                    records += len(batch.values)
-                    self.behind |= len(batch.values) >= self.settings.batch_max_events
-                elif self._idle(run, now, now_ms):
-                    watermark = run.watermark(self.lateness_ms, now_ms)
-                    empty = Batch(run.partition, [], [], [], watermark, clock_ms)
-                    self._run_processor(run, empty, rows, dead)
-                elif self._quiet(run, now) and self._timed_out(run, now_ms, clock_ms, rows):
-                    pass  # keys of a quiet partition closed for their idle time
-                elif batch.next_offset == run.next_offset:
-                    continue
-            except KappaflowError:
-                raise
-            except Exception as error:  # the app's processor: halt this partition only
-                del dead[dead_before:]
-                self._halt(run, error, now)
-                continue
-            # else only the offset moves on, over records no reader gets (Kafka's
-            # transaction markers): committed, so the partition's lag reaches 0
-            run.next_offset = batch.next_offset
-            commits.append(
-                PartitionCommit(
-                    run.partition,
-                    run.generation,
-                    run.next_offset,
-                    _META.pack(run.max_event_ms, run.floor_ms) + self.processor.encode(run.state),
-                    self.processor.changed_keys(run.state),
-                )
-            )
+        steps = [
+            step
+            for run in list(self.runs.values())
+            if run.partition not in self.halted and (step := self._step(run, now, now_ms))
+        ]
         # A partition is shown to the log's tools once claimed, records or not: KEDA counts
         # a partition without a committed group offset as lag, and would never scale to 0.
         shown = {p: run.next_offset for p, run in self.runs.items() if not run.shown}
-        if commits:
-            try:
-                self.store.commit(self.group, commits, rows, dead)
-            except StaleOwnership as fenced:
-                if not self.member:
-                    raise
-                # The group gave our partitions to another member while we could not
-                # answer it (a pause past the session timeout): the batch is dropped.
-                log.warning("worker for %s was fenced (%s); rejoining the group", self.group,
-                            fenced)  # fmt: skip
-                self.start()
-                return 0
-            shown.update((c.partition, c.next_offset) for c in commits)
+        committed = self._commit(steps)
+        if committed is None:
+            return 0
+        records = sum(step.records for step in committed)
+        if committed:
+            shown.update((s.commit.partition, s.commit.next_offset) for s in committed)
             self.stats.commits += 1
             self.stats.events += records
             EVENTS_PROCESSED.labels(self.group).inc(records)
             BATCH_SECONDS.labels(self.group).observe(time.perf_counter() - started)
-            for letter in dead:
-                DEAD_LETTERS.labels(self.group, reason_kind(letter.reason)).inc()
-            if self._failures:  # a partition tried again went through
-                for commit in commits:
-                    self._failures.pop(commit.partition, None)
+            for step in committed:
+                for letter in step.dead:
+                    DEAD_LETTERS.labels(self.group, reason_kind(letter.reason)).inc()
+                self._failures.pop(step.commit.partition, None)  # tried again: it went on
         if shown:
             self.log.acknowledge(self.group, self.stream.name, shown)
             for partition in shown:
-                self.runs[partition].shown = True
+                if partition in self.runs:
+                    self.runs[partition].shown = True
         return records
+
+    def _step(self, run: PartitionRun, now: float, now_ms: int) -> Step | None:
+        """Read and process one partition's next batch: what to commit for it, or None
+        when there is nothing to commit (or it halted, or a poison record is being
+        isolated)."""
+        full = self.settings.batch_max_events
+        limit = self.isolating.get(run.partition, full)
+        batch = self.log.read(self.stream.name, run.partition, run.next_offset, limit)
+        step = Step(run, batch)
+        clock_ms = run.tick(now, len(batch.values), min(limit, full))
+        try:
+            if batch.values:
+                run.last_record_at, run.idle_flushed = now, False
+                self._process(run, batch, step.rows, step.dead, now_ms, clock_ms)
+                self.behind |= len(batch.values) >= full
+            elif self._idle(run, now, now_ms):
+                watermark = run.watermark(self.lateness_ms, now_ms)
+                empty = Batch(run.partition, [], [], [], watermark, clock_ms)
+                self._run_processor(run, empty, step.rows, step.dead)
+            elif self._quiet(run, now) and self._timed_out(run, now_ms, clock_ms, step.rows):
+                pass  # keys of a quiet partition closed for their idle time
+            elif batch.next_offset == run.next_offset:
+                return None
+            # else only the offset moves on, over records no reader gets (Kafka's
+            # transaction markers): committed, so the partition's lag reaches 0
+        except KappaflowError:
+            raise
+        except Exception as error:  # the app's processor
+            return self._poisoned(run, batch, error, now, "processor")
+        run.next_offset = batch.next_offset
+        step.commit = self._partition_commit(run)
+        return step
+
+    def _partition_commit(self, run: PartitionRun) -> PartitionCommit:
+        return PartitionCommit(
+            run.partition,
+            run.generation,
+            run.next_offset,
+            _META.pack(run.max_event_ms, run.floor_ms) + self.processor.encode(run.state),
+            self.processor.changed_keys(run.state),
+        )
+
+    def _commit(self, steps: list[Step]) -> list[Step] | None:
+        """Commit the steps in one transaction; the steps committed, or None if the
+        worker was fenced and rejoined its group. While a poison record is being
+        isolated, each partition commits on its own: one that the store refuses is
+        isolated as a processor's failure is (see `_poisoned`)."""
+        if not steps:
+            return []
+        together = [steps] if not self.isolating else [[step] for step in steps]
+        committed: list[Step] = []
+        for part in together:
+            while part:
+                rows: dict[str, list[tuple[Any, ...]]] = {}
+                for step in part:
+                    for table, table_rows in step.rows.items():
+                        rows.setdefault(table, []).extend(table_rows)
+                dead = [letter for step in part for letter in step.dead]
+                try:
+                    self.store.commit(self.group, [step.commit for step in part], rows, dead)
+                except StaleOwnership as fenced:
+                    if not self.member:
+                        raise
+                    # The group gave our partitions to another member while we could not
+                    # answer it (a pause past the session timeout): the batch is dropped.
+                    log.warning("worker for %s was fenced (%s); rejoining the group",
+                                self.group, fenced)  # fmt: skip
+                    self.start()
+                    return None
+                except StoreError as refused:
+                    if isinstance(refused, StoreUnavailable):
+                        raise
+                    part = self._refused_by_store(part, refused)
+                    continue
+                committed += part
+                for step in part:
+                    self._grow(step)
+                part = []
+        return committed
+
+    def _refused_by_store(self, part: list[Step], refused: StoreError) -> list[Step]:
+        """The store refused a commit of ``part`` for what it holds (a value it cannot
+        store): the partitions are restored from the store, and each commits alone from
+        then on, halving its batches down to the record at fault, whose dead letter is
+        returned to commit instead. A dead letter the store refuses too halts its
+        partition."""
+        if len(part) > 1:
+            partitions = [step.run.partition for step in part]
+            log.warning("%s: the store refused a commit of partitions %s (%s); committing "
+                        "each alone to find the record at fault", self.group, partitions,
+                        refused)  # fmt: skip
+            for step in part:
+                self.isolating.setdefault(step.run.partition, max(step.records, 1))
+            self._assigned(partitions)
+            return []
+        (step,) = part
+        if step.dead and not step.rows and step.records == 1:
+            self._assigned([step.run.partition])
+            self._halt(self.runs[step.run.partition], refused, self.clock())
+            return []
+        isolated = self._poisoned(step.run, step.batch, refused, self.clock(), "store")
+        return [] if isolated is None else [isolated]
+
+    def _poisoned(
+        self, run: PartitionRun, batch: RecordBatch, error: Exception, now: float, by: str
+    ) -> Step | None:
+        """A batch of ``run``'s partition made the processor (or the store) fail: its
+        state may be half changed, so it is restored from the store. A batch of several
+        records is read again in halves; a single record is the poison: it goes to the
+        dead letters with the error, and the partition goes on after it. A failure
+        without a record (an empty batch timing sessions out) halts the partition."""
+        partition = run.partition
+        if not batch.values:
+            self._halt(run, error, now)
+            return None
+        self._assigned([partition])
+        self.behind = True  # its records are read again at once
+        if len(batch.values) > 1:
+            self.isolating[partition] = len(batch.values) // 2
+            log.warning("%s: the %s failed on %d records of partition %d from offset %d (%s: "
+                        "%s); reading them again in halves to find the one at fault",
+                        self.group, by, len(batch.values), partition, batch.offsets[0],
+                        type(error).__name__, error)  # fmt: skip
+            return None
+        restored = self.runs[partition]
+        reason = f"{by}: {type(error).__name__}: {error}".replace("\x00", "\\x00")
+        letter = DeadLetter(partition, batch.offsets[0], reason[:MAX_NOTED_ERROR], batch.values[0])
+        log.error("%s: partition %d, offset %d: %s; the record goes to the dead letters and "
+                  "the partition goes on", self.group, partition, batch.offsets[0], reason,
+                  exc_info=error)  # fmt: skip
+        PROCESSOR_FAILURES.labels(self.group).inc()
+        self.isolating[partition] = 1
+        restored.next_offset = batch.next_offset
+        step = Step(restored, batch, dead=[letter])
+        step.commit = self._partition_commit(restored)
+        return step
+
+    def _grow(self, step: Step) -> None:
+        """After a commit of a partition being isolated: twice as many records next time
+        while its reads are full; a read of less took all there was (the poison is
+        behind it), and the partition is read as usual again."""
+        partition = step.run.partition
+        limit = self.isolating.get(partition)
+        if limit is not None:
+            if step.records < limit or 2 * limit >= self.settings.batch_max_events:
+                del self.isolating[partition]
+            else:
+                self.isolating[partition] = 2 * limit
 
     def _halt(self, run: PartitionRun, error: Exception, now: float) -> None:
         """Stop processing ``run``'s partition at its next offset (its state may be half
