@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -17,9 +18,10 @@ from click.testing import CliRunner
 from kappaflow.app import App, load_apps
 from kappaflow.apps.clicks import Click
 from kappaflow.cli import main
-from kappaflow.dead_letters import listing, plan_replay, replay
+from kappaflow.dead_letters import listing, params, plan_replay, replay
 from kappaflow.errors import InvalidQuery, LogUnavailable, StoreUnavailable
 from kappaflow.log import Log, open_log, partition_for
+from kappaflow.query.params import read_params
 from kappaflow.settings import Settings
 from kappaflow.store import Store, open_store
 from kappaflow.store.base import DeadLetter
@@ -45,9 +47,14 @@ def store(backend_settings: Settings) -> Iterator[Store]:
         yield opened
 
 
-def listed(apps: list[App], store: Store, **params: str) -> list[tuple[str, int, int]]:
+def given(apps: list[App], **strings: str) -> dict[str, Any]:
+    """Parameters as given to GET /v1/dead-letters, converted as the query service does."""
+    return read_params(params(apps), strings)
+
+
+def listed(apps: list[App], store: Store, **strings: str) -> list[tuple[str, int, int]]:
     return [(found.group, found.partition, found.offset)
-            for found in listing(apps, store, params)]  # fmt: skip
+            for found in listing(apps, store, given(apps, **strings))]  # fmt: skip
 
 
 def test_dead_letters_are_listed_newest_first_by_stream_reason_time_and_offsets(
@@ -81,7 +88,7 @@ def test_dead_letters_are_listed_newest_first_by_stream_reason_time_and_offsets(
 
 
 @pytest.mark.parametrize(
-    ("params", "message"),
+    ("strings", "message"),
     [
         ({"stream": "beats"}, "stream must be one of clicks, heartbeats, got 'beats'"),
         ({"since": "yesterday"}, "since must be unix seconds or an RFC 3339 time"),
@@ -93,9 +100,10 @@ def test_dead_letters_are_listed_newest_first_by_stream_reason_time_and_offsets(
         ({"partition": "0", "offsets": "9-4"}, "offsets must be numbers and ranges like 0,2,5-7"),
     ],
 )
-def test_wrong_filters_are_named(settings: Settings, params: dict, message: str) -> None:
+def test_wrong_filters_are_named(settings: Settings, strings: dict, message: str) -> None:
+    apps = load_apps(settings)
     with closing(open_store(settings)) as store, pytest.raises(InvalidQuery, match=message):
-        listing(load_apps(settings), store, params)
+        listing(apps, store, given(apps, **strings))
 
 
 def click(t: int, country: str) -> Click:
@@ -159,7 +167,7 @@ def test_a_replay_takes_the_partition_and_offsets_asked_and_nothing_past_the_end
     log.append("heartbeats", 1, records)
     letters = [DeadLetter(1, offset, "refused", value) for offset, value in enumerate(records)]
     store.commit(HEARTBEATS, [], {}, [*letters, DeadLetter(1, 9, "refused", b"x")])
-    asked = {"stream": "heartbeats", "partition": "1", "offsets": "1,3-20"}
+    asked = given(apps, stream="heartbeats", partition="1", offsets="1,3-20")
     assert replay(log, store, plan_replay(apps, asked)) == {1: 2}
     assert log.read("heartbeats", 1, 4, 10).values == [b"b", b"d"]
     assert listed(apps, store) == [(HEARTBEATS, 1, 9), (HEARTBEATS, 1, 2), (HEARTBEATS, 1, 0)]
@@ -271,7 +279,7 @@ def test_the_commands_name_what_is_wrong_and_the_fix(settings: Settings, tmp_pat
     open_store(settings).close()
     bad = runner.invoke(main, ["dead-letters", "list", *data, "--since", "noon"], env=ENV)
     assert bad.exit_code == 2
-    assert "--since must be unix seconds or an RFC 3339 time, got 'noon'" in bad.output
+    assert "--since must be unix seconds or an RFC 3339 time with a zone, got 'noon'" in bad.output
     no_log = runner.invoke(main, ["dead-letters", "replay", *data, "--stream", "clicks"], env=ENV)
     assert no_log.exit_code == 2 and f"no log in {settings.log_path}" in no_log.output
     held = open_log(settings, writer=True)  # as kappaflow up holds it

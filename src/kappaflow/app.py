@@ -17,6 +17,7 @@ import msgspec
 
 from kappaflow.errors import AppError
 from kappaflow.events import event_time_ms
+from kappaflow.query.params import Text
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store, Table
 
@@ -127,22 +128,31 @@ class FunctionProcessor(Generic[S]):
 
 @dataclass(frozen=True)
 class Param:
-    """A query-string parameter of a `Query`, for the OpenAPI document."""
+    """A query-string parameter of a `Query`. Its value must convert to ``type`` by
+    msgspec's rules for strings: such as ``Annotated[int, Meta(ge=1, le=1000)]``, a
+    ``Literal`` of words, a ``datetime.date``, or the types of `kappaflow.query.params`
+    (`Text`, the default: any text without control characters). The service converts it
+    before the query runs, answering 400 naming it when it does not convert, and the
+    OpenAPI document states it."""
 
     description: str
     required: bool = False
+    type: Any = Text
 
 
 @dataclass(frozen=True)
 class Query:
     """A read query served over HTTP: ``GET path``, where ``path`` is a template like
-    ``/v1/progress/{user_id}/{video_id}``. ``run(store, params)`` receives the path and
-    query-string parameters and returns a msgspec-encodable ``result``, or None when
-    nothing is found (404); it raises `InvalidQuery` for bad parameters (400). A list
-    result is also served as CSV (``format=csv`` or ``Accept: text/csv``)."""
+    ``/v1/progress/{user_id}/{video_id}``. ``run(store, params)`` receives the path
+    parameters (text) and the query-string parameters, those of ``params`` converted to
+    their type, and returns a msgspec-encodable ``result``, or None when nothing is
+    found (404); it raises `InvalidQuery` for bad parameters (400), such as a range
+    whose ends are the wrong way round. A query whose ``result`` is a ``list[...]`` is
+    also served as CSV (``format=csv`` or ``Accept: text/csv``), and finds a list,
+    empty or not: never None."""
 
     path: str
-    run: Callable[[Store, Mapping[str, str]], Any]
+    run: Callable[[Store, Mapping[str, Any]], Any]
     summary: str
     result: Any = None
     """The type of the result, for the OpenAPI document."""
@@ -171,15 +181,21 @@ class Lookup(Generic[T]):
 
 @dataclass(frozen=True)
 class Upload:
-    """A write of reference data served over HTTP: ``POST path``; ``run(store, body,
-    content_type)`` validates the body, writes it with `Store.upsert` and returns a
-    summary; it raises `InvalidEvents` (400, nothing written) for bad rows. The body
-    is at most ``ingest_max_body_bytes``; a `RecursionError` (msgspec's, for JSON nested
-    too deeply) is a 400 too."""
+    """A write of reference data served over HTTP: ``POST path`` of JSON or CSV;
+    ``run(store, body, content_type)`` validates the body, writes it with `Store.upsert`
+    and returns a summary; it raises `InvalidEvents` (400, nothing written) for bad
+    rows. The body is at most ``ingest_max_body_bytes``; a `RecursionError` (msgspec's,
+    for JSON nested too deeply) is a 400 too."""
 
     path: str
     run: Callable[[Store, bytes, str], Any]
     summary: str
+    body: Any = None
+    """The type of a JSON body, for the OpenAPI document."""
+    result: Any = None
+    """The type of the summary, for the OpenAPI document."""
+    csv: str = "CSV with a header line naming the columns"
+    """What a CSV body holds, for the OpenAPI document."""
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,6 +13,9 @@ from kappaflow.errors import KappaflowError
 from kappaflow.query.params import parse_ranges
 from kappaflow.settings import Settings
 from kappaflow.signals import stop_flag
+
+if TYPE_CHECKING:
+    from kappaflow.app import App
 
 
 def _settings(ctx: click.Context, **overrides: Any) -> Settings:
@@ -330,9 +333,14 @@ def _dead_letter_settings(ctx: click.Context, data_dir: str | None) -> Settings:
     return settings
 
 
-def _selection(**options: Any) -> dict[str, str]:
-    """The options given, as the query-string parameters of GET /v1/dead-letters."""
-    return {name: str(value) for name, value in options.items() if value is not None}
+def _selection(apps: Sequence[App], **options: Any) -> dict[str, Any]:
+    """The options given, as the parameters of GET /v1/dead-letters, converted; raises
+    `InvalidQuery` naming one that does not convert."""
+    from kappaflow.dead_letters import params
+    from kappaflow.query.params import read_params
+
+    given = {name: str(value) for name, value in options.items() if value is not None}
+    return read_params(params(apps), given)
 
 
 @dead_letters.command("list")
@@ -366,7 +374,7 @@ def dead_letters_list(
     try:
         apps, store = load_apps(settings), open_store(settings)
         try:
-            found = listing(apps, store, _selection(**options))
+            found = listing(apps, store, _selection(apps, **options))
         finally:
             store.close()
     except InvalidQuery as invalid:
@@ -424,7 +432,8 @@ def dead_letters_replay(ctx: click.Context, data_dir: str | None, **options: Any
     if settings.log == "embedded" and not settings.log_path.is_dir():
         ctx.fail(f"no log in {settings.log_path}")
     try:
-        plan = plan_replay(load_apps(settings), _selection(**options))
+        apps = load_apps(settings)
+        plan = plan_replay(apps, _selection(apps, **options))
         try:
             log = open_log(settings, writer=True)
         except LogUnavailable as held:

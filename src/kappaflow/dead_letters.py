@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from typing import Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
+from msgspec import Meta
 
 from kappaflow.app import App, Param, Query, Stream
 from kappaflow.errors import InvalidQuery
 from kappaflow.log.base import Log
-from kappaflow.query.params import int_param, ranges_param, time_param
+from kappaflow.query.params import Ranges, UnixTime, describe, parse_ranges, seconds
 from kappaflow.store.base import DeadLetterFilter, Store, StoredDeadLetter
 
 PATH = "/v1/dead-letters"
@@ -48,16 +49,26 @@ class DeadLetterInfo(msgspec.Struct):
     kappaflow kept this time: when the store was upgraded."""
 
 
-PARAMS = {
-    "stream": Param("only the dead letters of this stream (default: of every stream)"),
-    "reason": Param("only those of this reason kind: the reason up to its first colon, "
-                    "such as late, undecodable, or a word of the app's processor"),
-    "since": Param("only those dead-lettered at or after this time (unix seconds, or RFC "
-                   "3339 with a zone)"),
-    "partition": Param("only those of this partition"),
-    "offsets": Param("only those at these offsets of the partition, such as 10,12-15"),
-    "limit": Param(f"at most this many, the newest first: 1 to {MAX_LIMIT} (default {LIMIT})"),
-}  # fmt: skip
+def params(apps: Sequence[App]) -> dict[str, Param]:
+    """The filters of the dead letters of ``apps``' streams, by name."""
+    names = tuple(sorted({stream.name for app in apps for stream in app.streams}))
+    stream = Param("only the dead letters of this stream (default: of every stream)",
+                   type=Literal[names])  # fmt: skip
+    return {
+        **({"stream": stream} if names else {}),
+        "reason": Param("only those of this reason kind: the reason up to its first colon, "
+                        "such as late, undecodable, or a word of the app's processor "
+                        "(empty: any)"),
+        "since": Param("only those dead-lettered at or after this time", type=UnixTime),
+        "partition": Param("only those of this partition",
+                           type=Annotated[int, Meta(ge=0, le=MAX_PARTITION)]),
+        "offsets": Param("only those at these offsets of the partition (which must be "
+                         "given), such as 10,12-15, each range low to high", type=Ranges),
+        "limit": Param(f"at most this many, the newest first (default {LIMIT})",
+                       type=Annotated[int, Meta(ge=1, le=MAX_LIMIT)]),
+    }  # fmt: skip
+
+
 SUMMARY = (
     "Dead letters, the newest first: records the workers could not process (late, "
     "undecodable, refused by an app), each with its stream, partition, offset, reason, the "
@@ -68,38 +79,37 @@ SUMMARY = (
 
 def query(apps: Sequence[App]) -> Query:
     """``GET /v1/dead-letters``, served beside the apps' queries."""
-    return Query(PATH, lambda store, params: listing(apps, store, params), SUMMARY,
-                 list[DeadLetterInfo], PARAMS)  # fmt: skip
+    return Query(PATH, lambda store, given: listing(apps, store, given), SUMMARY,
+                 list[DeadLetterInfo], params(apps))  # fmt: skip
 
 
-def listing(apps: Sequence[App], store: Store, params: Mapping[str, str]) -> list[DeadLetterInfo]:
-    """The dead letters ``params`` select (see `PARAMS`), the newest first."""
-    streams, which = select(apps, params)
-    limit = int_param(params, "limit", LIMIT, 1, MAX_LIMIT)
-    return [info(*streams[found.group], found) for found in store.find_dead_letters(which, limit)]
+def listing(apps: Sequence[App], store: Store, given: Mapping[str, Any]) -> list[DeadLetterInfo]:
+    """The dead letters the parameters ``given`` select (converted: see `params`), the
+    newest first."""
+    streams, which = select(apps, given)
+    return [
+        info(*streams[found.group], found)
+        for found in store.find_dead_letters(which, given.get("limit", LIMIT))
+    ]
 
 
-def select(apps: Sequence[App], params: Mapping[str, str]) -> tuple[Streams, DeadLetterFilter]:
-    """The app streams and the filter ``params`` name; raises `InvalidQuery` naming a
-    parameter that is wrong."""
-    name = params.get("stream") or None
+def select(apps: Sequence[App], given: Mapping[str, Any]) -> tuple[Streams, DeadLetterFilter]:
+    """The app streams and the filter the parameters ``given`` (converted: see `params`)
+    name; raises `InvalidQuery` for offsets that are not ranges low to high, or without
+    a partition."""
+    name = given.get("stream")
     streams = {app.group(stream): (app, stream) for app in apps for stream in app.streams
                if name in (None, stream.name)}  # fmt: skip
-    if not streams:
-        known = sorted({stream.name for app in apps for stream in app.streams})
-        raise InvalidQuery(f"stream must be one of {', '.join(known)}, got {name!r}")
-    partition = params.get("partition")
-    offsets = ranges_param(params, "offsets")
-    if offsets and not partition:
+    partition, since = given.get("partition"), given.get("since")
+    text = given.get("offsets", "")
+    try:
+        offsets = parse_ranges(text) if text else []
+    except ValueError:
+        raise InvalidQuery(f"offsets must be {describe(Ranges)}, got {text!r}") from None
+    if offsets and partition is None:
         raise InvalidQuery("offsets need a partition: each partition counts its own offsets")
-    which = DeadLetterFilter(
-        list(streams),
-        params.get("reason") or None,
-        time_param(params, "since"),
-        int_param(params, "partition", 0, 0, MAX_PARTITION) if partition else None,
-        offsets,
-    )
-    return streams, which
+    reason, since_s = given.get("reason") or None, None if since is None else seconds(since)
+    return streams, DeadLetterFilter(list(streams), reason, since_s, partition, offsets)
 
 
 def info(app: App, stream: Stream, found: StoredDeadLetter) -> DeadLetterInfo:
@@ -120,12 +130,13 @@ class Replay(NamedTuple):
     which: DeadLetterFilter
 
 
-def plan_replay(apps: Sequence[App], params: Mapping[str, str]) -> Replay:
-    """The replay of the dead letters ``params`` select (see `PARAMS`; ``limit``
-    aside), which must name a stream that one app reads; raises `InvalidQuery`."""
-    if not params.get("stream"):
+def plan_replay(apps: Sequence[App], given: Mapping[str, Any]) -> Replay:
+    """The replay of the dead letters the parameters ``given`` select (converted: see
+    `params`; ``limit`` aside), which must name a stream that one app reads; raises
+    `InvalidQuery`."""
+    if "stream" not in given:
         raise InvalidQuery("stream is required: a replay appends to one stream's log")
-    streams, which = select(apps, params)
+    streams, which = select(apps, given)
     (group, (_, stream)), *others = streams.items()
     if others:
         names = ", ".join(app.name for app, _ in streams.values())

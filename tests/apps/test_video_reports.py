@@ -5,7 +5,7 @@ computation over the final segments."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import msgspec
 from hypothesis import HealthCheck, given
@@ -45,7 +45,7 @@ def royalties(store) -> list:
     """(day, holder, watched_s, amount) as the report shows them."""
     return [
         msgspec.structs.astuple(row)
-        for row in royalty_report(store, {"from": "2000-01-01", "to": "2100-01-01"})
+        for row in royalty_report(store, {"from": date(2000, 1, 1), "to": date(2100, 1, 1)})
     ]
 
 

@@ -70,8 +70,16 @@ def test_dead_letters_as_json_and_csv(backend_settings: Settings, client: TestCl
     [
         ({"stream": "nope"}, "stream must be one of clicks, heartbeats, got 'nope'"),
         ({"limit": "100000"}, "limit must be an integer from 1 to 10000, got '100000'"),
-        ({"since": "soon"}, "since must be unix seconds or an RFC 3339 time, got 'soon'"),
-        ({"format": "xml"}, "format must be json or csv, got 'xml'"),
+        (
+            {"since": "soon"},
+            "since must be unix seconds or an RFC 3339 time with a zone, got 'soon'",
+        ),
+        ({"format": "xml"}, "format must be one of csv, json, got 'xml'"),
+        (  # more than the store's integers hold: was a 500
+            {"partition": "0", "offsets": "1-99999999999999999999"},
+            "offsets must be numbers and ranges like 0,2,5-7 (each low-high), "
+            "got '1-99999999999999999999'",
+        ),
     ],
 )
 def test_wrong_parameters_are_400_naming_them(

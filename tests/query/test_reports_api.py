@@ -88,7 +88,8 @@ def test_catalog_upload_then_reports_as_json_and_csv(client: TestClient, setting
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        ("from=2026-01-01", "to must be a day"),
+        ("from=2026-01-01", "to is required: a day like 2026-01-31"),
+        ("from=2026-01-01&to=20260102", "to must be a day like 2026-01-31, got '20260102'"),
         ("from=yesterday&to=2026-01-01", "from must be a day"),
         ("from=2026-02-01&to=2026-01-01", "is after to"),
     ],
@@ -146,25 +147,29 @@ def test_every_bad_catalog_row_is_named_and_unknown_sections_are_refused(
     assert store.query("SELECT count(*) FROM video_catalog") == [(0,)]
 
 
-def test_catalog_identifiers_refuse_control_characters_and_slashes(
+def test_catalog_identifiers_refuse_control_characters_and_slashes_and_titles_nul(
     backend_settings: Settings,
 ) -> None:
-    """On each store: PostgreSQL refuses a NUL in text, and answered 500."""
+    """On each store: PostgreSQL refuses a NUL in text, and answered 500 (a title's too)."""
     bad = json.loads(json.dumps(CATALOG))
+    bad["videos"][0]["title"] = "a\x00b"
     bad["videos"][1]["license_holder"] = "h\x00"
     bad["ad_slots"][0]["campaign"] = "a/b"
     csv_body = b"video_id,position_s,advertiser,campaign\nv,10,acme,spring\nv,20,a\x01,s\n"
+    csv_titles = b"video_id,title,duration_s,license_holder,royalty_rate_per_minute\nv,\x00,1,h,1\n"
     with TestClient(build(backend_settings, ("query",)), raise_server_exceptions=False) as client:
         answer = client.post("/v1/catalog", json=bad)
-        from_csv = client.post("/v1/catalog", content=csv_body,
-                               headers={"content-type": "text/csv"})  # fmt: skip
+        from_csv, titles = (client.post("/v1/catalog", content=body,
+                                        headers={"content-type": "text/csv"})
+                            for body in (csv_body, csv_titles))  # fmt: skip
     assert answer.status_code == 400
     assert [(p["index"], p["field"]) for p in answer.json()["problems"]] == [
-        (1, "videos.license_holder"), (0, "ad_slots.campaign"),
+        (0, "videos.title"), (1, "videos.license_holder"), (0, "ad_slots.campaign"),
     ]  # fmt: skip
-    assert "an identifier may not hold control characters" in answer.json()["problems"][0]["reason"]
+    assert "an identifier may not hold control characters" in answer.json()["problems"][1]["reason"]
     assert from_csv.status_code == 400
     assert [(p["index"], p["field"]) for p in from_csv.json()["problems"]] == [(1, "advertiser")]
+    assert [(p["index"], p["field"]) for p in titles.json()["problems"]] == [(0, "title")]
     store = open_store(backend_settings)
     assert store.query("SELECT count(*) FROM video_catalog") == [(0,)]
     assert store.query("SELECT count(*) FROM video_ad_slots") == [(0,)]

@@ -12,15 +12,17 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import msgspec
 import ua_parser
+from msgspec import Meta
 
 from kappaflow.app import App, Param, Query, Stream
 from kappaflow.errors import InvalidQuery
-from kappaflow.events import MAX_EVENT_MS, EventSeconds
-from kappaflow.query.params import int_param, time_param
+from kappaflow.events import MAX_EVENT_MS, EventSeconds, Integer
+from kappaflow.query.params import UnixTime, seconds
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
 from kappaflow.stream.windows import WINDOW_SIZES_MS, TumblingCounts, counts_table
@@ -28,10 +30,17 @@ from kappaflow.stream.windows import WINDOW_SIZES_MS, TumblingCounts, counts_tab
 UNKNOWN = "unknown"
 DIMENSIONS = ("country", "tz", "browser", "os", "referrer", "domain", "url", "keepalive")
 COUNTS = counts_table("click_counts")
+MAX_EVENT_S = MAX_EVENT_MS / 1000
 
 
 class Click(msgspec.Struct, omit_defaults=True):
     """A bit.ly click record (or a keep-alive); only ``t`` (or ``_heartbeat_``) is needed."""
+
+    extra_json_schema: ClassVar[dict[str, Any]] = {
+        "anyOf": [{"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+                  for name in ("t", "_heartbeat_")]
+    }  # fmt: skip
+    """What `__post_init__` requires beyond the fields' types, for the OpenAPI document."""
 
     t: EventSeconds | None = None
     a: str | None = None
@@ -41,13 +50,13 @@ class Click(msgspec.Struct, omit_defaults=True):
     u: str | None = None
     g: str = ""
     h: str | None = None
-    nk: int | None = None
+    nk: Integer | None = None
     al: str | None = None
     hh: str | None = None
     l: str | None = None  # noqa: E741 - the feed's field name
     cy: str | None = None
     gr: str | None = None
-    hc: int | None = None
+    hc: Integer | None = None
     ll: list[float] | None = None
     kw: str | None = None
     heartbeat: EventSeconds | None = msgspec.field(default=None, name="_heartbeat_")
@@ -98,31 +107,22 @@ class Count(msgspec.Struct):
     clicks: int
 
 
-def _window(params: Mapping[str, str]) -> str:
-    window = params.get("window", "1h")
-    if window not in WINDOW_SIZES_MS:
-        raise InvalidQuery(f"window must be one of {', '.join(WINDOW_SIZES_MS)}, got {window!r}")
-    return window
-
-
-WINDOW = Param(f"one of {', '.join(WINDOW_SIZES_MS)} (default 1h)")
+WINDOW = Param("the window (default 1h)", type=Literal[tuple(WINDOW_SIZES_MS)])
 TIME_RANGE = {
-    name: Param(f"{name} this time (unix seconds or RFC 3339 with a zone; default: {edge})")
+    name: Param(f"{name} this time, inclusive (default: {edge}); from <= to", type=UnixTime)
     for name, edge in (("from", "the first"), ("to", "the last"))
 }
 
 
-def _range_ms(params: Mapping[str, str]) -> tuple[int, int]:
-    """``from``/``to`` as unix seconds or RFC 3339 times with a zone; default: all.
-    Times outside what events may carry (1970 to 9999) are taken as those limits."""
-    bounds = []
-    for name, default in (("from", 0), ("to", MAX_EVENT_MS)):
-        seconds = time_param(params, name)
-        bounds.append(
-            default if seconds is None else min(max(round(seconds * 1000), 0), MAX_EVENT_MS)
-        )
+def _range_ms(params: Mapping[str, Any]) -> tuple[int, int]:
+    """``from``/``to`` in epoch milliseconds; default: all. Times outside what events may
+    carry (1970 to 9999) are taken as those limits."""
+    bounds = [
+        default if moment is None else round(min(max(seconds(moment), 0), MAX_EVENT_S) * 1000)
+        for moment, default in ((params.get("from"), 0), (params.get("to"), MAX_EVENT_MS))
+    ]
     if bounds[0] > bounds[1]:
-        raise InvalidQuery(f"from ({params.get('from')}) is after to ({params.get('to')})")
+        raise InvalidQuery(f"from ({_iso(bounds[0])}) is after to ({_iso(bounds[1])})")
     return bounds[0], bounds[1]
 
 
@@ -130,30 +130,26 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def counts_query(store: Store, params: Mapping[str, str]) -> list[Count]:
-    dimension = params.get("dimension", "")
-    if dimension not in DIMENSIONS:
-        raise InvalidQuery(f"dimension must be one of {', '.join(DIMENSIONS)}, got {dimension!r}")
-    window = _window(params)
+def counts_query(store: Store, params: Mapping[str, Any]) -> list[Count]:
+    window = params.get("window", "1h")
     first, last = _range_ms(params)
     rows = store.query(
         "SELECT start_ms, value, events FROM click_counts WHERE span = ? AND dimension = ? "
         "AND start_ms >= ? AND start_ms <= ? ORDER BY start_ms, events DESC, value",
-        (window, dimension, first, last),
+        (window, params["dimension"], first, last),
     )
     return [Count(window, _iso(start), value, n) for start, value, n in rows]
 
 
-def top_query(store: Store, params: Mapping[str, str]) -> list[Count]:
-    window = _window(params)
+def top_query(store: Store, params: Mapping[str, Any]) -> list[Count]:
+    window = params.get("window", "1h")
     first, last = _range_ms(params)
-    k = int_param(params, "k", 10, 1, 1000)
     rows = store.query(
         "SELECT start_ms, value, events FROM (SELECT start_ms, value, events, row_number() "
         "OVER (PARTITION BY start_ms ORDER BY events DESC, value) AS rank FROM click_counts "
         "WHERE span = ? AND dimension = 'url' AND start_ms >= ? AND start_ms <= ?) "
         "WHERE rank <= ? ORDER BY start_ms, events DESC, value",
-        (window, first, last, k),
+        (window, first, last, params.get("k", 10)),
     )
     return [Count(window, _iso(start), value, n) for start, value, n in rows]
 
@@ -169,11 +165,13 @@ def create_app(settings: Settings) -> App:
             Query("/v1/clicks/counts", counts_query,
                   "Clicks per window by a dimension (dimension, window=1m|1h, from, to: unix "
                   "seconds or RFC 3339). JSON, or CSV with Accept: text/csv or format=csv.",
-                  list[Count], {"dimension": Param(f"one of {', '.join(DIMENSIONS)}", True),
+                  list[Count], {"dimension": Param("what to count clicks by", True,
+                                                   Literal[DIMENSIONS]),
                                 "window": WINDOW, **TIME_RANGE}),
             Query("/v1/clicks/top", top_query,
                   "The k most clicked target URLs of each window (window, k, from, to).",
-                  list[Count], {"window": WINDOW, "k": Param("1 to 1000 (default 10)"),
-                                **TIME_RANGE}),
+                  list[Count], {"window": WINDOW, **TIME_RANGE,
+                                "k": Param("how many of each window (default 10)",
+                                           type=Annotated[int, Meta(ge=1, le=1000)])}),
         ],
     )  # fmt: skip

@@ -16,8 +16,8 @@ from typing import Any
 
 import msgspec
 
-from kappaflow.app import App, Lookup, Query, Stream, Upload
-from kappaflow.apps.video_catalog import AD_SLOTS, VIDEOS, index_slots, index_videos, upload
+from kappaflow.app import App, Lookup, Query, Stream
+from kappaflow.apps.video_catalog import AD_SLOTS, UPLOAD, VIDEOS, index_slots, index_videos
 from kappaflow.apps.video_events import PROGRESS, SEGMENTS, Heartbeat
 from kappaflow.apps.video_reports import REPORT_QUERIES, REPORT_TABLES
 from kappaflow.apps.video_segments import WatchedSegments
@@ -125,5 +125,5 @@ def create_app(settings: Settings) -> App:
         processors={heartbeats.name: sessions},
         queries=[progress_query(settings.partitions), *REPORT_QUERIES],
         lookups=[videos, slots],
-        uploads=[Upload("/v1/catalog", upload, "Add or replace videos and ad slots.")],
+        uploads=[UPLOAD],
     )

@@ -14,6 +14,7 @@ from typing import Annotated, Any, NamedTuple
 import msgspec
 from msgspec import Meta
 
+from kappaflow.app import Upload
 from kappaflow.errors import InvalidEvents
 from kappaflow.events import Identifier
 from kappaflow.events.validate import (
@@ -30,12 +31,14 @@ MAX_RATE_PER_MINUTE = 1_000.0
 """Royalty rates above it are refused: a day's amount in micro-units must stay an
 integer of 64 bits however many sessions add to it."""
 Rate = Annotated[float, Meta(ge=0, le=MAX_RATE_PER_MINUTE)]
+Title = Annotated[str, Meta(pattern=r"^[^\x00]*$")]
+"""Any text but NUL, which PostgreSQL cannot store."""
 UNKNOWN_HOLDER = "unknown"
 
 
 class Video(msgspec.Struct):
     video_id: Identifier
-    title: str
+    title: Title
     duration_s: NonNegative
     license_holder: Identifier
     royalty_rate_per_minute: Rate
@@ -200,3 +203,15 @@ def load(store: Store, catalog: Catalog) -> CatalogSummary:
 
 def upload(store: Store, body: bytes, content_type: str) -> CatalogSummary:
     return load(store, parse(body, content_type))
+
+
+UPLOAD = Upload(
+    "/v1/catalog",
+    upload,
+    "Add or replace videos and ad slots.",
+    body=Catalog,
+    result=CatalogSummary,
+    csv="One kind of row per upload, told apart by the header line: videos (video_id, title, "
+    "duration_s, license_holder, royalty_rate_per_minute) or ad slots (video_id, position_s, "
+    "advertiser, campaign), then a row per line, each value as the JSON schema of its kind says.",
+)

@@ -198,23 +198,12 @@ class ImpressionRow(msgspec.Struct):
     viewers: int
 
 
-def _days(params: Mapping[str, str]) -> tuple[str, str]:
-    found = []
-    for name in ("from", "to"):
-        value = params.get(name)
-        try:
-            found.append(date.fromisoformat(value or "").isoformat())
-        except ValueError:
-            raise InvalidQuery(f"{name} must be a day like 2026-01-31, got {value!r}") from None
-    if found[0] > found[1]:
-        raise InvalidQuery(f"from ({found[0]}) is after to ({found[1]})")
-    return found[0], found[1]
-
-
 def _report(
-    store: Store, table: Table, params: Mapping[str, str], filter_column: str
+    store: Store, table: Table, params: Mapping[str, Any], filter_column: str
 ) -> list[tuple[Any, ...]]:
-    first, last = _days(params)
+    first, last = params["from"].isoformat(), params["to"].isoformat()
+    if first > last:
+        raise InvalidQuery(f"from ({first}) is after to ({last})")
     sql = f"SELECT {', '.join(table.column_names)} FROM {table.name} WHERE day BETWEEN ? AND ?"
     arguments: list[Any] = [first, last]
     if value := params.get(filter_column):
@@ -223,7 +212,7 @@ def _report(
     return store.query(sql + f" ORDER BY {', '.join(table.key)}", arguments)
 
 
-def royalty_report(store: Store, params: Mapping[str, str]) -> list[RoyaltyRow]:
+def royalty_report(store: Store, params: Mapping[str, Any]) -> list[RoyaltyRow]:
     return [
         RoyaltyRow(day, holder, watched_ms / 1000, amount_micros / 1_000_000)
         for day, holder, watched_ms, amount_micros in _report(
@@ -232,11 +221,11 @@ def royalty_report(store: Store, params: Mapping[str, str]) -> list[RoyaltyRow]:
     ]
 
 
-def impression_report(store: Store, params: Mapping[str, str]) -> list[ImpressionRow]:
+def impression_report(store: Store, params: Mapping[str, Any]) -> list[ImpressionRow]:
     return [ImpressionRow(*row) for row in _report(store, IMPRESSIONS, params, "advertiser")]
 
 
-DAYS = {name: Param(f"{name} this UTC day, inclusive, like 2026-01-31", required=True)
+DAYS = {name: Param(f"{name} this UTC day, inclusive; from <= to", required=True, type=date)
         for name in ("from", "to")}  # fmt: skip
 REPORT_QUERIES = (
     Query(
@@ -246,7 +235,7 @@ REPORT_QUERIES = (
         "(from, to: days, inclusive; license_holder: optional). JSON, or CSV with "
         "Accept: text/csv or format=csv.",
         list[RoyaltyRow],
-        {**DAYS, "license_holder": Param("only this license holder")},
+        {**DAYS, "license_holder": Param("only this license holder (empty: all)")},
     ),
     Query(
         "/v1/reports/impressions",
@@ -254,6 +243,6 @@ REPORT_QUERIES = (
         "Ad impressions and unique viewers per advertiser, campaign and UTC day "
         "(from, to: days, inclusive; advertiser: optional). JSON or CSV.",
         list[ImpressionRow],
-        {**DAYS, "advertiser": Param("only this advertiser")},
+        {**DAYS, "advertiser": Param("only this advertiser (empty: all)")},
     ),
 )

@@ -11,12 +11,27 @@ from msgspec import Meta
 MAX_EVENT_MS = 253_402_300_799_999
 """9999-12-31T23:59:59.999Z, the last instant an RFC 3339 time can name."""
 
-EventSeconds = Annotated[int, Meta(ge=0, le=MAX_EVENT_MS // 1000)]
-"""Event time in epoch seconds, up to the year 9999."""
+Integer = int | Annotated[float, Meta(multiple_of=1)]
+"""An integer, written ``1`` or ``1.0``: what JSON Schema (so the OpenAPI document)
+calls an integer, which msgspec's ``int`` alone refuses in the second form."""
 
-EventTime = Annotated[int, Meta(ge=0, le=MAX_EVENT_MS)] | Annotated[datetime, Meta(tz=True)]
-"""Event time: epoch milliseconds up to the year 9999, or an RFC 3339 string with a
-time zone."""
+_NOT_AHEAD = "; ingest refuses times more than max_future_skew_s ahead of its clock"
+EventSeconds = Annotated[
+    Annotated[int, Meta(ge=0, le=MAX_EVENT_MS // 1000)]
+    | Annotated[float, Meta(ge=0, le=MAX_EVENT_MS // 1000, multiple_of=1)],
+    Meta(description="event time: an integer of epoch seconds" + _NOT_AHEAD),
+]
+"""Event time in epoch seconds, up to the year 9999: an `Integer`."""
+
+EventTime = Annotated[
+    Annotated[int, Meta(ge=0, le=MAX_EVENT_MS)]
+    | Annotated[float, Meta(ge=0, le=MAX_EVENT_MS, multiple_of=1)]
+    | Annotated[datetime, Meta(tz=True)],
+    Meta(description="event time: an integer of epoch milliseconds, or an RFC 3339 time "
+                     "with a zone from 1970 on" + _NOT_AHEAD),
+]  # fmt: skip
+"""Event time: epoch milliseconds up to the year 9999 (an `Integer`), or an RFC 3339
+string with a time zone."""
 
 NOT_IN_IDENTIFIERS = re.compile(r"[\x00-\x1f\x7f/]")
 """Control characters, which PostgreSQL (NUL) and terminals refuse, and ``/``, which
@@ -33,8 +48,8 @@ length as it decodes; `kappaflow.events.validate.Identifiers` checks the charact
 JSON schema states them."""
 
 
-def event_time_ms(value: int | datetime) -> int:
+def event_time_ms(value: float | datetime) -> int:
     """Epoch milliseconds of an event-time value."""
     if isinstance(value, datetime):
         return round(value.timestamp() * 1000)
-    return value
+    return int(value)

@@ -1,12 +1,12 @@
 """Encode validated events and append them to the log, each on the partition of its
-key. Event times are normalized to epoch milliseconds on the way in."""
+key. Event times are normalized to integers on the way in (RFC 3339 times to epoch
+milliseconds)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from itertools import repeat
 from operator import attrgetter
 from typing import Any
 
@@ -72,14 +72,17 @@ class Appender:
         raise InvalidEvents(problems)
 
     def _in_epoch_ms(self, events: Sequence[Any]) -> Sequence[Any]:
-        """``events`` with their RFC 3339 times as epoch milliseconds."""
+        """``events`` with their event times as ints: RFC 3339 times as epoch
+        milliseconds, and numbers written with a fraction (``1.0``) as ints."""
         time_field = self.stream.time
-        times = map(attrgetter(time_field), events)
-        if not any(map(isinstance, times, repeat(datetime))):
+        if set(map(type, map(attrgetter(time_field), events))) <= {int}:
             return events
         normalized, problems = [], []
         for index, event in enumerate(events):
-            if isinstance(moment := getattr(event, time_field), datetime):
+            moment = getattr(event, time_field)
+            if isinstance(moment, float):
+                event = msgspec.structs.replace(event, **{time_field: int(moment)})
+            elif isinstance(moment, datetime):
                 time_ms = self.stream.time_of(event)
                 if not 0 <= time_ms <= MAX_EVENT_MS:
                     reason = f"{moment.isoformat()} is outside 1970-01-01 .. 9999-12-31 UTC"

@@ -1,51 +1,98 @@
-"""Query-string parameters the queries share: times, bounded integers and offset
-ranges. Each reads one parameter of a query's ``params`` and raises `InvalidQuery`
-naming it when its value is wrong."""
+"""Query-string parameters: the types a query's parameters convert to (by msgspec's
+rules for strings, so that the OpenAPI document states exactly what is accepted), the
+conversion the query service applies to each parameter a query declares, and offset
+ranges."""
 
 from __future__ import annotations
 
-import math
+import re
+import sys
 from collections.abc import Mapping
 from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+import msgspec.inspect as mi
+from msgspec import Meta
 
 from kappaflow.errors import InvalidQuery
 
+if TYPE_CHECKING:
+    from kappaflow.app import Param
 
-def time_param(params: Mapping[str, str], name: str) -> float | None:
-    """Parameter ``name`` in Unix seconds, given as such or as an RFC 3339 time with a
-    zone; None when it is absent or empty."""
-    value = params.get(name)
-    if not value:
-        return None
-    try:
-        seconds: float | None = float(value)
-    except ValueError:
-        seconds = _rfc3339_seconds(value)
-    if seconds is None or not math.isfinite(seconds):
-        raise InvalidQuery(f"{name} must be unix seconds or an RFC 3339 time, got {value!r}")
-    return seconds
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+"""Refused in every parameter: no identifier holds one, and PostgreSQL refuses NUL in
+text."""
+TEXT = r"^[^\x00-\x1f\x7f]*$"
+Text = Annotated[str, Meta(pattern=TEXT)]
+"""Any text without control characters (empty included)."""
+Segment = Annotated[str, Meta(pattern=r"^[^\x00-\x1f\x7f/]+$")]
+"""A path parameter: a segment of the path, not empty."""
+UnixTime = Annotated[
+    Annotated[float, Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
+    | Annotated[datetime, Meta(tz=True)],
+    Meta(description="unix seconds or an RFC 3339 time with a zone"),
+]
+"""A time; its bounds, those of a float, refuse NaN and infinities."""
+Ranges = Annotated[
+    str,
+    Meta(pattern=r"^[0-9]{1,18}(-[0-9]{1,18})?(,[0-9]{1,18}(-[0-9]{1,18})?)*$",
+         description="numbers and ranges like 0,2,5-7 (each low-high)"),
+]  # fmt: skip
+"""Offsets (at most 18 digits: below any log's, and a 64-bit integer) and inclusive
+ranges of them, as `parse_ranges` reads them."""
 
 
-def _rfc3339_seconds(value: str) -> float | None:
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment.timestamp() if moment.tzinfo is not None else None
+def read_params(declared: Mapping[str, Param], values: Mapping[str, str]) -> dict[str, Any]:
+    """``values`` with each parameter ``declared`` converted to its type; raises
+    `InvalidQuery` naming a required one missing, or one that does not convert."""
+    converted: dict[str, Any] = dict(values)
+    for name, param in declared.items():
+        value = values.get(name)
+        if value is None:
+            if param.required:
+                raise InvalidQuery(f"{name} is required: {describe(param.type)}")
+            continue
+        try:
+            converted[name] = msgspec.convert(value, param.type, strict=False)
+        except msgspec.ValidationError:
+            raise InvalidQuery(f"{name} must be {describe(param.type)}, got {value!r}") from None
+    return converted
 
 
-def int_param(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    """Parameter ``name``, an integer from ``low`` to ``high``; ``default`` when absent."""
-    value = params.get(name)
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        number = low - 1
-    if not low <= number <= high:
-        raise InvalidQuery(f"{name} must be an integer from {low} to {high}, got {value!r}")
-    return number
+def describe(kind: Any) -> str:
+    """What a value of type ``kind`` (a parameter's) must be, in words."""
+    return _describe(mi.type_info(kind))
+
+
+def _describe(info: mi.Type) -> str:
+    if isinstance(info, mi.Metadata):
+        description = (info.extra_json_schema or {}).get("description")
+        return description or _describe(info.type)
+    if isinstance(info, mi.UnionType):
+        return " or ".join(map(_describe, info.types))
+    if isinstance(info, mi.LiteralType):
+        return f"one of {', '.join(map(str, info.values))}"
+    if isinstance(info, (mi.IntType, mi.FloatType)):
+        kind = "an integer" if isinstance(info, mi.IntType) else "a number"
+        if None not in (info.ge, info.le):
+            return f"{kind} from {info.ge} to {info.le}"
+        bounds = [(">=", info.ge), ("<=", info.le)]
+        return " ".join([kind, *(f"{op} {bound}" for op, bound in bounds if bound is not None)])
+    if isinstance(info, mi.DateType):
+        return "a day like 2026-01-31"
+    if isinstance(info, mi.DateTimeType):
+        return "an RFC 3339 time with a zone"
+    if isinstance(info, mi.StrType) and info.pattern == TEXT:
+        return "text without control characters (U+0000 to U+001F, U+007F)"
+    if isinstance(info, mi.StrType):
+        return f"text matching {info.pattern}" if info.pattern else "text"
+    return f"a {type(info).__name__.removesuffix('Type').lower()}"
+
+
+def seconds(moment: float | datetime) -> float:
+    """A `UnixTime` in unix seconds."""
+    return moment.timestamp() if isinstance(moment, datetime) else moment
 
 
 def parse_ranges(text: str) -> list[tuple[int, int]]:
@@ -59,16 +106,3 @@ def parse_ranges(text: str) -> list[tuple[int, int]]:
             raise ValueError(f"{part!r} is not a number >= 0 or a range low-high")
         ranges.append((low, high))
     return ranges
-
-
-def ranges_param(params: Mapping[str, str], name: str) -> list[tuple[int, int]]:
-    """Parameter ``name`` as `parse_ranges` reads it; empty when absent or empty."""
-    value = params.get(name)
-    if not value:
-        return []
-    try:
-        return parse_ranges(value)
-    except ValueError:
-        raise InvalidQuery(
-            f"{name} must be numbers and ranges like 0,2,5-7, got {value!r}"
-        ) from None

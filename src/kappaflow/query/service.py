@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, Literal, get_origin
 
 import msgspec
 from starlette.requests import Request
@@ -17,17 +16,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from kappaflow import dead_letters
-from kappaflow.app import App, Query, Upload
+from kappaflow.app import App, Param, Query, Upload
 from kappaflow.errors import InvalidEvents, InvalidQuery, StoreUnavailable
 from kappaflow.events.validate import TOO_DEEP
 from kappaflow.http import Blocking, Disconnected, error, json_response, read_body
+from kappaflow.query.params import CONTROL_CHARACTER, read_params
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
 
 Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 UPLOAD_TYPES = ("application/json", "text/csv")
-CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
-"""Refused in parameters: no identifier holds one, and PostgreSQL refuses NUL in text."""
+FORMAT = Param("csv: the rows as CSV, as with Accept: text/csv (default json)",
+               type=Literal["json", "csv"])  # fmt: skip
 
 
 def served_queries(apps: Sequence[App]) -> list[tuple[str, Query]]:
@@ -35,6 +35,17 @@ def served_queries(apps: Sequence[App]) -> list[tuple[str, Query]]:
     app's."""
     return [("kappaflow", dead_letters.query(apps)),
             *((app.name, query) for app in apps for query in app.queries)]  # fmt: skip
+
+
+def served_as_csv(query: Query) -> bool:
+    """Whether the query's result, a list, is also served as CSV."""
+    return get_origin(query.result) is list
+
+
+def query_params(query: Query) -> dict[str, Param]:
+    """The query-string parameters of the query's route: its own, and ``format`` where
+    it is served as CSV."""
+    return {**query.params, "format": FORMAT} if served_as_csv(query) else dict(query.params)
 
 
 class QueryService:
@@ -56,14 +67,17 @@ class QueryService:
         return error(503, str(failure), {"Retry-After": str(self.settings.retry_after_s)})
 
     def _query(self, query: Query) -> Endpoint:
+        declared, csv_too = query_params(query), served_as_csv(query)
+
         async def endpoint(request: Request) -> Response:
-            params = {**request.query_params, **request.path_params}
-            for name, value in params.items():
+            given = {**request.query_params, **request.path_params}
+            for name, value in given.items():
                 if found := CONTROL_CHARACTER.search(value):
                     return error(400, f"parameter {name}: {value!r} holds {found.group()!r}: "
                                  "parameters may not hold control characters "
                                  "(U+0000 to U+001F, U+007F)")  # fmt: skip
             try:
+                params = read_params(declared, given)
                 result = await self.blocking.run(query.run, self.store, params)
             except InvalidQuery as invalid:
                 return error(400, str(invalid))
@@ -71,12 +85,8 @@ class QueryService:
                 return self._unavailable(failure)
             if result is None:
                 return error(404, f"nothing found at {request.url.path}")
-            if params.get("format", "json") not in ("json", "csv"):
-                return error(400, f"format must be json or csv, got {params['format']!r}")
-            wants_csv = params.get("format") == "csv" or "text/csv" in request.headers.get(
-                "accept", ""
-            )
-            if wants_csv and isinstance(result, list):
+            accept = request.headers.get("accept", "")
+            if csv_too and (params.get("format") == "csv" or "text/csv" in accept):
                 return Response(to_csv(result), media_type="text/csv; charset=utf-8")
             return json_response(result)
 
