@@ -1,60 +1,85 @@
-"""The OpenAPI document of the HTTP services, derived from the apps' streams and the
-queries served, so it always matches what is served."""
+"""The OpenAPI document of the HTTP services, derived from the apps' streams, queries and
+uploads and from the types the services decode with, so that it states exactly what
+each route accepts and answers (tests/integration/test_openapi_fuzz.py holds it to
+that)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Collection, Sequence
-from typing import Any, get_origin
+from typing import Any
 
 import msgspec
 
 from kappaflow import __version__
-from kappaflow.app import App
+from kappaflow.app import App, Stream
 from kappaflow.events.validate import Problem
-from kappaflow.ingest.service import NDJSON_TYPES
+from kappaflow.ingest.service import JSON_TYPES, NDJSON_TYPES
 from kappaflow.query.dashboard import Status
-from kappaflow.query.service import served_queries
+from kappaflow.query.params import Segment
+from kappaflow.query.service import UPLOAD_TYPES, query_params, served_as_csv, served_queries
 
 _PARAMETER = re.compile(r"{([^}]+)}")
 REF = "#/components/schemas/{name}"
-CSV_FORMAT = {"name": "format", "in": "query", "required": False, "schema": {"enum": ["csv"]},
-              "description": "csv: the rows as CSV, as with Accept: text/csv"}  # fmt: skip
-
-
-def _error(description: str) -> dict[str, Any]:
-    schema = {"$ref": "#/components/schemas/Error"}
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+ABOUT = (
+    "Every route's parameters, bodies, answers and media types are as stated here; the "
+    "rules JSON Schema cannot state (an event time at most max_future_skew_s ahead of the "
+    "server's clock, from <= to) are in the descriptions, and answered 400 when broken. "
+    "Beside the answers of each route, any request may be answered 408 (its head or body "
+    "did not arrive within http_header_timeout_s or http_body_timeout_s) or 503 in plain "
+    "text (the server holds http_max_connections connections)."
+)
 
 
 def _schema_of(kind: Any) -> dict[str, Any]:
+    """The JSON schema of ``kind``; any value where it is None (not declared)."""
+    if kind is None:
+        return {}
     (schema,), _ = msgspec.json.schema_components([kind], ref_template=REF)
     return schema
 
 
-def _get(summary: str, responses: dict[str, Any]) -> dict[str, Any]:
-    return {"get": {"summary": summary, "responses": responses}}
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _answer(description: str, content: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"description": description, **({"content": content} if content else {})}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _answer(description, _json({"$ref": REF.format(name="Error")}))
+
+
+def _get(summary: str, responses: dict[str, Any], **more: Any) -> dict[str, Any]:
+    return {"get": {"summary": summary, **more, "responses": responses}}
+
+
+def _status(word: str) -> dict[str, Any]:
+    """A ``{"status": word}`` answer."""
+    return {"type": "object", "properties": {"status": {"enum": [word]}}, "required": ["status"]}
 
 
 def document(apps: Sequence[App], roles: Collection[str]) -> dict[str, Any]:
     types: list[Any] = [Problem, Status]
     paths: dict[str, Any] = {
-        "/healthz": _get("The process is alive.", {"200": {"description": "alive"}}),
-        "/readyz": _get("The log and the store are reachable.", {
-            "200": {"description": "ready"},
+        "/healthz": _get("The process is alive.", {"200": _answer("alive", _json(_status("ok")))}),
+        "/readyz": _get("The log and the store (where queries are served) are reachable.", {
+            "200": _answer("ready", _json(_status("ready"))),
             "503": _error("the log or the store is unreachable"),
         }),
         "/metrics": _get("Prometheus metrics (text format).", {
-            "200": {"description": "metrics", "content": {"text/plain": {}}},
+            "200": _answer("metrics", {"text/plain": {"schema": {"type": "string"}}}),
         }),
-        "/openapi.json": _get("This document.", {"200": {"description": "OpenAPI 3.1"}}),
+        "/openapi.json": _get("This document.", {
+            "200": _answer("OpenAPI 3.1", _json({"type": "object"})),
+        }),
         "/": _get("The dashboard: an HTML page showing /status as it changes.", {
-            "200": {"description": "dashboard", "content": {"text/html": {}}},
+            "200": _answer("dashboard", {"text/html": {"schema": {"type": "string"}}}),
         }),
         "/status": _get("Per app stream: records appended, processed and lagging (also "
                         "by partition) and dead letters by reason; the queries.", {
-            "200": {"description": "status", "content": {"application/json": {
-                "schema": _schema_of(Status)}}},
+            "200": _answer("status", _json(_schema_of(Status))),
             "503": _error("the log or the store is unreachable"),
         }),
     }  # fmt: skip
@@ -62,79 +87,86 @@ def document(apps: Sequence[App], roles: Collection[str]) -> dict[str, Any]:
         for app in apps:
             for stream in app.streams:
                 types.append(stream.schema)
-                ref = {"$ref": f"#/components/schemas/{stream.schema.__name__}"}
-                body = {"oneOf": [ref, {"type": "array", "items": ref}]}
-                paths[f"/v1/streams/{stream.name}/events"] = {"post": {
-                    "summary": f"Append {stream.name} events (app {app.name}).",
-                    "requestBody": {"required": True, "content": {
-                        "application/json": {"schema": body},
-                        **{media_type: {"schema": ref} for media_type in NDJSON_TYPES},
-                    }},
-                    "responses": {
-                        "202": {"description": "all events are durably in the log",
-                                "content": {"application/json": {"schema": {
-                                    "type": "object",
-                                    "properties": {"accepted": {"type": "integer"}}}}}},
-                        "400": _error("invalid records (problems name them); nothing written"),
-                        "404": _error("unknown stream"),
-                        "413": _error("body over the limit"),
-                        "415": _error("unsupported content type"),
-                        "429": _error("backlog over the bound; see Retry-After"),
-                        "503": _error("log or store unavailable; see Retry-After"),
-                    },
-                }}  # fmt: skip
+                paths[f"/v1/streams/{stream.name}/events"] = _events(app, stream)
     if "query" in roles:
         for _, query in served_queries(apps):
-            responses: dict[str, Any] = {
-                "200": {"description": "found"},
-                "400": _error("invalid parameters"),
-                "404": _error("nothing found"),
-                "503": _error("store unavailable"),
-            }
+            responses: dict[str, Any] = {"200": _answer("found", _json(_schema_of(query.result)))}
             if query.result is not None:
                 types.append(query.result)
-                schema = _schema_of(query.result)
-                responses["200"]["content"] = {"application/json": {"schema": schema}}
+            if served_as_csv(query):
+                responses["200"]["content"]["text/csv"] = {"schema": {"type": "string"}}
+            responses["400"] = _error("invalid parameters")
+            if not served_as_csv(query):  # a list is found, if empty
+                responses["404"] = _error("nothing found")
+            responses["503"] = _error("store unavailable; see Retry-After")
             parameters = [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                {"name": name, "in": "path", "required": True, "schema": _schema_of(Segment)}
                 for name in _PARAMETER.findall(query.path)
             ] + [
                 {"name": name, "in": "query", "required": param.required,
-                 "description": param.description, "schema": {"type": "string"}}
-                for name, param in query.params.items()
+                 "description": param.description, "schema": _schema_of(param.type)}
+                for name, param in query_params(query).items()
             ]  # fmt: skip
-            if get_origin(query.result) is list:  # also served as CSV
-                responses["200"]["content"]["text/csv"] = {"schema": {"type": "string"}}
-                parameters.append(CSV_FORMAT)
-            paths[query.path] = {"get": {
-                "summary": query.summary, "parameters": parameters, "responses": responses,
-            }}  # fmt: skip
+            paths[query.path] = _get(query.summary, responses, parameters=parameters)
         for app in apps:
             for upload in app.uploads:
+                types += [kind for kind in (upload.body, upload.result) if kind is not None]
                 paths[upload.path] = {"post": {
                     "summary": upload.summary + " JSON or CSV; all rows or none.",
                     "requestBody": {"required": True, "content": {
-                        "application/json": {}, "text/csv": {}}},
+                        **_json(_schema_of(upload.body)),
+                        "text/csv": {"schema": {"type": "string", "description": upload.csv}},
+                    }},
                     "responses": {
-                        "200": {"description": "written"},
+                        "200": _answer("written", _json(_schema_of(upload.result))),
                         "400": _error("invalid rows (problems name them); nothing written"),
                         "413": _error("body over the limit"),
-                        "415": _error("unsupported content type"),
+                        "415": _error(f"a content type other than {', '.join(UPLOAD_TYPES)}"),
                         "503": _error("store unavailable; see Retry-After"),
                     },
                 }}  # fmt: skip
     _, components = msgspec.json.schema_components(types, ref_template=REF)
+    for app in apps:
+        for stream in app.streams:
+            if stream.schema.__name__ in components:
+                extra = getattr(stream.schema, "extra_json_schema", {})
+                components[stream.schema.__name__].update(extra)
     components["Error"] = {
         "type": "object",
         "properties": {
             "error": {"type": "string"},
-            "problems": {"type": "array", "items": {"$ref": "#/components/schemas/Problem"}},
+            "problems": {"type": "array", "items": {"$ref": REF.format(name="Problem")}},
         },
         "required": ["error"],
     }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "kappaflow", "version": __version__},
+        "info": {"title": "kappaflow", "version": __version__, "description": ABOUT},
         "paths": paths,
         "components": {"schemas": components},
     }
+
+
+def _events(app: App, stream: Stream) -> dict[str, Any]:
+    """``POST /v1/streams/{stream}/events``."""
+    ref = {"$ref": REF.format(name=stream.schema.__name__)}
+    accepted = {"type": "object", "required": ["accepted"],
+                "properties": {"accepted": {"type": "integer", "minimum": 0}}}  # fmt: skip
+    return {"post": {
+        "summary": f"Append {stream.name} events (app {app.name}): one, an array of them, or "
+                   "NDJSON (one a line). All or none.",
+        "requestBody": {"required": True, "content": {
+            **{media_type: {"schema": {"oneOf": [ref, {"type": "array", "items": ref}]}}
+               for media_type in sorted(JSON_TYPES)},
+            **{media_type: {"schema": ref} for media_type in sorted(NDJSON_TYPES)},
+        }},
+        "responses": {
+            "202": _answer("all events are durably in the log", _json(accepted)),
+            "400": _error("invalid records (problems name them), event times too far ahead "
+                          "of the server's clock included; nothing written"),
+            "413": _error("body over the limit"),
+            "415": _error("unsupported content type"),
+            "429": _error("backlog over the bound; see Retry-After"),
+            "503": _error("log unavailable; see Retry-After"),
+        },
+    }}  # fmt: skip
