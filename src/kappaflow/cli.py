@@ -81,10 +81,13 @@ def worker(
     """Process partitions of the apps' streams until stopped (SIGTERM or Ctrl-C: finish
     the batch, then exit). By default, every stream of every app in KAPPAFLOW_APPS.
     On Kafka without --partitions or --share-file, the consumer group assigns them
-    (cooperative-sticky), as when KEDA scales worker pods."""
+    (cooperative-sticky), as when KEDA scales worker pods. With worker_port set, serves
+    /healthz and /metrics on it."""
     from kappaflow.app import load_apps
     from kappaflow.log import open_log
+    from kappaflow.metrics import declare
     from kappaflow.store import open_store
+    from kappaflow.stream.endpoints import WorkerEndpoints
     from kappaflow.stream.shares import ShareFile
     from kappaflow.stream.worker import Worker, run_workers
 
@@ -118,7 +121,12 @@ def worker(
                 runner.start()
         if share is not None:
             share.acknowledge(owned)
-        run_workers(runners, stop_flag(), until_caught_up=until_caught_up, share=share)
+        should_stop = stop_flag()
+        if settings.worker_port:
+            declare(apps)
+            endpoints = WorkerEndpoints(settings.host, settings.worker_port)
+            should_stop = endpoints.watching(should_stop)
+        run_workers(runners, should_stop, until_caught_up=until_caught_up, share=share)
     except KappaflowError as error:
         click.echo(f"kappaflow worker: {error}", err=True)
         sys.exit(1)

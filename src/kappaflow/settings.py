@@ -82,6 +82,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     """Address the HTTP services listen on (0.0.0.0 in containers)."""
     port: Annotated[int, Meta(ge=1, le=65535)] = 8000
+    worker_port: Annotated[int, Meta(ge=0, le=65535)] = 0
+    """Port on which ``kappaflow worker`` serves ``/healthz`` and ``/metrics`` (on
+    ``host``); 0: none. Containers serve on 8000; ``kappaflow up``'s workers serve none
+    (its server's ``/metrics`` adds up theirs)."""
     workers: PositiveInt = 2
     """Worker processes ``kappaflow up`` starts."""
     ingest_max_body_bytes: PositiveInt = 4 * 1024 * 1024
