@@ -15,6 +15,9 @@ KAFKA_JARS := $(if $(KAFKA_LIBS),,$(KAFKA)/libs/.fetched)
 BASE ?= python:3.11-slim
 IMAGE ?= kappaflow:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 ENGINE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
+# More options of the build, e.g. `--ulimit nofile=4096:4096` where the engine's default
+# limits exceed what this machine grants.
+BUILD_OPTIONS ?=
 WHEELS := deploy/docker/wheels
 
 .PHONY: demo test bench lint clean image
@@ -58,7 +61,7 @@ bench: $(STAMP) $(KAFKA_JARS)
 image: | $(BIN)/python
 	rm -rf $(WHEELS)
 	$(BIN)/pip wheel --quiet --wheel-dir $(WHEELS) .
-	$(ENGINE) build $(if $(filter podman,$(ENGINE)),--format docker) --build-arg BASE=$(BASE) -f deploy/docker/Dockerfile \
+	$(ENGINE) build $(if $(filter podman,$(ENGINE)),--format docker) $(BUILD_OPTIONS) --build-arg BASE=$(BASE) -f deploy/docker/Dockerfile \
 		-t $(IMAGE) .
 
 lint: $(STAMP)

@@ -108,9 +108,11 @@ def worker(
             apps = [a for a in apps if a.name == app_name]
             if not apps:
                 ctx.fail(f"--app {app_name!r} is not among KAPPAFLOW_APPS {list(settings.apps)}")
-        log, store = open_log(settings), open_store(settings)
+        store = open_store(settings)
+        # A log each: on Kafka, each stream's worker is a member of its own group, with
+        # a consumer of its own.
         runners = [
-            Worker(app, stream, log, store, settings, owned)
+            Worker(app, stream, open_log(settings), store, settings, owned)
             for app in apps
             for stream in ([app.stream(stream_name)] if stream_name else app.streams)
         ]
