@@ -5,9 +5,9 @@ image``, which installs the project's wheels offline.
 
 Podman runs with a configuration of its own (``CONTAINERS_CONF``): cgroups managed by
 cgroupfs (no systemd), open-file and process limits within this process's own hard
-limits (given to the build too, which does not read them there), and the host's
-network, so that containers reach the servers the tests run on 127.0.0.1 and the tests
-reach the containers' ports there."""
+limits (given to the build too, which does not read them there), logs in files (no
+journald), and the host's network, so that containers reach the servers the tests run
+on 127.0.0.1 and the tests reach the containers' ports there."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def engine_environment(directory: Path) -> dict[str, str]:
         "[containers]\n"
         f"default_ulimits = [{limits}]\n"
         'netns = "host"\n'
+        'log_driver = "k8s-file"\n'
         "[engine]\n"
         'cgroup_manager = "cgroupfs"\n'
         'events_logger = "file"\n'
@@ -123,7 +124,10 @@ class Container:
         return int(self.podman("inspect", "--format", "{{.State.ExitCode}}", self.name))
 
     def logs(self) -> str:
-        return self.podman("logs", self.name)
+        """What the container wrote, standard output and error interleaved."""
+        return subprocess.run(["podman", "logs", self.name], env=self.env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              timeout=60).stdout  # fmt: skip
 
     def stop(self, timeout_s: int = 30) -> int:
         """SIGTERM, then SIGKILL after ``timeout_s``; the exit code."""
