@@ -516,18 +516,23 @@ def deploy() -> None:
 @click.pass_context
 def deploy_render(ctx: click.Context, target: str, output: str) -> None:
     """Write deploy/compose.yaml, or deploy/k8s/ (base and the dev and production
-    overlays), from the KAPPAFLOW_* settings."""
+    overlays), from the KAPPAFLOW_* settings and the apps they name (each module must be
+    importable here: KEDA gets a trigger, Strimzi a topic, per app stream)."""
     from pathlib import Path
 
     from kappaflow.deploy.render import compose, k8s_base, k8s_overlays, write
 
     settings = _settings(ctx)
-    if target == "compose":
-        written = write({"compose.yaml": [compose(settings)]}, Path(output))
-    else:
-        written = write(k8s_base(settings), Path(output) / "k8s" / "base")
-        for name, files in k8s_overlays(settings).items():
-            written += write(files, Path(output) / "k8s" / "overlays" / name)
+    try:
+        if target == "compose":
+            written = write({"compose.yaml": [compose(settings)]}, Path(output))
+        else:
+            written = write(k8s_base(settings), Path(output) / "k8s" / "base")
+            for name, files in k8s_overlays(settings).items():
+                written += write(files, Path(output) / "k8s" / "overlays" / name)
+    except KappaflowError as error:
+        click.echo(f"kappaflow deploy render: {error}", err=True)
+        sys.exit(1)
     for path in written:
         click.echo(f"wrote {path}")
 
