@@ -323,9 +323,10 @@ def test_every_compose_health_check_is_served_by_its_role(
     for name, service in roles.items():
         role = service["command"][0]
         assert "healthcheck" in service, name
-        port, path = re.search(r"http://127\.0\.0\.1:(\d+)(/\S*?)'", " ".join(
-            service["healthcheck"]["test"])).groups()  # fmt: skip
+        path, variable = re.search(r"http://127\.0\.0\.1:%s(/\S*?)' % os\.environ\['(\w+)'\]",
+                                   " ".join(service["healthcheck"]["test"])).groups()  # fmt: skip
         settings = Settings.load(service["environment"])
-        assert int(port) == listening_port(role, settings) != 0, name
+        port = int(service["environment"][variable])
+        assert port == listening_port(role, settings) != 0, name
         settings = settings.replace(log="embedded", store="sqlite", data_dir=str(tmp_path))
         assert answers(role, path, settings, worker_endpoints) not in (404, 405), (name, path)
