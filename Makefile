@@ -9,7 +9,18 @@ KAFKA := tools/kafka
 # A folder of Kafka's jars in the environment (a Kafka installation's libs/) replaces Maven's.
 KAFKA_JARS := $(if $(KAFKA_LIBS),,$(KAFKA)/libs/.fetched)
 
-.PHONY: demo test bench lint clean
+# The image (deploy/docker/Dockerfile): BASE is the Python image it builds on, IMAGE its
+# name; docker where its daemon answers, podman otherwise (in Docker's image format, which
+# keeps the HEALTHCHECK).
+BASE ?= python:3.11-slim
+IMAGE ?= kappaflow:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+ENGINE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
+# More options of the build, e.g. `--ulimit nofile=4096:4096` where the engine's default
+# limits exceed what this machine grants.
+BUILD_OPTIONS ?=
+WHEELS := deploy/docker/wheels
+
+.PHONY: demo test bench lint clean image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,10 +57,17 @@ test: $(STAMP) $(BIN)/kubectl $(KAFKA_JARS)
 bench: $(STAMP) $(KAFKA_JARS)
 	$(BIN)/python bench/run.py
 
+# The wheels of kappaflow and its dependencies are built here, so the build reaches no index.
+image: | $(BIN)/python
+	rm -rf $(WHEELS)
+	$(BIN)/pip wheel --quiet --wheel-dir $(WHEELS) .
+	$(ENGINE) build $(if $(filter podman,$(ENGINE)),--format docker) $(BUILD_OPTIONS) --build-arg BASE=$(BASE) -f deploy/docker/Dockerfile \
+		-t $(IMAGE) .
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache $(SCHEMAS)/node_modules \
-		bench/.venv-flink $(KAFKA)/libs
+		bench/.venv-flink $(KAFKA)/libs $(WHEELS)

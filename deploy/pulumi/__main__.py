@@ -4,4 +4,8 @@ import pulumi
 from program import declare
 
 config = pulumi.Config()
-declare(config.get("namespace") or "kappaflow", config.get("overlay") or "production")
+declare(
+    config.get("namespace") or "kappaflow",
+    config.get("overlay") or "production",
+    config.get_secret("postgresPassword"),
+)

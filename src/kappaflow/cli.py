@@ -84,10 +84,13 @@ def worker(
     """Process partitions of the apps' streams until stopped (SIGTERM or Ctrl-C: finish
     the batch, then exit). By default, every stream of every app in KAPPAFLOW_APPS.
     On Kafka without --partitions or --share-file, the consumer group assigns them
-    (cooperative-sticky), as when KEDA scales worker pods."""
+    (cooperative-sticky), as when KEDA scales worker pods. With worker_port set, serves
+    /healthz and /metrics on it."""
     from kappaflow.app import load_apps
     from kappaflow.log import open_log
+    from kappaflow.metrics import declare
     from kappaflow.store import open_store
+    from kappaflow.stream.endpoints import WorkerEndpoints
     from kappaflow.stream.shares import ShareFile
     from kappaflow.stream.worker import Worker, run_workers
 
@@ -108,9 +111,11 @@ def worker(
             apps = [a for a in apps if a.name == app_name]
             if not apps:
                 ctx.fail(f"--app {app_name!r} is not among KAPPAFLOW_APPS {list(settings.apps)}")
-        log, store = open_log(settings), open_store(settings)
+        store = open_store(settings)
+        # A log each: on Kafka, each stream's worker is a member of its own group, with
+        # a consumer of its own.
         runners = [
-            Worker(app, stream, log, store, settings, owned)
+            Worker(app, stream, open_log(settings), store, settings, owned)
             for app in apps
             for stream in ([app.stream(stream_name)] if stream_name else app.streams)
         ]
@@ -121,7 +126,12 @@ def worker(
                 runner.start()
         if share is not None:
             share.acknowledge(owned)
-        run_workers(runners, stop_flag(), until_caught_up=until_caught_up, share=share)
+        should_stop = stop_flag()
+        if settings.worker_port:
+            declare(apps)
+            endpoints = WorkerEndpoints(settings.host, settings.worker_port)
+            should_stop = endpoints.watching(should_stop)
+        run_workers(runners, should_stop, until_caught_up=until_caught_up, share=share)
     except KappaflowError as error:
         click.echo(f"kappaflow worker: {error}", err=True)
         sys.exit(1)
@@ -515,18 +525,23 @@ def deploy() -> None:
 @click.pass_context
 def deploy_render(ctx: click.Context, target: str, output: str) -> None:
     """Write deploy/compose.yaml, or deploy/k8s/ (base and the dev and production
-    overlays), from the KAPPAFLOW_* settings."""
+    overlays), from the KAPPAFLOW_* settings and the apps they name (each module must be
+    importable here: KEDA gets a trigger, Strimzi a topic, per app stream)."""
     from pathlib import Path
 
     from kappaflow.deploy.render import compose, k8s_base, k8s_overlays, write
 
     settings = _settings(ctx)
-    if target == "compose":
-        written = write({"compose.yaml": [compose(settings)]}, Path(output))
-    else:
-        written = write(k8s_base(settings), Path(output) / "k8s" / "base")
-        for name, files in k8s_overlays(settings).items():
-            written += write(files, Path(output) / "k8s" / "overlays" / name)
+    try:
+        if target == "compose":
+            written = write({"compose.yaml": [compose(settings)]}, Path(output))
+        else:
+            written = write(k8s_base(settings), Path(output) / "k8s" / "base")
+            for name, files in k8s_overlays(settings).items():
+                written += write(files, Path(output) / "k8s" / "overlays" / name)
+    except KappaflowError as error:
+        click.echo(f"kappaflow deploy render: {error}", err=True)
+        sys.exit(1)
     for path in written:
         click.echo(f"wrote {path}")
 

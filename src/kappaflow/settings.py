@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from kappaflow import __version__
 from kappaflow.errors import SettingsError
 
 PREFIX = "KAPPAFLOW_"
@@ -82,8 +83,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     """Address the HTTP services listen on (0.0.0.0 in containers)."""
     port: Annotated[int, Meta(ge=1, le=65535)] = 8000
+    worker_port: Annotated[int, Meta(ge=0, le=65535)] = 0
+    """Port on which ``kappaflow worker`` serves ``/healthz`` and ``/metrics`` (on
+    ``host``); 0: none. Containers serve on 8000; ``kappaflow up``'s workers serve none
+    (its server's ``/metrics`` adds up theirs)."""
     workers: PositiveInt = 2
     """Worker processes ``kappaflow up`` starts."""
+    image: str = f"kappaflow:{__version__}"
+    """The image (name and tag) every role runs in the files ``kappaflow deploy render``
+    writes; ``make image`` builds ``kappaflow:<version>``. Push it to your registry and
+    name it there (``registry.example/kappaflow:0.1.0``) before rendering."""
     ingest_max_body_bytes: PositiveInt = 4 * 1024 * 1024
     """Larger request bodies are refused with 413."""
     ingest_max_backlog: PositiveInt = 5_000_000

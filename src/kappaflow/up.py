@@ -94,7 +94,9 @@ class Stack:
         shutil.rmtree(self.shares, ignore_errors=True)
         self.shares.mkdir(parents=True)
         shared = os.environ.get(MULTIPROCESS_VARIABLE) or str(prepare_metrics_dir(settings))
-        self.env = {**os.environ, **settings.to_environ(), MULTIPROCESS_VARIABLE: shared}
+        # The workers serve no endpoints of their own: the server's /metrics adds up theirs.
+        self.env = {**os.environ, **settings.to_environ(), MULTIPROCESS_VARIABLE: shared,
+                    "KAPPAFLOW_WORKER_PORT": "0"}  # fmt: skip
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="kappaflow-spawner")
         """The one thread that starts the children, alive until `stop`: a child's
         parent-death signal comes when the thread that started it ends, and the

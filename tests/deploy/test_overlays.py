@@ -5,14 +5,12 @@ resources against their CRDs' schemas (deploy/schemas, run by Node.js)."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
-import yaml
 
 from kappaflow.deploy.render import k8s_overlays
 from kappaflow.settings import Settings
@@ -21,17 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 SCHEMAS = REPO / "deploy" / "schemas"
 CUSTOM_GROUPS = ("keda.sh", "kafka.strimzi.io")
+Kustomize = Callable[[Path], list[dict]]
+"""The `kustomize` fixture (conftest.py)."""
 DEFAULTS = Settings.load({})
-
-
-def kustomize(directory: Path) -> list[dict]:
-    pinned = Path(sys.executable).parent / "kubectl"
-    kubectl = str(pinned) if pinned.exists() else shutil.which("kubectl")
-    if kubectl is None:
-        pytest.fail("kubectl not found: `make test` installs it into .venv/bin")
-    built = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True,
-                           text=True, timeout=60, check=True)  # fmt: skip
-    return list(yaml.safe_load_all(built.stdout))
 
 
 def crd_errors(objects: list[dict]) -> list[list[str]]:
@@ -48,7 +38,7 @@ def is_custom(obj: dict) -> bool:
 
 
 @pytest.mark.parametrize("directory", ["base", "overlays/dev", "overlays/production"])
-def test_each_kustomization_builds_into_valid_objects(directory: str) -> None:
+def test_each_kustomization_builds_into_valid_objects(kustomize: Kustomize, directory: str) -> None:
     objects = kustomize(K8S / directory)
     names = {(o["kind"], o["metadata"]["name"]) for o in objects}
     for role in ("ingest", "query", "worker"):
@@ -66,7 +56,9 @@ def test_each_kustomization_builds_into_valid_objects(directory: str) -> None:
         assert patch["data"].items() <= settings["data"].items()
 
 
-def test_the_production_overlay_declares_a_kraft_cluster_and_the_topics() -> None:
+def test_the_production_overlay_declares_a_kraft_cluster_and_the_topics(
+    kustomize: Kustomize,
+) -> None:
     objects = kustomize(K8S / "overlays" / "production")
     kinds = sorted(o["kind"] for o in objects if is_custom(o))
     assert kinds == ["Kafka", "KafkaNodePool", "KafkaTopic", "KafkaTopic", "ScaledObject"]
@@ -74,7 +66,7 @@ def test_the_production_overlay_declares_a_kraft_cluster_and_the_topics() -> Non
     assert sorted(pool["spec"]["roles"]) == ["broker", "controller"]
 
 
-def test_the_crd_schemas_reject_what_the_operators_would() -> None:
+def test_the_crd_schemas_reject_what_the_operators_would(kustomize: Kustomize) -> None:
     production = kustomize(K8S / "overlays" / "production")
     scaled, topic = (next(o for o in production if o["kind"] == kind)
                      for kind in ("ScaledObject", "KafkaTopic"))  # fmt: skip

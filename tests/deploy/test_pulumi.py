@@ -9,6 +9,8 @@ from pathlib import Path
 import pulumi
 import pytest
 
+from kappaflow.deploy.render import POSTGRES_SECRET
+
 PROGRAM = Path(__file__).resolve().parents[2] / "deploy" / "pulumi"
 declared: list[tuple[str, str, dict]] = []
 
@@ -42,6 +44,18 @@ def test_operators_then_the_overlay_into_the_namespace():
         overlay = next(inputs for typ, _, inputs in declared if typ.endswith("Directory"))
         assert overlay["directory"].endswith("k8s/overlays/production")
         assert overlay["namespace"] == "streams"
+
+    return pulumi.Output.all(*[r.urn for r in resources]).apply(check)
+
+
+@pulumi.runtime.test
+def test_a_database_password_becomes_the_secret_the_roles_read():
+    resources = program.declare("streams", "production", "s3cret")
+
+    def check(_):
+        (secret,) = [inputs for typ, _, inputs in declared if typ == "kubernetes:core/v1:Secret"]
+        assert secret["metadata"] == {"name": POSTGRES_SECRET, "namespace": "streams"}
+        assert secret["stringData"]["value"] == {"password": "s3cret"}  # wrapped: a secret
 
     return pulumi.Output.all(*[r.urn for r in resources]).apply(check)
 

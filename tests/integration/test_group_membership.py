@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from kappaflow.apps.clicks import Click
+from kappaflow.apps.clicks import create_app as create_clicks
 from kappaflow.apps.video import create_app
 from kappaflow.apps.video_sim import simulate
 from kappaflow.ingest.appender import Appender
@@ -75,9 +77,11 @@ class Members:
         stream = create_app(self.settings).streams[0]
         self.appender = Appender(self.writer, stream, self.settings.partitions)
 
-    def start(self, slow: bool = False) -> subprocess.Popen[bytes]:
-        """A member; ``slow``: its processor takes 0.2 s a batch more (see `SLOW_VIDEO`)."""
-        command = [sys.executable, "-m", "kappaflow", "worker", "--app", "video", "-v"]
+    def start(self, slow: bool = False, app: str | None = "video") -> subprocess.Popen[bytes]:
+        """A member of ``app``'s group (None: of every app stream's); ``slow``: its
+        processor takes 0.2 s a batch more (see `SLOW_VIDEO`)."""
+        command = [sys.executable, "-m", "kappaflow", "worker", "-v",
+                   *(["--app", app] if app else [])]  # fmt: skip
         env = {**os.environ, **self.settings.to_environ()}
         if slow:
             (self.tmp_path / "slow_video.py").write_text(SLOW_VIDEO)
@@ -96,17 +100,19 @@ class Members:
             self.appender.append(events[start : start + step])
             time.sleep(pause_s)
 
-    def committed(self) -> dict[int, int]:
+    def committed(self, group: str = "video.heartbeats") -> dict[int, int]:
         store = open_store(self.settings)
         try:
-            return store.committed_offsets("video.heartbeats")
+            return store.committed_offsets(group)
         finally:
             store.close()
 
-    def wait_caught_up(self, timeout_s: float = 90) -> None:
-        ends = self.writer.end_offsets("heartbeats")
-        wait_until(lambda: all(self.committed().get(p, -1) >= e for p, e in ends.items()),
-                   timeout_s, f"the members committed up to {ends}")  # fmt: skip
+    def wait_caught_up(
+        self, timeout_s: float = 90, topic: str = "heartbeats", group: str = "video.heartbeats"
+    ) -> None:
+        ends = self.writer.end_offsets(topic)
+        wait_until(lambda: all(self.committed(group).get(p, -1) >= e for p, e in ends.items()),
+                   timeout_s, f"the members committed {group} up to {ends}")  # fmt: skip
 
     def stop(self) -> None:
         """SIGTERM every member still running and wait for it."""
@@ -149,6 +155,22 @@ def test_group_assigned_workers_survive_a_kill_and_a_rebalance(members: Members)
     logs = [members.output(process) for process in (second, third)]
     assert any("gave up partitions" in text or "owns partitions" in text for text in logs)
     assert members.results_equal_an_uninterrupted_run()
+
+
+def test_a_member_of_every_app_stream_follows_each_streams_group(members: Members) -> None:
+    """One `kappaflow worker` for both apps joins both groups (a consumer each) and
+    processes both streams."""
+    clicks = create_clicks(members.settings).streams[0]
+    members.writer.create_topic(clicks.name, members.settings.partitions)
+    t = int(time.time()) - 60
+    Appender(members.writer, clicks, members.settings.partitions).append(
+        [Click(t=t, u=f"https://example.org/{i}") for i in range(200)]
+    )
+    members.append(members.workload.events[:2_000])
+    members.start(app=None)
+    members.wait_caught_up()
+    members.wait_caught_up(topic="clicks", group="clicks.clicks")
+    members.stop()
 
 
 def test_a_member_paused_past_its_session_is_fenced_and_rejoins(members: Members) -> None:
