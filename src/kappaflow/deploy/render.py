@@ -87,8 +87,10 @@ def compose(settings: Settings) -> Doc:
         """The role's own port, read from its environment as the image's check reads it
         (an override file may move it)."""
         port = "KAPPAFLOW_WORKER_PORT" if role == "worker" else "KAPPAFLOW_PORT"
-        probe = ("import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s"
-                 f"{_ready_path(role)}' % os.environ['{port}'], timeout=2)")
+        probe = (
+            "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s"
+            f"{_ready_path(role)}' % os.environ['{port}'], timeout=2)"
+        )
         return {"test": ["CMD", "python3", "-c", probe],
                 "interval": "10s", "timeout": "3s", "retries": 5}  # fmt: skip
 
