@@ -19,7 +19,7 @@ import ua_parser
 
 from kappaflow.app import App, Param, Query, Stream
 from kappaflow.errors import InvalidQuery
-from kappaflow.events import MAX_EVENT_MS, EventSeconds
+from kappaflow.events import MAX_EVENT_MS, EventId, EventSeconds
 from kappaflow.query.params import int_param, time_param
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
@@ -31,7 +31,8 @@ COUNTS = counts_table("click_counts")
 
 
 class Click(msgspec.Struct, omit_defaults=True):
-    """A bit.ly click record (or a keep-alive); only ``t`` (or ``_heartbeat_``) is needed."""
+    """A bit.ly click record (or a keep-alive); only ``t`` (or ``_heartbeat_``) is needed.
+    ``event_id``, a client's retry id, is de-duplicated with the link's hash ``g``."""
 
     t: EventSeconds | None = None
     a: str | None = None
@@ -51,6 +52,8 @@ class Click(msgspec.Struct, omit_defaults=True):
     ll: list[float] | None = None
     kw: str | None = None
     heartbeat: EventSeconds | None = msgspec.field(default=None, name="_heartbeat_")
+    event_id: EventId | None = None
+    """Not the feed's: a client's id for the click, the same in each of its retries."""
 
     def __post_init__(self) -> None:
         if self.t is None:
@@ -159,7 +162,7 @@ def top_query(store: Store, params: Mapping[str, str]) -> list[Count]:
 
 
 def create_app(settings: Settings) -> App:
-    clicks = Stream("clicks", Click, key="g", time="t", time_unit="s")
+    clicks = Stream("clicks", Click, key="g", time="t", time_unit="s", dedup_by="event_id")
     return App(
         "clicks",
         streams=[clicks],

@@ -32,6 +32,11 @@ length as it decodes; `kappaflow.events.validate.Identifiers` checks the charact
 (a msgspec ``pattern`` would cost more than the rest of an event's decode), and the
 JSON schema states them."""
 
+EventId = Annotated[str, Meta(min_length=1, max_length=256)]
+"""The id a client gives an event, the same in each of its retries (an idempotency key,
+such as a UUID), for a stream that de-duplicates by it (`Stream.dedup_by`): 1 to 256
+characters, unique among the events of its stream key."""
+
 
 def event_time_ms(value: int | datetime) -> int:
     """Epoch milliseconds of an event-time value."""
