@@ -44,12 +44,12 @@ class SeenIds:
 
     def repeats(self, ids: Sequence[str | None]) -> list[int]:
         """The indexes of ``ids`` counted before, or given earlier in ``ids``; an event
-        without an id (None) is never a repeat. In bulk, without a loop in Python over
-        the ids: a batch of retried events has repeats."""
+        without an id (None) is never a repeat. Found in bulk, without a loop in Python
+        over the ids: under a steady rate of retries, most batches have some."""
         count, nones = len(ids), ids.count(None)
         if nones == count:
             return []
-        # Each id and its first index: of two items of one key, dict() keeps the last.
+        # Each id's first index: the ids go in reversed, and dict() keeps an id's last value.
         first = dict(zip(reversed(ids), range(count - 1, -1, -1), strict=True))
         first.pop(None, None)
         again = self._at.keys() & first.keys()
