@@ -29,13 +29,30 @@ BUILT_IN = {"video": "kappaflow.apps.video", "clicks": "kappaflow.apps.clicks"}
 @dataclass(frozen=True)
 class Stream:
     """An input stream: events of ``schema``, partitioned by ``key``, timed by ``time``
-    (an RFC 3339 datetime, or a number of ``time_unit``: epoch milliseconds or seconds)."""
+    (an RFC 3339 datetime, or a number of ``time_unit``: epoch milliseconds or seconds).
+    With ``dedup_by``, the name of an optional string field (``str | None``), an event
+    whose key and id an earlier counted event had, within ``dedup_window_s`` of the
+    partition's event time, goes to the dead letters as a ``duplicate``: a client's
+    retry counts once."""
 
     name: str
     schema: type[msgspec.Struct]
     key: str
     time: str
     time_unit: Literal["ms", "s"] = "ms"
+    dedup_by: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dedup_by is None:
+            return
+        fields = {f.name: f.type for f in msgspec.inspect.type_info(self.schema).fields}
+        kind = fields.get(self.dedup_by)
+        if kind is None or not _string_or_none(kind):
+            raise AppError(
+                f"stream {self.name!r}: dedup_by={self.dedup_by!r} must name a field of "
+                f"{self.schema.__name__} typed str or str | None; its fields: "
+                f"{', '.join(fields)}"
+            )
 
     def time_of(self, event: Any) -> int:
         return self._time_ms(getattr(event, self.time))
@@ -51,6 +68,14 @@ class Stream:
         if self.time_unit == "s" and not isinstance(value, datetime):
             return round(value * 1000)
         return event_time_ms(value)
+
+
+def _string_or_none(kind: msgspec.inspect.Type) -> bool:
+    if isinstance(kind, msgspec.inspect.Metadata):
+        return _string_or_none(kind.type)
+    if isinstance(kind, msgspec.inspect.UnionType):
+        return all(map(_string_or_none, kind.types))
+    return isinstance(kind, msgspec.inspect.StrType | msgspec.inspect.NoneType)
 
 
 class Batch(NamedTuple):

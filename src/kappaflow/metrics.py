@@ -39,7 +39,7 @@ DEAD_LETTERS = Counter(
     "kappaflow_dead_letters", "Records sent to the dead-letter table, by reason.",
     ["group", "reason"],
 )  # fmt: skip
-DEAD_LETTER_REASONS = ("late", "undecodable", "processor", "store")
+DEAD_LETTER_REASONS = ("late", "duplicate", "undecodable", "processor", "store")
 """The worker's own reasons; an app's processor may refuse records for others."""
 PROCESSOR_FAILURES = Counter(
     "kappaflow_processor_failures",

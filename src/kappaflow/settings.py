@@ -80,6 +80,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     idle_timeout_s: PositiveFloat = 30.0
     """Wall-clock time without new events after which a key's open session closes (and a
     partition's windows, when the partition gets no records)."""
+    dedup_window_s: PositiveFloat = 3600.0
+    """How long a stream that de-duplicates (`Stream.dedup_by`: the heartbeats' and the
+    clicks' ``event_id``) remembers the id of an event it counted: a retry with the same
+    key and id is dead-lettered as ``duplicate`` while its partition's event time is
+    within this of when the first counted; a later one counts again
+    (docs/dead-letters.md)."""
+    dedup_max_ids: PositiveInt = 100_000
+    """Most event ids remembered per partition (about 150 bytes of a worker's memory
+    each): beyond them, the oldest are forgotten first, before their window ends."""
     host: str = "127.0.0.1"
     """Address the HTTP services listen on (0.0.0.0 in containers)."""
     port: Annotated[int, Meta(ge=1, le=65535)] = 8000

@@ -21,7 +21,7 @@ from msgspec import Meta
 
 from kappaflow.app import App, Param, Query, Stream
 from kappaflow.errors import InvalidQuery
-from kappaflow.events import MAX_EVENT_MS, EventSeconds, Integer
+from kappaflow.events import MAX_EVENT_MS, EventId, EventSeconds, Integer
 from kappaflow.query.params import UnixTime, seconds
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
@@ -34,7 +34,8 @@ MAX_EVENT_S = MAX_EVENT_MS / 1000
 
 
 class Click(msgspec.Struct, omit_defaults=True):
-    """A bit.ly click record (or a keep-alive); only ``t`` (or ``_heartbeat_``) is needed."""
+    """A bit.ly click record (or a keep-alive); only ``t`` (or ``_heartbeat_``) is needed.
+    ``event_id``, a client's retry id, is de-duplicated with the link's hash ``g``."""
 
     extra_json_schema: ClassVar[dict[str, Any]] = {
         "anyOf": [{"required": [name], "properties": {name: {"not": {"type": "null"}}}}
@@ -60,6 +61,8 @@ class Click(msgspec.Struct, omit_defaults=True):
     ll: list[float] | None = None
     kw: str | None = None
     heartbeat: EventSeconds | None = msgspec.field(default=None, name="_heartbeat_")
+    event_id: EventId | None = None
+    """Not the feed's: a client's id for the click, the same in each of its retries."""
 
     def __post_init__(self) -> None:
         if self.t is None:
@@ -155,7 +158,7 @@ def top_query(store: Store, params: Mapping[str, Any]) -> list[Count]:
 
 
 def create_app(settings: Settings) -> App:
-    clicks = Stream("clicks", Click, key="g", time="t", time_unit="s")
+    clicks = Stream("clicks", Click, key="g", time="t", time_unit="s", dedup_by="event_id")
     return App(
         "clicks",
         streams=[clicks],

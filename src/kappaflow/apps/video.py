@@ -114,7 +114,7 @@ def progress_query(partitions: int) -> Query:
 
 
 def create_app(settings: Settings) -> App:
-    heartbeats = Stream("heartbeats", Heartbeat, key="user_id", time="ts")
+    heartbeats = Stream("heartbeats", Heartbeat, key="user_id", time="ts", dedup_by="event_id")
     videos, slots = Lookup(VIDEOS, index_videos), Lookup(AD_SLOTS, index_slots)
     sessions = WatchedSegments(settings.session_gap_s, videos, slots, settings.progress_accuracy_s,
                                settings.allowed_lateness_s, settings.idle_timeout_s)  # fmt: skip

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from kappaflow.events import EventTime, Identifier
+from kappaflow.events import EventId, EventTime, Identifier
 from kappaflow.store.base import Table
 
 Kind = Literal["heartbeat", "play", "pause", "seek", "stop"]
@@ -24,7 +24,7 @@ class Heartbeat(msgspec.Struct, omit_defaults=True, gc=False):
     position_s: Annotated[float, Meta(ge=0)]
     ts: EventTime
     kind: Kind = "heartbeat"
-    event_id: str | None = None
+    event_id: EventId | None = None
 
 
 SEGMENTS = Table(

@@ -47,6 +47,12 @@ length as it decodes; `kappaflow.events.validate.Identifiers` checks the charact
 (a msgspec ``pattern`` would cost more than the rest of an event's decode), and the
 JSON schema states them."""
 
+EventId = Identifier
+"""The id a client gives an event, the same in each of its retries (an idempotency key,
+such as a UUID), for a stream that de-duplicates by it (`Stream.dedup_by`): an
+`Identifier` (the store keeps the ids counted, and PostgreSQL refuses NUL), unique among
+the events of its stream key."""
+
 
 def event_time_ms(value: float | datetime) -> int:
     """Epoch milliseconds of an event-time value."""

@@ -1,5 +1,6 @@
-"""The Store protocol: result tables, operator state and per-partition committed
-offsets with an ownership generation, all written in one transaction per batch."""
+"""The Store protocol: result tables, operator state, the event ids counted and
+per-partition committed offsets with an ownership generation, all written in one
+transaction per batch."""
 
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ class Claim(NamedTuple):
     state: bytes | None
     keys: Mapping[str, bytes] = {}
     """The partition's keyed state: a value per key."""
+    seen: Mapping[str, int] = {}
+    """The event ids the partition counted, each with its event time then (ms): see
+    `kappaflow.stream.dedup.SeenIds`."""
 
 
 class PartitionCommit(NamedTuple):
@@ -46,6 +50,9 @@ class PartitionCommit(NamedTuple):
     state: bytes
     keys: Mapping[str, bytes | None] = {}
     """Keyed state changed since the last commit; None deletes the key."""
+    seen: Mapping[str, int | None] = {}
+    """Event ids counted since the last commit (with the partition's event time then,
+    in ms), or forgotten (None)."""
 
 
 class DeadLetter(NamedTuple):

@@ -1,20 +1,19 @@
-"""Keyed state in the store, as a log of changes per partition (SQL shared by SQLite
-and PostgreSQL). Each commit appends one row: the keys it changed, as a msgpack map
-whose None values delete. Once the changes outweigh the oldest row ``MERGE_RATIO``
-times, the rows are merged into one. A commit thus writes about as many bytes as its
-keys changed, where an upsert per key would rewrite a page of a B-tree for each key at a
-random place in it.
+"""Maps kept per partition in the store as logs of changes (SQL shared by SQLite and
+PostgreSQL): the operators' keyed state, and the event ids counted. Each commit appends
+one row to each map it changed: the keys it changed, as a msgpack map whose None values
+delete. Once the changes outweigh the oldest row ``MERGE_RATIO`` times, the rows are
+merged into one. A commit thus writes about as many bytes as its keys changed, where an
+upsert per key would rewrite a page of a B-tree for each key at a random place in it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from itertools import groupby
 from typing import Any, NamedTuple
 
 import msgspec
 
-from kappaflow.store.base import PartitionCommit
 from kappaflow.store.sql import Translate
 
 MERGE_RATIO = 4
@@ -28,31 +27,15 @@ MERGE_MIN_BYTES = 1 << 20
 MERGE_MAX_ROWS = 64
 """...but a partition's log is merged once it has this many rows."""
 
-SELECT = "SELECT seq, data FROM kf_state_log WHERE grp = ? AND partition = ? ORDER BY seq"
-SIZES = "SELECT seq, length(data) FROM kf_state_log WHERE grp = ? AND partition = ? ORDER BY seq"
-INSERT = "INSERT INTO kf_state_log VALUES (?, ?, ?, ?)"
-DELETE = "DELETE FROM kf_state_log WHERE grp = ? AND partition = ?"
-
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(dict[str, bytes]).decode
 _decode_encoded = msgspec.msgpack.Decoder(dict[str, msgspec.Raw]).decode
-"""A change with each key's state left encoded (None included), to be merged by copying."""
+"""A change with each key's value left encoded (None included), to be merged by copying."""
 _DELETED = msgspec.Raw(_encode(None))
 
 
-def read_keys(cursor: Any, group: str, partition: int, sql: Translate = str) -> dict[str, bytes]:
-    """A partition's keyed state: its log's changes, applied in order."""
-    merged = _merged(_changes(cursor, group, partition, sql))
-    return _decode(merged) if merged else {}
-
-
-def _changes(cursor: Any, group: str, partition: int, sql: Translate) -> list[bytes]:
-    return [bytes(data) for _, data in cursor.execute(sql(SELECT), (group, partition))]
-
-
 class KeysAppend(NamedTuple):
-    """What `append_keys` writes to a partition's log: the change as row ``seq``, or,
-    when ``merged`` is not None, the whole log merged into that row (no row if it is
+    """What `ChangeLog.write` writes to a partition's log: the change as row ``seq``,
+    or, when ``merged`` is not None, the whole log merged into that row (no row if it is
     empty: b"")."""
 
     partition: int
@@ -61,41 +44,78 @@ class KeysAppend(NamedTuple):
     merged: bytes | None
 
 
-def append_keys(cursor: Any, group: str, commit: PartitionCommit, sql: Translate = str) -> None:
-    """Append the keys ``commit`` changed to its partition's log; merge the log when its
-    changes outweigh its oldest row (the last merge) ``MERGE_RATIO`` times or it has
-    grown too long."""
-    if (append := prepare_keys(cursor, group, commit, sql)) is not None:
-        write_keys(cursor, group, append, sql)
+class ChangeLog:
+    """A map per partition, kept in ``table`` (grp, partition, seq, data) as a log of
+    changes, with values of type ``value``."""
+
+    def __init__(self, table: str, value: Any) -> None:
+        self.table = table
+        self._decode = msgspec.msgpack.Decoder(dict[str, value]).decode
+        where = f"FROM {table} WHERE grp = ? AND partition = ?"
+        self._select = f"SELECT seq, data {where} ORDER BY seq"
+        self._sizes = f"SELECT seq, length(data) {where} ORDER BY seq"
+        self._insert = f"INSERT INTO {table} VALUES (?, ?, ?, ?)"
+        self._delete = f"DELETE {where}"
+
+    def read(self, cursor: Any, group: str, partition: int, sql: Translate = str) -> dict[str, Any]:
+        """A partition's map: its log's changes, applied in order."""
+        merged = _merged(self._changes(cursor, group, partition, sql))
+        return self._decode(merged) if merged else {}
+
+    def _changes(self, cursor: Any, group: str, partition: int, sql: Translate) -> list[bytes]:
+        return [bytes(data) for _, data in cursor.execute(sql(self._select), (group, partition))]
+
+    def append(
+        self,
+        cursor: Any,
+        group: str,
+        partition: int,
+        changes: Mapping[str, Any],
+        sql: Translate = str,
+    ) -> None:
+        """Append ``changes`` (None deletes a key) to the partition's log; merge the log
+        when its changes outweigh its oldest row (the last merge) ``MERGE_RATIO`` times
+        or it has grown too long."""
+        if (append := self.prepare(cursor, group, partition, changes, sql)) is not None:
+            self.write(cursor, group, append, sql)
+
+    def prepare(
+        self,
+        cursor: Any,
+        group: str,
+        partition: int,
+        changes: Mapping[str, Any],
+        sql: Translate = str,
+    ) -> KeysAppend | None:
+        """`append` up to its writes: it reads the log and encodes and merges, so a
+        store can do this before its write transaction (only the partition's owner
+        writes its log, and a commit checks that ownership before `write`)."""
+        if not changes:
+            return None
+        sizes = cursor.execute(sql(self._sizes), (group, partition)).fetchall()
+        change = _encode(changes)
+        seq = sizes[-1][0] + 1 if sizes else 1
+        total = sum(size for _, size in sizes[1:]) + len(change)
+        oldest = MERGE_RATIO * sizes[0][1] if sizes else 0
+        merged = None
+        if sizes and (len(sizes) >= MERGE_MAX_ROWS or total > max(oldest, MERGE_MIN_BYTES)):
+            merged = _merged([*self._changes(cursor, group, partition, sql), change])
+        return KeysAppend(partition, seq, change, merged)
+
+    def write(self, cursor: Any, group: str, append: KeysAppend, sql: Translate = str) -> None:
+        """The writes `prepare` prepared."""
+        if append.merged is None:
+            cursor.execute(sql(self._insert), (group, append.partition, append.seq, append.change))
+            return
+        cursor.execute(sql(self._delete), (group, append.partition))
+        if append.merged:
+            cursor.execute(sql(self._insert), (group, append.partition, append.seq, append.merged))
 
 
-def prepare_keys(
-    cursor: Any, group: str, commit: PartitionCommit, sql: Translate = str
-) -> KeysAppend | None:
-    """`append_keys` up to its writes: it reads the log and encodes and merges, so a
-    store can do this before its write transaction (only the partition's owner writes
-    its log, and a commit checks that ownership before `write_keys`)."""
-    if not commit.keys:
-        return None
-    sizes = cursor.execute(sql(SIZES), (group, commit.partition)).fetchall()
-    change = _encode(commit.keys)
-    seq = sizes[-1][0] + 1 if sizes else 1
-    changes = sum(size for _, size in sizes[1:]) + len(change)
-    oldest = MERGE_RATIO * sizes[0][1] if sizes else 0
-    merged = None
-    if sizes and (len(sizes) >= MERGE_MAX_ROWS or changes > max(oldest, MERGE_MIN_BYTES)):
-        merged = _merged([*_changes(cursor, group, commit.partition, sql), change])
-    return KeysAppend(commit.partition, seq, change, merged)
-
-
-def write_keys(cursor: Any, group: str, append: KeysAppend, sql: Translate = str) -> None:
-    """The writes `prepare_keys` prepared."""
-    if append.merged is None:
-        cursor.execute(sql(INSERT), (group, append.partition, append.seq, append.change))
-        return
-    cursor.execute(sql(DELETE), (group, append.partition))
-    if append.merged:
-        cursor.execute(sql(INSERT), (group, append.partition, append.seq, append.merged))
+STATE = ChangeLog("kf_state_log", bytes)
+"""The operators' keyed state (`PartitionCommit.keys`)."""
+SEEN = ChangeLog("kf_seen_log", int)
+"""The event ids counted (`PartitionCommit.seen`)."""
 
 
 def carry_over_keyed_rows(cursor: Any, sql: Translate = str) -> None:
@@ -104,13 +124,13 @@ def carry_over_keyed_rows(cursor: Any, sql: Translate = str) -> None:
     cursor.execute("SELECT * FROM kf_keys ORDER BY grp, partition")
     for (group, partition), keyed in groupby(cursor.fetchall(), key=lambda row: row[:2]):
         merged = {key: bytes(state) for _, _, key, state in keyed}
-        cursor.execute(sql(INSERT), (group, partition, 1, _encode(merged)))
+        STATE.write(cursor, group, KeysAppend(partition, 1, _encode(merged), None), sql)
     cursor.execute("DROP TABLE kf_keys")
 
 
 def _merged(changes: Iterable[bytes]) -> bytes:
     """The changes applied in order, as one encoded change without deletions (b"" when
-    no key is left). The states are copied as they are encoded: decoding each into
+    no key is left). The values are copied as they are encoded: decoding each into
     `bytes` and encoding it again took a fifth longer (bench/README.md)."""
     merged: dict[str, msgspec.Raw] = {}
     for change in changes:

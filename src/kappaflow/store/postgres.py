@@ -20,7 +20,7 @@ from psycopg import errors as pg_errors
 
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Table
-from kappaflow.store.keyed import append_keys, carry_over_keyed_rows, read_keys
+from kappaflow.store.keyed import SEEN, STATE, carry_over_keyed_rows
 from kappaflow.store.sql import (
     DEAD_LETTER_SQL,
     DELETE_DEAD_LETTER_SQL,
@@ -97,6 +97,12 @@ MIGRATIONS: tuple[str | Callable[[psycopg.Cursor[Any]], None], ...] = (
         ON kf_dead_letters (grp, dead_lettered_at, partition, "offset");
     CREATE INDEX IF NOT EXISTS kf_dead_letters_kinds
         ON kf_dead_letters (grp, kind, dead_lettered_at, partition, "offset");
+    """,
+    # 8: the event ids counted, as a log of changes per partition
+    """
+    CREATE TABLE IF NOT EXISTS kf_seen_log (
+        grp TEXT NOT NULL, partition INTEGER NOT NULL, seq BIGINT NOT NULL,
+        data BYTEA NOT NULL, PRIMARY KEY (grp, partition, seq));
     """,
 )
 RETRIES = 5
@@ -215,8 +221,13 @@ class PostgresStore(StoreReads):
                 generation, offset, state = claim_partition(
                     cursor, group, partition, owner, placeholders
                 )
-                keys = read_keys(cursor, group, partition, placeholders)
-                claims[partition] = Claim(generation, offset, bytes(state) if state else None, keys)
+                claims[partition] = Claim(
+                    generation,
+                    offset,
+                    bytes(state) if state else None,
+                    STATE.read(cursor, group, partition, placeholders),
+                    SEEN.read(cursor, group, partition, placeholders),
+                )
             return claims
 
         return self._retry(lambda: self._transaction(claim))
@@ -240,7 +251,8 @@ class PostgresStore(StoreReads):
                         f"{group} partition {c.partition}: generation {c.generation} is stale; "
                         "another worker owns it"
                     )
-                append_keys(cursor, group, c, placeholders)
+                STATE.append(cursor, group, c.partition, c.keys, placeholders)
+                SEEN.append(cursor, group, c.partition, c.seen, placeholders)
             self._writer.write(cursor, rows)
             if dead_letters:
                 cursor.executemany(

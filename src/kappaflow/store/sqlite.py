@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Table
-from kappaflow.store.keyed import carry_over_keyed_rows, prepare_keys, read_keys, write_keys
+from kappaflow.store.keyed import SEEN, STATE, carry_over_keyed_rows
 from kappaflow.store.sql import (
     DEAD_LETTER_SQL,
     DELETE_DEAD_LETTER_SQL,
@@ -51,6 +51,13 @@ CREATE TABLE IF NOT EXISTS kf_partitions (
     PRIMARY KEY (grp, partition)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS kf_state_log (
+    grp TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (grp, partition, seq)
+);
+CREATE TABLE IF NOT EXISTS kf_seen_log (
     grp TEXT NOT NULL,
     partition INTEGER NOT NULL,
     seq INTEGER NOT NULL,
@@ -222,7 +229,11 @@ class SQLiteStore(StoreReads):
             for partition in partitions:
                 generation, offset, state = claim_partition(cursor, group, partition, owner)
                 claims[partition] = Claim(
-                    generation, offset, state, read_keys(cursor, group, partition)
+                    generation,
+                    offset,
+                    state,
+                    STATE.read(cursor, group, partition),
+                    SEEN.read(cursor, group, partition),
                 )
         return claims
 
@@ -233,10 +244,16 @@ class SQLiteStore(StoreReads):
         rows: Mapping[str, Sequence[tuple[Any, ...]]],
         dead_letters: Sequence[DeadLetter] = (),
     ) -> None:
-        # The state logs' reads, encoding and merges before this writer's turn.
-        appends = self._read(lambda db: [prepare_keys(db, group, c) for c in partitions])
+        # The state and seen logs' reads, encoding and merges before this writer's turn.
+        appends = self._read(
+            lambda db: [
+                (STATE.prepare(db, group, c.partition, c.keys),
+                 SEEN.prepare(db, group, c.partition, c.seen))
+                for c in partitions
+            ]
+        )  # fmt: skip
         with self._transaction() as cursor:
-            for commit, append in zip(partitions, appends, strict=True):
+            for commit, (keys, seen) in zip(partitions, appends, strict=True):
                 found = cursor.execute(
                     "SELECT generation FROM kf_partitions WHERE grp = ? AND partition = ?",
                     (group, commit.partition),
@@ -251,8 +268,9 @@ class SQLiteStore(StoreReads):
                     "WHERE grp = ? AND partition = ?",
                     (commit.next_offset, commit.state, group, commit.partition),
                 )
-                if append is not None:
-                    write_keys(cursor, group, append)
+                for log, append in ((STATE, keys), (SEEN, seen)):
+                    if append is not None:
+                        log.write(cursor, group, append)
             self._writer.write(cursor, rows)
             if dead_letters:
                 cursor.executemany(

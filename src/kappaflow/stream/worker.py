@@ -1,8 +1,9 @@
 """The stream worker: owns a set of partitions of one app's stream and, batch after
-batch, reads records from the log, decodes them, drops late ones to the dead-letter
-table, runs the app's processor, and commits result rows, processor state and next
-offsets in one store transaction. The store, not the log, holds the truth about
-progress, so a worker killed at any point resumes exactly where its last commit ended.
+batch, reads records from the log, decodes them, drops late ones and the retries of
+events counted (`Stream.dedup_by`) to the dead-letter table, runs the app's processor,
+and commits result rows, processor state, the ids counted and next offsets in one store
+transaction. The store, not the log, holds the truth about progress, so a worker killed
+at any point resumes exactly where its last commit ended.
 
 When the app's processor raises on a batch, or the store refuses what it made, the
 partition is restored from the store and read again in halves down to the record at
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import chain, pairwise
 from typing import Any
 
 import msgspec
@@ -41,6 +43,7 @@ from kappaflow.log.base import Log, RecordBatch
 from kappaflow.metrics import BATCH_SECONDS, DEAD_LETTERS, EVENTS_PROCESSED, PROCESSOR_FAILURES
 from kappaflow.settings import Settings
 from kappaflow.store.base import DeadLetter, Halted, PartitionCommit, Store, reason_kind
+from kappaflow.stream.dedup import SeenIds, event_ids
 from kappaflow.stream.shares import ShareFile
 
 log = logging.getLogger("kappaflow.worker")
@@ -55,6 +58,8 @@ RETRY_S, MAX_RETRY_S = 30.0, 600.0
 """When a halted partition is tried again: after 30 s, then twice as long each time."""
 MAX_NOTED_ERROR = 1_000
 """Characters of a halting error noted in the store (the log has all of it)."""
+SHOWN_ID = 100
+"""Characters of an event id a duplicate's reason shows (its record has all of it)."""
 
 
 @dataclass
@@ -87,6 +92,8 @@ class PartitionRun:
     polled_at: float | None = None
     quiet_at: float = 0.0
     """When the processor was last given an empty batch to time out idle keys."""
+    seen: SeenIds | None = None
+    """The ids of the events counted, when the stream de-duplicates."""
 
     def tick(self, now: float, records: int, full: int) -> int:
         """Advance the clock by the time since the last poll when this read (``records``,
@@ -109,6 +116,7 @@ class PartitionRun:
 class WorkerStats:
     events: int = 0
     late: int = 0
+    duplicates: int = 0
     undecodable: int = 0
     refused: int = 0
     commits: int = 0
@@ -159,6 +167,7 @@ class Worker:
         self.lateness_ms = round(settings.allowed_lateness_s * 1000)
         self.future_ms = round(settings.max_future_skew_s * 1000)
         self.idle_ms = round(settings.idle_timeout_s * 1000)
+        self.dedup_window_ms = round(settings.dedup_window_s * 1000)
         self.stats = WorkerStats()
         self.runs: dict[int, PartitionRun] = {}
         self.member = False
@@ -214,6 +223,8 @@ class Worker:
                 run.max_event_ms = min(max_event_ms, now_ms + self.future_ms)
                 run.floor_ms = min(floor_ms, now_ms)
                 run.state = self.processor.decode(claim.state[_META.size :], claim.keys)
+            if self.stream.dedup_by is not None:
+                run.seen = SeenIds(self.dedup_window_ms, self.settings.dedup_max_ids, claim.seen)
             run.last_record_at = self.clock()
             self.runs[partition] = run
             if partition in self.halted:  # claimed again meanwhile (the store came back)
@@ -323,6 +334,7 @@ class Worker:
             run.next_offset,
             _META.pack(run.max_event_ms, run.floor_ms) + self.processor.encode(run.state),
             self.processor.changed_keys(run.state),
+            {} if run.seen is None else run.seen.changes(),
         )
 
     def _commit(self, steps: list[Step]) -> list[Step] | None:
@@ -509,6 +521,10 @@ class Worker:
         clock_ms: int,
     ) -> None:
         offsets, values, events = self._decode(run.partition, records, dead)
+        ids: list[str | None] = []
+        if run.seen is not None:
+            offsets, values, events, ids = self._unseen(run, offsets, values, events, dead)
+        counted, with_ids = len(dead), offsets  # records dead-lettered from here on: not counted
         times = self.stream.times_ms(events)
         late = [] if self.judged else _late(times, run.max_event_ms, run.floor_ms,
                                             self.lateness_ms, now_ms)  # fmt: skip
@@ -517,15 +533,41 @@ class Worker:
                 reason = f"late: event time {times[i]} is below the watermark {watermark}"
                 dead.append(DeadLetter(run.partition, offsets[i], reason, values[i]))
             self.stats.late += len(late)
-            late_at = {i for i, _ in late}
-            on_time = [i for i in range(len(events)) if i not in late_at]
-            offsets, events, times = ([column[i] for i in on_time]
-                                      for column in (offsets, events, times))  # fmt: skip
+            offsets, events, times = _without([i for i, _ in late], offsets, events, times)
         if times:
             run.max_event_ms = max(run.max_event_ms, max(times))
         watermark = run.watermark(self.lateness_ms, now_ms)
         batch = Batch(run.partition, offsets, events, times, watermark, clock_ms)
         self._run_processor(run, batch, rows, dead, records)
+        if run.seen is not None:
+            for letter in dead[counted:] if ids else ():
+                ids[bisect.bisect_left(with_ids, letter.offset)] = None
+            run.seen.add(ids, min(run.max_event_ms, now_ms))
+
+    def _unseen(
+        self,
+        run: PartitionRun,
+        offsets: list[int],
+        values: list[bytes],
+        events: list[Any],
+        dead: list[DeadLetter],
+    ) -> tuple[list[int], list[bytes], list[Any], list[str | None]]:
+        """The records but the duplicates, which go to ``dead``: those whose key and
+        id (`Stream.dedup_by`) the partition counted, or an earlier record of the batch
+        has; and the id of each record kept (see `event_ids`: none if no record has
+        one)."""
+        assert run.seen is not None and self.stream.dedup_by is not None
+        ids = event_ids(events, self.stream.key, self.stream.dedup_by)
+        repeats = run.seen.repeats(ids)
+        if repeats:
+            field = self.stream.dedup_by
+            for i in repeats:
+                id_ = _shown(getattr(events[i], field))
+                reason = f"duplicate: {field} {id_} of an earlier event of its key"
+                dead.append(DeadLetter(run.partition, offsets[i], reason, values[i]))
+            self.stats.duplicates += len(repeats)
+            offsets, values, events, ids = _without(repeats, offsets, values, events, ids)
+        return offsets, values, events, ids
 
     def _run_processor(
         self,
@@ -577,6 +619,18 @@ class Worker:
     def caught_up(self) -> bool:
         ends = self.log.end_offsets(self.stream.name)
         return all(run.next_offset >= ends[p] for p, run in self.runs.items())
+
+
+def _without(dropped: Sequence[int], *columns: list[Any]) -> list[list[Any]]:
+    """``columns`` without their items at the indexes ``dropped`` (ascending): the
+    slices between them, joined, not a loop in Python over every item."""
+    spans = list(pairwise([-1, *dropped, len(columns[0])]))
+    return [list(chain.from_iterable(column[a + 1 : b] for a, b in spans)) for column in columns]
+
+
+def _shown(id_: str) -> str:
+    """An id as a reason shows it: quoted, and cut after `SHOWN_ID` characters."""
+    return repr(id_) if len(id_) <= SHOWN_ID else repr(id_[:SHOWN_ID]) + "..."
 
 
 def _late(
