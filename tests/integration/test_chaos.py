@@ -3,7 +3,7 @@ log and a PostgreSQL store reached through a proxy, while a client posts real cl
 records and simulated heartbeats. For about a minute, at random, a worker, the server
 or ``up`` itself is killed with SIGKILL (``up`` is started again on the same data
 directory once its children have ended with it) and the store's connections are cut
-for a few seconds. The seed is printed; ``KAPPAFLOW_CHAOS_SEED`` replays its choices
+for a few seconds. The seed is printed; ``CHAOS_SEED`` replays its choices
 (not their timing). Once the stack has caught up:
 
 - every click answered 202 is counted exactly once (each click carries its own id in
@@ -70,7 +70,7 @@ ENV = {
     "KAPPAFLOW_SCALE_DOWN_STABILIZATION_S": "3",
 }
 CLICKS, HEARTBEATS = "/v1/streams/clicks/events", "/v1/streams/heartbeats/events"
-CLICKS_PER_POST, HEARTBEATS_PER_POST = 40, 100
+CLICKS_PER_POST, HEARTBEATS_PER_POST = 40, 80
 LATE_EVERY = 25
 """Every 25th post of clicks is stamped 10 minutes back: late, for the dead letters."""
 TAG = "#chaos"
@@ -273,19 +273,23 @@ def store_behind_proxy(postgres_dsn: str) -> Iterator[tuple[TcpProxy, str, str]]
 
 
 def chaos(stack: Stack, proxy: TcpProxy, rng: Random, load: Load) -> Counter[str]:
-    """Blows at random for `CHAOS_S`; returns how many of each kind landed."""
+    """Blows at random for `CHAOS_S`, and until each kind has landed; returns how many
+    of each kind landed."""
     blows: Counter[str] = Counter()
     started = time.monotonic()
     heal: threading.Timer | None = None
     round_: list[str] = []
     try:
-        while time.monotonic() - started < CHAOS_S and load.failure is None:
+        while load.failure is None and (
+            time.monotonic() - started < CHAOS_S or set(blows) != set(BLOWS)
+        ):
             time.sleep(rng.uniform(*PAUSE_S))  # the chaos's pace
             round_ = round_ or rng.sample(BLOWS, len(BLOWS))
             blow = round_.pop()
             if blow == "store" and proxy.is_cut:
                 continue
             print(f"{time.monotonic() - started:5.1f} s: {blow}", flush=True)
+            assert stack.up is not None and stack.up.poll() is None, "up exited by itself"
             if blow == "worker":
                 stack.kill_worker(rng)
             elif blow == "server":
@@ -308,12 +312,13 @@ def chaos(stack: Stack, proxy: TcpProxy, rng: Random, load: Load) -> Counter[str
 def test_acknowledged_events_survive_kills_and_store_cuts_exactly_once(
     tmp_path: Path, store_behind_proxy: tuple[TcpProxy, str, str]
 ) -> None:
-    seed = int(os.environ.get("KAPPAFLOW_CHAOS_SEED") or time.time_ns() % 2**32)
+    # Not a KAPPAFLOW_ variable: the stack's processes refuse settings they do not know.
+    seed = int(os.environ.get("CHAOS_SEED") or time.time_ns() % 2**32)
     print(f"chaos seed {seed}", flush=True)
     rng = Random(seed)
     proxy, through_proxy, direct = store_behind_proxy
     viewers = 300
-    count = 120_000
+    count = 200_000  # about 140,000 heartbeats: more than the load posts
     now_ms = int(time.time() * 1000)
     span_ms = count * HEARTBEAT_S * 1000 // viewers
     workload = simulate(count, viewers=viewers, seed=seed, start_ms=now_ms - span_ms,
@@ -327,20 +332,18 @@ def test_acknowledged_events_survive_kills_and_store_cuts_exactly_once(
             blows = chaos(stack, proxy, rng, load)
         assert load.failure is None, load.failure
         print(f"blows {dict(blows)} in {time.monotonic() - started:.0f} s", flush=True)
-        if stack.up is None or stack.up.poll() is not None:
-            stack.start()
+        assert stack.up is not None and stack.up.poll() is None, "up runs on"
         wait_until(lambda: (lag := stack.lag()) is not None and not any(lag.values()), 120,
                    "the stack caught up (lag 0, nothing halted, from /status)", 0.5)  # fmt: skip
+        print(f"caught up {time.monotonic() - started:.0f} s after the start", flush=True)
         dead_letters = httpx.get(f"{stack.url}/v1/dead-letters",
                                  params={"stream": "clicks", "limit": 10_000}).json()  # fmt: skip
         stack.stop()
-        print(f"caught up {time.monotonic() - started:.0f} s after the start", flush=True)
     except BaseException:
         print(stack.output())
         raise
     finally:
         stack.kill_all()
-    assert set(blows) == set(BLOWS), blows
     assert len(dead_letters) < 10_000
     check_clicks(load, dead_letters, direct)
     check_video(tmp_path, load, workload.events, direct)
