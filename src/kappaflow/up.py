@@ -188,13 +188,16 @@ class Stack:
             _terminate(worker.process)
 
     def wait_ready(self, timeout_s: float) -> None:
+        """Until the server answers: it has opened the log and serves ingest. Not until
+        it is ready for queries too: during a store outage it is not, and ingest must
+        not wait for the store."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             assert self.server is not None
             if self.server.poll() is not None:
                 raise StackFailed(f"the server exited with code {self.server.returncode}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

@@ -69,8 +69,10 @@ def _kappaflow(
     *arguments: str,
     env: dict[str, str] | None = None,
     preexec_fn: Callable[[], None] | None = None,
+    probe: str = "/readyz",
 ) -> Iterator[Running]:
-    """Run ``kappaflow ARGUMENTS --port P`` until it answers /healthz; stop it after."""
+    """Run ``kappaflow ARGUMENTS --port P`` until it answers ``probe`` with 200; stop it
+    after."""
     port = free_port()
     output = tmp_path / f"{arguments[0]}-{port}.log"
     with output.open("wb") as sink:
@@ -86,9 +88,9 @@ def _kappaflow(
         deadline = time.monotonic() + 30
         while True:
             assert process.poll() is None, output.read_text()
-            assert time.monotonic() < deadline, "no /healthz within 30 s"
+            assert time.monotonic() < deadline, f"no {probe} within 30 s"
             try:
-                if httpx.get(f"{running.url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{running.url}{probe}", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)

@@ -271,6 +271,36 @@ def test_a_store_outage_stops_the_queries_not_ingest_nor_up(tmp_path: Path, kapp
     assert_progress_is_the_truth(found, workload)
 
 
+def test_up_started_while_the_store_is_down_serves_ingest_and_catches_up(
+    tmp_path: Path, kappaflow
+) -> None:
+    """``up`` started (or started again after a crash) during a PostgreSQL outage runs:
+    ingest answers 202, queries and /readyz 503, and once the store is back its tables
+    are created and the workers process every event."""
+    workload = simulate(2_000, viewers=20, seed=9, jitter_ms=0)
+    with postgres.postgres_server() as server, postgres.postgres_database(server.dsn) as dsn:
+        env = {**ENV, "KAPPAFLOW_STORE": "postgres", "KAPPAFLOW_POSTGRES_DSN": dsn}
+        server.stop()
+        try:
+            with kappaflow("up", "--data-dir", str(tmp_path / "data"), env=env,
+                           probe="/healthz") as stack:  # fmt: skip
+                client = stack.client()
+                post_all(client, workload.events)
+                assert client.get("/readyz").status_code == 503
+                assert client.get("/v1/progress/u/v").status_code == 503
+                wait_until(lambda: "ready: " in stack.output.read_text(), 30,
+                           "up ready (its workers started) while the store is down")  # fmt: skip
+                assert stack.process.poll() is None
+                server.start()
+                stack.wait_for_no_lag(timeout_s=90)
+                found = progress(client, sorted(workload.truth))
+                assert stack.stop() == 0
+        finally:
+            if server.stopped:  # the database is dropped next
+                server.start()
+    assert_progress_is_the_truth(found, workload)
+
+
 def test_healthz_and_ingest_answer_at_once_while_a_query_waits_for_the_store(
     tmp_path: Path, kappaflow
 ) -> None:

@@ -25,6 +25,7 @@ from kappaflow.store import sqlite as sqlite_store
 from kappaflow.store.base import DeadLetter, DeadLetterFilter, Halted, PartitionCommit, Table
 from kappaflow.store.postgres import PostgresStore, placeholders
 from kappaflow.testing import drop_postgres_connections
+from kappaflow.testing.proxy import tcp_proxy
 from kappaflow.up import free_port
 
 TOTALS = Table("totals", (("k", "TEXT"), ("n", "INTEGER")), key=("k",), mode="add")
@@ -534,7 +535,31 @@ def test_postgres_notes_a_halt_after_the_server_dropped_its_connection(
 
 
 def test_an_unreachable_postgres_is_named_once_in_the_error() -> None:
+    store = PostgresStore(f"postgresql://postgres@127.0.0.1:{free_port()}/none",
+                          connect_timeout_s=1)  # fmt: skip
     with pytest.raises(StoreUnavailable) as raised:
-        PostgresStore(f"postgresql://postgres@127.0.0.1:{free_port()}/none", connect_timeout_s=1)
+        store.query("SELECT 1")
     assert str(raised.value).startswith("PostgreSQL store: cannot connect: ")
     assert str(raised.value).count("PostgreSQL store") == 1
+
+
+def test_a_postgres_store_opened_while_unreachable_creates_its_tables_once_it_is_back(
+    postgres_dsn: str,
+) -> None:
+    """A process that starts during an outage (``up``'s server, say) keeps its store:
+    calls answer StoreUnavailable until the server is back, and the first call then
+    migrates the store and creates the tables asked for meanwhile."""
+    server, database = postgres_dsn.rsplit("/", 1)
+    with tcp_proxy(int(server.rsplit(":", 1)[1])) as proxy:
+        proxy.cut()
+        store = PostgresStore(f"{server.rsplit(':', 1)[0]}:{proxy.port}/{database}",
+                              connect_timeout_s=1)  # fmt: skip
+        store.create_tables([TOTALS])
+        with pytest.raises(StoreUnavailable):
+            store.claim("g", [0], "worker-1")
+        proxy.heal()
+        store.commit("g", [PartitionCommit(0, store.claim("g", [0], "w")[0].generation, 3, b"")],
+                     {"totals": [("a", 2)]})  # fmt: skip
+        assert store.query("SELECT k, n FROM totals") == [("a", 2)]
+        assert store.committed_offsets("g") == {0: 3}
+        store.close()

@@ -105,6 +105,22 @@ MIGRATIONS: tuple[str | Callable[[psycopg.Cursor[Any]], None], ...] = (
         data BYTEA NOT NULL, PRIMARY KEY (grp, partition, seq));
     """,
 )
+
+
+def _migrate(cursor: psycopg.Cursor[Any]) -> None:
+    """The steps of `MIGRATIONS` the store has not taken yet."""
+    cursor.execute("CREATE TABLE IF NOT EXISTS kf_schema (version INTEGER NOT NULL)")
+    cursor.execute("SELECT max(version) FROM kf_schema")
+    current = cursor.fetchone()[0] or 0  # type: ignore[index]
+    for version, step in enumerate(MIGRATIONS, start=1):
+        if version > current:
+            if callable(step):
+                step(cursor)
+            else:
+                cursor.execute(step)
+            cursor.execute("INSERT INTO kf_schema VALUES (%s)", (version,))
+
+
 RETRIES = 5
 COLUMNS_SQL = (
     "SELECT a.attname, array_position(i.indkey::int2[], a.attnum) FROM pg_attribute a "
@@ -128,7 +144,11 @@ class PostgresStore(StoreReads):
         """Held while a thread uses the connection: the HTTP services call the store from
         threads of their own, and one connection runs one transaction at a time."""
         self._writer = RowWriter(psycopg.Error, psycopg.OperationalError, placeholders, "postgres")
-        self._retry(self._migrate)
+        self._tables: list[Table] = []
+        """The tables asked for (see `create_tables`)."""
+        self._schema_ready = False
+        """Whether the server holds the store's own tables, migrated, and ``_tables``."""
+        self._prepare()
 
     # -- connection ------------------------------------------------------------------
 
@@ -165,10 +185,13 @@ class PostgresStore(StoreReads):
         raise AssertionError("unreachable")
 
     def _transaction(self, body: Callable[[psycopg.Cursor[Any]], T]) -> T:
-        """One transaction; connection loss is StoreUnavailable (its outcome unknown)."""
+        """One transaction, once the schema is on the server; connection loss is
+        StoreUnavailable (its outcome unknown)."""
         with self._lock:
             db = self._connection()
             try:
+                if not self._schema_ready:
+                    self._create_schema(db)
                 with db.transaction(), db.cursor() as cursor:
                     return body(cursor)
             except psycopg.OperationalError as error:
@@ -177,40 +200,48 @@ class PostgresStore(StoreReads):
             except psycopg.Error as error:
                 raise StoreError(f"PostgreSQL store: {error}") from error
 
-    def _migrate(self) -> None:
-        def migrate(cursor: psycopg.Cursor[Any]) -> None:
-            cursor.execute("CREATE TABLE IF NOT EXISTS kf_schema (version INTEGER NOT NULL)")
-            cursor.execute("SELECT max(version) FROM kf_schema")
-            current = cursor.fetchone()[0] or 0  # type: ignore[index]
-            for version, step in enumerate(MIGRATIONS, start=1):
-                if version > current:
-                    if callable(step):
-                        step(cursor)
-                    else:
-                        cursor.execute(step)
-                    cursor.execute("INSERT INTO kf_schema VALUES (%s)", (version,))
-
-        self._create(migrate)
-
-    def _create(self, body: Callable[[psycopg.Cursor[Any]], None]) -> None:
-        """DDL that another process may be running at the same moment."""
+    def _prepare(self) -> None:
+        """Migrate the store and create the tables asked for, now if the server can be
+        reached; else the first transaction once it can does, so that a process started
+        during an outage works once the outage ends."""
         try:
-            self._transaction(body)
-        except StoreError as error:
-            if not isinstance(error.__cause__, pg_errors.UniqueViolation):
-                raise
-            self._transaction(body)  # the other process created it: now a no-op
+            self._retry(lambda: self._transaction(lambda cursor: None))
+        except StoreUnavailable as failure:
+            log.warning("%s; the store's tables are created once it can be reached", failure)
+
+    def _create_schema(self, db: psycopg.Connection[Any]) -> None:
+        """DDL that another process may be running at the same moment: if that one
+        commits first (a unique violation here), running it again is a no-op."""
+        for attempt in range(2):
+            try:
+                with db.transaction(), db.cursor() as cursor:
+                    _migrate(cursor)
+                    for table in self._tables:
+                        cursor.execute(create_sql(table, "postgres"))
+                        found = cursor.execute(COLUMNS_SQL, (table.name,)).fetchall()
+                        check_table(table, found, "PostgreSQL store")
+                self._schema_ready = True
+                return
+            except pg_errors.UniqueViolation:
+                if attempt:
+                    raise
 
     # -- the Store protocol ----------------------------------------------------------
 
     def create_tables(self, tables: Sequence[Table]) -> None:
-        def create(cursor: psycopg.Cursor[Any]) -> None:
-            for table in tables:
-                cursor.execute(create_sql(table, "postgres"))
-                found = cursor.execute(COLUMNS_SQL, (table.name,)).fetchall()
-                check_table(table, found, "PostgreSQL store")
-
-        self._retry(lambda: self._create(create))
+        """Create them now, or, while the server cannot be reached, before the first
+        transaction once it can. A table the server holds in another shape is an error
+        now, and the store goes on without the tables asked for."""
+        with self._lock:
+            added = [table for table in tables if table not in self._tables]
+            self._tables += added
+            self._schema_ready = False
+        try:
+            self._prepare()
+        except StoreError:
+            with self._lock:
+                self._tables = [table for table in self._tables if table not in added]
+            raise
         for table in tables:
             self._writer.add(table)
 

@@ -2,7 +2,7 @@
 worker and store on a temporary data directory and look at the result tables; wait
 for what running processes do; make writes fail for real in a process of their own;
 cut a PostgreSQL store's connections. Throwaway servers: `postgres` (PostgreSQL) and
-`kafka` (Apache Kafka)."""
+`kafka` (Apache Kafka); `proxy`, a TCP proxy that cuts its clients off from a server."""
 
 from __future__ import annotations
 
