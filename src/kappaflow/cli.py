@@ -548,7 +548,7 @@ def deploy_render(ctx: click.Context, target: str, output: str) -> None:
 
 @main.group()
 def scale() -> None:
-    """The autoscaling policy (AUTOSCALING.md) away from a running stack."""
+    """The autoscaling policy (docs/autoscaling.md) away from a running stack."""
 
 
 @scale.command("simulate")

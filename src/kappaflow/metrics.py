@@ -2,7 +2,7 @@
 share a directory (``PROMETHEUS_MULTIPROC_DIR``, set before they start) and the HTTP
 service's ``/metrics`` adds them up; a process on its own exports just its own. Lag
 is computed when scraped, from the log's end offsets and the store's commits. Every
-family the README lists exists from start, at 0 (`declare`): an alert on a family
+family docs/operations.md lists exists from start, at 0 (`declare`): an alert on a family
 without samples would see "no data" instead."""
 
 from __future__ import annotations

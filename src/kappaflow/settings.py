@@ -121,7 +121,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Open connections beyond which requests are answered 503 and their connection
     closed; keep it under the process's open-file limit (``ulimit -n``)."""
 
-    # Autoscaling (AUTOSCALING.md): KEDA ScaledObject and HPA field names, snake_case.
+    # Autoscaling (docs/autoscaling.md): KEDA ScaledObject and HPA field names, snake_case.
     autoscale: bool = True
     """``kappaflow up`` scales workers on lag; false: it runs ``workers`` workers."""
     polling_interval_s: PositiveFloat = 5.0

@@ -1,4 +1,4 @@
-"""The scaling policy against every vector of AUTOSCALING.md, and its invariants."""
+"""The scaling policy against the examples of docs/autoscaling.md, and its invariants."""
 
 from __future__ import annotations
 

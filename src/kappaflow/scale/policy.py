@@ -1,4 +1,4 @@
-"""The scaling policy of AUTOSCALING.md as a pure function: KEDA's Kafka scaler (lag,
+"""The scaling policy of docs/autoscaling.md as a pure function: KEDA's Kafka scaler (lag,
 activation, zero and one) feeding the HorizontalPodAutoscaler (tolerance,
 stabilization, the default clamp or a ``behavior`` block with rate-limit policies).
 
@@ -100,7 +100,7 @@ def keda_lag(
     previous: Mapping[int, int],
     s: PolicySettings,
 ) -> Lag:
-    """The Kafka scaler's lag (AUTOSCALING.md section 1)."""
+    """The Kafka scaler's lag (docs/autoscaling.md, steps 1 to 3)."""
     total = uncapped = with_lag = 0
     for partition, end_offset in end.items():
         offset = committed.get(partition)
