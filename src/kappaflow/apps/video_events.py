@@ -55,8 +55,8 @@ PROGRESS = Table(
 )
 """Keyed by the partition of the user's heartbeats first, so that the rows of each
 partition are together in the table: a worker's commit rewrites the pages of its own
-partitions only, not a page of every part of the table (bench/README.md, "Progress rows
-by partition")."""
+partitions only, not a page of every part of the table
+(docs/decisions/028-progress-rows-by-partition.md)."""
 
 
 def session_key(event: Heartbeat) -> str:

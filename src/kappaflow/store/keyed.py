@@ -131,7 +131,8 @@ def carry_over_keyed_rows(cursor: Any, sql: Translate = str) -> None:
 def _merged(changes: Iterable[bytes]) -> bytes:
     """The changes applied in order, as one encoded change without deletions (b"" when
     no key is left). The values are copied as they are encoded: decoding each into
-    `bytes` and encoding it again took a fifth longer (bench/README.md)."""
+    `bytes` and encoding it again took a fifth longer
+    (docs/decisions/025-checkpoints-beside-writers.md)."""
     merged: dict[str, msgspec.Raw] = {}
     for change in changes:
         merged.update(_decode_encoded(change))

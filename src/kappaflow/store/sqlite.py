@@ -35,7 +35,8 @@ WAL_LIMIT_BYTES = 256 * 1024 * 1024
 """Size the WAL is cut back to once a checkpoint reaches its end, and over which a
 checkpoint takes a writer's turn so that it does. At 100,000 heartbeats/s two workers write
 about 120 MB/s of WAL: at 64 MiB most checkpoints ran inside a turn, holding the other
-worker up; at 256 MiB the turns are held 17% less time in all (bench/README.md)."""
+worker up; at 256 MiB the turns are held 17% less time in all
+(docs/decisions/021-wal-limit-256-mib.md)."""
 CHECKPOINT_S = 2.0
 """How often the WAL is checkpointed beside a connection that writes, at most."""
 CACHE_BYTES = 64 * 1024 * 1024

@@ -3,8 +3,8 @@ lock file beside the database, and the WAL is checkpointed beside them, on a thr
 connection of their own. A checkpoint copies the pages the WAL holds into the
 database; a writer that ran its own after a commit held up its next batch by the
 copying, and one that cut the WAL back inside its turn held up every writer (each
-100-300 ms at 100,000 heartbeats/s, bench/README.md). SQLite copies without Python's
-global lock, so a writer's thread goes on meanwhile."""
+100-300 ms at 100,000 heartbeats/s, docs/decisions/025-checkpoints-beside-writers.md).
+SQLite copies without Python's global lock, so a writer's thread goes on meanwhile."""
 
 from __future__ import annotations
 
