@@ -87,9 +87,10 @@ def worker(
     (cooperative-sticky), as when KEDA scales worker pods. With worker_port set, serves
     /healthz and /metrics on it."""
     from kappaflow.app import load_apps
-    from kappaflow.log import open_log
+    from kappaflow.log import Log, open_log
     from kappaflow.metrics import declare
     from kappaflow.store import open_store
+    from kappaflow.stream.assignment import Assignment, Fixed, KafkaGroup, Shares
     from kappaflow.stream.endpoints import WorkerEndpoints
     from kappaflow.stream.shares import ShareFile
     from kappaflow.stream.worker import Worker, run_workers
@@ -98,14 +99,18 @@ def worker(
     settings = _settings(ctx, data_dir=data_dir)
     if partitions and share_file:
         raise click.UsageError("--partitions and --share-file exclude each other")
-    share = ShareFile(share_file) if share_file else None
     try:
-        if share is None:
-            owned = parse_partitions(partitions) or list(range(settings.partitions))
-        elif (asked := share.changed()) is None:
-            raise click.BadParameter(f"{share_file} does not exist", param_hint="--share-file")
-        else:
-            owned = asked
+        shared: Assignment = Fixed(parse_partitions(partitions) or range(settings.partitions))
+        if share_file:
+            share = ShareFile(share_file)
+            if (asked := share.changed()) is None:
+                raise click.BadParameter(f"{share_file} does not exist", param_hint="--share-file")
+            shared = Shares(share, asked)  # the process's share: every worker owns it
+        grouped = settings.log == "kafka" and not partitions and not share_file
+
+        def assignment(log: Log) -> Assignment:
+            return KafkaGroup(log) if grouped else shared
+
         apps = load_apps(settings)
         if app_name:
             apps = [a for a in apps if a.name == app_name]
@@ -115,23 +120,19 @@ def worker(
         # A log each: on Kafka, each stream's worker is a member of its own group, with
         # a consumer of its own.
         runners = [
-            Worker(app, stream, open_log(settings), store, settings, owned)
+            Worker(app, stream, log, store, settings, assignment(log))
             for app in apps
             for stream in ([app.stream(stream_name)] if stream_name else app.streams)
+            for log in [open_log(settings)]
         ]
         for runner in runners:
-            if settings.log == "kafka" and not partitions and share is None:
-                runner.follow_group()
-            else:
-                runner.start()
-        if share is not None:
-            share.acknowledge(owned)
+            runner.start()
         should_stop = stop_flag()
         if settings.worker_port:
             declare(apps)
             endpoints = WorkerEndpoints(settings.host, settings.worker_port)
             should_stop = endpoints.watching(should_stop)
-        run_workers(runners, should_stop, until_caught_up=until_caught_up, share=share)
+        run_workers(runners, should_stop, until_caught_up=until_caught_up)
     except KappaflowError as error:
         click.echo(f"kappaflow worker: {error}", err=True)
         sys.exit(1)

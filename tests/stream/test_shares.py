@@ -12,6 +12,7 @@ from kappaflow.apps.video import Heartbeat, create_app
 from kappaflow.log import open_log, partition_for
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
+from kappaflow.stream.assignment import Shares
 from kappaflow.stream.shares import BadShareFile, ShareFile
 from kappaflow.stream.worker import Worker, run_workers
 from kappaflow.testing import wait_until
@@ -54,12 +55,12 @@ def test_a_running_worker_takes_its_new_share_between_polls(settings: Settings) 
     writer.append("heartbeats", p, [msgspec.json.encode(Heartbeat("u", "v", 0, 0))])
     writer.close()
     app = create_app(settings)
-    w = Worker(app, app.streams[0], open_log(settings), open_store(settings), settings,
-               range(settings.partitions))  # fmt: skip
-    w.start()
     share = ShareFile(Path(settings.data_dir) / "share")
+    w = Worker(app, app.streams[0], open_log(settings), open_store(settings), settings,
+               Shares(share, range(settings.partitions)))  # fmt: skip
+    w.start()
     share.offer([p])
-    run_workers([w], lambda: w.stats.commits > 0, share=share)
+    run_workers([w], lambda: w.stats.commits > 0)
     assert sorted(w.runs) == [p] and w.partitions == [p]
     assert share.owned() == [p]
     assert w.stats.events == 1
@@ -68,13 +69,13 @@ def test_a_running_worker_takes_its_new_share_between_polls(settings: Settings) 
 def test_a_waiting_worker_wakes_for_a_new_share_and_to_stop(settings: Settings) -> None:
     waits_a_minute = settings.replace(poll_interval_ms=60_000)
     app = create_app(waits_a_minute)
-    w = Worker(app, app.streams[0], open_log(waits_a_minute), open_store(waits_a_minute),
-               waits_a_minute, [])  # fmt: skip
-    w.start()
     share = ShareFile(Path(settings.data_dir) / "share")
+    w = Worker(app, app.streams[0], open_log(waits_a_minute), open_store(waits_a_minute),
+               waits_a_minute, Shares(share))  # fmt: skip
+    w.start()
     share.offer([])
     stop = threading.Event()
-    runner = threading.Thread(target=run_workers, args=([w], stop.is_set), kwargs={"share": share})
+    runner = threading.Thread(target=run_workers, args=([w], stop.is_set))
     runner.start()
     try:
         wait_until(lambda: share.owned() == [], 5, "the first share is taken at once", 0.005)

@@ -1,8 +1,8 @@
 """A worker's share of the partitions, changed while it runs. ``kappaflow up`` writes
 the partitions a worker is to own to the worker's share file; between two polls the
-worker reads it, takes the change over (`Worker.own`: it lets go of what it lost and
-claims what it gained) and writes the partitions it now owns to the ``.owned`` file
-beside it, which tells ``up`` that the ones it gave up are free to claim."""
+worker reads it, takes the change over (`kappaflow.stream.assignment.Shares`: it lets go
+of what it lost and claims what it gained) and writes the partitions it now owns to the
+``.owned`` file beside it, which tells ``up`` that the ones it gave up are free to claim."""
 
 from __future__ import annotations
 

@@ -24,7 +24,6 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from itertools import chain, pairwise
 from typing import Any
 
@@ -43,15 +42,15 @@ from kappaflow.log.base import Log, RecordBatch
 from kappaflow.metrics import BATCH_SECONDS, DEAD_LETTERS, EVENTS_PROCESSED, PROCESSOR_FAILURES
 from kappaflow.settings import Settings
 from kappaflow.store.base import DeadLetter, Halted, PartitionCommit, Store, reason_kind
+from kappaflow.stream.assignment import Assignment, Fixed
 from kappaflow.stream.dedup import SeenIds, event_ids
-from kappaflow.stream.shares import ShareFile
 
 log = logging.getLogger("kappaflow.worker")
 
 _META = struct.Struct("<qq")
 _NO_EVENT = -(1 << 62)
 WAKE_CHECK_S = 0.02
-"""How often a waiting worker looks whether to stop or take a new share."""
+"""How often a waiting worker looks whether to stop or take a new assignment."""
 QUIET_CHECK_S = 1.0
 """How often a partition without records has its idle keys timed out."""
 RETRY_S, MAX_RETRY_S = 30.0, 600.0
@@ -138,7 +137,8 @@ class Step:
 
 
 class Worker:
-    """Processes ``partitions`` of ``stream`` with the app's processor."""
+    """Processes partitions of ``stream`` with the app's processor: those ``assignment``
+    gives it, or a fixed list."""
 
     def __init__(
         self,
@@ -147,7 +147,7 @@ class Worker:
         log: Log,
         store: Store,
         settings: Settings,
-        partitions: Sequence[int],
+        assignment: Assignment | Sequence[int],
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -160,7 +160,7 @@ class Worker:
         self.processor: Processor[Any] = app.processors[stream.name]
         self.judged: bool = getattr(self.processor, "judges_lateness", False)
         """The processor judges lateness per key and times out idle keys itself."""
-        self.partitions = list(partitions)
+        self.assignment = Fixed(assignment) if isinstance(assignment, Sequence) else assignment
         self.clock = clock
         self.wall_clock = wall_clock
         """Epoch seconds: event times are judged against it."""
@@ -170,8 +170,6 @@ class Worker:
         self.dedup_window_ms = round(settings.dedup_window_s * 1000)
         self.stats = WorkerStats()
         self.runs: dict[int, PartitionRun] = {}
-        self.member = False
-        """Partitions come from the log's consumer group (see `follow_group`)."""
         self.behind = False
         """The last poll read a full batch of some partition: more records are waiting."""
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
@@ -188,27 +186,19 @@ class Worker:
         self._decoder = msgspec.json.Decoder(stream.schema)
 
     def start(self) -> None:
-        """Claim the partitions (fencing earlier owners) and restore their state."""
+        """Own what the assignment gives (again, after a failure): claim the partitions
+        (fencing earlier owners) and restore their state."""
         self.log.create_topic(self.stream.name, self.settings.partitions)
         self.store.create_tables(self.app.all_tables)
         self.runs = {}
-        if self.member:
-            # Rejoining the group: the log assigns partitions again (and `_assigned` claims).
-            self.log.join(  # type: ignore[attr-defined]
-                self.stream.name, self.group, self._assigned, self._revoked
-            )
-        else:
-            self._assigned(self.partitions)
+        self.assignment.start(self)
 
-    def follow_group(self) -> None:
-        """Own the partitions the log's consumer group assigns to this worker (Kafka,
-        cooperative-sticky), instead of a fixed list: on assignment claim and restore
-        them; on revocation, which comes between batches, let them go."""
-        self.member = True
-        self.partitions = []
-        self.start()
+    @property
+    def partitions(self) -> list[int]:
+        """The partitions owned now."""
+        return sorted(self.runs)
 
-    def _assigned(self, partitions: Sequence[int]) -> dict[int, int]:
+    def claim(self, partitions: Sequence[int]) -> dict[int, int]:
         """Claim ``partitions`` (fencing earlier owners), restore their state; returns
         where each continues."""
         for partition, claim in self.store.claim(self.group, partitions, self.owner).items():
@@ -240,16 +230,16 @@ class Worker:
         and restore the new ones; the ones kept carry on with their state. Returns how
         many it claimed."""
         wanted = set(partitions)
-        self.partitions = sorted(wanted)  # what `start` claims if the store fails meanwhile
         lost = [p for p in self.runs if p not in wanted]
         if lost:
-            self._revoked(lost)
+            self.release(lost)
         gained = sorted(wanted.difference(self.runs))
         if gained:
-            self._assigned(gained)
+            self.claim(gained)
         return len(gained)
 
-    def _revoked(self, partitions: Sequence[int]) -> None:
+    def release(self, partitions: Sequence[int]) -> None:
+        """Let go of ``partitions`` (between polls: all processed is committed)."""
         for partition in partitions:
             self.runs.pop(partition, None)
             self.halted.pop(partition, None)
@@ -259,8 +249,7 @@ class Worker:
     def poll(self) -> int:
         """One cycle over the owned partitions: returns how many records it committed."""
         self.behind = False
-        if self.member:
-            self.log.rebalance(self.settings.batch_max_events)  # type: ignore[attr-defined]
+        self.assignment.update(self)
         now, now_ms = self.clock(), self._now_ms()
         started = time.perf_counter()
         for lookup in self.app.lookups:
@@ -356,7 +345,7 @@ class Worker:
                 try:
                     self.store.commit(self.group, [step.commit for step in part], rows, dead)
                 except StaleOwnership as fenced:
-                    if not self.member:
+                    if not self.assignment.rejoins:
                         raise
                     # The group gave our partitions to another member while we could not
                     # answer it (a pause past the session timeout): the batch is dropped.
@@ -388,11 +377,11 @@ class Worker:
                         refused)  # fmt: skip
             for step in part:
                 self.isolating.setdefault(step.run.partition, max(step.records, 1))
-            self._assigned(partitions)
+            self.claim(partitions)
             return []
         (step,) = part
         if step.dead and not step.rows and step.records == 1:
-            self._assigned([step.run.partition])
+            self.claim([step.run.partition])
             self._halt(self.runs[step.run.partition], refused, self.clock())
             return []
         isolated = self._poisoned(step.run, step.batch, refused, self.clock(), "store")
@@ -410,7 +399,7 @@ class Worker:
         if not batch.values:
             self._halt(run, error, now)
             return None
-        self._assigned([partition])
+        self.claim([partition])
         self.behind = True  # its records are read again at once
         if len(batch.values) > 1:
             self.isolating[partition] = len(batch.values) // 2
@@ -474,7 +463,7 @@ class Worker:
         if due:
             for partition in due:
                 del self.halted[partition]
-            self._assigned(due)
+            self.claim(due)
 
     def _idle(self, run: PartitionRun, now: float, now_ms: int) -> bool:
         """After ``idle_timeout_s`` without records, the partition's event clock moves
@@ -651,10 +640,9 @@ def run_workers(
     workers: Sequence[Worker],
     should_stop: Callable[[], bool],
     until_caught_up: bool = False,
-    share: ShareFile | None = None,
 ) -> None:
-    """Poll several workers (one per app stream) in turn, pausing when none had work.
-    With ``share``, each of them owns the partitions it asks for, changed between polls."""
+    """Poll several workers (one per app stream) in turn, pausing when none had work
+    (or until a change of their assignment waits)."""
     # Session state is many small long-lived containers; at the default thresholds the
     # cycle collector rescans them so often that it costs 10-15% of a worker's time. A
     # worker that keeps up adds most of its objects to that state, and each of its young
@@ -663,10 +651,6 @@ def run_workers(
     pause = min(w.settings.poll_interval_ms for w in workers) / 1000
     spacing = min(w.settings.commit_interval_ms for w in workers) / 1000
     while not should_stop():
-        if share is not None and (partitions := share.changed()) is not None:
-            for worker in workers:
-                _or_recover(worker, should_stop, partial(worker.own, partitions))
-            share.acknowledge(partitions)
         started = time.monotonic()
         if sum(_or_recover(worker, should_stop, worker.poll) for worker in workers):
             if any(worker.behind for worker in workers):
@@ -683,15 +667,15 @@ def run_workers(
                                           f"offset {noted.offset}: {noted.error}")  # fmt: skip
             if all(worker.caught_up() for worker in workers):
                 return
-        _sleep(wait, should_stop, share)
+        _sleep(wait, should_stop, workers)
 
 
-def _sleep(seconds: float, should_stop: Callable[[], bool], share: ShareFile | None) -> None:
-    """Sleep ``seconds``, or less if asked to stop or given a new share meanwhile: a
-    worker takes its share, or stops, within a few ms, not after the commit interval."""
+def _sleep(seconds: float, should_stop: Callable[[], bool], workers: Sequence[Worker]) -> None:
+    """Sleep ``seconds``, or less if asked to stop or a change of assignment waits: a
+    worker takes it, or stops, within a few ms, not after the commit interval."""
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
-        if should_stop() or (share is not None and share.pending()):
+        if should_stop() or any(worker.assignment.pending() for worker in workers):
             return
         time.sleep(min(left, WAKE_CHECK_S))
 
