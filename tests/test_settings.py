@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from kappaflow.errors import SettingsError
-from kappaflow.settings import Settings
+from kappaflow.settings import Rule, Scaling, Settings
 
 
 def test_defaults() -> None:
@@ -35,6 +35,9 @@ def test_environment_overrides_toml_and_options_override_environment(tmp_path: P
         ({"KAPPAFLOW_LOG_FSYNC": "often"}, "KAPPAFLOW_LOG_FSYNC must be one of batch, never"),
         ({"KAPPAFLOW_SESSION_GAP_S": "-1"}, "KAPPAFLOW_SESSION_GAP_S must be a number > 0"),
         ({"KAPPAFLOW_PARTITONS": "8"}, "unknown setting KAPPAFLOW_PARTITONS"),
+        ({"KAPPAFLOW_MIN_REPLICAS": "-1"}, "KAPPAFLOW_MIN_REPLICAS must be an integer >= 0"),
+        ({"KAPPAFLOW_SCALE_UP_POLICIES": "pods:4"}, "KAPPAFLOW_SCALE_UP_POLICIES must be like"),
+        ({"KAPPAFLOW_SCALING": "{}"}, "unknown setting KAPPAFLOW_SCALING"),
     ],
 )
 def test_invalid_values_name_the_variable(environ: dict[str, str], message: str) -> None:
@@ -59,3 +62,25 @@ def test_settings_survive_the_round_trip_through_the_environment() -> None:
     overrides = {"apps": ("video", "my.app"), "partitions": 3, "allowed_lateness_s": 2.5}
     settings = Settings.load({}, {**overrides, "log_fsync": "never"})
     assert Settings.load(settings.to_environ()) == settings
+
+
+def test_the_scaling_policys_settings_are_settings_of_their_own_names(tmp_path: Path) -> None:
+    """The policy's settings are the ones `Settings` holds, with kappaflow's defaults
+    (not KEDA's lagThreshold 10 and minReplicaCount 0), each under its own name."""
+    assert Settings().scaling == Scaling(lag_threshold=20_000, min_replicas=1)
+    config = tmp_path / "kappaflow.toml"
+    config.write_text('lag_threshold = 500\nscale_down_policies = "pods:1:60"\n')
+    environ = {"KAPPAFLOW_CONFIG": str(config), "KAPPAFLOW_MIN_REPLICAS": "0",
+               "KAPPAFLOW_SCALE_UP_POLICIES": "pods:2:30, percent:50:60"}  # fmt: skip
+    scaling = Settings.load(environ).scaling
+    assert (scaling.lag_threshold, scaling.min_replicas) == (500, 0)
+    assert scaling.scale_up_policies == (Rule("pods", 2, 30), Rule("percent", 50, 60))
+    assert scaling.scale_down_policies == (Rule("pods", 1, 60),)
+    settings = Settings.load({}, {"partitions": 3}).replace(max_replicas=7, behavior=True)
+    assert (settings.partitions, settings.scaling.max_replicas) == (3, 7)
+    assert settings.scaling.behavior and not Settings().scaling.behavior
+    loaded = Settings.load(environ)
+    variables = loaded.to_environ()
+    assert variables["KAPPAFLOW_SCALE_UP_POLICIES"] == "pods:2:30,percent:50:60"
+    assert "KAPPAFLOW_SCALING" not in variables
+    assert Settings.load(variables) == loaded

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import attrgetter
-from typing import Any, Generic, Literal, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, Protocol, TypeVar
 
 import msgspec
 
@@ -19,7 +19,9 @@ from kappaflow.errors import AppError
 from kappaflow.events import event_time_ms
 from kappaflow.query.params import Text
 from kappaflow.settings import Settings
-from kappaflow.store.base import Store, Table
+
+if TYPE_CHECKING:  # types only: ingest reads apps' streams and loads nothing of the store
+    from kappaflow.store.base import Store, Table
 
 S = TypeVar("S")
 T = TypeVar("T")

@@ -577,7 +577,6 @@ def scale_simulate(
     ones (KAPPAFLOW_LAG_THRESHOLD, KAPPAFLOW_BEHAVIOR, ...)."""
     from pathlib import Path
 
-    from kappaflow.scale.policy import from_settings
     from kappaflow.scale.simulator import SHAPES, from_csv, plot, report, simulate
 
     settings = _settings(ctx)
@@ -590,10 +589,7 @@ def scale_simulate(
             ctx.fail(str(error))
     else:
         ctx.fail(f"--load must be one of {', '.join(SHAPES)} or a CSV file, got {load!r}")
-    try:
-        policy = from_settings(settings)
-    except KappaflowError as error:
-        ctx.fail(str(error))
+    policy = settings.scaling
     steps = simulate(curve, duration, capacity, policy, settings.partitions, step)
     picture = Path(output or f"scale-{Path(load).stem}.png")
     title = (f"{Path(load).stem}: {capacity:,.0f} events/s per worker, lag threshold "

@@ -135,8 +135,9 @@ class Scaling:
                 last = workers
         peak = max(self.history, key=lambda h: h[2])
         console.print(f"workers over time: {' -> '.join(changes)}")
+        threshold = self.settings.scaling.lag_threshold
         console.print(f"maximum lag reached: {peak[2]:,} events at {peak[0]:.0f} s "
-                      f"(lag threshold {self.settings.lag_threshold:,} per worker)")  # fmt: skip
+                      f"(lag threshold {threshold:,} per worker)")  # fmt: skip
 
 
 @dataclass
@@ -186,7 +187,7 @@ class Demo:
         console.rule("[bold]kappaflow demo: video heartbeats -> watched segments and progress")
         console.print(
             f"stack at {self.url}: ingest + queries, workers scaled on lag from 1 to "
-            f"{one_machine(self.settings).max_replicas}, "
+            f"{one_machine(self.settings).scaling.max_replicas}, "
             f"{self.settings.partitions} partitions, data in {self.settings.data_dir}"
         )
         catalog = simulated_catalog(SEED)

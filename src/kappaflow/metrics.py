@@ -1,7 +1,8 @@
 """Prometheus metrics of every kappaflow process. Processes started by ``kappaflow up``
 share a directory (``PROMETHEUS_MULTIPROC_DIR``, set before they start) and the HTTP
 service's ``/metrics`` adds them up; a process on its own exports just its own. Lag
-is computed when scraped, from the log's end offsets and the store's commits. Every
+is computed when scraped, from the log's end offsets and the store's commits
+(ingest's own families are in `kappaflow.ingest.metrics`, which needs no store). Every
 family docs/operations.md lists exists from start, at 0 (`declare`): an alert on a family
 without samples would see "no data" instead."""
 
@@ -17,21 +18,16 @@ from prometheus_client.registry import REGISTRY, Collector
 
 from kappaflow.app import App, Stream
 from kappaflow.errors import KappaflowError
+from kappaflow.ingest.metrics import (
+    EVENTS_INGESTED,
+    REJECTION_REASONS,
+    REQUESTS_REJECTED,
+    UNKNOWN_STREAM,
+)
 from kappaflow.log.base import Log
 from kappaflow.settings import MULTIPROCESS_VARIABLE
 from kappaflow.store.base import Store
 
-EVENTS_INGESTED = Counter(
-    "kappaflow_events_ingested", "Events durably appended by ingest.", ["stream"]
-)
-REQUESTS_REJECTED = Counter(
-    "kappaflow_ingest_rejected", "Ingest requests refused, by reason.", ["stream", "reason"]
-)
-REJECTION_REASONS = ("invalid", "too_large", "unsupported_media_type", "disconnected",
-                     "backlog", "unavailable")  # fmt: skip
-"""The reasons ingest refuses a request to a stream for (and ``unknown_stream``)."""
-UNKNOWN_STREAM = "(unknown)"
-"""The stream label of requests to a stream no app declares."""
 EVENTS_PROCESSED = Counter(
     "kappaflow_events_processed", "Log records processed and committed by workers.", ["group"]
 )

@@ -28,6 +28,59 @@ PositiveFloat = Annotated[float, Meta(gt=0)]
 NonNegativeFloat = Annotated[float, Meta(ge=0)]
 
 
+class Rule(msgspec.Struct, frozen=True):
+    """An HPA scaling policy: change by ``value`` pods or percent per ``period_s``."""
+
+    kind: Literal["pods", "percent"]
+    value: int
+    period_s: int
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value}:{self.period_s}"
+
+
+Rules = tuple[Rule, ...]
+Select = Literal["max", "min", "disabled"]
+
+
+def parse_rules(text: str) -> Rules:
+    """``pods:4:15,percent:100:15`` -> rules (the settings' spelling); ValueError if not."""
+    rules = []
+    for part in text.split(","):
+        kind, value, period = part.strip().split(":")
+        if kind not in ("pods", "percent") or int(value) < 1 or int(period) < 1:
+            raise ValueError(part)
+        rules.append(Rule(kind, int(value), int(period)))  # type: ignore[arg-type]
+    return tuple(rules)
+
+
+class Scaling(msgspec.Struct, frozen=True, kw_only=True):
+    """The autoscaling policy's settings: KEDA ScaledObject and HPA field names, snake_case,
+    durations in seconds. The defaults are kappaflow's; KEDA's differ in
+    ``lag_threshold`` (10) and ``min_replicas`` (0)."""
+
+    lag_threshold: PositiveInt = 20_000
+    """Target lag per worker (KEDA ``lagThreshold``)."""
+    activation_lag_threshold: NonNegativeInt = 0
+    offset_reset_policy: Literal["latest", "earliest"] = "latest"
+    allow_idle_consumers: bool = False
+    exclude_persistent_lag: bool = False
+    scale_to_zero_on_invalid_offset: bool = False
+    limit_to_partitions_with_lag: bool = False
+    min_replicas: NonNegativeInt = 1
+    max_replicas: PositiveInt = 100
+    cooldown_period_s: NonNegativeFloat = 300.0
+    tolerance: NonNegativeFloat = 0.1
+    behavior: bool = False
+    """Render and apply an HPA ``behavior`` block (false: KEDA's default, none)."""
+    scale_up_stabilization_s: NonNegativeFloat = 0.0
+    scale_up_policies: Rules = (Rule("pods", 4, 15), Rule("percent", 100, 15))
+    scale_up_select: Select = "max"
+    scale_down_stabilization_s: NonNegativeFloat = 300.0
+    scale_down_policies: Rules = (Rule("percent", 100, 15),)
+    scale_down_select: Select = "max"
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Every knob of a kappaflow deployment. Field ``x`` is variable ``KAPPAFLOW_X``."""
 
@@ -121,30 +174,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Open connections beyond which requests are answered 503 and their connection
     closed; keep it under the process's open-file limit (``ulimit -n``)."""
 
-    # Autoscaling (docs/autoscaling.md): KEDA ScaledObject and HPA field names, snake_case.
+    # Autoscaling (docs/autoscaling.md).
     autoscale: bool = True
     """``kappaflow up`` scales workers on lag; false: it runs ``workers`` workers."""
     polling_interval_s: PositiveFloat = 5.0
-    lag_threshold: PositiveInt = 20_000
-    """Target lag per worker (KEDA ``lagThreshold``)."""
-    activation_lag_threshold: NonNegativeInt = 0
-    offset_reset_policy: Literal["latest", "earliest"] = "latest"
-    allow_idle_consumers: bool = False
-    exclude_persistent_lag: bool = False
-    scale_to_zero_on_invalid_offset: bool = False
-    limit_to_partitions_with_lag: bool = False
-    min_replicas: NonNegativeInt = 1
-    max_replicas: PositiveInt = 100
-    cooldown_period_s: NonNegativeFloat = 300.0
-    tolerance: NonNegativeFloat = 0.1
-    behavior: bool = False
-    """Render and apply an HPA ``behavior`` block (false: KEDA's default, none)."""
-    scale_up_stabilization_s: NonNegativeFloat = 0.0
-    scale_up_policies: str = "pods:4:15,percent:100:15"
-    scale_up_select: Literal["max", "min", "disabled"] = "max"
-    scale_down_stabilization_s: NonNegativeFloat = 300.0
-    scale_down_policies: str = "percent:100:15"
-    scale_down_select: Literal["max", "min", "disabled"] = "max"
+    scaling: Scaling = Scaling()
+    """The policy's settings, each a setting of its own name (``lag_threshold``)."""
 
     @property
     def data_path(self) -> Path:
@@ -158,6 +193,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def sqlite_path(self) -> Path:
         return self.data_path / "kappaflow.db"
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """Every setting's name, a group's (``scaling``) in its place; ``x`` is
+        ``KAPPAFLOW_X``."""
+        return tuple(_HINTS)
 
     @classmethod
     def load(
@@ -177,21 +218,51 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for key, value in (overrides or {}).items():
             if value is not None:
                 values[key] = (f"--{key.replace('_', '-')}", value)
-        return cls(**{key: _convert(key, source, value) for key, (source, value) in values.items()})
+        return cls().replace(
+            **{key: _convert(key, source, value) for key, (source, value) in values.items()}
+        )
 
     def to_environ(self) -> dict[str, str]:
         """These settings as ``KAPPAFLOW_*`` variables, for child processes."""
         environ = {}
-        for name, value in msgspec.structs.asdict(self).items():
-            text = ",".join(value) if isinstance(value, tuple) else str(value)
+        for name in _HINTS:
+            group = _GROUP_OF.get(name)
+            value = getattr(getattr(self, group) if group else self, name)
+            text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
             environ[PREFIX + name.upper()] = text
         return environ
 
     def replace(self, **changes: Any) -> Settings:
+        """These settings with some changed, by setting name (a group's fields by theirs)."""
+        groups: dict[str, dict[str, Any]] = {}
+        for name in [name for name in changes if name in _GROUP_OF]:
+            groups.setdefault(_GROUP_OF[name], {})[name] = changes.pop(name)
+        for group, fields in groups.items():
+            changes[group] = msgspec.structs.replace(getattr(self, group), **fields)
         return msgspec.structs.replace(self, **changes)
 
 
-_HINTS = typing.get_type_hints(Settings, include_extras=True)
+def _is_group(hint: Any) -> bool:
+    """A field of `Settings` whose struct holds settings, each under its own name."""
+    return isinstance(hint, type) and issubclass(hint, msgspec.Struct)
+
+
+def _hints(struct: type[msgspec.Struct]) -> dict[str, Any]:
+    """Each setting's type, a group's settings in the group's place."""
+    hints = {}
+    for name, hint in typing.get_type_hints(struct, include_extras=True).items():
+        hints.update(_hints(hint) if _is_group(hint) else {name: hint})
+    return hints
+
+
+_HINTS = _hints(Settings)
+_GROUP_OF = {
+    name: group
+    for group, hint in typing.get_type_hints(Settings).items()
+    if _is_group(hint)
+    for name in hint.__struct_fields__
+}
+"""Setting -> the field of `Settings` that holds it, for a group's settings."""
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -209,6 +280,14 @@ def _convert(key: str, source: str, value: Any) -> Any:
         known = ", ".join(PREFIX + name.upper() for name in _HINTS)
         raise SettingsError(f"unknown setting {source}; known settings: {known}")
     hint = _HINTS[key]
+    if hint == Rules and not isinstance(value, tuple):
+        try:
+            return parse_rules(str(value))
+        except ValueError:
+            raise SettingsError(
+                f"{source} must be like pods:4:15,percent:100:15 (kind:value:period_s), "
+                f"got {value!r}"
+            ) from None
     if isinstance(value, str) and typing.get_origin(hint) is tuple:
         value = [part.strip() for part in value.split(",") if part.strip()]
     try:

@@ -286,7 +286,7 @@ def one_machine(settings: Settings) -> Settings:
     per CPU, since more would only take turns on the CPUs (and on SQLite's write lock)
     and pay a restore of their state on every resize."""
     cpus = os.cpu_count() or 1
-    if settings.max_replicas > cpus:
+    if settings.scaling.max_replicas > cpus:
         log.info("autoscaling to at most %d workers, one per CPU of this machine", cpus)
         return settings.replace(max_replicas=cpus)
     return settings
@@ -357,8 +357,8 @@ def run_up(settings: Settings, serve: bool = True) -> int:
             for app in apps:
                 store.create_tables(app.all_tables)
             autoscaler = Autoscaler(one_machine(settings), apps, the_log, store, stack)
-        stack.start(max(settings.min_replicas, 1) if settings.autoscale else settings.workers,
-                    serve=serve)  # fmt: skip
+        first = max(settings.scaling.min_replicas, 1) if settings.autoscale else settings.workers
+        stack.start(first, serve=serve)
         next_tick = next_retention = 0.0
         while not stopping():
             stack.check()

@@ -21,8 +21,7 @@ from kappaflow.cli import main
 from kappaflow.deploy import render
 from kappaflow.deploy.render import PORT, UID, compose, dump, k8s_base, k8s_overlays, scaled_object
 from kappaflow.errors import AppError
-from kappaflow.scale.policy import from_settings
-from kappaflow.settings import Settings
+from kappaflow.settings import Rule, Settings
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -59,7 +58,8 @@ def test_the_compose_file_validates_against_the_compose_specification() -> None:
 
 def test_the_scaled_object_carries_the_autoscaler_settings() -> None:
     settings = DEFAULTS.replace(lag_threshold=12_345, max_replicas=16, behavior=True,
-                                scale_up_policies="pods:2:30", partitions=32)  # fmt: skip
+                                scale_up_policies=(Rule("pods", 2, 30),),
+                                partitions=32)  # fmt: skip
     spec = scaled_object(settings)["spec"]
     trigger = spec["triggers"][0]["metadata"]
     assert trigger["lagThreshold"] == "12345" and spec["maxReplicaCount"] == 16
@@ -67,8 +67,8 @@ def test_the_scaled_object_carries_the_autoscaler_settings() -> None:
     assert spec["advanced"]["scalingModifiers"]["target"] == "12345"
     behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     assert behavior["scaleUp"]["policies"] == [{"type": "Pods", "value": 2, "periodSeconds": 30}]
-    policy = from_settings(settings)
-    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == policy.scale_down_stabilization_s
+    down = settings.scaling.scale_down_stabilization_s
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == down
     unruled = scaled_object(settings.replace(behavior=False))["spec"]["advanced"]
     assert "horizontalPodAutoscalerConfig" not in unruled
 
@@ -110,7 +110,7 @@ def test_render_names_an_app_it_cannot_import(tmp_path: Path) -> None:
 
 def test_commands_ports_and_variables_exist_in_the_code() -> None:
     commands = set(main.commands)
-    fields = {f"KAPPAFLOW_{name.upper()}" for name in Settings.__struct_fields__}
+    fields = {f"KAPPAFLOW_{name.upper()}" for name in Settings.names()}
     services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
     for name, service in services.items():
         if service["image"] == DEFAULTS.image:
@@ -142,7 +142,7 @@ def test_overlays_are_rendered_valid_and_complete() -> None:
             assert (directory / resource).exists(), f"{name}: {resource}"
         (settings_patch,) = files["settings-patch.yaml"]
         assert set(settings_patch["data"]) <= {f"KAPPAFLOW_{f.upper()}"
-                                              for f in Settings.__struct_fields__}  # fmt: skip
+                                              for f in Settings.names()}  # fmt: skip
         for patch in kustomization["patches"]:
             assert patch["path"] in files, f"{name}: {patch['path']}"
     strimzi = overlays["production"]["kafka.yaml"]

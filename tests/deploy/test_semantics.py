@@ -21,7 +21,6 @@ from psycopg.conninfo import conninfo_to_dict
 from starlette.testclient import TestClient
 
 from kappaflow.app import App, load_apps
-from kappaflow.scale.policy import from_settings
 from kappaflow.scale.supervisor import workers_for
 from kappaflow.serve import build
 from kappaflow.settings import PREFIX, Settings
@@ -241,12 +240,12 @@ def test_every_app_stream_has_a_trigger_and_a_topic(rendered, directory: str) ->
 @pytest.mark.parametrize("directory", DIRECTORIES)
 def test_the_scaled_objects_numbers_are_the_policy_up_runs(rendered, directory: str) -> None:
     built = rendered[directory]
-    settings, policy = built.settings, from_settings(built.settings)
+    settings, policy = built.settings, built.settings.scaling
     (scaled,) = built.of("ScaledObject")
     spec = scaled["spec"]
 
     def at_most_partitions(replicas: int) -> int:
-        return workers_for(replicas, settings.partitions, settings.allow_idle_consumers)
+        return workers_for(replicas, settings.partitions, policy.allow_idle_consumers)
 
     assert spec["pollingInterval"] == round(settings.polling_interval_s)
     assert spec["cooldownPeriod"] == round(policy.cooldown_period_s)
@@ -280,7 +279,7 @@ def test_the_scaled_objects_numbers_are_the_policy_up_runs(rendered, directory: 
                 rendered_rules) == (
             round(getattr(policy, f"scale_{direction}_stabilization_s")),
             getattr(policy, f"scale_{direction}_select"),
-            [(r.kind, r.value, r.period_s) for r in getattr(policy, f"scale_{direction}_rules")],
+            [(r.kind, r.value, r.period_s) for r in getattr(policy, f"scale_{direction}_policies")],
         ), direction  # fmt: skip
     target = built.named("Deployment", spec["scaleTargetRef"]["name"])
     assert target is not None, spec["scaleTargetRef"]

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from kappaflow.log.kafka import KafkaLog
-from kappaflow.scale.policy import from_settings, keda_lag
+from kappaflow.scale.policy import keda_lag
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.testing import wait_until
@@ -181,7 +181,7 @@ def test_the_group_offsets_are_kappaflows_and_keda_sees_its_lag(
     equals kappaflow's ``kappaflow_lag`` on /metrics, partition by partition."""
     env = clicks_on(kafka_bootstrap, postgres_dsn)
     settings = Settings.load({}, {"store": "postgres", "postgres_dsn": postgres_dsn})
-    policy = from_settings(settings)
+    policy = settings.scaling
     with kappaflow("up", "--workers", "1", "--data-dir", str(tmp_path / "data"), env=env) as up:
         client = up.client()
         post_clicks(client, ["only-key"], 500)  # one partition gets them all

@@ -15,5 +15,5 @@ def test_workers_are_capped_at_one_per_cpu(
     monkeypatch.setattr("os.cpu_count", lambda: cpus)
     settings = Settings.load({}, {"max_replicas": configured})
     capped = one_machine(settings)
-    assert capped.max_replicas == expected
+    assert capped.scaling.max_replicas == expected
     assert capped.replace(max_replicas=configured) == settings  # nothing else changes

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from hypothesis import given
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
-from kappaflow.scale.policy import (
-    PolicySettings,
-    PolicyState,
-    Rule,
-    decide,
-    hpa_recommendation,
-    keda_lag,
-    parse_rules,
-)
+from kappaflow.scale.policy import PolicyState, decide, hpa_recommendation, keda_lag
+from kappaflow.settings import Rule, Scaling, parse_rules
 
-BEHAVIOR = PolicySettings(lag_threshold=100, min_replicas=1, behavior=True)
-PLAIN = PolicySettings(lag_threshold=100, min_replicas=1)
+BEHAVIOR = Scaling(lag_threshold=100, min_replicas=1, behavior=True)
+PLAIN = Scaling(lag_threshold=100, min_replicas=1)
 
 
 def lag_of(total: int, partitions: int) -> tuple[dict[int, int], dict[int, int]]:
@@ -46,7 +38,7 @@ def test_vector_1_with_default_behavior_adds_four_pods_or_doubles() -> None:
 
 
 def test_vector_2_the_cap_fires_only_when_the_quotient_exceeds_the_partitions() -> None:
-    settings = PolicySettings(lag_threshold=3000, min_replicas=1)
+    settings = Scaling(lag_threshold=3000, min_replicas=1)
     end, committed = lag_of(192_001, 64)
     assert keda_lag(end, committed, {}, settings).total == 192_001  # 64 is not > 64
     decision = decide(0, end, committed, 50, settings, PolicyState())
@@ -63,7 +55,7 @@ def test_vector_3_tolerance() -> None:
     assert hpa_recommendation(340, 100, 3, 0.1) == 4
 
 
-def run(settings: PolicySettings, lags: list[int], start: int, step_s: float = 15):
+def run(settings: Scaling, lags: list[int], start: int, step_s: float = 15):
     """Replicas after each poll, the load's lag given per poll."""
     state, current, seen = PolicyState(), start, []
     for n, total in enumerate(lags):
@@ -125,7 +117,7 @@ def test_limit_to_partitions_with_lag() -> None:
 
 
 def test_rate_limit_counts_changes_made_in_the_period() -> None:
-    settings = replace(BEHAVIOR, scale_up_rules=(Rule("pods", 2, 60),), max_replicas=50)
+    settings = replace(BEHAVIOR, scale_up_policies=(Rule("pods", 2, 60),), max_replicas=50)
     seen = run(settings, [5_000] * 6, start=1)
     assert seen == [3, 3, 3, 3, 5, 5]  # +2 per minute
 
@@ -144,7 +136,7 @@ def test_rules_parse_from_settings_text() -> None:
     max_replicas=st.integers(3, 20),
 )
 def test_invariants(lags, start, behavior, min_replicas, max_replicas) -> None:
-    settings = PolicySettings(lag_threshold=100, behavior=behavior, min_replicas=min_replicas,
+    settings = Scaling(lag_threshold=100, behavior=behavior, min_replicas=min_replicas,
                               max_replicas=max_replicas)  # fmt: skip
     state, current = PolicyState(), min(start, max_replicas)
     for n, total in enumerate(lags):

@@ -8,8 +8,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from kappaflow.cli import main
-from kappaflow.scale.policy import PolicySettings
 from kappaflow.scale.simulator import daily, from_csv, sawtooth, simulate, surge
+from kappaflow.settings import Scaling
 
 
 def test_shapes() -> None:
@@ -32,7 +32,7 @@ def test_csv_curves_interpolate(tmp_path: Path) -> None:
 
 
 def test_a_well_tuned_threshold_tracks_the_load_with_bounded_lag() -> None:
-    policy = PolicySettings(lag_threshold=15_000, min_replicas=1)
+    policy = Scaling(lag_threshold=15_000, min_replicas=1)
     rate, duration = daily(90_000)
     steps = simulate(rate, duration, 15_000, policy, partitions=8, step_s=60)
     later = steps[10:]  # after the first minutes' catch-up
@@ -43,7 +43,7 @@ def test_a_well_tuned_threshold_tracks_the_load_with_bounded_lag() -> None:
 
 
 def test_a_surge_beyond_the_partitions_builds_lag_then_drains() -> None:
-    policy = PolicySettings(lag_threshold=15_000, min_replicas=1)
+    policy = Scaling(lag_threshold=15_000, min_replicas=1)
     rate, duration = surge(20_000)
     steps = simulate(rate, duration, 15_000, policy, partitions=8)
     assert max(s.workers for s in steps) == 8, "never more workers than partitions"

@@ -14,9 +14,8 @@ import yaml
 
 from kappaflow.app import App, Stream, load_apps
 from kappaflow.errors import AppError
-from kappaflow.scale.policy import PolicySettings, Rule, from_settings
 from kappaflow.scale.supervisor import workers_for
-from kappaflow.settings import Settings
+from kappaflow.settings import Rules, Scaling, Settings
 
 PORT = 8000
 """Where every role serves HTTP in a container: ingest and query their API, a worker its
@@ -217,7 +216,7 @@ def _budget(role: str) -> Doc:
 def _replicas(settings: Settings, wanted: int) -> int:
     """As `up` runs them: never more workers than partitions (an extra one would own
     nothing in any stream) unless idle consumers are allowed."""
-    return workers_for(wanted, settings.partitions, settings.allow_idle_consumers)
+    return workers_for(wanted, settings.partitions, settings.scaling.allow_idle_consumers)
 
 
 def _trigger_name(group: str) -> str:
@@ -227,10 +226,10 @@ def _trigger_name(group: str) -> str:
 
 def scaled_object(settings: Settings) -> Doc:
     """KEDA's Kafka trigger per app stream and the HPA behavior, with the policy `up`
-    runs (`from_settings`). A worker pod processes every stream, as `up`'s workers do, so
+    runs (`Settings.scaling`). A worker pod processes every stream, as `up`'s workers do, so
     the lags are added up (``scalingModifiers``) against ``lag_threshold`` per worker:
     the HPA alone would scale on the largest."""
-    policy = from_settings(settings)
+    policy = settings.scaling
     triggers = [_trigger(settings, policy, app.group(stream), stream.name)
                 for app, stream in app_streams(settings)]  # fmt: skip
     names = [trigger["name"] for trigger in triggers]
@@ -261,7 +260,7 @@ def scaled_object(settings: Settings) -> Doc:
             "metadata": {"name": "kappaflow-worker"}, "spec": spec}  # fmt: skip
 
 
-def _trigger(settings: Settings, policy: PolicySettings, group: str, topic: str) -> Doc:
+def _trigger(settings: Settings, policy: Scaling, group: str, topic: str) -> Doc:
     def flag(value: bool) -> str:
         return str(value).lower()
 
@@ -283,8 +282,8 @@ def _trigger(settings: Settings, policy: PolicySettings, group: str, topic: str)
     }
 
 
-def _behavior(policy: PolicySettings) -> Doc:
-    def direction(window: float, rules: tuple[Rule, ...], select: str) -> Doc:
+def _behavior(policy: Scaling) -> Doc:
+    def direction(window: float, rules: Rules, select: str) -> Doc:
         return {
             "stabilizationWindowSeconds": round(window),
             "selectPolicy": select.capitalize(),
@@ -293,9 +292,9 @@ def _behavior(policy: PolicySettings) -> Doc:
         }  # fmt: skip
 
     return {
-        "scaleUp": direction(policy.scale_up_stabilization_s, policy.scale_up_rules,
+        "scaleUp": direction(policy.scale_up_stabilization_s, policy.scale_up_policies,
                              policy.scale_up_select),
-        "scaleDown": direction(policy.scale_down_stabilization_s, policy.scale_down_rules,
+        "scaleDown": direction(policy.scale_down_stabilization_s, policy.scale_down_policies,
                                policy.scale_down_select),
     }  # fmt: skip
 
@@ -322,7 +321,7 @@ def k8s_base(settings: Settings) -> dict[str, list[Doc]]:
     environment = role_environment(settings, KAPPAFLOW_LOG="kafka", KAPPAFLOW_STORE="postgres")
     config = {"apiVersion": "v1", "kind": "ConfigMap",
               "metadata": {"name": "kappaflow-settings"}, "data": environment}  # fmt: skip
-    workers = max(_replicas(settings, settings.min_replicas), 1)
+    workers = max(_replicas(settings, settings.scaling.min_replicas), 1)
     files = {
         "settings.yaml": [config],
         "ingest.yaml": [_deployment(settings, "ingest", 2), _service("ingest"),

@@ -19,8 +19,8 @@ from kappaflow.events.validate import EventDecoder
 from kappaflow.http import Disconnected, read_body
 from kappaflow.ingest.appender import Appender
 from kappaflow.ingest.committer import GroupCommitter
+from kappaflow.ingest.metrics import EVENTS_INGESTED, REQUESTS_REJECTED, UNKNOWN_STREAM
 from kappaflow.log.base import Log
-from kappaflow.metrics import EVENTS_INGESTED, REQUESTS_REJECTED, UNKNOWN_STREAM
 from kappaflow.settings import Settings
 
 log = logging.getLogger("kappaflow.ingest")

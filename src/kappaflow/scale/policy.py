@@ -12,57 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
-import msgspec
-
-from kappaflow.errors import SettingsError
-
-Select = Literal["max", "min", "disabled"]
-
-
-class Rule(msgspec.Struct, frozen=True):
-    """An HPA scaling policy: change by ``value`` pods or percent per ``period_s``."""
-
-    kind: Literal["pods", "percent"]
-    value: int
-    period_s: int
-
-
-def parse_rules(text: str) -> tuple[Rule, ...]:
-    """``pods:4:15,percent:100:15`` -> rules (the settings' spelling); ValueError if not."""
-    rules = []
-    for part in text.split(","):
-        kind, value, period = part.strip().split(":")
-        if kind not in ("pods", "percent") or int(value) < 1 or int(period) < 1:
-            raise ValueError(part)
-        rules.append(Rule(kind, int(value), int(period)))  # type: ignore[arg-type]
-    return tuple(rules)
-
-
-@dataclass(frozen=True)
-class PolicySettings:
-    """KEDA ScaledObject and HPA fields, snake_case; durations in seconds."""
-
-    lag_threshold: int = 10
-    activation_lag_threshold: int = 0
-    offset_reset_policy: Literal["latest", "earliest"] = "latest"
-    allow_idle_consumers: bool = False
-    exclude_persistent_lag: bool = False
-    scale_to_zero_on_invalid_offset: bool = False
-    limit_to_partitions_with_lag: bool = False
-    min_replicas: int = 0
-    max_replicas: int = 100
-    cooldown_period_s: float = 300
-    tolerance: float = 0.1
-    behavior: bool = False
-    """False: what KEDA sets by default (no ``behavior`` block)."""
-    scale_up_stabilization_s: float = 0
-    scale_up_rules: tuple[Rule, ...] = (Rule("pods", 4, 15), Rule("percent", 100, 15))
-    scale_up_select: Select = "max"
-    scale_down_stabilization_s: float = 300
-    scale_down_rules: tuple[Rule, ...] = (Rule("percent", 100, 15),)
-    scale_down_select: Select = "max"
+from kappaflow.settings import Rules, Scaling, Select
 
 
 @dataclass(frozen=True)
@@ -98,7 +49,7 @@ def keda_lag(
     end: Mapping[int, int],
     committed: Mapping[int, int],
     previous: Mapping[int, int],
-    s: PolicySettings,
+    s: Scaling,
 ) -> Lag:
     """The Kafka scaler's lag (docs/autoscaling.md, steps 1 to 3)."""
     total = uncapped = with_lag = 0
@@ -135,7 +86,7 @@ def decide(
     end: Mapping[int, int],
     committed: Mapping[int, int],
     current: int,
-    s: PolicySettings,
+    s: Scaling,
     state: PolicyState,
 ) -> Decision:
     lag = keda_lag(end, committed, state.previous_committed, s)
@@ -167,11 +118,11 @@ def decide(
     down_limit = max(_within(history, now_s, s.scale_down_stabilization_s))
     stabilized = min(max(current, up_limit), down_limit)
     if stabilized > current:
-        limit = _rate_limit(now_s, current, s.scale_up_rules, s.scale_up_select, state, up=True)
+        limit = _rate_limit(now_s, current, s.scale_up_policies, s.scale_up_select, state, up=True)
         desired = min(stabilized, max(limit, current), s.max_replicas)
     elif stabilized < current:
         limit = _rate_limit(
-            now_s, current, s.scale_down_rules, s.scale_down_select, state, up=False
+            now_s, current, s.scale_down_policies, s.scale_down_select, state, up=False
         )
         desired = max(stabilized, min(limit, current), low)
     else:
@@ -188,7 +139,7 @@ def _within(history: tuple[tuple[float, int], ...], now_s: float, window_s: floa
 def _rate_limit(
     now_s: float,
     current: int,
-    rules: tuple[Rule, ...],
+    rules: Rules,
     select: Select,
     state: PolicyState,
     up: bool,
@@ -228,26 +179,11 @@ def _changed(
     raw: int | None,
     reason: str,
     state: PolicyState,
-    s: PolicySettings,
+    s: Scaling,
 ) -> Decision:
     if desired != current:
-        horizon = max((r.period_s for r in (*s.scale_up_rules, *s.scale_down_rules)), default=0)
+        rules = (*s.scale_up_policies, *s.scale_down_policies)
+        horizon = max((r.period_s for r in rules), default=0)
         kept = tuple(c for c in state.changes if now_s - c[0] < horizon)
         state = replace(state, changes=(*kept, (now_s, desired - current)))
     return Decision(desired, lag, raw, reason, state)
-
-
-def from_settings(settings: object) -> PolicySettings:
-    """The policy's settings from kappaflow's (same names)."""
-    names = {f for f in PolicySettings.__dataclass_fields__}
-    values = {name: getattr(settings, name) for name in names if hasattr(settings, name)}
-    for direction in ("up", "down"):
-        text = getattr(settings, f"scale_{direction}_policies")
-        try:
-            values[f"scale_{direction}_rules"] = parse_rules(text)
-        except ValueError:
-            raise SettingsError(
-                f"KAPPAFLOW_SCALE_{direction.upper()}_POLICIES must be like "
-                f"pods:4:15,percent:100:15 (kind:value:period_s), got {text!r}"
-            ) from None
-    return PolicySettings(**values)

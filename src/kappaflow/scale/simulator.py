@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy
 
-from kappaflow.scale.policy import PolicySettings, PolicyState, decide
+from kappaflow.scale.policy import PolicyState, decide
+from kappaflow.settings import Scaling
 
 Curve = Callable[[float], float]
 HOUR = 3600.0
@@ -76,7 +77,7 @@ def simulate(
     curve: Curve,
     duration_s: float,
     capacity: float,
-    policy: PolicySettings,
+    policy: Scaling,
     partitions: int = 8,
     step_s: float = 15.0,
     start_workers: int = 1,

@@ -17,7 +17,7 @@ from prometheus_client import Counter, Gauge
 from kappaflow.app import App
 from kappaflow.errors import LogUnavailable, StoreUnavailable
 from kappaflow.log.base import Log
-from kappaflow.scale.policy import PolicyState, decide, from_settings
+from kappaflow.scale.policy import PolicyState, decide
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
 
@@ -69,7 +69,6 @@ class Autoscaler:
     """(time, workers, total lag) after each tick."""
 
     def __post_init__(self) -> None:
-        self.policy = from_settings(self.settings)
         self.started = time.monotonic()
         self.blind_since: float | None = None
         """When the offsets could last not be read: the pool keeps its size meanwhile."""
@@ -96,10 +95,10 @@ class Autoscaler:
             log.warning("offsets readable again after %.0f s", now - self.blind_since)
             self.blind_since = None
         current = self.pool.size()
-        decision = decide(now, end, committed, current, self.policy, self.state)
+        decision = decide(now, end, committed, current, self.settings.scaling, self.state)
         self.state = decision.state
         target = workers_for(decision.desired, self.settings.partitions,
-                             self.settings.allow_idle_consumers)  # fmt: skip
+                             self.settings.scaling.allow_idle_consumers)  # fmt: skip
         lag = decision.lag
         REPLICAS.labels("desired").set(target)
         TOTAL_LAG.set(lag.uncapped)
@@ -110,7 +109,7 @@ class Autoscaler:
                 "scale %s: %d -> %d workers; lag %d (to the policy %d, %s), threshold %d, "
                 "recommendation %s, %s",
                 direction, current, target, lag.uncapped, lag.total,
-                "active" if lag.active else "inactive", self.policy.lag_threshold,
+                "active" if lag.active else "inactive", self.settings.scaling.lag_threshold,
                 decision.recommendation, decision.reason,
             )  # fmt: skip
             self.pool.resize(target)
