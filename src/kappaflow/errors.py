@@ -11,6 +11,16 @@ class SettingsError(KappaflowError):
     """A setting is unknown or has an invalid value; the message names it."""
 
 
+class MissingExtra(KappaflowError):
+    """A part of kappaflow is used without the optional dependencies of its extra; the
+    message names the extra and the command that installs it."""
+
+    def __init__(self, what: str, extra: str) -> None:
+        self.extra = extra
+        """The extra to install."""
+        super().__init__(f"{what} needs the {extra} extra: pip install 'kappaflow[{extra}]'")
+
+
 class LogError(KappaflowError):
     """The log cannot do what was asked."""
 

@@ -22,11 +22,14 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import suppress
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
-
-from kappaflow.errors import LogError, LogUnavailable, OffsetOutOfRange
+from kappaflow.errors import LogError, LogUnavailable, MissingExtra, OffsetOutOfRange
 from kappaflow.log.base import RecordBatch
+
+try:
+    from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
+except ModuleNotFoundError as missing:
+    raise MissingExtra("the Kafka log (KAPPAFLOW_LOG=kafka)", "kafka") from missing
 
 log = logging.getLogger("kappaflow.log")
 TIMEOUT_S = 10.0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy
 
+from kappaflow.errors import MissingExtra
 from kappaflow.scale.policy import PolicyState, decide
 from kappaflow.settings import Scaling
 
@@ -111,8 +112,12 @@ def simulate(
 
 
 def plot(steps: list[Step], capacity: float, title: str, path: Path) -> None:
-    """Load and capacity, workers, and lag over time, in one PNG."""
-    import matplotlib
+    """Load and capacity, workers, and lag over time, in one PNG; `MissingExtra` without
+    matplotlib (the pictures extra)."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError as missing:
+        raise MissingExtra("the simulator's picture", "pictures") from missing
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

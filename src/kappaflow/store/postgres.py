@@ -15,10 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import psycopg
-from psycopg import errors as pg_errors
-
-from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
+from kappaflow.errors import MissingExtra, StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Table
 from kappaflow.store.keyed import SEEN, STATE, carry_over_keyed_rows
 from kappaflow.store.sql import (
@@ -32,6 +29,12 @@ from kappaflow.store.sql import (
     dead_letter_rows,
     note_halt,
 )
+
+try:
+    import psycopg
+    from psycopg import errors as pg_errors
+except ModuleNotFoundError as missing:
+    raise MissingExtra("the PostgreSQL store (KAPPAFLOW_STORE=postgres)", "postgres") from missing
 
 T = TypeVar("T")
 log = logging.getLogger("kappaflow.store")
