@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -133,6 +134,11 @@ def worker(
             endpoints = WorkerEndpoints(settings.host, settings.worker_port)
             should_stop = endpoints.watching(should_stop)
         run_workers(runners, should_stop, until_caught_up=until_caught_up)
+        # Leave the consumer groups now: their partitions move on at once, and the
+        # rebalance callbacks run while the interpreter can still run them.
+        for runner in runners:
+            runner.log.close()
+        store.close()
     except KappaflowError as error:
         click.echo(f"kappaflow worker: {error}", err=True)
         sys.exit(1)
@@ -344,6 +350,22 @@ def _dead_letter_settings(ctx: click.Context, data_dir: str | None) -> Settings:
     return settings
 
 
+@contextmanager
+def _failures_of(ctx: click.Context, command: str) -> Iterator[None]:
+    """A wrong option (an `InvalidQuery`, whose message starts with the parameter's
+    name) is a usage error; any other kappaflow error ends ``command`` with its message
+    and exit code 1."""
+    from kappaflow.errors import InvalidQuery
+
+    try:
+        yield
+    except InvalidQuery as invalid:
+        ctx.fail(f"--{invalid}")
+    except KappaflowError as failure:
+        click.echo(f"kappaflow {command}: {failure}", err=True)
+        sys.exit(1)
+
+
 def _selection(apps: Sequence[App], **options: Any) -> dict[str, Any]:
     """The options given, as the parameters of GET /v1/dead-letters, converted; raises
     `InvalidQuery` naming one that does not convert."""
@@ -377,22 +399,16 @@ def dead_letters_list(
 
     from kappaflow.app import load_apps
     from kappaflow.dead_letters import listing
-    from kappaflow.errors import InvalidQuery
     from kappaflow.query.service import to_csv
     from kappaflow.store import open_store
 
     settings = _dead_letter_settings(ctx, data_dir)
-    try:
+    with _failures_of(ctx, "dead-letters list"):
         apps, store = load_apps(settings), open_store(settings)
         try:
             found = listing(apps, store, _selection(apps, **options))
         finally:
             store.close()
-    except InvalidQuery as invalid:
-        ctx.fail(f"--{invalid}")  # its message starts with the parameter's name
-    except KappaflowError as failure:
-        click.echo(f"kappaflow dead-letters list: {failure}", err=True)
-        sys.exit(1)
     if output == "json":
         click.echo(msgspec.json.encode(found))
         return
@@ -435,14 +451,14 @@ def dead_letters_replay(ctx: click.Context, data_dir: str | None, **options: Any
     it."""
     from kappaflow.app import load_apps
     from kappaflow.dead_letters import plan_replay, replay
-    from kappaflow.errors import InvalidQuery, LogUnavailable
+    from kappaflow.errors import LogUnavailable
     from kappaflow.log import open_log
     from kappaflow.store import open_store
 
     settings = _dead_letter_settings(ctx, data_dir)
     if settings.log == "embedded" and not settings.log_path.is_dir():
         ctx.fail(f"no log in {settings.log_path}")
-    try:
+    with _failures_of(ctx, "dead-letters replay"):
         apps = load_apps(settings)
         plan = plan_replay(apps, _selection(apps, **options))
         try:
@@ -459,11 +475,6 @@ def dead_letters_replay(ctx: click.Context, data_dir: str | None, **options: Any
         finally:
             log.close()
             store.close()
-    except InvalidQuery as invalid:
-        ctx.fail(f"--{invalid}")  # its message starts with the parameter's name
-    except KappaflowError as failure:
-        click.echo(f"kappaflow dead-letters replay: {failure}", err=True)
-        sys.exit(1)
     if not replayed:
         click.echo(f"no dead letters of {plan.stream.name} match: nothing replayed")
         return

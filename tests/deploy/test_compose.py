@@ -67,9 +67,9 @@ def test_the_compose_files_services_run_and_serve_the_heartbeat_path(
         run("up", "--detach", "--no-deps", "ingest", "query")
         urls = {service: f"http://127.0.0.1:{port}" for service, port in ports.items()}
         for service in ("ingest", "query"):
-            wait_until(lambda s=service: ready(urls[s], "/readyz"), 60, f"{service} ready")
+            wait_until(lambda s=service: ready(urls[s], "/readyz"), 120, f"{service} ready")
         run("up", "--detach", "--no-deps", "worker")
-        wait_until(lambda: ready(urls["worker"], "/healthz"), 60, "the worker alive")
+        wait_until(lambda: ready(urls["worker"], "/healthz"), 120, "the worker alive")
 
         beat = {"user_id": "compose-user", "video_id": "v", "position_s": 73.0,
                 "ts": int(time.time() * 1000)}  # fmt: skip

@@ -74,11 +74,11 @@ def test_every_role_runs_from_the_image_as_its_non_root_user(
 ) -> None:
     ingest, ingest_url = start("ingest")
     query, query_url = start("query")
-    wait_until(answers(ingest, ingest_url, "/readyz"), 60, "ingest container ready")
-    wait_until(answers(query, query_url, "/readyz"), 60, "query container ready")
+    wait_until(answers(ingest, ingest_url, "/readyz"), 120, "ingest container ready")
+    wait_until(answers(query, query_url, "/readyz"), 120, "query container ready")
     workers = [start("worker") for _ in range(2)]
     for worker, url in workers:
-        wait_until(answers(worker, url, "/healthz"), 60, "worker container alive")
+        wait_until(answers(worker, url, "/healthz"), 120, "worker container alive")
 
     now_ms = int(time.time() * 1000)
     beats = [{"user_id": f"c-{u}", "video_id": "v", "position_s": 40.0 + u, "ts": now_ms}
@@ -117,7 +117,7 @@ def test_the_autoscaler_container_reads_the_brokers_lag_and_scales(
     start: Callable[..., tuple[Container, str]],
 ) -> None:
     ingest, ingest_url = start("ingest")
-    wait_until(answers(ingest, ingest_url, "/readyz"), 60, "ingest container ready")
+    wait_until(answers(ingest, ingest_url, "/readyz"), 120, "ingest container ready")
     t = int(time.time()) - 60
     clicks = [{"t": t, "u": f"https://example.org/{i % 50}"} for i in range(CLICKS)]
     posted = httpx.post(f"{ingest_url}/v1/streams/clicks/events", json=clicks, timeout=30)

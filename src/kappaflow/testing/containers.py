@@ -129,7 +129,7 @@ class Container:
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               timeout=60).stdout  # fmt: skip
 
-    def stop(self, timeout_s: int = 30) -> int:
+    def stop(self, timeout_s: int = 60) -> int:
         """SIGTERM, then SIGKILL after ``timeout_s``; the exit code."""
         self.podman("stop", "--time", str(timeout_s), self.name, timeout_s=timeout_s + 30)
         return self.exit_code()
