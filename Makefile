@@ -63,7 +63,7 @@ $(KAFKA)/libs/.fetched: $(KAFKA)/pom.xml
 	touch $@
 
 demo: $(DEMO_STAMP)
-	$(BIN)/kappaflow demo
+	$(BIN)/kappaflow demo video
 
 test: $(STAMP) $(BIN)/kubectl $(KAFKA_JARS)
 	$(BIN)/ruff check .

@@ -15,7 +15,7 @@ from bench_sessionize import append_events, consume
 from common import Figure
 from rich.console import Console
 
-from kappaflow.apps.video_sim import heartbeats
+from kappaflow.apps.video.sim import heartbeats
 from kappaflow.settings import Settings
 
 VIEWERS = 100_000

@@ -35,10 +35,11 @@ from rich.console import Console
 from rich.table import Table
 
 from kappaflow.app import load_apps
-from kappaflow.apps.video import Heartbeat
-from kappaflow.apps.video_sim import hb_ms
-from kappaflow.demo import Probe
-from kappaflow.loadgen import Batch, LoadGenerator, Summary, simulated, start_for
+from kappaflow.apps.video.app import Heartbeat
+from kappaflow.apps.video.demo import Probe
+from kappaflow.apps.video.loadgen import simulated, start_for
+from kappaflow.apps.video.sim import hb_ms
+from kappaflow.client.loadgen import Batch, LoadGenerator, Summary
 from kappaflow.log import open_log
 from kappaflow.metrics import partition_lag
 from kappaflow.settings import Settings
@@ -196,7 +197,7 @@ def send(
     """The load generator's process: the pool's laps at ``rate`` for ``seconds``;
     ``latest`` follows the highest event time ingest has accepted."""
     events = msgspec.msgpack.decode(Path(pool).read_bytes(), type=Pool)
-    generator = LoadGenerator(url, rate, laps(events, start_ms, BATCH))
+    generator = LoadGenerator(url, "heartbeats", rate, laps(events, start_ms, BATCH))
     done = threading.Event()
 
     def mirror() -> None:

@@ -18,7 +18,7 @@ import msgspec
 from common import Figure
 from rich.console import Console
 
-from kappaflow.apps.video_sim import heartbeats
+from kappaflow.apps.video.sim import heartbeats
 from kappaflow.up import free_port
 
 HERE = Path(__file__).resolve().parent

@@ -38,7 +38,8 @@ from bench_sessionize import (
 from common import START_MS, Figure
 from rich.console import Console
 
-from kappaflow.apps.video_sim import heartbeats
+from kappaflow.apps.video.app import VideoSettings
+from kappaflow.apps.video.sim import heartbeats
 from kappaflow.settings import Settings
 
 SHARE = 0.1
@@ -134,7 +135,7 @@ def _count(side: str, tmp: str, work: bool) -> int:
 
 def _child(side: str, tmp: str, work: bool) -> None:
     settings = _settings(tmp)
-    path, gap_s = _heartbeats(tmp), settings.session_gap_s
+    path, gap_s = _heartbeats(tmp), settings.app("video", VideoSettings).session_gap_s
     if side == WORKER:
         if work:
             consume(settings)

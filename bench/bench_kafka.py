@@ -13,8 +13,8 @@ from collections.abc import Callable
 from common import KAFKA_LIBS, START_MS, Figure
 from rich.console import Console
 
-from kappaflow.apps.video import Heartbeat, create_app
-from kappaflow.apps.video_sim import heartbeats
+from kappaflow.apps.video.app import Heartbeat, create_app
+from kappaflow.apps.video.sim import heartbeats
 from kappaflow.ingest.appender import Appender
 from kappaflow.log.kafka import KafkaLog
 from kappaflow.settings import Settings

@@ -14,7 +14,7 @@ from common import START_MS, Figure
 from rich.console import Console
 
 from kappaflow.app import Batch
-from kappaflow.apps.video import Heartbeat, create_app
+from kappaflow.apps.video.app import Heartbeat, create_app
 from kappaflow.settings import Settings
 
 SESSIONS = 1_000_000

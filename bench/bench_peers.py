@@ -31,7 +31,8 @@ from bytewax.testing import TestingSink, run_main
 from common import Figure, Segments, timed
 from rich.console import Console
 
-from kappaflow.apps.video_events import KEY_SEPARATOR, KIND_RANK
+from kappaflow.apps.video.app import VideoSettings
+from kappaflow.apps.video.events import KEY_SEPARATOR, KIND_RANK
 from kappaflow.settings import Settings
 
 HERE = Path(__file__).resolve().parent
@@ -43,7 +44,7 @@ console = Console()
 def run(scale: float) -> list[Figure]:
     with tempfile.TemporaryDirectory(prefix="kappaflow-bench-") as tmp:
         # Progress written on every change: open sessions' segments exact, as the peers'.
-        settings = Settings.load({}, {"data_dir": tmp, "progress_accuracy_s": 0})
+        settings = Settings.load({}, {"data_dir": tmp, "video_progress_accuracy_s": 0})
         path = Path(tmp) / "heartbeats.ndjson"
         events = write_heartbeats(path, scale)
         with console.status("appending to the log"):
@@ -98,7 +99,9 @@ def bytewax_segments(path: Path, settings: Settings) -> tuple[Segments, float]:
         # Event times are not system times here: close windows on events and EOF only.
         to_system_utc=lambda _: None,
     )
-    windower = SessionWindower(gap=timedelta(seconds=settings.session_gap_s))
+    windower = SessionWindower(
+        gap=timedelta(seconds=settings.app("video", VideoSettings).session_gap_s)
+    )
     out: list[tuple[str, tuple[float, float]]] = []
 
     flow = Dataflow("segments")
@@ -107,7 +110,9 @@ def bytewax_segments(path: Path, settings: Settings) -> tuple[Segments, float]:
     items = op.map_value("item", keyed, lambda b: (b.ts, KIND_RANK[b.kind], b.position_s))
     sessions = collect_window("sessions", items, clock, windower).down
     segments = op.flat_map_value(
-        "segments", sessions, lambda window: watched(window[1], settings.session_gap_s)
+        "segments",
+        sessions,
+        lambda window: watched(window[1], settings.app("video", VideoSettings).session_gap_s),
     )
     op.output("out", segments, TestingSink(out))
 
@@ -124,7 +129,12 @@ def flink_segments(path: Path, settings: Settings, tmp: Path) -> tuple[Segments,
         _check([sys.executable, "-m", "venv", "--clear", str(FLINK_VENV)])
         _check([str(python), "-m", "pip", "install", "--quiet", FLINK])
         installed.touch()
-    args = [path, tmp / "flink-segments", settings.session_gap_s, settings.allowed_lateness_s]
+    args = [
+        path,
+        tmp / "flink-segments",
+        settings.app("video", VideoSettings).session_gap_s,
+        settings.allowed_lateness_s,
+    ]
     result = _check([str(python), str(HERE / "flink_sessions.py"), *map(str, args)])
     output = json.loads(result.splitlines()[-1])
     return Counter(tuple(row) for row in output["segments"]), output["seconds"]

@@ -22,7 +22,7 @@ import psutil
 from common import Figure
 from rich.console import Console
 
-from kappaflow.apps.video_events import PROGRESS
+from kappaflow.apps.video.events import PROGRESS
 from kappaflow.log.partitioner import partitions_for
 from kappaflow.store.base import Table
 from kappaflow.store.sqlite import SQLiteStore

@@ -12,8 +12,8 @@ from pathlib import Path
 from common import START_MS, Figure
 from rich.console import Console
 
-from kappaflow.apps.video import create_app
-from kappaflow.apps.video_reports import day_of, royalty_report
+from kappaflow.apps.video.app import create_app
+from kappaflow.apps.video.reports import day_of, royalty_report
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from common import START_MS, Figure
 from rich.console import Console
 
-from kappaflow.apps.video import create_app
-from kappaflow.apps.video_sim import heartbeats
+from kappaflow.apps.video.app import create_app
+from kappaflow.apps.video.sim import heartbeats
 from kappaflow.ingest.appender import Appender
 from kappaflow.log import open_log
 from kappaflow.settings import Settings

@@ -25,9 +25,9 @@ import polars as pl
 from common import Figure, Segments, timed
 from rich.console import Console
 
-from kappaflow.apps.video import create_app
-from kappaflow.apps.video_events import KIND_RANK, PAUSE, SEEK, Heartbeat
-from kappaflow.apps.video_sim import simulate
+from kappaflow.apps.video.app import VideoSettings, create_app
+from kappaflow.apps.video.events import KIND_RANK, PAUSE, SEEK, Heartbeat
+from kappaflow.apps.video.sim import simulate
 from kappaflow.ingest.appender import Appender
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
@@ -44,7 +44,9 @@ def run(scale: float) -> list[Figure]:
     with tempfile.TemporaryDirectory(prefix="kappaflow-bench-") as tmp:
         # Progress written on every change: the open sessions' segments are then exact,
         # as the batch engines compute them.
-        settings = Settings.load({}, {"data_dir": str(Path(tmp) / "one"), "progress_accuracy_s": 0})
+        settings = Settings.load(
+            {}, {"data_dir": str(Path(tmp) / "one"), "video_progress_accuracy_s": 0}
+        )
         path = Path(tmp) / "heartbeats.ndjson"
         events = write_heartbeats(path, scale)
 
@@ -60,7 +62,9 @@ def run(scale: float) -> list[Figure]:
         _check_same(worker_segments, segments(pair), f"{WORKERS} workers")
         baselines = {}
         for name, compute in BASELINES.items():
-            batch, seconds = timed(partial(compute, path, settings.session_gap_s))
+            batch, seconds = timed(
+                partial(compute, path, settings.app("video", VideoSettings).session_gap_s)
+            )
             console.print(f"{name}: {events / seconds:,.0f} events/s")
             _check_same(worker_segments, batch, name)
             baselines[name] = events / seconds

@@ -12,7 +12,7 @@ from bench_sessionize import append_file, process
 from common import Figure, timed
 from rich.console import Console
 
-from kappaflow.apps.video_sim import simulate
+from kappaflow.apps.video.sim import simulate
 from kappaflow.settings import Settings
 from kappaflow.testing.postgres import postgres_database, postgres_server
 

@@ -10,8 +10,9 @@ from typing import Any
 import msgspec
 
 from kappaflow.app import App, Batch, Lookup, Output
-from kappaflow.apps.video_catalog import Licence, Slots
-from kappaflow.apps.video_events import (
+from kappaflow.apps.video.app import VideoSettings
+from kappaflow.apps.video.catalog import Licence, Slots
+from kappaflow.apps.video.events import (
     KIND_RANK,
     PAUSE,
     PROGRESS,
@@ -21,7 +22,7 @@ from kappaflow.apps.video_events import (
     key_ids,
     session_keys,
 )
-from kappaflow.apps.video_reports import report_rows
+from kappaflow.apps.video.reports import report_rows
 from kappaflow.settings import Settings
 from kappaflow.stream.sessions import Rows, SessionState, SessionWindows
 
@@ -128,8 +129,9 @@ class PartitionedWindows(SessionWindows):
 def with_session_windows(app: App, settings: Settings) -> App:
     """The video app ``app`` with its heartbeats processed by `SessionWindows` and
     `SegmentFold` instead of its own operator."""
-    fold = SegmentFold(settings.session_gap_s, *app.lookups)
-    sessions = PartitionedWindows(fold, round(settings.session_gap_s * 1000),
+    gap_s = settings.app("video", VideoSettings).session_gap_s
+    fold = SegmentFold(gap_s, *app.lookups)
+    sessions = PartitionedWindows(fold, round(gap_s * 1000),
                                   round(settings.allowed_lateness_s * 1000),
                                   round(settings.idle_timeout_s * 1000))  # fmt: skip
     return dataclasses.replace(app, processors={"heartbeats": sessions})

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from kappaflow.app import App, load_apps
-from kappaflow.apps.clicks import Click
+from kappaflow.apps.clicks.app import Click
 from kappaflow.cli import main
 from kappaflow.dead_letters import listing, params, plan_replay, replay
 from kappaflow.errors import InvalidQuery, LogUnavailable, StoreUnavailable

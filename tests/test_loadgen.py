@@ -12,8 +12,9 @@ from typing import ClassVar
 import msgspec
 import pytest
 
-from kappaflow.apps.video import Heartbeat
-from kappaflow.loadgen import LoadGenerator, Summary, encoded
+from kappaflow.apps.video.app import Heartbeat
+from kappaflow.apps.video.sim import hb_ms
+from kappaflow.client.loadgen import LoadGenerator, Summary, encoded
 
 
 class Answering(BaseHTTPRequestHandler):
@@ -75,8 +76,12 @@ def ingest() -> Iterator[str]:
 def test_refusals_are_retried_after_the_pause_and_400s_are_final(ingest: str) -> None:
     good = [Heartbeat(f"u{n}", "v", float(n), 5_000 + n) for n in range(7)]
     bad = [Heartbeat("u9", "v", -1.0, 9_000)]
-    batches = [*encoded(good[:6], 2), *encoded(good[6:], 1), *encoded([good[0], *bad], 2)]
-    summary = LoadGenerator(ingest, 1_000, batches).run()
+    batches = [
+        *encoded(good[:6], 2, hb_ms),
+        *encoded(good[6:], 1, hb_ms),
+        *encoded([good[0], *bad], 2, hb_ms),
+    ]
+    summary = LoadGenerator(ingest, "heartbeats", 1_000, batches).run()
     assert (summary.sent, summary.accepted, summary.rejected, summary.failed) == (9, 7, 2, 0)
     assert (summary.requests, summary.retries) == (9, 4)
     assert summary.codes == {429: 3, 503: 1, 202: 4, 400: 1}
@@ -88,7 +93,7 @@ def test_a_run_without_a_duration_retries_whatever_the_run_before_had(ingest: st
     """A run whose duration is over at once sends nothing (it drew one batch of three);
     the next run, without a duration, still retries each refusal until accepted."""
     events = [Heartbeat(f"u{n}", "v", float(n), 5_000 + n) for n in range(6)]
-    generator = LoadGenerator(ingest, 1_000, encoded(events, 2))
+    generator = LoadGenerator(ingest, "heartbeats", 1_000, encoded(events, 2, hb_ms))
     assert generator.run(0.0).sent == 0
     summary = generator.run()
     assert (summary.sent, summary.accepted, summary.dropped, summary.retries) == (4, 4, 0, 2)
@@ -96,7 +101,7 @@ def test_a_run_without_a_duration_retries_whatever_the_run_before_had(ingest: st
 
 def test_an_url_that_is_not_http_is_refused() -> None:
     with pytest.raises(ValueError, match="not an http:// URL"):
-        LoadGenerator("https://example.com", 1_000, [])
+        LoadGenerator("https://example.com", "heartbeats", 1_000, [])
 
 
 class Busy(Answering):
@@ -112,7 +117,7 @@ def test_refusals_are_not_retried_past_the_duration() -> None:
     the batches still refused then are dropped."""
     with serving(Busy) as url:
         events = [Heartbeat(f"u{n}", "v", 0.0, 5_000 + n) for n in range(40)]
-        generator = LoadGenerator(url, 100, encoded(events, 2))
+        generator = LoadGenerator(url, "heartbeats", 100, encoded(events, 2, hb_ms))
         runs: list[Summary] = []
         runner = threading.Thread(target=lambda: runs.append(generator.run(0.5)), daemon=True)
         runner.start()

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from kappaflow.app import load_apps
+from kappaflow.apps.video.app import VideoSettings
 from kappaflow.errors import SettingsError
 from kappaflow.settings import Rule, Scaling, Settings
 
@@ -12,16 +14,16 @@ def test_defaults() -> None:
     settings = Settings.load({})
     assert settings.partitions == 8
     assert settings.log_fsync == "batch"
-    assert settings.apps == ("video", "clicks")
+    assert settings.apps == ()  # every installed app
 
 
 def test_environment_overrides_toml_and_options_override_environment(tmp_path: Path) -> None:
     config = tmp_path / "kappaflow.toml"
-    config.write_text('partitions = 4\nsession_gap_s = 20\napps = ["video", "my.app"]\n')
+    config.write_text('partitions = 4\napps = ["video", "my.app"]\n[video]\nsession_gap_s = 20\n')
     environ = {"KAPPAFLOW_CONFIG": str(config), "KAPPAFLOW_PARTITIONS": "6"}
     settings = Settings.load(environ, overrides={"data_dir": "/x"})
     assert settings.partitions == 6
-    assert settings.session_gap_s == 20.0
+    assert settings.app("video", VideoSettings).session_gap_s == 20.0
     assert settings.apps == ("video", "my.app")
     assert settings.data_dir == "/x"
     assert Settings.load({"KAPPAFLOW_APPS": "video, clicks"}).apps == ("video", "clicks")
@@ -33,17 +35,55 @@ def test_environment_overrides_toml_and_options_override_environment(tmp_path: P
         ({"KAPPAFLOW_PARTITIONS": "eight"}, "KAPPAFLOW_PARTITIONS must be an integer, got 'eight'"),
         ({"KAPPAFLOW_PARTITIONS": "0"}, "KAPPAFLOW_PARTITIONS must be an integer >= 1, got '0'"),
         ({"KAPPAFLOW_LOG_FSYNC": "often"}, "KAPPAFLOW_LOG_FSYNC must be one of batch, never"),
-        ({"KAPPAFLOW_SESSION_GAP_S": "-1"}, "KAPPAFLOW_SESSION_GAP_S must be a number > 0"),
-        ({"KAPPAFLOW_PARTITONS": "8"}, "unknown setting KAPPAFLOW_PARTITONS"),
         ({"KAPPAFLOW_MIN_REPLICAS": "-1"}, "KAPPAFLOW_MIN_REPLICAS must be an integer >= 0"),
         ({"KAPPAFLOW_SCALE_UP_POLICIES": "pods:4"}, "KAPPAFLOW_SCALE_UP_POLICIES must be like"),
-        ({"KAPPAFLOW_SCALING": "{}"}, "unknown setting KAPPAFLOW_SCALING"),
     ],
 )
 def test_invalid_values_name_the_variable(environ: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError) as caught:
         Settings.load(environ)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"KAPPAFLOW_VIDEO_SESSION_GAP_S": "-1"},
+         "KAPPAFLOW_VIDEO_SESSION_GAP_S must be a number > 0"),
+        ({"KAPPAFLOW_VIDEO_SESSION_GAPS": "9"},
+         "unknown setting KAPPAFLOW_VIDEO_SESSION_GAPS; app 'video' has "
+         "KAPPAFLOW_VIDEO_SESSION_GAP_S, KAPPAFLOW_VIDEO_PROGRESS_ACCURACY_S"),
+        ({"KAPPAFLOW_PARTITONS": "8"}, "unknown setting KAPPAFLOW_PARTITONS; known settings: "),
+        ({"KAPPAFLOW_SCALING": "{}"}, "unknown setting KAPPAFLOW_SCALING"),
+        ({"KAPPAFLOW_CLICKS_SESSION_GAP_S": "9"}, "unknown setting KAPPAFLOW_CLICKS_SESSION_GAP_S"),
+    ],
+)  # fmt: skip
+def test_apps_settings_are_checked_as_the_cores_when_the_apps_load(
+    environ: dict[str, str], message: str
+) -> None:
+    """An app's settings are ``<app>_<name>``; one it lacks, or a name that is no one's,
+    is refused when the apps load, naming the variable and the known ones."""
+    settings = Settings.load(environ)
+    with pytest.raises(SettingsError) as caught:
+        load_apps(settings)
+    assert message in str(caught.value)
+    if "known settings" in message:
+        assert "KAPPAFLOW_PARTITIONS" in str(caught.value)
+        assert "KAPPAFLOW_VIDEO_SESSION_GAP_S" in str(caught.value)
+
+
+def test_an_apps_settings_are_read_from_the_environment_a_table_and_replace() -> None:
+    environ = {"KAPPAFLOW_VIDEO_PROGRESS_ACCURACY_S": "0"}
+    settings = Settings.load(environ, {"partitions": 2})
+    (video,) = [app for app in load_apps(settings) if app.name == "video"]
+    assert video.settings == VideoSettings(session_gap_s=10.0, progress_accuracy_s=0.0)
+    changed = settings.replace(video_session_gap_s=30)
+    assert changed.app("video", VideoSettings) == VideoSettings(
+        session_gap_s=30.0, progress_accuracy_s=0.0
+    )
+    assert Settings.load(changed.to_environ()).app("video", VideoSettings) == changed.app(
+        "video", VideoSettings
+    )
 
 
 def test_bad_toml_file_is_named(tmp_path: Path) -> None:
@@ -55,7 +95,7 @@ def test_bad_toml_file_is_named(tmp_path: Path) -> None:
         Settings.load({"KAPPAFLOW_CONFIG": str(tmp_path / "missing.toml")})
     config.write_text("colour = 'blue'\n")
     with pytest.raises(SettingsError, match="unknown setting colour in"):
-        Settings.load({"KAPPAFLOW_CONFIG": str(config)})
+        load_apps(Settings.load({"KAPPAFLOW_CONFIG": str(config)}))
 
 
 def test_settings_survive_the_round_trip_through_the_environment() -> None:

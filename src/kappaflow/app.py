@@ -1,8 +1,9 @@
 """The app interface: what a user writes. An app declares its input streams (schema,
 key field, event-time field), its result tables, and one processor per stream: a
 function ``(state, batch) -> Output`` from the library's operators or written by hand.
-A module named in ``KAPPAFLOW_APPS`` exposes ``create_app(settings) -> App``; the
-guide is docs/apps.md."""
+An app's module exposes ``create_app(settings) -> App``; it is named in
+``KAPPAFLOW_APPS``, by its module path or by its name as an installed app (an entry
+point of the group ``kappaflow.apps``). The guide is docs/apps.md."""
 
 from __future__ import annotations
 
@@ -10,22 +11,24 @@ import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from importlib.metadata import entry_points
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, Protocol, TypeVar
 
 import msgspec
 
-from kappaflow.errors import AppError
+from kappaflow.errors import AppError, SettingsError
 from kappaflow.events import event_time_ms
 from kappaflow.query.params import Text
-from kappaflow.settings import Settings
+from kappaflow.settings import PREFIX, Settings
 
 if TYPE_CHECKING:  # types only: ingest reads apps' streams and loads nothing of the store
     from kappaflow.store.base import Store, Table
 
 S = TypeVar("S")
 T = TypeVar("T")
-BUILT_IN = {"video": "kappaflow.apps.video", "clicks": "kappaflow.apps.clicks"}
+INSTALLED = "kappaflow.apps"
+"""The entry-point group of installed apps: name -> the app's module."""
 
 
 @dataclass(frozen=True)
@@ -235,6 +238,8 @@ class App:
     queries: Sequence[Query] = ()
     lookups: Sequence[Lookup[Any]] = ()
     uploads: Sequence[Upload] = ()
+    settings: msgspec.Struct | None = None
+    """The app's own settings, as `Settings.app` read them under the app's name."""
 
     @property
     def all_tables(self) -> list[Table]:
@@ -253,10 +258,12 @@ class App:
 
 
 def load_apps(settings: Settings) -> list[App]:
-    """The apps named in ``settings.apps``: built-in names or importable module paths."""
+    """The apps named in ``settings.apps`` (every installed app if none); `SettingsError`
+    for a setting that is neither the core's nor one of theirs."""
+    installed = {entry.name: entry.value for entry in entry_points(group=INSTALLED)}
     apps = []
-    for name in settings.apps:
-        module_name = BUILT_IN.get(name, name)
+    for name in settings.apps or tuple(installed):
+        module_name = installed.get(name, name)
         try:
             module = importlib.import_module(module_name)
         except ImportError as error:
@@ -265,4 +272,17 @@ def load_apps(settings: Settings) -> list[App]:
         if create is None:
             raise AppError(f"app module {module_name!r} has no create_app(settings) function")
         apps.append(create(settings))
+    _check_app_settings(settings, apps)
     return apps
+
+
+def _check_app_settings(settings: Settings, apps: Sequence[App]) -> None:
+    known = {f"{app.name}_{field}" for app in apps if app.settings is not None
+             for field in app.settings.__struct_fields__}  # fmt: skip
+    for name, source, _ in settings.app_settings:
+        if name not in known:
+            names = [*Settings.names(), *sorted(known)]
+            raise SettingsError(
+                f"unknown setting {source}; known settings: "
+                + ", ".join(PREFIX + name.upper() for name in names)
+            )

@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -19,7 +20,8 @@ if TYPE_CHECKING:
     from kappaflow.app import App
 
 
-def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+def load_settings(ctx: click.Context, **overrides: Any) -> Settings:
+    """The settings with ``overrides`` (options given), or a usage error naming the bad one."""
     try:
         return Settings.load(overrides=overrides)
     except KappaflowError as error:
@@ -48,7 +50,31 @@ def parse_partitions(text: str | None) -> list[int] | None:
         raise click.BadParameter(message) from None
 
 
-@click.group()
+class Installed(click.Group):
+    """A command group that also holds the commands installed apps register as entry
+    points of the group ``entry_points`` (loaded when the command line is read)."""
+
+    def __init__(self, *args: Any, entry_points: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.entry_points = entry_points
+        self.loaded = False
+
+    def _load(self) -> None:
+        if not self.loaded:
+            self.loaded = True
+            for entry in metadata.entry_points(group=self.entry_points):
+                self.add_command(entry.load(), entry.name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._load()
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=Installed, entry_points="kappaflow.commands")
 @click.version_option(package_name="kappaflow")
 def main() -> None:
     """kappaflow: autoscaling streaming analytics (log -> stream workers -> SQL).
@@ -97,7 +123,7 @@ def worker(
     from kappaflow.stream.worker import Worker, run_workers
 
     _setup_logging(verbose)
-    settings = _settings(ctx, data_dir=data_dir)
+    settings = load_settings(ctx, data_dir=data_dir)
     if partitions and share_file:
         raise click.UsageError("--partitions and --share-file exclude each other")
     try:
@@ -148,7 +174,7 @@ def _serve(ctx: click.Context, roles: tuple[str, ...], **options: Any) -> None:
     from kappaflow.serve import serve
 
     _setup_logging(verbose=False)
-    settings = _settings(ctx, **options)
+    settings = load_settings(ctx, **options)
     try:
         serve(settings, roles)
     except KappaflowError as failure:
@@ -197,7 +223,7 @@ def query(ctx: click.Context, **options: Any) -> None:
 
 
 def _run_stack(ctx: click.Context, serve: bool, workers: int | None, **options: Any) -> None:
-    settings = _settings(ctx, **options)
+    settings = load_settings(ctx, **options)
     if workers is not None:
         settings = settings.replace(workers=workers, autoscale=False)
     from kappaflow.up import run_up
@@ -228,46 +254,6 @@ def autoscaler(ctx: click.Context, workers: int | None, data_dir: str | None) ->
     _run_stack(ctx, False, workers, data_dir=data_dir)
 
 
-@main.group()
-def catalog() -> None:
-    """Reference data of the apps (the video catalog)."""
-
-
-@catalog.command("load")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--data-dir", help="Directory of the embedded log and store.")
-@click.pass_context
-def catalog_load(ctx: click.Context, path: str, data_dir: str | None) -> None:
-    """Add or replace videos and ad slots from a JSON or CSV file (all rows or none).
-
-    JSON: {"videos": [...], "ad_slots": [...]}. CSV: a header of video columns
-    (video_id,title,duration_s,license_holder,royalty_rate_per_minute) or of ad slot
-    columns (video_id,position_s,advertiser,campaign).
-    """
-    from pathlib import Path
-
-    from kappaflow.apps.video_catalog import load as load_catalog
-    from kappaflow.apps.video_catalog import parse
-    from kappaflow.errors import InvalidEvents
-    from kappaflow.store import open_store
-
-    settings = _settings(ctx, data_dir=data_dir)
-    content_type = "text/csv" if path.lower().endswith(".csv") else "application/json"
-    try:
-        parsed = parse(Path(path).read_bytes(), content_type)
-        summary = load_catalog(open_store(settings), parsed)
-    except InvalidEvents as invalid:
-        for problem in invalid.problems:
-            where = f"row {problem.index}" if problem.index is not None else "file"
-            click.echo(f"{path}: {where}: {problem.field or ''}: {problem.reason}", err=True)
-        click.echo(f"{path}: nothing was loaded", err=True)
-        sys.exit(1)
-    except KappaflowError as failure:
-        click.echo(f"kappaflow catalog load: {failure}", err=True)
-        sys.exit(1)
-    click.echo(f"loaded {summary.videos} videos and {summary.ad_slots} ad slots")
-
-
 @main.command()
 @click.option("--data-dir", help="Directory of the embedded log and store.")
 @click.option("--json", "as_json", is_flag=True, help="Print GET /status's JSON instead.")
@@ -283,7 +269,7 @@ def status(ctx: click.Context, data_dir: str | None, as_json: bool) -> None:
     from kappaflow.query.dashboard import status as read_status
     from kappaflow.store import open_store
 
-    settings = _settings(ctx, data_dir=data_dir)
+    settings = load_settings(ctx, data_dir=data_dir)
     if settings.log == "embedded" and not settings.log_path.is_dir():
         click.echo(f"kappaflow status: no log in {settings.log_path}", err=True)
         sys.exit(1)
@@ -342,8 +328,8 @@ def selection_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def _dead_letter_settings(ctx: click.Context, data_dir: str | None) -> Settings:
-    settings = _settings(ctx, data_dir=data_dir)
+def _dead_letterload_settings(ctx: click.Context, data_dir: str | None) -> Settings:
+    settings = load_settings(ctx, data_dir=data_dir)
     if settings.store == "sqlite" and not settings.sqlite_path.exists():
         ctx.fail(f"no store at {settings.sqlite_path}: is --data-dir (or KAPPAFLOW_DATA_DIR) "
                  "the one kappaflow up ran with?")  # fmt: skip
@@ -402,7 +388,7 @@ def dead_letters_list(
     from kappaflow.query.service import to_csv
     from kappaflow.store import open_store
 
-    settings = _dead_letter_settings(ctx, data_dir)
+    settings = _dead_letterload_settings(ctx, data_dir)
     with _failures_of(ctx, "dead-letters list"):
         apps, store = load_apps(settings), open_store(settings)
         try:
@@ -455,7 +441,7 @@ def dead_letters_replay(ctx: click.Context, data_dir: str | None, **options: Any
     from kappaflow.log import open_log
     from kappaflow.store import open_store
 
-    settings = _dead_letter_settings(ctx, data_dir)
+    settings = _dead_letterload_settings(ctx, data_dir)
     if settings.log == "embedded" and not settings.log_path.is_dir():
         ctx.fail(f"no log in {settings.log_path}")
     with _failures_of(ctx, "dead-letters replay"):
@@ -483,44 +469,6 @@ def dead_letters_replay(ctx: click.Context, data_dir: str | None, **options: Any
                f"its log ({by_partition}); the workers process them again")  # fmt: skip
 
 
-@main.command()
-@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="Ingest URL.")
-@click.option("--rate", default=10_000.0, show_default=True, help="Target events per second.")
-@click.option(
-    "--duration", default=60.0, show_default=True,
-    help="Seconds to run; batches still refused (429, 503) then are dropped.",
-)  # fmt: skip
-@click.option(
-    "--viewers", type=click.IntRange(min=1),
-    help="Concurrent simulated viewers, each sending a heartbeat per 5 s of event time "
-    "[default: as many as make event time follow the wall clock: rate x 5]. Fewer "
-    "make event time run faster; it then starts in the past, so that it never runs "
-    "ahead of the wall clock (an earlier run's later events of the same viewers make "
-    "theirs late).",
-)  # fmt: skip
-@click.option("--batch", default=500, show_default=True, help="Events per request, at most.")
-@click.option("--seed", default=0, show_default=True, help="Random seed of the viewers.")
-def loadgen(
-    url: str, rate: float, duration: float, viewers: int | None, batch: int, seed: int
-) -> None:
-    """Post simulated viewers' heartbeats to an ingest service at a target rate."""
-    from kappaflow.loadgen import (
-        LoadGenerator,
-        encoded,
-        print_summary,
-        simulated,
-        start_for,
-        viewers_for,
-    )
-
-    viewers = viewers or viewers_for(rate)
-    start_ms = start_for(rate, viewers, duration)
-    generator = LoadGenerator(url, rate, encoded(simulated(viewers, seed, start_ms), batch))
-    summary = generator.run(duration, progress=True)
-    print_summary(summary)
-    sys.exit(0 if summary.rejected == summary.failed == summary.dropped == 0 else 1)
-
-
 @main.group()
 def deploy() -> None:
     """Deployment files rendered from the settings."""
@@ -543,7 +491,7 @@ def deploy_render(ctx: click.Context, target: str, output: str) -> None:
 
     from kappaflow.deploy.render import compose, k8s_base, k8s_overlays, write
 
-    settings = _settings(ctx)
+    settings = load_settings(ctx)
     try:
         if target == "compose":
             written = write({"compose.yaml": [compose(settings)]}, Path(output))
@@ -590,7 +538,7 @@ def scale_simulate(
 
     from kappaflow.scale.simulator import SHAPES, from_csv, plot, report, simulate
 
-    settings = _settings(ctx)
+    settings = load_settings(ctx)
     if load in SHAPES:
         curve, duration = SHAPES[load](base)
     elif Path(load).is_file():
@@ -616,7 +564,7 @@ def scale_simulate(
 @main.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="Ingest URL.")
-@click.option("--stream", default="clicks", show_default=True, help="Stream to send to.")
+@click.option("--stream", required=True, help="Stream to send to.")
 @click.option("--delay", default=0.0, show_default=True, help="Seconds between records.")
 @click.option("--speedup", type=float, help="Replay at N times the pace of the records' `t`.")
 @click.option("--batch", default=500, show_default=True, help="Records per request, at most.")
@@ -628,7 +576,7 @@ def replay(
 
     import httpx
 
-    from kappaflow.replay import Replay, print_summary
+    from kappaflow.client.replay import Replay, print_summary
 
     try:
         summary = Replay(url, stream, delay, speedup, batch).run(Path(path))
@@ -639,27 +587,18 @@ def replay(
     sys.exit(0 if summary.accepted else 1)
 
 
-@main.command()
-@click.option(
-    "--workload", type=click.Choice(["video", "clicks"]), default="video", show_default=True,
-    help="video: simulated viewers over HTTP; clicks: replay the 1.usa.gov sample.",
-)  # fmt: skip
-@click.option("--duration", default=60.0, show_default=True, help="Seconds of load.")
-@click.option("--rate", default=20_000.0, show_default=True, help="Target events per second.")
-@click.option("--viewers", default=3_000, show_default=True, help="Concurrent viewers.")
-@click.option("--port", type=int, help="Port of the demo stack [default: a free one].")
-@click.option("--data-dir", help="Keep the data here instead of a temporary directory.")
-def demo(
-    workload: str,
-    duration: float,
-    rate: float,
-    viewers: int,
-    port: int | None,
-    data_dir: str | None,
-) -> None:
-    """Run the stack, load it over HTTP, and check the results against the ground truth.
-    Workers start at one and are scaled on lag, one per CPU at most."""
-    from kappaflow.demo import run_demo
+def demo_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of every app's demo command: ``--port`` and ``--data-dir``."""
+    for option in (
+        click.option("--port", type=int, help="Port of the demo stack [default: a free one]."),
+        click.option("--data-dir", help="Keep the data here instead of a temporary directory."),
+    ):
+        command = option(command)
+    return command
 
-    ok = run_demo(workload, duration, rate, viewers, port, data_dir)
-    sys.exit(0 if ok else 1)
+
+@main.group(cls=Installed, entry_points="kappaflow.demos")
+def demo() -> None:
+    """Run the stack, load it over HTTP, and check the results against the ground truth:
+    a command per app with a demo. Workers start at one and are scaled on lag, one per
+    CPU at most."""

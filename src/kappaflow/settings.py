@@ -1,6 +1,9 @@
 """The one settings object, read once at start-up from defaults, an optional TOML
 file (``KAPPAFLOW_CONFIG``) and ``KAPPAFLOW_*`` environment variables, in that order
-of precedence. Nothing else in kappaflow reads the environment."""
+of precedence. Nothing else in kappaflow reads the environment. An app's own settings
+are ``<app>_<name>`` (``KAPPAFLOW_VIDEO_SESSION_GAP_S``, or ``session_gap_s`` in a TOML
+table ``[video]``): kept as given until the app reads them with `Settings.app`, which
+checks them as the core's are; `kappaflow.app.load_apps` refuses any left unread."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import tomllib
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -22,6 +25,7 @@ CONFIG_VARIABLE = "KAPPAFLOW_CONFIG"
 MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 """Where processes started together share their metrics (prometheus_client)."""
 
+AppSettings = TypeVar("AppSettings", bound=msgspec.Struct)
 PositiveInt = Annotated[int, Meta(ge=1)]
 NonNegativeInt = Annotated[int, Meta(ge=0)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
@@ -86,8 +90,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     data_dir: str = "kappaflow-data"
     """Directory of the embedded log and the SQLite store."""
-    apps: tuple[str, ...] = ("video", "clicks")
-    """Apps to run: built-in names or importable modules, comma-separated in the environment."""
+    apps: tuple[str, ...] = ()
+    """Apps to run: names of installed apps (the ``kappaflow.apps`` entry points, such as
+    the built-in ``video`` and ``clicks``) or importable modules, comma-separated in the
+    environment; none: every installed app."""
     partitions: PositiveInt = 8
     """Partitions of each stream's topic."""
     log: Literal["embedded", "kafka"] = "embedded"
@@ -123,13 +129,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dead-lettered (docs/event-time.md)."""
     max_future_skew_s: NonNegativeFloat = 300.0
     """Ingest refuses (400) event times more than this ahead of its own clock."""
-    session_gap_s: PositiveFloat = 10.0
-    """A viewing session ends after this much event time without a heartbeat."""
-    progress_accuracy_s: NonNegativeFloat = 5.0
-    """A (user, video)'s progress row is written again once its resume position or its
-    last event time moved by more than this, or its watched segments changed in number;
-    until then the row stays within this of the latest heartbeat. 0 writes it on every
-    change."""
     idle_timeout_s: PositiveFloat = 30.0
     """Wall-clock time without new events after which a key's open session closes (and a
     partition's windows, when the partition gets no records)."""
@@ -180,6 +179,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     polling_interval_s: PositiveFloat = 5.0
     scaling: Scaling = Scaling()
     """The policy's settings, each a setting of its own name (``lag_threshold``)."""
+    app_settings: tuple[tuple[str, str, Any], ...] = ()
+    """The apps' settings as given: (name, where it was given, value), for `app`."""
 
     @property
     def data_path(self) -> Path:
@@ -210,7 +211,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         environ = os.environ if environ is None else environ
         values: dict[str, tuple[str, Any]] = {}
         if config := environ.get(CONFIG_VARIABLE):
-            for key, value in _read_toml(Path(config)).items():
+            for key, value in _flat(_read_toml(Path(config))).items():
                 values[key] = (f"{key} in {config}", value)
         for name, value in environ.items():
             if name.startswith(PREFIX) and name != CONFIG_VARIABLE:
@@ -218,22 +219,47 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for key, value in (overrides or {}).items():
             if value is not None:
                 values[key] = (f"--{key.replace('_', '-')}", value)
-        return cls().replace(
-            **{key: _convert(key, source, value) for key, (source, value) in values.items()}
-        )
+        core = {key: _convert(_HINTS[key], source, value)
+                for key, (source, value) in values.items() if key in _HINTS}  # fmt: skip
+        apps = tuple((key, source, value) for key, (source, value) in values.items()
+                     if key not in _HINTS)  # fmt: skip
+        return cls().replace(**core, app_settings=apps)
+
+    def app(self, name: str, kind: type[AppSettings]) -> AppSettings:
+        """App ``name``'s settings: each field ``x`` of ``kind`` from setting ``<name>_x``
+        if given, else its default; a bad value, or a setting ``<name>_*`` that ``kind``
+        lacks, raises `SettingsError` naming it."""
+        prefix, hints = f"{name}_", typing.get_type_hints(kind, include_extras=True)
+        values = {}
+        for key, source, value in self.app_settings:
+            if not key.startswith(prefix):
+                continue
+            field = key.removeprefix(prefix)
+            if field not in hints:
+                known = ", ".join(PREFIX + (prefix + f).upper() for f in hints)
+                raise SettingsError(f"unknown setting {source}; app {name!r} has {known}")
+            values[field] = _convert(hints[field], source, value)
+        return kind(**values)
 
     def to_environ(self) -> dict[str, str]:
         """These settings as ``KAPPAFLOW_*`` variables, for child processes."""
         environ = {}
-        for name in _HINTS:
-            group = _GROUP_OF.get(name)
-            value = getattr(getattr(self, group) if group else self, name)
+        values = [(name, getattr(getattr(self, _GROUP_OF[name]) if name in _GROUP_OF else self,
+                                 name)) for name in _HINTS]  # fmt: skip
+        values += [(name, value) for name, _, value in self.app_settings]
+        for name, value in values:
             text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
             environ[PREFIX + name.upper()] = text
         return environ
 
     def replace(self, **changes: Any) -> Settings:
-        """These settings with some changed, by setting name (a group's fields by theirs)."""
+        """These settings with some changed, by setting name (a group's fields by theirs,
+        an app's as ``<app>_<name>``)."""
+        apps = {name: changes.pop(name) for name in list(changes) if name not in _FIELDS}
+        if apps:
+            kept = [entry for entry in self.app_settings if entry[0] not in apps]
+            given = [(name, f"{name}=", value) for name, value in apps.items()]
+            changes["app_settings"] = (*kept, *given)
         groups: dict[str, dict[str, Any]] = {}
         for name in [name for name in changes if name in _GROUP_OF]:
             groups.setdefault(_GROUP_OF[name], {})[name] = changes.pop(name)
@@ -256,6 +282,8 @@ def _hints(struct: type[msgspec.Struct]) -> dict[str, Any]:
 
 
 _HINTS = _hints(Settings)
+_HINTS.pop("app_settings")
+_FIELDS = {*_HINTS, *Settings.__struct_fields__}
 _GROUP_OF = {
     name: group
     for group, hint in typing.get_type_hints(Settings).items()
@@ -275,11 +303,18 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise SettingsError(f"{CONFIG_VARIABLE}: {path} is not valid TOML: {error}") from None
 
 
-def _convert(key: str, source: str, value: Any) -> Any:
-    if key not in _HINTS:
-        known = ", ".join(PREFIX + name.upper() for name in _HINTS)
-        raise SettingsError(f"unknown setting {source}; known settings: {known}")
-    hint = _HINTS[key]
+def _flat(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A TOML document's settings, a table's ``[video] x`` as ``video_x``."""
+    flat = {}
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{prefix}{key}_"))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _convert(hint: Any, source: str, value: Any) -> Any:
     if hint == Rules and not isinstance(value, tuple):
         try:
             return parse_rules(str(value))

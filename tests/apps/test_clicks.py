@@ -6,7 +6,7 @@ import msgspec
 import pytest
 from starlette.testclient import TestClient
 
-from kappaflow.apps.clicks import Click, dimensions
+from kappaflow.apps.clicks.app import Click, dimensions
 from kappaflow.serve import build
 from kappaflow.settings import Settings
 

@@ -13,8 +13,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from segment_fold import SegmentFold
 
-from kappaflow.apps.video import Heartbeat, Progress, all_progress, create_app, progress
-from kappaflow.apps.video_events import KIND_RANK
+from kappaflow.apps.video.app import Heartbeat, Progress, all_progress, create_app, progress
+from kappaflow.apps.video.events import KIND_RANK
 from kappaflow.events import MAX_EVENT_MS
 from kappaflow.log.partitioner import partition_for
 from kappaflow.settings import Settings
@@ -260,8 +260,8 @@ def test_sessionizer_matches_the_oracle(events, lateness_s, batch, restarts) -> 
             {},
             {
                 "data_dir": data_dir, "partitions": 1, "batch_max_events": batch,
-                "allowed_lateness_s": lateness_s, "session_gap_s": GAP_S,
-                "progress_accuracy_s": 0,  # every change written, as the oracle has it
+                "allowed_lateness_s": lateness_s, "video_session_gap_s": GAP_S,
+                "video_progress_accuracy_s": 0,  # every change written, as the oracle has it
             },
         )  # fmt: skip
         store = run_events(create_app(settings), events, settings, restarts=restarts)

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from kappaflow.apps.video import Heartbeat, create_app, merge_intervals
-from kappaflow.apps.video_catalog import AD_SLOTS, VIDEOS, catalog_rows
-from kappaflow.apps.video_reports import DAY_MS, day_of, royalty_report
-from kappaflow.apps.video_sim import simulate, simulated_catalog
+from kappaflow.apps.video.app import Heartbeat, create_app, merge_intervals
+from kappaflow.apps.video.catalog import AD_SLOTS, VIDEOS, catalog_rows
+from kappaflow.apps.video.reports import DAY_MS, day_of, royalty_report
+from kappaflow.apps.video.sim import simulate, simulated_catalog
 from kappaflow.events import MAX_EVENT_MS
 from kappaflow.settings import Settings
 from kappaflow.testing import run_events

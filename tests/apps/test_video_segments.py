@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 from segment_fold import with_session_windows
 
 from kappaflow.app import App, Batch
-from kappaflow.apps.video import create_app
-from kappaflow.apps.video_catalog import catalog_rows
-from kappaflow.apps.video_events import KEY_SEPARATOR, Heartbeat
-from kappaflow.apps.video_segments import _NONE, _events, _order
-from kappaflow.apps.video_sim import simulate, simulated_catalog
+from kappaflow.apps.video.app import create_app
+from kappaflow.apps.video.catalog import catalog_rows
+from kappaflow.apps.video.events import KEY_SEPARATOR, Heartbeat
+from kappaflow.apps.video.segments import _NONE, _events, _order
+from kappaflow.apps.video.sim import simulate, simulated_catalog
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
 from kappaflow.testing import run_events
@@ -67,8 +67,9 @@ def test_every_table_equals_what_session_windows_writes(
     for side, fold in (("columns", False), ("fold", True)):
         data_dir = f"{settings.data_dir}-{seed}-{viewers}-{jitter_ms}-{lateness_s}-{batch}-{side}"
         run = settings.replace(data_dir=data_dir, partitions=2, batch_max_events=batch,
-                               allowed_lateness_s=lateness_s, session_gap_s=GAP_S,
-                               progress_accuracy_s=0)  # as `SessionWindows` writes  # fmt: skip
+                               allowed_lateness_s=lateness_s, video_session_gap_s=GAP_S,
+                               # as `SessionWindows` writes
+                               video_progress_accuracy_s=0)  # fmt: skip
         app = with_session_windows(create_app(run), run) if fold else create_app(run)
         store = run_events(app, events, run, restarts=restarts, seed=seed,
                            reference=catalog, close=close)  # fmt: skip
@@ -233,7 +234,7 @@ def test_a_progress_row_is_written_again_once_it_moved_more_than_the_accuracy(
     events += [Heartbeat("u", "v", 116.0, 15_000, "pause")]
     events += [Heartbeat("u", "v", 116.0, s * 1_000) for s in range(16, 22)]
     for accuracy, written in ((5.0, [0, 1, 7, 9, 10, 12, 14, 20]), (0.0, [*range(22)])):
-        processor = create_app(settings.replace(progress_accuracy_s=accuracy)).processors[
+        processor = create_app(settings.replace(video_progress_accuracy_s=accuracy)).processors[
             "heartbeats"
         ]
         state, rows = processor.initial_state(), []
@@ -255,7 +256,7 @@ def test_progress_rows_stay_within_the_accuracy_after_every_batch(settings: Sett
     written on every change, with as many segments, and fewer rows are written."""
     workload = simulate(30_000, viewers=400, seed=7, jitter_ms=3_000, duplicates=0.01)
     sides = [
-        create_app(settings.replace(progress_accuracy_s=accuracy)).processors["heartbeats"]
+        create_app(settings.replace(video_progress_accuracy_s=accuracy)).processors["heartbeats"]
         for accuracy in (0.0, 5.0)
     ]
     states = [side.initial_state() for side in sides]
@@ -291,7 +292,7 @@ def test_an_event_before_the_latest_its_key_had_writes_the_row_again(settings: S
     first = [Heartbeat("u", "v", 1.0, 1_000), Heartbeat("u", "v", 4.0, 4_000)]
     late = Heartbeat("u", "v", 0.0, 0)
     for accuracy in (0.0, 5.0):
-        processor = create_app(settings.replace(progress_accuracy_s=accuracy)).processors[
+        processor = create_app(settings.replace(video_progress_accuracy_s=accuracy)).processors[
             "heartbeats"
         ]
         state = processor.process(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kappaflow.apps.video_state import DONE, FORMAT, HEAD, PENDING, is_packed, packed, unpacked
+from kappaflow.apps.video.state import DONE, FORMAT, HEAD, PENDING, is_packed, packed, unpacked
 
 SESSION_FIELDS = [name for name in HEAD.names if name != "format"]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import msgspec
 
-from kappaflow.apps.video import Heartbeat
-from kappaflow.apps.video_sim import hb_ms, heartbeats
+from kappaflow.apps.video.app import Heartbeat
+from kappaflow.apps.video.sim import hb_ms, heartbeats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from bench_endtoend import Pool, laps

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from kappaflow.apps.video import Heartbeat
+from kappaflow.apps.video.app import Heartbeat
 from kappaflow.errors import InvalidEvents
 from kappaflow.events.validate import MAX_PROBLEMS, EventDecoder, Problem
 

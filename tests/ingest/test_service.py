@@ -13,7 +13,7 @@ from openapi_spec_validator import validate
 from starlette.testclient import TestClient
 
 from kappaflow.app import load_apps
-from kappaflow.apps.video import create_app
+from kappaflow.apps.video.app import create_app
 from kappaflow.errors import LogUnavailable
 from kappaflow.ingest import service
 from kappaflow.log import open_log

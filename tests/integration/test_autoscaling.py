@@ -11,9 +11,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from kappaflow.apps.video import create_app
-from kappaflow.apps.video_catalog import load as load_catalog
-from kappaflow.apps.video_sim import simulate, simulated_catalog
+from kappaflow.apps.video.app import create_app
+from kappaflow.apps.video.catalog import load as load_catalog
+from kappaflow.apps.video.sim import simulate, simulated_catalog
 from kappaflow.ingest.appender import Appender
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
@@ -35,7 +35,7 @@ SCALING = {
     # lets the first tick, before the new worker's first commit, see the whole backlog.
     "KAPPAFLOW_OFFSET_RESET_POLICY": "earliest",
     # Progress rows on every change: at an accuracy, which are written depends on the batches.
-    "KAPPAFLOW_PROGRESS_ACCURACY_S": "0",
+    "KAPPAFLOW_VIDEO_PROGRESS_ACCURACY_S": "0",
 }
 
 
@@ -51,7 +51,7 @@ def test_scaling_up_and_down_loses_and_repeats_nothing(
     workload = simulate(60_000, viewers=400, seed=5, jitter_ms=2_000, duplicates=0.01)
     catalog = simulated_catalog(5)
     unscaled = Settings.load({}, {"data_dir": str(tmp_path / "unscaled"), "idle_timeout_s": 3600,
-                                  "partitions": 4, "progress_accuracy_s": 0})  # fmt: skip
+                                  "partitions": 4, "video_progress_accuracy_s": 0})  # fmt: skip
     load_catalog(open_store(unscaled), catalog)
     run_events(create_app(unscaled), workload.events, unscaled).close()
 

@@ -36,10 +36,10 @@ import msgspec
 import psutil
 import pytest
 
-from kappaflow.apps.clicks import Click, dimensions
-from kappaflow.apps.video import Heartbeat, create_app
-from kappaflow.apps.video_sim import HEARTBEAT_S, simulate
-from kappaflow.demo_clicks import sample_path
+from kappaflow.apps.clicks.app import Click, dimensions
+from kappaflow.apps.clicks.demo import sample_path
+from kappaflow.apps.video.app import Heartbeat, create_app
+from kappaflow.apps.video.sim import HEARTBEAT_S, simulate
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
 from kappaflow.stream.windows import WINDOW_SIZES_MS
@@ -63,7 +63,7 @@ ENV = {
     # Video results that depend on the events alone: no idle flush (it follows wall-clock
     # pauses, which the kills change), progress rows on every change.
     "KAPPAFLOW_IDLE_TIMEOUT_S": "3600",
-    "KAPPAFLOW_PROGRESS_ACCURACY_S": "0",
+    "KAPPAFLOW_VIDEO_PROGRESS_ACCURACY_S": "0",
     # Scale up on the backlogs the blows leave, and down soon after.
     "KAPPAFLOW_LAG_THRESHOLD": "500",
     "KAPPAFLOW_POLLING_INTERVAL_S": "0.5",
@@ -394,7 +394,8 @@ def check_video(tmp_path: Path, load: Load, events: list[Heartbeat], dsn: str) -
     assert set(found) <= set(outcomes.accepted) | set(outcomes.unknown)
 
     reference = Settings.load({}, {"data_dir": str(tmp_path / "reference"), "partitions": 4,
-                                   "idle_timeout_s": 3600, "progress_accuracy_s": 0})  # fmt: skip
+                                   "idle_timeout_s": 3600,
+                                   "video_progress_accuracy_s": 0})  # fmt: skip
     run_events(create_app(reference), logged, reference).close()
     chaotic = Settings.load({}, {"store": "postgres", "postgres_dsn": dsn})
     tables = [*VIDEO, "kf_dead_letters"]

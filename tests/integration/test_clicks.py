@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 import ua_parser
 
-from kappaflow.demo_clicks import sample_path
+from kappaflow.apps.clicks.demo import sample_path
 
 pytestmark = pytest.mark.integration
 BAD_LINES = {101: b'{"a": "Mozilla/5.0", "t": 13319', 102: b"\xff\xfe\x00 binary garbage"}
@@ -69,7 +69,8 @@ def test_replaying_the_real_sample_counts_every_click(tmp_path: Path, kappaflow)
 
     with kappaflow("up", "--data-dir", str(tmp_path / "data")) as stack:
         result = subprocess.run(
-            [sys.executable, "-m", "kappaflow", "replay", str(replayed), "--url", stack.url],
+            [sys.executable, "-m", "kappaflow", "replay", str(replayed), "--url", stack.url,
+             "--stream", "clicks"],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from kappaflow.apps.clicks import Click
-from kappaflow.apps.clicks import create_app as create_clicks
-from kappaflow.apps.video import create_app
-from kappaflow.apps.video_sim import simulate
+from kappaflow.apps.clicks.app import Click
+from kappaflow.apps.clicks.app import create_app as create_clicks
+from kappaflow.apps.video.app import create_app
+from kappaflow.apps.video.sim import simulate
 from kappaflow.ingest.appender import Appender
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
@@ -37,7 +37,7 @@ SESSION_TIMEOUT_S = 6
 
 SLOW_VIDEO = """
 import time
-from kappaflow.apps.video import create_app as video
+from kappaflow.apps.video.app import create_app as video
 
 def create_app(settings):
     app = video(settings)
@@ -64,7 +64,7 @@ class Members:
         # Progress rows on every change: at an accuracy, which are written depends on the
         # batches.
         base = {"partitions": 4, "idle_timeout_s": 3600, "batch_max_events": 300,
-                "progress_accuracy_s": 0}  # fmt: skip
+                "video_progress_accuracy_s": 0}  # fmt: skip
         self.reference = Settings.load({}, {**base, "data_dir": str(tmp_path / "reference")})
         self.settings = Settings.load({}, {
             **base, "data_dir": str(tmp_path / "kafka"), "log": "kafka", "store": "postgres",

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from kappaflow.apps.video import create_app
-from kappaflow.apps.video_catalog import load as load_catalog
-from kappaflow.apps.video_sim import simulate, simulated_catalog
+from kappaflow.apps.video.app import create_app
+from kappaflow.apps.video.catalog import load as load_catalog
+from kappaflow.apps.video.sim import simulate, simulated_catalog
 from kappaflow.ingest.appender import Appender
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
@@ -54,7 +54,7 @@ def settings_for(path: Path) -> Settings:
             "batch_max_events": 300,
             "idle_timeout_s": 3600,
             "poll_interval_ms": 10,
-            "progress_accuracy_s": 0,
+            "video_progress_accuracy_s": 0,
         },
     )
 

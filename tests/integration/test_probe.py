@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kappaflow.demo import Probe
+from kappaflow.apps.video.demo import Probe
 from kappaflow.testing import wait_until
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ import msgspec
 import psutil
 import pytest
 
-from kappaflow.apps.video_sim import Workload, simulate
+from kappaflow.apps.video.sim import Workload, simulate
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
 from kappaflow.testing import limit_file_size, postgres, wait_until
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 EVENTS = "/v1/streams/heartbeats/events"
 # Progress rows written on every change, so that they equal the simulator's truth.
 ENV = {"KAPPAFLOW_PARTITIONS": "4", "KAPPAFLOW_IDLE_TIMEOUT_S": "3600",
-       "KAPPAFLOW_PROGRESS_ACCURACY_S": "0"}  # fmt: skip
+       "KAPPAFLOW_VIDEO_PROGRESS_ACCURACY_S": "0"}  # fmt: skip
 OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
 

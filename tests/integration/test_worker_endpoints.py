@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from kappaflow.apps.video import Heartbeat, create_app
+from kappaflow.apps.video.app import Heartbeat, create_app
 from kappaflow.ingest.appender import Appender
 from kappaflow.log import open_log
 from kappaflow.settings import Settings

@@ -14,7 +14,7 @@ import psutil
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from kappaflow.apps.video import Heartbeat, all_progress, create_app
+from kappaflow.apps.video.app import Heartbeat, all_progress, create_app
 from kappaflow.errors import LogError, LogUnavailable
 from kappaflow.ingest.appender import Appender
 from kappaflow.log import kafka as kafka_module

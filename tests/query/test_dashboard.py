@@ -13,7 +13,7 @@ import psycopg
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
-from kappaflow.apps.video import create_app
+from kappaflow.apps.video.app import create_app
 from kappaflow.cli import main
 from kappaflow.log import open_log
 from kappaflow.log.partitioner import partition_for

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from starlette.testclient import TestClient
 
 from kappaflow.app import App, Upload
-from kappaflow.apps.video import create_app
+from kappaflow.apps.video.app import create_app
 from kappaflow.cli import main
 from kappaflow.log import open_log
 from kappaflow.serve import build

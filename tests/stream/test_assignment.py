@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kappaflow.apps.clicks import create_app as create_clicks
-from kappaflow.apps.video import create_app
+from kappaflow.apps.clicks.app import create_app as create_clicks
+from kappaflow.apps.video.app import create_app
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
 from kappaflow.store import open_store

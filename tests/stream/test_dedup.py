@@ -12,10 +12,10 @@ import msgspec
 import pytest
 
 from kappaflow.app import Stream
-from kappaflow.apps.clicks import Click
-from kappaflow.apps.clicks import create_app as create_clicks
-from kappaflow.apps.video import Heartbeat, all_progress
-from kappaflow.apps.video import create_app as create_video
+from kappaflow.apps.clicks.app import Click
+from kappaflow.apps.clicks.app import create_app as create_clicks
+from kappaflow.apps.video.app import Heartbeat, all_progress
+from kappaflow.apps.video.app import create_app as create_video
 from kappaflow.errors import AppError
 from kappaflow.ingest.appender import Appender
 from kappaflow.log import open_log, partition_for

@@ -8,8 +8,8 @@ import msgspec
 from segment_fold import with_session_windows
 
 from kappaflow.app import Batch
-from kappaflow.apps.video import create_app
-from kappaflow.apps.video_events import KEY_SEPARATOR, Heartbeat
+from kappaflow.apps.video.app import create_app
+from kappaflow.apps.video.events import KEY_SEPARATOR, Heartbeat
 from kappaflow.settings import Settings
 
 A, B = f"a{KEY_SEPARATOR}v", f"b{KEY_SEPARATOR}v"

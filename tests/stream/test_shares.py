@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from kappaflow.apps.video import Heartbeat, create_app
+from kappaflow.apps.video.app import Heartbeat, create_app
 from kappaflow.log import open_log, partition_for
 from kappaflow.settings import Settings
 from kappaflow.store import open_store

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kappaflow.apps.clicks import Click
-from kappaflow.apps.clicks import create_app as create_clicks
-from kappaflow.apps.video import Heartbeat, all_progress, create_app
+from kappaflow.apps.clicks.app import Click
+from kappaflow.apps.clicks.app import create_app as create_clicks
+from kappaflow.apps.video.app import Heartbeat, all_progress, create_app
 from kappaflow.errors import ProcessorFailed, StaleOwnership
 from kappaflow.events import MAX_EVENT_MS
 from kappaflow.ingest.appender import Appender
@@ -243,7 +243,7 @@ def test_a_worker_with_a_stale_generation_cannot_commit(settings: Settings) -> N
 
 
 def test_idle_timeout_closes_open_sessions_without_new_events(settings: Settings) -> None:
-    settings = settings.replace(idle_timeout_s=30, session_gap_s=10, allowed_lateness_s=30)
+    settings = settings.replace(idle_timeout_s=30, video_session_gap_s=10, allowed_lateness_s=30)
     p = partition_for("u", settings.partitions)
     append(settings, p, [beat(0, 0), beat(5, 5), beat(10, 10)])
     clock = Clock()
@@ -384,7 +384,7 @@ def test_a_record_the_processor_fails_on_is_dead_lettered_and_the_partition_goes
     """The batch is read again in halves down to the record at fault, which goes to the
     dead letters with the error; the records around it, and the other partitions, are
     processed once each, and the half-changed state is not kept."""
-    settings = settings.replace(progress_accuracy_s=0)
+    settings = settings.replace(video_progress_accuracy_s=0)
     p = partition_for("poison", settings.partitions)
     users = (f"user-{n}" for n in range(100))
     neighbours = [u for u in users if partition_for(u, settings.partitions) == p][:6]
@@ -494,12 +494,12 @@ def test_a_record_the_store_cannot_hold_is_dead_lettered_and_the_others_go_on(
 def test_a_lost_database_connection_is_recovered_without_loss_or_repeats(
     settings: Settings, postgres_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from kappaflow.apps.video_sim import simulate
+    from kappaflow.apps.video.sim import simulate
     from kappaflow.stream.worker import run_workers
     from kappaflow.testing import drop_postgres_connections, run_events
 
     workload = simulate(6_000, viewers=20, seed=2, jitter_ms=1_000)
-    settings = settings.replace(progress_accuracy_s=0)  # rows alike, whatever the batches
+    settings = settings.replace(video_progress_accuracy_s=0)  # rows alike, whatever the batches
     expected = all_progress(run_events(create_app(settings), workload.events, settings))
 
     on_postgres = settings.replace(
@@ -532,11 +532,13 @@ def test_a_worker_hands_partitions_over_and_takes_them_back_without_a_restart(
 ) -> None:
     """As ``kappaflow up`` scales 1 -> 2 -> 1 worker: the one that stays keeps the state
     of what it keeps, and the results equal an unmoved run's."""
-    from kappaflow.apps.video_sim import simulate
+    from kappaflow.apps.video.sim import simulate
     from kappaflow.testing import run_events
 
     # Progress rows on every change: at an accuracy, which are written depends on the batches.
-    settings = settings.replace(idle_timeout_s=3600, batch_max_events=200, progress_accuracy_s=0)
+    settings = settings.replace(
+        idle_timeout_s=3600, batch_max_events=200, video_progress_accuracy_s=0
+    )
     workload = simulate(6_000, viewers=40, seed=3, jitter_ms=1_000, duplicates=0.01)
     unmoved = settings.replace(data_dir=settings.data_dir + "-unmoved")
     expected = all_progress(run_events(create_app(unmoved), workload.events, unmoved))

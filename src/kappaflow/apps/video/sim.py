@@ -14,8 +14,8 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from kappaflow.apps.video import Heartbeat, merge_intervals
-from kappaflow.apps.video_catalog import AdSlot, Catalog, Video
+from kappaflow.apps.video.app import Heartbeat, merge_intervals
+from kappaflow.apps.video.catalog import AdSlot, Catalog, Video
 
 HEARTBEAT_S = 5
 

@@ -1,4 +1,4 @@
-"""``kappaflow demo --workload clicks``: replay the real 1.usa.gov sample into a running
+"""``kappaflow demo clicks``: replay the real 1.usa.gov sample into a running
 stack, then show the top countries, browsers and target URLs from the query API, each
 checked against a direct count over the file."""
 
@@ -14,9 +14,9 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from kappaflow.apps.clicks import Click, dimensions
-from kappaflow.demo import wait_for_backlog
-from kappaflow.replay import Replay
+from kappaflow.apps.clicks.app import Click, dimensions
+from kappaflow.client.demo import wait_for_backlog
+from kappaflow.client.replay import Replay
 from kappaflow.settings import Settings
 from kappaflow.up import Stack
 
@@ -27,7 +27,7 @@ SHOWN = (("country", "countries"), ("browser", "browsers"), ("url", "target URLs
 
 def sample_path() -> Path:
     """The packaged sample of real click records."""
-    return Path(str(resources.files("kappaflow.apps") / "data" / SAMPLE))
+    return Path(str(resources.files("kappaflow.apps.clicks") / "data" / SAMPLE))
 
 
 def count_file(path: Path) -> dict[str, Counter[str]]:

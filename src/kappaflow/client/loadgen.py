@@ -1,5 +1,5 @@
-"""``kappaflow loadgen``: simulated viewers posting heartbeats over HTTP at a target
-rate, batched per request like a client SDK. Refusals with ``Retry-After`` (429, 503)
+"""Events posted over HTTP to one stream at a target rate, batched per request like a
+client SDK. Refusals with ``Retry-After`` (429, 503)
 are retried after the pause the server asks for, until the run's duration is up: a
 batch still refused then is dropped, so that a run against a stack that cannot take
 more still ends. 400s are counted as rejected. The generator posts `Batch`es encoded
@@ -15,16 +15,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-
-from kappaflow.apps.video import Heartbeat
-from kappaflow.apps.video_sim import HEARTBEAT_S, hb_ms, heartbeats
 
 console = Console(stderr=True)
 SENDERS = 4
@@ -45,7 +42,7 @@ class Summary:
     seconds: float = 0.0
     codes: dict[int, int] = field(default_factory=dict)
     latest_ms: int = 0
-    """Highest event time among the accepted events (the simulator's are epoch ms)."""
+    """Highest event time (epoch ms) among the accepted events."""
 
     @property
     def rate(self) -> float:
@@ -62,41 +59,23 @@ class Batch(NamedTuple):
     """The highest event time among them."""
 
 
-def encoded(events: Iterable[Heartbeat], size: int) -> Iterator[Batch]:
-    """``events`` in batches of ``size`` (the last one may be smaller)."""
+def encoded(
+    events: Iterable[msgspec.Struct], size: int, time_ms: Callable[[Any], int]
+) -> Iterator[Batch]:
+    """``events`` in batches of ``size`` (the last one may be smaller); ``time_ms`` gives
+    an event's time in epoch milliseconds."""
     encode, events = msgspec.json.Encoder().encode, iter(events)
     while chunk := list(itertools.islice(events, size)):
-        yield Batch(encode(chunk), len(chunk), max(map(hb_ms, chunk)))
-
-
-def simulated(viewers: int, seed: int, start_ms: int | None = None) -> Iterator[Heartbeat]:
-    """Heartbeats of ``viewers`` simulated viewers from ``start_ms`` (default: now) on,
-    with 1 s of jitter in delivery and 0.1% of client retries."""
-    start_ms = int(time.time() * 1000) if start_ms is None else start_ms
-    return heartbeats(viewers, seed, start_ms, jitter_ms=1_000, duplicates=0.001)
-
-
-def viewers_for(rate: float, speed: float = 1.0) -> int:
-    """How many viewers send ``rate`` heartbeats a second with event time running
-    ``speed`` times as fast as the wall clock (each sends one per 5 s of event time)."""
-    return max(1, round(rate * HEARTBEAT_S / speed))
-
-
-def start_for(rate: float, viewers: int, duration: float) -> int:
-    """Where the event time of a run starts (epoch ms) so that it never runs ahead of
-    the wall clock: now, unless ``viewers`` send faster than real time (event time then
-    runs ``rate * 5 / viewers`` times as fast), and then as far back as that gains."""
-    speed = rate * HEARTBEAT_S / viewers
-    return int((time.time() - duration * max(0.0, speed - 1)) * 1000)
+        yield Batch(encode(chunk), len(chunk), max(map(time_ms, chunk)))
 
 
 class LoadGenerator:
     def __init__(
         self,
         url: str,
+        stream: str,
         rate: float | Callable[[float], float],
         batches: Iterable[Batch],
-        stream: str = "heartbeats",
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme != "http" or parts.hostname is None:

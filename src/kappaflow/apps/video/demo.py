@@ -1,5 +1,5 @@
-"""``kappaflow demo``: the whole stack from a user's point of view. Start ``up`` in a
-temporary directory, post simulated viewers' heartbeats over HTTP for about a minute
+"""``kappaflow demo video``: the whole stack from a user's point of view. In the demo
+harness's stack, post simulated viewers' heartbeats over HTTP for about a minute
 of accelerated viewing while a probe measures the time from ingest to queryable,
 wait for the backlog to drain, check progress against the simulator's ground truth
 (every pair in the store, a sample through the query API), print what happened."""
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import statistics
-import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
@@ -20,25 +19,19 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from kappaflow.app import load_apps
-from kappaflow.apps.video import Heartbeat, Progress, all_progress
-from kappaflow.apps.video_catalog import Catalog, index_slots, index_videos
-from kappaflow.apps.video_reports import day_of, impressions, royalties
-from kappaflow.apps.video_sim import HEARTBEAT_S, Truth, heartbeats, simulated_catalog
-from kappaflow.loadgen import LoadGenerator, Summary, encoded
-from kappaflow.log import open_log
-from kappaflow.metrics import partition_lag
-from kappaflow.scale.supervisor import Autoscaler
+from kappaflow.apps.video.app import NAME, Heartbeat, Progress, VideoSettings, all_progress
+from kappaflow.apps.video.catalog import Catalog, index_slots, index_videos
+from kappaflow.apps.video.reports import day_of, impressions, royalties
+from kappaflow.apps.video.sim import HEARTBEAT_S, Truth, hb_ms, heartbeats, simulated_catalog
+from kappaflow.client.demo import IDLE_S, Scaling, wait_for_backlog
+from kappaflow.client.loadgen import LoadGenerator, Summary, encoded
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
-from kappaflow.up import Stack, StackFailed, free_port, one_machine
+from kappaflow.up import Stack, one_machine
 
 console = Console(stderr=True)
 API_SAMPLE = 500
-DEMO_LATENESS_S = 120
-DEMO_IDLE_S = 10
 SEED = 7
-DEMO_LAG_THRESHOLD = 10_000
 SURGE = (0.35, 0.6, 3.0)
 """The load runs at 3x the rate from 35% to 60% of the run."""
 GROUP = "video.heartbeats"
@@ -46,98 +39,6 @@ BATCH = 500
 """Heartbeats per request, as a client SDK might batch them."""
 POLL_S = 0.02
 """How often the probe asks the query API whether its heartbeat shows."""
-
-
-def run_demo(
-    workload: str,
-    duration: float,
-    rate: float,
-    viewers: int,
-    port: int | None,
-    data_dir: str | None,
-) -> bool:
-    with tempfile.TemporaryDirectory(prefix="kappaflow-demo-") as temporary:
-        settings = Settings.load(
-            overrides={
-                "data_dir": data_dir or temporary,
-                "port": port or free_port(),
-                # Viewing runs about 30x faster than real time here, so a request delayed
-                # by one second of wall clock arrives 30 s late in event time.
-                "allowed_lateness_s": DEMO_LATENESS_S,
-                # Close sessions soon after the load ends, so the reports are complete.
-                "idle_timeout_s": DEMO_IDLE_S,
-                # Scale on lag within the demo's minute: decide every second, and scale
-                # down after 8 s of lower recommendations instead of 5 minutes.
-                "autoscale": True,
-                "polling_interval_s": 1.0,
-                "lag_threshold": DEMO_LAG_THRESHOLD,
-                "scale_down_stabilization_s": 8.0,
-            }
-        )
-        stack = Stack(settings, quiet=True)
-        try:
-            stack.start(1)
-            if workload == "clicks":
-                from kappaflow.demo_clicks import ClicksDemo
-
-                return ClicksDemo(settings, stack).run()
-            return Demo(settings, stack).run(duration, rate, viewers)
-        except StackFailed as failure:
-            console.print(f"[red]the stack failed: {failure} (logs in {stack.logs})")
-            return False
-        finally:
-            with console.status("stopping the stack"):
-                stack.stop()
-
-
-def wait_for_backlog(settings: Settings, stack: Stack, timeout_s: float) -> float:
-    """Seconds until every partition is processed to the end of the log."""
-    started = time.perf_counter()
-    log, store = open_log(settings), open_store(settings)
-    apps = load_apps(settings)
-    try:
-        with console.status("waiting for the workers to drain the backlog"):
-            while time.perf_counter() - started < timeout_s:
-                if sum(lag for *_, lag in partition_lag(apps, log, store)) == 0:
-                    break
-                stack.check()
-                time.sleep(0.1)
-        return time.perf_counter() - started
-    finally:
-        log.close()
-        store.close()
-
-
-@dataclass
-class Scaling:
-    """The autoscaler of ``kappaflow up``, ticking in a thread of the demo."""
-
-    settings: Settings
-    stack: Stack
-    stop: threading.Event = field(default_factory=threading.Event)
-    history: list[tuple[float, int, int]] = field(default_factory=list)
-
-    def run(self) -> None:
-        log, store = open_log(self.settings), open_store(self.settings)
-        settings = one_machine(self.settings)
-        autoscaler = Autoscaler(settings, load_apps(settings), log, store, self.stack)
-        while not self.stop.wait(self.settings.polling_interval_s):
-            autoscaler.tick()
-        self.history = autoscaler.history
-
-    def report(self) -> None:
-        if not self.history:
-            return
-        changes, last = [], None
-        for t, workers, _ in self.history:
-            if workers != last:
-                changes.append(f"{workers} at {t:.0f} s")
-                last = workers
-        peak = max(self.history, key=lambda h: h[2])
-        console.print(f"workers over time: {' -> '.join(changes)}")
-        threshold = self.settings.scaling.lag_threshold
-        console.print(f"maximum lag reached: {peak[2]:,} events at {peak[0]:.0f} s "
-                      f"(lag threshold {threshold:,} per worker)")  # fmt: skip
 
 
 @dataclass
@@ -212,7 +113,7 @@ class Demo:
         def rate_at(t: float) -> float:
             return rate * factor if surge_from <= t < surge_to else rate
 
-        load = LoadGenerator(self.url, rate_at, encoded(events, BATCH))
+        load = LoadGenerator(self.url, "heartbeats", rate_at, encoded(events, BATCH, hb_ms))
         probe = Probe(self.url, lambda: max(start_ms, load.summary.latest_ms))
         prober = threading.Thread(target=probe.run, daemon=True)
         prober.start()
@@ -230,7 +131,7 @@ class Demo:
         drained = wait_for_backlog(self.settings, self.stack, timeout_s=120)
         probe.stop.set()
         prober.join(10)
-        self._wait_for_sessions_to_close(timeout_s=DEMO_IDLE_S * 6)
+        self._wait_for_sessions_to_close(timeout_s=IDLE_S * 6)
         scaling.stop.set()
         scaler.join(10)
         scaling.report()
@@ -359,7 +260,7 @@ def expected_reports(
     slots = index_slots([msgspec.structs.astuple(s) for s in catalog.ad_slots])
     money: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     ads: Counter[tuple[str, str]] = Counter()
-    gap_ms = round(settings.session_gap_s * 1000)
+    gap_ms = round(settings.app(NAME, VideoSettings).session_gap_s * 1000)
     for (_, video), record in truth.items():
         for session in record.sessions(gap_ms):
             for _, holder, watched_ms, micros in royalties(session, licences.get(video)):

@@ -1,10 +1,10 @@
-"""The video app: heartbeats -> watched segments (`video_segments`), progress per
+"""The video app: heartbeats -> watched segments (`segments`), progress per
 (user, video), royalties and ad impressions.
 
 Tables: ``video_segments`` holds the segments of closed sessions (final);
 ``video_progress`` holds, per (user, video), the resume position (the position of
 the latest event by event time) and the segments of sessions still open, to the
-progress accuracy (`Settings.progress_accuracy_s`). Progress merges both into the
+progress accuracy (`VideoSettings.progress_accuracy_s`). Progress merges both into the
 watched intervals.
 """
 
@@ -17,12 +17,26 @@ from typing import Any
 import msgspec
 
 from kappaflow.app import App, Lookup, Query, Stream
-from kappaflow.apps.video_catalog import AD_SLOTS, UPLOAD, VIDEOS, index_slots, index_videos
-from kappaflow.apps.video_events import PROGRESS, SEGMENTS, Heartbeat
-from kappaflow.apps.video_reports import REPORT_QUERIES, REPORT_TABLES
-from kappaflow.apps.video_segments import WatchedSegments
-from kappaflow.settings import Settings
+from kappaflow.apps.video.catalog import AD_SLOTS, UPLOAD, VIDEOS, index_slots, index_videos
+from kappaflow.apps.video.events import PROGRESS, SEGMENTS, Heartbeat
+from kappaflow.apps.video.reports import REPORT_QUERIES, REPORT_TABLES
+from kappaflow.apps.video.segments import WatchedSegments
+from kappaflow.settings import NonNegativeFloat, PositiveFloat, Settings
 from kappaflow.store.base import Store
+
+NAME = "video"
+
+
+class VideoSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The video app's settings: ``KAPPAFLOW_VIDEO_<NAME>``, or a TOML table ``[video]``."""
+
+    session_gap_s: PositiveFloat = 10.0
+    """A viewing session ends after this much event time without a heartbeat."""
+    progress_accuracy_s: NonNegativeFloat = 5.0
+    """A (user, video)'s progress row is written again once its resume position or its
+    last event time moved by more than this, or its watched segments changed in number;
+    until then the row stays within this of the latest heartbeat. 0 writes it on every
+    change."""
 
 
 def merge_intervals(segments: list[list[float]] | list[tuple[float, float]]) -> list[list[float]]:
@@ -114,16 +128,18 @@ def progress_query(partitions: int) -> Query:
 
 
 def create_app(settings: Settings) -> App:
+    own = settings.app(NAME, VideoSettings)
     heartbeats = Stream("heartbeats", Heartbeat, key="user_id", time="ts", dedup_by="event_id")
     videos, slots = Lookup(VIDEOS, index_videos), Lookup(AD_SLOTS, index_slots)
-    sessions = WatchedSegments(settings.session_gap_s, videos, slots, settings.progress_accuracy_s,
+    sessions = WatchedSegments(own.session_gap_s, videos, slots, own.progress_accuracy_s,
                                settings.allowed_lateness_s, settings.idle_timeout_s)  # fmt: skip
     return App(
-        "video",
+        NAME,
         streams=[heartbeats],
         tables=[SEGMENTS, PROGRESS, *REPORT_TABLES],
         processors={heartbeats.name: sessions},
         queries=[progress_query(settings.partitions), *REPORT_QUERIES],
         lookups=[videos, slots],
         uploads=[UPLOAD],
+        settings=own,
     )

@@ -26,7 +26,7 @@ import msgspec
 from prometheus_client import Counter
 
 from kappaflow.app import Param, Query
-from kappaflow.apps.video_catalog import UNKNOWN_HOLDER, Licence, Slots
+from kappaflow.apps.video.catalog import UNKNOWN_HOLDER, Licence, Slots
 from kappaflow.errors import InvalidQuery
 from kappaflow.store.base import Store, Table
 

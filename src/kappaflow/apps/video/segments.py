@@ -36,8 +36,8 @@ import msgspec
 import numpy as np
 
 from kappaflow.app import Batch, Lookup, Output
-from kappaflow.apps.video_catalog import Licence, Slots
-from kappaflow.apps.video_events import (
+from kappaflow.apps.video.catalog import Licence, Slots
+from kappaflow.apps.video.events import (
     KIND_RANK,
     PAUSE,
     PROGRESS,
@@ -47,8 +47,8 @@ from kappaflow.apps.video_events import (
     keys_ids,
     session_keys,
 )
-from kappaflow.apps.video_reports import report_rows
-from kappaflow.apps.video_state import DONE, HEAD, PENDING, SESSION, is_packed, packed, unpacked
+from kappaflow.apps.video.reports import report_rows
+from kappaflow.apps.video.state import DONE, HEAD, PENDING, SESSION, is_packed, packed, unpacked
 from kappaflow.stream.lateness import late_reason, latest_before
 from kappaflow.stream.sessions import KeyState, Rows, restored_keys
 

@@ -1,0 +1,1 @@
+"""The built-in video app (`app`), its simulator, demo and commands."""
