@@ -2,12 +2,14 @@
 latest reading, and an alert whenever a sensor goes above the limit.
 
 Run it beside the built-in apps:
-``PYTHONPATH=examples KAPPAFLOW_APPS=video,clicks,sensors kappaflow up``.
+``PYTHONPATH=examples KAPPAFLOW_APPS=video,clicks,sensors kappaflow up``; its limit:
+``KAPPAFLOW_SENSORS_LIMIT_C=35``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 
 import msgspec
 
@@ -16,7 +18,13 @@ from kappaflow.events import EventTime, Identifier
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store, Table
 
-LIMIT_C = 30.0
+
+class SensorSettings(msgspec.Struct, frozen=True):
+    """The app's settings: ``KAPPAFLOW_SENSORS_LIMIT_C``, or ``limit_c`` in a TOML table
+    ``[sensors]``."""
+
+    limit_c: float = 30.0
+    """A reading above this starts an alert."""
 
 
 class Reading(msgspec.Struct):
@@ -49,8 +57,8 @@ class Sensor(msgspec.Struct, array_like=True):
 Sensors = dict[str, Sensor]
 
 
-def watch(sensors: Sensors, batch: Batch) -> Output[Sensors]:
-    """Each reading in turn: it becomes the sensor's latest, and one above the limit
+def watch(limit_c: float, sensors: Sensors, batch: Batch) -> Output[Sensors]:
+    """Each reading in turn: it becomes the sensor's latest, and one above ``limit_c``
     after one at or below it starts an alert. A reading not after the sensor's latest
     (a retry, or one overtaken by a later reading) is refused: it goes to the dead
     letters with the reason, whose kind (``not newer``, up to the colon) is what the
@@ -64,7 +72,7 @@ def watch(sensors: Sensors, batch: Batch) -> Output[Sensors]:
             reason = f"not newer: the sensor's latest reading is at {sensor.last_ms}"
             refused.append((offset, reason))
             continue
-        hot = reading.celsius > LIMIT_C
+        hot = reading.celsius > limit_c
         if hot and (sensor is None or not sensor.hot):
             alerts.append((reading.sensor_id, ts, reading.celsius))
         sensors[reading.sensor_id] = Sensor(ts, hot)
@@ -100,15 +108,17 @@ def sensor_status(store: Store, params: Mapping[str, str]) -> SensorStatus | Non
 
 
 def create_app(settings: Settings) -> App:
+    own = settings.app("sensors", SensorSettings)
     readings = Stream("readings", Reading, key="sensor_id", time="ts")
     return App(
         "sensors",
         streams=[readings],
         tables=[LATEST, ALERTS],
-        processors={readings.name: FunctionProcessor(watch, Sensors, dict)},
+        processors={readings.name: FunctionProcessor(partial(watch, own.limit_c), Sensors, dict)},
         queries=[
             Query("/v1/sensors/{sensor_id}", sensor_status,
                   "A sensor's latest reading and the times it went above the limit.",
                   SensorStatus),
         ],
+        settings=own,
     )  # fmt: skip

@@ -171,7 +171,7 @@ def worker(
 
 
 def _serve(ctx: click.Context, roles: tuple[str, ...], **options: Any) -> None:
-    from kappaflow.serve import serve
+    from kappaflow.server.serve import serve
 
     _setup_logging(verbose=False)
     settings = load_settings(ctx, **options)

@@ -7,7 +7,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from kappaflow.apps.clicks.app import Click, dimensions
-from kappaflow.serve import build
+from kappaflow.server.serve import build
 from kappaflow.settings import Settings
 
 decode = msgspec.json.Decoder(Click).decode

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from kappaflow.app import load_apps
 from kappaflow.errors import AppError
 from kappaflow.log import open_log
-from kappaflow.serve import build
+from kappaflow.server.serve import build
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.stream.worker import Worker
@@ -72,6 +72,15 @@ def test_readings_not_after_the_latest_are_refused_with_the_reason(
     ] * 2
     assert store.query("SELECT sensor_id, start_ms, celsius FROM sensor_alerts") == [
         ("a", T0 + 2000, 31.0)
+    ]
+
+
+def test_the_limit_is_the_apps_own_setting(sensors_settings: Settings) -> None:
+    (app,) = load_apps(sensors_settings.replace(sensors_limit_c=35))
+    readings = [reading("a", 1, 31.0), reading("a", 2, 36.0), reading("b", 1, 34.0)]
+    store = run_events(app, [app.streams[0].schema(**r) for r in readings], sensors_settings)
+    assert store.query("SELECT sensor_id, start_ms, celsius FROM sensor_alerts") == [
+        ("a", T0 + 2000, 36.0)
     ]
 
 

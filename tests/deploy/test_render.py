@@ -61,9 +61,11 @@ def test_the_scaled_object_carries_the_autoscaler_settings() -> None:
                                 scale_up_policies=(Rule("pods", 2, 30),),
                                 partitions=32)  # fmt: skip
     spec = scaled_object(settings)["spec"]
-    trigger = spec["triggers"][0]["metadata"]
-    assert trigger["lagThreshold"] == "12345" and spec["maxReplicaCount"] == 16
-    assert trigger["consumerGroup"] == "video.heartbeats"
+    triggers = [trigger["metadata"] for trigger in spec["triggers"]]
+    groups = {trigger["consumerGroup"] for trigger in triggers}
+    assert groups == {"video.heartbeats", "clicks.clicks"}
+    assert all(trigger["lagThreshold"] == "12345" for trigger in triggers)
+    assert spec["maxReplicaCount"] == 16
     assert spec["advanced"]["scalingModifiers"]["target"] == "12345"
     behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     assert behavior["scaleUp"]["policies"] == [{"type": "Pods", "value": 2, "periodSeconds": 30}]

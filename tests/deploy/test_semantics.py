@@ -22,7 +22,7 @@ from starlette.testclient import TestClient
 
 from kappaflow.app import App, load_apps
 from kappaflow.scale.supervisor import workers_for
-from kappaflow.serve import build
+from kappaflow.server.serve import build
 from kappaflow.settings import PREFIX, Settings
 from kappaflow.stream.endpoints import WorkerEndpoints
 

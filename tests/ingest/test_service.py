@@ -20,7 +20,7 @@ from kappaflow.log import open_log
 from kappaflow.log.embedded import EmbeddedLog
 from kappaflow.query.params import read_params
 from kappaflow.query.service import query_params
-from kappaflow.serve import build
+from kappaflow.server.serve import build
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.stream.worker import Worker

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, settings
 
 from kappaflow.app import load_apps
 from kappaflow.ingest.service import NDJSON_TYPES
-from kappaflow.openapi import document
 from kappaflow.query.params import UnixTime, seconds
+from kappaflow.server.openapi import document
 from kappaflow.settings import Settings
 
 from .conftest import Running, _kappaflow

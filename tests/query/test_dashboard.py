@@ -17,7 +17,7 @@ from kappaflow.apps.video.app import create_app
 from kappaflow.cli import main
 from kappaflow.log import open_log
 from kappaflow.log.partitioner import partition_for
-from kappaflow.serve import build
+from kappaflow.server.serve import build
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.store.base import Halted
@@ -133,6 +133,7 @@ def run_page(answers: list[tuple[int, object]], attributes: bool = False) -> dic
 
 
 def test_the_page_shows_each_stream_and_then_the_error(settings: Settings) -> None:
+    settings = settings.replace(apps=("video", "clicks"))  # the heartbeats' card first
     with TestClient(build(settings, ("ingest", "query"))) as client:
         assert client.get("/").headers["content-type"].startswith("text/html")
         assert client.post(EVENTS, json=beats(30)).status_code == 202
@@ -165,6 +166,7 @@ def test_the_page_shows_each_stream_and_then_the_error(settings: Settings) -> No
 def test_the_page_shows_dead_letters_by_reason_in_a_warning_colour_while_they_grow(
     settings: Settings,
 ) -> None:
+    settings = settings.replace(apps=("video", "clicks"))  # the heartbeats' card first
     with TestClient(build(settings, ("query",))) as client:
         status = client.get("/status").json()
     assert "|no dead letters|" in run_page([(200, status)])["cards"][0]

@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 from kappaflow.app import load_apps
 from kappaflow.dead_letters import listing
 from kappaflow.errors import StoreUnavailable
-from kappaflow.serve import build
+from kappaflow.server.serve import build
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.store.base import DeadLetter

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from starlette.testclient import TestClient
 
-from kappaflow.serve import build
+from kappaflow.server.serve import build
 from kappaflow.settings import Settings
 
 

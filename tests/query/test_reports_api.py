@@ -18,7 +18,7 @@ from kappaflow.app import App, Upload
 from kappaflow.apps.video.app import create_app
 from kappaflow.cli import main
 from kappaflow.log import open_log
-from kappaflow.serve import build
+from kappaflow.server.serve import build
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.store.base import Store
@@ -198,7 +198,7 @@ def test_an_upload_nested_too_deeply_for_its_app_is_400(settings: Settings) -> N
         return msgspec.json.decode(body)
 
     app = App("deep", streams=[], tables=[], uploads=[Upload("/v1/deep", run, "anything")])
-    with patch("kappaflow.serve.load_apps", return_value=[app]):
+    with patch("kappaflow.server.serve.load_apps", return_value=[app]):
         client = TestClient(build(settings, ("query",)), raise_server_exceptions=False)
     with client:
         deep = b"[" * 1_000 + b"]" * 1_000

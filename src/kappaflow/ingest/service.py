@@ -16,11 +16,11 @@ from starlette.types import Receive, Scope, Send
 from kappaflow.app import App, Stream
 from kappaflow.errors import InvalidEvents, KappaflowError, LogError
 from kappaflow.events.validate import EventDecoder
-from kappaflow.http import Disconnected, read_body
 from kappaflow.ingest.appender import Appender
 from kappaflow.ingest.committer import GroupCommitter
 from kappaflow.ingest.metrics import EVENTS_INGESTED, REQUESTS_REJECTED, UNKNOWN_STREAM
 from kappaflow.log.base import Log
+from kappaflow.server.http import Disconnected, read_body
 from kappaflow.settings import Settings
 
 log = logging.getLogger("kappaflow.ingest")

@@ -19,8 +19,8 @@ from kappaflow import dead_letters
 from kappaflow.app import App, Param, Query, Upload
 from kappaflow.errors import InvalidEvents, InvalidQuery, StoreUnavailable
 from kappaflow.events.validate import TOO_DEEP
-from kappaflow.http import Blocking, Disconnected, error, json_response, read_body
 from kappaflow.query.params import CONTROL_CHARACTER, read_params
+from kappaflow.server.http import Blocking, Disconnected, error, json_response, read_body
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
 

@@ -1,7 +1,7 @@
 """One ASGI application serving the ingest and/or query roles, with the endpoints
 every role has (``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json``, and the
 dashboard at ``/`` with its ``/status``), run on uvicorn with deadlines for requests
-to arrive (`kappaflow.connections`) and a bound on open connections. Whatever reads the
+to arrive (`kappaflow.server.connections`) and a bound on open connections. Whatever reads the
 store or the log's offsets runs in a thread of its own (`Blocking`), so that a slow or
 unreachable store holds up neither ingest nor ``/healthz``. On SIGTERM or Ctrl-C
 uvicorn stops accepting, answers the requests in flight (each either 202 and durable,
@@ -23,20 +23,20 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kappaflow.app import load_apps
-from kappaflow.connections import DeadlineProtocol, Server
 from kappaflow.errors import KappaflowError
-from kappaflow.http import Blocking, error, json_response
 from kappaflow.ingest.service import IngestService
 from kappaflow.log import open_log
 from kappaflow.metrics import LagCollector, declare, exposition
-from kappaflow.openapi import document
 from kappaflow.query.dashboard import PAGE, status
 from kappaflow.query.service import QueryService
+from kappaflow.server.connections import DeadlineProtocol, Server
+from kappaflow.server.http import Blocking, error, json_response
+from kappaflow.server.openapi import document
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
 
 ROLES = ("ingest", "query")
-log = logging.getLogger("kappaflow.serve")
+log = logging.getLogger("kappaflow.server.serve")
 
 
 def build(settings: Settings, roles: Collection[str]) -> ASGIApp:
