@@ -40,6 +40,7 @@ walk(kappaflow.__path__, "kappaflow.")
 print(sorted(m for m in sys.modules if m.startswith("kappaflow.")))
 """
 
+
 def test_the_core_imports_no_app() -> None:
     """kappaflow's own modules name no built-in app: the apps are found as installed
     apps (entry points), as a user's are."""
