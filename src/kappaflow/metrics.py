@@ -89,16 +89,16 @@ class LagCollector(Collector):
 
 def partition_offsets(
     apps: Sequence[App], log: Log, store: Store, only: Stream | None = None
-) -> Iterator[tuple[App, Stream, int, int, int]]:
+) -> Iterator[tuple[App, Stream, int, int, int | None]]:
     """(app, stream, partition, end offset in the log, next offset committed by the
-    workers) of every app stream, or of stream ``only``."""
+    workers, None if none was) of every app stream, or of stream ``only``."""
     for app in apps:
         for stream in app.streams:
             if only is not None and stream.name != only.name:
                 continue
             committed = store.committed_offsets(app.group(stream))
             for partition, end in sorted(log.end_offsets(stream.name).items()):
-                yield app, stream, partition, end, committed.get(partition, 0)
+                yield app, stream, partition, end, committed.get(partition)
 
 
 def partition_lag(
@@ -107,7 +107,7 @@ def partition_lag(
     """(group, partition, records appended but not committed) of every app stream, or
     of stream ``only``."""
     for app, stream, partition, end, committed in partition_offsets(apps, log, store, only):
-        yield app.group(stream), partition, max(0, end - committed)
+        yield app.group(stream), partition, max(0, end - (committed or 0))
 
 
 def exposition(lag: LagCollector | None) -> bytes:

@@ -70,7 +70,7 @@ def status(apps: Sequence[App], log: Log, store: Store) -> Status:
     offsets: dict[tuple[str, str, str], list[tuple[int, int, int]]] = {}
     for app, stream, partition, end, committed in partition_offsets(apps, log, store):
         key = (app.name, stream.name, app.group(stream))
-        offsets.setdefault(key, []).append((partition, end, committed))
+        offsets.setdefault(key, []).append((partition, end, committed or 0))
     streams = [_stream_status(store, *names, found) for names, found in offsets.items()]
     queries = [QueryInfo(owner, q.path, q.summary) for owner, q in served_queries(apps)]
     return Status(streams, queries)

@@ -17,6 +17,7 @@ from prometheus_client import Counter, Gauge
 from kappaflow.app import App
 from kappaflow.errors import LogUnavailable, StoreUnavailable
 from kappaflow.log.base import Log
+from kappaflow.metrics import partition_offsets
 from kappaflow.scale.policy import PolicyState, decide
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
@@ -39,16 +40,14 @@ class Pool(Protocol):
 def offsets(
     apps: Sequence[App], the_log: Log, store: Store
 ) -> tuple[dict[int, int], dict[int, int]]:
-    """End and committed offsets of every app stream's partitions, numbered in a row."""
+    """End and committed offsets of every app stream's partitions, numbered in a row; a
+    partition without a commit has no committed offset (KEDA's ``offsetResetPolicy``
+    decides its lag)."""
     end, committed = {}, {}
-    for app in apps:
-        for stream in app.streams:
-            done = store.committed_offsets(app.group(stream))
-            base = len(end)
-            for partition, offset in the_log.end_offsets(stream.name).items():
-                end[base + partition] = offset
-                if partition in done:
-                    committed[base + partition] = done[partition]
+    for number, (*_, offset, done) in enumerate(partition_offsets(apps, the_log, store)):
+        end[number] = offset
+        if done is not None:
+            committed[number] = done
     return end, committed
 
 
