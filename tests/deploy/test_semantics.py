@@ -170,6 +170,8 @@ def test_every_probe_service_and_scrape_target_is_served_by_its_role(
 
     for role, template, container in built.roles():
         assert "livenessProbe" in container, role
+        startup = container["startupProbe"]  # a slow start is no failed liveness probe
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, role
         for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
             if kind in container:
                 probe = container[kind]["httpGet"]

@@ -24,10 +24,15 @@ UID = 10001
 """The image's numeric user and group: ``ARG UID`` of deploy/docker/Dockerfile. The pods
 run as it, so that the kubelet can verify ``runAsNonRoot`` and the home is theirs."""
 PROBES = {
-    "ingest": {"liveness": "/healthz", "readiness": "/readyz"},
-    "query": {"liveness": "/healthz", "readiness": "/readyz"},
-    "worker": {"liveness": "/healthz"},  # no readiness: no Service sends a worker requests
+    "ingest": {"startup": "/healthz", "liveness": "/healthz", "readiness": "/readyz"},
+    "query": {"startup": "/healthz", "liveness": "/healthz", "readiness": "/readyz"},
+    # No readiness: no Service sends a worker requests.
+    "worker": {"startup": "/healthz", "liveness": "/healthz"},
 }
+STARTUP_S = 300
+"""How long a role may take to start serving (a worker opens the log and the store
+and joins its consumer groups first) before the kubelet restarts it; the liveness
+probe counts only from then on."""
 METRICS_PATH = "/metrics"
 POSTGRES_SECRET = "kappaflow-postgres"
 """The Secret whose key ``password`` every role reads as ``PGPASSWORD`` (libpq's), so that
@@ -175,8 +180,10 @@ def _deployment(settings: Settings, role: str, replicas: int) -> Doc:
                             "capabilities": {"drop": ["ALL"]}},
     }  # fmt: skip
     for kind, path in PROBES[role].items():
+        period = 5 if kind == "startup" else 10
         container[f"{kind}Probe"] = {"httpGet": {"path": path, "port": "http"},
-                                     "periodSeconds": 10}  # fmt: skip
+                                     "periodSeconds": period}  # fmt: skip
+    container["startupProbe"]["failureThreshold"] = STARTUP_S // 5
     scrape = {"prometheus.io/scrape": "true", "prometheus.io/port": str(PORT),
               "prometheus.io/path": METRICS_PATH}  # fmt: skip
     pod_security = {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
