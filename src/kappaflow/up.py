@@ -1,7 +1,7 @@
 """``kappaflow up``: the whole stack on one machine. One process serves ingest and
 queries on one port (it is the log's one writer); worker processes share the
-partitions. Workers that die are restarted (again and again after a pause that
-doubles); SIGTERM or Ctrl-C stop the server first (in-flight requests are answered),
+partitions. The server and workers that die are restarted (again and again after a
+pause that doubles); SIGTERM or Ctrl-C stop the server first (in-flight requests are answered),
 then the workers (each finishes its batch). The children end with ``up`` however it
 ends, SIGKILL included; the embedded log's retention is applied from here."""
 
@@ -58,17 +58,38 @@ def shares(partitions: int, workers: int) -> list[list[int]]:
     return [list(range(partitions))[i::count] for i in range(count)]
 
 
-@dataclass
-class WorkerProcess:
-    share: list[int]
-    """The partitions it is to own."""
+@dataclass(kw_only=True)
+class Child:
+    """A process of the stack, and when it starts again once it exited."""
+
     process: subprocess.Popen[bytes]
-    file: ShareFile
     started: float = 0.0
     exits: int = 0
-    """How many times in a row the worker in this place exited soon after its start."""
+    """How many times in a row the process in this place exited soon after its start."""
     restart_at: float | None = None
     """Once it exited: when it is started again."""
+
+    def due(self, name: str, now: float) -> bool:
+        """Whether the process, which exited, is to start again at ``now``: at once the
+        first time, then, while it exits again within `RAN_FINE_S`, after
+        `RESTART_PAUSE_S` doubling up to `MAX_RESTART_PAUSE_S` (a process that cannot
+        start, or a partition that makes a worker exit on every batch, does not spin)."""
+        if self.restart_at is None:
+            ran = now - self.started
+            self.exits = 1 if ran >= RAN_FINE_S else self.exits + 1
+            pause = restart_pause(self.exits)
+            self.restart_at = now + pause
+            log.warning("%s (pid %d) exited with code %s after %.1f s; restarting it in %g s "
+                        "(exit %d in a row)", name, self.process.pid, self.process.returncode,
+                        ran, pause, self.exits)  # fmt: skip
+        return now >= self.restart_at
+
+
+@dataclass(kw_only=True)
+class WorkerProcess(Child):
+    share: list[int]
+    """The partitions it is to own."""
+    file: ShareFile
 
 
 class Stack:
@@ -80,7 +101,7 @@ class Stack:
         self.settings = settings
         self.clock = clock
         self.url = f"http://{settings.host}:{settings.port}"
-        self.server: subprocess.Popen[bytes] | None = None
+        self.server: Child | None = None
         self.workers: dict[int, WorkerProcess] = {}
         self._lock = threading.RLock()
         """Held while workers start or stop (the autoscaler may run in a thread)."""
@@ -123,11 +144,8 @@ class Stack:
             ).result()
 
     def start(self, workers: int, serve: bool = True, ready_timeout_s: float = 30) -> None:
-        s = self.settings
         if serve:
-            self.server = self._spawn("serve", "--role", "ingest", "--role", "query",
-                                      "--host", s.host, "--port", str(s.port))  # fmt: skip
-            log.warning("started server (pid %d) for ingest and queries", self.server.pid)
+            self._start_server()
             self.wait_ready(ready_timeout_s)
         self.resize(workers)
         if serve:
@@ -155,11 +173,19 @@ class Stack:
             for number, share in enumerate(wanted):
                 self._hand(number, share)
 
+    def _start_server(self, exits: int = 0) -> None:
+        s = self.settings
+        process = self._spawn("serve", "--role", "ingest", "--role", "query",
+                              "--host", s.host, "--port", str(s.port))  # fmt: skip
+        self.server = Child(process=process, started=self.clock(), exits=exits)
+        log.warning("started server (pid %d) for ingest and queries", process.pid)
+
     def _start_worker(self, number: int, share: list[int], exits: int = 0) -> None:
         file = ShareFile(self.shares / str(number))
         file.offer_anew(share)
         process = self._spawn("worker", "--share-file", str(file.path))
-        self.workers[number] = WorkerProcess(share, process, file, self.clock(), exits)
+        self.workers[number] = WorkerProcess(process=process, started=self.clock(), exits=exits,
+                                             share=share, file=file)  # fmt: skip
         log.warning("started worker %d (pid %d) for partitions %s", number, process.pid, share)
 
     def _hand(self, number: int, share: list[int]) -> bool:
@@ -194,8 +220,8 @@ class Stack:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             assert self.server is not None
-            if self.server.poll() is not None:
-                raise StackFailed(f"the server exited with code {self.server.returncode}")
+            if (code := self.server.process.poll()) is not None:
+                raise StackFailed(f"the server exited with code {code}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return
@@ -205,34 +231,24 @@ class Stack:
         raise StackFailed(f"the server was not ready at {self.url} within {timeout_s:.0f} s")
 
     def check(self) -> None:
-        """Restart workers that exited: at once the first time, then, while each exits
-        again within `RAN_FINE_S`, after `RESTART_PAUSE_S` doubling up to
-        `MAX_RESTART_PAUSE_S` (a worker that cannot start, or a partition that makes it
-        exit on every batch, does not spin). Fail if the server died."""
-        if self.server is not None and self.server.poll() is not None:
-            raise StackFailed(f"the server exited with code {self.server.returncode}")
+        """Restart the server and the workers that exited, when each is due (`Child.due`).
+        Meanwhile the others go on: workers process what the log holds while the server
+        is away, and clients retry what it could not take."""
         with self._lock:
             now = self.clock()
+            server = self.server
+            if (server is not None and server.process.poll() is not None
+                    and server.due("the server", now)):  # fmt: skip
+                self._start_server(server.exits)
             for number, worker in list(self.workers.items()):
-                process = worker.process
-                if process.poll() is None:
-                    continue
-                if worker.restart_at is None:
-                    ran = now - worker.started
-                    worker.exits = 1 if ran >= RAN_FINE_S else worker.exits + 1
-                    pause = restart_pause(worker.exits)
-                    worker.restart_at = now + pause
-                    log.warning("worker %d (pid %d) exited with code %s after %.1f s; restarting "
-                                "it in %g s (exit %d in a row)", number, process.pid,
-                                process.returncode, ran, pause, worker.exits)  # fmt: skip
-                if now >= worker.restart_at:
+                if worker.process.poll() is not None and worker.due(f"worker {number}", now):
                     self._start_worker(number, worker.share, worker.exits)
 
     def stop(self) -> None:
         """Server first, so nothing new arrives; then the workers, which commit and exit."""
-        if self.server is not None and self.server.poll() is None:
+        if self.server is not None and self.server.process.poll() is None:
             log.warning("stopping the server")
-            _terminate(self.server)
+            _terminate(self.server.process)
         with self._lock:
             self._stop_workers(list(self.workers))
         self._spawner.shutdown()
