@@ -1,8 +1,10 @@
 """Helpers for testing apps, ours and users' alike: push events through the real log,
 worker and store on a temporary data directory and look at the result tables; wait
 for what running processes do; make writes fail for real in a process of their own;
-cut a PostgreSQL store's connections. Throwaway servers: `postgres` (PostgreSQL) and
-`kafka` (Apache Kafka); `proxy`, a TCP proxy that cuts its clients off from a server."""
+cut a PostgreSQL store's connections. `plugin` is the pytest plugin of fixtures built on
+them; `processes` runs kappaflow's commands, `services` its HTTP services in a thread.
+Throwaway servers: `postgres` (PostgreSQL) and `kafka` (Apache Kafka); `proxy`, a TCP
+proxy that cuts its clients off from a server."""
 
 from __future__ import annotations
 
