@@ -1,3 +1,7 @@
+"""The suite's own fixtures: PostgreSQL, the stores and stacks each test runs on. The
+fixtures a user's tests have too (`settings`, `kappaflow`, the Kafka broker) are those of
+kappaflow's pytest plugin, `kappaflow.testing.plugin`; `pytester` tests the plugin."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -10,12 +14,7 @@ from kappaflow.testing import kafka, postgres
 
 REPO = Path(__file__).resolve().parents[1]
 KAFKA_LIBS = REPO / "tools" / "kafka" / "libs"
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    """Settings on a fresh data directory, ignoring the caller's environment."""
-    return Settings.load({}, {"data_dir": str(tmp_path / "data"), "partitions": 4})
+pytest_plugins = ["pytester"]
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +47,8 @@ def backend_settings(request: pytest.FixtureRequest, settings: Settings) -> Sett
 
 @pytest.fixture(scope="session")
 def kafka_libs() -> Path:
-    """Kafka's jars: ``KAFKA_LIBS``, else those `make test` fetched with Maven."""
+    """Kafka's jars: ``KAFKA_LIBS``, else those `make test` fetched with Maven. The suite
+    needs them: where kappaflow's pytest plugin skips a user's Kafka tests, ours fail."""
     try:
         return kafka.kafka_libs(KAFKA_LIBS)
     except kafka.KafkaNotFound as error:
@@ -60,20 +60,6 @@ def shared_kafka(kafka_libs: Path) -> Iterator[kafka.KafkaCluster]:
     """One Kafka broker for the test session, for tests that name topics of their own."""
     with kafka.kafka_cluster(kafka_libs) as cluster:
         yield cluster
-
-
-@pytest.fixture
-def kafka_broker(kafka_libs: Path) -> Iterator[kafka.KafkaCluster]:
-    """A fresh one-broker Kafka cluster for the test: the apps' topics and consumer
-    groups start empty."""
-    with kafka.kafka_cluster(kafka_libs) as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def kafka_bootstrap(kafka_broker: kafka.KafkaCluster) -> str:
-    """The bootstrap servers of the test's fresh one-broker cluster."""
-    return kafka_broker.bootstrap_servers
 
 
 @pytest.fixture(params=["embedded+sqlite", "embedded+postgres", "kafka+postgres"])

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from starlette.testclient import TestClient
 
 from kappaflow.apps.clicks.app import Click, dimensions
-from kappaflow.server.serve import build
 from kappaflow.settings import Settings
+from kappaflow.testing.services import serving
 
 decode = msgspec.json.Decoder(Click).decode
 
@@ -43,7 +42,7 @@ def test_keepalive_lines_count_only_as_keepalives() -> None:
 
 
 def test_click_times_past_the_year_9999_are_refused_by_ingest(settings: Settings) -> None:
-    with TestClient(build(settings, ("ingest",))) as client:
+    with serving(settings, ("ingest",)) as client:
         answer = client.post(
             "/v1/streams/clicks/events",
             content=b'{"t": 1331923247}\n{"t": 100000000000000000}\n{"_heartbeat_": -1}\n',
@@ -73,7 +72,7 @@ def test_click_times_past_the_year_9999_are_refused_by_ingest(settings: Settings
     ],
 )
 def test_bad_click_query_parameters_are_400(settings: Settings, path: str, message: str) -> None:
-    with TestClient(build(settings, ("query",))) as client:
+    with serving(settings, ("query",)) as client:
         answer = client.get(path)
     assert answer.status_code == 400
     assert message in answer.json()["error"]
@@ -82,7 +81,7 @@ def test_bad_click_query_parameters_are_400(settings: Settings, path: str, messa
 def test_time_ranges_accept_unix_seconds_and_rfc3339(settings: Settings) -> None:
     """Beyond any event time, a time is taken as its limits: the largest numbers (1e306
     seconds, in milliseconds an infinity) answered 500."""
-    with TestClient(build(settings, ("query",))) as client:
+    with serving(settings, ("query",)) as client:
         for bounds in ("from=1331923200&to=1331926800",
                        "from=2012-03-16T18:00:00Z&to=2012-03-16T19:00:00%2B00:00",
                        "from=-1e30&to=1e30", "from=-1.7e308&to=1e306"):  # fmt: skip

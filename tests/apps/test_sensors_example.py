@@ -9,16 +9,15 @@ import re
 from pathlib import Path
 
 import pytest
-from starlette.testclient import TestClient
 
 from kappaflow.app import load_apps
 from kappaflow.errors import AppError
 from kappaflow.log import open_log
-from kappaflow.server.serve import build
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.stream.worker import Worker
 from kappaflow.testing import run_events
+from kappaflow.testing.services import serving
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EVENTS = "/v1/streams/readings/events"
@@ -39,7 +38,7 @@ def test_the_app_is_served_processed_and_queried(sensors_settings: Settings) -> 
     (app,) = load_apps(sensors_settings)
     readings = [reading("a", 1, 25.0), reading("a", 2, 31.0), reading("a", 3, 32.5),
                 reading("a", 4, 29.0), reading("a", 5, 35.0), reading("b", 1, 20.0)]  # fmt: skip
-    with TestClient(build(sensors_settings, ("ingest", "query"))) as client:
+    with serving(sensors_settings, ("ingest", "query")) as client:
         assert client.post(EVENTS, json=readings).status_code == 202
         bad = client.post(EVENTS, json=[{"sensor_id": "a", "ts": T0}])
         assert (bad.status_code, bad.json()["problems"][0]["field"]) == (400, "celsius")

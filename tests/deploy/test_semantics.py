@@ -18,13 +18,12 @@ import httpx
 import pytest
 import yaml
 from psycopg.conninfo import conninfo_to_dict
-from starlette.testclient import TestClient
 
 from kappaflow.app import App, load_apps
 from kappaflow.scale.supervisor import workers_for
-from kappaflow.server.serve import build
 from kappaflow.settings import PREFIX, Settings
 from kappaflow.stream.endpoints import WorkerEndpoints
+from kappaflow.testing.services import serving
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -123,7 +122,7 @@ def answers(role: str, path: str, settings: Settings, worker: WorkerEndpoints) -
     """The status the role's real code answers GET ``path`` with."""
     if role == "worker":
         return httpx.get(f"http://127.0.0.1:{worker.port}{path}", timeout=5).status_code
-    with TestClient(build(settings, (role,))) as client:
+    with serving(settings, (role,)) as client:
         return client.get(path).status_code
 
 

@@ -1,5 +1,5 @@
-"""The HTTP services in-process (Starlette's test client over the real ASGI app, log
-and store): every answer of ingest, the queries, health, metrics and OpenAPI."""
+"""The HTTP services in a thread of the test (the real server, app, log and store):
+every answer of ingest, the queries, health, metrics and OpenAPI."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import re
 import time
 from collections.abc import Iterator
 
+import httpx
 import msgspec
 import pytest
 from openapi_spec_validator import validate
-from starlette.testclient import TestClient
 
 from kappaflow.app import load_apps
 from kappaflow.apps.video.app import create_app
@@ -20,10 +20,10 @@ from kappaflow.log import open_log
 from kappaflow.log.embedded import EmbeddedLog
 from kappaflow.query.params import read_params
 from kappaflow.query.service import query_params
-from kappaflow.server.serve import build
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.stream.worker import Worker
+from kappaflow.testing.services import serving
 
 EVENTS = "/v1/streams/heartbeats/events"
 
@@ -33,8 +33,8 @@ def beat(user: str = "u", ts: int = 1000, position: float = 1.0, **extra) -> dic
 
 
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(build(settings, ("ingest", "query"))) as test_client:
+def client(settings: Settings) -> Iterator[httpx.Client]:
+    with serving(settings, ("ingest", "query")) as test_client:
         yield test_client
 
 
@@ -48,7 +48,7 @@ def logged(settings: Settings) -> list[dict]:
 
 
 def test_accepts_an_object_an_array_and_ndjson_durably(
-    client: TestClient, settings: Settings
+    client: httpx.Client, settings: Settings
 ) -> None:
     one = client.post(EVENTS, json=beat("a"))
     many = client.post(EVENTS, json=[beat("b"), beat("c", kind="play")])
@@ -60,14 +60,14 @@ def test_accepts_an_object_an_array_and_ndjson_durably(
 
 
 def test_rfc3339_times_are_stored_as_epoch_milliseconds(
-    client: TestClient, settings: Settings
+    client: httpx.Client, settings: Settings
 ) -> None:
     assert client.post(EVENTS, json=beat(ts="1970-01-01T00:00:02.5+00:00")).status_code == 202
     assert logged(settings)[0]["ts"] == 2500
 
 
 def test_integers_written_with_a_fraction_are_integers(
-    client: TestClient, settings: Settings
+    client: httpx.Client, settings: Settings
 ) -> None:
     """JSON Schema, so the OpenAPI document, counts 2500.0 an integer: such times (and
     a click's integers) were refused. They are stored as integers; a fraction is not."""
@@ -80,7 +80,7 @@ def test_integers_written_with_a_fraction_are_integers(
 
 
 def test_one_bad_record_refuses_the_request_and_writes_nothing(
-    client: TestClient, settings: Settings
+    client: httpx.Client, settings: Settings
 ) -> None:
     answer = client.post(EVENTS, json=[beat("a"), beat("b", position=-5), {"user_id": "c"}])
     assert answer.status_code == 400
@@ -94,7 +94,7 @@ def test_one_bad_record_refuses_the_request_and_writes_nothing(
 
 
 def test_a_request_with_many_bad_records_says_how_many_of_them_it_lists(
-    client: TestClient,
+    client: httpx.Client,
 ) -> None:
     answer = client.post(EVENTS, json=[beat(str(n), position=-1) for n in range(25)])
     assert answer.status_code == 400
@@ -104,7 +104,7 @@ def test_a_request_with_many_bad_records_says_how_many_of_them_it_lists(
 
 
 def test_bodies_that_are_not_utf8_are_400_naming_the_record(
-    client: TestClient, settings: Settings
+    client: httpx.Client, settings: Settings
 ) -> None:
     good = msgspec.json.encode(beat("a"))
     bad = good.replace(b'"a"', b'"a\xff"'.decode("unicode_escape").encode("latin-1"))
@@ -118,7 +118,7 @@ def test_bodies_that_are_not_utf8_are_400_naming_the_record(
 
 
 def test_json_nested_too_deeply_is_400_naming_the_problem(
-    client: TestClient, settings: Settings
+    client: httpx.Client, settings: Settings
 ) -> None:
     deep = b'{"unknown": ' + b"[" * 1_000 + b"]" * 1_000 + b"}"
     for content_type in ("application/json", "application/x-ndjson"):
@@ -131,7 +131,7 @@ def test_json_nested_too_deeply_is_400_naming_the_problem(
 
 
 def test_identifiers_with_control_characters_or_slashes_are_400_naming_them(
-    client: TestClient, settings: Settings
+    client: httpx.Client, settings: Settings
 ) -> None:
     answer = client.post(EVENTS, json=[beat("a"), beat("nd\x00b"), beat("c/d")])
     assert answer.status_code == 400
@@ -145,7 +145,7 @@ def test_identifiers_with_control_characters_or_slashes_are_400_naming_them(
 
 
 def test_rfc3339_times_outside_epoch_milliseconds_are_400(
-    client: TestClient, settings: Settings
+    client: httpx.Client, settings: Settings
 ) -> None:
     """Such times parse, but no epoch millisecond the log holds can carry them: refused
     at ingest, not sent on to the worker's dead letters."""
@@ -159,7 +159,7 @@ def test_rfc3339_times_outside_epoch_milliseconds_are_400(
 
 
 def test_times_too_far_ahead_of_the_clock_are_400_naming_the_record_and_field(
-    client: TestClient, settings: Settings
+    client: httpx.Client, settings: Settings
 ) -> None:
     """One client's clock years ahead would otherwise hold its key's (or partition's)
     event clock there: refused at ingest, in milliseconds and RFC 3339 alike; a time
@@ -178,13 +178,13 @@ def test_times_too_far_ahead_of_the_clock_are_400_naming_the_record_and_field(
     assert client.post(EVENTS, json=ahead[0]).status_code == 202
 
 
-def test_unknown_stream_is_404_naming_the_streams(client: TestClient) -> None:
+def test_unknown_stream_is_404_naming_the_streams(client: httpx.Client) -> None:
     answer = client.post("/v1/streams/nope/events", json=beat())
     assert answer.status_code == 404
     assert answer.json() == {"error": "unknown stream 'nope'", "streams": ["clicks", "heartbeats"]}
 
 
-def test_unsupported_content_type_is_415(client: TestClient) -> None:
+def test_unsupported_content_type_is_415(client: httpx.Client) -> None:
     answer = client.post(EVENTS, content=b"{}", headers={"content-type": "text/csv"})
     assert answer.status_code == 415
     assert "application/x-ndjson" in answer.json()["accepted"]
@@ -192,7 +192,7 @@ def test_unsupported_content_type_is_415(client: TestClient) -> None:
 
 def test_body_over_the_limit_is_413_and_writes_nothing(settings: Settings) -> None:
     settings = settings.replace(ingest_max_body_bytes=1_000)
-    with TestClient(build(settings, ("ingest",))) as client:
+    with serving(settings, ("ingest",)) as client:
         small = client.post(EVENTS, json=[beat()] * 5)
         big = client.post(EVENTS, json=[beat()] * 50)
         streamed = client.post(
@@ -207,7 +207,7 @@ def test_body_over_the_limit_is_413_and_writes_nothing(settings: Settings) -> No
 
 def test_backlog_over_the_bound_is_429_with_retry_after(settings: Settings) -> None:
     settings = settings.replace(ingest_max_backlog=3, retry_after_s=2)
-    with TestClient(build(settings, ("ingest",))) as client:
+    with serving(settings, ("ingest",)) as client:
         assert client.post(EVENTS, json=[beat(str(n)) for n in range(5)]).status_code == 202
         time.sleep(0.6)  # the backlog is checked at most every 0.5 s
         refused = client.post(EVENTS, json=beat())
@@ -224,7 +224,7 @@ def test_the_backlog_is_read_from_the_log_alone(
     holds (it may be down): no commit in the store here."""
     monkeypatch.setattr(service, "BACKLOG_CHECK_S", 0)
     settings = settings.replace(ingest_max_backlog=3)
-    with TestClient(build(settings, ("ingest",))) as client:
+    with serving(settings, ("ingest",)) as client:
         assert client.post(EVENTS, json=[beat(str(n)) for n in range(5)]).status_code == 202
         assert client.post(EVENTS, json=beat()).status_code == 429
         reader = open_log(settings)
@@ -246,12 +246,12 @@ def test_a_backlog_that_cannot_be_read_leaves_it_to_the_append(
         raise LogUnavailable("the group's offsets cannot be read")
 
     monkeypatch.setattr(EmbeddedLog, "acknowledged", unreadable)
-    with TestClient(build(settings, ("ingest",))) as client:
+    with serving(settings, ("ingest",)) as client:
         assert client.post(EVENTS, json=beat()).status_code == 202
     assert len(logged(settings)) == 1
 
 
-def test_progress_query_after_processing(client: TestClient, settings: Settings) -> None:
+def test_progress_query_after_processing(client: httpx.Client, settings: Settings) -> None:
     events = [beat(ts=t * 1000, position=float(t)) for t in range(0, 25, 5)]
     assert client.post(EVENTS, json=events).status_code == 202
     assert client.get("/v1/progress/u/v").status_code == 404
@@ -273,7 +273,7 @@ def test_progress_query_after_processing(client: TestClient, settings: Settings)
     assert client.get("/v1/progress/u/other").status_code == 404
 
 
-def test_health_readiness_and_metrics(client: TestClient) -> None:
+def test_health_readiness_and_metrics(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
     client.post(EVENTS, json=[beat("a"), beat("b")])
@@ -307,8 +307,7 @@ class Reads(dict):
 
 
 def test_openapi_lists_every_parameter_each_query_reads(settings: Settings) -> None:
-    app = build(settings, ("ingest", "query"))
-    with TestClient(app) as test_client:
+    with serving(settings, ("ingest", "query")) as test_client:
         paths = test_client.get("/openapi.json").json()["paths"]
     store = open_store(settings)
     for query in (q for a in load_apps(settings) for q in a.queries):
@@ -322,7 +321,7 @@ def test_openapi_lists_every_parameter_each_query_reads(settings: Settings) -> N
         assert params.read, query.path
 
 
-def test_unknown_routes_methods_and_formats_are_json_errors(client: TestClient) -> None:
+def test_unknown_routes_methods_and_formats_are_json_errors(client: httpx.Client) -> None:
     answers = {
         ("GET", "/v1/nowhere"): (404, "GET /v1/nowhere: not found"),
         ("POST", "/v1/progress/u/v"): (405, "POST /v1/progress/u/v: method not allowed"),
@@ -335,7 +334,7 @@ def test_unknown_routes_methods_and_formats_are_json_errors(client: TestClient) 
     assert sorted(allowed.split(", ")) == ["GET", "HEAD"]  # in the order of a set
 
 
-def test_openapi_document_is_valid_and_lists_every_route(client: TestClient) -> None:
+def test_openapi_document_is_valid_and_lists_every_route(client: httpx.Client) -> None:
     document = client.get("/openapi.json").json()
     validate(document)
     assert {EVENTS, "/v1/progress/{user_id}/{video_id}", "/healthz", "/readyz"} <= set(

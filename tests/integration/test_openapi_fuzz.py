@@ -22,8 +22,7 @@ from kappaflow.ingest.service import NDJSON_TYPES
 from kappaflow.query.params import UnixTime, seconds
 from kappaflow.server.openapi import document
 from kappaflow.settings import Settings
-
-from .conftest import Running, _kappaflow
+from kappaflow.testing.processes import Running, run_kappaflow
 
 pytestmark = pytest.mark.integration
 APPS = load_apps(Settings.load({}))
@@ -54,7 +53,7 @@ def ndjson(context: schemathesis.SerializationContext, value: Any) -> bytes:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """``kappaflow up`` with a result of each kind and dead letters, for the answers."""
     tmp = tmp_path_factory.mktemp("fuzz")
-    with _kappaflow(tmp, "up", "--workers", "1", "--data-dir", str(tmp / "data")) as up:
+    with run_kappaflow(tmp, "up", "--workers", "1", "--data-dir", str(tmp / "data")) as up:
         client = up.client()
         assert client.get("/openapi.json").json() == DOCUMENT  # the one fuzzed
         now_ms = int(time.time() * 1000)

@@ -25,8 +25,7 @@ from kappaflow.apps.video.sim import Workload, simulate
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
 from kappaflow.testing import limit_file_size, postgres, wait_until
-
-from .conftest import Running
+from kappaflow.testing.processes import Running
 
 pytestmark = pytest.mark.integration
 EVENTS = "/v1/streams/heartbeats/events"

@@ -11,17 +11,16 @@ from pathlib import Path
 import msgspec
 import psycopg
 from click.testing import CliRunner
-from starlette.testclient import TestClient
 
 from kappaflow.apps.video.app import create_app
 from kappaflow.cli import main
 from kappaflow.log import open_log
 from kappaflow.log.partitioner import partition_for
-from kappaflow.server.serve import build
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.store.base import Halted
 from kappaflow.stream.worker import Worker
+from kappaflow.testing.services import serving
 
 EVENTS = "/v1/streams/heartbeats/events"
 
@@ -40,7 +39,7 @@ def test_status_counts_what_is_appended_processed_and_dead(
     ahead = [{"user_id": "late", "video_id": "v", "position_s": 1.0, "ts": ts}
              for ts in (10_000_000, *range(1_000, 1_009))]  # fmt: skip
     owned = sorted({partition_for("late", 4), partition_for("late", 4) ^ 1})
-    with TestClient(build(settings, ("ingest", "query"))) as client:
+    with serving(settings, ("ingest", "query")) as client:
         assert client.post(EVENTS, json=ahead + beats(191)).status_code == 202
         app = create_app(settings)
         worker = Worker(app, app.streams[0], open_log(settings), open_store(settings), settings,
@@ -85,7 +84,7 @@ def test_status_counts_what_is_appended_processed_and_dead(
 
 def test_status_is_503_when_the_store_is_gone(settings: Settings, postgres_dsn: str) -> None:
     settings = settings.replace(store="postgres", postgres_dsn=postgres_dsn)
-    with TestClient(build(settings, ("query",))) as client:
+    with serving(settings, ("query",)) as client:
         assert client.get("/status").status_code == 200
         server, name = postgres_dsn.rsplit("/", 1)
         with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
@@ -134,7 +133,7 @@ def run_page(answers: list[tuple[int, object]], attributes: bool = False) -> dic
 
 def test_the_page_shows_each_stream_and_then_the_error(settings: Settings) -> None:
     settings = settings.replace(apps=("video", "clicks"))  # the heartbeats' card first
-    with TestClient(build(settings, ("ingest", "query"))) as client:
+    with serving(settings, ("ingest", "query")) as client:
         assert client.get("/").headers["content-type"].startswith("text/html")
         assert client.post(EVENTS, json=beats(30)).status_code == 202
         status = client.get("/status").json()
@@ -167,7 +166,7 @@ def test_the_page_shows_dead_letters_by_reason_in_a_warning_colour_while_they_gr
     settings: Settings,
 ) -> None:
     settings = settings.replace(apps=("video", "clicks"))  # the heartbeats' card first
-    with TestClient(build(settings, ("query",))) as client:
+    with serving(settings, ("query",)) as client:
         status = client.get("/status").json()
     assert "|no dead letters|" in run_page([(200, status)])["cards"][0]
     answers = []

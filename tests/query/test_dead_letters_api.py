@@ -11,23 +11,22 @@ from collections.abc import Iterator
 import httpx
 import msgspec
 import pytest
-from starlette.testclient import TestClient
 
 from kappaflow.app import load_apps
 from kappaflow.dead_letters import listing
 from kappaflow.errors import StoreUnavailable
-from kappaflow.server.serve import build
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.store.base import DeadLetter
 from kappaflow.store.sql import StoreReads
 from kappaflow.store.sqlite import SQLiteStore
+from kappaflow.testing.services import serving
 
 PATH = "/v1/dead-letters"
 
 
 @pytest.fixture
-def client(backend_settings: Settings) -> Iterator[TestClient]:
+def client(backend_settings: Settings) -> Iterator[httpx.Client]:
     """The query role, with dead letters of both built-in apps in its store."""
     store = open_store(backend_settings)
     store.commit("video.heartbeats", [], {}, [
@@ -36,11 +35,11 @@ def client(backend_settings: Settings) -> Iterator[TestClient]:
     ])  # fmt: skip
     store.commit("clicks.clicks", [], {}, [DeadLetter(0, 5, "late: event time 2", b"{}")])
     store.close()
-    with TestClient(build(backend_settings, ("query",))) as test_client:
+    with serving(backend_settings, ("query",)) as test_client:
         yield test_client
 
 
-def test_dead_letters_as_json_and_csv(backend_settings: Settings, client: TestClient) -> None:
+def test_dead_letters_as_json_and_csv(backend_settings: Settings, client: httpx.Client) -> None:
     answer = client.get(PATH, params={"reason": "late"})
     assert answer.status_code == 200
     store = open_store(backend_settings)
@@ -83,13 +82,13 @@ def test_dead_letters_as_json_and_csv(backend_settings: Settings, client: TestCl
     ],
 )
 def test_wrong_parameters_are_400_naming_them(
-    client: TestClient, params: dict, message: str
+    client: httpx.Client, params: dict, message: str
 ) -> None:
     answer = client.get(PATH, params=params)
     assert (answer.status_code, answer.json()) == (400, {"error": message})
 
 
-def test_the_openapi_document_and_the_dashboard_name_the_query(client: TestClient) -> None:
+def test_the_openapi_document_and_the_dashboard_name_the_query(client: httpx.Client) -> None:
     operation = client.get("/openapi.json").json()["paths"][PATH]["get"]
     assert [p["name"] for p in operation["parameters"]] == [
         "stream", "reason", "since", "partition", "offsets", "limit", "format"
@@ -103,7 +102,7 @@ def test_the_openapi_document_and_the_dashboard_name_the_query(client: TestClien
     assert queries[0] == {"app": "kappaflow", "path": PATH, "summary": operation["summary"]}
 
 
-def test_a_store_that_is_gone_is_503(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_store_that_is_gone_is_503(client: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
     def gone(*args: object, **options: object) -> None:
         raise StoreUnavailable("PostgreSQL store: cannot connect")
 
@@ -128,7 +127,7 @@ def test_a_slow_store_holds_up_no_other_request(
 
     monkeypatch.setattr(SQLiteStore, "find_dead_letters", slow)
     answers: list[httpx.Response] = []
-    with TestClient(build(settings, ("query",))) as client:
+    with serving(settings, ("query",)) as client:
         waiting = threading.Thread(target=lambda: answers.append(client.get(PATH)))
         waiting.start()
         assert entered.wait(10)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from starlette.testclient import TestClient
 
-from kappaflow.server.serve import build
 from kappaflow.settings import Settings
+from kappaflow.testing.services import serving
 
 
 @pytest.mark.parametrize(
@@ -22,7 +21,7 @@ def test_parameters_with_control_characters_are_400_naming_them(
     backend_settings: Settings, path: str
 ) -> None:
     """PostgreSQL refuses a NUL in text: such a query answered 500 there."""
-    with TestClient(build(backend_settings, ("query",)), raise_server_exceptions=False) as client:
+    with serving(backend_settings, ("query",)) as client:
         answer = client.get(path)
     assert answer.status_code == 400, answer.text
     assert "may not hold control characters" in answer.json()["error"]

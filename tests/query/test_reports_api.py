@@ -9,20 +9,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from unittest.mock import patch
 
+import httpx
 import msgspec
 import pytest
 from click.testing import CliRunner
-from starlette.testclient import TestClient
 
 from kappaflow.app import App, Upload
 from kappaflow.apps.video.app import create_app
 from kappaflow.cli import main
 from kappaflow.log import open_log
-from kappaflow.server.serve import build
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.store.base import Store
 from kappaflow.stream.worker import Worker
+from kappaflow.testing.services import serving
 
 CATALOG = {
     "videos": [
@@ -37,12 +37,12 @@ DAY0 = 1_767_225_600_000  # 2026-01-01
 
 
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(build(settings, ("ingest", "query"))) as test_client:
+def client(settings: Settings) -> Iterator[httpx.Client]:
+    with serving(settings, ("ingest", "query")) as test_client:
         yield test_client
 
 
-def watch(client: TestClient, settings: Settings, video: str, day: int, seconds: int) -> None:
+def watch(client: httpx.Client, settings: Settings, video: str, day: int, seconds: int) -> None:
     """Post a user's playback of ``video`` on ``day``, then process it until its
     session closes."""
     start = DAY0 + day * 86_400_000
@@ -61,7 +61,7 @@ def watch(client: TestClient, settings: Settings, video: str, day: int, seconds:
     worker.poll()
 
 
-def test_catalog_upload_then_reports_as_json_and_csv(client: TestClient, settings: Settings):
+def test_catalog_upload_then_reports_as_json_and_csv(client: httpx.Client, settings: Settings):
     assert client.post("/v1/catalog", json=CATALOG).json() == {"videos": 2, "ad_slots": 1}
     watch(client, settings, "v", 0, 60)
     watch(client, settings, "w", 1, 30)
@@ -94,13 +94,13 @@ def test_catalog_upload_then_reports_as_json_and_csv(client: TestClient, setting
         ("from=2026-02-01&to=2026-01-01", "is after to"),
     ],
 )
-def test_bad_report_parameters_are_400(client: TestClient, query: str, message: str) -> None:
+def test_bad_report_parameters_are_400(client: httpx.Client, query: str, message: str) -> None:
     answer = client.get(f"/v1/reports/royalties?{query}")
     assert answer.status_code == 400
     assert message in answer.json()["error"]
 
 
-def test_a_bad_catalog_row_refuses_the_whole_upload(client: TestClient, settings: Settings):
+def test_a_bad_catalog_row_refuses_the_whole_upload(client: httpx.Client, settings: Settings):
     bad = json.loads(json.dumps(CATALOG))
     bad["videos"][1]["royalty_rate_per_minute"] = -1
     answer = client.post("/v1/catalog", json=bad)
@@ -119,7 +119,7 @@ def test_a_bad_catalog_row_refuses_the_whole_upload(client: TestClient, settings
 
 
 def test_every_bad_catalog_row_is_named_and_unknown_sections_are_refused(
-    client: TestClient, settings: Settings
+    client: httpx.Client, settings: Settings
 ) -> None:
     bad = json.loads(json.dumps(CATALOG))
     bad["videos"][0]["royalty_rate_per_minute"] = 1e308  # would overflow a day's amount
@@ -157,7 +157,7 @@ def test_catalog_identifiers_refuse_control_characters_and_slashes_and_titles_nu
     bad["ad_slots"][0]["campaign"] = "a/b"
     csv_body = b"video_id,position_s,advertiser,campaign\nv,10,acme,spring\nv,20,a\x01,s\n"
     csv_titles = b"video_id,title,duration_s,license_holder,royalty_rate_per_minute\nv,\x00,1,h,1\n"
-    with TestClient(build(backend_settings, ("query",)), raise_server_exceptions=False) as client:
+    with serving(backend_settings, ("query",)) as client:
         answer = client.post("/v1/catalog", json=bad)
         from_csv, titles = (client.post("/v1/catalog", content=body,
                                         headers={"content-type": "text/csv"})
@@ -177,7 +177,7 @@ def test_catalog_identifiers_refuse_control_characters_and_slashes_and_titles_nu
 
 
 def test_a_catalog_nested_too_deeply_is_400_naming_the_problem(
-    client: TestClient, tmp_path: Path, settings: Settings
+    client: httpx.Client, tmp_path: Path, settings: Settings
 ) -> None:
     deep = b'{"videos": [' + b"[" * 1_000 + b"]" * 1_000 + b"]}"
     answer = client.post("/v1/catalog", content=deep, headers={"content-type": "application/json"})
@@ -198,9 +198,10 @@ def test_an_upload_nested_too_deeply_for_its_app_is_400(settings: Settings) -> N
         return msgspec.json.decode(body)
 
     app = App("deep", streams=[], tables=[], uploads=[Upload("/v1/deep", run, "anything")])
-    with patch("kappaflow.server.serve.load_apps", return_value=[app]):
-        client = TestClient(build(settings, ("query",)), raise_server_exceptions=False)
-    with client:
+    with (
+        patch("kappaflow.server.serve.load_apps", return_value=[app]),
+        serving(settings, ("query",)) as client,
+    ):
         deep = b"[" * 1_000 + b"]" * 1_000
         answer = client.post("/v1/deep", content=deep, headers={"content-type": "application/json"})
     assert answer.status_code == 400

@@ -135,6 +135,11 @@ async def http_error(request: Request, failure: Exception) -> Response:
 
 def serve(settings: Settings, roles: Collection[str]) -> None:
     """Serve until SIGTERM or Ctrl-C."""
+    server(settings, roles).run()
+
+
+def server(settings: Settings, roles: Collection[str]) -> Server:
+    """The server of ``roles`` on the settings' host and port, not yet started."""
     protocol = partial(
         DeadlineProtocol,
         header_timeout_s=settings.http_header_timeout_s,
@@ -152,4 +157,4 @@ def serve(settings: Settings, roles: Collection[str]) -> None:
         limit_concurrency=settings.http_max_connections + 1,
         timeout_graceful_shutdown=30,
     )
-    Server(config).run()
+    return Server(config)

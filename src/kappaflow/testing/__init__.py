@@ -1,8 +1,10 @@
 """Helpers for testing apps, ours and users' alike: push events through the real log,
 worker and store on a temporary data directory and look at the result tables; wait
 for what running processes do; make writes fail for real in a process of their own;
-cut a PostgreSQL store's connections. Throwaway servers: `postgres` (PostgreSQL) and
-`kafka` (Apache Kafka); `proxy`, a TCP proxy that cuts its clients off from a server."""
+cut a PostgreSQL store's connections. `plugin` is the pytest plugin of fixtures built on
+them; `processes` runs kappaflow's commands, `services` its HTTP services in a thread.
+Throwaway servers: `postgres` (PostgreSQL) and `kafka` (Apache Kafka); `proxy`, a TCP
+proxy that cuts its clients off from a server."""
 
 from __future__ import annotations
 
@@ -12,14 +14,14 @@ import resource
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from kappaflow.app import App
-from kappaflow.ingest.appender import Appender
-from kappaflow.log import open_log
-from kappaflow.settings import Settings
-from kappaflow.store import Store, open_store
-from kappaflow.stream.worker import Worker
+# The rest of kappaflow is imported where it is used: the pytest plugin (`plugin`)
+# imports this package whenever pytest starts, before a run measures coverage.
+if TYPE_CHECKING:
+    from kappaflow.app import App
+    from kappaflow.settings import Settings
+    from kappaflow.store import Store
 
 T = TypeVar("T")
 
@@ -39,6 +41,11 @@ def run_events(
     restart restores from the store, as after a crash). ``reference`` rows (a catalog)
     are upserted first; ``close`` ends with an idle timeout, closing every session.
     Returns the store."""
+    from kappaflow.ingest.appender import Appender
+    from kappaflow.log import open_log
+    from kappaflow.store import open_store
+    from kappaflow.stream.worker import Worker
+
     target = app.stream(stream) if stream else app.streams[0]
     writer = open_log(settings, writer=True)
     try:
@@ -97,6 +104,8 @@ how the events were grouped into appends (each append's commit takes an offset).
 def result_tables(settings: Settings, names: Sequence[str]) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of the named tables, in key order (dead letters as `DEAD_LETTERS`), to
     compare two runs."""
+    from kappaflow.store import open_store
+
     store = open_store(settings)
     try:
         queries = {name: f"SELECT * FROM {name} ORDER BY 1, 2, 3, 4" for name in names}

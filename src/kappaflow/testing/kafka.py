@@ -46,18 +46,25 @@ class KafkaNotFound(RuntimeError):
 
 
 def kafka_libs(default: Path | None = None) -> Path:
-    """The folder of Kafka's jars: ``KAFKA_LIBS`` if set, else ``default``; raises
-    `KafkaNotFound` unless it holds Kafka's broker and ``java`` is on ``PATH``."""
-    folder = Path(os.environ.get("KAFKA_LIBS") or default or "")
+    """The folder of Kafka's jars: ``KAFKA_LIBS`` if set, else ``default`` (kappaflow's
+    own, which ``make test`` fills); raises `KafkaNotFound` unless it holds Kafka's
+    broker and ``java`` is on ``PATH``."""
+    named = os.environ.get("KAFKA_LIBS")
+    folder = Path(named) if named else default
     if not shutil.which("java"):
         raise KafkaNotFound("java not found on PATH: install Java 17 or later "
                             "(Debian: apt-get install openjdk-17-jre-headless)")  # fmt: skip
+    install = ("set KAFKA_LIBS to the libs/ folder of an Apache Kafka 4.x installation "
+               "(https://kafka.apache.org/downloads)")  # fmt: skip
+    if folder is None:
+        raise KafkaNotFound(f"no Kafka broker jars: {install}")
     if not any(folder.glob("kafka_2.13-*.jar")):
+        if not named:  # kappaflow's own folder
+            install = ("run `make test`, which fetches them with Maven (mvn -f "
+                       "tools/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=libs), "
+                       f"or {install}")  # fmt: skip
         raise KafkaNotFound(
-            f"no Kafka broker jars (kafka_2.13-*.jar) in {str(folder)!r}: run `make test`, "
-            "which fetches them with Maven (mvn -f tools/kafka/pom.xml "
-            "dependency:copy-dependencies -DoutputDirectory=libs), or set KAFKA_LIBS to "
-            "a Kafka installation's libs/ folder"
+            f"no Kafka broker jars (kafka_2.13-*.jar) in {str(folder)!r}: {install}"
         )
     return folder
 

@@ -1,4 +1,5 @@
-"""Real kappaflow processes on 127.0.0.1, started and stopped by the tests."""
+"""kappaflow's commands (``up``, ``ingest``, ``worker``, ...) as real processes for
+tests: on a free port of 127.0.0.1, until they answer; their output in a file."""
 
 from __future__ import annotations
 
@@ -7,18 +8,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import pytest
 
+from kappaflow.settings import PREFIX
 from kappaflow.testing import wait_until
 from kappaflow.up import free_port
 
 
 class Running:
+    """A kappaflow process: its URL, HTTP clients of it, and its output so far."""
+
     def __init__(self, process: subprocess.Popen[bytes], url: str, output: Path) -> None:
         self.process, self.url, self.output = process, url, output
         self._clients: list[httpx.Client] = []
@@ -33,7 +36,8 @@ class Running:
             client.close()
 
     def wait_for_no_lag(self, group: str = "", timeout_s: float = 60) -> None:
-        """Until /metrics shows no lag for the groups whose names start with ``group``."""
+        """Until /metrics shows no lag for the groups whose names start with ``group``
+        (``<app>.<stream>``): every event logged so far is in the results."""
         client = self.client()
         prefix = f'kappaflow_lag{{group="{group}'
         behind: list[str] = []
@@ -52,33 +56,32 @@ class Running:
             raise AssertionError(f"{error}; last seen: {behind}") from None
 
     def stop(self, timeout_s: float = 60) -> int:
+        """SIGTERM, as a service manager stops it; its exit status."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout_s)
 
 
-@pytest.fixture
-def kappaflow(tmp_path: Path) -> Callable[..., AbstractContextManager[Running]]:
-    """``with kappaflow("up", "--data-dir", d) as running:`` runs a real process."""
-    return lambda *arguments, **options: _kappaflow(tmp_path, *arguments, **options)
-
-
 @contextmanager
-def _kappaflow(
-    tmp_path: Path,
+def run_kappaflow(
+    directory: Path,
     *arguments: str,
-    env: dict[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
     preexec_fn: Callable[[], None] | None = None,
     probe: str = "/readyz",
 ) -> Iterator[Running]:
-    """Run ``kappaflow ARGUMENTS --port P`` until it answers ``probe`` with 200; stop it
-    after."""
+    """Run ``kappaflow ARGUMENTS --port P`` until it answers ``probe`` with 200, its
+    output going to a file in ``directory``; stop it after the block. It imports what
+    this process can (its ``sys.path``), and its settings are those of ``env`` alone:
+    ``KAPPAFLOW_*`` variables of this process's environment are not passed on."""
     port = free_port()
-    output = tmp_path / f"{arguments[0]}-{port}.log"
+    output = directory / f"{arguments[0]}-{port}.log"
+    inherited = {name: value for name, value in os.environ.items() if not name.startswith(PREFIX)}
+    path = os.pathsep.join(os.path.abspath(entry) for entry in sys.path)
     with output.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "kappaflow", *arguments, "--port", str(port)],
-            env={**os.environ, **(env or {})},
+            env={**inherited, "PYTHONPATH": path, **(env or {})},
             stdout=sink,
             stderr=sink,
             preexec_fn=preexec_fn,
