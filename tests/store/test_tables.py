@@ -236,3 +236,36 @@ def test_a_processor_writes_structs_and_a_lookup_reads_them(backend_settings: Se
         assert store.select(EARNED, order_by="video_id") == [
             Earned("v0", 10, 0.0), Earned("v1", 10, 5.0), Earned("v2", 10, 20.0)
         ]  # fmt: skip
+
+
+class Visit(msgspec.Struct):
+    page: str
+    ts: int
+    at: datetime
+
+
+class LastVisit(msgspec.Struct):
+    page: str
+    at: datetime
+
+
+LAST_VISITS = Table.of(LastVisit, key="page")
+
+
+def test_a_record_whose_row_the_store_refuses_goes_to_the_dead_letters(settings: Settings) -> None:
+    def last(state: None, batch: Batch) -> Output[None]:
+        return Output(None, {LAST_VISITS.name: [LastVisit(v.page, v.at) for v in batch.events]})
+
+    visits = Stream("visits", Visit, key="page", time="ts")
+    app = App("visits", [visits], [LAST_VISITS],
+              {visits.name: FunctionProcessor(last, None, lambda: None)})  # fmt: skip
+    events = [Visit(f"/{i}", 1_767_225_600_000 + i, T0 + timedelta(seconds=i)) for i in range(20)]
+    events[7] = Visit("/7", events[7].ts, datetime(2026, 3, 1, 12, 30))
+    with closing(run_events(app, events, settings.replace(partitions=1))) as store:
+        ((partition, offset, reason, _),) = store.dead_letters(app.group(visits))
+        assert (partition, offset) == (0, 7)
+        assert reason.startswith("store: StoreError: table last_visit: column at: 2026-03-01 "
+                                 "12:30:00 has no time zone")  # fmt: skip
+        found = store.select(LAST_VISITS, order_by="at")
+        assert [visit.page for visit in found] == [f"/{i}" for i in range(20) if i != 7]
+        assert found[0].at == T0
