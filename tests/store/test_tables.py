@@ -186,10 +186,13 @@ def test_add_and_distinct_tables_take_structs(store: Store) -> None:
 
 
 def test_a_table_declared_by_its_columns_reads_as_tuples(store: Store) -> None:
-    plain = Table("plain", (("k", "TEXT"), ("n", "INTEGER")), key=("k",))
+    plain = Table("plain", (("k", "TEXT"), ("n", "INTEGER"), ("day", "DATE"), ("at", "TIMESTAMP"),
+                            ("hot", "BOOLEAN")), key=("k",))  # fmt: skip
     store.create_tables([plain])
-    store.upsert({"plain": [("a", 1)]})
-    assert store.select(plain) == [("a", 1)]
+    store.upsert({"plain": [("a", 1, date(2026, 3, 1), T0, True), ("b", 2, None, None, None)]})
+    assert store.select(plain, order_by="k") == [
+        ("a", 1, date(2026, 3, 1), T0, True), ("b", 2, None, None, None)
+    ]  # fmt: skip
 
 
 class Rate(msgspec.Struct):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime
-from functools import cache, partial
+from functools import partial
 from itertools import starmap
 from typing import Any, Generic, Literal, TypeVar, get_args
 
@@ -243,12 +243,27 @@ def sql_value(value: Any) -> Any:
 
 
 def rows_read(table: Table[R], found: list[tuple[Any, ...]]) -> list[R]:
-    """The rows of ``table`` read in its column order: structs of a typed table, with
-    booleans, dates and datetimes as SQLite does not keep them turned back; the tuples
-    themselves for another table."""
-    if table.row is None:
+    """The rows of ``table`` read in its column order, with booleans, dates and
+    datetimes turned back from what SQLite keeps: a typed table's as its structs,
+    another's as tuples."""
+    turned = [(at, READ_AS[kind]) for at, (_, kind) in enumerate(table.columns) if kind in READ_AS]
+    if turned:
+        found = [_turned(values, turned) for values in found]
+    row, names = table.row, table.column_names
+    if row is None:
         return found  # type: ignore[return-value]
-    return _reader(table)(found)
+    if row.__match_args__ == names:
+        return list(starmap(row, found))
+    return [row(**dict(zip(names, values, strict=True))) for values in found]  # kw_only
+
+
+def _turned(
+    values: tuple[Any, ...], turned: list[tuple[int, Callable[[Any], Any]]]
+) -> tuple[Any, ...]:
+    listed = list(values)
+    for at, turn in turned:
+        listed[at] = turn(listed[at])
+    return tuple(listed)
 
 
 def _as_bool(value: Any) -> Any:
@@ -264,23 +279,5 @@ def _as_datetime(value: Any) -> Any:
 
 
 READ_AS = {"BOOLEAN": _as_bool, "DATE": _as_date, "TIMESTAMP": _as_datetime}
-
-
-@cache
-def _reader(table: Table[R]) -> Callable[[list[tuple[Any, ...]]], list[R]]:
-    row = table.row
-    assert row is not None
-    turned = [(at, READ_AS[kind]) for at, (_, kind) in enumerate(table.columns) if kind in READ_AS]
-    names = table.column_names
-    positional = row.__match_args__ == names  # a kw_only field is given by name
-
-    def make(values: Sequence[Any]) -> R:
-        if turned:
-            values = list(values)
-            for at, turn in turned:
-                values[at] = turn(values[at])
-        return row(*values) if positional else row(**dict(zip(names, values, strict=True)))
-
-    if not turned and positional:
-        return lambda found: list(starmap(row, found))
-    return lambda found: list(map(make, found))
+"""What turns a value of a column of each type back, from SQLite's 0 and 1 and ISO 8601
+text (PostgreSQL's pass as they are)."""
