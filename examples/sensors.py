@@ -35,16 +35,24 @@ class Reading(msgspec.Struct):
     ts: EventTime
 
 
-LATEST = Table(
-    "sensor_latest",
-    columns=(("sensor_id", "TEXT"), ("celsius", "REAL"), ("ts_ms", "INTEGER")),
-    key=("sensor_id",),
-)
-ALERTS = Table(
-    "sensor_alerts",
-    columns=(("sensor_id", "TEXT"), ("start_ms", "INTEGER"), ("celsius", "REAL")),
-    key=("sensor_id", "start_ms"),
-)
+class Latest(msgspec.Struct):
+    """A sensor's latest reading."""
+
+    sensor_id: str
+    celsius: float
+    ts_ms: int
+
+
+class Alert(msgspec.Struct):
+    """A reading above the limit after one at or below it."""
+
+    sensor_id: str
+    start_ms: int
+    celsius: float
+
+
+LATEST = Table.of(Latest, key="sensor_id", name="sensor_latest")
+ALERTS = Table.of(Alert, key=("sensor_id", "start_ms"), name="sensor_alerts")
 
 
 class Sensor(msgspec.Struct, array_like=True):
@@ -80,7 +88,7 @@ def watch(limit_c: float, sensors: Sensors, batch: Batch) -> Output[Sensors]:
     return Output(sensors, {LATEST.name: list(latest.values()), ALERTS.name: alerts}, refused)
 
 
-class Alert(msgspec.Struct):
+class AlertStart(msgspec.Struct):
     start_ms: int
     celsius: float
 
@@ -89,22 +97,19 @@ class SensorStatus(msgspec.Struct):
     sensor_id: str
     celsius: float
     ts_ms: int
-    alerts: list[Alert]
+    alerts: list[AlertStart]
 
 
 def sensor_status(store: Store, params: Mapping[str, str]) -> SensorStatus | None:
     """The sensor's latest reading and its alerts; None (404) for a sensor never seen."""
-    sensor_id = params["sensor_id"]
-    found = store.query("SELECT celsius, ts_ms FROM sensor_latest WHERE sensor_id = ?",
-                        (sensor_id,))  # fmt: skip
+    sensor = (params["sensor_id"],)
+    found = store.select(LATEST, "sensor_id = ?", sensor)
     if not found:
         return None
-    alerts = store.query(
-        "SELECT start_ms, celsius FROM sensor_alerts WHERE sensor_id = ? ORDER BY start_ms",
-        (sensor_id,),
-    )
-    celsius, ts_ms = found[0]
-    return SensorStatus(sensor_id, celsius, ts_ms, [Alert(*alert) for alert in alerts])
+    alerts = store.select(ALERTS, "sensor_id = ?", sensor, order_by="start_ms")
+    latest = found[0]
+    starts = [AlertStart(alert.start_ms, alert.celsius) for alert in alerts]
+    return SensorStatus(latest.sensor_id, latest.celsius, latest.ts_ms, starts)
 
 
 def create_app(settings: Settings) -> App:

@@ -23,7 +23,7 @@ from kappaflow.query.params import Text
 from kappaflow.settings import PREFIX, Settings
 
 if TYPE_CHECKING:  # types only: ingest reads apps' streams and loads nothing of the store
-    from kappaflow.store.base import Store, Table
+    from kappaflow.store.base import Row, Store, Table
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -102,7 +102,9 @@ class Batch(NamedTuple):
 
 class Output(NamedTuple, Generic[S]):
     state: S
-    rows: dict[str, list[tuple[Any, ...]]]
+    rows: dict[str, list[Row]]
+    """By table name: a typed table's structs (or tuples in its column order), another
+    table's tuples."""
     dead_letters: Sequence[tuple[int, str]] = ()
     """(offset, reason) of events the processor refused."""
 
@@ -193,9 +195,10 @@ class Query:
 class Lookup(Generic[T]):
     """Reference data a processor reads, such as a catalog: a table written with
     `Store.upsert`, loaded by each worker and reloaded whenever its version changes.
-    ``index(rows)`` turns the rows into what the processor looks things up in."""
+    ``index(rows)`` turns the rows (as `Store.select` reads them) into what the
+    processor looks things up in."""
 
-    def __init__(self, table: Table, index: Callable[[list[tuple[Any, ...]]], T]) -> None:
+    def __init__(self, table: Table, index: Callable[[list[Any]], T]) -> None:
         self.table = table
         self._index = index
         self._version = -1
@@ -204,8 +207,7 @@ class Lookup(Generic[T]):
     def refresh(self, store: Store) -> None:
         version = store.version(self.table.name)
         if version != self._version:
-            columns = ", ".join(self.table.column_names)
-            self.data = self._index(store.query(f"SELECT {columns} FROM {self.table.name}"))
+            self.data = self._index(store.select(self.table))
             self._version = version
 
 

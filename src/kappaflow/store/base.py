@@ -5,29 +5,11 @@ transaction per batch."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
-ColumnType = Literal["TEXT", "INTEGER", "REAL"]
-
-
-class Table(msgspec.Struct, frozen=True):
-    """A result table. ``mode='replace'``: a written row replaces the stored one with the
-    same key. ``mode='add'``: its non-key columns are added to the stored ones.
-    ``mode='distinct'``: a row whose key is already stored is ignored; each new one adds
-    1 to column ``counts[1]`` of table ``counts[0]``, in the row whose key columns (all
-    present in this table) have the same values: a distinct count kept as rows arrive."""
-
-    name: str
-    columns: tuple[tuple[str, ColumnType], ...]
-    key: tuple[str, ...]
-    mode: Literal["replace", "add", "distinct"] = "replace"
-    counts: tuple[str, str] | None = None
-
-    @property
-    def column_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.columns)
+from kappaflow.store.tables import R, Row, Table
 
 
 class Claim(NamedTuple):
@@ -119,13 +101,14 @@ class Store(Protocol):
         self,
         group: str,
         partitions: Sequence[PartitionCommit],
-        rows: Mapping[str, Sequence[tuple[Any, ...]]],
+        rows: Mapping[str, Sequence[Row]],
         dead_letters: Sequence[DeadLetter] = (),
     ) -> None:
-        """Write rows, dead letters, state and next offsets atomically. Raises
+        """Write rows (by table name: a typed table's structs, or any table's tuples in
+        its column order), dead letters, state and next offsets atomically. Raises
         `StaleOwnership`, writing nothing, if any partition's generation moved on."""
 
-    def upsert(self, rows: Mapping[str, Sequence[tuple[Any, ...]]]) -> None:
+    def upsert(self, rows: Mapping[str, Sequence[Row]]) -> None:
         """Write rows outside any partition (reference data such as a catalog), in one
         transaction that also bumps each written table's version."""
 
@@ -163,5 +146,18 @@ class Store(Protocol):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only SQL query against the result tables."""
+
+    def select(
+        self,
+        table: Table[R],
+        where: str = "",
+        params: Sequence[Any] = (),
+        order_by: str = "",
+        limit: int | None = None,
+    ) -> list[R]:
+        """The rows of ``table`` (``SELECT`` its columns ``WHERE where ORDER BY order_by
+        LIMIT limit``, each part if given; ``?`` marks a parameter): a typed table's as
+        its structs, another's as tuples. In SQLite, dates and datetimes among
+        ``params`` are compared as the table stores them (see `sql_value`)."""
 
     def close(self) -> None: ...

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from kappaflow.errors import MissingExtra, StaleOwnership, StoreError, StoreUnavailable
-from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Table
+from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Row, Table
 from kappaflow.store.keyed import SEEN, STATE, carry_over_keyed_rows
 from kappaflow.store.sql import (
     DEAD_LETTER_SQL,
@@ -139,6 +139,8 @@ def placeholders(sql: str) -> str:
 
 
 class PostgresStore(StoreReads):
+    dialect = "postgres"
+
     def __init__(self, dsn: str, connect_timeout_s: float = 10) -> None:
         self.dsn = dsn
         self.connect_timeout_s = connect_timeout_s
@@ -146,7 +148,9 @@ class PostgresStore(StoreReads):
         self._lock = threading.RLock()
         """Held while a thread uses the connection: the HTTP services call the store from
         threads of their own, and one connection runs one transaction at a time."""
-        self._writer = RowWriter(psycopg.Error, psycopg.OperationalError, placeholders, "postgres")
+        self._writer = RowWriter(
+            psycopg.Error, psycopg.OperationalError, placeholders, self.dialect
+        )
         self._tables: list[Table] = []
         """The tables asked for (see `create_tables`)."""
         self._schema_ready = False
@@ -270,7 +274,7 @@ class PostgresStore(StoreReads):
         self,
         group: str,
         partitions: Sequence[PartitionCommit],
-        rows: Mapping[str, Sequence[tuple[Any, ...]]],
+        rows: Mapping[str, Sequence[Row]],
         dead_letters: Sequence[DeadLetter] = (),
     ) -> None:
         def commit(cursor: psycopg.Cursor[Any]) -> None:
@@ -296,7 +300,7 @@ class PostgresStore(StoreReads):
 
         self._transaction(commit)
 
-    def upsert(self, rows: Mapping[str, Sequence[tuple[Any, ...]]]) -> None:
+    def upsert(self, rows: Mapping[str, Sequence[Row]]) -> None:
         def upsert(cursor: psycopg.Cursor[Any]) -> None:
             self._writer.write(cursor, rows)
             cursor.executemany(

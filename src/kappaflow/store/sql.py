@@ -7,7 +7,7 @@ again (to try it again, or by another worker)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from kappaflow.errors import StoreError
@@ -16,9 +16,9 @@ from kappaflow.store.base import (
     DeadLetterFilter,
     Halted,
     StoredDeadLetter,
-    Table,
     reason_kind,
 )
+from kappaflow.store.tables import ColumnType, R, Row, Table, row_writer, rows_read, sql_value
 
 Translate = Callable[[str], str]
 """Turns the ``?`` placeholders of shared SQL into a driver's."""
@@ -76,17 +76,27 @@ def check_table(table: Table, found: Sequence[tuple[str, int | None]], store: st
     )
 
 
-POSTGRES_TYPES = {"TEXT": "TEXT", "INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION"}
+SQL_TYPES: dict[str, dict[ColumnType, str]] = {
+    "sqlite": {"TEXT": "TEXT", "INTEGER": "INTEGER", "REAL": "REAL", "BOOLEAN": "INTEGER",
+               "BLOB": "BLOB", "DATE": "TEXT", "TIMESTAMP": "TEXT"},
+    "postgres": {"TEXT": "TEXT", "INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION",
+                 "BOOLEAN": "BOOLEAN", "BLOB": "BYTEA", "DATE": "DATE",
+                 "TIMESTAMP": "TIMESTAMPTZ"},
+}  # fmt: skip
+"""Each column type in each dialect: SQLite keeps booleans as 0 and 1, and dates and
+datetimes as ISO 8601 text (`kappaflow.store.tables.sql_value`)."""
 
 
 def create_sql(table: Table, dialect: str = "sqlite") -> str:
     """Numeric columns of ``add`` tables default to 0, so counters can start anywhere."""
-    types = POSTGRES_TYPES if dialect == "postgres" else {k: k for k in POSTGRES_TYPES}
-    columns = ", ".join(
-        f"{name} {types[kind]}"
-        + (" NOT NULL DEFAULT 0" if table.mode == "add" and name not in table.key else "")
-        for name, kind in table.columns
-    )
+    types = SQL_TYPES[dialect]
+
+    def column(name: str, kind: ColumnType) -> str:
+        if table.mode == "add" and name not in table.key:
+            return f"{name} {types[kind]} NOT NULL DEFAULT 0"
+        return f"{name} {types[kind]}" + (" NOT NULL" if name in table.not_null else "")
+
+    columns = ", ".join(column(name, kind) for name, kind in table.columns)
     suffix = " WITHOUT ROWID" if dialect == "sqlite" else ""
     return (
         f"CREATE TABLE IF NOT EXISTS {table.name} "
@@ -182,10 +192,28 @@ def select_dead_letters(
 
 
 class StoreReads:
-    """Reads of the store's own tables that both SQL stores answer with the same SQL,
-    through their ``query``."""
+    """Reads of the store's own tables, and `Store.select`, that both SQL stores answer
+    with the same SQL, through their ``query``."""
 
     query: Callable[..., list[tuple[Any, ...]]]
+    dialect: str
+
+    def select(
+        self,
+        table: Table[R],
+        where: str = "",
+        params: Sequence[Any] = (),
+        order_by: str = "",
+        limit: int | None = None,
+    ) -> list[R]:
+        sql = f"SELECT {', '.join(table.column_names)} FROM {table.name}"
+        sql += f" WHERE {where}" if where else ""
+        sql += f" ORDER BY {order_by}" if order_by else ""
+        params = [*(map(sql_value, params) if self.dialect == "sqlite" else params)]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return rows_read(table, self.query(sql, params))
 
     def committed_offsets(self, group: str) -> dict[int, int]:
         found = self.query(
@@ -259,29 +287,36 @@ class RowWriter:
         self.dialect = dialect
         self.tables: dict[str, Table] = {}
         self.upserts: dict[str, str] = {}
+        self.turns: dict[str, Callable[[Sequence[Row]], Iterable[Row]]] = {}
+        """Per table whose rows are turned before they are written, what turns them."""
 
     def add(self, table: Table) -> None:
         self.tables[table.name] = table
         self.upserts[table.name] = self.translate(upsert_sql(table, self.dialect))
+        turn = row_writer(table, self.dialect)
+        if turn is not None:
+            self.turns[table.name] = turn
 
-    def write(self, cursor: Any, rows: Mapping[str, Sequence[tuple[Any, ...]]]) -> None:
+    def write(self, cursor: Any, rows: Mapping[str, Sequence[Row]]) -> None:
         for name, table_rows in rows.items():
             if not table_rows:
                 continue
             table = self.tables.get(name)
             if table is None:
                 raise StoreError(f"no table {name!r}: create it first")
+            turn = self.turns.get(name)
+            written = table_rows if turn is None else turn(table_rows)
             try:
                 if table.counts is None:
-                    cursor.executemany(self.upserts[name], table_rows)
+                    cursor.executemany(self.upserts[name], written)
                 else:
-                    self._write_distinct(cursor, table, table_rows)
+                    self._write_distinct(cursor, table, written)
             except self.unavailable:
                 raise
             except self.failure as error:
                 raise StoreError(f"writing table {name}: {error}") from error
 
-    def _write_distinct(self, cursor: Any, table: Table, rows: Sequence[tuple[Any, ...]]) -> None:
+    def _write_distinct(self, cursor: Any, table: Table, rows: Iterable[Any]) -> None:
         assert table.counts is not None
         target_name, column = table.counts
         target = self.tables[target_name]

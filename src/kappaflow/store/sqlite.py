@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
-from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Table
+from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Row, Table
 from kappaflow.store.keyed import SEEN, STATE, carry_over_keyed_rows
 from kappaflow.store.sql import (
     DEAD_LETTER_SQL,
@@ -145,6 +145,8 @@ def _enable_wal(db: sqlite3.Connection, busy_timeout_s: float) -> None:
 
 
 class SQLiteStore(StoreReads):
+    dialect = "sqlite"
+
     def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -242,7 +244,7 @@ class SQLiteStore(StoreReads):
         self,
         group: str,
         partitions: Sequence[PartitionCommit],
-        rows: Mapping[str, Sequence[tuple[Any, ...]]],
+        rows: Mapping[str, Sequence[Row]],
         dead_letters: Sequence[DeadLetter] = (),
     ) -> None:
         # The state and seen logs' reads, encoding and merges before this writer's turn.
@@ -278,7 +280,7 @@ class SQLiteStore(StoreReads):
                     DEAD_LETTER_SQL, dead_letter_rows(group, dead_letters, time.time())
                 )
 
-    def upsert(self, rows: Mapping[str, Sequence[tuple[Any, ...]]]) -> None:
+    def upsert(self, rows: Mapping[str, Sequence[Row]]) -> None:
         with self._transaction() as cursor:
             self._writer.write(cursor, rows)
             cursor.executemany(
