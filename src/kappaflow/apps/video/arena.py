@@ -1,7 +1,7 @@
 """The video operator's state for one partition, as arrays: a code per key, a `KEY`
-record per code, the `SEGMENT` records each open session has closed, and the pending
-events of every key as columns in one arena. A batch costs what it touches: the keys of
-its events, and the keys whose pending events are due
+record per code (as columns), the `SEGMENT` records each open session has closed, and
+the pending events of every key as columns in one arena. A batch costs what it touches:
+the keys of its events, and the keys whose pending events are due
 (docs/decisions/018-session-operator-on-columns.md, 024-closed-segments-as-records.md)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from kappaflow.apps.video.state import EVENT, SEGMENT, SESSION
 
 KEY = np.dtype([
-    ("session", SESSION),       # its open session, as persisted
+    *SESSION.descr,             # its open session, as persisted
     ("pending", "<i8"),         # how many events it has pending,
     ("at", "<i8"),              # where they start in the arena,
     ("first_ms", "<i8"),        # and the time of the first
@@ -28,8 +28,33 @@ KEY = np.dtype([
     ("shown_count", "<i8"),     # and the number of segments
     ("shown", "?"),             # whether this process wrote its progress row
     ("changed", "?"),           # whether it changed since it was last persisted
-], align=True)  # fmt: skip
-"""What the operator holds of a key in memory; only its ``session`` is persisted."""
+])  # fmt: skip
+"""What the operator holds of a key; only its `SESSION` fields are persisted."""
+
+
+class Columns(dict[str, np.ndarray]):
+    """Records of a structured dtype as columns: one array per field, by its name. A
+    field of records in one array is strided, and numpy's loops over it cost several
+    times those over a column."""
+
+    @classmethod
+    def of(cls, dtype: np.dtype, size: int) -> Columns:
+        return cls((name, np.zeros(size, dtype.fields[name][0])) for name in dtype.names)
+
+    def take(self, index: np.ndarray) -> Columns:
+        return Columns((name, column[index]) for name, column in self.items())
+
+    def grown(self, size: int) -> Columns:
+        """These columns, then rows of zeros up to ``size``."""
+        grown = Columns((name, np.zeros(size, column.dtype)) for name, column in self.items())
+        for name, column in self.items():
+            grown[name][: len(column)] = column
+        return grown
+
+    def put(self, index: np.ndarray, records: np.ndarray) -> None:
+        """Write ``records`` into the rows at ``index``, field by field."""
+        for name in records.dtype.names:
+            self[name][index] = records[name]
 
 
 class Events(NamedTuple):
@@ -109,7 +134,7 @@ def merged(
 
 class SegmentState:
     """One partition's keys: a code per key (``keys``, ``codes``), a `KEY` record per code
-    (``table``), the closed segments of each open session (``done``, by code), and the
+    (``table``, as columns), the closed segments of each open session (``done``, by code), and the
     pending events, each key's together and in order, in the ``arena``. A key's events,
     when they change, are written anew at the arena's end, and the arena is rewritten
     without the rows left behind when it is full."""
@@ -118,7 +143,7 @@ class SegmentState:
         self.keys: list[str] = []
         self.codes: defaultdict[str, int] = defaultdict(count().__next__)
         """A key's code: a key looked up for the first time gets the next one."""
-        self.table = np.zeros(0, KEY)
+        self.table = Columns.of(KEY, 0)
         self.done: dict[int, bytes] = {}
         """The segments each open session has closed, as `SEGMENT` records: a key's state
         is written with all of them at every change, by joining bytes."""
@@ -130,21 +155,15 @@ class SegmentState:
         self.unarrived = np.zeros(0, np.int64)
         """Codes restored whose latest event's arrival is not known: taken as now."""
 
-    @property
-    def sessions(self) -> np.ndarray:
-        """The open session of each code (its `SESSION` fields, written through)."""
-        return self.table["session"]
-
     def code_all(self, keys: list[str]) -> np.ndarray:
         """The codes of ``keys``, new keys given new codes."""
         known = len(self.keys)
         codes = np.fromiter(map(self.codes.__getitem__, keys), np.int64, len(keys))
         if len(self.codes) > known:
             self.keys += islice(self.codes, known, None)  # the new ones, in code order
-            if len(self.keys) > len(self.table):
-                grown = np.zeros(max(len(self.keys), 2 * len(self.table)), KEY)
-                grown[: len(self.table)] = self.table
-                self.table = grown
+            size = len(self.table["open"])
+            if len(self.keys) > size:
+                self.table = self.table.grown(max(len(self.keys), 2 * size))
         return codes
 
     def union(self, *codes: np.ndarray) -> np.ndarray:
@@ -154,19 +173,6 @@ class SegmentState:
         for part in codes:
             marks[part] = True
         return np.flatnonzero(marks)
-
-    def session_records(self, codes: np.ndarray) -> np.ndarray:
-        """The open sessions of ``codes`` as `SESSION` records."""
-        records, sessions = np.zeros(len(codes), SESSION), self.sessions
-        for name in SESSION.names:
-            records[name] = sessions[name][codes]
-        return records
-
-    def set_sessions(self, codes: np.ndarray, records: np.ndarray) -> None:
-        """Make the `SESSION` ``records`` the open sessions of ``codes``."""
-        sessions = self.sessions
-        for name in SESSION.names:
-            sessions[name][codes] = records[name]
 
     def done_of(self, codes: list[int]) -> tuple[list[bytes], np.ndarray]:
         """The closed segments of ``codes``' open sessions and how many each has."""
@@ -186,14 +192,13 @@ class SegmentState:
 
     def live(self, codes: np.ndarray) -> np.ndarray:
         """Whether each of ``codes`` has an open session or pending events."""
-        return self.sessions["open"][codes] | (self.table["pending"][codes] > 0)
+        return self.table["open"][codes] | (self.table["pending"][codes] > 0)
 
     def due(self, watermarks: np.ndarray) -> np.ndarray:
         """The codes with pending events below their watermark (``watermarks``, by code)."""
-        known = self.table[: len(self.keys)]
-        return np.flatnonzero(
-            (known["pending"] > 0) & (known["first_ms"] < watermarks[: len(self.keys)])
-        )
+        known = len(self.keys)
+        pending, first_ms = self.table["pending"][:known], self.table["first_ms"][:known]
+        return np.flatnonzero((pending > 0) & (first_ms < watermarks[:known]))
 
     def pending_of(self, codes: np.ndarray) -> Events:
         """The pending events of ``codes`` (sorted), in code order."""

@@ -28,6 +28,7 @@ tests/segment_fold.py applies the same rules one event at a time.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -76,12 +77,12 @@ class Timeline(NamedTuple):
     carried: np.ndarray
 
 
-def timeline(sessions: np.ndarray, carried: np.ndarray, events: Events) -> Timeline:
+def timeline(sessions: Mapping[str, np.ndarray], carried: np.ndarray, events: Events) -> Timeline:
     """``events`` (each key's together, in order) after the open sessions of the
-    ``carried`` codes (``sessions``: `SESSION` records by code). An open session goes in
-    as its last event: a heartbeat that brings its open segment, or a pause when it has
-    none."""
-    rank = np.where(sessions["segment_open"][carried], HEARTBEAT, PAUSE).astype(np.int8)
+    ``carried`` codes (``sessions``: the `SESSION` fields, as columns by code). An open
+    session goes in as its last event: a heartbeat that brings its open segment, or a
+    pause when it has none."""
+    rank = np.where(sessions["segment_open"][carried], np.int8(HEARTBEAT), np.int8(PAUSE))
     opened = Events(carried, sessions["last_ms"][carried], rank, sessions["last_position"][carried])
     order = np.argsort(np.concatenate((carried, events.code)), kind="stable")  # sessions first
     low, high, start_ms, session_ms = (
@@ -113,6 +114,11 @@ class Segments(NamedTuple):
     def watched(self) -> np.ndarray:
         """Whether each segment carries watched time: it has a length."""
         return self.high > self.low
+
+    def tuples(self, selected: np.ndarray) -> list[Segment]:
+        """The ``selected`` segments as `reports.Segment`s."""
+        columns = (self.low, self.high, self.start_ms, self.end_ms)
+        return list(zip(*(column[selected].tolist() for column in columns), strict=True))
 
     def records(self, selected: np.ndarray) -> np.ndarray:
         """The ``selected`` segments as `SEGMENT` records."""
@@ -161,8 +167,8 @@ def stays_open(folded: Fold) -> np.ndarray:
     return folded.last[folded.sessions.end]
 
 
-def closes(sessions: np.ndarray, watermarks: np.ndarray, gap_ms: int) -> np.ndarray:
-    """Whether each open session of ``sessions`` (`SESSION` records by code) closes: its
+def closes(sessions: Mapping[str, np.ndarray], watermarks: np.ndarray, gap_ms: int) -> np.ndarray:
+    """Whether each open session of ``sessions`` (`SESSION` columns by code) closes: its
     key's watermark (``watermarks``, by code) has passed its last event by the gap."""
     return sessions["open"] & (sessions["last_ms"] + gap_ms < watermarks)
 
@@ -190,5 +196,4 @@ def _sessions(rows: Timeline, starts: np.ndarray) -> Sessions:
 
 def segment_tuples(records: np.ndarray) -> list[Segment]:
     """`SEGMENT` records as `reports.Segment`s: (start_s, end_s, start_ms, end_ms)."""
-    columns = (records[name].tolist() for name in ("low", "high", "start_ms", "end_ms"))
-    return list(zip(*columns, strict=True))
+    return records[["low", "high", "start_ms", "end_ms"]].tolist()

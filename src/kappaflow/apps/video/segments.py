@@ -34,7 +34,7 @@ import msgspec
 import numpy as np
 
 from kappaflow.app import Batch, Lookup, Output
-from kappaflow.apps.video.arena import Events, SegmentState, distinct, merged
+from kappaflow.apps.video.arena import Columns, Events, SegmentState, distinct, merged
 from kappaflow.apps.video.catalog import Licence, Slots
 from kappaflow.apps.video.events import (
     KIND_RANK,
@@ -54,7 +54,7 @@ from kappaflow.apps.video.rules import (
     stays_open,
     timeline,
 )
-from kappaflow.apps.video.state import EVENT, SEGMENT, packed, unpacked
+from kappaflow.apps.video.state import EVENT, SEGMENT, SESSION, packed, unpacked
 from kappaflow.errors import StateFormatError
 from kappaflow.stream.lateness import late_reason, latest_before
 from kappaflow.stream.sessions import Rows
@@ -143,7 +143,7 @@ class WatchedSegments:
         table["arrived_ms"][new.code] = now
         return new, offsets, refused
 
-    def _watermarks(self, table: np.ndarray, now_ms: int) -> np.ndarray:
+    def _watermarks(self, table: Columns, now_ms: int) -> np.ndarray:
         """Each key's watermark, by code: its clock less the lateness, or past every
         event when it has been idle."""
         watermarks = table["clock_ms"] - self.lateness_ms
@@ -166,8 +166,8 @@ class WatchedSegments:
     def _fold(self, state: SegmentState, codes: np.ndarray, events: Events) -> Fold:
         """The rules applied to ``events`` (each key's together, in order) after the open
         sessions of those of ``codes`` (sorted) that have one."""
-        carried = codes[state.sessions["open"][codes]]
-        return fold(timeline(state.sessions, carried, events), self.gap_ms, self.gap_s)
+        carried = codes[state.table["open"][codes]]
+        return fold(timeline(state.table, carried, events), self.gap_ms, self.gap_s)
 
     def _release(self, state: SegmentState, released: Events) -> list[ClosedSession]:
         """Fold the ``released`` events (sorted) onto their keys' open sessions: each
@@ -187,8 +187,8 @@ class WatchedSegments:
         segments, sessions, rows = folded.segments, folded.sessions, folded.rows
         kept = np.flatnonzero(segments.watched() & ended[segments.session])
         of_session: defaultdict[int, list[Segment]] = defaultdict(list)
-        listed = segment_tuples(segments.records(kept))
-        for session, segment in zip(segments.session[kept].tolist(), listed, strict=True):
+        for session, segment in zip(segments.session[kept].tolist(), segments.tuples(kept),
+                                    strict=True):  # fmt: skip
             of_session[session].append(segment)
         which = np.flatnonzero(ended)
         end = sessions.end[which]
@@ -211,28 +211,28 @@ class WatchedSegments:
         closed = np.flatnonzero(segments.watched() & latest[segments.session] & ~segments.open)
         state.add_done(segments.code[closed].tolist(), segments.records(closed))
         codes, end = sessions.code[latest], sessions.end[latest]
-        s = state.sessions
-        s["open"][codes] = True
-        s["session_ms"][codes] = sessions.session_ms[latest]
-        s["last_ms"][codes], s["last_position"][codes] = rows.ts[end], rows.position[end]
-        s["segment_open"][codes] = leaves_open(rows.rank[end])
+        table = state.table
+        table["open"][codes] = True
+        table["session_ms"][codes] = sessions.session_ms[latest]
+        table["last_ms"][codes], table["last_position"][codes] = rows.ts[end], rows.position[end]
+        table["segment_open"][codes] = leaves_open(rows.rank[end])
         still = np.flatnonzero(segments.open)
         codes = segments.code[still]
-        s["low"][codes], s["high"][codes] = segments.low[still], segments.high[still]
-        s["start_ms"][codes] = segments.start_ms[still]
+        table["low"][codes], table["high"][codes] = segments.low[still], segments.high[still]
+        table["start_ms"][codes] = segments.start_ms[still]
 
     def _close(self, state: SegmentState, watermarks: np.ndarray) -> list[ClosedSession]:
         """Close the open sessions whose key's watermark (``watermarks``, by code) has
         passed their last event by the gap, each with the segments it closed, then its
         open segment if that has a length."""
-        s = state.sessions
-        idle = np.flatnonzero(closes(s, watermarks, self.gap_ms))
-        s["open"][idle] = False
+        table = state.table
+        idle = np.flatnonzero(closes(table, watermarks, self.gap_ms))
+        table["open"][idle] = False
         closed = []
         names = ("session_ms", "last_ms", "last_position", "segment_open", "low", "high",
                  "start_ms")  # fmt: skip
         for code, session_ms, last_ms, position, segment_open, low, high, start_ms in zip(
-            idle.tolist(), *(s[name][idle].tolist() for name in names), strict=True
+            idle.tolist(), *(table[name][idle].tolist() for name in names), strict=True
         ):
             segments = segment_tuples(state.pop_done(code))
             if segment_open and high > low:
@@ -297,7 +297,7 @@ class WatchedSegments:
             zip(repeat(partition, len(users)), *columns, strict=True)
         )
 
-    def _moved(self, table: np.ndarray, ends: Events, counts: np.ndarray) -> np.ndarray:
+    def _moved(self, table: Columns, ends: Events, counts: np.ndarray) -> np.ndarray:
         """Which keys' progress rows to write, given each key's last event (``ends``)
         and number of segments: those this process has not written, and those whose
         position or event time moved by more than the accuracy, or whose number of
@@ -334,8 +334,8 @@ class WatchedSegments:
         state.gone += len(changed)
         codes = codes[live]
         segments, segment_counts = state.done_of(codes.tolist())
-        values = packed(state.session_records(codes),
-                        np.frombuffer(b"".join(segments), SEGMENT), segment_counts,
+        sessions = {name: table[name][codes] for name in SESSION.names}
+        values = packed(sessions, np.frombuffer(b"".join(segments), SEGMENT), segment_counts,
                         state.pending_of(codes).records(), table["pending"][codes])  # fmt: skip
         changed.update(zip(map(state.keys.__getitem__, codes.tolist()), values, strict=True))
         state.compact()
@@ -354,7 +354,7 @@ class WatchedSegments:
         found = unpacked(names, list(keys.values()))
         state = SegmentState()
         codes = state.code_all(names)
-        state.set_sessions(codes, found.sessions)
+        state.table.put(codes, found.sessions)
         data = found.segments.tobytes()
         bounds = [0, *(np.cumsum(found.segment_counts) * SEGMENT.itemsize).tolist()]
         state.done = {

@@ -1,13 +1,13 @@
 """The video operator's records, and a key's state as bytes.
 
-Each record is one numpy structured dtype, used in memory and on disk and addressed by
-field name, never by position:
+Each record is one numpy structured dtype, which is both what the store keeps and what
+the operator holds in memory (the records, or columns named after their fields), always
+addressed by field name, never by position:
 
 - `SESSION`: a key's open session: its start, its last event and its open segment (the
-  operator holds one a key, as the ``session`` of its `arena.KEY` record);
+  operator holds its fields as columns, among a key's `arena.KEY` fields);
 - `SEGMENT`: a segment the open session has closed (held as these records, key by key);
-- `EVENT`: an event its key's watermark has not passed (the arena holds them as columns
-  named after its fields).
+- `EVENT`: an event its key's watermark has not passed (held as columns of the arena).
 
 A key's bytes are a `HEAD` (the format, how many segments follow, the open session), its
 `SEGMENT`s, then its `EVENT`s: fixed-size records, little-endian, unpadded. The keys a
@@ -24,7 +24,7 @@ key of any other format (written before a record changed) is refused with
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -32,18 +32,17 @@ import numpy as np
 from kappaflow.errors import StateFormatError
 
 SESSION = np.dtype([
+    ("open", "?"),             # whether the key has an open session
     ("session_ms", "<i8"),     # its start: the time of its first event
     ("last_ms", "<i8"),        # the time of its last event,
     ("last_position", "<f8"),  # and its position
-    ("low", "<f8"),            # the open segment: the lowest position covered,
+    ("segment_open", "?"),     # whether it has an open segment (its last event was no
+                               # pause or stop):
+    ("low", "<f8"),            # the lowest position it covered,
     ("high", "<f8"),           # the highest,
     ("start_ms", "<i8"),       # and the time of its first event
-    ("open", "?"),             # whether the key has an open session
-    ("segment_open", "?"),     # whether that has an open segment (its last event was no
-                               # pause or stop)
 ])  # fmt: skip
-"""A key's open session. The eight-byte fields come first, so that they are aligned in the
-operator's per-key records, where numpy reads them faster."""
+"""A key's open session."""
 SEGMENT = np.dtype([("low", "<f8"), ("high", "<f8"), ("start_ms", "<i8"), ("end_ms", "<i8")])
 """A closed segment: the positions it covered, the times of its first and last event."""
 EVENT = np.dtype([("ts", "<i8"), ("rank", "i1"), ("position", "<f8")])
@@ -62,17 +61,20 @@ FORMAT = layout_format(HEAD, SEGMENT, EVENT)
 
 
 def packed(
-    sessions: np.ndarray,
+    sessions: Mapping[str, np.ndarray] | np.ndarray,
     segments: np.ndarray,
     segment_counts: np.ndarray,
     events: np.ndarray,
     event_counts: np.ndarray,
 ) -> list[bytes]:
-    """Each key's bytes: its record of ``sessions``, its ``segment_counts`` records of
-    ``segments`` and its ``event_counts`` records of ``events`` (both in key order). Each
-    key's parts are sliced from the bytes of all of them, and joined."""
-    head = np.zeros(len(sessions), HEAD)
-    head["format"], head["segments"], head["session"] = FORMAT, segment_counts, sessions
+    """Each key's bytes: its open session (``sessions``: `SESSION` records, or their
+    fields as columns), its ``segment_counts`` records of ``segments`` and its
+    ``event_counts`` records of ``events`` (both in key order). Each key's parts are
+    sliced from the bytes of all of them, and joined."""
+    head = np.zeros(len(segment_counts), HEAD)
+    head["format"], head["segments"], session = FORMAT, segment_counts, head["session"]
+    for name in SESSION.names:
+        session[name] = sessions[name]
     heads, segment_bytes, event_bytes = head.tobytes(), segments.tobytes(), events.tobytes()
     segment_ends = (np.cumsum(segment_counts, dtype=np.int64) * SEGMENT.itemsize).tolist()
     event_ends = (np.cumsum(event_counts, dtype=np.int64) * EVENT.itemsize).tolist()
