@@ -64,12 +64,12 @@ def joins_segment(
 
 class Timeline(NamedTuple):
     """Rows to fold, each key's together and in order: its open session first, if it has
-    one, then its events. Beside each row's event (``rows``): the segment it brings
+    one, then its events. Beside each row's event (``events``): the segment it brings
     (``low``, ``high``, ``start_ms``: an event's own position and time), the start of the
     session it brings (``session_ms``: an event's time), and whether it is an open
     session (``carried``)."""
 
-    rows: Events
+    events: Events
     low: np.ndarray
     high: np.ndarray
     start_ms: np.ndarray
@@ -77,7 +77,9 @@ class Timeline(NamedTuple):
     carried: np.ndarray
 
 
-def timeline(sessions: Mapping[str, np.ndarray], carried: np.ndarray, events: Events) -> Timeline:
+def timeline_of(
+    sessions: Mapping[str, np.ndarray], carried: np.ndarray, events: Events
+) -> Timeline:
     """``events`` (each key's together, in order) after the open sessions of the
     ``carried`` codes (``sessions``: the `SESSION` fields, as columns by code). An open
     session goes in as its last event: a heartbeat that brings its open segment, or a
@@ -148,9 +150,9 @@ class Fold(NamedTuple):
     sessions: Sessions
 
 
-def fold(rows: Timeline, gap_ms: int, gap_s: float) -> Fold:
-    """The segments and sessions the rules make of ``rows``, with the session gap."""
-    code, ts, rank, position = rows.rows
+def fold(timeline: Timeline, gap_ms: int, gap_s: float) -> Fold:
+    """The segments and sessions the rules make of ``timeline``, with the session gap."""
+    code, ts, rank, position = timeline.events
     first = np.ones(len(ts), bool)
     first[1:] = code[1:] != code[:-1]
     last = np.ones(len(ts), bool)
@@ -158,8 +160,8 @@ def fold(rows: Timeline, gap_ms: int, gap_s: float) -> Fold:
     elapsed_ms = np.diff(ts, prepend=0)
     starts = starts_session(first, elapsed_ms, gap_ms)
     joins = joins_segment(starts, elapsed_ms, np.diff(position, prepend=0.0), rank, gap_s)
-    return Fold(rows.rows, last, _segments(rows, joins, last, np.cumsum(starts) - 1),
-                _sessions(rows, starts))  # fmt: skip
+    return Fold(timeline.events, last, _segments(timeline, joins, last, np.cumsum(starts) - 1),
+                _sessions(timeline, starts))  # fmt: skip
 
 
 def stays_open(folded: Fold) -> np.ndarray:
@@ -173,25 +175,29 @@ def closes(sessions: Mapping[str, np.ndarray], watermarks: np.ndarray, gap_ms: i
     return sessions["open"] & (sessions["last_ms"] + gap_ms < watermarks)
 
 
-def _segments(rows: Timeline, joins: np.ndarray, last: np.ndarray, session_of: np.ndarray):
+def _segments(
+    timeline: Timeline, joins: np.ndarray, last: np.ndarray, session_of: np.ndarray
+) -> Segments:
     """The segments: runs of the rows in one (those that join one or start one), each
-    from a row that does not join."""
-    rank = rows.rows.rank
+    from a row that does not join; ``session_of`` each row is the index of its session."""
+    rank = timeline.events.rank
     inside = np.flatnonzero(joins | leaves_open(rank))
     heads = np.flatnonzero(~joins[inside])  # where each segment's first row is in `inside`
     firsts, lasts = inside[heads], np.append(inside[heads[1:] - 1], inside[-1:])
-    low, high = rows.low[inside], rows.high[inside]
+    low, high = timeline.low[inside], timeline.high[inside]
     if len(heads):
         low, high = np.minimum.reduceat(low, heads), np.maximum.reduceat(high, heads)
-    return Segments(rows.rows.code[firsts], session_of[firsts], low, high,
-                    rows.start_ms[firsts], rows.rows.ts[lasts],
+    return Segments(timeline.events.code[firsts], session_of[firsts], low, high,
+                    timeline.start_ms[firsts], timeline.events.ts[lasts],
                     last[lasts] & leaves_open(rank[lasts]))  # fmt: skip
 
 
-def _sessions(rows: Timeline, starts: np.ndarray) -> Sessions:
+def _sessions(timeline: Timeline, starts: np.ndarray) -> Sessions:
+    """The sessions: each from a row that ``starts`` one to the row before the next."""
     firsts = np.flatnonzero(starts)
     ends = np.append(firsts[1:] - 1, len(starts) - 1)[: len(firsts)]
-    return Sessions(rows.rows.code[firsts], rows.session_ms[firsts], ends, rows.carried[firsts])
+    return Sessions(timeline.events.code[firsts], timeline.session_ms[firsts], ends,
+                    timeline.carried[firsts])  # fmt: skip
 
 
 def segment_tuples(records: np.ndarray) -> list[Segment]:

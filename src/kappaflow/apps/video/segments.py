@@ -52,7 +52,7 @@ from kappaflow.apps.video.rules import (
     leaves_open,
     segment_tuples,
     stays_open,
-    timeline,
+    timeline_of,
 )
 from kappaflow.apps.video.state import EVENT, SEGMENT, SESSION, packed, unpacked
 from kappaflow.errors import StateFormatError
@@ -167,7 +167,7 @@ class WatchedSegments:
         """The rules applied to ``events`` (each key's together, in order) after the open
         sessions of those of ``codes`` (sorted) that have one."""
         carried = codes[state.table["open"][codes]]
-        return fold(timeline(state.table, carried, events), self.gap_ms, self.gap_s)
+        return fold(timeline_of(state.table, carried, events), self.gap_ms, self.gap_s)
 
     def _release(self, state: SegmentState, released: Events) -> list[ClosedSession]:
         """Fold the ``released`` events (sorted) onto their keys' open sessions: each
@@ -347,7 +347,7 @@ class WatchedSegments:
         writes none)."""
         if data:
             raise StateFormatError(
-                f"the video operator keeps no state of a whole partition, but the store "
+                "the video operator keeps no state of a whole partition, but the store "
                 f"holds {len(data)} bytes of it"
             )
         names = list(keys)
@@ -355,10 +355,10 @@ class WatchedSegments:
         state = SegmentState()
         codes = state.code_all(names)
         state.table.put(codes, found.sessions)
-        data = found.segments.tobytes()
+        segment_bytes = found.segments.tobytes()
         bounds = [0, *(np.cumsum(found.segment_counts) * SEGMENT.itemsize).tolist()]
         state.done = {
-            code: data[start:end]
+            code: segment_bytes[start:end]
             for code, start, end in zip(codes.tolist(), bounds, bounds[1:], strict=False)
             if end > start
         }
