@@ -33,9 +33,9 @@ KEY = np.dtype([
 
 
 class Columns(dict[str, np.ndarray]):
-    """Records of a structured dtype as columns: one array per field, by its name. A
-    field of records in one array is strided, and numpy's loops over it cost several
-    times those over a column."""
+    """Records of a structured dtype as columns: one array per field, by its name (numpy's
+    loops over a field of records in one array, which is strided, cost more:
+    docs/decisions/030-video-records-by-name.md)."""
 
     @classmethod
     def of(cls, dtype: np.dtype, size: int) -> Columns:
@@ -167,8 +167,8 @@ class SegmentState:
         return codes
 
     def union(self, *codes: np.ndarray) -> np.ndarray:
-        """The distinct codes of all ``codes``, in order, by a mark per known code (a
-        thirtieth of the time of sorting them)."""
+        """The distinct codes of all ``codes``, in order, by a mark per known code rather
+        than a sort (docs/decisions/024-closed-segments-as-records.md)."""
         marks = np.zeros(len(self.keys), bool)
         for part in codes:
             marks[part] = True

@@ -86,7 +86,8 @@ def timeline_of(
     pause when it has none."""
     rank = np.where(sessions["segment_open"][carried], np.int8(HEARTBEAT), np.int8(PAUSE))
     opened = Events(carried, sessions["last_ms"][carried], rank, sessions["last_position"][carried])
-    order = np.argsort(np.concatenate((carried, events.code)), kind="stable")  # sessions first
+    rows = joined(opened, events)
+    order = np.argsort(rows.code, kind="stable")  # a key's open session first
     low, high, start_ms, session_ms = (
         np.concatenate((sessions[name][carried], own))[order]
         for name, own in (
@@ -96,8 +97,7 @@ def timeline_of(
             ("session_ms", events.ts),
         )
     )
-    return Timeline(joined(opened, events).take(order), low, high, start_ms, session_ms,
-                    order < len(carried))  # fmt: skip
+    return Timeline(rows.take(order), low, high, start_ms, session_ms, order < len(carried))
 
 
 class Segments(NamedTuple):
@@ -202,4 +202,4 @@ def _sessions(timeline: Timeline, starts: np.ndarray) -> Sessions:
 
 def segment_tuples(records: np.ndarray) -> list[Segment]:
     """`SEGMENT` records as `reports.Segment`s: (start_s, end_s, start_ms, end_ms)."""
-    return records[["low", "high", "start_ms", "end_ms"]].tolist()
+    return records[["low", "high", "start_ms", "end_ms"]].tolist() if len(records) else []
