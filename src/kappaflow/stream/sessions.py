@@ -148,6 +148,16 @@ def _latest(state: KeyState) -> int:
 _KEY_DECODER = msgspec.msgpack.Decoder(KeyState)
 
 
+def refuse_partition_state(operator: str, data: bytes) -> None:
+    """Raise `StateFormatError` when a keyed ``operator``, which writes no state of a
+    whole partition, is restored with some (``data``, from an earlier version)."""
+    if data:
+        raise StateFormatError(
+            f"{operator} keep no state of a whole partition, but the store holds "
+            f"{len(data)} bytes of it"
+        )
+
+
 class SessionWindows:
     """A `Processor` running session windows with ``fold``; it judges lateness per key
     (``lateness_ms``) and closes a key's session after ``idle_ms`` without its events
@@ -181,11 +191,7 @@ class SessionWindows:
         """The state from its keys, as `changed_keys` wrote them. Raises
         `StateFormatError` for a key in another format, or for ``data`` (this operator
         writes none)."""
-        if data:
-            raise StateFormatError(
-                "session windows keep no state of a whole partition, but the store holds "
-                f"{len(data)} bytes of it"
-            )
+        refuse_partition_state("session windows", data)
         restored = {}
         for key, value in keys.items():
             try:

@@ -55,9 +55,8 @@ from kappaflow.apps.video.rules import (
     timeline_of,
 )
 from kappaflow.apps.video.state import EVENT, SEGMENT, SESSION, packed, unpacked
-from kappaflow.errors import StateFormatError
 from kappaflow.stream.lateness import late_reason, latest_before
-from kappaflow.stream.sessions import Rows
+from kappaflow.stream.sessions import Rows, refuse_partition_state
 
 _KIND, _POSITION = attrgetter("kind"), attrgetter("position_s")
 _PAST_ALL = 1 << 62
@@ -345,11 +344,7 @@ class WatchedSegments:
         """The state from its keys, as `changed_keys` wrote them. Raises
         `StateFormatError` for a key in another format, or for ``data`` (this operator
         writes none)."""
-        if data:
-            raise StateFormatError(
-                "the video operator keeps no state of a whole partition, but the store "
-                f"holds {len(data)} bytes of it"
-            )
+        refuse_partition_state("video sessions", data)
         names = list(keys)
         found = unpacked(names, list(keys.values()))
         state = SegmentState()
