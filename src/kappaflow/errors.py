@@ -57,6 +57,19 @@ class ProcessorFailed(AppError):
     """An app's processor raised on a batch: its partition is halted there."""
 
 
+class StateFormatError(KappaflowError):
+    """State in the store is in a format its processor does not read (one written before
+    the format changed): the message says which, and how to compute it again from the
+    log."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what}: it was written before its format changed. Move the store aside (the "
+            "SQLite file, or the PostgreSQL database) and start again: the workers compute "
+            "the state and every result again from the log, as far back as it keeps events."
+        )
+
+
 class InvalidQuery(KappaflowError):
     """A query's parameters are wrong; the message says which and why."""
 

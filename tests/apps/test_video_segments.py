@@ -1,7 +1,7 @@
 """The video app's columnar session operator: every table it writes equals what the
 library's `SessionWindows` writes with the same rules as a fold (`segment_fold`),
-whatever the batches, lateness and restarts; its state is packed key by key, and state
-in the format `SessionWindows` writes is read back too."""
+whatever the batches, lateness and restarts; its state is packed key by key, and read
+back to go on alike."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ from segment_fold import with_session_windows
 
 from kappaflow.app import App, Batch
 from kappaflow.apps.video.app import create_app
+from kappaflow.apps.video.arena import NO_EVENTS as _NONE
+from kappaflow.apps.video.arena import events as _events
+from kappaflow.apps.video.arena import order as _order
 from kappaflow.apps.video.catalog import catalog_rows
 from kappaflow.apps.video.events import KEY_SEPARATOR, Heartbeat
-from kappaflow.apps.video.segments import _NONE, _events, _order
 from kappaflow.apps.video.sim import simulate, simulated_catalog
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
@@ -148,13 +150,13 @@ def test_a_key_written_again_and_again_leaves_the_arena_small(settings: Settings
     assert pending.ts.tolist() == [n * 5_000 for n in range(1_993, 2_000)]
 
 
-def test_state_written_by_session_windows_or_packed_is_read_back_and_goes_on_alike(
+def test_packed_state_is_read_back_and_goes_on_as_session_windows_does(
     settings: Settings,
 ) -> None:
-    """Keys persisted by `SessionWindows` and keys the columnar operator packed (open
-    sessions with a closed segment and a current one, pending events, a closed session
-    with events pending) restore together into the columnar operator, which then writes
-    what `SessionWindows` writes from there, and changes the same keys."""
+    """Keys the columnar operator packed (open sessions with a closed segment and a current
+    one, pending events, a closed session with events pending) restore into it, which
+    then writes what `SessionWindows`, restored from its own state, writes from there, and
+    changes the same keys."""
     settings = settings.replace(allowed_lateness_s=5.0)  # a key's events 5 s before its latest
     columns = create_app(settings).processors["heartbeats"]
     windows = with_session_windows(create_app(settings), settings).processors["heartbeats"]
@@ -173,12 +175,12 @@ def test_state_written_by_session_windows_or_packed_is_read_back_and_goes_on_ali
         written[side] = {key: value for key, value in changed.items() if value}
     assert len(written[windows]) == len(written[columns]) == 4
     a, c, d = (f"{user}{KEY_SEPARATOR}v" for user in "acd")
-    mixed = {a: written[windows][a], c: written[columns][c], d: written[columns][d]}
-    own = {key: written[windows][key] for key in mixed}
-    restored, restored_again = columns.decode(b"", mixed), windows.decode(b"", own)
-    assert columns.changed_keys(columns.decode(b"", mixed)) == {}
+    packed = {key: written[columns][key] for key in (a, c, d)}
+    own = {key: written[windows][key] for key in packed}
+    restored, restored_again = columns.decode(b"", packed), windows.decode(b"", own)
+    assert columns.changed_keys(columns.decode(b"", packed)) == {}
     packed_again = columns.decode(b"", written[columns])
-    packed_again.sessions.changed[:] = True
+    packed_again.table["changed"][:] = True
     assert columns.changed_keys(packed_again) == written[columns]
     for now in (NOW, NOW + IDLE_MS - 1, NOW + IDLE_MS):  # restored keys: idle from NOW on
         expected = windows.process(restored_again, Batch(0, [], [], [], 0, now)).rows

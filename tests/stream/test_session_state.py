@@ -1,15 +1,19 @@
 """The session operator's state persisted key by key: what a commit writes, and what a
-restore reads back (including a whole-state snapshot written by an earlier version).
+restore reads back (state in another format it refuses).
 `SessionWindows` runs the video app's segment rules, as a fold, on the app's events."""
 
 from __future__ import annotations
 
+import re
+
 import msgspec
+import pytest
 from segment_fold import with_session_windows
 
 from kappaflow.app import Batch
 from kappaflow.apps.video.app import create_app
 from kappaflow.apps.video.events import KEY_SEPARATOR, Heartbeat
+from kappaflow.errors import StateFormatError
 from kappaflow.settings import Settings
 
 A, B = f"a{KEY_SEPARATOR}v", f"b{KEY_SEPARATOR}v"
@@ -72,16 +76,17 @@ def persisted(keys: dict) -> dict:
     return {key: (s.acc, s.last_ms, s.pending) for key, s in keys.items()}
 
 
-def test_restore_from_keys_and_from_an_earlier_whole_snapshot(settings: Settings) -> None:
+def test_restore_from_keys_and_refuse_state_of_another_format(settings: Settings) -> None:
     processor, state = opened(settings)
     assert state.keys[A].view is not None  # A has pending heartbeats
     keys = processor.changed_keys(state)
     assert msgspec.msgpack.decode(keys[A]) == [None, 0, [[1_000, 0, 0.0], [6_000, 2, 5.0]]]
     assert persisted(processor.decode(b"", keys).keys) == persisted(state.keys)
-    snapshot = msgspec.msgpack.encode(persisted(state.keys))  # how earlier versions wrote it
-    restored = processor.decode(snapshot, {})
-    assert persisted(restored.keys) == persisted(state.keys)
-    assert processor.changed_keys(restored) == keys  # rewritten key by key next commit
+    snapshot = msgspec.msgpack.encode(persisted(state.keys))  # as earlier versions wrote it
+    with pytest.raises(StateFormatError, match=r"no state of a whole partition.*store aside"):
+        processor.decode(snapshot, {})
+    with pytest.raises(StateFormatError, match=re.escape(f"state of key {A!r} is not")):
+        processor.decode(b"", {**keys, A: b"\x01\x02"})
 
 
 def test_restored_keys_close_after_the_idle_time_from_the_first_batch(

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import msgspec
 
 from kappaflow.app import Batch, Output
+from kappaflow.errors import StateFormatError
 from kappaflow.stream.lateness import late_reason
 
 Rows = dict[str, list[tuple[Any, ...]]]
@@ -128,9 +129,9 @@ class SessionState:
     visit only folded items (no session closed) is left out: restored, its stored state
     folds them at its next visit, to the same result."""
 
-    def __init__(self, keys: dict[str, KeyState], changed: set[str]) -> None:
+    def __init__(self, keys: dict[str, KeyState]) -> None:
         self.keys = keys
-        self.changed = changed
+        self.changed: set[str] = set()
         self.idle = DueKeys()
         self.unscheduled = list(keys)
 
@@ -145,16 +146,16 @@ def _latest(state: KeyState) -> int:
 
 
 _KEY_DECODER = msgspec.msgpack.Decoder(KeyState)
-_SNAPSHOT_DECODER = msgspec.msgpack.Decoder(dict[str, KeyState])
 
 
-def restored_keys(data: bytes, keys: Mapping[str, bytes]) -> tuple[dict[str, KeyState], set[str]]:
-    """Each key's `KeyState` from its stored value, and the keys to write with the next
-    commit: those of ``data``, if any, a whole-state snapshot of an earlier version."""
-    restored = _SNAPSHOT_DECODER.decode(data) if data else {}
-    changed = set(restored)
-    restored.update((key, _KEY_DECODER.decode(value)) for key, value in keys.items())
-    return restored, changed
+def refuse_partition_state(operator: str, data: bytes) -> None:
+    """Raise `StateFormatError` when a keyed ``operator``, which writes no state of a
+    whole partition, is restored with some (``data``, from an earlier version)."""
+    if data:
+        raise StateFormatError(
+            f"{operator} keep no state of a whole partition, but the store holds "
+            f"{len(data)} bytes of it"
+        )
 
 
 class SessionWindows:
@@ -172,7 +173,7 @@ class SessionWindows:
         self._encoder = msgspec.msgpack.Encoder()
 
     def initial_state(self) -> SessionState:
-        return SessionState({}, set())
+        return SessionState({})
 
     def encode(self, state: SessionState) -> bytes:
         return b""  # all of it is keyed
@@ -187,10 +188,19 @@ class SessionWindows:
         return changed
 
     def decode(self, data: bytes, keys: Mapping[str, bytes]) -> SessionState:
-        """The state from its keys; ``data``, if any, is a whole-state snapshot of an
-        earlier version, whose keys are then all written with the next commit."""
-        restored, changed = restored_keys(data, keys)
-        return SessionState(restored, changed)
+        """The state from its keys, as `changed_keys` wrote them. Raises
+        `StateFormatError` for a key in another format, or for ``data`` (this operator
+        writes none)."""
+        refuse_partition_state("session windows", data)
+        restored = {}
+        for key, value in keys.items():
+            try:
+                restored[key] = _KEY_DECODER.decode(value)
+            except msgspec.DecodeError as error:
+                raise StateFormatError(
+                    f"the session state of key {key!r} is not as session windows write it ({error})"
+                ) from None
+        return SessionState(restored)
 
     def process(self, state: SessionState, batch: Batch) -> Output[SessionState]:
         keys, fold, now = state.keys, self.fold, batch.clock_ms

@@ -1,86 +1,147 @@
-"""A video key's state as bytes, many keys at a time: a fixed head (its open session),
-then the segments that session has closed, then its pending events, each a record of
-fixed size, little-endian. A batch of keys is packed by slicing the bytes of all its
-heads, segments and events, and unpacked with array operations: no Python object per
-event or segment.
+"""The video operator's records, and a key's state as bytes.
 
-The first byte is `FORMAT`; state written by `SessionWindows` (a msgpack array, whose
-first byte is 0x90-0x9f) is told apart by it.
+Each record is one numpy structured dtype, which is both what the store keeps and what
+the operator holds in memory (the records, or columns named after their fields), always
+addressed by field name, never by position:
+
+- `SESSION`: a key's open session: its start, its last event and its open segment (the
+  operator holds its fields as columns, among a key's `arena.KEY` fields);
+- `SEGMENT`: a segment the open session has closed (held as these records, key by key);
+- `EVENT`: an event its key's watermark has not passed (held as columns of the arena).
+
+A key's bytes are a `HEAD` (the format, how many segments follow, the open session), its
+`SEGMENT`s, then its `EVENT`s: fixed-size records, little-endian, unpadded. The keys a
+commit changed are packed, and the keys of a partition unpacked, with array operations:
+no Python object per event or segment (docs/decisions/019-keys-packed.md,
+027-keys-packed-by-slicing.md).
+
+The format has no versions. `FORMAT`, a key's first four bytes, is a checksum of the three
+records' layout (their field names, types and order), so a changed record changes it. A
+key of any other format (written before a record changed) is refused with
+`StateFormatError`, never misread: the store is then built again from the log.
 """
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
 import numpy as np
 
-FORMAT = 1
-HEAD = np.dtype([
-    ("format", "u1"), ("open", "?"), ("session_ms", "<i8"), ("last_ts", "<i8"),
-    ("last_rank", "i1"), ("last_position", "<f8"), ("low", "<f8"), ("high", "<f8"),
-    ("start_ms", "<i8"), ("done", "<u4"),
+from kappaflow.errors import StateFormatError
+
+SESSION = np.dtype([
+    ("open", "?"),             # whether the key has an open session
+    ("session_ms", "<i8"),     # its start: the time of its first event
+    ("last_ms", "<i8"),        # the time of its last event,
+    ("last_position", "<f8"),  # and its position
+    ("segment_open", "?"),     # whether it has an open segment (its last event was no
+                               # pause or stop):
+    ("low", "<f8"),            # the lowest position it covered,
+    ("high", "<f8"),           # the highest,
+    ("start_ms", "<i8"),       # and the time of its first event
 ])  # fmt: skip
-"""The open session (as the operator's `Sessions` columns), and how many segments it
-has closed."""
-SESSION = HEAD.names[1:9]
-"""The head's fields that are the operator's `Sessions` columns, in their order."""
-DONE = np.dtype([("low", "<f8"), ("high", "<f8"), ("start_ms", "<i8"), ("end_ms", "<i8")])
-PENDING = np.dtype([("ts", "<i8"), ("rank", "i1"), ("position", "<f8")])
+"""A key's open session."""
+SEGMENT = np.dtype([("low", "<f8"), ("high", "<f8"), ("start_ms", "<i8"), ("end_ms", "<i8")])
+"""A closed segment: the positions it covered, the times of its first and last event."""
+EVENT = np.dtype([("ts", "<i8"), ("rank", "i1"), ("position", "<f8")])
+"""A pending event: its time, its kind's rank (`events.KIND_RANK`) and its position."""
+HEAD = np.dtype([("format", "<u4"), ("segments", "<u4"), ("session", SESSION)])
+"""What a key's bytes start with: `FORMAT`, how many `SEGMENT`s follow, its open session."""
 
 
-def _rows_at(firsts: np.ndarray, counts: np.ndarray, itemsize: int) -> np.ndarray:
-    """The byte positions, one row per record, of ``counts[k]`` records of ``itemsize``
-    bytes from byte ``firsts[k]`` on, for each k."""
-    counts = counts.astype(np.int64)
-    ends = np.cumsum(counts)
-    total = int(ends[-1]) if len(ends) else 0
-    record = np.arange(total) - np.repeat(ends - counts, counts)  # its index in its key
-    return (np.repeat(firsts, counts) + record * itemsize)[:, None] + np.arange(itemsize)
+def layout_format(*records: np.dtype) -> int:
+    """The format of state made of ``records``: a checksum of their field names, types and
+    order."""
+    return zlib.crc32(repr([record.descr for record in records]).encode())
 
 
-def _pending_at(starts: np.ndarray, head: np.ndarray) -> np.ndarray:
-    """Where the pending events of keys starting at ``starts`` start."""
-    return starts + HEAD.itemsize + head["done"] * DONE.itemsize
+FORMAT = layout_format(HEAD, SEGMENT, EVENT)
 
 
 def packed(
-    head: np.ndarray, done: np.ndarray, pending: np.ndarray, counts: np.ndarray
+    sessions: Mapping[str, np.ndarray] | np.ndarray,
+    segments: np.ndarray,
+    segment_counts: np.ndarray,
+    events: np.ndarray,
+    event_counts: np.ndarray,
 ) -> list[bytes]:
-    """Each key's bytes: its ``head`` (whose format byte this sets), its
-    ``head["done"]`` rows of ``done`` and its ``counts`` rows of ``pending`` (both in key
-    order). Each key's three parts are sliced from the parts' bytes and joined: a byte
-    index built to scatter them into one array took 1.7 times as long."""
-    head["format"] = FORMAT
-    heads, done_bytes, pending_bytes = head.tobytes(), done.tobytes(), pending.tobytes()
-    done_ends = (np.cumsum(head["done"], dtype=np.int64) * DONE.itemsize).tolist()
-    pending_ends = (np.cumsum(counts, dtype=np.int64) * PENDING.itemsize).tolist()
+    """Each key's bytes: its open session (``sessions``: `SESSION` records, or their
+    fields as columns), its ``segment_counts`` records of ``segments`` and its
+    ``event_counts`` records of ``events`` (both in key order). Each key's parts are
+    sliced from the bytes of all of them, and joined."""
+    head = np.zeros(len(segment_counts), HEAD)
+    head["format"], head["segments"], session = FORMAT, segment_counts, head["session"]
+    for name in SESSION.names:
+        session[name] = sessions[name]
+    heads, segment_bytes, event_bytes = head.tobytes(), segments.tobytes(), events.tobytes()
+    segment_ends = (np.cumsum(segment_counts, dtype=np.int64) * SEGMENT.itemsize).tolist()
+    event_ends = (np.cumsum(event_counts, dtype=np.int64) * EVENT.itemsize).tolist()
     return [
-        heads[start : start + HEAD.itemsize] + done_bytes[d0:d1] + pending_bytes[p0:p1]
-        for start, d0, d1, p0, p1 in zip(
-            range(0, len(heads), HEAD.itemsize), [0, *done_ends], done_ends,
-            [0, *pending_ends], pending_ends, strict=False,
+        heads[start : start + HEAD.itemsize] + segment_bytes[s0:s1] + event_bytes[e0:e1]
+        for start, s0, s1, e0, e1 in zip(
+            range(0, len(heads), HEAD.itemsize), [0, *segment_ends], segment_ends,
+            [0, *event_ends], event_ends, strict=False,
         )
     ]  # fmt: skip
 
 
-def is_packed(value: bytes) -> bool:
-    """Whether ``value`` is a key's state as `packed` writes it."""
-    return value[:1] == bytes((FORMAT,))
+class Unpacked(NamedTuple):
+    """The records of keys, each part in key order, and how many of each a key has."""
+
+    sessions: np.ndarray
+    segments: np.ndarray
+    segment_counts: np.ndarray
+    events: np.ndarray
+    event_counts: np.ndarray
 
 
-def unpacked(values: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The heads, closed segments and pending events (both in key order) of keys
-    ``packed`` wrote, and how many pending events each has."""
+def unpacked(keys: Sequence[str], values: Sequence[bytes]) -> Unpacked:
+    """The records of ``keys`` from their bytes, ``values``, as `packed` wrote them.
+    Raises `StateFormatError` naming the first key in another format."""
     data = np.frombuffer(b"".join(values), np.uint8)
     sizes = np.fromiter(map(len, values), np.int64, len(values))
     starts = np.cumsum(sizes) - sizes
+    _refuse(keys, values, sizes < HEAD.itemsize)
     head = _records(data, starts, np.ones(len(values), np.int64), HEAD)
-    pending_at = _pending_at(starts, head)
-    counts = (starts + sizes - pending_at) // PENDING.itemsize
-    done = _records(data, starts + HEAD.itemsize, head["done"], DONE)
-    return head, done, _records(data, pending_at, counts, PENDING), counts
+    segment_counts = head["segments"].astype(np.int64)
+    events_at = HEAD.itemsize + segment_counts * SEGMENT.itemsize
+    event_counts, left = np.divmod(sizes - events_at, EVENT.itemsize)
+    _refuse(keys, values, (head["format"] != FORMAT) | (event_counts < 0) | (left != 0))
+    return Unpacked(
+        head["session"],
+        _records(data, starts + HEAD.itemsize, segment_counts, SEGMENT),
+        segment_counts,
+        _records(data, starts + events_at, event_counts, EVENT),
+        event_counts,
+    )
+
+
+def _refuse(keys: Sequence[str], values: Sequence[bytes], wrong: np.ndarray) -> None:
+    """Raise `StateFormatError` for the first key ``wrong`` marks, if any."""
+    if not wrong.any():
+        return
+    first = int(np.argmax(wrong))
+    key, value = keys[first], values[first]
+    found = (
+        f"format {int.from_bytes(value[:4], 'little'):#010x}"
+        if value[:4] != FORMAT.to_bytes(4, "little")
+        else f"{len(value)} bytes, which no key's state of this format has"
+    )
+    raise StateFormatError(
+        f"the video session state of key {key!r} is not in the format this version of "
+        f"kappaflow reads (format {FORMAT:#010x}; found {found})"
+    )
 
 
 def _records(
     data: np.ndarray, firsts: np.ndarray, counts: np.ndarray, dtype: np.dtype
 ) -> np.ndarray:
-    """``counts[k]`` records of ``dtype`` from byte ``firsts[k]`` of ``data`` on."""
-    return data[_rows_at(firsts, counts, dtype.itemsize)].view(dtype)[:, 0]
+    """``counts[k]`` records of ``dtype`` from byte ``firsts[k]`` of ``data`` on, for each
+    k, as one array."""
+    ends = np.cumsum(counts)
+    total = int(ends[-1]) if len(ends) else 0
+    index = np.arange(total) - np.repeat(ends - counts, counts)  # a record's, in its key
+    rows = np.repeat(firsts, counts) + index * dtype.itemsize
+    return data[rows[:, None] + np.arange(dtype.itemsize)].view(dtype)[:, 0]
