@@ -24,11 +24,9 @@ from typing import Any, Protocol
 
 import msgspec
 
-from kappaflow.app import Batch, Output
+from kappaflow.app import Batch, Output, Rows
 from kappaflow.stream.due import DueKeys
 from kappaflow.stream.lateness import late_reason
-
-Rows = dict[str, list[tuple[Any, ...]]]
 
 
 class SessionFold(Protocol):
