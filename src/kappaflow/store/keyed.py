@@ -62,8 +62,13 @@ class ChangeLog:
         encoded, as `prepare` merges them, and decoded then, a claim took twice as long)."""
         merged: dict[str, Any] = {}
         for change in self._changes(cursor, group, partition, sql):
-            merged.update(self._decode(change))
-        return {key: value for key, value in merged.items() if value is not None}
+            if merged:
+                merged.update(self._decode(change))
+            else:
+                merged = self._decode(change)
+        if None in merged.values():  # a scan in C, where the filter is one in Python
+            merged = {key: value for key, value in merged.items() if value is not None}
+        return merged
 
     def _changes(self, cursor: Any, group: str, partition: int, sql: Translate) -> list[bytes]:
         return [bytes(data) for _, data in cursor.execute(sql(self._select), (group, partition))]
