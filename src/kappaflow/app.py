@@ -156,6 +156,9 @@ class FunctionProcessor(Generic[V]):
         *,
         ttl_s: float | None = None,
     ) -> None:
+        if ttl_s is not None and not ttl_s > 0:
+            raise AppError(f"{_name(process)}: ttl_s must be a positive number of seconds, "
+                           f"got {ttl_s!r}")  # fmt: skip
         self._process = process
         self.value_type = value_type
         self.ttl_ms = None if ttl_s is None else round(ttl_s * 1000)
@@ -190,8 +193,9 @@ class FunctionProcessor(Generic[V]):
             kept = self._decode(data) if data else None
         except msgspec.DecodeError as error:
             raise AppError(f"{_name(self._process)}: the partition's stored state is not "
-                           f"keyed ({error}): another processor kept it; start from an "
-                           "empty store") from None  # fmt: skip
+                           f"keyed ({error}): another processor kept it; move the store "
+                           "aside and start again, the workers compute the results again "
+                           "from the log") from None  # fmt: skip
         if not isinstance(kept, dict):
             return State(self.value_type, self.ttl_ms, keys, now_ms=kept)
         snapshot = {key: bytes(value) for key, value in kept.items()}

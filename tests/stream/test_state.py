@@ -15,6 +15,7 @@ from visits_app import TTL_S, Hit, create_app, hits, visits
 from visits_app import kept as kept_keys
 
 from kappaflow.app import Batch, FunctionProcessor, Output
+from kappaflow.errors import AppError
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
@@ -276,3 +277,11 @@ def test_a_worker_shows_no_count_of_keys_for_a_partition_it_let_go(settings: Set
     assert [shown(p) for p in range(4)] == [len(worker.runs[p].state) for p in range(4)]
     worker.own([0, 1])
     assert (shown(1), shown(2), shown(3)) == (len(worker.runs[1].state), None, None)
+
+
+def test_a_ttl_must_be_positive_and_a_state_kept_otherwise_is_refused() -> None:
+    with pytest.raises(AppError, match="ttl_s must be a positive number of seconds, got 0"):
+        FunctionProcessor(lambda state, batch: {}, int, ttl_s=0)
+    processor = FunctionProcessor(lambda state, batch: {}, int)
+    with pytest.raises(AppError, match=r"stored state is not keyed .*move the store aside"):
+        processor.decode(msgspec.msgpack.encode(["a list"]), {})
