@@ -48,8 +48,7 @@ ALERTS = Table(
 
 
 class Sensor(msgspec.Struct, array_like=True):
-    """What the processor keeps of a sensor: its latest reading's time, and whether that
-    was above the limit."""
+    """What the processor keeps of each sensor, in its keyed state."""
 
     last_ms: int
     hot: bool
