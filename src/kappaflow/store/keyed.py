@@ -58,8 +58,9 @@ class ChangeLog:
         self._delete = f"DELETE {where}"
 
     def read(self, cursor: Any, group: str, partition: int, sql: Translate = str) -> dict[str, Any]:
-        """A partition's map: its log's changes, applied in order (each decoded: merged
-        encoded, as `prepare` merges them, and decoded then, a claim took twice as long)."""
+        """A partition's map: its log's changes, each decoded and applied in order
+        (merging them encoded, as `prepare` does, then decoding the merge, took a claim
+        twice as long)."""
         merged: dict[str, Any] = {}
         for change in self._changes(cursor, group, partition, sql):
             if merged:
