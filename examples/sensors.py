@@ -13,7 +13,7 @@ from functools import partial
 
 import msgspec
 
-from kappaflow.app import App, Batch, FunctionProcessor, Output, Query, Stream
+from kappaflow.app import App, Batch, FunctionProcessor, Output, Query, State, Stream
 from kappaflow.events import EventTime, Identifier
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store, Table
@@ -56,16 +56,13 @@ ALERTS = Table.of(Alert, key=("sensor_id", "start_ms"), name="sensor_alerts")
 
 
 class Sensor(msgspec.Struct, array_like=True):
-    """What the processor remembers of a sensor between batches."""
+    """What the processor keeps of each sensor, in its keyed state."""
 
     last_ms: int
     hot: bool
 
 
-Sensors = dict[str, Sensor]
-
-
-def watch(limit_c: float, sensors: Sensors, batch: Batch) -> Output[Sensors]:
+def watch(limit_c: float, sensors: State[Sensor], batch: Batch) -> Output[State[Sensor]]:
     """Each reading in turn: it becomes the sensor's latest, and one above ``limit_c``
     after one at or below it starts an alert. A reading not after the sensor's latest
     (a retry, or one overtaken by a later reading) is refused: it goes to the dead
@@ -83,7 +80,7 @@ def watch(limit_c: float, sensors: Sensors, batch: Batch) -> Output[Sensors]:
         hot = reading.celsius > limit_c
         if hot and (sensor is None or not sensor.hot):
             alerts.append((reading.sensor_id, ts, reading.celsius))
-        sensors[reading.sensor_id] = Sensor(ts, hot)
+        sensors.set(reading.sensor_id, Sensor(ts, hot))
         latest[reading.sensor_id] = (reading.sensor_id, reading.celsius, ts)
     return Output(sensors, {LATEST.name: list(latest.values()), ALERTS.name: alerts}, refused)
 
@@ -119,7 +116,7 @@ def create_app(settings: Settings) -> App:
         "sensors",
         streams=[readings],
         tables=[LATEST, ALERTS],
-        processors={readings.name: FunctionProcessor(partial(watch, own.limit_c), Sensors, dict)},
+        processors={readings.name: FunctionProcessor(partial(watch, own.limit_c), Sensor)},
         queries=[
             Query("/v1/sensors/{sensor_id}", sensor_status,
                   "A sensor's latest reading and the times it went above the limit.",

@@ -17,7 +17,7 @@ from kappaflow.settings import Settings
 
 PACKAGE = '''
 import click, msgspec
-from kappaflow.app import App, FunctionProcessor, Output, Stream
+from kappaflow.app import App, FunctionProcessor, Stream
 from kappaflow.store.base import Table
 
 class View(msgspec.Struct):
@@ -30,7 +30,7 @@ class Pages(msgspec.Struct, frozen=True):
 def create_app(settings):
     own = settings.app("pageviews", Pages)
     views = Stream("views", View, key="page", time="ts")
-    process = FunctionProcessor(lambda state, batch: Output(state, {}), dict, dict)
+    process = FunctionProcessor(lambda state, batch: {}, int)
     table = Table("page_views", columns=(("page", "TEXT"),), key=("page",))
     return App("pageviews", [views], [table], {"views": process}, settings=own)
 

@@ -1,6 +1,7 @@
 """The app interface: what a user writes. An app declares its input streams (schema,
 key field, event-time field), its result tables, and one processor per stream: a
-function ``(state, batch) -> Output`` from the library's operators or written by hand.
+function ``(state, batch) -> rows`` written by hand over the partition's keyed `State`
+(`FunctionProcessor`), or one of the library's operators.
 An app's module exposes ``create_app(settings) -> App``; it is named in
 ``KAPPAFLOW_APPS``, by its module path or by its name as an installed app (an entry
 point of the group ``kappaflow.apps``). The guide is docs/apps.md."""
@@ -21,12 +22,14 @@ from kappaflow.errors import AppError, SettingsError
 from kappaflow.events import event_time_ms
 from kappaflow.query.params import Text
 from kappaflow.settings import PREFIX, Settings
+from kappaflow.stream.state import State
 
 if TYPE_CHECKING:  # types only: ingest reads apps' streams and loads nothing of the store
     from kappaflow.store.base import Row, Store, Table
 
 S = TypeVar("S")
 T = TypeVar("T")
+V = TypeVar("V")
 INSTALLED = "kappaflow.apps"
 """The entry-point group of installed apps: name -> the app's module."""
 
@@ -100,20 +103,24 @@ class Batch(NamedTuple):
     clock_ms: int = 0
 
 
+Rows = dict[str, list["Row"]]
+"""Result rows by table name: a typed table's structs (or tuples in its column order),
+another table's tuples."""
+
+
 class Output(NamedTuple, Generic[S]):
     state: S
-    rows: dict[str, list[Row]]
-    """By table name: a typed table's structs (or tuples in its column order), another
-    table's tuples."""
+    rows: Rows
     dead_letters: Sequence[tuple[int, str]] = ()
     """(offset, reason) of events the processor refused."""
 
 
 class Processor(Protocol[S]):
-    """Turns one partition's batches into result rows. ``process`` may update the state
-    it receives in place and return it. The worker persists the state with each commit:
-    ``encode`` gives its partition-wide part, ``changed_keys`` the keys changed since the
-    last call (so a commit writes only those), and ``decode`` restores both.
+    """Turns one partition's batches into result rows: the general shape, which
+    `FunctionProcessor` and the library's operators take. ``process`` may update the
+    state it receives in place and return it. The worker persists the state with each
+    commit: ``encode`` gives its partition-wide part, ``changed_keys`` the keys changed
+    since the last call (so a commit writes only those), and ``decode`` restores both.
 
     A processor whose class sets ``judges_lateness = True`` (a keyed operator, such as
     `SessionWindows`) gets every event and dead-letters the late ones itself, each
@@ -133,29 +140,73 @@ class Processor(Protocol[S]):
     def decode(self, data: bytes, keys: Mapping[str, bytes]) -> S: ...
 
 
-class FunctionProcessor(Generic[S]):
-    """A `Processor` from a function written by hand, ``process(state, batch) ->
-    Output``, with a partition's state of ``state_type`` (anything msgspec encodes:
-    dicts, lists, Structs) starting as ``initial()``. The whole state is persisted with
-    each commit, so keep it small: state that grows with the keys belongs in an
-    operator that writes only the keys changed, such as `SessionWindows`."""
+class FunctionProcessor(Generic[V]):
+    """A `Processor` from a function written by hand, ``process(state, batch)``, where
+    ``state`` is the partition's keyed `State` of values of ``value_type`` (anything
+    msgspec encodes). It returns the rows by table name, or, to refuse events, an
+    ``Output(state, rows, dead_letters)``. A commit writes the keys whose value the
+    batch changed. With ``ttl_s``, a key not set for that many seconds of the
+    partition's event time (its watermark) is deleted, so that state stays bounded:
+    never sooner, and at most two batches' spans of event time later (see
+    `State.advance`)."""
 
     def __init__(
-        self, process: Callable[[S, Batch], Output[S]], state_type: Any, initial: Callable[[], S]
+        self,
+        process: Callable[[State[V], Batch], Rows | Output[State[V]]],
+        value_type: Any,
+        *,
+        ttl_s: float | None = None,
     ) -> None:
-        self.process = process
-        self.initial_state = initial
+        if ttl_s is not None and not ttl_s > 0:
+            raise AppError(f"{_name(process)}: ttl_s must be a positive number of seconds, "
+                           f"got {ttl_s!r}")  # fmt: skip
+        self._process = process
+        self.value_type = value_type
+        self.ttl_ms = None if ttl_s is None else round(ttl_s * 1000)
         self._encode = msgspec.msgpack.Encoder().encode
-        self._decode = msgspec.msgpack.Decoder(state_type).decode
+        self._decode = msgspec.msgpack.Decoder(int | dict[str, msgspec.Raw]).decode
 
-    def encode(self, state: S) -> bytes:
-        return self._encode(state)
+    def initial_state(self) -> State[V]:
+        return State(self.value_type, self.ttl_ms)
 
-    def changed_keys(self, state: S) -> dict[str, bytes | None]:
-        return {}  # all of it is in `encode`
+    def process(self, state: State[V], batch: Batch) -> Output[State[V]]:
+        state.advance(batch.watermark_ms)
+        result = self._process(state, batch)
+        state.flush()
+        if isinstance(result, dict):
+            return Output(state, result)
+        if isinstance(result, Output):
+            return Output(state, result.rows, result.dead_letters)
+        raise TypeError(f"{_name(self._process)} returned {type(result).__name__}: return "
+                        "the rows by table name, or Output(state, rows, dead_letters)")  # fmt: skip
 
-    def decode(self, data: bytes, keys: Mapping[str, bytes]) -> S:
-        return self._decode(data)
+    def encode(self, state: State[V]) -> bytes:
+        return b"" if state.now_ms is None else self._encode(state.now_ms)  # the rest is keyed
+
+    def changed_keys(self, state: State[V]) -> dict[str, bytes | None]:
+        return state.changes()
+
+    def decode(self, data: bytes, keys: Mapping[str, bytes]) -> State[V]:
+        """The state from its keys and the partition's event time (``data``); or, from
+        an earlier version, ``data`` is the whole state (a map of keys to values), whose
+        keys are all written with the next commit."""
+        try:
+            kept = self._decode(data) if data else None
+        except msgspec.DecodeError as error:
+            raise AppError(f"{_name(self._process)}: the partition's stored state is not "
+                           f"keyed ({error}): another processor kept it; move the store "
+                           "aside and start again, the workers compute the results again "
+                           "from the log") from None  # fmt: skip
+        if not isinstance(kept, dict):
+            return State(self.value_type, self.ttl_ms, keys, now_ms=kept)
+        snapshot = {key: bytes(value) for key, value in kept.items()}
+        changed = [key for key in snapshot if key not in keys]
+        return State(self.value_type, self.ttl_ms, {**snapshot, **keys}, changed)
+
+
+def _name(function: Callable[..., Any]) -> str:
+    """A function's name, or its repr (a `functools.partial`, say)."""
+    return getattr(function, "__qualname__", None) or repr(function)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import REGISTRY, Collector
@@ -49,6 +49,20 @@ BATCH_SECONDS = Histogram(
     ["group"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+STATE_KEYS = Gauge(
+    "kappaflow_state_keys",
+    "Keys in a partition's keyed state (a State), as its worker last restored or committed it.",
+    ["group", "partition"],
+    multiprocess_mode="mostrecent",  # the partition's latest owner's count
+)
+
+
+def forget_state_keys(group: str, partition: int) -> None:
+    """This process let go of ``partition``: its count of keys is its new owner's to
+    show. (Processes that share their metrics show the latest count of any of them.)"""
+    if not os.environ.get(MULTIPROCESS_VARIABLE):
+        STATE_KEYS.remove(group, str(partition))
 
 
 def declare(apps: Sequence[App]) -> None:

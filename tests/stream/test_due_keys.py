@@ -1,11 +1,11 @@
-"""The session operator's index of keys by the time at which each is due."""
+"""The index of keys by the time at which each is due."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kappaflow.stream.sessions import BUCKET_BITS, DueKeys
+from kappaflow.stream.due import BUCKET_BITS, DueKeys
 
 KEYS = st.sampled_from("abcdefgh")
 SCHEDULE = st.tuples(st.just("schedule"), KEYS, st.integers(0, 1_000))

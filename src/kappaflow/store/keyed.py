@@ -50,7 +50,7 @@ class ChangeLog:
 
     def __init__(self, table: str, value: Any) -> None:
         self.table = table
-        self._decode = msgspec.msgpack.Decoder(dict[str, value]).decode
+        self._decode = msgspec.msgpack.Decoder(dict[str, value | None]).decode
         where = f"FROM {table} WHERE grp = ? AND partition = ?"
         self._select = f"SELECT seq, data {where} ORDER BY seq"
         self._sizes = f"SELECT seq, length(data) {where} ORDER BY seq"
@@ -58,9 +58,18 @@ class ChangeLog:
         self._delete = f"DELETE {where}"
 
     def read(self, cursor: Any, group: str, partition: int, sql: Translate = str) -> dict[str, Any]:
-        """A partition's map: its log's changes, applied in order."""
-        merged = _merged(self._changes(cursor, group, partition, sql))
-        return self._decode(merged) if merged else {}
+        """A partition's map: its log's changes, each decoded and applied in order
+        (merging them encoded, as `prepare` does, then decoding the merge, took a claim
+        twice as long)."""
+        merged: dict[str, Any] = {}
+        for change in self._changes(cursor, group, partition, sql):
+            if merged:
+                merged.update(self._decode(change))
+            else:
+                merged = self._decode(change)
+        if None in merged.values():  # a scan in C, where the filter is one in Python
+            merged = {key: value for key, value in merged.items() if value is not None}
+        return merged
 
     def _changes(self, cursor: Any, group: str, partition: int, sql: Translate) -> list[bytes]:
         return [bytes(data) for _, data in cursor.execute(sql(self._select), (group, partition))]

@@ -39,11 +39,19 @@ from kappaflow.errors import (
     StoreUnavailable,
 )
 from kappaflow.log.base import Log, RecordBatch
-from kappaflow.metrics import BATCH_SECONDS, DEAD_LETTERS, EVENTS_PROCESSED, PROCESSOR_FAILURES
+from kappaflow.metrics import (
+    BATCH_SECONDS,
+    DEAD_LETTERS,
+    EVENTS_PROCESSED,
+    PROCESSOR_FAILURES,
+    STATE_KEYS,
+    forget_state_keys,
+)
 from kappaflow.settings import Settings
 from kappaflow.store.base import DeadLetter, Halted, PartitionCommit, Store, reason_kind
 from kappaflow.stream.assignment import Assignment, Fixed
 from kappaflow.stream.dedup import SeenIds, event_ids
+from kappaflow.stream.state import State
 
 log = logging.getLogger("kappaflow.worker")
 
@@ -217,6 +225,7 @@ class Worker:
                 run.seen = SeenIds(self.dedup_window_ms, self.settings.dedup_max_ids, claim.seen)
             run.last_record_at = self.clock()
             self.runs[partition] = run
+            self._count_keys(run)
             if partition in self.halted:  # claimed again meanwhile (the store came back)
                 self._note_halt(partition, self.halted[partition].noted)
         starts = {p: self.runs[p].next_offset for p in partitions}
@@ -244,6 +253,7 @@ class Worker:
             self.runs.pop(partition, None)
             self.halted.pop(partition, None)
             self._failures.pop(partition, None)
+            forget_state_keys(self.group, partition)
         log.info("worker for %s gave up partitions %s", self.group, list(partitions))
 
     def poll(self) -> int:
@@ -277,6 +287,7 @@ class Worker:
                 for letter in step.dead:
                     DEAD_LETTERS.labels(self.group, reason_kind(letter.reason)).inc()
                 self._failures.pop(step.commit.partition, None)  # tried again: it went on
+                self._count_keys(step.run)
         if shown:
             self.log.acknowledge(self.group, self.stream.name, shown)
             for partition in shown:
@@ -325,6 +336,11 @@ class Worker:
             self.processor.changed_keys(run.state),
             {} if run.seen is None else run.seen.changes(),
         )
+
+    def _count_keys(self, run: PartitionRun) -> None:
+        """Show how many keys the partition's `State` has, if its processor keeps one."""
+        if isinstance(run.state, State):
+            STATE_KEYS.labels(self.group, str(run.partition)).set(len(run.state))
 
     def _commit(self, steps: list[Step]) -> list[Step] | None:
         """Commit the steps in one transaction; the steps committed, or None if the
