@@ -59,7 +59,7 @@ def test_a_worker_that_does_not_let_go_in_time_is_stopped_and_started_again(
     deaf = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     file = ShareFile(stack.shares / "0")
     file.offer([0, 1, 2, 3])
-    stack.workers[0] = WorkerProcess([0, 1, 2, 3], deaf, file)
+    stack.workers[0] = WorkerProcess(process=deaf, share=[0, 1, 2, 3], file=file)
     try:
         stack.resize(2)
         assert deaf.poll() is not None, "stopped"

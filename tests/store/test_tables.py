@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import pytest
 
-from kappaflow.app import App, Batch, FunctionProcessor, Lookup, Output, Stream
+from kappaflow.app import App, Batch, FunctionProcessor, Lookup, Rows, State, Stream
 from kappaflow.errors import AppError, StoreError
 from kappaflow.settings import Settings
 from kappaflow.store import Store, open_store
@@ -220,14 +220,14 @@ EARNED = Table.of(Earned, key="video_id", mode="add")
 def test_a_processor_writes_structs_and_a_lookup_reads_them(backend_settings: Settings) -> None:
     rates = Lookup(RATES, lambda rows: {rate.video_id: rate.per_minute for rate in rows})
 
-    def earn(state: None, batch: Batch) -> Output[None]:
+    def earn(state: State[None], batch: Batch) -> Rows:
         per_play = rates.data
         earned = [Earned(play.video_id, 1, per_play.get(play.video_id, 0.0))
                   for play in batch.events]  # fmt: skip
-        return Output(None, {EARNED.name: earned})
+        return {EARNED.name: earned}
 
     plays = Stream("plays", Play, key="video_id", time="ts")
-    processor = FunctionProcessor(earn, None, lambda: None)
+    processor = FunctionProcessor(earn, None)
     app = App("earnings", [plays], [EARNED], {plays.name: processor}, lookups=[rates])
     with closing(open_store(backend_settings)) as store:
         store.create_tables(app.all_tables)
@@ -256,12 +256,12 @@ LAST_VISITS = Table.of(LastVisit, key="page")
 
 
 def test_a_record_whose_row_the_store_refuses_goes_to_the_dead_letters(settings: Settings) -> None:
-    def last(state: None, batch: Batch) -> Output[None]:
-        return Output(None, {LAST_VISITS.name: [LastVisit(v.page, v.at) for v in batch.events]})
+    def last(state: State[None], batch: Batch) -> Rows:
+        return {LAST_VISITS.name: [LastVisit(v.page, v.at) for v in batch.events]}
 
     visits = Stream("visits", Visit, key="page", time="ts")
     app = App("visits", [visits], [LAST_VISITS],
-              {visits.name: FunctionProcessor(last, None, lambda: None)})  # fmt: skip
+              {visits.name: FunctionProcessor(last, None)})  # fmt: skip
     events = [Visit(f"/{i}", 1_767_225_600_000 + i, T0 + timedelta(seconds=i)) for i in range(20)]
     events[7] = Visit("/7", events[7].ts, datetime(2026, 3, 1, 12, 30))
     with closing(run_events(app, events, settings.replace(partitions=1))) as store:
