@@ -115,7 +115,8 @@ def test_a_broker_killed_mid_load_loses_and_repeats_nothing(
     with kappaflow("up", "--data-dir", str(tmp_path / "data"), env=env) as stack:
         load = ClickLoad(stack.client())
         load.start()
-        time.sleep(4)
+        # Under way first: a new transactional producer waits for its coordinator.
+        wait_until(lambda: len(load.accepted) >= 500, 60, "clicks accepted before the kill")
         admin = AdminClient({"bootstrap.servers": kafka3.bootstrap_servers})
         leader = admin.list_topics("clicks", timeout=10).topics["clicks"].partitions[0].leader
         victim = next(node for node in kafka3.nodes if node.node_id == leader)
@@ -123,7 +124,9 @@ def test_a_broker_killed_mid_load_loses_and_repeats_nothing(
         time.sleep(10)
         victim.start()
         kafka3.wait_until_ready()
-        time.sleep(4)
+        before = len(load.accepted)
+        wait_until(lambda: len(load.accepted) >= before + 500, 60,
+                   "clicks accepted after the broker's return")  # fmt: skip
         load.stop()
         stack.wait_for_no_lag(timeout_s=120)
         output = stack.output.read_text()
