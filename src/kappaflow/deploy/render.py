@@ -33,6 +33,12 @@ STARTUP_S = 300
 """How long a role may take to start serving (a worker opens the log and the store
 and joins its consumer groups first) before the kubelet restarts it; the liveness
 probe counts only from then on."""
+TIMING = {
+    "startup": {"periodSeconds": 5, "failureThreshold": STARTUP_S // 5},
+    "liveness": {"periodSeconds": 10},
+    "readiness": {"periodSeconds": 10},
+}
+"""How often each kind of probe asks, and how many failures it allows."""
 METRICS_PATH = "/metrics"
 POSTGRES_SECRET = "kappaflow-postgres"
 """The Secret whose key ``password`` every role reads as ``PGPASSWORD`` (libpq's), so that
@@ -180,10 +186,7 @@ def _deployment(settings: Settings, role: str, replicas: int) -> Doc:
                             "capabilities": {"drop": ["ALL"]}},
     }  # fmt: skip
     for kind, path in PROBES[role].items():
-        period = 5 if kind == "startup" else 10
-        container[f"{kind}Probe"] = {"httpGet": {"path": path, "port": "http"},
-                                     "periodSeconds": period}  # fmt: skip
-    container["startupProbe"]["failureThreshold"] = STARTUP_S // 5
+        container[f"{kind}Probe"] = {"httpGet": {"path": path, "port": "http"}, **TIMING[kind]}
     scrape = {"prometheus.io/scrape": "true", "prometheus.io/port": str(PORT),
               "prometheus.io/path": METRICS_PATH}  # fmt: skip
     pod_security = {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
