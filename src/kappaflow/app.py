@@ -286,18 +286,36 @@ class App:
     name: str
     streams: Sequence[Stream]
     tables: Sequence[Table]
-    processors: dict[str, Processor[Any]] = field(default_factory=dict)
-    """Stream name -> its processor."""
+    processors: dict[str, Processor[Any] | Sequence[Processor[Any]]] = field(default_factory=dict)
+    """Stream name -> its processor, or a list of them (each gets every batch: see
+    `kappaflow.ops.Fanout`)."""
     queries: Sequence[Query] = ()
     lookups: Sequence[Lookup[Any]] = ()
     uploads: Sequence[Upload] = ()
     settings: msgspec.Struct | None = None
     """The app's own settings, as `Settings.app` read them under the app's name."""
 
+    def __post_init__(self) -> None:
+        """Make a list of processors one, and check each against its stream (an
+        operator's ``bind(stream)``, which raises `AppError`)."""
+        from kappaflow.ops.fanout import Fanout  # the library builds on this module
+
+        for name, processor in self.processors.items():
+            if isinstance(processor, Sequence):
+                processor = self.processors[name] = Fanout(processor)
+            bind = getattr(processor, "bind", None)
+            if bind is not None:
+                bind(self.stream(name))
+
     @property
     def all_tables(self) -> list[Table]:
-        """Result tables and the lookups' reference tables."""
-        return [*self.tables, *(lookup.table for lookup in self.lookups)]
+        """Result tables (those listed, and the library's operators' own tables) and
+        the lookups' reference tables."""
+        tables = {table.name: table for table in self.tables}
+        for processor in self.processors.values():
+            for table in getattr(processor, "tables", ()):
+                tables.setdefault(table.name, table)
+        return [*tables.values(), *(lookup.table for lookup in self.lookups)]
 
     def group(self, stream: Stream) -> str:
         """The consumer group: the identity under which offsets and state are kept."""

@@ -32,19 +32,26 @@ def upsert_sql(table: Table, dialect: str = "sqlite") -> str:
     columns = ", ".join(names)
     marks = ", ".join("?" for _ in names)
     values = [n for n in names if n not in table.key]
+    insert = f"INSERT INTO {table.name} ({columns}) VALUES ({marks})"
     if not values or table.mode == "distinct":
-        return f"INSERT INTO {table.name} ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING"
+        return f"{insert} ON CONFLICT DO NOTHING"
     if table.mode == "replace" and dialect == "sqlite":
         return f"INSERT OR REPLACE INTO {table.name} ({columns}) VALUES ({marks})"
-    if table.mode == "add":
-        sets = ", ".join(f"{n} = {table.name}.{n} + excluded.{n}" for n in values)
-    else:
-        sets = ", ".join(f"{n} = excluded.{n}" for n in values)
-    key = ", ".join(table.key)
-    return (
-        f"INSERT INTO {table.name} ({columns}) VALUES ({marks}) "
-        f"ON CONFLICT ({key}) DO UPDATE SET {sets}"
-    )
+    merged = dict(table.merge) if table.mode == "add" else dict.fromkeys(values, "replace")
+    sets = ", ".join(f"{n} = {_merged(table.name, n, merged.get(n, 'add'), dialect)}"
+                     for n in values)  # fmt: skip
+    later = f" WHERE excluded.{table.time} >= {table.name}.{table.time}" if table.time else ""
+    return f"{insert} ON CONFLICT ({', '.join(table.key)}) DO UPDATE SET {sets}{later}"
+
+
+def _merged(table: str, column: str, merge: str, dialect: str) -> str:
+    """The SQL of a stored value merged with a written one."""
+    if merge == "replace":
+        return f"excluded.{column}"
+    if merge == "add":
+        return f"{table}.{column} + excluded.{column}"
+    function = {"min": "LEAST", "max": "GREATEST"}[merge] if dialect == "postgres" else merge
+    return f"{function}({table}.{column}, excluded.{column})"
 
 
 def count_sql(target: Table, column: str) -> str:
@@ -88,11 +95,14 @@ datetimes as ISO 8601 text (`kappaflow.store.tables.sql_value`)."""
 
 
 def create_sql(table: Table, dialect: str = "sqlite") -> str:
-    """Numeric columns of ``add`` tables default to 0, so counters can start anywhere."""
+    """The columns an ``add`` table adds up default to 0, so counters can start
+    anywhere."""
     types = SQL_TYPES[dialect]
+    kept = [*table.key, *dict(table.merge)]
+    added = [n for n in table.column_names if n not in kept] if table.mode == "add" else []
 
     def column(name: str, kind: ColumnType) -> str:
-        if table.mode == "add" and name not in table.key:
+        if name in added:
             return f"{name} {types[kind]} NOT NULL DEFAULT 0"
         return f"{name} {types[kind]}" + (" NOT NULL" if name in table.not_null else "")
 

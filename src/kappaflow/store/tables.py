@@ -5,7 +5,7 @@ values a driver writes, and back."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from functools import partial
 from itertools import starmap
@@ -18,6 +18,8 @@ from msgspec.structs import astuple
 from kappaflow.errors import AppError, StoreError
 
 ColumnType = Literal["TEXT", "INTEGER", "REAL", "BOOLEAN", "BLOB", "DATE", "TIMESTAMP"]
+Mode = Literal["replace", "add", "distinct", "latest"]
+Merge = Literal["add", "min", "max", "replace"]
 R = TypeVar("R", bound=msgspec.Struct)
 Row = tuple[Any, ...] | msgspec.Struct
 """A row a processor writes: a tuple in its table's column order, or a typed table's
@@ -58,8 +60,11 @@ RESERVED = frozenset(
 
 class Table(msgspec.Struct, Generic[R], frozen=True):
     """A result table. ``mode='replace'``: a written row replaces the stored one with the
-    same key. ``mode='add'``: its non-key columns (numbers) are added to the stored ones.
-    ``mode='distinct'``: a row whose key is already stored is ignored; each new one adds
+    same key. ``mode='latest'``: it does unless the stored one's column ``time`` is later
+    (the latest by event time, whichever order rows come in). ``mode='add'``: its
+    non-key columns (numbers) are added to the stored ones, or merged as ``merge`` says
+    (column -> ``min``, ``max``, ``replace``): partial results of several writers
+    combined. ``mode='distinct'``: a row whose key is already stored is ignored; each new one adds
     1 to column ``counts[1]`` of table ``counts[0]``, in the row whose key columns (all
     present in this table) have the same values: a distinct count kept as rows arrive.
 
@@ -70,12 +75,16 @@ class Table(msgspec.Struct, Generic[R], frozen=True):
     name: str
     columns: tuple[tuple[str, ColumnType], ...]
     key: tuple[str, ...]
-    mode: Literal["replace", "add", "distinct"] = "replace"
+    mode: Mode = "replace"
     counts: tuple[str, str] | None = None
     not_null: tuple[str, ...] = ()
     """Columns that refuse NULL besides the key's (which always do)."""
     row: type[R] | None = None
     """The struct of a typed table's rows; None: rows are tuples."""
+    time: str | None = None
+    """A ``latest`` table's column of event time."""
+    merge: tuple[tuple[str, Merge], ...] = ()
+    """An ``add`` table's columns merged otherwise than added."""
 
     def __post_init__(self) -> None:
         _check_name(self.name, f"table {self.name!r}")
@@ -92,12 +101,21 @@ class Table(msgspec.Struct, Generic[R], frozen=True):
                 f"table {self.name}: its key {self.key} and not_null {self.not_null} must "
                 f"name some of its columns ({', '.join(names)})"
             )
+        if (self.mode == "latest") != (self.time in names):
+            raise AppError(f"table {self.name}: a 'latest' table, and only one, names its "
+                           f"column of event time (time=), one of {', '.join(names)}")  # fmt: skip
+        merged = dict(self.merge)
+        if merged and (self.mode != "add" or not merged.keys() <= set(names) - set(self.key)):
+            raise AppError(f"table {self.name}: merge names columns of an 'add' table "
+                           f"outside its key, got {self.merge}")  # fmt: skip
         if self.mode == "add":
             for name, kind in self.columns:
-                if name not in self.key and kind not in NUMERIC:
+                added = name not in self.key and merged.get(name, "add") == "add"
+                if added and kind not in NUMERIC:
                     raise AppError(
                         f"table {self.name}: column {name} is {kind}, but an 'add' table "
-                        "adds up its columns outside the key: they must be numbers"
+                        "adds up its columns outside the key (those merge does not name): "
+                        "they must be numbers"
                     )
 
     @classmethod
@@ -107,14 +125,16 @@ class Table(msgspec.Struct, Generic[R], frozen=True):
         key: str | Sequence[str],
         *,
         name: str | None = None,
-        mode: Literal["replace", "add", "distinct"] = "replace",
+        mode: Mode = "replace",
         counts: tuple[str, str] | None = None,
+        time: str | None = None,
+        merge: Mapping[str, Merge] | None = None,
     ) -> Table[R]:
         """The table of ``row``'s structs, named ``name`` (default: the struct's name in
         snake case, ``PageViews`` -> ``page_views``), keyed by the fields ``key``: a
         column per field, in order, typed by `COLUMN_TYPES`; a field ``X | None`` is
         nullable (not in the key), the others refuse NULL. `AppError` names a field of
-        another type."""
+        another type. ``mode``, ``counts``, ``time`` and ``merge`` are as in `Table`."""
         name = name or re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_",
                               row.__name__).lower()  # fmt: skip
         keys = (key,) if isinstance(key, str) else tuple(key)
@@ -136,7 +156,8 @@ class Table(msgspec.Struct, Generic[R], frozen=True):
             if optional:
                 nullable.append(field.name)
         not_null = tuple(n for n, _ in columns if n not in nullable and n not in keys)
-        return cls(name, tuple(columns), keys, mode, counts, not_null, row)
+        merged = tuple((merge or {}).items())
+        return cls(name, tuple(columns), keys, mode, counts, not_null, row, time, merged)
 
     @property
     def column_names(self) -> tuple[str, ...]:
