@@ -1,5 +1,6 @@
 """An app of your own, as docs/apps.md builds it: temperature readings -> each sensor's
-latest reading, and an alert whenever a sensor goes above the limit.
+latest reading (the library's `Latest`), and an alert whenever a sensor goes above the
+limit (a function of its own, over keyed state).
 
 Run it beside the built-in apps:
 ``PYTHONPATH=examples KAPPAFLOW_APPS=video,clicks,sensors kappaflow up``; its limit:
@@ -15,6 +16,7 @@ import msgspec
 
 from kappaflow.app import App, Batch, FunctionProcessor, Output, Query, State, Stream
 from kappaflow.events import EventTime, Identifier
+from kappaflow.ops import Latest
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store, Table
 
@@ -35,7 +37,7 @@ class Reading(msgspec.Struct):
     ts: EventTime
 
 
-class Latest(msgspec.Struct):
+class LatestReading(msgspec.Struct):
     """A sensor's latest reading."""
 
     sensor_id: str
@@ -51,7 +53,7 @@ class Alert(msgspec.Struct):
     celsius: float
 
 
-LATEST = Table.of(Latest, key="sensor_id", name="sensor_latest")
+LATEST = Latest(LatestReading, by="sensor_id", time="ts_ms", table="sensor_latest")
 ALERTS = Table.of(Alert, key=("sensor_id", "start_ms"), name="sensor_alerts")
 
 
@@ -63,13 +65,11 @@ class Sensor(msgspec.Struct, array_like=True):
 
 
 def watch(limit_c: float, sensors: State[Sensor], batch: Batch) -> Output[State[Sensor]]:
-    """Each reading in turn: it becomes the sensor's latest, and one above ``limit_c``
-    after one at or below it starts an alert. A reading not after the sensor's latest
-    (a retry, or one overtaken by a later reading) is refused: it goes to the dead
-    letters with the reason, whose kind (``not newer``, up to the colon) is what the
-    dead letters are counted and filtered by."""
-    latest: dict[str, tuple[str, float, int]] = {}
-    alerts: list[tuple[str, int, float]] = []
+    """Each reading in turn: one above ``limit_c`` after one at or below it starts an
+    alert. A reading not after the sensor's latest (a retry, or one overtaken by a later
+    reading) is refused: it goes to the dead letters with the reason, whose kind (``not
+    newer``, up to the colon) is what the dead letters are counted and filtered by."""
+    alerts: list[Alert] = []
     refused: list[tuple[int, str]] = []
     for offset, reading, ts in zip(batch.offsets, batch.events, batch.times_ms, strict=True):
         sensor = sensors.get(reading.sensor_id)
@@ -79,10 +79,9 @@ def watch(limit_c: float, sensors: State[Sensor], batch: Batch) -> Output[State[
             continue
         hot = reading.celsius > limit_c
         if hot and (sensor is None or not sensor.hot):
-            alerts.append((reading.sensor_id, ts, reading.celsius))
+            alerts.append(Alert(reading.sensor_id, ts, reading.celsius))
         sensors.set(reading.sensor_id, Sensor(ts, hot))
-        latest[reading.sensor_id] = (reading.sensor_id, reading.celsius, ts)
-    return Output(sensors, {LATEST.name: list(latest.values()), ALERTS.name: alerts}, refused)
+    return Output(sensors, {ALERTS.name: alerts}, refused)
 
 
 class AlertStart(msgspec.Struct):
@@ -100,7 +99,7 @@ class SensorStatus(msgspec.Struct):
 def sensor_status(store: Store, params: Mapping[str, str]) -> SensorStatus | None:
     """The sensor's latest reading and its alerts; None (404) for a sensor never seen."""
     sensor = (params["sensor_id"],)
-    found = store.select(LATEST, "sensor_id = ?", sensor)
+    found = store.select(LATEST.table, "sensor_id = ?", sensor)
     if not found:
         return None
     alerts = store.select(ALERTS, "sensor_id = ?", sensor, order_by="start_ms")
@@ -115,8 +114,9 @@ def create_app(settings: Settings) -> App:
     return App(
         "sensors",
         streams=[readings],
-        tables=[LATEST, ALERTS],
-        processors={readings.name: FunctionProcessor(partial(watch, own.limit_c), Sensor)},
+        tables=[ALERTS],
+        processors={readings.name: [LATEST, FunctionProcessor(partial(watch, own.limit_c),
+                                                              Sensor)]},
         queries=[
             Query("/v1/sensors/{sensor_id}", sensor_status,
                   "A sensor's latest reading and the times it went above the limit.",

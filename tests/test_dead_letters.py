@@ -126,8 +126,8 @@ def dead_clicks(backend_settings: Settings) -> Iterator[Store]:
 
 
 def countries(store: Store) -> dict[str, int]:
-    return dict(store.query("SELECT value, events FROM click_counts "
-                            "WHERE span = '1h' AND dimension = 'country'"))  # fmt: skip
+    return dict(store.query("SELECT value, events FROM click_counts_1h "
+                            "WHERE dimension = 'country'"))  # fmt: skip
 
 
 def test_a_replay_appends_to_the_log_and_the_workers_count_it_after_the_fix(

@@ -36,13 +36,12 @@ import msgspec
 import psutil
 import pytest
 
-from kappaflow.apps.clicks.app import Click, dimensions
+from kappaflow.apps.clicks.app import WINDOWS_MS, Click, dimensions
 from kappaflow.apps.clicks.demo import sample_path
 from kappaflow.apps.video.app import Heartbeat, create_app
 from kappaflow.apps.video.sim import HEARTBEAT_S, simulate
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
-from kappaflow.stream.windows import WINDOW_SIZES_MS
 from kappaflow.testing import result_tables, run_events, wait_until
 from kappaflow.testing.proxy import TcpProxy, tcp_proxy
 from kappaflow.up import free_port
@@ -354,9 +353,10 @@ def check_clicks(load: Load, dead_letters: list[dict], dsn: str) -> None:
           f"{len(outcomes.unknown)} unknown; answers {dict(outcomes.statuses)}")  # fmt: skip
     assert set(outcomes.statuses) <= {202, 429, 503}, outcomes.statuses
     settings = Settings.load({}, {"store": "postgres", "postgres_dsn": dsn})
-    (rows,) = result_tables(settings, ["click_counts"]).values()
-    counted = Counter({int(value.rpartition(TAG)[2]): events for span, dimension, _, value, events
-                       in rows if (span, dimension) == ("1h", "url")})  # fmt: skip
+    tables = result_tables(settings, [f"click_counts_{window}" for window in WINDOWS_MS])
+    rows = [(window, *row) for window in WINDOWS_MS for row in tables[f"click_counts_{window}"]]
+    counted = Counter({int(value.rpartition(TAG)[2]): events for window, dimension, value, _, events
+                       in rows if (window, dimension) == ("1h", "url")})  # fmt: skip
     dead: Counter[int] = Counter()
     for letter in dead_letters:
         assert letter["reason"].split(":")[0], letter
@@ -373,10 +373,10 @@ def check_clicks(load: Load, dead_letters: list[dict], dsn: str) -> None:
     for i in counted:
         click = decoder.decode(msgspec.json.encode(load.clicks[i]))
         pairs = list(dimensions(click))
-        for span, size in WINDOW_SIZES_MS.items():
+        for window, size in WINDOWS_MS.items():
             start = click.t * 1000 - click.t * 1000 % size
             for dimension, value in pairs:
-                expected[span, dimension, start, value] += 1
+                expected[window, dimension, value, start] += 1
     assert Counter({tuple(row[:4]): row[4] for row in rows}) == expected
 
 

@@ -96,8 +96,8 @@ class ClickLoad(threading.Thread):
 def url_counts(settings: Settings) -> dict[str, int]:
     store = open_store(settings)
     try:
-        rows = store.query("SELECT value, events FROM click_counts "
-                           "WHERE span = '1h' AND dimension = 'url'")  # fmt: skip
+        rows = store.query("SELECT value, events FROM click_counts_1h "
+                           "WHERE dimension = 'url'")  # fmt: skip
         return dict(rows)
     finally:
         store.close()

@@ -112,8 +112,8 @@ def clicks(backend_settings: Settings) -> Iterator[Clicks]:
 
 def counted(w: Worker) -> int:
     """The clicks counted, in the minute windows by country."""
-    rows = w.store.query("SELECT SUM(events) FROM click_counts "
-                         "WHERE span = '1m' AND dimension = 'country'")  # fmt: skip
+    rows = w.store.query("SELECT SUM(events) FROM click_counts_1m "
+                         "WHERE dimension = 'country'")  # fmt: skip
     return rows[0][0] or 0
 
 

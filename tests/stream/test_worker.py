@@ -145,8 +145,8 @@ def test_a_clock_far_ahead_makes_no_other_click_late(settings: Settings) -> None
     w = run()
     assert w.stats.late == 0
     assert w.store.dead_letters("clicks.clicks") == []
-    counted = w.store.query("SELECT SUM(events) FROM click_counts "
-                            "WHERE span = '1m' AND dimension = 'country'")  # fmt: skip
+    counted = w.store.query("SELECT SUM(events) FROM click_counts_1m "
+                            "WHERE dimension = 'country'")  # fmt: skip
     assert counted == [(5,)]
     log.close()
 
@@ -483,8 +483,8 @@ def test_a_record_the_store_cannot_hold_is_dead_lettered_and_the_others_go_on(
     (letter,) = w.store.dead_letters(w.group)
     assert letter[0] == partition_for("x", on_postgres.partitions)
     assert letter[2].startswith("store: StoreError: ") and "NUL" in letter[2]
-    counted = w.store.query("SELECT SUM(events) FROM click_counts "
-                            "WHERE span = '1m' AND dimension = 'country'")  # fmt: skip
+    counted = w.store.query("SELECT SUM(events) FROM click_counts_1m "
+                            "WHERE dimension = 'country'")  # fmt: skip
     assert counted == [(40,)]
     assert w.caught_up() and not w.halted
     w.store.close()

@@ -19,8 +19,8 @@ class Latest:
     """A `Processor` writing, per value of ``by`` (fields of the table), a row of
     ``into`` (a `msgspec.Struct`) for the latest event: ``row(event, time_ms)`` makes it;
     by default each field is the event's field of the same name, and ``time`` (a field,
-    default ``time_ms``) is the event time in ms. Among events at the same time, the
-    later in the log wins. It keeps no state: the store compares times."""
+    default ``time_ms``) is the event time in ms. Of events at the same time, the first
+    in the log stays (a retry rewrites nothing). It keeps no state: the store compares times."""
 
     tables: tuple[Table[Any], ...]
 
@@ -51,7 +51,7 @@ class Latest:
             values = tuple(row) if type(row) is tuple else msgspec.structs.astuple(row)
             key = tuple([values[at] for at in key_at])
             held = latest.get(key)
-            if held is None or held[0] <= time_ms:
+            if held is None or held[0] < time_ms:
                 latest[key] = (time_ms, row)
         rows = [row for _, row in latest.values()]
         return Output(None, {self.table.name: rows} if rows else {})

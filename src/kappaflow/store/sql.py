@@ -40,7 +40,7 @@ def upsert_sql(table: Table, dialect: str = "sqlite") -> str:
     merged = dict(table.merge) if table.mode == "add" else dict.fromkeys(values, "replace")
     sets = ", ".join(f"{n} = {_merged(table.name, n, merged.get(n, 'add'), dialect)}"
                      for n in values)  # fmt: skip
-    later = f" WHERE excluded.{table.time} >= {table.name}.{table.time}" if table.time else ""
+    later = f" WHERE excluded.{table.time} > {table.name}.{table.time}" if table.time else ""
     return f"{insert} ON CONFLICT ({', '.join(table.key)}) DO UPDATE SET {sets}{later}"
 
 

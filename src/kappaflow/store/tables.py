@@ -60,8 +60,9 @@ RESERVED = frozenset(
 
 class Table(msgspec.Struct, Generic[R], frozen=True):
     """A result table. ``mode='replace'``: a written row replaces the stored one with the
-    same key. ``mode='latest'``: it does unless the stored one's column ``time`` is later
-    (the latest by event time, whichever order rows come in). ``mode='add'``: its
+    same key. ``mode='latest'``: it does if its column ``time`` is later than the stored
+    one's (the latest by event time, whichever order rows come in; of rows at one time,
+    the first written stays). ``mode='add'``: its
     non-key columns (numbers) are added to the stored ones, or merged as ``merge`` says
     (column -> ``min``, ``max``, ``replace``): partial results of several writers
     combined. ``mode='distinct'``: a row whose key is already stored is ignored; each new one adds

@@ -9,10 +9,10 @@ families come from uap's user-agent patterns (ua-parser)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import msgspec
@@ -22,14 +22,13 @@ from msgspec import Meta
 from kappaflow.app import App, Param, Query, Stream
 from kappaflow.errors import InvalidQuery
 from kappaflow.events import MAX_EVENT_MS, EventId, EventSeconds, Integer
+from kappaflow.ops import Aggregate, FlatMap, Pipeline, Tumbling, count
 from kappaflow.query.params import UnixTime, seconds
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
-from kappaflow.stream.windows import WINDOW_SIZES_MS, TumblingCounts, counts_table
 
 UNKNOWN = "unknown"
 DIMENSIONS = ("country", "tz", "browser", "os", "referrer", "domain", "url", "keepalive")
-COUNTS = counts_table("click_counts")
 MAX_EVENT_S = MAX_EVENT_MS / 1000
 
 
@@ -89,18 +88,36 @@ def domain_of(url: str | None) -> str | None:
         return None
 
 
-def dimensions(click: Click) -> Iterator[tuple[str, str]]:
+class Dimension(NamedTuple):
+    dimension: str
+    value: str
+
+
+def dimensions(click: Click) -> list[Dimension]:
+    """What a click is counted under."""
     if click.heartbeat is not None:
-        yield "keepalive", "keepalive"
-        return
+        return [Dimension("keepalive", "keepalive")]
     browser, system = agent_families(click.a) if click.a else (UNKNOWN, UNKNOWN)
-    yield "country", click.c or UNKNOWN
-    yield "tz", click.tz or UNKNOWN
-    yield "browser", browser
-    yield "os", system
-    yield "referrer", "direct" if click.r in (None, "", "direct") else domain_of(click.r) or UNKNOWN
-    yield "domain", domain_of(click.u) or UNKNOWN
-    yield "url", click.u or UNKNOWN
+    referrer = "direct" if click.r in (None, "", "direct") else domain_of(click.r)
+    values = (click.c, click.tz, browser, system, referrer, domain_of(click.u), click.u)
+    pairs = zip(DIMENSIONS[:-1], values, strict=True)
+    return [Dimension(name, value or UNKNOWN) for name, value in pairs]
+
+
+class ClickCount(msgspec.Struct):
+    dimension: str
+    value: str
+    start_ms: int
+    events: int
+
+
+WINDOWS_MS = {"1m": 60_000, "1h": 3_600_000}
+COUNTS = {
+    window: Aggregate(Tumbling(size_ms), ClickCount, by=("dimension", "value"),
+                      table=f"click_counts_{window}", events=count())
+    for window, size_ms in WINDOWS_MS.items()
+}  # fmt: skip
+"""Clicks per window size, dimension and value: the store adds up the partitions'."""
 
 
 class Count(msgspec.Struct):
@@ -110,7 +127,7 @@ class Count(msgspec.Struct):
     clicks: int
 
 
-WINDOW = Param("the window (default 1h)", type=Literal[tuple(WINDOW_SIZES_MS)])
+WINDOW = Param("the window (default 1h)", type=Literal[tuple(COUNTS)])
 TIME_RANGE = {
     name: Param(f"{name} this time, inclusive (default: {edge}); from <= to", type=UnixTime)
     for name, edge in (("from", "the first"), ("to", "the last"))
@@ -136,23 +153,23 @@ def _iso(ms: int) -> str:
 def counts_query(store: Store, params: Mapping[str, Any]) -> list[Count]:
     window = params.get("window", "1h")
     first, last = _range_ms(params)
-    rows = store.query(
-        "SELECT start_ms, value, events FROM click_counts WHERE span = ? AND dimension = ? "
-        "AND start_ms >= ? AND start_ms <= ? ORDER BY start_ms, events DESC, value",
-        (window, params["dimension"], first, last),
-    )
-    return [Count(window, _iso(start), value, n) for start, value, n in rows]
+    where = "dimension = ? AND start_ms >= ? AND start_ms <= ?"
+    rows = store.select(COUNTS[window].table, where, (params["dimension"], first, last),
+                        "start_ms, events DESC, value")  # fmt: skip
+    return [Count(window, _iso(row.start_ms), row.value, row.events) for row in rows]
 
 
 def top_query(store: Store, params: Mapping[str, Any]) -> list[Count]:
+    """The top of each window, ranked when read: a URL's clicks are in many partitions,
+    and their counts add up in the store."""
     window = params.get("window", "1h")
     first, last = _range_ms(params)
     rows = store.query(
         "SELECT start_ms, value, events FROM (SELECT start_ms, value, events, row_number() "
-        "OVER (PARTITION BY start_ms ORDER BY events DESC, value) AS rank FROM click_counts "
-        "WHERE span = ? AND dimension = 'url' AND start_ms >= ? AND start_ms <= ?) "
-        "WHERE rank <= ? ORDER BY start_ms, events DESC, value",
-        (window, first, last, params.get("k", 10)),
+        "OVER (PARTITION BY start_ms ORDER BY events DESC, value) AS rank FROM "
+        f"{COUNTS[window].table.name} WHERE dimension = 'url' AND start_ms >= ? "
+        "AND start_ms <= ?) WHERE rank <= ? ORDER BY start_ms, events DESC, value",
+        (first, last, params.get("k", 10)),
     )
     return [Count(window, _iso(start), value, n) for start, value, n in rows]
 
@@ -162,8 +179,8 @@ def create_app(settings: Settings) -> App:
     return App(
         "clicks",
         streams=[clicks],
-        tables=[COUNTS],
-        processors={clicks.name: TumblingCounts(COUNTS, dimensions)},
+        tables=[],
+        processors={clicks.name: Pipeline(FlatMap(dimensions)).to(*COUNTS.values())},
         queries=[
             Query("/v1/clicks/counts", counts_query,
                   "Clicks per window by a dimension (dimension, window=1m|1h, from, to: unix "

@@ -20,6 +20,14 @@ batch is refused as a duplicate. A batch then:
 
 The state is a `SegmentState`; a commit persists the keys a batch changed, each as
 `state` packs it.
+
+Why not the library's `Session` windows over `State`: those fold a key's events in
+Python, event by event, and keep each key as a msgpack value. This operator applies its
+rules to a whole batch as numpy columns and packs each key as fixed-size records with
+array operations, about twice as fast end to end (docs/decisions/019-keys-packed.md),
+which is what the heartbeat workload needs. Its state keeps `State`'s contract (a key
+per user and video; a commit writes exactly the keys a batch changed) in that packed
+format.
 """
 
 from __future__ import annotations
