@@ -372,11 +372,11 @@ def check_clicks(load: Load, dead_letters: list[dict], dsn: str) -> None:
     expected: Counter[tuple] = Counter()
     for i in counted:
         click = decoder.decode(msgspec.json.encode(load.clicks[i]))
-        pairs = list(dimensions(click))
+        pairs = dimensions(click)
         for window, size in WINDOWS_MS.items():
             start = click.t * 1000 - click.t * 1000 % size
-            for dimension, value in pairs:
-                expected[window, dimension, value, start] += 1
+            for pair in pairs:
+                expected[window, pair.dimension, pair.value, start] += 1
     assert Counter({tuple(row[:4]): row[4] for row in rows}) == expected
 
 

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import bisect
 import copy
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
 from kappaflow.app import Batch, Output, Rows
 from kappaflow.errors import AppError, StateFormatError
-from kappaflow.ops.measures import Measure
+from kappaflow.ops.measures import Measure, counted, same
 from kappaflow.ops.shape import check_fields, key_getter, names, row_maker, value_getter
 from kappaflow.ops.windows import Hopping, Session, Sliding, Tumbling, Window
 from kappaflow.store.tables import Table
@@ -94,6 +96,7 @@ class Aggregate:
         sources = {name: at for at, name in enumerate(self.by)}
         sources |= {"start_ms": n, "end_ms": n + 1}
         sources |= {name: n + 2 + at for at, name in enumerate(measures)}
+        self.fields = fields
         self._engine = _engine(self, row_maker(fields, sources))
         self.judges_lateness = isinstance(window, Session)
 
@@ -140,7 +143,7 @@ def _engine(aggregate: Aggregate, row: Callable[[Sequence[Any]], tuple]) -> Any:
     if isinstance(window, Sliding):
         return SlidingWindows(window, aggregate.by, measures, aggregate.table.name, row,
                               aggregate.emit)  # fmt: skip
-    rows_of = _one_row(row, measures)
+    rows_of = _one_row(aggregate, row)
     if aggregate.merged:
         return MergedWindows(window, aggregate.by, measures, aggregate.table.name, rows_of)
     return KeyedWindows(window, aggregate.by, measures, aggregate.table.name, rows_of,
@@ -151,8 +154,17 @@ RowsOf = Callable[[Group, int, int, list[Any]], list[tuple]]
 """A closed or updated window's rows: (group, start, end, accumulators) -> rows."""
 
 
-def _one_row(row: Callable[[Sequence[Any]], tuple], measures: list[Measure]) -> RowsOf:
+def _one_row(aggregate: Aggregate, row: Callable[[Sequence[Any]], tuple]) -> RowsOf:
+    """A window's row; made at once when the fields are the group's, the window's and
+    the measures', in that order, and each measure's result is its accumulator."""
+    measures = list(aggregate.measures.values())
     results = [measure.result for measure in measures]
+    plain = all(measure.result is same for measure in measures)
+    by, named = aggregate.by, tuple(aggregate.measures)
+    if plain and aggregate.fields == (*by, "start_ms", *named):
+        return lambda group, start, end, accs: [(*group, start, *accs)]
+    if plain and aggregate.fields == (*by, "start_ms", "end_ms", *named):
+        return lambda group, start, end, accs: [(*group, start, end, *accs)]
 
     def rows_of(group: Group, start: int, end: int, accs: list[Any]) -> list[tuple]:
         return [row([*group, start, end, *map(_apply, results, accs)])]
@@ -164,27 +176,46 @@ def _apply(function: Callable[[Any], Any], value: Any) -> Any:
     return function(value)
 
 
+def window_keys(
+    batch: Batch, by: tuple[str, ...], window: Tumbling | Hopping
+) -> tuple[list[tuple[Any, int]], list[int] | None]:
+    """Each event's group and window start, in order: a group is the value of the one
+    field of ``by``, or a tuple of their values (see `parts`). An event in several
+    windows has a key for each, and then the event of each key is given (else None).
+    Column by column: a loop in Python per event is what costs the most."""
+    events, times = batch.events, batch.times_ms
+    groups: list[Any] = list(map(attrgetter(*by), events)) if by else [()] * len(events)
+    if isinstance(window, Tumbling):
+        size = window.size_ms
+        return list(zip(groups, [time_ms - time_ms % size for time_ms in times], strict=True)), None
+    at = [i for i, time_ms in enumerate(times) for _ in window.starts(time_ms)]
+    starts = [start for time_ms in times for start in window.starts(time_ms)]
+    return list(zip([groups[i] for i in at], starts, strict=True)), at
+
+
 def grouped(
-    batch: Batch,
-    group_of: Callable[[Any], Group],
-    starts: Callable[[int], tuple[int, ...]],
-    getters: list[Callable[[Any], Any]],
-) -> dict[Group, dict[int, list[list[Any]]]]:
-    """The batch's values of each measure, by group and window start."""
-    groups: dict[Group, dict[int, list[list[Any]]]] = {}
-    for event, time_ms in zip(batch.events, batch.times_ms, strict=True):
-        windows = groups.get(group := group_of(event))
-        if windows is None:
-            windows = groups[group] = {}
-        values = [get(event) for get in getters]
-        for start in starts(time_ms):
-            runs = windows.get(start)
-            if runs is None:
-                windows[start] = [[value] for value in values]
-            else:
-                for run, value in zip(runs, values, strict=True):
-                    run.append(value)
-    return groups
+    batch: Batch, by: tuple[str, ...], window: Tumbling | Hopping, measures: list[Measure]
+) -> dict[tuple[Any, int], list[Sequence[Any]]]:
+    """Each group and window start of the batch (`window_keys`), with each measure's
+    run of values (of how many events, for a measure that `reads` nothing)."""
+    keys, at = window_keys(batch, by, window)
+    events = batch.events if at is None else [batch.events[i] for i in at]
+    columns = [list(map(value_getter(m.field), events)) if m.reads else None for m in measures]
+    if all(column is None for column in columns):
+        return {key: [range(n)] * len(columns) for key, n in Counter(keys).items()}
+    index: defaultdict[tuple[Any, int], list[int]] = defaultdict(list)
+    for i, key in enumerate(keys):
+        index[key].append(i)
+    return {
+        key: [range(len(found)) if column is None else [column[i] for i in found]
+              for column in columns]
+        for key, found in index.items()
+    }  # fmt: skip
+
+
+def parts(by: tuple[str, ...]) -> Callable[[Any], Group]:
+    """What turns a group as `grouped` gives it into the tuple of its values."""
+    return (lambda group: (group,)) if len(by) == 1 else (lambda group: group)
 
 
 class _Stateless:
@@ -212,17 +243,21 @@ class MergedWindows(_Stateless):
         table: str, rows_of: RowsOf,
     ) -> None:  # fmt: skip
         self.window, self.measures, self.table, self.rows_of = window, measures, table, rows_of
-        self.group_of = key_getter(by)
-        self.getters = [value_getter(measure.field) for measure in measures]
+        self.by, self.parts = by, parts(by)
+        self.counts = all(measure.add is counted for measure in measures)
 
     def process(self, state: None, batch: Batch) -> Output[None]:
         size, adds = self.window.size_ms, [measure.add for measure in self.measures]
+        rows_of, parts_of = self.rows_of, self.parts
         rows: list[tuple] = []
-        for group, windows in grouped(batch, self.group_of, self.window.starts,
-                                      self.getters).items():  # fmt: skip
-            for start, runs in windows.items():
-                partial = [add(None, run) for add, run in zip(adds, runs, strict=True)]
-                rows += self.rows_of(group, start, start + size, partial)
+        if self.counts:  # the commonest aggregate, at the cost of the counting alone
+            width = len(adds)
+            for (group, start), n in Counter(window_keys(batch, self.by, self.window)[0]).items():
+                rows += rows_of(parts_of(group), start, start + size, [n] * width)
+            return Output(None, {self.table: rows} if rows else {})
+        for (group, start), runs in grouped(batch, self.by, self.window, self.measures).items():
+            partial = [add(None, run) for add, run in zip(adds, runs, strict=True)]
+            rows += rows_of(parts_of(group), start, start + size, partial)
         return Output(None, {self.table: rows} if rows else {})
 
 
@@ -294,18 +329,18 @@ class KeyedWindows(_Keyed):
         table: str, rows_of: RowsOf, emit: Emit,
     ) -> None:  # fmt: skip
         self.window, self.measures, self.table, self.rows_of = window, measures, table, rows_of
-        self.emit = emit
-        self.group_of = key_getter(by)
-        self.getters = [value_getter(measure.field) for measure in measures]
+        self.emit, self.by, self.parts = emit, by, parts(by)
 
     def add(self, state: WindowState, batch: Batch, rows: list[tuple]) -> None:
         size, adds, keyed = self.window.size_ms, [m.add for m in self.measures], state.state
-        for group, windows in grouped(batch, self.group_of, self.window.starts,
-                                      self.getters).items():  # fmt: skip
+        by_group: dict[Group, list[tuple[int, list[Sequence[Any]]]]] = {}
+        for (group, start), runs in grouped(batch, self.by, self.window, self.measures).items():
+            by_group.setdefault(self.parts(group), []).append((start, runs))
+        for group, windows in by_group.items():
             key = state_key(group)
             value = keyed.get(key) or [list(group), {}]
             opened = value[1]
-            for start, runs in windows.items():
+            for start, runs in windows:
                 accs = opened.get(start) or [None] * len(adds)
                 accs = [add(acc, run) for add, acc, run in zip(adds, accs, runs, strict=True)]
                 opened[start] = accs

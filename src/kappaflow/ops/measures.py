@@ -11,28 +11,41 @@ from typing import Any, Literal
 Merge = Literal["add", "min", "max"]
 
 
+def same(acc: Any) -> Any:
+    """The result of a measure whose accumulator is its result."""
+    return acc
+
+
 @dataclass(frozen=True)
 class Measure:
     """An aggregate of ``field`` (None: of the events themselves). ``add(acc, values)``
     folds a run of values into ``acc`` (None before the first); ``result(acc)`` is what
     a row holds. ``merge``: how the store combines two partial results (``add``,
     ``min`` or ``max``), so that the measure of a group spread over partitions is
-    computed where it is written; None where partial results do not combine so."""
+    computed where it is written; None where partial results do not combine so.
+    ``reads``: False for a measure of how many values a run has only, whose ``add``
+    is then given a sequence of that length instead of the values."""
 
     field: str | None
     add: Callable[[Any, Sequence[Any]], Any]
-    result: Callable[[Any], Any] = lambda acc: acc
+    result: Callable[[Any], Any] = same
     merge: Merge | None = None
     name: str = "fold"
+    reads: bool = True
 
     def of(self, values: Sequence[Any]) -> Any:
         """The result over ``values``."""
         return self.result(self.add(None, values))
 
 
+def counted(acc: int | None, values: Sequence[Any]) -> int:
+    """`count`'s fold."""
+    return (acc or 0) + len(values)
+
+
 def count() -> Measure:
     """How many events."""
-    return Measure(None, lambda acc, values: (acc or 0) + len(values), merge="add", name="count")
+    return Measure(None, counted, merge="add", name="count", reads=False)
 
 
 def total(field: str) -> Measure:

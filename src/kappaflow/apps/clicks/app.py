@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Annotated, Any, ClassVar, Literal, NamedTuple
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -88,7 +88,7 @@ def domain_of(url: str | None) -> str | None:
         return None
 
 
-class Dimension(NamedTuple):
+class Dimension(msgspec.Struct):
     dimension: str
     value: str
 

@@ -40,8 +40,8 @@ def count_file(path: Path) -> dict[str, Counter[str]]:
                 click = decoder.decode(line)
             except (msgspec.DecodeError, ValueError):
                 continue
-            for dimension, value in dimensions(click):
-                counts.setdefault(dimension, Counter())[value] += 1
+            for pair in dimensions(click):
+                counts.setdefault(pair.dimension, Counter())[pair.value] += 1
     return counts
 
 
