@@ -21,7 +21,7 @@ from reference import (
     windowed,
 )
 
-from kappaflow.app import App
+from kappaflow.app import App, Stream
 from kappaflow.errors import AppError
 from kappaflow.ops import Hopping, Latest, TopK, Tumbling
 from kappaflow.settings import Settings
@@ -96,6 +96,33 @@ def test_top_k_over_hopping_windows_rewrites_its_ranks_as_they_change(settings: 
             TopSites("s", T0, T0 + 20_000, 1, "a", 2),
             TopSites("s", T0, T0 + 20_000, 2, "c", 2),
         ]  # fmt: skip
+
+
+class Visit(msgspec.Struct):
+    who: str
+    ts: int
+    page: str | None
+
+
+class TopPages(msgspec.Struct):
+    who: str
+    start_ms: int
+    rank: int
+    page: str | None
+    events: int
+
+
+def test_top_k_ranks_a_missing_value_after_the_values_of_its_score(settings: Settings) -> None:
+    visits = Stream("visits", Visit, key="who", time="ts")
+    top = TopK(Tumbling(60_000), TopPages, by="who", item="page", k=3, emit="update")
+    app = App("tops", [visits], [], {visits.name: top})
+    events = [Visit("a", T0 + n, page) for n, page in enumerate([None, "/b", "/a", None, "/b"])]
+    with closing(run_events(app, events, settings)) as store:
+        assert store.select(top.table, order_by="rank") == [
+            TopPages("a", T0, 1, "/b", 2), TopPages("a", T0, 2, None, 2),
+            TopPages("a", T0, 3, "/a", 1),
+        ]  # fmt: skip
+        assert store.dead_letters(app.group(visits)) == []
 
 
 def test_top_k_takes_a_positive_k_and_tumbling_or_hopping_windows() -> None:
