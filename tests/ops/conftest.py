@@ -10,4 +10,4 @@ from kappaflow.settings import Settings
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.replace(batch_max_events=100)
+    return settings.replace(batch_max_events=50)

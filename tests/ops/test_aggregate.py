@@ -53,8 +53,13 @@ class CountryClicks(msgspec.Struct):
     last_hc: int
 
 
-@RESTARTS
-@pytest.mark.parametrize("window", [Tumbling(60_000), Hopping(300_000, 60_000)])
+@pytest.mark.parametrize(
+    ("backend_settings", "window", "restarts"),
+    [("sqlite", Tumbling(60_000), 0), ("sqlite", Tumbling(60_000), 3),
+     ("sqlite", Hopping(300_000, 60_000), 0), ("sqlite", Hopping(300_000, 60_000), 3),
+     ("postgres", Hopping(300_000, 60_000), 3)],
+    indirect=["backend_settings"],
+)  # fmt: skip
 def test_groups_over_partitions_merge_in_the_store_to_exact_totals(
     backend_settings: Settings, window: Tumbling | Hopping, restarts: int
 ) -> None:
