@@ -297,7 +297,8 @@ class App:
 
     def __post_init__(self) -> None:
         """Make a list of processors one, and check each against its stream (an
-        operator's ``bind(stream)``, which raises `AppError`)."""
+        operator's ``bind(stream)``, which raises `AppError`), and the tables (see
+        `all_tables`)."""
         from kappaflow.ops.fanout import Fanout  # the library builds on this module
 
         for name, processor in self.processors.items():
@@ -306,16 +307,27 @@ class App:
             bind = getattr(processor, "bind", None)
             if bind is not None:
                 bind(self.stream(name))
+        self._tables_by_name()
 
     @property
     def all_tables(self) -> list[Table]:
         """Result tables (those listed, and the library's operators' own tables) and
         the lookups' reference tables."""
-        tables = {table.name: table for table in self.tables}
-        for processor in self.processors.values():
-            for table in getattr(processor, "tables", ()):
-                tables.setdefault(table.name, table)
-        return [*tables.values(), *(lookup.table for lookup in self.lookups)]
+        return list(self._tables_by_name().values())
+
+    def _tables_by_name(self) -> dict[str, Table]:
+        """`AppError` for two operators writing one table (such as two aggregates of one
+        struct, whose rows would mix), or two different tables of one name."""
+        operators = [t for p in self.processors.values() for t in getattr(p, "tables", ())]
+        names = [table.name for table in operators]
+        tables: dict[str, Table] = {}
+        for table in [*self.tables, *operators, *(lookup.table for lookup in self.lookups)]:
+            if names.count(table.name) > 1 or tables.setdefault(table.name, table) != table:
+                raise AppError(
+                    f"app {self.name!r}: two operators, or two different tables, write table "
+                    f"{table.name}, whose rows would mix; name one otherwise (table=)"
+                )
+        return tables
 
     def group(self, stream: Stream) -> str:
         """The consumer group: the identity under which offsets and state are kept."""

@@ -20,9 +20,12 @@ class Latest:
     ``into`` (a `msgspec.Struct`) for the latest event: ``row(event, time_ms)`` makes it;
     by default each field is the event's field of the same name, and ``time`` (a field,
     default ``time_ms``) is the event time in ms. Of events at the same time, the first
-    in the log stays (a retry rewrites nothing). It keeps no state: the store compares times."""
+    in the log stays (a retry rewrites nothing). It keeps no state: the store compares
+    times, so it takes every event, however late (unless in a `Fanout` with processors
+    that do not)."""
 
     tables: tuple[Table[Any], ...]
+    judges_lateness = True  # no event is too late to be its key's latest
 
     def __init__(
         self,

@@ -32,7 +32,7 @@ class TopK:
     events are in one partition) and window (tumbling or hopping), the ``k`` values of
     ``item`` (a field) with the most events, written to ``table`` as rows of ``into``,
     whose fields are ``by``'s, ``start_ms``, ``rank`` (1 to k), ``item``, ``score``
-    (the events) and optionally ``end_ms``. Ties rank by value. Emission as for
+    (the events) and optionally ``end_ms``. Ties rank by value, None last. Emission as for
     `Aggregate`; with ``emit='update'`` a window's ranks are written again as they
     change. Its state holds each open window's count per value."""
 
@@ -62,7 +62,9 @@ class TopK:
         row = row_maker(fields, sources)
 
         def rows_of(group: Group, start: int, end: int, accs: list[Any]) -> list[tuple]:
-            ranked = sorted(accs[0].items(), key=lambda pair: (-pair[1], pair[0]))[:k]
+            # None (a missing value) ranks after the values of its score: it has no order
+            ranked = sorted(accs[0].items(), key=lambda pair: (-pair[1], pair[0] is None,
+                                                               pair[0]))[:k]  # fmt: skip
             return [row([*group, start, end, rank, value, events])
                     for rank, (value, events) in enumerate(ranked, 1)]  # fmt: skip
 

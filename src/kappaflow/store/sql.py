@@ -45,13 +45,17 @@ def upsert_sql(table: Table, dialect: str = "sqlite") -> str:
 
 
 def _merged(table: str, column: str, merge: str, dialect: str) -> str:
-    """The SQL of a stored value merged with a written one."""
+    """The SQL of a stored value merged with a written one. The least or greatest of a
+    value and NULL is the value, as PostgreSQL's LEAST and GREATEST have it (SQLite's
+    min and max of several arguments are NULL if any is)."""
+    stored, written = f"{table}.{column}", f"excluded.{column}"
     if merge == "replace":
-        return f"excluded.{column}"
+        return written
     if merge == "add":
-        return f"{table}.{column} + excluded.{column}"
-    function = {"min": "LEAST", "max": "GREATEST"}[merge] if dialect == "postgres" else merge
-    return f"{function}({table}.{column}, excluded.{column})"
+        return f"{stored} + {written}"
+    if dialect == "postgres":
+        return f"{'LEAST' if merge == 'min' else 'GREATEST'}({stored}, {written})"
+    return f"coalesce({merge}({stored}, {written}), {stored}, {written})"
 
 
 def count_sql(target: Table, column: str) -> str:

@@ -102,10 +102,17 @@ class Table(msgspec.Struct, Generic[R], frozen=True):
                 f"table {self.name}: its key {self.key} and not_null {self.not_null} must "
                 f"name some of its columns ({', '.join(names)})"
             )
+        if self.mode not in get_args(Mode):
+            raise AppError(f"table {self.name}: mode {self.mode!r} is not one of "
+                           f"{', '.join(get_args(Mode))}")  # fmt: skip
         if (self.mode == "latest") != (self.time in names):
             raise AppError(f"table {self.name}: a 'latest' table, and only one, names its "
                            f"column of event time (time=), one of {', '.join(names)}")  # fmt: skip
         merged = dict(self.merge)
+        for name, merge in merged.items():
+            if merge not in get_args(Merge):
+                raise AppError(f"table {self.name}: column {name} merges by {merge!r}; a "
+                               "merge is add, min, max or replace")  # fmt: skip
         if merged and (self.mode != "add" or not merged.keys() <= set(names) - set(self.key)):
             raise AppError(f"table {self.name}: merge names columns of an 'add' table "
                            f"outside its key, got {self.merge}")  # fmt: skip

@@ -77,8 +77,8 @@ def run_events(
         if not worker.poll() and worker.caught_up():
             break
     if close:
-        # Two idle timeouts: a key restored by the last restart, and seen by no batch
-        # since, counts its idle time from the first batch it sees.
+        # Twice: a worker that restored keys and got no batch since times them from
+        # its first batch, which the first idle poll is.
         for _ in range(2):
             clock[0] += settings.idle_timeout_s + 1
             worker.poll()
