@@ -44,7 +44,9 @@ class SegmentFold:
         self.slots = slots
         self._json = msgspec.json.Encoder()
 
-    def items(self, events: list[Heartbeat], times_ms: list[int]) -> list[tuple[str, Item]]:
+    def items(
+        self, events: list[Heartbeat], times_ms: list[int], offsets: list[int]
+    ) -> list[tuple[str, Item]]:
         return [
             (key, (ms, KIND_RANK[e.kind], e.position_s))
             for key, e, ms in zip(session_keys(events), events, times_ms, strict=True)

@@ -437,21 +437,27 @@ def _time(item: list[Any]) -> int:
 
 class _SessionFold:
     """A `SessionFold` of measures: a session is [start, end, accumulators]; an item is
-    (time, the event encoded, the measures' values), so that equal events at one time
-    are one (a duplicate)."""
+    (time, offset, place among the events of its offset, the measures' values), so
+    that every event counts, equal ones too (a `FlatMap`'s of one record share its
+    offset and time)."""
 
     def __init__(self, aggregate: Aggregate, row: Callable[[Sequence[Any]], tuple]) -> None:
         self.measures = list(aggregate.measures.values())
         self.group_of = key_getter(aggregate.by)
         self.getters = [value_getter(measure.field) for measure in self.measures]
         self.table, self.row = aggregate.table.name, row
-        self._encode = msgspec.msgpack.Encoder().encode
 
-    def items(self, events: list[Any], times_ms: list[int]) -> list[tuple[str, Any]]:
-        encode, getters = self._encode, self.getters
-        return [(state_key(self.group_of(event)),
-                 (time_ms, encode(event), *(get(event) for get in getters)))
-                for event, time_ms in zip(events, times_ms, strict=True)]  # fmt: skip
+    def items(
+        self, events: list[Any], times_ms: list[int], offsets: list[int]
+    ) -> list[tuple[str, Any]]:
+        getters, keyed = self.getters, []
+        place, previous = 0, None
+        for event, time_ms, offset in zip(events, times_ms, offsets, strict=True):
+            place = place + 1 if offset == previous else 0
+            previous = offset
+            item = (time_ms, offset, place, *(get(event) for get in getters))
+            keyed.append((state_key(self.group_of(event)), item))
+        return keyed
 
     def start(self, item: Any) -> Any:
         return self.extend([item[0], item[0], *([None] * len(self.measures))], [item])
@@ -459,7 +465,7 @@ class _SessionFold:
     def extend(self, acc: Any, items: list[Any]) -> Any:
         acc[1] = items[-1][0]
         for at, measure in enumerate(self.measures):
-            acc[2 + at] = measure.add(acc[2 + at], [item[2 + at] for item in items])
+            acc[2 + at] = measure.add(acc[2 + at], [item[3 + at] for item in items])
         return acc
 
     def copy(self, acc: Any) -> Any:

@@ -31,8 +31,11 @@ from kappaflow.stream.lateness import late_reason
 
 
 class SessionFold(Protocol):
-    def items(self, events: list[Any], times_ms: list[int]) -> list[tuple[str, Any]]:
-        """Each event's session key and sortable item (a tuple, event time first)."""
+    def items(
+        self, events: list[Any], times_ms: list[int], offsets: list[int]
+    ) -> list[tuple[str, Any]]:
+        """Each event's session key and sortable item (a tuple, event time first); with
+        its offset in it, no two events are equal (none is a duplicate)."""
 
     def start(self, item: Any) -> Any:
         """The accumulator of a session opened by ``item``."""
@@ -158,7 +161,7 @@ class SessionWindows:
             state.unscheduled = []
         touched: set[str] = set()  # keys whose provisional view changed
         refused: list[tuple[int, str]] = []
-        keyed = fold.items(batch.events, batch.times_ms)
+        keyed = fold.items(batch.events, batch.times_ms, batch.offsets)
         for offset, (key, item) in zip(batch.offsets, keyed, strict=True):
             current = keys.get(key)
             if current is None:
