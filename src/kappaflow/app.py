@@ -122,6 +122,9 @@ class Processor(Protocol[S]):
     commit: ``encode`` gives its partition-wide part, ``changed_keys`` the keys changed
     since the last call (so a commit writes only those), and ``decode`` restores both.
 
+    A processor with a method ``key_count(state) -> int`` has the keys its state holds
+    shown on ``/metrics`` (``kappaflow_state_keys``), as the library's operators do.
+
     A processor whose class sets ``judges_lateness = True`` (a keyed operator, such as
     `SessionWindows`) gets every event and dead-letters the late ones itself, each
     against its own key's events; the others get only the events at or above the
@@ -185,6 +188,9 @@ class FunctionProcessor(Generic[V]):
 
     def changed_keys(self, state: State[V]) -> dict[str, bytes | None]:
         return state.changes()
+
+    def key_count(self, state: State[V]) -> int:
+        return len(state)
 
     def decode(self, data: bytes, keys: Mapping[str, bytes]) -> State[V]:
         """The state from its keys and the partition's event time (``data``); or, from

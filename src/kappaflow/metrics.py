@@ -52,7 +52,7 @@ BATCH_SECONDS = Histogram(
 
 STATE_KEYS = Gauge(
     "kappaflow_state_keys",
-    "Keys in a partition's keyed state (a State), as its worker last restored or committed it.",
+    "Keys in a partition's keyed state, as its worker last restored or committed it.",
     ["group", "partition"],
     multiprocess_mode="mostrecent",  # the partition's latest owner's count
 )

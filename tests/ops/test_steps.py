@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 from reference import (
     CLICKS,
     READINGS,
@@ -267,3 +268,21 @@ def test_a_pipeline_judges_lateness_as_its_processor_does(settings: Settings) ->
     late = [Reading("a", T0 + 100_000, "x", 1), Reading("b", T0, "y", 2)]
     with closing(run_events(app, late, settings.replace(partitions=1))) as store:
         assert len(store.select(latest.table)) == 2
+
+
+def test_the_keys_of_every_processor_of_a_stream_are_shown(settings: Settings) -> None:
+    """`kappaflow_state_keys` counts the keys of each partition's operators in a list,
+    as the store keeps them (a stateless one, `Latest`, has none)."""
+    latest = Latest(LinkCountry, by="g", row=lambda click, time_ms: LinkCountry(
+        click.g, time_ms, click.c))  # fmt: skip
+    processors = [link_minutes(emit="final"), latest, FunctionProcessor(running_counts, int)]
+    app = App(
+        "counted", [CLICKS], [LINK_COUNTS], {CLICKS.name: Pipeline(Map(lower)).to(*processors)}
+    )
+    group = app.group(CLICKS)
+    with closing(run_events(app, CLICK_EVENTS, settings, restarts=2)) as store:
+        kept = {p: len(claim.keys) for p, claim in store.claim(group, range(4), "test").items()}
+    shown = {p: REGISTRY.get_sample_value("kappaflow_state_keys",
+                                          {"group": group, "partition": str(p)})
+             for p in range(4)}  # fmt: skip
+    assert shown == kept and all(kept.values())

@@ -133,6 +133,9 @@ class Aggregate:
     def decode(self, data: bytes, keys: Mapping[str, bytes]) -> Any:
         return self._engine.decode(data, keys)
 
+    def key_count(self, state: Any) -> int:
+        return self._engine.key_count(state)
+
 
 def _engine(aggregate: Aggregate, row: Callable[[Sequence[Any]], tuple]) -> Any:
     window = aggregate.window
@@ -228,6 +231,9 @@ class _Stateless:
     def changed_keys(self, state: None) -> dict[str, bytes | None]:
         return {}
 
+    def key_count(self, state: None) -> int:
+        return 0
+
     def decode(self, data: bytes, keys: Mapping[str, bytes]) -> None:
         if data or keys:
             raise StateFormatError(f"{type(self).__name__} keeps no state, but the store "
@@ -285,6 +291,9 @@ class _Keyed:
 
     def changed_keys(self, state: WindowState) -> dict[str, bytes | None]:
         return state.state.changes()
+
+    def key_count(self, state: WindowState) -> int:
+        return len(state.state)
 
     def decode(self, data: bytes, keys: Mapping[str, bytes]) -> WindowState:
         if data:

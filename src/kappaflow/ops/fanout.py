@@ -62,6 +62,11 @@ class Fanout:
             letters += output.dead_letters
         return Output(state, rows, once(letters) if letters else ())
 
+    def key_count(self, state: list[Any]) -> int:
+        """The keys of those of the processors that count theirs."""
+        return sum(p.key_count(s) for p, s in zip(self.processors, state, strict=True)
+                   if hasattr(p, "key_count"))  # fmt: skip
+
     def encode(self, state: list[Any]) -> bytes:
         return self._encode([p.encode(s) for p, s in zip(self.processors, state, strict=True)])
 

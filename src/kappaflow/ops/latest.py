@@ -65,6 +65,9 @@ class Latest:
     def changed_keys(self, state: None) -> dict[str, bytes | None]:
         return {}
 
+    def key_count(self, state: None) -> int:
+        return 0
+
     def decode(self, data: bytes, keys: Mapping[str, bytes]) -> None:
         if data or keys:
             raise StateFormatError("Latest keeps no state, but the store holds some")

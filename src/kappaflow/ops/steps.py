@@ -171,3 +171,7 @@ class Pipeline:
 
     def decode(self, data: bytes, keys: Mapping[str, bytes]) -> Any:
         return self._then.decode(data, keys)
+
+    def key_count(self, state: Any) -> int:
+        count = getattr(self._then, "key_count", None)
+        return 0 if count is None else count(state)

@@ -94,3 +94,6 @@ class TopK:
 
     def decode(self, data: bytes, keys: Mapping[str, bytes]) -> WindowState:
         return self._windows.decode(data, keys)
+
+    def key_count(self, state: WindowState) -> int:
+        return self._windows.key_count(state)

@@ -129,6 +129,9 @@ class SessionWindows:
     def encode(self, state: SessionState) -> bytes:
         return b""  # all of it is keyed
 
+    def key_count(self, state: SessionState) -> int:
+        return len(state.keys)
+
     def changed_keys(self, state: SessionState) -> dict[str, bytes | None]:
         keys, encode = state.keys, self._encoder.encode
         changed = {

@@ -51,7 +51,6 @@ from kappaflow.settings import Settings
 from kappaflow.store.base import DeadLetter, Halted, PartitionCommit, Store, reason_kind
 from kappaflow.stream.assignment import Assignment, Fixed
 from kappaflow.stream.dedup import SeenIds, event_ids
-from kappaflow.stream.state import State
 
 log = logging.getLogger("kappaflow.worker")
 
@@ -167,6 +166,7 @@ class Worker:
         self.group = app.group(stream)
         self.processor: Processor[Any] = app.processors[stream.name]
         self.judged: bool = getattr(self.processor, "judges_lateness", False)
+        self.key_count: Callable[[Any], int] | None = getattr(self.processor, "key_count", None)
         """The processor judges lateness per key and times out idle keys itself."""
         self.assignment = Fixed(assignment) if isinstance(assignment, Sequence) else assignment
         self.clock = clock
@@ -338,9 +338,9 @@ class Worker:
         )
 
     def _count_keys(self, run: PartitionRun) -> None:
-        """Show how many keys the partition's `State` has, if its processor keeps one."""
-        if isinstance(run.state, State):
-            STATE_KEYS.labels(self.group, str(run.partition)).set(len(run.state))
+        """Show how many keys the partition's state has, if its processor counts them."""
+        if self.key_count is not None:
+            STATE_KEYS.labels(self.group, str(run.partition)).set(self.key_count(run.state))
 
     def _commit(self, steps: list[Step]) -> list[Step] | None:
         """Commit the steps in one transaction; the steps committed, or None if the
