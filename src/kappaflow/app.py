@@ -304,15 +304,19 @@ class App:
     def __post_init__(self) -> None:
         """Make a list of processors one, and check each against its stream (an
         operator's ``bind(stream)``, which raises `AppError`), and the tables (see
-        `all_tables`)."""
+        `all_tables`). The lookups the processors join with (their ``lookups``) are the
+        app's too, so that its workers load them."""
         from kappaflow.ops.fanout import Fanout  # the library builds on this module
 
+        lookups = list(self.lookups)
         for name, processor in self.processors.items():
             if isinstance(processor, Sequence):
                 processor = self.processors[name] = Fanout(processor)
             bind = getattr(processor, "bind", None)
             if bind is not None:
                 bind(self.stream(name))
+            lookups += [each for each in getattr(processor, "lookups", ()) if each not in lookups]
+        self.lookups = lookups
         self._tables_by_name()
 
     @property

@@ -160,6 +160,19 @@ def test_a_join_with_reference_data_refuses_drops_or_keeps_what_it_does_not_find
         ]  # fmt: skip
 
 
+def test_a_joins_lookup_is_loaded_though_the_app_does_not_list_it(settings: Settings) -> None:
+    regions = Lookup(REGIONS, lambda rows: {row.code: row.region for row in rows})
+    per_region = Aggregate(MINUTE, RegionMinute, by="region", clicks=count())
+    join = Join(regions, on="c", combine=place, missing="drop")
+    app = App("regions", [CLICKS], [], {CLICKS.name: [Pipeline(join).to(per_region)]})
+    assert app.lookups == [regions] and REGIONS in app.all_tables
+    found = {row.code for row in REGION_ROWS}
+    with closing(run_events(app, CLICK_EVENTS, settings,
+                            reference={REGIONS.name: REGION_ROWS})) as store:  # fmt: skip
+        counted = sum(row.clicks for row in store.select(per_region.table))
+    assert counted == sum(click.c in found for click in CLICK_EVENTS) > 500
+
+
 class LinkCountry(msgspec.Struct):
     g: str
     time_ms: int

@@ -42,6 +42,10 @@ class Fanout:
     def tables(self) -> tuple[Table[Any], ...]:
         return tuple(table for p in self.processors for table in getattr(p, "tables", ()))
 
+    @property
+    def lookups(self) -> tuple[Any, ...]:
+        return tuple(lookup for p in self.processors for lookup in getattr(p, "lookups", ()))
+
     def bind(self, stream: Stream) -> None:
         for processor in self.processors:
             bind = getattr(processor, "bind", None)

@@ -70,8 +70,8 @@ class FlatMap:
 
 
 class Join:
-    """Joins each event with reference data: ``lookup`` (listed in the app's
-    ``lookups``), whose ``data`` is a mapping, is looked up by the event's ``on`` (a
+    """Joins each event with reference data: ``lookup`` (the app's, whether listed in
+    its ``lookups`` or not), whose ``data`` is a mapping, is looked up by the event's ``on`` (a
     field, or a function of the event), and the event becomes ``combine(event,
     found)``. An event whose value is not found is, by ``missing``: refused, into the
     dead letters with reason ``no match`` (the default); dropped; or combined with
@@ -144,6 +144,12 @@ class Pipeline:
     @property
     def tables(self) -> tuple[Table[Any], ...]:
         return tuple(getattr(self._then, "tables", ()))
+
+    @property
+    def lookups(self) -> tuple[Lookup[Any], ...]:
+        """The lookups its `Join` steps read (and those of its processors)."""
+        joined = tuple(step.lookup for step in self.steps if isinstance(step, Join))
+        return joined + tuple(getattr(self._then, "lookups", ()))
 
     def bind(self, stream: Stream) -> None:
         bind = getattr(self._then, "bind", None)
