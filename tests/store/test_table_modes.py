@@ -109,6 +109,8 @@ COLUMNS = (("k", "TEXT"), ("n", "INTEGER"), ("t", "INTEGER"), ("label", "TEXT"))
                              "event time (time=), one of k, n, t, label"),
         ({"mode": "latest", "time": "when"}, "a 'latest' table, and only one, names its column"),
         ({"time": "t"}, "a 'latest' table, and only one, names its column of event time"),
+        ({"mode": "latest", "time": "t"}, "table t: column t, the event time of a 'latest' "
+                                          "table, may be NULL"),
         ({"mode": "replace", "merge": (("n", "max"),)},
          "table t: merge names columns of an 'add' table outside its key, got (('n', 'max'),)"),
         ({"mode": "add", "merge": (("k", "max"),)}, "merge names columns of an 'add' table "

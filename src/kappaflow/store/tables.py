@@ -108,6 +108,10 @@ class Table(msgspec.Struct, Generic[R], frozen=True):
         if (self.mode == "latest") != (self.time in names):
             raise AppError(f"table {self.name}: a 'latest' table, and only one, names its "
                            f"column of event time (time=), one of {', '.join(names)}")  # fmt: skip
+        if self.time is not None and self.time not in (*self.key, *self.not_null):
+            raise AppError(f"table {self.name}: column {self.time}, the event time of a "
+                           "'latest' table, may be NULL, which no time is later than; "
+                           "declare it not null")  # fmt: skip
         merged = dict(self.merge)
         for name, merge in merged.items():
             if merge not in get_args(Merge):
