@@ -128,7 +128,9 @@ class Processor(Protocol[S]):
     A processor whose class sets ``judges_lateness = True`` (a keyed operator, such as
     `SessionWindows`) gets every event and dead-letters the late ones itself, each
     against its own key's events; the others get only the events at or above the
-    partition's watermark."""
+    partition's watermark. One with ``closes_idle = True`` (by default, one that judges
+    lateness) is also given an empty batch now and then while its partition has no
+    records, to close what has been idle by ``batch.clock_ms``."""
 
     def initial_state(self) -> S: ...
 

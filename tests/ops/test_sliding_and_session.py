@@ -28,6 +28,7 @@ from kappaflow.ops import (
     Aggregate,
     Session,
     Sliding,
+    Tumbling,
     count,
     distinct,
     fold,
@@ -302,6 +303,28 @@ def test_sessions_a_worker_restored_close_when_their_partition_is_idle(
         assert store.select(aggregate.table, order_by="sensor") == [
             SensorSession("s1", T0, T0 + 3_000, 2), SensorSession("s2", T0 + 1_000, T0 + 1_000, 1)
         ]  # fmt: skip
+
+
+class SensorMinute(msgspec.Struct):
+    sensor: str
+    start_ms: int
+    readings: int
+
+
+def test_sessions_beside_an_operator_that_keeps_no_idle_time_close_when_idle(
+    settings: Settings,
+) -> None:
+    """In a list of processors, the session aggregate still gets the empty batches of
+    the idle time passing; the tumbling aggregate beside it does not need them."""
+    sessions = Aggregate(Session(gap_ms=4_000), SensorSession, by="sensor", emit="final",
+                         readings=count())  # fmt: skip
+    minutes = Aggregate(Tumbling(60_000), SensorMinute, by="sensor", readings=count())
+    app = App("sensors", [READINGS], [], {READINGS.name: [minutes, sessions]})
+    assert app.processors[READINGS.name].closes_idle  # type: ignore[union-attr]
+    events = [Reading("s1", T0, "a", 1), Reading("s1", T0 + 3_000, "a", 1)]
+    with closing(run_events(app, events, settings, close=True)) as store:
+        assert store.select(sessions.table) == [SensorSession("s1", T0, T0 + 3_000, 2)]
+        assert store.select(minutes.table) == [SensorMinute("s1", T0 - T0 % 60_000, 2)]
 
 
 def test_session_windows_refuse_emit_update() -> None:

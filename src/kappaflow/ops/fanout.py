@@ -30,11 +30,16 @@ class Fanout:
     (``0:key``), so the list's order is part of the stored state. An event one of them
     refuses goes to the dead letters once, with the first reason; the others' rows
     still count it. Lateness is judged per key only if all of them judge it so;
-    otherwise every one gets only the events at or above the partition's watermark."""
+    otherwise every one gets only the events at or above the partition's watermark.
+    The empty batches of the idle time passing go to those that close what went idle
+    (`closes_idle`)."""
 
     def __init__(self, processors: Sequence[Processor[Any]]) -> None:
         self.processors = list(processors)
         self.judges_lateness = all(getattr(p, "judges_lateness", False) for p in processors)
+        self._closing = [getattr(p, "closes_idle", getattr(p, "judges_lateness", False))
+                         for p in processors]  # fmt: skip
+        self.closes_idle = any(self._closing)
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(list[bytes]).decode
 
@@ -59,6 +64,8 @@ class Fanout:
         rows: Rows = {}
         letters: list[tuple[int, str]] = []
         for at, processor in enumerate(self.processors):
+            if not batch.events and not self._closing[at]:
+                continue  # the idle time passing: for those that close what went idle
             output = processor.process(state[at], batch)
             state[at] = output.state
             for table, table_rows in output.rows.items():

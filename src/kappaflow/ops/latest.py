@@ -26,6 +26,7 @@ class Latest:
 
     tables: tuple[Table[Any], ...]
     judges_lateness = True  # no event is too late to be its key's latest
+    closes_idle = False
 
     def __init__(
         self,

@@ -142,6 +142,10 @@ class Pipeline:
         return getattr(self._then, "judges_lateness", False)
 
     @property
+    def closes_idle(self) -> bool:
+        return getattr(self._then, "closes_idle", self.judges_lateness)
+
+    @property
     def tables(self) -> tuple[Table[Any], ...]:
         return tuple(getattr(self._then, "tables", ()))
 

@@ -166,6 +166,7 @@ class Worker:
         self.group = app.group(stream)
         self.processor: Processor[Any] = app.processors[stream.name]
         self.judged: bool = getattr(self.processor, "judges_lateness", False)
+        self.closes_idle: bool = getattr(self.processor, "closes_idle", self.judged)
         self.key_count: Callable[[Any], int] | None = getattr(self.processor, "key_count", None)
         """The processor judges lateness per key and times out idle keys itself."""
         self.assignment = Fixed(assignment) if isinstance(assignment, Sequence) else assignment
@@ -497,10 +498,10 @@ class Worker:
         return round(self.wall_clock() * 1000)
 
     def _quiet(self, run: PartitionRun, now: float) -> bool:
-        """For a processor that times out its keys (one that judges lateness per key):
-        whether to give it an empty batch, at most every `QUIET_CHECK_S` while its
-        partition has no records, so that keys that went idle close."""
-        if not self.judged or now - max(run.last_record_at, run.quiet_at) < QUIET_CHECK_S:
+        """For a processor that times out its keys (`closes_idle`): whether to give it an
+        empty batch, at most every `QUIET_CHECK_S` while its partition has no records,
+        so that keys that went idle close."""
+        if not self.closes_idle or now - max(run.last_record_at, run.quiet_at) < QUIET_CHECK_S:
             return False
         run.quiet_at = now
         return True
