@@ -287,7 +287,8 @@ def test_a_run_folds_as_its_items_one_at_a_time(events, cut) -> None:
     """The session operator hands the fold runs of items: one call for a run gives the
     accumulator of one call per item, and of the run cut in two."""
     fold = SegmentFold(GAP_S, *create_app(Settings.load({}, {})).lookups)
-    items = sorted(item for _, item in fold.items(events, [e.ts for e in events]))
+    keyed = fold.items(events, [e.ts for e in events], list(range(len(events))))
+    items = sorted(item for _, item in keyed)
     opened = fold.start(items[0])
     one_by_one = fold.copy(opened)
     for item in items[1:]:
