@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, Protocol, T
 
 import msgspec
 
-from kappaflow.errors import AppError, SettingsError
+from kappaflow.errors import AppError, SettingsError, StateFormatError
 from kappaflow.events import event_time_ms
 from kappaflow.query.params import Text
 from kappaflow.settings import PREFIX, Settings
@@ -210,6 +210,27 @@ class FunctionProcessor(Generic[V]):
         snapshot = {key: bytes(value) for key, value in kept.items()}
         changed = [key for key in snapshot if key not in keys]
         return State(self.value_type, self.ttl_ms, {**snapshot, **keys}, changed)
+
+
+class Stateless:
+    """The state of a `Processor` that keeps none: a base for one."""
+
+    def initial_state(self) -> None:
+        return None
+
+    def encode(self, state: None) -> bytes:
+        return b""
+
+    def changed_keys(self, state: None) -> dict[str, bytes | None]:
+        return {}
+
+    def key_count(self, state: None) -> int:
+        return 0
+
+    def decode(self, data: bytes, keys: Mapping[str, bytes]) -> None:
+        if data or keys:
+            raise StateFormatError(f"{type(self).__name__} keeps no state, but the store "
+                                   "holds some for the partition")  # fmt: skip
 
 
 def _name(function: Callable[..., Any]) -> str:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from kappaflow.app import Batch, Output, Rows
+from kappaflow.app import Batch, Output, Rows, Stateless
 from kappaflow.errors import AppError, StateFormatError
 from kappaflow.ops.measures import Measure, counted, same
 from kappaflow.ops.shape import check_fields, key_getter, names, row_maker, value_getter
@@ -221,26 +221,7 @@ def parts(by: tuple[str, ...]) -> Callable[[Any], Group]:
     return (lambda group: (group,)) if len(by) == 1 else (lambda group: group)
 
 
-class _Stateless:
-    def initial_state(self) -> None:
-        return None
-
-    def encode(self, state: None) -> bytes:
-        return b""
-
-    def changed_keys(self, state: None) -> dict[str, bytes | None]:
-        return {}
-
-    def key_count(self, state: None) -> int:
-        return 0
-
-    def decode(self, data: bytes, keys: Mapping[str, bytes]) -> None:
-        if data or keys:
-            raise StateFormatError(f"{type(self).__name__} keeps no state, but the store "
-                                   "holds some for the partition")  # fmt: skip
-
-
-class MergedWindows(_Stateless):
+class MergedWindows(Stateless):
     """Each batch's partial measures of each group and tumbling or hopping window, to
     be merged by the store."""
 

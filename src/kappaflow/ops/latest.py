@@ -4,18 +4,17 @@ latest event (`Table` ``mode='latest'``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 
-from kappaflow.app import Batch, Output
-from kappaflow.errors import StateFormatError
+from kappaflow.app import Batch, Output, Stateless
 from kappaflow.ops.shape import fields_of, names
 from kappaflow.store.tables import Row, Table
 
 
-class Latest:
+class Latest(Stateless):
     """A `Processor` writing, per value of ``by`` (fields of the table), a row of
     ``into`` (a `msgspec.Struct`) for the latest event: ``row(event, time_ms)`` makes it;
     by default each field is the event's field of the same name, and ``time`` (a field,
@@ -44,9 +43,6 @@ class Latest:
         self.key_at = [fields.index(name) for name in self.table.key]
         self.row = row or _same_names(fields, time)
 
-    def initial_state(self) -> None:
-        return None
-
     def process(self, state: None, batch: Batch) -> Output[None]:
         latest: dict[tuple[Any, ...], tuple[int, Row]] = {}
         key_at, row_of = self.key_at, self.row
@@ -59,19 +55,6 @@ class Latest:
                 latest[key] = (time_ms, row)
         rows = [row for _, row in latest.values()]
         return Output(None, {self.table.name: rows} if rows else {})
-
-    def encode(self, state: None) -> bytes:
-        return b""
-
-    def changed_keys(self, state: None) -> dict[str, bytes | None]:
-        return {}
-
-    def key_count(self, state: None) -> int:
-        return 0
-
-    def decode(self, data: bytes, keys: Mapping[str, bytes]) -> None:
-        if data or keys:
-            raise StateFormatError("Latest keeps no state, but the store holds some")
 
 
 def _same_names(fields: Sequence[str], time: str) -> Callable[[Any, int], tuple[Any, ...]]:
