@@ -84,16 +84,10 @@ def watch(limit_c: float, sensors: State[Sensor], batch: Batch) -> Output[State[
     return Output(sensors, {ALERTS.name: alerts}, refused)
 
 
-class AlertStart(msgspec.Struct):
-    start_ms: int
-    celsius: float
+class SensorStatus(LatestReading):
+    """A sensor's latest reading and its alerts."""
 
-
-class SensorStatus(msgspec.Struct):
-    sensor_id: str
-    celsius: float
-    ts_ms: int
-    alerts: list[AlertStart]
+    alerts: list[Alert]
 
 
 def sensor_status(store: Store, params: Mapping[str, str]) -> SensorStatus | None:
@@ -103,9 +97,7 @@ def sensor_status(store: Store, params: Mapping[str, str]) -> SensorStatus | Non
     if not found:
         return None
     alerts = store.select(ALERTS, "sensor_id = ?", sensor, order_by="start_ms")
-    latest = found[0]
-    starts = [AlertStart(alert.start_ms, alert.celsius) for alert in alerts]
-    return SensorStatus(latest.sensor_id, latest.celsius, latest.ts_ms, starts)
+    return SensorStatus(*msgspec.structs.astuple(found[0]), alerts)
 
 
 def create_app(settings: Settings) -> App:

@@ -50,8 +50,8 @@ def test_the_app_is_served_processed_and_queried(sensors_settings: Settings) -> 
         assert status.status_code == 200
         assert status.json() == {
             "sensor_id": "a", "celsius": 35.0, "ts_ms": T0 + 5000,
-            "alerts": [{"start_ms": T0 + 2000, "celsius": 31.0},
-                       {"start_ms": T0 + 5000, "celsius": 35.0}],
+            "alerts": [{"sensor_id": "a", "start_ms": T0 + 2000, "celsius": 31.0},
+                       {"sensor_id": "a", "start_ms": T0 + 5000, "celsius": 35.0}],
         }  # fmt: skip
         assert client.get("/v1/sensors/b").json()["alerts"] == []
         assert client.get("/v1/sensors/nobody").status_code == 404
