@@ -166,9 +166,10 @@ class Worker:
         self.group = app.group(stream)
         self.processor: Processor[Any] = app.processors[stream.name]
         self.judged: bool = getattr(self.processor, "judges_lateness", False)
+        """The processor judges lateness per key."""
         self.closes_idle: bool = getattr(self.processor, "closes_idle", self.judged)
+        """The processor times out idle keys itself, given empty batches."""
         self.key_count: Callable[[Any], int] | None = getattr(self.processor, "key_count", None)
-        """The processor judges lateness per key and times out idle keys itself."""
         self.assignment = Fixed(assignment) if isinstance(assignment, Sequence) else assignment
         self.clock = clock
         self.wall_clock = wall_clock
