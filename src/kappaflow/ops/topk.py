@@ -11,10 +11,11 @@ import msgspec
 
 from kappaflow.app import Batch, Output
 from kappaflow.errors import AppError
-from kappaflow.ops.aggregate import Emit, Group, KeyedWindows, WindowState
+from kappaflow.ops.grouping import Group
+from kappaflow.ops.keyed import KeyedWindows, WindowState
 from kappaflow.ops.measures import Measure
 from kappaflow.ops.shape import check_fields, names, row_maker
-from kappaflow.ops.windows import Hopping, Tumbling
+from kappaflow.ops.windows import Emit, Hopping, Tumbling
 from kappaflow.store.tables import Table
 
 if TYPE_CHECKING:

@@ -5,6 +5,7 @@ and `Hopping` windows are fixed spans, `Sliding` windows end at each event, and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from kappaflow.errors import AppError
 
@@ -77,3 +78,6 @@ class Session:
 
 
 Window = Tumbling | Hopping | Sliding | Session
+Emit = Literal["final", "update"]
+"""When a window's row is written: once, when it closes, or with each batch that
+changes it."""
