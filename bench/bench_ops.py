@@ -35,9 +35,8 @@ import time
 from collections.abc import Callable
 from itertools import accumulate
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import msgspec
 from common import Figure
 from rich.console import Console
@@ -51,6 +50,9 @@ from kappaflow.ops import Aggregate, Filter, Hopping, Pipeline, count, distinct
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
 from kappaflow.store.base import PartitionCommit
+
+if TYPE_CHECKING:  # the bench extra's, imported when the benchmark runs
+    import duckdb
 
 HOURS = 100
 """Copies of the sample's hour: 356,000 records at scale 1."""
@@ -111,6 +113,8 @@ def run(scale: float) -> list[Figure]:
         polls = batches(path, settings)
         gc.set_threshold(200_000, 20, 100)  # as a worker runs (stream/worker.py)
         gc.freeze()  # the whole input, which no worker holds at once, is not scanned again
+        import duckdb
+
         database = duckdb.connect(config={"threads": 1})
         _, load_s = cpu_timed(lambda: database.execute(
             "CREATE TABLE clicks AS SELECT * FROM read_json(?, format='newline_delimited')",

@@ -8,14 +8,12 @@ from itertools import accumulate
 from pathlib import Path
 
 import msgspec
-import pytest
 
 from kappaflow.apps.clicks.app import Click
 from kappaflow.apps.clicks.demo import sample_path
 from kappaflow.log.partitioner import partition_for
 from kappaflow.settings import Settings
 
-pytest.importorskip("duckdb")  # the bench extra's
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from bench_ops import batches, write_clicks
 
