@@ -17,7 +17,7 @@ import msgspec
 
 from kappaflow.app import Stream
 from kappaflow.log.partitioner import partition_for
-from kappaflow.ops import Hopping, Tumbling
+from kappaflow.ops import Hopping, Tumbling, count, distinct, fold, largest, mean, smallest, total
 from kappaflow.settings import Settings
 from kappaflow.store import Store
 from kappaflow.store.base import Table
@@ -161,3 +161,23 @@ def keyed(table: Table, rows: Iterable[msgspec.Struct]) -> dict[Group, msgspec.S
 
 def stored(store: Store, table: Table) -> dict[Group, msgspec.Struct]:
     return keyed(table, store.select(table))
+
+
+def initials(trail: str, country: str) -> str:
+    return trail + country[0]
+
+
+CLICK_MEASURES = {"clicks": count(), "nk_total": total("nk"), "first_hc": smallest("hc"),
+                  "last_hc": largest("hc"), "mean_hc": mean("hc"), "countries": distinct("c"),
+                  "trail": fold(initials, "", "c")}  # fmt: skip
+"""Every measure, over the clicks' fields."""
+CLICK_REFERENCE: dict[str, Callable[[list[Any]], Any]] = {
+    "clicks": len,
+    "nk_total": lambda clicks: sum(c.nk for c in clicks),
+    "first_hc": lambda clicks: min(c.hc for c in clicks),
+    "last_hc": lambda clicks: max(c.hc for c in clicks),
+    "mean_hc": lambda clicks: sum(c.hc for c in clicks) / len(clicks),
+    "countries": lambda clicks: len({c.c for c in clicks}),
+    "trail": lambda clicks: "".join(c.c[0] for c in clicks),
+}
+"""Each of `CLICK_MEASURES` in plain Python, over a group's clicks in order."""

@@ -10,6 +10,8 @@ from contextlib import closing
 import msgspec
 import pytest
 from reference import (
+    CLICK_MEASURES,
+    CLICK_REFERENCE,
     CLICKS,
     READINGS,
     T0,
@@ -29,8 +31,6 @@ from kappaflow.ops import (
     Hopping,
     Tumbling,
     count,
-    distinct,
-    fold,
     largest,
     mean,
     smallest,
@@ -72,13 +72,9 @@ def test_groups_over_partitions_merge_in_the_store_to_exact_totals(
     spread = {a.event.c for a in arrived.events if a.partition == 0}
     spread &= {a.event.c for a in arrived.events if a.partition == 1}
     assert len(spread) > 10 and not arrived.late  # countries of several partitions
+    merged = {name: CLICK_REFERENCE[name] for name in ("clicks", "nk_total", "first_hc", "last_hc")}
     expected = window_rows(CountryClicks, ["c"], windowed(arrived.events, ["c"], window),
-                           window.size_ms, {
-                               "clicks": len,
-                               "nk_total": lambda clicks: sum(c.nk for c in clicks),
-                               "first_hc": lambda clicks: min(c.hc for c in clicks),
-                               "last_hc": lambda clicks: max(c.hc for c in clicks),
-                           })  # fmt: skip
+                           window.size_ms, merged)  # fmt: skip
     with closing(run_events(app, CLICK_EVENTS, settings, restarts=restarts)) as store:
         assert stored(store, aggregate.table) == keyed(aggregate.table, expected)
         assert store.dead_letters(app.group(CLICKS)) == []
@@ -97,25 +93,8 @@ class LinkStats(msgspec.Struct):
     trail: str
 
 
-def initials(trail: str, country: str) -> str:
-    return trail + country[0]
-
-
-LINK_MEASURES = {
-    "clicks": len,
-    "nk_total": lambda clicks: sum(c.nk for c in clicks),
-    "first_hc": lambda clicks: min(c.hc for c in clicks),
-    "last_hc": lambda clicks: max(c.hc for c in clicks),
-    "mean_hc": lambda clicks: sum(c.hc for c in clicks) / len(clicks),
-    "countries": lambda clicks: len({c.c for c in clicks}),
-    "trail": lambda clicks: "".join(c.c[0] for c in clicks),
-}
-
-
 def link_stats(window: Tumbling | Hopping, emit: str) -> Aggregate:
-    return Aggregate(window, LinkStats, by="g", emit=emit, clicks=count(), nk_total=total("nk"),
-                     first_hc=smallest("hc"), last_hc=largest("hc"), mean_hc=mean("hc"),
-                     countries=distinct("c"), trail=fold(initials, "", "c"))  # type: ignore[arg-type]  # fmt: skip
+    return Aggregate(window, LinkStats, by="g", emit=emit, **CLICK_MEASURES)  # type: ignore[arg-type]
 
 
 @RESTARTS
@@ -128,7 +107,7 @@ def test_every_measure_of_the_key_with_emit_update_ends_at_its_value_over_all_ev
     app = App("links", [CLICKS], [], {CLICKS.name: aggregate})
     arrived = arrivals(CLICKS, CLICK_EVENTS, settings)
     expected = window_rows(LinkStats, ["g"], windowed(arrived.events, ["g"], window),
-                           window.size_ms, LINK_MEASURES)  # fmt: skip
+                           window.size_ms, CLICK_REFERENCE)  # fmt: skip
     with closing(run_events(app, CLICK_EVENTS, settings, restarts=restarts)) as store:
         assert stored(store, aggregate.table) == keyed(aggregate.table, expected)
 
@@ -145,7 +124,7 @@ def test_emit_final_writes_the_windows_the_watermark_passed_and_those_only(
     passed = {(group, start): found for (group, start), found in windows.items()
               if start + window.size_ms <= arrived.watermarks[found[0].partition]}  # fmt: skip
     assert 0 < len(passed) < len(windows) - 10  # the last minutes' windows are open still
-    expected = window_rows(LinkStats, ["g"], passed, window.size_ms, LINK_MEASURES)
+    expected = window_rows(LinkStats, ["g"], passed, window.size_ms, CLICK_REFERENCE)
     with closing(run_events(app, CLICK_EVENTS, settings, restarts=restarts)) as store:
         assert stored(store, aggregate.table) == keyed(aggregate.table, expected)
 
@@ -212,7 +191,7 @@ def test_emit_final_with_idle_partitions_closes_the_windows_the_idle_time_passes
 
     passed = ending_by(lateness_ms + idle_ms)  # the partition's latest event, and the idle time
     assert len(ending_by(0)) < len(passed) < len(windows)
-    expected = window_rows(LinkStats, ["g"], passed, window.size_ms, LINK_MEASURES)
+    expected = window_rows(LinkStats, ["g"], passed, window.size_ms, CLICK_REFERENCE)
     with closing(run_events(app, CLICK_EVENTS, settings, close=True)) as store:
         assert stored(store, aggregate.table) == keyed(aggregate.table, expected)
 

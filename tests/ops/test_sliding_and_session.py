@@ -3,13 +3,14 @@ store, with and without restarts, against the same windows computed in plain Pyt
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import closing
 from typing import Any
 
 import msgspec
 import pytest
 from reference import (
+    CLICK_MEASURES,
+    CLICK_REFERENCE,
     CLICKS,
     READINGS,
     T0,
@@ -57,27 +58,9 @@ class LinkRun(msgspec.Struct):
     trail: str
 
 
-def initials(trail: str, country: str) -> str:
-    return trail + country[0]
-
-
-MEASURES = {"clicks": count(), "nk_total": total("nk"), "first_hc": smallest("hc"),
-            "last_hc": largest("hc"), "mean_hc": mean("hc"), "countries": distinct("c"),
-            "trail": fold(initials, "", "c")}  # fmt: skip
-REFERENCE: dict[str, Callable[[list[Any]], Any]] = {
-    "clicks": len,
-    "nk_total": lambda clicks: sum(c.nk for c in clicks),
-    "first_hc": lambda clicks: min(c.hc for c in clicks),
-    "last_hc": lambda clicks: max(c.hc for c in clicks),
-    "mean_hc": lambda clicks: sum(c.hc for c in clicks) / len(clicks),
-    "countries": lambda clicks: len({c.c for c in clicks}),
-    "trail": lambda clicks: "".join(c.c[0] for c in clicks),
-}
-
-
 def row(start_ms: int, end_ms: int, clicks: list[Any]) -> LinkRun:
-    return LinkRun(clicks[0].g, start_ms, end_ms,
-                   **{name: measure(clicks) for name, measure in REFERENCE.items()})  # fmt: skip
+    results = {name: measure(clicks) for name, measure in CLICK_REFERENCE.items()}
+    return LinkRun(clicks[0].g, start_ms, end_ms, **results)
 
 
 def by_key(arrived: list[Arrival]) -> dict[str, list[Arrival]]:
@@ -107,7 +90,7 @@ def test_sliding_windows_aggregate_the_events_of_the_last_size_before_each(
     settings: Settings, emit: str, restarts: int
 ) -> None:
     size_ms = 90_000
-    aggregate = Aggregate(Sliding(size_ms), LinkRun, by="g", emit=emit, **MEASURES)  # type: ignore[arg-type]
+    aggregate = Aggregate(Sliding(size_ms), LinkRun, by="g", emit=emit, **CLICK_MEASURES)  # type: ignore[arg-type]
     assert aggregate.table.key == ("g", "end_ms")
     app = App("links", [CLICKS], [], {CLICKS.name: aggregate})
     arrived = arrivals(CLICKS, CLICK_EVENTS, settings)
@@ -232,7 +215,7 @@ def test_session_windows_aggregate_each_run_of_clicks_once_it_ended(
     settings: Settings, close: bool, restarts: int
 ) -> None:
     window = Session(gap_ms=120_000)
-    aggregate = Aggregate(window, LinkRun, by="g", emit="final", **MEASURES)  # type: ignore[arg-type]
+    aggregate = Aggregate(window, LinkRun, by="g", emit="final", **CLICK_MEASURES)  # type: ignore[arg-type]
     assert aggregate.judges_lateness
     app = App("links", [CLICKS], [], {CLICKS.name: aggregate})
     arrived = arrivals(CLICKS, CLICK_EVENTS, settings)

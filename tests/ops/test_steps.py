@@ -18,6 +18,7 @@ from reference import (
     Click,
     Reading,
     arrivals,
+    initials,
     keyed,
     real_clicks,
     stored,
@@ -57,10 +58,6 @@ class LinkMinute(msgspec.Struct):
     clicks: int
     countries: int
     trail: str
-
-
-def initials(trail: str, country: str) -> str:
-    return trail + country[0]
 
 
 def lower(click: Click) -> Click:
