@@ -212,6 +212,13 @@ class FunctionProcessor(Generic[V]):
         return State(self.value_type, self.ttl_ms, {**snapshot, **keys}, changed)
 
 
+def closes_idle(processor: Processor[Any]) -> bool:
+    """Whether ``processor`` is to be given the idle time's empty batches: its
+    ``closes_idle``, by default whether it judges lateness (see `Processor`)."""
+    judges = getattr(processor, "judges_lateness", False)
+    return getattr(processor, "closes_idle", judges)
+
+
 class Stateless:
     """The state of a `Processor` that keeps none: a base for one."""
 

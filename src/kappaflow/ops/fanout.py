@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from kappaflow.app import Batch, Output, Processor, Rows
+from kappaflow.app import Batch, Output, Processor, Rows, closes_idle
 from kappaflow.errors import StateFormatError
 
 if TYPE_CHECKING:
@@ -37,8 +37,7 @@ class Fanout:
     def __init__(self, processors: Sequence[Processor[Any]]) -> None:
         self.processors = list(processors)
         self.judges_lateness = all(getattr(p, "judges_lateness", False) for p in processors)
-        self._closing = [getattr(p, "closes_idle", getattr(p, "judges_lateness", False))
-                         for p in processors]  # fmt: skip
+        self._closing = list(map(closes_idle, processors))
         self.closes_idle = any(self._closing)
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(list[bytes]).decode

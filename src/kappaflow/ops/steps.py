@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from kappaflow.app import Batch, Lookup, Output, Processor
+from kappaflow.app import Batch, Lookup, Output, Processor, closes_idle
 from kappaflow.errors import AppError
 from kappaflow.ops.fanout import Fanout, once
 from kappaflow.ops.shape import value_getter
@@ -143,7 +143,7 @@ class Pipeline:
 
     @property
     def closes_idle(self) -> bool:
-        return getattr(self._then, "closes_idle", self.judges_lateness)
+        return closes_idle(self._then)
 
     @property
     def tables(self) -> tuple[Table[Any], ...]:

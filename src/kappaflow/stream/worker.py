@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from kappaflow.app import App, Batch, Processor, Stream
+from kappaflow.app import App, Batch, Processor, Stream, closes_idle
 from kappaflow.errors import (
     KappaflowError,
     ProcessorFailed,
@@ -167,7 +167,7 @@ class Worker:
         self.processor: Processor[Any] = app.processors[stream.name]
         self.judged: bool = getattr(self.processor, "judges_lateness", False)
         """The processor judges lateness per key."""
-        self.closes_idle: bool = getattr(self.processor, "closes_idle", self.judged)
+        self.closes_idle = closes_idle(self.processor)
         """The processor times out idle keys itself, given empty batches."""
         self.key_count: Callable[[Any], int] | None = getattr(self.processor, "key_count", None)
         self.assignment = Fixed(assignment) if isinstance(assignment, Sequence) else assignment
