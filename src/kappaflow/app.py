@@ -219,6 +219,32 @@ def closes_idle(processor: Processor[Any]) -> bool:
     return getattr(processor, "closes_idle", judges)
 
 
+class Delegating:
+    """A `Processor` made of another, ``inner``, whose state is the inner one's: a
+    base for an operator that chooses or wraps the processor doing its work."""
+
+    inner: Processor[Any]
+
+    def initial_state(self) -> Any:
+        return self.inner.initial_state()
+
+    def process(self, state: Any, batch: Batch) -> Output[Any]:
+        return self.inner.process(state, batch)
+
+    def encode(self, state: Any) -> bytes:
+        return self.inner.encode(state)
+
+    def changed_keys(self, state: Any) -> dict[str, bytes | None]:
+        return self.inner.changed_keys(state)
+
+    def decode(self, data: bytes, keys: Mapping[str, bytes]) -> Any:
+        return self.inner.decode(data, keys)
+
+    def key_count(self, state: Any) -> int:
+        count = getattr(self.inner, "key_count", None)
+        return 0 if count is None else count(state)
+
+
 class Stateless:
     """The state of a `Processor` that keeps none: a base for one."""
 

@@ -14,12 +14,12 @@ stream's key."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from kappaflow.app import Batch, Output
+from kappaflow.app import Delegating
 from kappaflow.errors import AppError
 from kappaflow.ops.grouping import Group, RowsOf
 from kappaflow.ops.keyed import KeyedWindows, SlidingWindows
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from kappaflow.app import Stream
 
 
-class Aggregate:
+class Aggregate(Delegating):
     """A `Processor`: per group of ``by`` (event fields) and window of ``window``, the
     ``measures`` (column name -> `Measure`), written to ``table`` (default: the
     struct's name in snake case) as rows of ``into``, a `msgspec.Struct` whose fields
@@ -85,7 +85,7 @@ class Aggregate:
         sources |= {"start_ms": n, "end_ms": n + 1}
         sources |= {name: n + 2 + at for at, name in enumerate(measures)}
         self.fields = fields
-        self._engine = _engine(self, row_maker(fields, sources))
+        self.inner = _engine(self, row_maker(fields, sources))
         self.judges_lateness = isinstance(window, Session)
 
     def bind(self, stream: Stream) -> None:
@@ -105,24 +105,6 @@ class Aggregate:
             f"{stream.key} as well, or use measures the store merges (count, total, smallest, "
             "largest) over tumbling or hopping windows with emit='update'"
         )
-
-    def initial_state(self) -> Any:
-        return self._engine.initial_state()
-
-    def process(self, state: Any, batch: Batch) -> Output[Any]:
-        return self._engine.process(state, batch)
-
-    def encode(self, state: Any) -> bytes:
-        return self._engine.encode(state)
-
-    def changed_keys(self, state: Any) -> dict[str, bytes | None]:
-        return self._engine.changed_keys(state)
-
-    def decode(self, data: bytes, keys: Mapping[str, bytes]) -> Any:
-        return self._engine.decode(data, keys)
-
-    def key_count(self, state: Any) -> int:
-        return self._engine.key_count(state)
 
 
 def _engine(aggregate: Aggregate, row: Callable[[Sequence[Any]], tuple]) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from kappaflow.app import Batch, Lookup, Output, Processor, closes_idle
+from kappaflow.app import Batch, Delegating, Lookup, Output, Processor, closes_idle
 from kappaflow.errors import AppError
 from kappaflow.ops.fanout import Fanout, once
 from kappaflow.ops.shape import value_getter
@@ -116,7 +116,7 @@ def _taken(batch: Batch, kept: list[int]) -> Batch:
     )
 
 
-class Pipeline:
+class Pipeline(Delegating):
     """A `Processor`: ``steps`` over each batch, then ``processors`` over what is left
     (several: as `Fanout`). ``Pipeline(Filter(f), Map(g)).to(Aggregate(...))``."""
 
@@ -132,56 +132,40 @@ class Pipeline:
         return piped
 
     @property
-    def _then(self) -> Processor[Any]:
+    def inner(self) -> Processor[Any]:  # type: ignore[override]
         if self.processor is None:
             raise AppError("a Pipeline feeds processors: Pipeline(*steps).to(processor)")
         return self.processor
 
     @property
     def judges_lateness(self) -> bool:
-        return getattr(self._then, "judges_lateness", False)
+        return getattr(self.inner, "judges_lateness", False)
 
     @property
     def closes_idle(self) -> bool:
-        return closes_idle(self._then)
+        return closes_idle(self.inner)
 
     @property
     def tables(self) -> tuple[Table[Any], ...]:
-        return tuple(getattr(self._then, "tables", ()))
+        return tuple(getattr(self.inner, "tables", ()))
 
     @property
     def lookups(self) -> tuple[Lookup[Any], ...]:
         """The lookups its `Join` steps read (and those of its processors)."""
         joined = tuple(step.lookup for step in self.steps if isinstance(step, Join))
-        return joined + tuple(getattr(self._then, "lookups", ()))
+        return joined + tuple(getattr(self.inner, "lookups", ()))
 
     def bind(self, stream: Stream) -> None:
-        bind = getattr(self._then, "bind", None)
+        bind = getattr(self.inner, "bind", None)
         if bind is not None:
             bind(stream)
-
-    def initial_state(self) -> Any:
-        return self._then.initial_state()
 
     def process(self, state: Any, batch: Batch) -> Output[Any]:
         refused: list[tuple[int, str]] = []
         for step in self.steps:
             batch, dropped = step.apply(batch)
             refused += dropped
-        output = self._then.process(state, batch)
+        output = self.inner.process(state, batch)
         if not refused and not output.dead_letters:
             return output
         return Output(output.state, output.rows, once([*refused, *output.dead_letters]))
-
-    def encode(self, state: Any) -> bytes:
-        return self._then.encode(state)
-
-    def changed_keys(self, state: Any) -> dict[str, bytes | None]:
-        return self._then.changed_keys(state)
-
-    def decode(self, data: bytes, keys: Mapping[str, bytes]) -> Any:
-        return self._then.decode(data, keys)
-
-    def key_count(self, state: Any) -> int:
-        count = getattr(self._then, "key_count", None)
-        return 0 if count is None else count(state)

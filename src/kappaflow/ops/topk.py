@@ -4,15 +4,15 @@ events had, ranked."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from kappaflow.app import Batch, Output
+from kappaflow.app import Delegating
 from kappaflow.errors import AppError
 from kappaflow.ops.grouping import Group
-from kappaflow.ops.keyed import KeyedWindows, WindowState
+from kappaflow.ops.keyed import KeyedWindows
 from kappaflow.ops.measures import Measure
 from kappaflow.ops.shape import check_fields, names, row_maker
 from kappaflow.ops.windows import Emit, Hopping, Tumbling
@@ -28,7 +28,7 @@ def _tally(acc: dict[Any, int] | None, values: Sequence[Any]) -> dict[Any, int]:
     return dict(counts)
 
 
-class TopK:
+class TopK(Delegating):
     """A `Processor`: per group of ``by`` (fields naming the stream's key: a group's
     events are in one partition) and window (tumbling or hopping), the ``k`` values of
     ``item`` (a field) with the most events, written to ``table`` as rows of ``into``,
@@ -69,8 +69,8 @@ class TopK:
             return [row([*group, start, end, rank, value, events])
                     for rank, (value, events) in enumerate(ranked, 1)]  # fmt: skip
 
-        self._windows = KeyedWindows(window, self.by, [Measure(item, _tally, name="top")],
-                                     self.table.name, rows_of, emit)  # fmt: skip
+        self.inner = KeyedWindows(window, self.by, [Measure(item, _tally, name="top")],
+                                  self.table.name, rows_of, emit)  # fmt: skip
 
     def bind(self, stream: Stream) -> None:
         if stream.key not in self.by:
@@ -80,21 +80,3 @@ class TopK:
                 "top-K over all keys, count with Aggregate (the store merges the counts of "
                 "all partitions) and rank when reading"
             )
-
-    def initial_state(self) -> WindowState:
-        return self._windows.initial_state()
-
-    def process(self, state: WindowState, batch: Batch) -> Output[WindowState]:
-        return self._windows.process(state, batch)
-
-    def encode(self, state: WindowState) -> bytes:
-        return b""
-
-    def changed_keys(self, state: WindowState) -> dict[str, bytes | None]:
-        return self._windows.changed_keys(state)
-
-    def decode(self, data: bytes, keys: Mapping[str, bytes]) -> WindowState:
-        return self._windows.decode(data, keys)
-
-    def key_count(self, state: WindowState) -> int:
-        return self._windows.key_count(state)
