@@ -167,6 +167,21 @@ def initials(trail: str, country: str) -> str:
     return trail + country[0]
 
 
+class LinkStats(msgspec.Struct):
+    """A row of `CLICK_MEASURES` per link (``g``) and window."""
+
+    g: str
+    start_ms: int
+    end_ms: int
+    clicks: int
+    nk_total: int
+    first_hc: int
+    last_hc: int
+    mean_hc: float
+    countries: int
+    trail: str
+
+
 CLICK_MEASURES = {"clicks": count(), "nk_total": total("nk"), "first_hc": smallest("hc"),
                   "last_hc": largest("hc"), "mean_hc": mean("hc"), "countries": distinct("c"),
                   "trail": fold(initials, "", "c")}  # fmt: skip

@@ -15,6 +15,7 @@ from reference import (
     CLICKS,
     READINGS,
     T0,
+    LinkStats,
     Reading,
     arrivals,
     keyed,
@@ -78,19 +79,6 @@ def test_groups_over_partitions_merge_in_the_store_to_exact_totals(
     with closing(run_events(app, CLICK_EVENTS, settings, restarts=restarts)) as store:
         assert stored(store, aggregate.table) == keyed(aggregate.table, expected)
         assert store.dead_letters(app.group(CLICKS)) == []
-
-
-class LinkStats(msgspec.Struct):
-    g: str
-    start_ms: int
-    end_ms: int
-    clicks: int
-    nk_total: int
-    first_hc: int
-    last_hc: int
-    mean_hc: float
-    countries: int
-    trail: str
 
 
 def link_stats(window: Tumbling | Hopping, emit: str) -> Aggregate:

@@ -15,6 +15,7 @@ from reference import (
     READINGS,
     T0,
     Arrival,
+    LinkStats,
     Reading,
     arrivals,
     keyed,
@@ -45,22 +46,9 @@ CLICK_EVENTS = real_clicks()
 RESTARTS = pytest.mark.parametrize("restarts", [0, 3])
 
 
-class LinkRun(msgspec.Struct):
-    g: str
-    start_ms: int
-    end_ms: int
-    clicks: int
-    nk_total: int
-    first_hc: int
-    last_hc: int
-    mean_hc: float
-    countries: int
-    trail: str
-
-
-def row(start_ms: int, end_ms: int, clicks: list[Any]) -> LinkRun:
+def row(start_ms: int, end_ms: int, clicks: list[Any]) -> LinkStats:
     results = {name: measure(clicks) for name, measure in CLICK_REFERENCE.items()}
-    return LinkRun(clicks[0].g, start_ms, end_ms, **results)
+    return LinkStats(clicks[0].g, start_ms, end_ms, **results)
 
 
 def by_key(arrived: list[Arrival]) -> dict[str, list[Arrival]]:
@@ -70,7 +58,7 @@ def by_key(arrived: list[Arrival]) -> dict[str, list[Arrival]]:
     return found
 
 
-def sliding(arrived: list[Arrival], size_ms: int, before: dict[int, int] | None) -> list[LinkRun]:
+def sliding(arrived: list[Arrival], size_ms: int, before: dict[int, int] | None) -> list[LinkStats]:
     """A row per link and time of its clicks t: over its clicks in (t - size, t], in
     order of time (then of arrival); with ``before``, only those with t below their
     partition's watermark."""
@@ -90,7 +78,7 @@ def test_sliding_windows_aggregate_the_events_of_the_last_size_before_each(
     settings: Settings, emit: str, restarts: int
 ) -> None:
     size_ms = 90_000
-    aggregate = Aggregate(Sliding(size_ms), LinkRun, by="g", emit=emit, **CLICK_MEASURES)  # type: ignore[arg-type]
+    aggregate = Aggregate(Sliding(size_ms), LinkStats, by="g", emit=emit, **CLICK_MEASURES)  # type: ignore[arg-type]
     assert aggregate.table.key == ("g", "end_ms")
     app = App("links", [CLICKS], [], {CLICKS.name: aggregate})
     arrived = arrivals(CLICKS, CLICK_EVENTS, settings)
@@ -191,7 +179,7 @@ def test_a_sliding_window_is_final_once_the_watermark_is_past_its_end(settings: 
         assert store.select(aggregate.table) == [SensorSlide("s", T0, 2, 5)]
 
 
-def sessions(arrived: list[Arrival], gap_ms: int, lateness_ms: int, close: bool) -> list[LinkRun]:
+def sessions(arrived: list[Arrival], gap_ms: int, lateness_ms: int, close: bool) -> list[LinkStats]:
     """Each link's sessions (clicks no more than the gap apart, in order of time then
     of the log, equal clicks each counted); without ``close``, those that ended: more
     than the gap before the link's latest click less the lateness."""
@@ -215,7 +203,7 @@ def test_session_windows_aggregate_each_run_of_clicks_once_it_ended(
     settings: Settings, close: bool, restarts: int
 ) -> None:
     window = Session(gap_ms=120_000)
-    aggregate = Aggregate(window, LinkRun, by="g", emit="final", **CLICK_MEASURES)  # type: ignore[arg-type]
+    aggregate = Aggregate(window, LinkStats, by="g", emit="final", **CLICK_MEASURES)  # type: ignore[arg-type]
     assert aggregate.judges_lateness
     app = App("links", [CLICKS], [], {CLICKS.name: aggregate})
     arrived = arrivals(CLICKS, CLICK_EVENTS, settings)
