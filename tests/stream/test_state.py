@@ -1,6 +1,7 @@
-"""Keyed state (`State`) and the function processor on it: what a commit writes, what a
-restore reads back, and the keys a TTL deletes; through the worker, the same results
-after restarts as without, and the count of keys on /metrics."""
+"""Keyed state (`State`, and `PackedState` of bytes the processor packs) and the
+function processor on it: what a commit writes, what a restore reads back, and the keys
+a TTL deletes; through the worker, the same results after restarts as without, and the
+count of keys on /metrics."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from kappaflow.errors import AppError
 from kappaflow.log import open_log
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
-from kappaflow.stream.state import State
+from kappaflow.stream.state import PackedState, State
 from kappaflow.stream.worker import Worker
 from kappaflow.testing import run_events
 
@@ -96,6 +97,30 @@ def test_a_value_that_cannot_be_stored_fails_the_batch_naming_the_key() -> None:
         state.flush()
     with pytest.raises(TypeError, match="a key is a string, got 7"):
         state.set(7, Sensor(1, False))  # type: ignore[arg-type]
+
+
+def test_packed_values_are_stored_and_restored_as_the_processor_packed_them() -> None:
+    store: dict[str, bytes] = {}
+    state = PackedState()
+    state.set("a", b"\xc1\x00")  # what msgpack never starts a value with
+    state.set("b", b"")
+    assert committed(state, store) == {"a": b"\xc1\x00", "b": b""}
+    state = PackedState(store)
+    assert (state.get("a"), len(state)) == (b"\xc1\x00", 2)
+    state.set("a", b"\xc1\x00")  # the same bytes again
+    state.set("b", b"\x01")
+    state.delete("a")
+    assert committed(state, store) == {"a": None, "b": b"\x01"}
+    state.update({"b": b"\x01", "c": b"\x02", "d": None, "e": None})  # "e" was never set
+    assert committed(state, store) == {"c": b"\x02"}
+    state.update({"c": None})
+    assert committed(state, store) == {"c": None}
+    with pytest.raises(TypeError, match="value of key 'c' is not bytes: 2"):
+        state.update({"c": 2})  # type: ignore[dict-item]
+    state.set("c", bytearray(b"\x02"))
+    with pytest.raises(TypeError, match="value of key 'c' cannot be stored as bytes: a packed "
+                                        "value is bytes, got bytearray"):  # fmt: skip
+        state.flush()
 
 
 def test_a_key_not_set_for_the_ttl_is_deleted_and_the_deletion_committed() -> None:

@@ -5,7 +5,8 @@ it. When the batch ends, each value it read or wrote is encoded and compared wit
 stored one, so that its commit writes exactly the keys whose value changed (with the
 rows and the partition's next offset: `kappaflow.store.keyed`). With a TTL, a key not
 set for that long of the partition's event time is deleted, and the deletion committed,
-so that state stays bounded."""
+so that state stays bounded. A processor that packs its values into bytes itself keeps
+them in a `PackedState`, stored as they are."""
 
 from __future__ import annotations
 
@@ -211,3 +212,37 @@ class State(Generic[V]):
 
 def _name(value_type: Any) -> str:
     return getattr(value_type, "__name__", repr(value_type))
+
+
+class PackedState(State[bytes]):
+    """Keyed state whose values are bytes the processor packs itself (its own format,
+    which it must recognise on restore), stored as they are: no msgpack around them, so
+    a restore can hand the stored bytes to the processor whole. No TTL: the processor
+    deletes its keys itself."""
+
+    def __init__(self, stored: Mapping[str, bytes] = {}, changed: Iterable[str] = ()) -> None:
+        super().__init__(bytes, None, stored, changed)
+        self._encode = _packed
+
+    def update(self, values: Mapping[str, bytes | None]) -> None:
+        """Give each key of ``values`` its bytes, or delete it (None): `set` and `delete`
+        at once for the keys a processor packed together."""
+        self.flush()
+        stored, changes = self._stored, self._changes
+        for key, value in values.items():
+            if value is None:
+                if stored.pop(key, None) is not None:
+                    changes[key] = None
+            elif type(value) is not bytes:
+                raise TypeError(f"keyed state: the value of key {key!r} is not bytes: {value!r}")
+            elif value != stored.get(key):
+                stored[key] = changes[key] = value
+
+    def _decode(self, data: bytes) -> bytes:
+        return data
+
+
+def _packed(value: object) -> bytes:
+    if type(value) is not bytes:
+        raise TypeError(f"a packed value is bytes, got {type(value).__name__}")
+    return value

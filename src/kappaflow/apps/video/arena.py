@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from kappaflow.apps.video.state import EVENT, SEGMENT, SESSION
+from kappaflow.stream.state import PackedState
 
 KEY = np.dtype([
     *SESSION.descr,             # its open session, as persisted
@@ -133,13 +134,16 @@ def merged(
 
 
 class SegmentState:
-    """One partition's keys: a code per key (``keys``, ``codes``), a `KEY` record per code
-    (``table``, as columns), the closed segments of each open session (``done``, by code), and the
-    pending events, each key's together and in order, in the ``arena``. A key's events,
-    when they change, are written anew at the arena's end, and the arena is rewritten
-    without the rows left behind when it is full."""
+    """One partition's keys: their bytes as committed (``stored``), a code per key
+    (``keys``, ``codes``), a `KEY` record per code (``table``, as columns), the closed
+    segments of each open session (``done``, by code), and the pending events, each
+    key's together and in order, in the ``arena``. A key's events, when they change, are
+    written anew at the arena's end, and the arena is rewritten without the rows left
+    behind when it is full."""
 
-    def __init__(self) -> None:
+    def __init__(self, stored: PackedState | None = None) -> None:
+        self.stored = PackedState() if stored is None else stored
+        """Each key's bytes, as `state.packed` writes them: what a commit persists."""
         self.keys: list[str] = []
         self.codes: defaultdict[str, int] = defaultdict(count().__next__)
         """A key's code: a key looked up for the first time gets the next one."""

@@ -18,16 +18,15 @@ batch is refused as a duplicate. A batch then:
    progress row is written again once it moved by more than the progress accuracy, so
    it stays within that of the key's latest heartbeat.
 
-The state is a `SegmentState`; a commit persists the keys a batch changed, each as
-`state` packs it.
+The state is a `SegmentState`: its keys as columns, over the partition's keyed state, a
+`PackedState` of each key's bytes as `state` packs them, so that a commit writes the
+keys whose bytes a batch changed.
 
-Why not the library's `Session` windows over `State`: those fold a key's events in
-Python, event by event, and keep each key as a msgpack value. This operator applies its
-rules to a whole batch as numpy columns and packs each key as fixed-size records with
-array operations, about twice as fast end to end (docs/decisions/019-keys-packed.md),
-which is what the heartbeat workload needs. Its state keeps `State`'s contract (a key
-per user and video; a commit writes exactly the keys a batch changed) in that packed
-format.
+Why not the library's `Session` windows: those fold a key's events in Python, event by
+event, and keep each key as a msgpack value. This operator applies its rules to a whole
+batch as numpy columns and packs each key as fixed-size records with array operations,
+about twice as fast end to end (docs/decisions/019-keys-packed.md), which is what the
+heartbeat workload needs.
 """
 
 from __future__ import annotations
@@ -65,6 +64,7 @@ from kappaflow.apps.video.rules import (
 from kappaflow.apps.video.state import EVENT, SEGMENT, SESSION, packed, unpacked
 from kappaflow.stream.lateness import late_reason, latest_before
 from kappaflow.stream.sessions import Rows, refuse_partition_state
+from kappaflow.stream.state import PackedState
 
 _KIND, _POSITION = attrgetter("kind"), attrgetter("position_s")
 _PAST_ALL = 1 << 62
@@ -346,7 +346,11 @@ class WatchedSegments:
                         state.pending_of(codes).records(), table["pending"][codes])  # fmt: skip
         changed.update(zip(map(state.keys.__getitem__, codes.tolist()), values, strict=True))
         state.compact()
-        return changed
+        state.stored.update(changed)
+        return state.stored.changes()
+
+    def key_count(self, state: SegmentState) -> int:
+        return len(state.stored)
 
     def decode(self, data: bytes, keys: Mapping[str, bytes]) -> SegmentState:
         """The state from its keys, as `changed_keys` wrote them. Raises
@@ -355,7 +359,7 @@ class WatchedSegments:
         refuse_partition_state("video sessions", data)
         names = list(keys)
         found = unpacked(names, list(keys.values()))
-        state = SegmentState()
+        state = SegmentState(PackedState(keys))
         codes = state.code_all(names)
         state.table.put(codes, found.sessions)
         segment_bytes = found.segments.tobytes()
