@@ -20,6 +20,7 @@ import msgspec
 
 from kappaflow.errors import AppError, SettingsError, StateFormatError
 from kappaflow.events import event_time_ms
+from kappaflow.events.versions import Earlier
 from kappaflow.query.params import Text
 from kappaflow.settings import PREFIX, Settings
 from kappaflow.stream.state import State
@@ -41,7 +42,13 @@ class Stream:
     With ``dedup_by``, the name of an optional string field (``str | None``), an event
     whose key and id an earlier counted event had, within ``dedup_window_s`` of the
     partition's event time, goes to the dead letters as a ``duplicate``: a client's
-    retry counts once."""
+    retry counts once.
+
+    ``schema`` is the stream's current version; ``earlier`` lists the versions before
+    it, oldest first (version 1 first), each with its upcaster to the next
+    (`kappaflow.events.versions`): ingest accepts every version, and a processor gets
+    each event as the current version. Every version has the ``key`` and ``time``
+    fields."""
 
     name: str
     schema: type[msgspec.Struct]
@@ -49,8 +56,33 @@ class Stream:
     time: str
     time_unit: Literal["ms", "s"] = "ms"
     dedup_by: str | None = None
+    earlier: Sequence[Earlier] = ()
+
+    @property
+    def version(self) -> int:
+        """The current version's number."""
+        return len(self.earlier) + 1
+
+    def schema_of(self, version: int) -> type[msgspec.Struct]:
+        """The schema of ``version`` (from 1)."""
+        return self.schema if version == self.version else self.earlier[version - 1].schema
+
+    def upcast(self, version: int, events: list[Any]) -> list[Any]:
+        """``events`` of ``version`` as events of the current version."""
+        for earlier in self.earlier[version - 1 :]:
+            if earlier.upcast is not None:
+                events = list(map(earlier.upcast, events))
+        return events
 
     def __post_init__(self) -> None:
+        for version in range(1, self.version + 1):
+            names = {f.name for f in msgspec.structs.fields(self.schema_of(version))}
+            if missing := [f for f in (self.key, self.time) if f not in names]:
+                raise AppError(
+                    f"stream {self.name!r}: the schema of version {version} "
+                    f"({self.schema_of(version).__name__}) has no field {', '.join(missing)}: "
+                    "every version has the key and time fields"
+                )
         if self.dedup_by is None:
             return
         fields = {f.name: f.type for f in msgspec.inspect.type_info(self.schema).fields}
@@ -71,6 +103,20 @@ class Stream:
         if self.time_unit == "ms" and set(map(type, values)) <= {int}:
             return values  # as the appender writes them
         return list(map(self._time_ms, values))
+
+    def with_int_times(self, events: list[Any]) -> list[Any]:
+        """``events`` with their time field as an int of the stream's unit (records keep
+        RFC 3339 times, and numbers written with a fraction, as sent), as processors
+        get them."""
+        if set(map(type, map(attrgetter(self.time), events))) <= {int}:
+            return events
+        replace, name = msgspec.structs.replace, self.time
+        scale = 1000 if self.time_unit == "s" else 1
+        return [
+            event if type(moment := getattr(event, name)) is int
+            else replace(event, **{name: self._time_ms(moment) // scale})
+            for event in events
+        ]  # fmt: skip
 
     def _time_ms(self, value: Any) -> int:
         if self.time_unit == "s" and not isinstance(value, datetime):

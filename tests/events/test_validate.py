@@ -19,17 +19,22 @@ def problems(body: bytes, ndjson: bool = False) -> list[Problem]:
     return raised.value.problems
 
 
-def test_object_array_and_ndjson_decode_to_events() -> None:
-    (one,) = decoder.decode_json(GOOD)
-    assert one == Heartbeat("u", "v", 1.5, 1000)
-    assert decoder.decode_json(b"[" + GOOD + b"," + GOOD + b"]") == [one, one]
-    assert decoder.decode_ndjson(GOOD + b"\n\r\n" + GOOD + b"\n") == [one, one]
-    assert decoder.decode_json(b"[]") == []
+def test_object_array_and_ndjson_decode_to_events_and_the_records_as_they_came() -> None:
+    (one,), (record,) = decoder.decode_json(b"\n " + GOOD + b" ")
+    assert (one, record) == (Heartbeat("u", "v", 1.5, 1000), GOOD)
+    pretty = GOOD.replace(b", ", b",\n  ")
+    both = b"[" + GOOD + b",\n " + pretty + b"]"
+    assert decoder.decode_json(both) == ([one, one], [GOOD, pretty])
+    assert decoder.decode_ndjson(GOOD + b"\n\r\n" + GOOD + b"\n") == ([one, one], [GOOD, GOOD])
+    assert decoder.decode_json(b"[]") == ([], [])
+    bad_then_good = b"[" + GOOD.replace(b"1.5", b"-1") + b", " + GOOD + b"]"
+    with pytest.raises(InvalidEvents):  # decoded one by one, to name the bad one
+        decoder.decode_json(bad_then_good)
 
 
 def test_rfc3339_time_with_zone_is_accepted_and_without_zone_refused() -> None:
     body = b'{"user_id": "u", "video_id": "v", "position_s": 1, "ts": "2026-01-01T00:00:05Z"}'
-    assert decoder.decode_json(body)[0].ts.second == 5
+    assert decoder.decode_json(body).events[0].ts.second == 5
     (problem,) = problems(body.replace(b"Z", b""))
     assert problem.field == "ts"
 
@@ -60,9 +65,9 @@ def test_each_bad_record_is_named_by_index_field_and_reason() -> None:
     assert found[6].reason.startswith("not valid JSON")
 
 
-def test_fields_outside_the_schema_are_dropped_unless_it_forbids_them() -> None:
+def test_fields_outside_the_schema_are_kept_in_the_record_unless_it_forbids_them() -> None:
     extra = GOOD.replace(b"}", b', "positon_s": 3}')
-    assert decoder.decode_json(extra) == [Heartbeat("u", "v", 1.5, 1000)]
+    assert decoder.decode_json(extra) == ([Heartbeat("u", "v", 1.5, 1000)], [extra])
 
     class Strict(msgspec.Struct, forbid_unknown_fields=True):
         user_id: str
@@ -150,7 +155,7 @@ def test_identifiers_refuse_control_characters_and_slashes(value: bytes, charact
 
 def test_identifiers_may_hold_any_other_character() -> None:
     body = GOOD.replace(b'"u"', '"ü 東京 \\\\ x"'.encode()).replace(b"}", b', "event_id": "a-b"}')
-    (event,) = decoder.decode_json(body)
+    (event,), _ = decoder.decode_json(body)
     assert (event.user_id, event.event_id) == ("ü 東京 \\ x", "a-b")
 
 

@@ -13,9 +13,12 @@ from typing import Any
 import psutil
 import pytest
 from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from kappaflow.apps.video.app import Heartbeat, all_progress, create_app
 from kappaflow.errors import LogError, LogUnavailable
+from kappaflow.events.registry import TOPIC, register, registered
+from kappaflow.events.versions import json_schema
 from kappaflow.ingest.appender import Appender
 from kappaflow.log import kafka as kafka_module
 from kappaflow.log import open_log
@@ -349,3 +352,16 @@ def test_the_settings_name_the_cluster_and_the_client_settings(settings: Setting
         "security.protocol": "SASL_SSL",
         "sasl.mechanism": "PLAIN",
     }
+
+
+def test_the_schema_registry_is_a_topic_kept_forever(log: KafkaLog, kafka_bootstrap: str) -> None:
+    register(log, create_app(Settings()).streams)
+    reader = KafkaLog(kafka_bootstrap)  # another process's view
+    try:
+        assert registered(reader)["heartbeats", 1] == json_schema(Heartbeat)
+    finally:
+        reader.close()
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    (future,) = admin.describe_configs([ConfigResource(ResourceType.TOPIC, TOPIC)]).values()
+    config = future.result(timeout=30)
+    assert (config["retention.ms"].value, config["retention.bytes"].value) == ("-1", "-1")

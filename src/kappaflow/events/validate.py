@@ -8,7 +8,7 @@ import re
 import typing
 from collections.abc import Iterable, Sequence
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -67,6 +67,13 @@ class Identifiers:
         return None
 
 
+class Decoded(NamedTuple):
+    """A body's events, and each one's JSON as it came (its log record)."""
+
+    events: list[Any]
+    records: list[bytes]
+
+
 class EventDecoder:
     def __init__(self, schema: type[msgspec.Struct]) -> None:
         self._identifiers = Identifiers(schema)
@@ -75,32 +82,35 @@ class EventDecoder:
         self._raw = msgspec.json.Decoder(msgspec.Raw)
         self._raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 
-    def decode_json(self, body: bytes) -> list[Any]:
+    def decode_json(self, body: bytes) -> Decoded:
         """A JSON object or array of objects -> events; raises `InvalidEvents`."""
         try:
             decoded = self._one_or_many.decode(body)
         except DECODE_ERRORS:
             pass
         else:
-            events = decoded if isinstance(decoded, list) else [decoded]
-            if self._identifiers_valid(body, events):
-                return events
+            if not isinstance(decoded, list):
+                if self._identifiers_valid(body, [decoded]):
+                    return Decoded([decoded], [body.strip()])
+            elif self._identifiers_valid(body, decoded):
+                return Decoded(decoded, list(map(bytes, self._raw_list.decode(body))))
         try:
             raw = self._raw.decode(body)
         except DECODE_ERRORS as error:
             reason = TOO_DEEP if isinstance(error, RecursionError) else f"not valid JSON: {error}"
             raise InvalidEvents([Problem(None, None, f"body is {reason}")]) from None
         if body.lstrip().startswith(b"["):
-            return self._each(enumerate(self._raw_list.decode(body)))
-        return self._each([(0, raw)])
+            return self._each(enumerate(map(bytes, self._raw_list.decode(body))))
+        return self._each([(0, bytes(raw))])
 
-    def decode_ndjson(self, body: bytes) -> list[Any]:
+    def decode_ndjson(self, body: bytes) -> Decoded:
         """One JSON object per line (blank lines ignored) -> events."""
         lines = body.split(b"\n")
         try:
-            events = list(map(self._one.decode, filter(None, lines)))
+            records = list(filter(None, lines))
+            events = list(map(self._one.decode, records))
             if self._identifiers_valid(body, events):
-                return events
+                return Decoded(events, records)
         except DECODE_ERRORS:
             pass
         return self._each((n, line) for n, line in enumerate(lines) if line.strip())
@@ -112,9 +122,9 @@ class EventDecoder:
             return True
         return self._identifiers.valid(events)
 
-    def _each(self, records: Iterable[tuple[int, Any]]) -> list[Any]:
+    def _each(self, records: Iterable[tuple[int, bytes]]) -> Decoded:
         """Each (index, record) decoded on its own; raises `InvalidEvents` naming the bad."""
-        events, problems, invalid = [], [], 0
+        decoded, problems, invalid = Decoded([], []), [], 0
         for index, record in records:
             try:
                 event = self._one.decode(record)
@@ -122,7 +132,8 @@ class EventDecoder:
                 problem = decode_problem(index, error)
             else:
                 if (found := self._identifiers.problem(event)) is None:
-                    events.append(event)
+                    decoded.events.append(event)
+                    decoded.records.append(record)
                     continue
                 problem = Problem(index, *found)
             invalid += 1
@@ -130,7 +141,7 @@ class EventDecoder:
                 problems.append(problem)
         if problems:
             raise InvalidEvents(problems, invalid)
-        return events
+        return decoded
 
 
 def decode_problem(

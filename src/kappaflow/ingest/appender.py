@@ -1,6 +1,5 @@
-"""Encode validated events and append them to the log, each on the partition of its
-key. Event times are normalized to integers on the way in (RFC 3339 times to epoch
-milliseconds)."""
+"""Append validated events to the log, each on the partition of its key, as the JSON it
+came as (`kappaflow.events.records`)."""
 
 from __future__ import annotations
 
@@ -14,7 +13,8 @@ import msgspec
 
 from kappaflow.app import Stream
 from kappaflow.errors import InvalidEvents
-from kappaflow.events import MAX_EVENT_MS
+from kappaflow.events import MAX_EVENT_MS, event_time_ms
+from kappaflow.events.records import tagged
 from kappaflow.events.validate import Problem
 from kappaflow.log.base import Log
 from kappaflow.log.partitioner import partitions_for
@@ -39,20 +39,26 @@ class Appender:
         log.create_topic(stream.name, partitions)
 
     def append(self, events: Sequence[Any]) -> int:
-        """Append ``events``; returns how many. Durable when it returns (per the log)."""
+        """Append ``events`` of the current version, encoded; returns how many. Durable
+        when it returns (per the log)."""
         self.log.append_partitions(self.stream.name, self.encode(events))
         return len(events)
 
-    def encode(self, events: Sequence[Any]) -> dict[int, list[bytes]]:
-        """Log records of ``events`` by partition, in order; raises `InvalidEvents` for
-        RFC 3339 times outside what epoch milliseconds may hold (1970 to 9999), and for
-        times too far ahead of the clock."""
-        events = self._in_epoch_ms(events)
+    def encode(
+        self, events: Sequence[Any], records: Sequence[bytes] | None = None, version: int = 0
+    ) -> dict[int, list[bytes]]:
+        """Log records by partition, in order: ``records`` (each event's JSON as it came)
+        of ``version`` (default: the current one), or ``events`` encoded. Raises
+        `InvalidEvents` for RFC 3339 times outside what epoch milliseconds may hold
+        (1970 to 9999), and for times too far ahead of the clock."""
+        self._refuse_outside_epoch(events)
         if self.max_future_skew_s is not None and events:
             self._refuse_future(events, self.max_future_skew_s)
         keys = list(map(attrgetter(self.stream.key), events))
+        if records is None:
+            records = list(map(self._encode, events))
+        records = tagged(version or self.stream.version, records)
         by_partition: dict[int, list[bytes]] = {}
-        records = map(self._encode, events)
         for partition, record in zip(partitions_for(keys, self.partitions), records, strict=True):
             by_partition.setdefault(partition, []).append(record)
         return by_partition
@@ -71,28 +77,16 @@ class Appender:
         ]  # fmt: skip
         raise InvalidEvents(problems)
 
-    def _in_epoch_ms(self, events: Sequence[Any]) -> Sequence[Any]:
-        """``events`` with their event times as ints: RFC 3339 times as epoch
-        milliseconds, and numbers written with a fraction (``1.0``) as ints."""
-        time_field = self.stream.time
-        if set(map(type, map(attrgetter(time_field), events))) <= {int}:
-            return events
-        normalized, problems = [], []
-        for index, event in enumerate(events):
-            moment = getattr(event, time_field)
-            if isinstance(moment, float):
-                event = msgspec.structs.replace(event, **{time_field: int(moment)})
-            elif isinstance(moment, datetime):
-                time_ms = self.stream.time_of(event)
-                if not 0 <= time_ms <= MAX_EVENT_MS:
-                    reason = f"{moment.isoformat()} is outside 1970-01-01 .. 9999-12-31 UTC"
-                    problems.append(Problem(index, time_field, reason))
-                    continue
-                event = msgspec.structs.replace(event, **{time_field: time_ms})
-            normalized.append(event)
+    def _refuse_outside_epoch(self, events: Sequence[Any]) -> None:
+        """Raise `InvalidEvents` for RFC 3339 times before 1970 or after 9999."""
+        name = self.stream.time
+        problems = [
+            Problem(index, name, f"{moment.isoformat()} is outside 1970-01-01 .. 9999-12-31 UTC")
+            for index, moment in enumerate(map(attrgetter(name), events))
+            if isinstance(moment, datetime) and not 0 <= event_time_ms(moment) <= MAX_EVENT_MS
+        ]
         if problems:
             raise InvalidEvents(problems)
-        return normalized
 
 
 def _iso(time_ms: int) -> str:

@@ -1,6 +1,7 @@
 """The ingest service: ``POST /v1/streams/{stream}/events``. Validates a body of
-events against the stream's schema and answers 202 only once every event is durably
-in the log; any other answer means nothing of the request was written."""
+events against a version of the stream's schema, appends them as they came, and answers
+202 only once every event is durably in the log; any other answer means nothing of the
+request was written."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from starlette.types import Receive, Scope, Send
 
 from kappaflow.app import App, Stream
 from kappaflow.errors import InvalidEvents, KappaflowError, LogError
-from kappaflow.events.validate import EventDecoder
+from kappaflow.events.registry import register
+from kappaflow.events.validate import Decoded, EventDecoder
 from kappaflow.ingest.appender import Appender
 from kappaflow.ingest.committer import GroupCommitter
 from kappaflow.ingest.metrics import EVENTS_INGESTED, REQUESTS_REJECTED, UNKNOWN_STREAM
@@ -27,6 +29,9 @@ log = logging.getLogger("kappaflow.ingest")
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
 BACKLOG_CHECK_S = 0.5
+VERSION_HEADER = b"kappaflow-schema-version"
+"""A request's header naming the version of the stream's schema its events are of;
+without it, the newest version that reads the whole body is taken."""
 
 
 PREFIX, SUFFIX = "/v1/streams/", "/events"
@@ -39,11 +44,16 @@ class IngestService:
         self.settings = settings
         self.log = log
         self.committer = GroupCommitter(log)
-        self.streams: dict[str, tuple[App, Stream, Appender, EventDecoder]] = {}
+        self.streams: dict[str, tuple[App, Stream, Appender, dict[int, EventDecoder]]] = {}
+        register(log, [stream for app in apps for stream in app.streams])
         for app in apps:
             for stream in app.streams:
                 appender = Appender(log, stream, settings.partitions, settings.max_future_skew_s)
-                self.streams[stream.name] = (app, stream, appender, EventDecoder(stream.schema))
+                decoders = {
+                    version: EventDecoder(stream.schema_of(version))
+                    for version in range(stream.version, 0, -1)
+                }  # the current version first
+                self.streams[stream.name] = (app, stream, appender, decoders)
         self._backlog: dict[str, tuple[float, int]] = {}
         self._unknown: set[str] = set()
         """Streams whose backlog could not be read at the last check."""
@@ -74,8 +84,15 @@ class IngestService:
             message = f"unknown stream {name!r}"
             return self._refuse(UNKNOWN_STREAM, "unknown_stream", 404, message,
                                 streams=sorted(self.streams))  # fmt: skip
-        app, stream, appender, decoder = found
+        app, stream, appender, decoders = found
         headers = dict(scope["headers"])
+        asked = headers.get(VERSION_HEADER)
+        if asked is not None:
+            if not (asked.isdigit() and int(asked) in decoders):
+                message = (f"{VERSION_HEADER.decode()}: {asked.decode(errors='replace')!r} is "
+                           f"no version of {name!r}'s schema: 1 to {stream.version}")  # fmt: skip
+                return self._refuse(name, "unknown_version", 400, message)
+            decoders = {int(asked): decoders[int(asked)]}
         media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode()
         if media_type not in JSON_TYPES | NDJSON_TYPES:
             message = f"content type {media_type or '(none)'!r} is not accepted"
@@ -96,17 +113,14 @@ class IngestService:
             message = f"body is over the limit of {limit:,} bytes; send smaller batches"
             return self._refuse(name, "too_large", 413, message)
         try:
-            if media_type in NDJSON_TYPES:
-                events = decoder.decode_ndjson(body)
-            else:
-                events = decoder.decode_json(body)
-            records = appender.encode(events)
+            version, (events, records) = _decoded(decoders, body, media_type in NDJSON_TYPES)
+            by_partition = appender.encode(events, records, version)
         except InvalidEvents as invalid:
             message = invalid.summary("record")
             return self._refuse(name, "invalid", 400, message, problems=invalid.problems)
         if events:
             try:
-                await self.committer.append(name, records)
+                await self.committer.append(name, by_partition)
             except LogError as failure:
                 return self._refuse(name, "unavailable", 503, str(failure), headers=retry)
             EVENTS_INGESTED.labels(name).inc(len(events))
@@ -156,3 +170,15 @@ class IngestService:
 
     async def close(self) -> None:
         await self.committer.drain()
+
+
+def _decoded(decoders: dict[int, EventDecoder], body: bytes, ndjson: bool) -> tuple[int, Decoded]:
+    """The version whose schema, first in ``decoders``' order, reads the whole body, and
+    what it reads; raises the first version's `InvalidEvents` if none does."""
+    refused = None
+    for version, decoder in decoders.items():
+        try:
+            return version, decoder.decode_ndjson(body) if ndjson else decoder.decode_json(body)
+        except InvalidEvents as invalid:
+            refused = refused or invalid
+    raise refused  # type: ignore[misc]

@@ -17,8 +17,9 @@ class RecordBatch(NamedTuple):
 
 
 class Log(Protocol):
-    def create_topic(self, topic: str, partitions: int) -> None:
-        """Create the topic if it does not exist; an existing topic must match."""
+    def create_topic(self, topic: str, partitions: int, forever: bool = False) -> None:
+        """Create the topic if it does not exist; an existing topic must match. With
+        ``forever``, no retention deletes its records."""
 
     def partitions(self, topic: str) -> int:
         """Number of partitions of an existing topic."""

@@ -400,7 +400,8 @@ class EmbeddedLog:
                 for partition in range(self.partitions(meta.parent.name)):
                     self._writer(meta.parent.name, partition)
 
-    def create_topic(self, topic: str, partitions: int) -> None:
+    def create_topic(self, topic: str, partitions: int, forever: bool = False) -> None:
+        """(Retention applies to the topics `apply_retention` is given only.)"""
         meta = self.root / topic / "topic.json"
         if meta.exists():
             existing = self.partitions(topic)

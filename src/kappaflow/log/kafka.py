@@ -67,13 +67,15 @@ class KafkaLog:
 
     # -- topics ----------------------------------------------------------------------
 
-    def create_topic(self, topic: str, partitions: int) -> None:
-        """Create the topic with the cluster's default replication, or check that the one
-        there has ``partitions``; wait until the cluster's metadata shows it."""
+    def create_topic(self, topic: str, partitions: int, forever: bool = False) -> None:
+        """Create the topic with the cluster's default replication (and retention, unless
+        ``forever``), or check that the one there has ``partitions``; wait until the
+        cluster's metadata shows it."""
         existing = self._partition_count(topic)
         if existing is None:
+            config = {"retention.ms": "-1", "retention.bytes": "-1"} if forever else {}
             futures = self._admin_handle().create_topics(
-                [NewTopic(topic, partitions)], request_timeout=TIMEOUT_S
+                [NewTopic(topic, partitions, config=config)], request_timeout=TIMEOUT_S
             )
             try:
                 futures[topic].result()

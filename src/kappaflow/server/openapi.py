@@ -14,7 +14,7 @@ import msgspec
 from kappaflow import __version__
 from kappaflow.app import App, Stream
 from kappaflow.events.validate import Problem
-from kappaflow.ingest.service import JSON_TYPES, NDJSON_TYPES
+from kappaflow.ingest.service import JSON_TYPES, NDJSON_TYPES, VERSION_HEADER
 from kappaflow.query.dashboard import Status
 from kappaflow.query.params import Segment
 from kappaflow.query.service import UPLOAD_TYPES, query_params, served_as_csv, served_queries
@@ -152,9 +152,17 @@ def _events(app: App, stream: Stream) -> dict[str, Any]:
     ref = {"$ref": REF.format(name=stream.schema.__name__)}
     accepted = {"type": "object", "required": ["accepted"],
                 "properties": {"accepted": {"type": "integer", "minimum": 0}}}  # fmt: skip
+    version = {
+        "name": VERSION_HEADER.decode(), "in": "header", "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": stream.version},
+        "description": f"The version of the stream's schema the events are of (the body's "
+                       f"schema here is version {stream.version}'s); without it, the newest "
+                       "version that reads the whole body.",
+    }  # fmt: skip
     return {"post": {
         "summary": f"Append {stream.name} events (app {app.name}): one, an array of them, or "
                    "NDJSON (one a line). All or none.",
+        "parameters": [version] if stream.earlier else [],
         "requestBody": {"required": True, "content": {
             **{media_type: {"schema": {"oneOf": [ref, {"type": "array", "items": ref}]}}
                for media_type in sorted(JSON_TYPES)},

@@ -23,6 +23,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from itertools import chain, pairwise
 from typing import Any
@@ -38,6 +39,9 @@ from kappaflow.errors import (
     StoreError,
     StoreUnavailable,
 )
+from kappaflow.events.records import as_array, untagged
+from kappaflow.events.registry import check
+from kappaflow.log import open_log
 from kappaflow.log.base import Log, RecordBatch
 from kappaflow.metrics import (
     BATCH_SECONDS,
@@ -193,12 +197,17 @@ class Worker:
         self._failures: dict[int, int] = {}
         """Partitions whose processor raised on their last batch: how many times running."""
         self._batch_decoder = msgspec.json.Decoder(list[stream.schema])
-        self._decoder = msgspec.json.Decoder(stream.schema)
+        self._decoders = {
+            version: msgspec.json.Decoder(stream.schema_of(version))
+            for version in range(1, stream.version + 1)
+        }
 
     def start(self) -> None:
         """Own what the assignment gives (again, after a failure): claim the partitions
         (fencing earlier owners) and restore their state."""
         self.log.create_topic(self.stream.name, self.settings.partitions)
+        with closing(open_log(self.settings)) as log:  # the worker's own may be a group member
+            check(log, [self.stream])
         self.store.create_tables(self.app.all_tables)
         self.runs = {}
         self.assignment.start(self)
@@ -597,26 +606,43 @@ class Worker:
     def _decode(
         self, partition: int, records: RecordBatch, dead: list[DeadLetter]
     ) -> tuple[list[int], list[bytes], list[Any]]:
-        """The offsets, values and events of the records that decode, in one call if
-        all of them do; the others go to ``dead``."""
-        offsets, values = records.offsets, records.values
+        """The offsets, values and events (of the current version, their times ints) of
+        the records that decode, in one call if all of them are of the current version
+        and decode; the others go to ``dead``."""
+        offsets, values, stream = records.offsets, records.values, self.stream
+        array = as_array(values, stream.version)
         try:
-            events = self._batch_decoder.decode(b"[" + b",".join(values) + b"]")
+            events = [] if array is None else self._batch_decoder.decode(array)
             if len(events) == len(values):
-                return offsets, values, events
+                return offsets, values, stream.with_int_times(events)
         except msgspec.DecodeError:
             pass
         decoded: tuple[list[int], list[bytes], list[Any]] = ([], [], [])
         for offset, value in zip(offsets, values, strict=True):
             try:
-                event = self._decoder.decode(value)
-            except msgspec.DecodeError as error:
+                event = self._decode_one(value)
+            except Exception as error:
                 dead.append(DeadLetter(partition, offset, f"undecodable: {error}", value))
                 self.stats.undecodable += 1
                 continue
             for column, item in zip(decoded, (offset, value, event), strict=True):
                 column.append(item)
-        return decoded
+        return decoded[0], decoded[1], stream.with_int_times(decoded[2])
+
+    def _decode_one(self, value: bytes) -> Any:
+        """The event of a record, upcast to the current version; raises what names why
+        it cannot be."""
+        version, body = untagged(value)
+        decoder = self._decoders.get(version)
+        if decoder is None:
+            raise ValueError(f"the record is of version {version} of the schema, and the "
+                             f"stream declares versions 1 to {self.stream.version}")  # fmt: skip
+        event = decoder.decode(body)
+        try:
+            (event,) = self.stream.upcast(version, [event])
+        except Exception as error:
+            raise ValueError(f"the upcaster from version {version} raised {error!r}") from error
+        return event
 
     def run(self, should_stop: Callable[[], bool], until_caught_up: bool = False) -> None:
         """Poll until ``should_stop()``; with ``until_caught_up``, also stop once every
