@@ -104,19 +104,21 @@ class Stream:
             return values  # as the appender writes them
         return list(map(self._time_ms, values))
 
-    def with_int_times(self, events: list[Any]) -> list[Any]:
-        """``events`` with their time field as an int of the stream's unit (records keep
-        RFC 3339 times, and numbers written with a fraction, as sent), as processors
-        get them."""
-        if set(map(type, map(attrgetter(self.time), events))) <= {int}:
-            return events
+    def read(self, events: list[Any]) -> tuple[list[Any], list[int]]:
+        """``events`` as processors get them, their time field an int of the stream's
+        unit (records keep RFC 3339 times, and numbers written with a fraction, as
+        sent), and their event times in epoch milliseconds."""
+        values = list(map(attrgetter(self.time), events))
+        if set(map(type, values)) <= {int}:
+            return events, values if self.time_unit == "ms" else [v * 1000 for v in values]
+        times = list(map(self._time_ms, values))
         replace, name = msgspec.structs.replace, self.time
         scale = 1000 if self.time_unit == "s" else 1
-        return [
-            event if type(moment := getattr(event, name)) is int
-            else replace(event, **{name: self._time_ms(moment) // scale})
-            for event in events
-        ]  # fmt: skip
+        events = [
+            event if type(value) is int else replace(event, **{name: time_ms // scale})
+            for event, value, time_ms in zip(events, values, times, strict=True)
+        ]
+        return events, times
 
     def _time_ms(self, value: Any) -> int:
         if self.time_unit == "s" and not isinstance(value, datetime):

@@ -9,7 +9,6 @@ never holds unescaped), then the JSON: ``2\\x1e{"user_id": ...}``."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from operator import methodcaller
 
 SEPARATOR = b"\x1e"
 
@@ -37,13 +36,13 @@ def untagged(record: bytes) -> tuple[int, bytes]:
 
 
 def as_array(records: Sequence[bytes], version: int) -> bytes | None:
-    """``records`` as one JSON array, if every one is of ``version``; else None."""
+    """``records`` as one JSON array, if every one is of ``version``; else None. (A record
+    holding RS elsewhere is no JSON: its decode fails, alone or in the array.)"""
     prefix = tag(version)
     body = b",".join(records)
-    if body.count(SEPARATOR) != (len(records) if prefix else 0):
-        return None
-    if not prefix:
-        return b"[" + body + b"]"
-    if not all(map(methodcaller("startswith", prefix), records)):
-        return None
-    return b"[" + body[len(prefix) :].replace(b"," + prefix, b",") + b"]"
+    if prefix:
+        untagged = body[len(prefix) :].replace(b"," + prefix, b",")
+        if not body.startswith(prefix) or len(body) - len(untagged) != len(prefix) * len(records):
+            return None
+        body = untagged
+    return None if SEPARATOR in body else b"[" + body + b"]"

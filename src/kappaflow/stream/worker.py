@@ -541,7 +541,7 @@ class Worker:
         if run.seen is not None:
             offsets, values, events, ids = self._unseen(run, offsets, values, events, dead)
         counted, with_ids = len(dead), offsets  # records dead-lettered from here on: not counted
-        times = self.stream.times_ms(events)
+        events, times = self.stream.read(events)
         late = [] if self.judged else _late(times, run.max_event_ms, run.floor_ms,
                                             self.lateness_ms, now_ms)  # fmt: skip
         if late:
@@ -606,15 +606,15 @@ class Worker:
     def _decode(
         self, partition: int, records: RecordBatch, dead: list[DeadLetter]
     ) -> tuple[list[int], list[bytes], list[Any]]:
-        """The offsets, values and events (of the current version, their times ints) of
-        the records that decode, in one call if all of them are of the current version
-        and decode; the others go to ``dead``."""
+        """The offsets, values and events (of the current version) of the records that
+        decode, in one call if all of them are of the current version and decode; the
+        others go to ``dead``."""
         offsets, values, stream = records.offsets, records.values, self.stream
         array = as_array(values, stream.version)
         try:
             events = [] if array is None else self._batch_decoder.decode(array)
             if len(events) == len(values):
-                return offsets, values, stream.with_int_times(events)
+                return offsets, values, events
         except msgspec.DecodeError:
             pass
         decoded: tuple[list[int], list[bytes], list[Any]] = ([], [], [])
@@ -627,7 +627,7 @@ class Worker:
                 continue
             for column, item in zip(decoded, (offset, value, event), strict=True):
                 column.append(item)
-        return decoded[0], decoded[1], stream.with_int_times(decoded[2])
+        return decoded
 
     def _decode_one(self, value: bytes) -> Any:
         """The event of a record, upcast to the current version; raises what names why
