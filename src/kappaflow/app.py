@@ -8,12 +8,14 @@ point of the group ``kappaflow.apps``). The guide is docs/apps.md."""
 
 from __future__ import annotations
 
+import bisect
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import entry_points
-from operator import attrgetter
+from itertools import groupby
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, Protocol, TypeVar
 
 import msgspec
@@ -357,31 +359,69 @@ class Lookup(Generic[T]):
     """Reference data a processor reads, such as a catalog: a table written with
     `Store.upsert`, loaded by each worker and reloaded whenever its version changes.
     ``index(rows)`` turns the rows (as `Store.select` reads them) into what the
-    processor looks things up in."""
+    processor looks things up in: ``data``, the rows as last uploaded.
+
+    Of a table with history, ``at(time_ms)`` is the data in force at an event's time:
+    each key's row of the latest upload valid from that time or before (the first
+    upload's for a time before any), so that results computed again from the log are
+    those computed live. It keeps an index per upload."""
 
     def __init__(self, table: Table, index: Callable[[list[Any]], T]) -> None:
         self.table = table
         self._index = index
         self._version = -1
         self.data: T = index([])
+        self._starts: list[int] = []
+        """The times the indexes of ``_in_force`` are valid from, in order."""
+        self._in_force: list[T] = []
 
     def refresh(self, store: Store) -> None:
         version = store.version(self.table.name)
-        if version != self._version:
-            self.data = self._index(store.select(self.table))
-            self._version = version
+        if version == self._version:
+            return
+        self.data = self._index(store.select(self.table))
+        if self.table.history:
+            self._starts, self._in_force = self._uploads(store)
+        self._version = version
+
+    def at(self, time_ms: int) -> T:
+        """The data in force at ``time_ms`` (without history: ``data``)."""
+        if len(self._starts) < 2:
+            return self.data
+        return self._in_force[max(0, bisect.bisect_right(self._starts, time_ms) - 1)]
+
+    def _uploads(self, store: Store) -> tuple[list[int], list[T]]:
+        """Each upload's time and the index of the rows in force from it on."""
+        from kappaflow.store.tables import VALID_FROM, rows_read
+
+        history = self.table.history_table
+        found = store.query(f"SELECT {', '.join(history.column_names)} FROM {history.name} "
+                            f"ORDER BY {VALID_FROM}")  # fmt: skip
+        if not found:  # uploaded before the table had history: valid ever since
+            return [0], [self.data]
+        key = itemgetter(*(history.column_names.index(name) for name in self.table.key))
+        starts: list[int] = []
+        in_force: list[T] = []
+        rows: dict[Any, tuple[Any, ...]] = {}
+        for valid_from, upload in groupby(found, itemgetter(0)):
+            rows.update((key(row), row[1:]) for row in upload)
+            starts.append(valid_from)
+            in_force.append(self._index(rows_read(self.table, list(rows.values()))))
+        return starts, in_force
 
 
 @dataclass(frozen=True)
 class Upload:
     """A write of reference data served over HTTP: ``POST path`` of JSON or CSV;
-    ``run(store, body, content_type)`` validates the body, writes it with `Store.upsert`
-    and returns a summary; it raises `InvalidEvents` (400, nothing written) for bad
-    rows. The body is at most ``ingest_max_body_bytes``; a `RecursionError` (msgspec's,
-    for JSON nested too deeply) is a 400 too."""
+    ``run(store, body, content_type, valid_from_ms)`` validates the body, writes it with
+    `Store.upsert` (the rows of a table with history valid from ``valid_from_ms``, the
+    request's ``valid_from``; None: now) and returns a summary; it raises
+    `InvalidEvents` (400, nothing written) for bad rows. The body is at most
+    ``ingest_max_body_bytes``; a `RecursionError` (msgspec's, for JSON nested too deeply)
+    is a 400 too."""
 
     path: str
-    run: Callable[[Store, bytes, str], Any]
+    run: Callable[[Store, bytes, str, int | None], Any]
     summary: str
     body: Any = None
     """The type of a JSON body, for the OpenAPI document."""

@@ -5,7 +5,9 @@ computation over the final segments."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from contextlib import closing
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import msgspec
 from hypothesis import HealthCheck, given
@@ -18,6 +20,7 @@ from kappaflow.apps.video.reports import DAY_MS, day_of, royalty_report
 from kappaflow.apps.video.sim import simulate, simulated_catalog
 from kappaflow.events import MAX_EVENT_MS
 from kappaflow.settings import Settings
+from kappaflow.store import open_store
 from kappaflow.testing import run_events
 
 MIDNIGHT_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -100,13 +103,29 @@ def test_videos_missing_from_the_catalog_count_under_unknown(settings: Settings)
     ]
 
 
-def test_a_rate_change_applies_to_sessions_closed_after_it(settings: Settings) -> None:
-    app = create_app(settings)
-    store = run_events(app, play(0, 0, 60), settings, reference=catalog(1.0), close=True)
-    store.upsert(catalog(3.0))
-    store.close()
-    store = run_events(app, play(300, 0, 60), settings, close=True)
-    assert royalties(store) == [("2026-01-01", "holder", 120.0, 1.0 + 3.0)]
+def test_a_rate_change_applies_from_its_valid_from_time_live_and_in_a_replay(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The catalog keeps each upload with the time it is valid from: a session reads the
+    rates in force when it started, so the log replayed into a new store (with the same
+    catalog uploads) gives the royalties computed live, not today's rate for all."""
+    app, change_ms = create_app(settings), MIDNIGHT_MS + 200_000
+    early, late = play(0, 0, 60), play(300, 0, 60)
+    with closing(open_store(settings)) as store:
+        store.create_tables(app.all_tables)
+        store.upsert(catalog(1.0), valid_from_ms=0)
+    with closing(run_events(app, early, settings, close=True)) as store:
+        store.upsert(catalog(3.0), valid_from_ms=change_ms)  # uploaded after the first session
+    with closing(run_events(app, late, settings, close=True)) as store:
+        live = royalties(store)
+    assert live == [("2026-01-01", "holder", 120.0, 1.0 + 3.0)]
+    replay = settings.replace(data_dir=str(tmp_path / "replay"))
+    with closing(open_store(replay)) as store:
+        store.create_tables(app.all_tables)
+        store.upsert(catalog(1.0), valid_from_ms=0)
+        store.upsert(catalog(3.0), valid_from_ms=change_ms)
+    with closing(run_events(app, [*early, *late], replay, close=True)) as store:
+        assert royalties(store) == live
 
 
 # ---- property test -------------------------------------------------------------------

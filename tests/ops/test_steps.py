@@ -44,6 +44,7 @@ from kappaflow.ops import (
     total,
 )
 from kappaflow.settings import Settings
+from kappaflow.store import open_store
 from kappaflow.store.base import Table
 from kappaflow.testing import run_events
 
@@ -168,6 +169,35 @@ def test_a_joins_lookup_is_loaded_though_the_app_does_not_list_it(settings: Sett
                             reference={REGIONS.name: REGION_ROWS})) as store:  # fmt: skip
         counted = sum(row.clicks for row in store.select(per_region.table))
     assert counted == sum(click.c in found for click in CLICK_EVENTS) > 500
+
+
+def test_a_join_reads_the_reference_data_in_force_at_each_events_time(
+    settings: Settings,
+) -> None:
+    """A region moved part way through the clicks: those before read the first upload,
+    the later ones the second, as they would in a replay of the log."""
+    regions = Lookup(Table.of(Region, key="code", history=True),
+                     lambda rows: {row.code: row.region for row in rows})  # fmt: skip
+    per_region = Aggregate(MINUTE, RegionMinute, by="region", clicks=count())
+    join = Join(regions, on="c", combine=place, missing="drop")
+    app = App("regions", [CLICKS], [], {CLICKS.name: Pipeline(join).to(per_region)})
+    arrived = arrivals(CLICKS, CLICK_EVENTS, settings)
+    moved_ms = sorted(a.event.t * 1000 for a in arrived.events)[len(arrived.events) // 2]
+    found = {row.code: row.region for row in REGION_ROWS}
+
+    def region(click: Click) -> str:
+        return "us" if click.c == "US" and click.t * 1000 >= moved_ms else found[click.c]
+
+    placed = [place(a.event, region(a.event)) for a in arrived.events if a.event.c in found]
+    assert {region(a.event) for a in arrived.events if a.event.c == "US"} == {"americas", "us"}
+    counts = Counter((p.region, p.t * 1000 - p.t * 1000 % 60_000) for p in placed)
+    expected = [RegionMinute(region, start, n) for (region, start), n in counts.items()]
+    with closing(open_store(settings)) as store:
+        store.create_tables(app.all_tables)
+        store.upsert({REGIONS.name: REGION_ROWS}, valid_from_ms=0)
+        store.upsert({REGIONS.name: [Region("US", "us")]}, valid_from_ms=moved_ms)
+    with closing(run_events(app, CLICK_EVENTS, settings, restarts=2)) as store:
+        assert stored(store, per_region.table) == keyed(per_region.table, expected)
 
 
 class LinkCountry(msgspec.Struct):

@@ -85,6 +85,26 @@ def test_catalog_upload_then_reports_as_json_and_csv(client: httpx.Client, setti
     assert client.get("/v1/reports/impressions?from=2027-01-01&to=2027-01-02").json() == []
 
 
+def test_a_catalog_upload_takes_effect_from_its_valid_from_time(
+    client: httpx.Client, settings: Settings
+) -> None:
+    assert client.post("/v1/catalog?valid_from=0", json=CATALOG).status_code == 200
+    raised = {"videos": [{**CATALOG["videos"][0], "royalty_rate_per_minute": 6.0}]}
+    answer = client.post("/v1/catalog?valid_from=2026-01-02T00:00:00Z", json=raised)
+    assert answer.status_code == 200
+    for bad in ("yesterday", "-1", "1e20"):
+        refused = client.post(f"/v1/catalog?valid_from={bad}", json=raised)
+        assert refused.status_code == 400 and "valid_from must be" in refused.json()["error"]
+    watch(client, settings, "v", 0, 60)  # before the new rate
+    watch(client, settings, "v", 1, 60)  # from its day on
+    answer = client.get("/v1/reports/royalties?from=2026-01-01&to=2026-01-31")
+    assert [(row["day"], row["amount"]) for row in answer.json()] == [
+        ("2026-01-01", 0.6), ("2026-01-02", 6.0)
+    ]  # fmt: skip
+    (param,) = client.get("/openapi.json").json()["paths"]["/v1/catalog"]["post"]["parameters"]
+    assert param["name"] == "valid_from"
+
+
 @pytest.mark.parametrize(
     ("query", "message"),
     [
@@ -194,7 +214,7 @@ def test_a_catalog_nested_too_deeply_is_400_naming_the_problem(
 def test_an_upload_nested_too_deeply_for_its_app_is_400(settings: Settings) -> None:
     """Any app's upload: the service answers for a decoder the app calls itself."""
 
-    def run(store: Store, body: bytes, content_type: str) -> object:
+    def run(store: Store, body: bytes, content_type: str, valid_from_ms: int | None) -> object:
         return msgspec.json.decode(body)
 
     app = App("deep", streams=[], tables=[], uploads=[Upload("/v1/deep", run, "anything")])
@@ -220,6 +240,9 @@ def test_catalog_load_command(tmp_path: Path, settings: Settings) -> None:
     loaded = runner.invoke(main, ["catalog", "load", str(videos), "--data-dir", settings.data_dir])
     assert loaded.exit_code == 0, loaded.output
     assert "loaded 2 videos and 0 ad slots" in loaded.output
+    later = runner.invoke(main, ["catalog", "load", str(videos), "--data-dir", settings.data_dir,
+                                 "--valid-from", "2026-03-01"])  # fmt: skip
+    assert later.exit_code == 0, later.output
     refused = runner.invoke(main, ["catalog", "load", str(broken), "--data-dir", settings.data_dir])
     assert refused.exit_code == 1
     assert "row 0: position_s" in refused.output and "nothing was loaded" in refused.output
@@ -227,3 +250,6 @@ def test_catalog_load_command(tmp_path: Path, settings: Settings) -> None:
     assert store.query("SELECT video_id, title FROM video_catalog ORDER BY 1") == [
         ("v", "A, title"), ("w", "W")
     ]  # fmt: skip
+    march = 1_772_323_200_000  # 2026-03-01T00:00:00Z
+    assert store.query("SELECT valid_from_ms FROM video_catalog_history WHERE valid_from_ms = ?",
+                       (march,)) == [(march,), (march,)]  # fmt: skip

@@ -18,7 +18,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
+from kappaflow.app import Lookup
+from kappaflow.errors import AppError, StaleOwnership, StoreError, StoreUnavailable
 from kappaflow.settings import Settings
 from kappaflow.store import Store, keyed, open_store, sqlite_wal
 from kappaflow.store import sqlite as sqlite_store
@@ -394,6 +395,47 @@ def test_upsert_writes_reference_rows_and_bumps_versions(store: Store) -> None:
     store.upsert({"catalog": [("a", 1.5)]})
     assert store.version("catalog") == 2
     assert store.query("SELECT * FROM catalog ORDER BY id") == [("a", 1.5), ("b", 2.0)]
+
+
+def test_reference_rows_with_history_are_kept_valid_from_their_upload(store: Store) -> None:
+    """Rows uploaded before the table had history are valid from 0; each upload since
+    is kept with its time, given or now; a lookup reads what was in force at a time."""
+    plain = Table("rates", (("id", "TEXT"), ("rate", "REAL")), key=("id",))
+    store.create_tables([plain])
+    store.upsert({"rates": [("a", 1.0), ("b", 2.0)]})
+    rates = Table("rates", plain.columns, plain.key, history=True)
+    store.create_tables([rates])
+    store.upsert({"rates": [("a", 3.0)]}, valid_from_ms=5_000)
+    before = round(time.time() * 1000)
+    store.upsert({"rates": [("b", 4.0), ("c", 5.0)]})
+    store.upsert({"rates": [("a", 6.0)]}, valid_from_ms=2_000)  # backdated
+    history = store.query("SELECT * FROM rates_history ORDER BY valid_from_ms, id")
+    assert history[:5] == [(0, "a", 1.0), (0, "b", 2.0), (2_000, "a", 6.0), (5_000, "a", 3.0),
+                           (history[4][0], "b", 4.0)]  # fmt: skip
+    assert history[4][0] >= before and history[5][1:] == ("c", 5.0)
+    assert store.query("SELECT * FROM rates ORDER BY id") == [("a", 6.0), ("b", 4.0), ("c", 5.0)]
+    lookup = Lookup(rates, dict)
+    lookup.refresh(store)
+    assert lookup.data == {"a": 6.0, "b": 4.0, "c": 5.0}
+    assert lookup.at(-1) == lookup.at(1_999) == {"a": 1.0, "b": 2.0}
+    assert lookup.at(2_000) == {"a": 6.0, "b": 2.0}
+    assert lookup.at(5_000) == lookup.at(before - 1) == {"a": 3.0, "b": 2.0}
+    assert lookup.at(history[4][0]) == {"a": 3.0, "b": 4.0, "c": 5.0}
+    with pytest.raises(AppError, match="a table with history has mode 'replace'"):
+        Table("counts", (("id", "TEXT"), ("n", "INTEGER")), ("id",), "add", history=True)
+
+
+def test_rows_uploaded_before_the_table_had_history_are_in_force_at_every_time(
+    store: Store,
+) -> None:
+    plain = Table("rates", (("id", "TEXT"), ("rate", "REAL")), key=("id",))
+    store.create_tables([plain])
+    store.upsert({"rates": [("a", 1.0)]})
+    rates = Table("rates", plain.columns, plain.key, history=True)
+    store.create_tables([rates])  # its history is empty until the next upload
+    lookup = Lookup(rates, dict)
+    lookup.refresh(store)
+    assert lookup.at(0) == lookup.at(10**12) == lookup.data == {"a": 1.0}
 
 
 def test_sqlite_wal_is_cut_back_once_a_checkpoint_reaches_its_end(

@@ -71,11 +71,12 @@ class FlatMap:
 
 class Join:
     """Joins each event with reference data: ``lookup`` (the app's, whether listed in
-    its ``lookups`` or not), whose ``data`` is a mapping, is looked up by the event's ``on`` (a
-    field, or a function of the event), and the event becomes ``combine(event,
-    found)``. An event whose value is not found is, by ``missing``: refused, into the
-    dead letters with reason ``no match`` (the default); dropped; or combined with
-    None."""
+    its ``lookups`` or not), whose data is a mapping, is looked up as it was at the
+    event's time (`Lookup.at`: of a table with history, the upload in force then) by the
+    event's ``on`` (a field, or a function of the event), and the event becomes
+    ``combine(event, found)``. An event whose value is not found is, by ``missing``:
+    refused, into the dead letters with reason ``no match`` (the default); dropped; or
+    combined with None."""
 
     def __init__(
         self,
@@ -90,13 +91,13 @@ class Join:
         self.on = value_getter(on) if isinstance(on, str) else on
 
     def apply(self, batch: Batch) -> tuple[Batch, list[tuple[int, str]]]:
-        data, on, combine = self.lookup.data, self.on, self.combine
+        in_force, on, combine = self.lookup.at, self.on, self.combine
         kept: list[int] = []
         events: list[Any] = []
         refused: list[tuple[int, str]] = []
-        for at, event in enumerate(batch.events):
+        for at, (event, time_ms) in enumerate(zip(batch.events, batch.times_ms, strict=True)):
             value = on(event)
-            found = data.get(value)
+            found = in_force(time_ms).get(value)
             if found is None and self.missing != "keep":
                 if self.missing == "refuse":
                     reason = f"no match: {value!r} is not in {self.lookup.table.name}"

@@ -16,6 +16,7 @@ import msgspec.inspect as mi
 from msgspec import Meta
 
 from kappaflow.errors import InvalidQuery
+from kappaflow.events import MAX_EVENT_MS
 
 if TYPE_CHECKING:
     from kappaflow.app import Param
@@ -34,6 +35,13 @@ UnixTime = Annotated[
     Meta(description="unix seconds or an RFC 3339 time with a zone"),
 ]
 """A time; its bounds, those of a float, refuse NaN and infinities."""
+ValidFrom = Annotated[
+    Annotated[float, Meta(ge=0, le=MAX_EVENT_MS // 1000)] | Annotated[datetime, Meta(tz=True)],
+    Meta(description="the time uploaded rows are valid from (for a table with history): "
+                     "unix seconds or an RFC 3339 time with a zone; default now"),
+]  # fmt: skip
+"""When an upload's rows are valid from: a time from 1970 to 9999."""
+VALID_FROM_PARAM = "valid_from"
 Ranges = Annotated[
     str,
     Meta(pattern=r"^[0-9]{1,18}(-[0-9]{1,18})?(,[0-9]{1,18}(-[0-9]{1,18})?)*$",

@@ -19,13 +19,20 @@ from kappaflow import dead_letters
 from kappaflow.app import App, Param, Query, Upload
 from kappaflow.errors import InvalidEvents, InvalidQuery, StoreUnavailable
 from kappaflow.events.validate import TOO_DEEP
-from kappaflow.query.params import CONTROL_CHARACTER, read_params
+from kappaflow.query.params import (
+    CONTROL_CHARACTER,
+    VALID_FROM_PARAM,
+    ValidFrom,
+    read_params,
+    seconds,
+)
 from kappaflow.server.http import Blocking, Disconnected, error, json_response, read_body
 from kappaflow.settings import Settings
 from kappaflow.store.base import Store
 
 Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 UPLOAD_TYPES = ("application/json", "text/csv")
+UPLOAD_PARAMS = {VALID_FROM_PARAM: Param("when the rows are valid from", type=ValidFrom)}
 FORMAT = Param("csv: the rows as CSV, as with Accept: text/csv (default json)",
                type=Literal["json", "csv"])  # fmt: skip
 
@@ -106,8 +113,13 @@ class QueryService:
             if body is None:
                 return error(413, f"body is over the limit of {limit:,} bytes")
             try:
+                valid_from = read_params(UPLOAD_PARAMS, request.query_params).get(VALID_FROM_PARAM)
+            except InvalidQuery as invalid:
+                return error(400, str(invalid))
+            valid_from_ms = None if valid_from is None else round(seconds(valid_from) * 1000)
+            try:
                 return json_response(
-                    await self.blocking.run(upload.run, self.store, body, media_type)
+                    await self.blocking.run(upload.run, self.store, body, media_type, valid_from_ms)
                 )
             except InvalidEvents as invalid:
                 return error(400, invalid.summary("row"), problems=invalid.problems)

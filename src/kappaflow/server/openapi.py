@@ -17,7 +17,13 @@ from kappaflow.events.validate import Problem
 from kappaflow.ingest.service import JSON_TYPES, NDJSON_TYPES, VERSION_HEADER
 from kappaflow.query.dashboard import Status
 from kappaflow.query.params import Segment
-from kappaflow.query.service import UPLOAD_TYPES, query_params, served_as_csv, served_queries
+from kappaflow.query.service import (
+    UPLOAD_PARAMS,
+    UPLOAD_TYPES,
+    query_params,
+    served_as_csv,
+    served_queries,
+)
 
 _PARAMETER = re.compile(r"{([^}]+)}")
 REF = "#/components/schemas/{name}"
@@ -113,6 +119,11 @@ def document(apps: Sequence[App], roles: Collection[str]) -> dict[str, Any]:
                 types += [kind for kind in (upload.body, upload.result) if kind is not None]
                 paths[upload.path] = {"post": {
                     "summary": upload.summary + " JSON or CSV; all rows or none.",
+                    "parameters": [
+                        {"name": name, "in": "query", "required": False,
+                         "description": param.description, "schema": _schema_of(param.type)}
+                        for name, param in UPLOAD_PARAMS.items()
+                    ],
                     "requestBody": {"required": True, "content": {
                         **_json(_schema_of(upload.body)),
                         "text/csv": {"schema": {"type": "string", "description": upload.csv}},

@@ -108,9 +108,10 @@ class Store(Protocol):
         its column order), dead letters, state and next offsets atomically. Raises
         `StaleOwnership`, writing nothing, if any partition's generation moved on."""
 
-    def upsert(self, rows: Mapping[str, Sequence[Row]]) -> None:
+    def upsert(self, rows: Mapping[str, Sequence[Row]], valid_from_ms: int | None = None) -> None:
         """Write rows outside any partition (reference data such as a catalog), in one
-        transaction that also bumps each written table's version."""
+        transaction that also bumps each written table's version; the rows of a table
+        with history are also kept valid from ``valid_from_ms`` (None: now)."""
 
     def version(self, table: str) -> int:
         """How many times `upsert` has written ``table`` (0: never)."""

@@ -29,6 +29,7 @@ from kappaflow.store.sql import (
     dead_letter_rows,
     note_halt,
 )
+from kappaflow.store.tables import with_histories
 
 try:
     import psycopg
@@ -239,6 +240,7 @@ class PostgresStore(StoreReads):
         """Create them now, or, while the server cannot be reached, before the first
         transaction once it can. A table the server holds in another shape is an error
         now, and the store goes on without the tables asked for."""
+        tables = with_histories(tables)
         with self._lock:
             added = [table for table in tables if table not in self._tables]
             self._tables += added
@@ -300,9 +302,9 @@ class PostgresStore(StoreReads):
 
         self._transaction(commit)
 
-    def upsert(self, rows: Mapping[str, Sequence[Row]]) -> None:
+    def upsert(self, rows: Mapping[str, Sequence[Row]], valid_from_ms: int | None = None) -> None:
         def upsert(cursor: psycopg.Cursor[Any]) -> None:
-            self._writer.write(cursor, rows)
+            self._writer.write_reference(cursor, rows, valid_from_ms)
             cursor.executemany(
                 "INSERT INTO kf_versions VALUES (%s, 1) "
                 "ON CONFLICT (name) DO UPDATE SET version = kf_versions.version + 1",

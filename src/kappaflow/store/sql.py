@@ -7,8 +7,11 @@ again (to try it again, or by another worker)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
+
+from msgspec.structs import astuple
 
 from kappaflow.errors import StoreError
 from kappaflow.store.base import (
@@ -18,7 +21,16 @@ from kappaflow.store.base import (
     StoredDeadLetter,
     reason_kind,
 )
-from kappaflow.store.tables import ColumnType, R, Row, Table, row_writer, rows_read, sql_value
+from kappaflow.store.tables import (
+    VALID_FROM,
+    ColumnType,
+    R,
+    Row,
+    Table,
+    row_writer,
+    rows_read,
+    sql_value,
+)
 
 Translate = Callable[[str], str]
 """Turns the ``?`` placeholders of shared SQL into a driver's."""
@@ -329,6 +341,30 @@ class RowWriter:
                 raise
             except self.failure as error:
                 raise StoreError(f"writing table {name}: {error}") from error
+
+    def write_reference(
+        self, cursor: Any, rows: Mapping[str, Sequence[Row]], valid_from_ms: int | None
+    ) -> None:
+        """`write` reference ``rows``, and keep those of each table with history valid
+        from ``valid_from_ms`` (None: now). A history still empty first takes the
+        table's rows as they were, valid from 0."""
+        valid_from = round(time.time() * 1000) if valid_from_ms is None else valid_from_ms
+        kept: dict[str, list[Row]] = {}
+        for name, table_rows in rows.items():
+            table = self.tables.get(name)
+            if table is None or not table.history or not table_rows:
+                continue
+            history = table.history_table
+            columns = ", ".join(table.column_names)
+            cursor.execute(f"INSERT INTO {history.name} ({VALID_FROM}, {columns}) "
+                           f"SELECT 0, {columns} FROM {name} "
+                           f"WHERE NOT EXISTS (SELECT 1 FROM {history.name})")  # fmt: skip
+            kept[history.name] = [
+                (valid_from, *(row if isinstance(row, tuple) else astuple(row)))
+                for row in table_rows
+            ]
+        self.write(cursor, rows)
+        self.write(cursor, kept)
 
     def _write_distinct(self, cursor: Any, table: Table, rows: Iterable[Any]) -> None:
         assert table.counts is not None

@@ -29,6 +29,7 @@ from kappaflow.store.sql import (
     note_halt,
 )
 from kappaflow.store.sqlite_wal import Checkpointer, open_turns, writer_turn
+from kappaflow.store.tables import with_histories
 
 T = TypeVar("T")
 WAL_LIMIT_BYTES = 256 * 1024 * 1024
@@ -220,7 +221,7 @@ class SQLiteStore(StoreReads):
 
     def create_tables(self, tables: Sequence[Table]) -> None:
         with self._transaction() as cursor:
-            for table in tables:
+            for table in with_histories(tables):
                 cursor.execute(create_sql(table))
                 found = cursor.execute(COLUMNS_SQL, (table.name,)).fetchall()
                 check_table(table, found, f"SQLite store {self.path}")
@@ -280,9 +281,9 @@ class SQLiteStore(StoreReads):
                     DEAD_LETTER_SQL, dead_letter_rows(group, dead_letters, time.time())
                 )
 
-    def upsert(self, rows: Mapping[str, Sequence[Row]]) -> None:
+    def upsert(self, rows: Mapping[str, Sequence[Row]], valid_from_ms: int | None = None) -> None:
         with self._transaction() as cursor:
-            self._writer.write(cursor, rows)
+            self._writer.write_reference(cursor, rows, valid_from_ms)
             cursor.executemany(
                 "INSERT INTO kf_versions VALUES (?, 1) "
                 "ON CONFLICT (name) DO UPDATE SET version = version + 1",

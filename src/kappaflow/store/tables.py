@@ -36,6 +36,8 @@ COLUMN_TYPES: dict[type[inspect.Type], ColumnType] = {
 }
 """The column type of each field type `Table.of` takes (also as ``X | None``, nullable)."""
 NUMERIC: tuple[ColumnType, ...] = ("INTEGER", "REAL")
+VALID_FROM = "valid_from_ms"
+"""The column of a history table: the epoch milliseconds its row is valid from."""
 IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 """A name the store's SQL writes unquoted: PostgreSQL folds other letters to lower case
 and cuts names at 63 bytes."""
@@ -70,7 +72,9 @@ class Table(msgspec.Struct, Generic[R], frozen=True):
     present in this table) have the same values: a distinct count kept as rows arrive.
 
     Names are lower-case SQL identifiers, not keywords, and table names do not start
-    with ``kf_`` (the store's own tables): `AppError` otherwise. A table declared with
+    with ``kf_`` (the store's own tables): `AppError` otherwise. With ``history``
+    (reference data, mode ``replace``), each `Store.upsert` also keeps its rows, valid
+    from its time, in `history_table`. A table declared with
     `Table.of` is typed: its rows are structs of ``row``."""
 
     name: str
@@ -86,6 +90,9 @@ class Table(msgspec.Struct, Generic[R], frozen=True):
     """A ``latest`` table's column of event time."""
     merge: tuple[tuple[str, Merge], ...] = ()
     """An ``add`` table's columns merged otherwise than added."""
+    history: bool = False
+    """Reference data whose every upload is kept, valid from its time (`history_table`),
+    so that a `Lookup` reads the rows in force at an event's time."""
 
     def __post_init__(self) -> None:
         _check_name(self.name, f"table {self.name!r}")
@@ -130,6 +137,20 @@ class Table(msgspec.Struct, Generic[R], frozen=True):
                         "they must be numbers"
                     )
 
+        if self.history and (self.mode != "replace" or VALID_FROM in names):
+            raise AppError(f"table {self.name}: a table with history has mode 'replace' "
+                           f"and no column {VALID_FROM}")  # fmt: skip
+
+    @property
+    def history_table(self) -> Table[Any]:
+        """Every upload's rows of a table with ``history``, each with the time it is
+        valid from: column `VALID_FROM` first, then the table's, keyed by the table's
+        key and `VALID_FROM`."""
+        return Table(
+            f"{self.name}_history", ((VALID_FROM, "INTEGER"), *self.columns),
+            (*self.key, VALID_FROM), not_null=self.not_null,
+        )  # fmt: skip
+
     @classmethod
     def of(
         cls,
@@ -141,12 +162,14 @@ class Table(msgspec.Struct, Generic[R], frozen=True):
         counts: tuple[str, str] | None = None,
         time: str | None = None,
         merge: Mapping[str, Merge] | None = None,
+        history: bool = False,
     ) -> Table[R]:
         """The table of ``row``'s structs, named ``name`` (default: the struct's name in
         snake case, ``PageViews`` -> ``page_views``), keyed by the fields ``key``: a
         column per field, in order, typed by `COLUMN_TYPES`; a field ``X | None`` is
         nullable (not in the key), the others refuse NULL. `AppError` names a field of
-        another type. ``mode``, ``counts``, ``time`` and ``merge`` are as in `Table`."""
+        another type. ``mode``, ``counts``, ``time``, ``merge`` and ``history`` are as in
+        `Table`."""
         name = name or re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_",
                               row.__name__).lower()  # fmt: skip
         keys = (key,) if isinstance(key, str) else tuple(key)
@@ -169,11 +192,17 @@ class Table(msgspec.Struct, Generic[R], frozen=True):
                 nullable.append(field.name)
         not_null = tuple(n for n, _ in columns if n not in nullable and n not in keys)
         merged = tuple((merge or {}).items())
-        return cls(name, tuple(columns), keys, mode, counts, not_null, row, time, merged)
+        return cls(name, tuple(columns), keys, mode, counts, not_null, row, time, merged, history)
 
     @property
     def column_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.columns)
+
+
+def with_histories(tables: Iterable[Table[Any]]) -> list[Table[Any]]:
+    """``tables``, each with history followed by its `Table.history_table`."""
+    return [each for table in tables
+            for each in ((table, table.history_table) if table.history else (table,))]  # fmt: skip
 
 
 def _shown(annotation: Any) -> str:

@@ -76,12 +76,14 @@ VIDEOS = Table(
     columns=(("video_id", "TEXT"), ("title", "TEXT"), ("duration_s", "REAL"),
              ("license_holder", "TEXT"), ("royalty_rate_per_minute", "REAL")),
     key=("video_id",),
+    history=True,
 )  # fmt: skip
 AD_SLOTS = Table(
     "video_ad_slots",
     columns=(("video_id", "TEXT"), ("position_s", "REAL"), ("advertiser", "TEXT"),
              ("campaign", "TEXT")),
     key=("video_id", "position_s"),
+    history=True,
 )  # fmt: skip
 
 
@@ -194,15 +196,17 @@ def catalog_rows(catalog: Catalog) -> dict[str, list[tuple[Any, ...]]]:
     return rows
 
 
-def load(store: Store, catalog: Catalog) -> CatalogSummary:
-    """Upsert the catalog in one transaction."""
+def load(store: Store, catalog: Catalog, valid_from_ms: int | None = None) -> CatalogSummary:
+    """Upsert the catalog in one transaction, valid from ``valid_from_ms`` (None: now)."""
     store.create_tables([VIDEOS, AD_SLOTS])
-    store.upsert(catalog_rows(catalog))
+    store.upsert(catalog_rows(catalog), valid_from_ms)
     return CatalogSummary(len(catalog.videos), len(catalog.ad_slots))
 
 
-def upload(store: Store, body: bytes, content_type: str) -> CatalogSummary:
-    return load(store, parse(body, content_type))
+def upload(
+    store: Store, body: bytes, content_type: str, valid_from_ms: int | None
+) -> CatalogSummary:
+    return load(store, parse(body, content_type), valid_from_ms)
 
 
 UPLOAD = Upload(

@@ -5,6 +5,7 @@ only when it runs, so that ``kappaflow --help`` stays quick."""
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 
 import click
 
@@ -20,8 +21,16 @@ def catalog() -> None:
 @catalog.command("load")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--data-dir", help="Directory of the embedded log and store.")
+@click.option(
+    "--valid-from", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]),
+    help="When the rows take effect (RFC 3339, or a UTC date): sessions that start from "
+         "then on read them; the catalog's earlier rows stay for earlier sessions, so a "
+         "replay of the log gives the results computed live. Default: now.",
+)  # fmt: skip
 @click.pass_context
-def catalog_load(ctx: click.Context, path: str, data_dir: str | None) -> None:
+def catalog_load(
+    ctx: click.Context, path: str, data_dir: str | None, valid_from: datetime | None
+) -> None:
     """Add or replace videos and ad slots from a JSON or CSV file (all rows or none).
 
     JSON: {"videos": [...], "ad_slots": [...]}. CSV: a header of video columns
@@ -39,7 +48,10 @@ def catalog_load(ctx: click.Context, path: str, data_dir: str | None) -> None:
     content_type = "text/csv" if path.lower().endswith(".csv") else "application/json"
     try:
         parsed = parse(Path(path).read_bytes(), content_type)
-        summary = load_catalog(open_store(settings), parsed)
+        if valid_from is not None and valid_from.tzinfo is None:
+            valid_from = valid_from.replace(tzinfo=UTC)
+        valid_from_ms = None if valid_from is None else round(valid_from.timestamp() * 1000)
+        summary = load_catalog(open_store(settings), parsed, valid_from_ms)
     except InvalidEvents as invalid:
         for problem in invalid.problems:
             where = f"row {problem.index}" if problem.index is not None else "file"

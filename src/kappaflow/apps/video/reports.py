@@ -7,8 +7,9 @@ linearly, which places watched seconds and ad slots on UTC days.
 - Royalties: the distinct seconds a session watched (seconds watched twice in one
   session count once; a new session counts them again), per UTC day on which they
   were played, times the title's rate per minute. Videos missing from the catalog
-  count under the holder ``unknown`` at rate 0. The rate is the catalog's when the
-  session closes: a rate change applies to sessions closed after it. Per session and
+  count under the holder ``unknown`` at rate 0. The rate is the one the catalog had
+  in force when the session started (`Lookup.at`): a rate change applies to sessions
+  that start from its valid-from time on, live and in a replay alike. Per session and
   day, seconds are kept to the millisecond and amounts to a millionth of the currency,
   as integers, so totals do not depend on the order sessions close in.
 - Impressions: an ad slot at position p counts once per session when a segment

@@ -256,7 +256,9 @@ class WatchedSegments:
         )
         progress = (partition, user_id, video_id, closed.position, closed.ts, "[]")
         rows.setdefault(PROGRESS.name, []).append(progress)
-        report_rows(user_id, video_id, closed.segments, self.videos.data, self.slots.data, rows)
+        when = closed.session_ms  # the catalog in force when the session started
+        report_rows(user_id, video_id, closed.segments, self.videos.at(when),
+                    self.slots.at(when), rows)  # fmt: skip
 
     def _changed(
         self, state: SegmentState, new: Events, taken: np.ndarray, closed: list[ClosedSession]
