@@ -39,6 +39,16 @@ class PlayOnDevice(msgspec.Struct):
     seconds: float = 0.0
 
 
+class PlayV3(msgspec.Struct):
+    """Version 3 after `PlayV2`: a new optional field, so version 2 needs no upcaster."""
+
+    user: Identifier
+    ts: EventTime
+    device: str
+    watched_s: float
+    country: str | None = None
+
+
 class PlayV2(msgspec.Struct):
     """Version 2: ``device`` required, ``seconds`` renamed ``watched_s``."""
 
@@ -58,6 +68,8 @@ SCHEMAS: dict[str, tuple[type[msgspec.Struct], tuple[Earlier, ...]]] = {
     "v1+required": (PlayOnDevice, ()),
     "v2": (PlayV2, (Earlier(Play, from_v1),)),
     "v2 without upcaster": (PlayV2, (Earlier(Play),)),
+    "v2 with country": (PlayWithCountry, (Earlier(Play),)),
+    "v3": (PlayV3, (Earlier(Play, from_v1), Earlier(PlayV2))),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import importlib
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -70,20 +71,37 @@ class Stream:
         return self.schema if version == self.version else self.earlier[version - 1].schema
 
     def upcast(self, version: int, events: list[Any]) -> list[Any]:
-        """``events`` of ``version`` as events of the current version."""
-        for earlier in self.earlier[version - 1 :]:
-            if earlier.upcast is not None:
-                events = list(map(earlier.upcast, events))
+        """``events`` of ``version``, read with the schema of `read_as` ``version``, as
+        events of the current version."""
+        version = self.read_as(version)
+        while version < self.version:
+            events = list(map(self.earlier[version - 1].upcast, events))  # type: ignore[arg-type]
+            ahead = self.read_as(version + 1)
+            if ahead > version + 1:  # versions without upcasters: the same fields, and more
+                schema = self.schema_of(ahead)
+                events = [msgspec.convert(e, schema, from_attributes=True) for e in events]
+            version = ahead
         return events
 
+    def read_as(self, version: int) -> int:
+        """The version whose schema reads records of ``version``: the first from it on
+        that has an upcaster, or the current one (a version without an upcaster reads
+        as the next)."""
+        while version < self.version and self.earlier[version - 1].upcast is None:
+            version += 1
+        return version
+
     def __post_init__(self) -> None:
-        for version in range(1, self.version + 1):
-            names = {f.name for f in msgspec.structs.fields(self.schema_of(version))}
-            if missing := [f for f in (self.key, self.time) if f not in names]:
+        current = {f.name: f.type for f in msgspec.inspect.type_info(self.schema).fields}
+        for version in range(1, self.version):
+            schema = self.schema_of(version)
+            fields = {f.name: f.type for f in msgspec.inspect.type_info(schema).fields}
+            if changed := [f for f in (self.key, self.time) if fields.get(f) != current.get(f)]:
                 raise AppError(
-                    f"stream {self.name!r}: the schema of version {version} "
-                    f"({self.schema_of(version).__name__}) has no field {', '.join(missing)}: "
-                    "every version has the key and time fields"
+                    f"stream {self.name!r}: field {changed[0]} of version {version} "
+                    f"({schema.__name__}) is not as in the current version: every version "
+                    "has the key and time fields, of one type (the log is partitioned and "
+                    "timed by them before any upcaster runs)"
                 )
         if self.dedup_by is None:
             return
@@ -413,15 +431,15 @@ class Lookup(Generic[T]):
 @dataclass(frozen=True)
 class Upload:
     """A write of reference data served over HTTP: ``POST path`` of JSON or CSV;
-    ``run(store, body, content_type, valid_from_ms)`` validates the body, writes it with
-    `Store.upsert` (the rows of a table with history valid from ``valid_from_ms``, the
-    request's ``valid_from``; None: now) and returns a summary; it raises
-    `InvalidEvents` (400, nothing written) for bad rows. The body is at most
-    ``ingest_max_body_bytes``; a `RecursionError` (msgspec's, for JSON nested too deeply)
-    is a 400 too."""
+    ``run(store, body, content_type)`` validates the body, writes it with `Store.upsert`
+    and returns a summary; it raises `InvalidEvents` (400, nothing written) for bad rows.
+    A ``run`` of a fourth parameter, ``valid_from_ms``, takes the request's
+    ``valid_from`` (None: not given) for the upsert of a table with history; to another,
+    a request giving it is a 400. The body is at most ``ingest_max_body_bytes``; a
+    `RecursionError` (msgspec's, for JSON nested too deeply) is a 400 too."""
 
     path: str
-    run: Callable[[Store, bytes, str, int | None], Any]
+    run: Callable[..., Any]
     summary: str
     body: Any = None
     """The type of a JSON body, for the OpenAPI document."""
@@ -429,6 +447,16 @@ class Upload:
     """The type of the summary, for the OpenAPI document."""
     csv: str = "CSV with a header line naming the columns"
     """What a CSV body holds, for the OpenAPI document."""
+
+    @property
+    def takes_valid_from(self) -> bool:
+        return len(inspect.signature(self.run).parameters) > 3
+
+    def write(self, store: Store, body: bytes, content_type: str, valid_from_ms: int | None) -> Any:
+        """``run`` the upload (with ``valid_from_ms`` if it takes it)."""
+        if self.takes_valid_from:
+            return self.run(store, body, content_type, valid_from_ms)
+        return self.run(store, body, content_type)
 
 
 @dataclass

@@ -8,13 +8,14 @@ import time
 
 import msgspec
 import pytest
-from plays_app import Play, PlayOnDevice, PlayV2, PlayWithCountry
+from plays_app import SCHEMAS, Play, PlayOnDevice, PlayV2, PlayV3, PlayWithCountry, from_v1
 
-from kappaflow.app import load_apps
+from kappaflow.app import Stream, load_apps
 from kappaflow.errors import AppError
+from kappaflow.events import EventTime, Identifier
 from kappaflow.events.records import as_array, tagged, untagged
 from kappaflow.events.registry import TOPIC, check, register, registered
-from kappaflow.events.versions import changes, json_schema
+from kappaflow.events.versions import Earlier, changes, json_schema
 from kappaflow.log import open_log
 from kappaflow.log.base import Log
 from kappaflow.settings import Settings
@@ -106,6 +107,51 @@ def test_fields_are_compared_whatever_their_names_and_inside_nested_structs() ->
     assert change.startswith("field 'description' changed type from {") and '"string"' in change
 
 
+def test_unknown_fields_refused_or_records_by_position_are_changes_too() -> None:
+    class Strict(msgspec.Struct, forbid_unknown_fields=True):
+        user: Identifier
+        ts: EventTime
+        seconds: float = 0.0
+
+    class ByPosition(msgspec.Struct, array_like=True):
+        user: Identifier
+        ts: EventTime
+        seconds: float = 0.0
+
+    assert changes(json_schema(Play), json_schema(Strict)) == [
+        "unknown fields, which the log keeps as they came, are now refused (forbid_unknown_fields)"
+    ]
+    assert changes(json_schema(Strict), json_schema(Play)) == []
+    (change,) = changes(json_schema(Play), json_schema(ByPosition))
+    assert change.startswith("schema changed from {")
+
+
+def test_a_version_without_an_upcaster_is_read_as_the_next() -> None:
+    """Version 1 is upcast to version 2, which reads as version 3 (a new optional field);
+    version 2's records are read as version 3 directly."""
+    schema, earlier = SCHEMAS["v3"]
+    stream = Stream("plays", schema, key="user", time="ts", earlier=earlier)
+    assert [stream.read_as(v) for v in (1, 2, 3)] == [1, 3, 3]
+    (from_1,) = stream.upcast(1, [Play("a", 1, 2.0)])
+    assert from_1 == PlayV3("a", 1, "unknown", 2.0, None)
+    (from_2,) = stream.upcast(2, [PlayV3("b", 2, "tv", 1.0)])
+    assert from_2 == PlayV3("b", 2, "tv", 1.0, None)
+
+
+def test_every_version_has_the_key_and_time_fields_of_one_type() -> None:
+    class OtherKey(msgspec.Struct):
+        user: int
+        ts: int
+
+    class NoTime(msgspec.Struct):
+        user: str
+
+    for first in (OtherKey, NoTime):
+        with pytest.raises(AppError, match=f"of version 1 \\({first.__name__}\\) is not as in "
+                                           "the current version"):  # fmt: skip
+            Stream("plays", Play, key="user", time="ts", earlier=[Earlier(first, from_v1)])
+
+
 def test_records_are_tagged_with_their_version_and_read_back() -> None:
     records = [b'{"user":"a"}', b'{"user":"b"}']
     assert tagged(1, records) == records
@@ -163,6 +209,23 @@ def test_a_change_in_place_that_the_log_cannot_take_is_refused_at_start(
             with pytest.raises(AppError, match="version 1 was changed in place, and its "
                                                "field 'country' was removed"):  # fmt: skip
                 check(writer, streams(plays(settings, schema)))
+    finally:
+        writer.close()
+
+
+def test_a_schema_is_registered_once_whatever_its_defaults(settings: Settings) -> None:
+    """A tuple default is a JSON array once registered: it must compare equal."""
+
+    class Tagged(msgspec.Struct):
+        user: Identifier
+        ts: EventTime
+        tags: tuple[str, ...] = ()
+
+    writer = open_log(settings, writer=True)
+    try:
+        for _ in range(2):
+            register(writer, [Stream("tagged", Tagged, key="user", time="ts")])
+        assert writer.end_offsets(TOPIC) == {0: 1}
     finally:
         writer.close()
 

@@ -92,7 +92,7 @@ def test_a_catalog_upload_takes_effect_from_its_valid_from_time(
     raised = {"videos": [{**CATALOG["videos"][0], "royalty_rate_per_minute": 6.0}]}
     answer = client.post("/v1/catalog?valid_from=2026-01-02T00:00:00Z", json=raised)
     assert answer.status_code == 200
-    for bad in ("yesterday", "-1", "1e20"):
+    for bad in ("yesterday", "-1", "1e20", "1960-01-01T00:00:00Z", "2026-01-02"):
         refused = client.post(f"/v1/catalog?valid_from={bad}", json=raised)
         assert refused.status_code == 400 and "valid_from must be" in refused.json()["error"]
     watch(client, settings, "v", 0, 60)  # before the new rate
@@ -214,7 +214,7 @@ def test_a_catalog_nested_too_deeply_is_400_naming_the_problem(
 def test_an_upload_nested_too_deeply_for_its_app_is_400(settings: Settings) -> None:
     """Any app's upload: the service answers for a decoder the app calls itself."""
 
-    def run(store: Store, body: bytes, content_type: str, valid_from_ms: int | None) -> object:
+    def run(store: Store, body: bytes, content_type: str) -> object:
         return msgspec.json.decode(body)
 
     app = App("deep", streams=[], tables=[], uploads=[Upload("/v1/deep", run, "anything")])
@@ -224,8 +224,13 @@ def test_an_upload_nested_too_deeply_for_its_app_is_400(settings: Settings) -> N
     ):
         deep = b"[" * 1_000 + b"]" * 1_000
         answer = client.post("/v1/deep", content=deep, headers={"content-type": "application/json"})
+        dated = client.post("/v1/deep?valid_from=0", json=[])  # its run takes no valid_from
+        document = client.get("/openapi.json").json()
     assert answer.status_code == 400
     assert "nested too deeply" in answer.json()["error"]
+    assert dated.status_code == 400
+    assert dated.json()["error"] == "/v1/deep keeps no history: valid_from is not taken"
+    assert document["paths"]["/v1/deep"]["post"]["parameters"] == []
 
 
 def test_catalog_load_command(tmp_path: Path, settings: Settings) -> None:
@@ -241,8 +246,11 @@ def test_catalog_load_command(tmp_path: Path, settings: Settings) -> None:
     assert loaded.exit_code == 0, loaded.output
     assert "loaded 2 videos and 0 ad slots" in loaded.output
     later = runner.invoke(main, ["catalog", "load", str(videos), "--data-dir", settings.data_dir,
-                                 "--valid-from", "2026-03-01"])  # fmt: skip
+                                 "--valid-from", "2026-03-01T00:00:00Z"])  # fmt: skip
     assert later.exit_code == 0, later.output
+    too_early = runner.invoke(main, ["catalog", "load", str(videos), "--data-dir",
+                                     settings.data_dir, "--valid-from", "-1"])  # fmt: skip
+    assert too_early.exit_code == 2 and "valid_from must be" in too_early.output
     refused = runner.invoke(main, ["catalog", "load", str(broken), "--data-dir", settings.data_dir])
     assert refused.exit_code == 1
     assert "row 0: position_s" in refused.output and "nothing was loaded" in refused.output

@@ -37,14 +37,21 @@ class Earlier:
 def json_schema(schema: type[msgspec.Struct]) -> dict[str, Any]:
     """The JSON Schema of ``schema``'s events, its references resolved."""
     document = msgspec.json.schema(schema)
-    return _resolved(document, document.get("$defs", {}), ())
+    resolved = _resolved(document, document.get("$defs", {}), ())
+    return msgspec.json.decode(msgspec.json.encode(resolved))  # as the registry reads it back
 
 
 def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What makes ``new`` (a `json_schema`) unable to read every record ``old`` accepted,
     each naming its field; empty if ``new`` adds optional fields at most."""
-    old_fields, new_fields = old.get("properties", {}), new.get("properties", {})
+    if "properties" not in old or "properties" not in new:  # array_like: by position
+        same = _text(old) == _text(new)
+        return [] if same else [f"schema changed from {_text(old)} to {_text(new)}"]
+    old_fields, new_fields = old["properties"], new["properties"]
     found = []
+    if old.get("additionalProperties") is not False and new.get("additionalProperties") is False:
+        found.append("unknown fields, which the log keeps as they came, are now refused "
+                     "(forbid_unknown_fields)")  # fmt: skip
     for name, kind in old_fields.items():
         if name not in new_fields:
             found.append(f"field {name!r} was removed")

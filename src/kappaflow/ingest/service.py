@@ -117,6 +117,10 @@ class IngestService:
             by_partition = appender.encode(events, records, version)
         except InvalidEvents as invalid:
             message = invalid.summary("record")
+            if len(decoders) > 1:
+                message += (f" (as version {stream.version} of the schema, and no earlier "
+                            "version reads the body either; the header "
+                            f"{VERSION_HEADER.decode()} names the version sent)")  # fmt: skip
             return self._refuse(name, "invalid", 400, message, problems=invalid.problems)
         if events:
             try:

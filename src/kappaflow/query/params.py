@@ -98,6 +98,20 @@ def _describe(info: mi.Type) -> str:
     return f"a {type(info).__name__.removesuffix('Type').lower()}"
 
 
+def valid_from_ms(text: str) -> int:
+    """The epoch milliseconds of a `ValidFrom` written as ``text``; raises `InvalidQuery`
+    naming the parameter."""
+    try:
+        moment = msgspec.convert(text, ValidFrom, strict=False)
+    except msgspec.ValidationError:
+        moment = None
+    time_ms = None if moment is None else round(seconds(moment) * 1000)
+    if time_ms is None or not 0 <= time_ms <= MAX_EVENT_MS:
+        raise InvalidQuery(f"{VALID_FROM_PARAM} must be {describe(ValidFrom)} from 1970 to "
+                           f"9999, got {text!r}")  # fmt: skip
+    return time_ms
+
+
 def seconds(moment: float | datetime) -> float:
     """A `UnixTime` in unix seconds."""
     return moment.timestamp() if isinstance(moment, datetime) else moment

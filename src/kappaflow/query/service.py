@@ -24,7 +24,7 @@ from kappaflow.query.params import (
     VALID_FROM_PARAM,
     ValidFrom,
     read_params,
-    seconds,
+    valid_from_ms,
 )
 from kappaflow.server.http import Blocking, Disconnected, error, json_response, read_body
 from kappaflow.settings import Settings
@@ -112,14 +112,17 @@ class QueryService:
                 return error(400, "the client disconnected mid-body")
             if body is None:
                 return error(413, f"body is over the limit of {limit:,} bytes")
+            given = request.query_params.get(VALID_FROM_PARAM)
+            if given is not None and not upload.takes_valid_from:
+                return error(400, f"{upload.path} keeps no history: {VALID_FROM_PARAM} is not "
+                                  "taken")  # fmt: skip
             try:
-                valid_from = read_params(UPLOAD_PARAMS, request.query_params).get(VALID_FROM_PARAM)
+                valid_from = None if given is None else valid_from_ms(given)
             except InvalidQuery as invalid:
                 return error(400, str(invalid))
-            valid_from_ms = None if valid_from is None else round(seconds(valid_from) * 1000)
             try:
                 return json_response(
-                    await self.blocking.run(upload.run, self.store, body, media_type, valid_from_ms)
+                    await self.blocking.run(upload.write, self.store, body, media_type, valid_from)
                 )
             except InvalidEvents as invalid:
                 return error(400, invalid.summary("row"), problems=invalid.problems)

@@ -122,7 +122,7 @@ def document(apps: Sequence[App], roles: Collection[str]) -> dict[str, Any]:
                     "parameters": [
                         {"name": name, "in": "query", "required": False,
                          "description": param.description, "schema": _schema_of(param.type)}
-                        for name, param in UPLOAD_PARAMS.items()
+                        for name, param in UPLOAD_PARAMS.items() if upload.takes_valid_from
                     ],
                     "requestBody": {"required": True, "content": {
                         **_json(_schema_of(upload.body)),

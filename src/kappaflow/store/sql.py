@@ -356,9 +356,11 @@ class RowWriter:
                 continue
             history = table.history_table
             columns = ", ".join(table.column_names)
+            # (ON CONFLICT: another upload may have seeded it meanwhile)
             cursor.execute(f"INSERT INTO {history.name} ({VALID_FROM}, {columns}) "
                            f"SELECT 0, {columns} FROM {name} "
-                           f"WHERE NOT EXISTS (SELECT 1 FROM {history.name})")  # fmt: skip
+                           f"WHERE NOT EXISTS (SELECT 1 FROM {history.name}) "
+                           "ON CONFLICT DO NOTHING")  # fmt: skip
             kept[history.name] = [
                 (valid_from, *(row if isinstance(row, tuple) else astuple(row)))
                 for row in table_rows

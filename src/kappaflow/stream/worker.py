@@ -198,7 +198,7 @@ class Worker:
         """Partitions whose processor raised on their last batch: how many times running."""
         self._batch_decoder = msgspec.json.Decoder(list[stream.schema])
         self._decoders = {
-            version: msgspec.json.Decoder(stream.schema_of(version))
+            version: msgspec.json.Decoder(stream.schema_of(stream.read_as(version)))
             for version in range(1, stream.version + 1)
         }
 
@@ -638,10 +638,15 @@ class Worker:
             raise ValueError(f"the record is of version {version} of the schema, and the "
                              f"stream declares versions 1 to {self.stream.version}")  # fmt: skip
         event = decoder.decode(body)
+        if version == self.stream.version:
+            return event
         try:
             (event,) = self.stream.upcast(version, [event])
         except Exception as error:
-            raise ValueError(f"the upcaster from version {version} raised {error!r}") from error
+            raise ValueError(f"upcasting from version {version} raised {error!r}") from error
+        if type(event) is not self.stream.schema:
+            raise ValueError(f"upcasting from version {version} gave a {type(event).__name__}, "
+                             f"not a {self.stream.schema.__name__}")  # fmt: skip
         return event
 
     def run(self, should_stop: Callable[[], bool], until_caught_up: bool = False) -> None:

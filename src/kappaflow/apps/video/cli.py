@@ -5,7 +5,6 @@ only when it runs, so that ``kappaflow --help`` stays quick."""
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
 
 import click
 
@@ -22,14 +21,15 @@ def catalog() -> None:
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--data-dir", help="Directory of the embedded log and store.")
 @click.option(
-    "--valid-from", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]),
-    help="When the rows take effect (RFC 3339, or a UTC date): sessions that start from "
-         "then on read them; the catalog's earlier rows stay for earlier sessions, so a "
-         "replay of the log gives the results computed live. Default: now.",
+    "--valid-from",
+    help="When the rows take effect (unix seconds, or an RFC 3339 time with a zone): "
+         "sessions that start from then on read them; the catalog's earlier rows stay for "
+         "earlier sessions, so a replay of the log gives the results computed live. "
+         "Default: now.",
 )  # fmt: skip
 @click.pass_context
 def catalog_load(
-    ctx: click.Context, path: str, data_dir: str | None, valid_from: datetime | None
+    ctx: click.Context, path: str, data_dir: str | None, valid_from: str | None
 ) -> None:
     """Add or replace videos and ad slots from a JSON or CSV file (all rows or none).
 
@@ -41,16 +41,18 @@ def catalog_load(
 
     from kappaflow.apps.video.catalog import load as load_catalog
     from kappaflow.apps.video.catalog import parse
-    from kappaflow.errors import InvalidEvents
+    from kappaflow.errors import InvalidEvents, InvalidQuery
+    from kappaflow.query.params import valid_from_ms as from_text
     from kappaflow.store import open_store
 
     settings = load_settings(ctx, data_dir=data_dir)
+    try:
+        valid_from_ms = None if valid_from is None else from_text(valid_from)
+    except InvalidQuery as invalid:
+        raise click.BadParameter(str(invalid), param_hint="--valid-from") from None
     content_type = "text/csv" if path.lower().endswith(".csv") else "application/json"
     try:
         parsed = parse(Path(path).read_bytes(), content_type)
-        if valid_from is not None and valid_from.tzinfo is None:
-            valid_from = valid_from.replace(tzinfo=UTC)
-        valid_from_ms = None if valid_from is None else round(valid_from.timestamp() * 1000)
         summary = load_catalog(open_store(settings), parsed, valid_from_ms)
     except InvalidEvents as invalid:
         for problem in invalid.problems:
