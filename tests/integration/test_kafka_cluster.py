@@ -135,7 +135,7 @@ def test_a_broker_killed_mid_load_loses_and_repeats_nothing(
     statuses = {status: load.statuses.count(status) for status in set(load.statuses)}
     assert set(statuses) <= {202, 503}, (statuses, load.unexpected, output[-3000:])
     assert load.refusals_without_retry_after == 0
-    assert len(load.accepted) > 1_000, statuses
+    assert len(load.accepted) >= 1_000, statuses  # 500 before the kill, 500 after
     assert "exited with code" not in output, "no worker died: they waited for the broker"
     assert counts == dict.fromkeys(load.accepted, 1), (
         f"{len(counts)} URLs counted, {len(load.accepted)} accepted; "
