@@ -40,7 +40,8 @@ ValidFrom = Annotated[
     Meta(description="the time uploaded rows are valid from (for a table with history): "
                      "unix seconds or an RFC 3339 time with a zone; default now"),
 ]  # fmt: skip
-"""When an upload's rows are valid from: a time from 1970 to 9999."""
+"""When an upload's rows are valid from: unix seconds up to the year 9999, or any RFC
+3339 time with a zone (one before 1970 is before every event)."""
 VALID_FROM_PARAM = "valid_from"
 Ranges = Annotated[
     str,
@@ -99,17 +100,16 @@ def _describe(info: mi.Type) -> str:
 
 
 def valid_from_ms(text: str) -> int:
-    """The epoch milliseconds of a `ValidFrom` written as ``text``; raises `InvalidQuery`
-    naming the parameter."""
+    """The epoch milliseconds of a `ValidFrom` written as ``text`` (before 1970: before
+    every event); raises `InvalidQuery` naming the parameter."""
     try:
         moment = msgspec.convert(text, ValidFrom, strict=False)
     except msgspec.ValidationError:
-        moment = None
-    time_ms = None if moment is None else round(seconds(moment) * 1000)
-    if time_ms is None or not 0 <= time_ms <= MAX_EVENT_MS:
-        raise InvalidQuery(f"{VALID_FROM_PARAM} must be {describe(ValidFrom)} from 1970 to "
-                           f"9999, got {text!r}")  # fmt: skip
-    return time_ms
+        raise InvalidQuery(
+            f"{VALID_FROM_PARAM} must be unix seconds (0 to {MAX_EVENT_MS // 1000}) or an RFC "
+            f"3339 time with a zone, got {text!r}"
+        ) from None
+    return round(seconds(moment) * 1000)
 
 
 def seconds(moment: float | datetime) -> float:
