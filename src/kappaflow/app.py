@@ -119,19 +119,16 @@ class Stream:
 
     def times_ms(self, events: Sequence[Any]) -> list[int]:
         """The event time of each of ``events`` in epoch milliseconds."""
-        values = list(map(attrgetter(self.time), events))
-        if self.time_unit == "ms" and set(map(type, values)) <= {int}:
-            return values  # as the appender writes them
-        return list(map(self._time_ms, values))
+        return self._times(list(map(attrgetter(self.time), events)))[0]
 
     def read(self, events: list[Any]) -> tuple[list[Any], list[int]]:
         """``events`` as processors get them, their time field an int of the stream's
         unit (records keep RFC 3339 times, and numbers written with a fraction, as
         sent), and their event times in epoch milliseconds."""
         values = list(map(attrgetter(self.time), events))
-        if set(map(type, values)) <= {int}:
-            return events, values if self.time_unit == "ms" else [v * 1000 for v in values]
-        times = list(map(self._time_ms, values))
+        times, whole = self._times(values)
+        if whole:
+            return events, times
         replace, name = msgspec.structs.replace, self.time
         scale = 1000 if self.time_unit == "s" else 1
         events = [
@@ -139,6 +136,13 @@ class Stream:
             for event, value, time_ms in zip(events, values, times, strict=True)
         ]
         return events, times
+
+    def _times(self, values: list[Any]) -> tuple[list[int], bool]:
+        """The epoch milliseconds of time-field ``values``, and whether every one was an
+        int already."""
+        if set(map(type, values)) <= {int}:
+            return (values if self.time_unit == "ms" else [v * 1000 for v in values]), True
+        return list(map(self._time_ms, values)), False
 
     def _time_ms(self, value: Any) -> int:
         if self.time_unit == "s" and not isinstance(value, datetime):
