@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from kappaflow.settings import Settings
 from kappaflow.testing import kafka, postgres
@@ -78,3 +79,18 @@ def stack_settings(request: pytest.FixtureRequest, settings: Settings) -> Settin
             partitions=Settings().partitions,
         )
     return settings
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A certificate of 127.0.0.1 and localhost from a throwaway certificate authority
+    (trustme): the settings that serve HTTPS with it and trust it."""
+    authority = trustme.CA()
+    issued = authority.issue_cert("127.0.0.1", "localhost")
+    where = tmp_path_factory.mktemp("tls")
+    files = {"tls_cert_file": where / "cert.pem", "tls_key_file": where / "key.pem",
+             "tls_ca_file": where / "ca.pem"}  # fmt: skip
+    issued.cert_chain_pems[0].write_to_path(str(files["tls_cert_file"]))
+    issued.private_key_pem.write_to_path(str(files["tls_key_file"]))
+    authority.cert_pem.write_to_path(str(files["tls_ca_file"]))
+    return {name: str(path) for name, path in files.items()}

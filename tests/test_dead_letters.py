@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from kappaflow.app import App, load_apps
-from kappaflow.apps.clicks.app import Click
+from kappaflow.apps.clicks.app import Click, create_app
 from kappaflow.cli import main
 from kappaflow.dead_letters import listing, params, plan_replay, replay
 from kappaflow.errors import InvalidQuery, LogUnavailable, StoreUnavailable
@@ -230,6 +230,11 @@ def test_a_replay_names_one_stream_read_by_one_app(settings: Settings) -> None:
     with pytest.raises(InvalidQuery, match="stream clicks is read by apps clicks, clicks_v2: "
                        "each of them would process a replayed record again"):  # fmt: skip
         plan_replay(twice, {"stream": "clicks"})
+    second = create_app(settings)
+    second.version = 2
+    with pytest.raises(InvalidQuery, match=r"stream clicks is read by apps clicks, clicks@2: "
+                       r".* \(retire all versions of an app but one first"):  # fmt: skip
+        plan_replay([clicks, second], {"stream": "clicks"})
 
 
 ENV = {"KAPPAFLOW_PARTITIONS": "4", "COLUMNS": "200"}

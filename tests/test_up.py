@@ -37,7 +37,7 @@ def test_a_worker_that_exits_at_once_is_restarted_after_pauses_that_double(
     stack = Stack(settings, quiet=True, clock=lambda: now[0])
     program = ["raise SystemExit(3)"]
     monkeypatch.setattr(
-        stack, "_spawn", lambda *_: subprocess.Popen([sys.executable, "-c", program[0]])
+        stack, "spawn", lambda *_: subprocess.Popen([sys.executable, "-c", program[0]])
     )
     started: list[float] = []
     try:
@@ -128,3 +128,57 @@ def test_a_server_that_dies_is_started_again_and_loses_no_acknowledged_event(
         assert stack.workers[0].process is worker, "the worker went on"
     finally:
         stack.stop()
+
+
+def test_each_version_runs_in_a_pool_of_its_own_scaled_on_its_own_lag(
+    settings: Settings,
+) -> None:
+    """Version 1 has processed the log; version 2, deployed, has all of it to replay:
+    its pool scales up to two workers on its lag while version 1's stays at one. A
+    promotion restarts the live pool; a retired version's pool stops."""
+    from contextlib import closing
+
+    import video_v2
+
+    from kappaflow.app import build_app
+    from kappaflow.apps.video.sim import simulate
+    from kappaflow.deployments import deploy
+    from kappaflow.ingest.appender import Appender
+    from kappaflow.log import open_log
+    from kappaflow.store import open_store
+    from kappaflow.store.base import PartitionCommit
+    from kappaflow.up import Versions
+
+    settings = settings.replace(apps=("video",), lag_threshold=1_000, max_replicas=2)
+    first = build_app(settings, "kappaflow.apps.video.app")
+    stream, group = first.streams[0], first.group(first.streams[0])
+    with closing(open_log(settings, writer=True)) as log, closing(open_store(settings)) as store:
+        Appender(log, stream, settings.partitions).append(simulate(60_000, viewers=200).events)
+        deploy(settings, first, store, log)
+        ends = log.end_offsets(stream.name)
+        claims = store.claim(group, list(ends), "test")
+        store.commit(group, [PartitionCommit(p, claims[p].generation, ends[p], b"")
+                             for p in ends], {})  # fmt: skip
+        stack = Stack(settings, quiet=True)
+        versions = Versions(settings, [first], log, store, stack, 1)
+        try:
+            versions.follow()
+            stack.resize(1)
+            second = video_v2.create_app(settings)
+            second.module = "video_v2"
+            deploy(settings, second, store, log)
+            versions.follow()
+            assert list(stack.pools) == ["video@2"] and stack.pools["video@2"].size() == 1
+            versions.tick()
+            assert (stack.pool.size(), stack.pools["video@2"].size()) == (1, 2)
+            live_workers = {w.process.pid for w in stack.workers.values()}
+
+            store.promote("video", 2)
+            versions.follow()
+            assert list(stack.pools) == ["video@1"]
+            assert {w.process.pid for w in stack.workers.values()}.isdisjoint(live_workers)
+            store.retire("video", 1, [], [group])
+            versions.follow()
+            assert stack.pools == {} and [app.ref for app in versions.running] == ["video@2"]
+        finally:
+            stack.stop()

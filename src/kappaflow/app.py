@@ -476,6 +476,13 @@ class App:
     uploads: Sequence[Upload] = ()
     settings: msgspec.Struct | None = None
     """The app's own settings, as `Settings.app` read them under the app's name."""
+    version: int = 1
+    """Versions of one app run side by side (`kappaflow.deployments`): each reads the
+    streams in consumer groups of its own and writes result tables of its own, named
+    ``<table>_v<version>`` from version 2 on (`stored_name`); reference tables are
+    shared."""
+    module: str = field(default="", init=False)
+    """The module that built it (see `build_app`)."""
 
     def __post_init__(self) -> None:
         """Make a list of processors one, and check each against its stream (an
@@ -484,6 +491,9 @@ class App:
         app's too, so that its workers load them."""
         from kappaflow.ops.fanout import Fanout  # the library builds on this module
 
+        if not (isinstance(self.version, int) and self.version >= 1):
+            raise AppError(f"app {self.name!r}: version must be a whole number from 1, got "
+                           f"{self.version!r}")  # fmt: skip
         lookups = list(self.lookups)
         for name, processor in self.processors.items():
             if isinstance(processor, Sequence):
@@ -496,10 +506,31 @@ class App:
         self._tables_by_name()
 
     @property
+    def ref(self) -> str:
+        """``name@version``: the app version, as the CLI names it."""
+        return f"{self.name}@{self.version}"
+
+    @property
     def all_tables(self) -> list[Table]:
-        """Result tables (those listed, and the library's operators' own tables) and
-        the lookups' reference tables."""
-        return list(self._tables_by_name().values())
+        """Result tables (those listed, and the library's operators' own tables) under
+        their `stored_name`, and the lookups' reference tables."""
+        from kappaflow.store.tables import renamed
+
+        renames = self.renames
+        return [renamed(table, lambda name: renames.get(name, name))
+                for table in self._tables_by_name().values()]  # fmt: skip
+
+    @property
+    def renames(self) -> dict[str, str]:
+        """Each result table's name -> its `stored_name`, where they differ."""
+        shared = {lookup.table.name for lookup in self.lookups}
+        names = [name for name in self._tables_by_name() if name not in shared]
+        return {name: stored for name in names if (stored := self.stored_name(name)) != name}
+
+    def stored_name(self, table: str) -> str:
+        """The name result table ``table`` has in the store: its own in version 1,
+        ``<table>_v<version>`` from version 2 on."""
+        return table if self.version == 1 else f"{table}_v{self.version}"
 
     def _tables_by_name(self) -> dict[str, Table]:
         """`AppError` for two operators writing one table (such as two aggregates of one
@@ -517,7 +548,8 @@ class App:
 
     def group(self, stream: Stream) -> str:
         """The consumer group: the identity under which offsets and state are kept."""
-        return f"{self.name}.{stream.name}"
+        name = self.name if self.version == 1 else self.ref
+        return f"{name}.{stream.name}"
 
     def stream(self, name: str) -> Stream:
         for stream in self.streams:
@@ -530,19 +562,23 @@ def load_apps(settings: Settings) -> list[App]:
     """The apps named in ``settings.apps`` (every installed app if none); `SettingsError`
     for a setting that is neither the core's nor one of theirs."""
     installed = {entry.name: entry.value for entry in entry_points(group=INSTALLED)}
-    apps = []
-    for name in settings.apps or tuple(installed):
-        module_name = installed.get(name, name)
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as error:
-            raise AppError(f"KAPPAFLOW_APPS: cannot import app {name!r}: {error}") from error
-        create: Callable[[Settings], App] | None = getattr(module, "create_app", None)
-        if create is None:
-            raise AppError(f"app module {module_name!r} has no create_app(settings) function")
-        apps.append(create(settings))
+    apps = [build_app(settings, installed.get(name, name)) for name in settings.apps or installed]
     _check_app_settings(settings, apps)
     return apps
+
+
+def build_app(settings: Settings, module_name: str) -> App:
+    """The app that module ``module_name``'s ``create_app`` builds, its `App.module` set."""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise AppError(f"KAPPAFLOW_APPS: cannot import app {module_name!r}: {error}") from error
+    create: Callable[[Settings], App] | None = getattr(module, "create_app", None)
+    if create is None:
+        raise AppError(f"app module {module_name!r} has no create_app(settings) function")
+    app = create(settings)
+    app.module = module_name
+    return app
 
 
 def _check_app_settings(settings: Settings, apps: Sequence[App]) -> None:

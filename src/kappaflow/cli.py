@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +96,9 @@ def main() -> None:
     help="Own the partitions this file lists (a JSON list) and follow its changes "
     "between batches, as kappaflow up writes it.",
 )
+@click.option("--live", "live_only", is_flag=True, help="Only the apps' live versions.")
+@click.option("--version", "versions", multiple=True, metavar="APP@N",
+              help="Only this app version (repeatable).")  # fmt: skip
 @click.option("--until-caught-up", is_flag=True, help="Exit once the backlog is processed.")
 @click.option("-v", "--verbose", is_flag=True, help="Log each important event.")
 @click.pass_context
@@ -105,17 +109,23 @@ def worker(
     stream_name: str | None,
     partitions: str | None,
     share_file: str | None,
+    live_only: bool,
+    versions: tuple[str, ...],
     until_caught_up: bool,
     verbose: bool,
 ) -> None:
     """Process partitions of the apps' streams until stopped (SIGTERM or Ctrl-C: finish
-    the batch, then exit). By default, every stream of every app in KAPPAFLOW_APPS.
+    the batch, then exit). By default, every stream of every app version running: the
+    apps of KAPPAFLOW_APPS and the versions deployed (kappaflow apps list).
     On Kafka without --partitions or --share-file, the consumer group assigns them
     (cooperative-sticky), as when KEDA scales worker pods. With worker_port set, serves
     /healthz and /metrics on it."""
     from kappaflow.app import load_apps
+    from kappaflow.deployments import live, record, running
+    from kappaflow.keys import watch
     from kappaflow.log import Log, open_log
     from kappaflow.metrics import declare
+    from kappaflow.server.tls import server_context
     from kappaflow.store import open_store
     from kappaflow.stream.assignment import Assignment, Fixed, KafkaGroup, Shares
     from kappaflow.stream.endpoints import WorkerEndpoints
@@ -138,12 +148,30 @@ def worker(
         def assignment(log: Log) -> Assignment:
             return KafkaGroup(log) if grouped else shared
 
+        store = open_store(settings)
         apps = load_apps(settings)
+        with closing(open_log(settings)) as the_log:
+            record(settings, apps, store, the_log)
+        apps = running(settings, store, apps)
+        if live_only:
+            apps = live(apps, store)
+        if versions:
+            if unknown := set(versions).difference(app.ref for app in apps):
+                ctx.fail(f"--version {', '.join(sorted(unknown))}: not running; running: "
+                         f"{', '.join(app.ref for app in apps)}")  # fmt: skip
+            apps = [app for app in apps if app.ref in versions]
         if app_name:
             apps = [a for a in apps if a.name == app_name]
             if not apps:
                 ctx.fail(f"--app {app_name!r} is not among KAPPAFLOW_APPS {list(settings.apps)}")
-        store = open_store(settings)
+        should_stop = stop_flag()
+        if settings.worker_port:  # its settings checked before any consumer joins
+            declare(apps)
+            ring, _ = watch(settings, store)
+            endpoints = WorkerEndpoints(
+                settings.host, settings.worker_port, server_context(settings), ring
+            )
+            should_stop = endpoints.watching(should_stop)
         # A log each: on Kafka, each stream's worker is a member of its own group, with
         # a consumer of its own.
         runners = [
@@ -154,11 +182,6 @@ def worker(
         ]
         for runner in runners:
             runner.start()
-        should_stop = stop_flag()
-        if settings.worker_port:
-            declare(apps)
-            endpoints = WorkerEndpoints(settings.host, settings.worker_port)
-            should_stop = endpoints.watching(should_stop)
         run_workers(runners, should_stop, until_caught_up=until_caught_up)
         # Leave the consumer groups now: their partitions move on at once, and the
         # rebalance callbacks run while the interpreter can still run them.
@@ -257,32 +280,28 @@ def autoscaler(ctx: click.Context, workers: int | None, data_dir: str | None) ->
 @main.command()
 @click.option("--data-dir", help="Directory of the embedded log and store.")
 @click.option("--json", "as_json", is_flag=True, help="Print GET /status's JSON instead.")
+@click.option("--pace-s", type=click.FloatRange(0, 60), default=2.0, show_default=True,
+              help="Seconds over which to measure how fast a version that is not live "
+              "catches up.")  # fmt: skip
 @click.pass_context
-def status(ctx: click.Context, data_dir: str | None, as_json: bool) -> None:
+def status(ctx: click.Context, data_dir: str | None, as_json: bool, pace_s: float) -> None:
     """Where each app stream stands, read from the log and the store: records appended
-    and processed, lag and worker of each partition, dead letters, halted partitions
-    (what the dashboard shows)."""
+    and processed, lag and worker of each partition, dead letters, halted partitions,
+    and the autoscalers' pools and last decisions (what the dashboard shows)."""
+    import time
+
     import msgspec
 
-    from kappaflow.app import load_apps
-    from kappaflow.log import open_log
+    from kappaflow.deployments import running
+    from kappaflow.query.dashboard import Pace
     from kappaflow.query.dashboard import status as read_status
-    from kappaflow.store import open_store
 
-    settings = load_settings(ctx, data_dir=data_dir)
-    if settings.log == "embedded" and not settings.log_path.is_dir():
-        click.echo(f"kappaflow status: no log in {settings.log_path}", err=True)
-        sys.exit(1)
-    try:
-        log, store = open_log(settings), open_store(settings)
-        try:
-            found = read_status(load_apps(settings), log, store)
-        finally:
-            log.close()
-            store.close()
-    except KappaflowError as failure:
-        click.echo(f"kappaflow status: {failure}", err=True)
-        sys.exit(1)
+    with _opened(ctx, "status", data_dir) as (settings, log, store):
+        versions, pace = running(settings, store), Pace()
+        found = read_status(versions, log, store, pace)
+        if pace_s and any(s.lag and s.version_status != "live" for s in found.streams):
+            time.sleep(pace_s)  # how fast the versions catch up
+            found = read_status(versions, log, store, pace)
     if as_json:
         click.echo(msgspec.json.encode(found))
         return
@@ -292,7 +311,11 @@ def status(ctx: click.Context, data_dir: str | None, as_json: bool) -> None:
 
     for stream in found.streams:
         reasons = ", ".join(f"{kind} {n:,}" for kind, n in stream.dead_letters_by_reason.items())
-        title = (f"{stream.app} · {stream.stream}: {stream.lag:,} behind, "
+        eta = stream.catch_up_s
+        when = ("" if stream.version_status == "live" else "; not catching up" if eta is None
+                else f"; caught up in {eta:,.0f} s, started {stream.started}")  # fmt: skip
+        title = (f"{stream.app}@{stream.version} ({stream.version_status}{when}) · "
+                 f"{stream.stream}: {stream.lag:,} behind, "
                  f"{stream.dead_letters:,} dead letters{f' ({reasons})' if reasons else ''}, "
                  f"{stream.workers} worker(s)")  # fmt: skip
         table = Table("partition", "appended", "processed", "lag", "worker", "halted", title=title)
@@ -301,6 +324,16 @@ def status(ctx: click.Context, data_dir: str | None, as_json: bool) -> None:
             table.add_row(str(p.partition), f"{p.appended:,}", f"{p.processed:,}",
                           f"{p.lag:,}", escape(p.worker or ""), escape(halted))  # fmt: skip
         Console().print(table)
+    for pool in found.autoscaling.pools:
+        paused = f", paused at {pool.paused}" if pool.paused is not None else ""
+        active = "active" if pool.active else "inactive"
+        click.echo(f"autoscaler of {pool.pool}: {pool.current} worker(s), {pool.desired} "
+                   f"wanted; lag {pool.lag:,} (to the policy {pool.policy_lag:,}, threshold "
+                   f"{pool.threshold:,}, {active}){paused}")  # fmt: skip
+    for change in found.autoscaling.decisions[:5]:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(change.at))
+        click.echo(f"  {at} {change.pool}: {change.previous} -> {change.replicas} workers; "
+                   f"lag {change.lag:,}; {change.reason}")  # fmt: skip
 
 
 @main.group("dead-letters")
@@ -383,15 +416,16 @@ def dead_letters_list(
     running."""
     import msgspec
 
-    from kappaflow.app import load_apps
     from kappaflow.dead_letters import listing
+    from kappaflow.deployments import live, running
     from kappaflow.query.service import to_csv
     from kappaflow.store import open_store
 
     settings = _dead_letterload_settings(ctx, data_dir)
     with _failures_of(ctx, "dead-letters list"):
-        apps, store = load_apps(settings), open_store(settings)
+        store = open_store(settings)
         try:
+            apps = live(running(settings, store), store)  # as GET /v1/dead-letters lists
             found = listing(apps, store, _selection(apps, **options))
         finally:
             store.close()
@@ -435,8 +469,8 @@ def dead_letters_replay(ctx: click.Context, data_dir: str | None, **options: Any
     process them again at new offsets. Each leaves the dead letters once it is durably
     in the log. On the embedded log, stop kappaflow up first: one process appends to
     it."""
-    from kappaflow.app import load_apps
     from kappaflow.dead_letters import plan_replay, replay
+    from kappaflow.deployments import running
     from kappaflow.errors import LogUnavailable
     from kappaflow.log import open_log
     from kappaflow.store import open_store
@@ -445,7 +479,8 @@ def dead_letters_replay(ctx: click.Context, data_dir: str | None, **options: Any
     if settings.log == "embedded" and not settings.log_path.is_dir():
         ctx.fail(f"no log in {settings.log_path}")
     with _failures_of(ctx, "dead-letters replay"):
-        apps = load_apps(settings)
+        with closing(open_store(settings)) as store:
+            apps = running(settings, store)  # every version: each would read a replay
         plan = plan_replay(apps, _selection(apps, **options))
         try:
             log = open_log(settings, writer=True)
@@ -467,6 +502,263 @@ def dead_letters_replay(ctx: click.Context, data_dir: str | None, **options: Any
     by_partition = ", ".join(f"partition {p}: {n:,}" for p, n in replayed.items())
     click.echo(f"replayed {sum(replayed.values()):,} dead letter(s) of {plan.stream.name} to "
                f"its log ({by_partition}); the workers process them again")  # fmt: skip
+
+
+@main.group()
+def apps() -> None:
+    """App versions side by side: deploy a new version beside the live one (it replays
+    the log into tables of its own), promote it once it has caught up, roll back by
+    promoting the old one, retire the old one (docs/change-an-app.md)."""
+
+
+@contextmanager
+def _opened(
+    ctx: click.Context, command: str, data_dir: str | None, log: bool = True
+) -> Iterator[Any]:
+    """(settings, log, store) for ``kappaflow COMMAND``, without the log (None) unless
+    ``log``; a `KappaflowError` (or no embedded log in the data directory) is its error
+    message and exit 1."""
+    from kappaflow.log import open_log
+    from kappaflow.store import open_store
+
+    settings = load_settings(ctx, data_dir=data_dir)
+    try:
+        if log and settings.log == "embedded" and not settings.log_path.is_dir():
+            raise KappaflowError(f"no log in {settings.log_path}")
+        with contextlib.ExitStack() as opened:
+            the_log = opened.enter_context(contextlib.closing(open_log(settings))) if log else None
+            store = opened.enter_context(contextlib.closing(open_store(settings)))
+            yield settings, the_log, store
+    except KappaflowError as error:
+        click.echo(f"kappaflow {command}: {error}", err=True)
+        sys.exit(1)
+
+
+def _ref(ctx: click.Context, param: click.Parameter, text: str) -> tuple[str, int]:
+    from kappaflow.deployments import parse_ref
+
+    try:
+        return parse_ref(text)
+    except KappaflowError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+@apps.command("list")
+@click.option("--data-dir", help="Directory of the embedded log and store.")
+@click.option("--pace-s", type=click.FloatRange(0, 60), default=2.0, show_default=True,
+              help="Seconds over which to measure how fast each version catches up.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead.")
+@click.pass_context
+def apps_list(ctx: click.Context, data_dir: str | None, pace_s: float, as_json: bool) -> None:
+    """Every app version recorded: its status (live, deployed, retired), how many
+    records it is behind, when it catches up at its pace, and where it started."""
+    import time
+
+    import msgspec
+
+    from kappaflow.deployments import progress, running
+    from kappaflow.query.dashboard import Pace
+
+    pace = Pace()
+    with _opened(ctx, "apps list", data_dir) as (settings, the_log, store):
+        versions = running(settings, store)
+
+        def stands() -> dict[str, tuple[int, float | None]]:
+            """Each version's lag, and when it catches up at the pace seen so far."""
+            return {p.version.ref: (p.lag, pace.catch_up_s(p.version.ref, p.lag, time.monotonic()))
+                    for p in progress(versions, the_log, store)}  # fmt: skip
+
+        now = stands()
+        if pace_s and any(lag for lag, _ in now.values()):
+            time.sleep(pace_s)
+            now = stands()
+        recorded = store.app_versions()
+    rows = [
+        {"app": v.ref, "status": v.status, "module": v.module, "note": v.note,
+         "lag": now[v.ref][0] if v.ref in now else None,
+         "eta_s": now[v.ref][1] if v.ref in now else None}
+        for v in recorded
+    ]  # fmt: skip
+    if as_json:
+        click.echo(msgspec.json.encode(rows))
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table("app", "status", "behind", "caught up in", "module", "started")
+    for row in rows:
+        lag, eta = row["lag"], row["eta_s"]
+        behind = "" if lag is None else f"{lag:,}"
+        when = "" if lag is None else "not catching up" if eta is None else f"{eta:,.0f} s"
+        table.add_row(row["app"], row["status"], behind, when, escape(row["module"]),
+                      escape(row["note"]))  # fmt: skip
+    Console().print(table)
+
+
+@apps.command("deploy")
+@click.argument("ref", metavar="APP@N", callback=_ref)
+@click.option("--module", help="The module whose create_app builds the version (default: "
+              "the one of KAPPAFLOW_APPS that does).")  # fmt: skip
+@click.option("--from", "from_time", metavar="TIME",
+              help="Start at each partition's first event of this event time or later "
+              "(unix seconds, or RFC 3339 with a zone) instead of the earliest.")  # fmt: skip
+@click.option("--data-dir", help="Directory of the embedded log and store.")
+@click.pass_context
+def apps_deploy(
+    ctx: click.Context,
+    ref: tuple[str, int],
+    module: str | None,
+    from_time: str | None,
+    data_dir: str | None,
+) -> None:
+    """Deploy app version APP@N beside the live one: its workers (kappaflow up starts
+    them) process the log from its earliest records (or --from a time) into tables of
+    its own, while the live version serves the queries."""
+    from kappaflow.deployments import deploy, find
+    from kappaflow.events.registry import check
+    from kappaflow.query.params import valid_from_ms
+
+    name, version = ref
+    try:
+        from_ms = None if from_time is None else valid_from_ms(from_time, "--from")
+    except KappaflowError as error:
+        raise click.BadParameter(str(error), param_hint="--from") from None
+    with _opened(ctx, "apps deploy", data_dir) as (settings, the_log, store):
+        app = find(settings, name, version, module)
+        found = {v.ref: v for v in store.app_versions()}.get(app.ref)
+        if found is not None and found.status != "retired":
+            raise click.ClickException(f"{app.ref} is {found.status} already")
+        check(the_log, app.streams)
+        status = deploy(settings, app, store, the_log, from_ms)
+        note = {v.ref: v for v in store.app_versions()}[app.ref].note
+    click.echo(f"{app.ref} is {status}: its workers start {note}. `kappaflow apps list` shows "
+               f"how far behind it is; `kappaflow apps promote {app.ref}` serves the queries "
+               "from it once it has caught up.")  # fmt: skip
+
+
+@apps.command("promote")
+@click.argument("ref", metavar="APP@N", callback=_ref)
+@click.option("--max-lag", type=click.IntRange(0), default=1000, show_default=True,
+              help="Refuse while the version is more records behind than this.")  # fmt: skip
+@click.option("--force", is_flag=True, help="Promote it however far behind it is.")
+@click.option("--data-dir", help="Directory of the embedded log and store.")
+@click.pass_context
+def apps_promote(
+    ctx: click.Context, ref: tuple[str, int], max_lag: int, force: bool, data_dir: str | None
+) -> None:
+    """Serve APP@N's queries (and OpenAPI document) from now on, in one step: each query
+    reads one version or the other, never both. The version live until now runs on
+    beside it: promoting it again rolls back."""
+    from kappaflow.deployments import promote
+
+    name, version = ref
+    with _opened(ctx, "apps promote", data_dir) as (settings, the_log, store):
+        stands = promote(settings, store, the_log, name, version, None if force else max_lag)
+    click.echo(f"{name}@{version} is live ({stands.lag:,} records behind); the version live "
+               f"before runs on for a roll-back until retired")  # fmt: skip
+
+
+@apps.command("retire")
+@click.argument("ref", metavar="APP@N", callback=_ref)
+@click.option("--data-dir", help="Directory of the embedded log and store.")
+@click.pass_context
+def apps_retire(ctx: click.Context, ref: tuple[str, int], data_dir: str | None) -> None:
+    """Stop APP@N's workers and drop its result tables, progress and dead letters; a
+    live version is not retired (promote another first)."""
+    from kappaflow.deployments import retire
+
+    name, version = ref
+    with _opened(ctx, "apps retire", data_dir) as (settings, _, store):
+        app = retire(settings, store, name, version)
+    click.echo(f"{app.ref} is retired: its tables are dropped and its workers stop")
+
+
+@main.group()
+def keys() -> None:
+    """API keys: create one (its secret shown once), list them, revoke one."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="What the key is for (shown by list).")
+@click.option("--scope", "scopes", multiple=True, required=True,
+              type=click.Choice(["ingest", "query", "admin", "metrics"]),
+              help="What it may do (repeatable).")  # fmt: skip
+@click.option(
+    "--stream",
+    "streams",
+    multiple=True,
+    help="Only these streams for ingest (repeatable; default: every stream).",
+)
+@click.option("--data-dir", help="Directory of the embedded log and store.")
+@click.pass_context
+def keys_create(
+    ctx: click.Context,
+    name: str,
+    scopes: tuple[str, ...],
+    streams: tuple[str, ...],
+    data_dir: str | None,
+) -> None:
+    """Create an API key and print its secret, once: the store keeps only its hash."""
+    from kappaflow.keys import create
+
+    with _opened(ctx, "keys create", data_dir, log=False) as (_, _, store):
+        key, secret = create(store, name, scopes, streams)
+    click.echo(f"key {key.id} ({key.name}): {', '.join(key.scopes)}"
+               + (f" of {', '.join(key.streams)}" if key.streams else ""))  # fmt: skip
+    click.echo(secret)
+    click.echo("Keep the secret now: it is shown only this once.", err=True)
+
+
+@keys.command("new-secret")
+def keys_new_secret() -> None:
+    """Print a new key's secret, kept nowhere: the admin key a deployment reads from a
+    Secret (KAPPAFLOW_ADMIN_KEY)."""
+    from kappaflow.keys import new_secret
+
+    click.echo(new_secret())
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead.")
+@click.option("--data-dir", help="Directory of the embedded log and store.")
+@click.pass_context
+def keys_list(ctx: click.Context, as_json: bool, data_dir: str | None) -> None:
+    """Every API key, without its secret: id, name, scopes, streams, when created and
+    revoked."""
+    from datetime import UTC, datetime
+
+    import msgspec
+
+    with _opened(ctx, "keys list", data_dir, log=False) as (_, _, store):
+        found = [stored.key for stored in store.api_keys()]
+    if as_json:
+        click.echo(msgspec.json.encode(found))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    def when(at: float | None) -> str:
+        return "" if at is None else datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
+
+    table = Table("id", "name", "scopes", "streams", "created", "revoked")
+    for key in found:
+        table.add_row(key.id, key.name, ", ".join(key.scopes), ", ".join(key.streams) or "all",
+                      when(key.created_at), when(key.revoked_at))  # fmt: skip
+    Console().print(table)
+
+
+@keys.command("revoke")
+@click.argument("key_id", metavar="ID")
+@click.option("--data-dir", help="Directory of the embedded log and store.")
+@click.pass_context
+def keys_revoke(ctx: click.Context, key_id: str, data_dir: str | None) -> None:
+    """Revoke API key ID: every process refuses it within seconds."""
+    from kappaflow.keys import RECHECK_S, revoke
+
+    with _opened(ctx, "keys revoke", data_dir, log=False) as (_, _, store):
+        key = revoke(store, key_id)
+    click.echo(f"key {key.id} ({key.name}) is revoked: refused within {RECHECK_S:g} s")
 
 
 @main.group()
@@ -508,7 +800,53 @@ def deploy_render(ctx: click.Context, target: str, output: str) -> None:
 
 @main.group()
 def scale() -> None:
-    """The autoscaling policy (docs/autoscaling.md) away from a running stack."""
+    """The autoscaling policy (docs/autoscaling.md): simulate it, or pause a pool's."""
+
+
+def pool_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--version APP@N``: the pool of a deployed app version, not the live versions'."""
+    return click.option("--version", "pool", default="live", metavar="APP@N",
+                        help="The pool of this deployed app version [default: the live "
+                             "versions']")(command)  # fmt: skip
+
+
+@scale.command("pause")
+@click.argument("replicas", type=click.IntRange(0))
+@pool_option
+@click.option("--data-dir", help="Directory of the embedded log and store.")
+@click.pass_context
+def scale_pause(ctx: click.Context, replicas: int, pool: str, data_dir: str | None) -> None:
+    """Hold a pool at REPLICAS workers until resumed, as KEDA's paused-replicas
+    annotation does: its autoscaler scales it there at its next poll and decides nothing
+    meanwhile."""
+    with _opened(ctx, "scale pause", data_dir, log=False) as (_, _, store):
+        _check_pool(ctx, store, pool)
+        store.pause_scaling(pool, replicas)
+    click.echo(f"pool {pool} paused at {replicas} worker(s); `kappaflow scale resume` ends it")
+
+
+def _check_pool(ctx: click.Context, store: Any, pool: str) -> None:
+    """A usage error unless ``pool`` is ``live`` or an app version deployed beside it."""
+    deployed = [v.ref for v in store.app_versions() if v.status == "deployed"]
+    if pool != "live" and pool not in deployed:
+        known = ", ".join(deployed) or "none"
+        message = f"no pool {pool!r}: `live`, or a deployed version ({known})"
+        raise click.BadParameter(message, ctx, param_hint="--version")
+
+
+@scale.command("resume")
+@pool_option
+@click.option("--data-dir", help="Directory of the embedded log and store.")
+@click.pass_context
+def scale_resume(ctx: click.Context, pool: str, data_dir: str | None) -> None:
+    """Let a paused pool's autoscaler decide again."""
+    with _opened(ctx, "scale resume", data_dir, log=False) as (settings, _, store):
+        _check_pool(ctx, store, pool)
+        if settings.scaling.paused_replicas is not None:
+            ctx.fail(f"KAPPAFLOW_PAUSED_REPLICAS={settings.scaling.paused_replicas} pauses "
+                     "every pool from start: unset it to resume")  # fmt: skip
+        store.pause_scaling(pool, None)
+    click.echo(f"pool {pool} resumed: its autoscaler decides again")
 
 
 @scale.command("simulate")
@@ -536,6 +874,7 @@ def scale_simulate(
     ones (KAPPAFLOW_LAG_THRESHOLD, KAPPAFLOW_BEHAVIOR, ...)."""
     from pathlib import Path
 
+    from kappaflow.scale.policy import validate
     from kappaflow.scale.simulator import SHAPES, from_csv, plot, report, simulate
 
     settings = load_settings(ctx)
@@ -549,6 +888,10 @@ def scale_simulate(
     else:
         ctx.fail(f"--load must be one of {', '.join(SHAPES)} or a CSV file, got {load!r}")
     policy = settings.scaling
+    try:
+        validate(policy)
+    except KappaflowError as error:
+        ctx.fail(str(error))
     steps = simulate(curve, duration, capacity, policy, settings.partitions, step)
     picture = Path(output or f"scale-{Path(load).stem}.png")
     title = (f"{Path(load).stem}: {capacity:,.0f} events/s per worker, lag threshold "
@@ -568,20 +911,34 @@ def scale_simulate(
 @click.option("--delay", default=0.0, show_default=True, help="Seconds between records.")
 @click.option("--speedup", type=float, help="Replay at N times the pace of the records' `t`.")
 @click.option("--batch", default=500, show_default=True, help="Records per request, at most.")
+@click.pass_context
 def replay(
-    path: str, url: str, stream: str, delay: float, speedup: float | None, batch: int
+    ctx: click.Context,
+    path: str,
+    url: str,
+    stream: str,
+    delay: float,
+    speedup: float | None,
+    batch: int,
 ) -> None:
-    """Send a JSON-lines file (gzip accepted) into the ingest API, in order."""
+    """Send a JSON-lines file (gzip accepted) into the ingest API, in order. Sends the
+    key KAPPAFLOW_API_KEY gives; trusts the certificates of KAPPAFLOW_TLS_CA_FILE."""
     from pathlib import Path
 
     import httpx
 
     from kappaflow.client.replay import Replay, print_summary
+    from kappaflow.server.tls import client_context
 
+    settings = load_settings(ctx)
     try:
-        summary = Replay(url, stream, delay, speedup, batch).run(Path(path))
+        summary = Replay(url, stream, delay, speedup, batch, settings.api_key,
+                         client_context(settings)).run(Path(path))  # fmt: skip
     except httpx.HTTPError as failure:
         click.echo(f"kappaflow replay: cannot reach {url}: {failure}", err=True)
+        sys.exit(1)
+    except KappaflowError as failure:
+        click.echo(f"kappaflow replay: {failure}", err=True)
         sys.exit(1)
     print_summary(summary)
     sys.exit(0 if summary.accepted else 1)

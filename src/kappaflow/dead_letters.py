@@ -132,16 +132,17 @@ class Replay(NamedTuple):
 
 def plan_replay(apps: Sequence[App], given: Mapping[str, Any]) -> Replay:
     """The replay of the dead letters the parameters ``given`` select (converted: see
-    `params`; ``limit`` aside), which must name a stream that one app reads; raises
-    `InvalidQuery`."""
+    `params`; ``limit`` aside), which must name a stream that one app version reads (of
+    ``apps``, every version running); raises `InvalidQuery`."""
     if "stream" not in given:
         raise InvalidQuery("stream is required: a replay appends to one stream's log")
     streams, which = select(apps, given)
     (group, (_, stream)), *others = streams.items()
     if others:
-        names = ", ".join(app.name for app, _ in streams.values())
+        names = ", ".join(app.name if app.version == 1 else app.ref for app, _ in streams.values())
         raise InvalidQuery(f"stream {stream.name} is read by apps {names}: each of them would "
-                           "process a replayed record again")  # fmt: skip
+                           "process a replayed record again (retire all versions of an app "
+                           "but one first: docs/change-an-app.md)")  # fmt: skip
     return Replay(stream, group, which)
 
 

@@ -9,10 +9,11 @@ without samples would see "no data" instead."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import REGISTRY, Collector
 
@@ -37,6 +38,9 @@ DEAD_LETTERS = Counter(
 )  # fmt: skip
 DEAD_LETTER_REASONS = ("late", "duplicate", "undecodable", "processor", "store")
 """The worker's own reasons; an app's processor may refuse records for others."""
+UNAUTHORIZED = Counter(
+    "kappaflow_requests_unauthorized", "Requests refused for their key, by reason.", ["reason"]
+)
 PROCESSOR_FAILURES = Counter(
     "kappaflow_processor_failures",
     "Records an app's processor or the store failed on (each set aside as a dead letter), "
@@ -126,9 +130,9 @@ def partition_lag(
 
 def exposition(lag: LagCollector | None) -> bytes:
     """The Prometheus text of this process (or of all processes sharing the directory)."""
-    if os.environ.get(MULTIPROCESS_VARIABLE):
+    if shared := os.environ.get(MULTIPROCESS_VARIABLE):
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+        SharedMetrics(registry, shared)
     else:
         registry = REGISTRY
     if lag is None:
@@ -136,6 +140,28 @@ def exposition(lag: LagCollector | None) -> bytes:
     combined = CollectorRegistry()
     combined.register(_Both(registry, lag))
     return generate_latest(combined)
+
+
+class SharedMetrics(MultiProcessCollector):
+    """The metrics of the processes sharing ``directory``. A process's file is empty
+    while it starts, and stays so if the process was killed between creating it and
+    sizing it: it holds no values and is skipped (prometheus_client would fail the
+    whole scrape on it)."""
+
+    def __init__(self, registry: CollectorRegistry, directory: str) -> None:
+        super().__init__(registry, directory)
+        self.directory = Path(directory)
+
+    def collect(self) -> Iterable[Metric]:
+        files = [str(path) for path in self.directory.glob("*.db") if _sized(path)]
+        return self.merge(files, accumulate=True)
+
+
+def _sized(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
 
 
 class _Both(Collector):

@@ -25,6 +25,7 @@ CONFIG_VARIABLE = "KAPPAFLOW_CONFIG"
 MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 """Where processes started together share their metrics (prometheus_client)."""
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 AppSettings = TypeVar("AppSettings", bound=msgspec.Struct)
 PositiveInt = Annotated[int, Meta(ge=1)]
 NonNegativeInt = Annotated[int, Meta(ge=0)]
@@ -71,9 +72,31 @@ class Scaling(msgspec.Struct, frozen=True, kw_only=True):
     exclude_persistent_lag: bool = False
     scale_to_zero_on_invalid_offset: bool = False
     limit_to_partitions_with_lag: bool = False
+    ensure_even_distribution_of_partitions: bool = False
+    partition_limitation: str = ""
+    """Partitions whose lag counts, such as ``1,2,10-20``; empty: every one."""
+    topics: tuple[str, ...] = ()
+    """Streams whose lag counts (a KEDA trigger each, on its ``topic``); none: every app
+    stream."""
     min_replicas: NonNegativeInt = 1
     max_replicas: PositiveInt = 100
+    idle_replica_count: NonNegativeInt | None = None
+    """What an inactive pool goes to after the cooldown, instead of ``min_replicas``
+    (KEDA ``idleReplicaCount``; less than ``min_replicas``)."""
+    paused_replicas: NonNegativeInt | None = None
+    """Hold the workers at this many, deciding nothing (KEDA's paused-replicas
+    annotation); ``kappaflow scale pause`` does the same for a running stack."""
     cooldown_period_s: NonNegativeFloat = 300.0
+    initial_cooldown_period_s: NonNegativeFloat = 0.0
+    """Least time from the autoscaler's start to a scale-in when never active."""
+    fallback_replicas: NonNegativeInt = 0
+    """Replicas to stand for while the lag cannot be read (KEDA ``fallback``); 0: none,
+    the replicas stay."""
+    fallback_failure_threshold: NonNegativeInt = 3
+    """Polls in a row that cannot read the lag beyond which the fallback acts."""
+    fallback_behavior: Literal[
+        "static", "currentReplicas", "currentReplicasIfHigher", "currentReplicasIfLower"
+    ] = "static"
     tolerance: NonNegativeFloat = 0.1
     behavior: bool = False
     """Render and apply an HPA ``behavior`` block (false: KEDA's default, none)."""
@@ -83,6 +106,9 @@ class Scaling(msgspec.Struct, frozen=True, kw_only=True):
     scale_down_stabilization_s: NonNegativeFloat = 300.0
     scale_down_policies: Rules = (Rule("percent", 100, 15),)
     scale_down_select: Select = "max"
+    scale_up_limit_factor: Annotated[float, Meta(ge=1)] = 2.0
+    """Without ``behavior``, the HPA goes up to max(factor x replicas, minimum) at once."""
+    scale_up_limit_minimum: PositiveInt = 4
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -144,6 +170,35 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     """Address the HTTP services listen on (0.0.0.0 in containers)."""
     port: Annotated[int, Meta(ge=1, le=65535)] = 8000
+    auth: Literal["auto", "on", "off"] = "auto"
+    """Whether the HTTP services ask for an API key (``kappaflow keys``; docs/security.md):
+    ``auto`` does unless they listen on a loopback address only (127.0.0.1)."""
+    admin_key: str = ""
+    """A key's secret that every scope accepts besides the store's keys (``kappaflow keys
+    new-secret`` prints one; the deploy files read it from a Secret)."""
+    api_key: str = ""
+    """The key's secret that kappaflow's own HTTP clients (``kappaflow replay``) send."""
+    tls_cert_file: str = ""
+    """PEM certificate (then its chain) the HTTP services present: with ``tls_key_file``
+    they serve HTTPS only (docs/security.md)."""
+    tls_key_file: str = ""
+    """PEM private key of ``tls_cert_file``."""
+    tls_ca_file: str = ""
+    """PEM certificates that kappaflow's own HTTP clients trust besides the system's: a
+    self-signed ``tls_cert_file``, or a private CA's."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names the HTTP services answer (``*.example.com``: its subdomains); a request
+    for another is answered 400. The probes (``/healthz``, ``/readyz``) answer any.
+    None given: any host, or when they listen on loopback only, ``localhost``,
+    ``127.0.0.1`` and ``::1``, so that no web page can reach them by a name of its own
+    (DNS rebinding)."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins (``https://app.example.com``, exactly) whose web pages may call the HTTP
+    services from a browser; none: no page of another origin may."""
+    ingest_rate_limit: str = ""
+    """Most ingest requests per API key (per client address with authentication off),
+    in each ingest process, as ``100/second`` or ``100/second;3000/minute``; more are
+    answered 429 with ``Retry-After``. Empty: no limit."""
     worker_port: Annotated[int, Meta(ge=0, le=65535)] = 0
     """Port on which ``kappaflow worker`` serves ``/healthz`` and ``/metrics`` (on
     ``host``); 0: none. Containers serve on 8000; ``kappaflow up``'s workers serve none
@@ -181,6 +236,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """The policy's settings, each a setting of its own name (``lag_threshold``)."""
     app_settings: tuple[tuple[str, str, Any], ...] = ()
     """The apps' settings as given: (name, where it was given, value), for `app`."""
+
+    @property
+    def auth_on(self) -> bool:
+        """Whether the HTTP services ask for an API key (see ``auth``)."""
+        if self.auth != "auto":
+            return self.auth == "on"
+        return self.host not in LOOPBACK
+
+    @property
+    def answered_hosts(self) -> tuple[str, ...]:
+        """The Host names the HTTP services answer (see ``allowed_hosts``); none: any."""
+        if self.allowed_hosts:
+            return self.allowed_hosts
+        return LOOPBACK if self.host in LOOPBACK else ()
+
+    @property
+    def url(self) -> str:
+        """Where the HTTP services of these settings answer."""
+        scheme = "https" if self.tls_cert_file else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def data_path(self) -> Path:
@@ -249,6 +325,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         values += [(name, value) for name, _, value in self.app_settings]
         for name, value in values:
             text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            text = "" if value is None else text
             environ[PREFIX + name.upper()] = text
         return environ
 
@@ -323,6 +400,8 @@ def _convert(hint: Any, source: str, value: Any) -> Any:
                 f"{source} must be like pods:4:15,percent:100:15 (kind:value:period_s), "
                 f"got {value!r}"
             ) from None
+    if value == "" and type(None) in typing.get_args(hint):
+        return None
     if isinstance(value, str) and typing.get_origin(hint) is tuple:
         value = [part.strip() for part in value.split(",") if part.strip()]
     try:

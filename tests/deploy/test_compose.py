@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kappaflow.keys import new_secret
 from kappaflow.testing import wait_until
 from kappaflow.testing.containers import Container
 from kappaflow.testing.kafka import KafkaCluster
@@ -23,6 +24,9 @@ from kappaflow.up import free_port
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("ingest", "query", "worker")
+ADMIN_KEY = new_secret()
+"""What the compose file reads from ``KAPPAFLOW_ADMIN_KEY``, and the requests send."""
+KEY = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def override(image: str, bootstrap: str, dsn: str, ports: dict[str, int]) -> str:
@@ -57,8 +61,10 @@ def test_the_compose_files_services_run_and_serve_the_heartbeat_path(
                "--in-pod", "false", "-f", str(REPO / "deploy" / "compose.yaml"),
                "-f", str(tmp_path / "override.yaml")]  # fmt: skip
 
+    environment = {**podman_env, "KAPPAFLOW_ADMIN_KEY": ADMIN_KEY}
+
     def run(*arguments: str) -> str:
-        done = subprocess.run([*compose, *arguments], env=podman_env, capture_output=True,
+        done = subprocess.run([*compose, *arguments], env=environment, capture_output=True,
                               text=True, timeout=300)  # fmt: skip
         assert done.returncode == 0, f"{arguments}: {done.stdout}{done.stderr}"
         return done.stdout
@@ -73,11 +79,13 @@ def test_the_compose_files_services_run_and_serve_the_heartbeat_path(
 
         beat = {"user_id": "compose-user", "video_id": "v", "position_s": 73.0,
                 "ts": int(time.time() * 1000)}  # fmt: skip
-        posted = httpx.post(f"{urls['ingest']}/v1/streams/heartbeats/events", json=beat)
+        posted = httpx.post(f"{urls['ingest']}/v1/streams/heartbeats/events", json=beat,
+                            headers=KEY)  # fmt: skip
         assert posted.status_code == 202
 
         def resume_position() -> float | None:
-            answer = httpx.get(f"{urls['query']}/v1/progress/compose-user/v", timeout=5)
+            answer = httpx.get(f"{urls['query']}/v1/progress/compose-user/v", timeout=5,
+                               headers=KEY)  # fmt: skip
             return answer.json()["resume_position_s"] if answer.status_code == 200 else None
 
         assert wait_until(resume_position, 60, "the progress from the query service") == 73.0
@@ -85,7 +93,7 @@ def test_the_compose_files_services_run_and_serve_the_heartbeat_path(
             container = Container(podman_env, f"{project}_{service}_1")
             assert container.healthy(), (service, container.logs())
     finally:
-        subprocess.run([*compose, "down", "--timeout", "10"], env=podman_env,
+        subprocess.run([*compose, "down", "--timeout", "10"], env=environment,
                        capture_output=True, timeout=300)  # fmt: skip
 
 

@@ -15,6 +15,7 @@ from contextlib import ExitStack
 import httpx
 import pytest
 
+from kappaflow.keys import new_secret
 from kappaflow.testing import wait_until
 from kappaflow.testing.containers import Container, run_container
 from kappaflow.testing.kafka import KafkaCluster
@@ -23,6 +24,9 @@ from kappaflow.up import free_port
 pytestmark = pytest.mark.integration
 USERS = 6
 CLICKS = 3_000
+ADMIN_KEY = new_secret()
+"""The containers listen on 0.0.0.0, so they ask for an API key: this one."""
+KEY = {"authorization": f"Bearer {ADMIN_KEY}"}
 SCALED_UP = re.compile(r"scale up: 1 -> 2 workers; lag (\d+)")
 
 
@@ -35,6 +39,7 @@ def stack_env(kafka_broker: KafkaCluster, postgres_dsn: str) -> dict[str, str]:
         "KAPPAFLOW_KAFKA_BOOTSTRAP_SERVERS": kafka_broker.bootstrap_servers,
         "KAPPAFLOW_STORE": "postgres",
         "KAPPAFLOW_POSTGRES_DSN": postgres_dsn,
+        "KAPPAFLOW_ADMIN_KEY": ADMIN_KEY,
     }
 
 
@@ -83,11 +88,12 @@ def test_every_role_runs_from_the_image_as_its_non_root_user(
     now_ms = int(time.time() * 1000)
     beats = [{"user_id": f"c-{u}", "video_id": "v", "position_s": 40.0 + u, "ts": now_ms}
              for u in range(USERS)]  # fmt: skip
-    posted = httpx.post(f"{ingest_url}/v1/streams/heartbeats/events", json=beats, timeout=10)
+    posted = httpx.post(f"{ingest_url}/v1/streams/heartbeats/events", json=beats, timeout=10,
+                        headers=KEY)  # fmt: skip
     assert (posted.status_code, posted.json()) == (202, {"accepted": USERS})
 
     def progress_read() -> list[float] | None:
-        positions = [httpx.get(f"{query_url}/v1/progress/c-{u}/v", timeout=5)
+        positions = [httpx.get(f"{query_url}/v1/progress/c-{u}/v", timeout=5, headers=KEY)
                      for u in range(USERS)]  # fmt: skip
         if any(answer.status_code != 200 for answer in positions):
             return None
@@ -102,7 +108,7 @@ def test_every_role_runs_from_the_image_as_its_non_root_user(
         raise AssertionError(f"{missing}\nworkers' logs:\n{logs}") from None
     counted = 'kappaflow_events_processed_total{group="video.heartbeats"}'
     processed = [line.split()[-1] for _, url in workers
-                 for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines()
+                 for line in httpx.get(f"{url}/metrics", timeout=5, headers=KEY).text.splitlines()
                  if line.startswith(counted)]  # fmt: skip
     assert len(processed) == 2 and sum(map(float, processed)) == USERS
 
@@ -120,7 +126,8 @@ def test_the_autoscaler_container_reads_the_brokers_lag_and_scales(
     wait_until(answers(ingest, ingest_url, "/readyz"), 120, "ingest container ready")
     t = int(time.time()) - 60
     clicks = [{"t": t, "u": f"https://example.org/{i % 50}"} for i in range(CLICKS)]
-    posted = httpx.post(f"{ingest_url}/v1/streams/clicks/events", json=clicks, timeout=30)
+    posted = httpx.post(f"{ingest_url}/v1/streams/clicks/events", json=clicks, timeout=30,
+                        headers=KEY)  # fmt: skip
     assert (posted.status_code, posted.json()) == (202, {"accepted": CLICKS})
 
     autoscaler, _ = start("autoscaler", KAPPAFLOW_LAG_THRESHOLD="100",

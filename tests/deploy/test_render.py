@@ -15,12 +15,13 @@ import msgspec
 import pytest
 import yaml
 from click.testing import CliRunner
+from test_overlays import crd_errors
 
 from kappaflow.app import App, Stream
 from kappaflow.cli import main
 from kappaflow.deploy import render
 from kappaflow.deploy.render import PORT, UID, compose, dump, k8s_base, k8s_overlays, scaled_object
-from kappaflow.errors import AppError
+from kappaflow.errors import AppError, SettingsError
 from kappaflow.settings import Rule, Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -158,3 +159,28 @@ def test_overlays_are_rendered_valid_and_complete() -> None:
     assert patch["data"]["KAPPAFLOW_KAFKA_BOOTSTRAP_SERVERS"].startswith(
         f"{cluster}-kafka-bootstrap:"
     )
+
+
+def test_the_scaled_object_carries_kedas_lifecycle_and_trigger_settings() -> None:
+    settings = DEFAULTS.replace(min_replicas=2, idle_replica_count=0, initial_cooldown_period_s=60,
+                                fallback_replicas=5, fallback_failure_threshold=4,
+                                fallback_behavior="currentReplicasIfHigher", partitions=8,
+                                partition_limitation="0-3,6", topics=("heartbeats",),
+                                ensure_even_distribution_of_partitions=True)  # fmt: skip
+    found = scaled_object(settings)
+    spec = found["spec"]
+    assert (spec["idleReplicaCount"], spec["minReplicaCount"], spec["initialCooldownPeriod"]) == (
+        0, 2, 60)  # fmt: skip
+    assert spec["fallback"] == {"failureThreshold": 4, "replicas": 5,
+                                "behavior": "currentReplicasIfHigher"}  # fmt: skip
+    (trigger,) = (trigger["metadata"] for trigger in spec["triggers"])
+    assert trigger["topic"] == "heartbeats" and trigger["partitionLimitation"] == "0-3,6"
+    assert trigger["ensureEvenDistributionOfPartitions"] == "true"
+    assert crd_errors([found]) == [[]]
+    paused = scaled_object(settings.replace(paused_replicas=0))["metadata"]["annotations"]
+    assert paused == {"autoscaling.keda.sh/paused-replicas": "0"}
+    plain = scaled_object(DEFAULTS)["spec"]
+    assert "fallback" not in plain and "idleReplicaCount" not in plain
+    assert all("partitionLimitation" not in t["metadata"] for t in plain["triggers"])
+    with pytest.raises(SettingsError, match="KAPPAFLOW_IDLE_REPLICA_COUNT"):
+        scaled_object(DEFAULTS.replace(idle_replica_count=1))

@@ -20,6 +20,7 @@ import yaml
 from psycopg.conninfo import conninfo_to_dict
 
 from kappaflow.app import App, load_apps
+from kappaflow.keys import new_secret
 from kappaflow.scale.supervisor import workers_for
 from kappaflow.settings import PREFIX, Settings
 from kappaflow.stream.endpoints import WorkerEndpoints
@@ -325,8 +326,9 @@ def test_every_compose_health_check_is_served_by_its_role(
         assert "healthcheck" in service, name
         path, variable = re.search(r"http://127\.0\.0\.1:%s(/\S*?)' % os\.environ\['(\w+)'\]",
                                    " ".join(service["healthcheck"]["test"])).groups()  # fmt: skip
-        settings = Settings.load(service["environment"])
-        port = int(service["environment"][variable])
+        environment = {**service["environment"], "KAPPAFLOW_ADMIN_KEY": new_secret()}  # as compose
+        settings = Settings.load(environment)  # fills ${KAPPAFLOW_ADMIN_KEY:?...} in from yours
+        port = int(environment[variable])
         assert port == listening_port(role, settings) != 0, name
         settings = settings.replace(log="embedded", store="sqlite", data_dir=str(tmp_path))
         assert answers(role, path, settings, worker_endpoints) not in (404, 405), (name, path)

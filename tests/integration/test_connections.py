@@ -27,7 +27,7 @@ ENV = {
     "KAPPAFLOW_HTTP_MAX_CONNECTIONS": "3",
 }
 CLOSED_WITHIN_S = TIMEOUT_S + 3  # deadlines are checked once a second
-HEAD = b"POST /v1/streams/heartbeats/events HTTP/1.1\r\nhost: test\r\n"
+HEAD = b"POST /v1/streams/heartbeats/events HTTP/1.1\r\nhost: localhost\r\n"
 BODY = msgspec.json.encode({"user_id": "u", "video_id": "v", "position_s": 1, "ts": 1000})
 
 

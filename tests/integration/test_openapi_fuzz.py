@@ -1,8 +1,9 @@
 """The OpenAPI document is exact: schemathesis generates requests from it, valid and
-invalid, against a real ``kappaflow up`` (both built-in apps, the embedded log and
-store, ingest and query roles, one worker) and checks every answer against it: no 5xx,
-every status code and media type documented, every body as its schema says, every
-valid request accepted and every invalid one refused."""
+invalid, against a real ``kappaflow up`` with authentication on (both built-in apps, the
+embedded log and store, ingest and query roles, one worker) and checks every answer
+against it: with a key, no 5xx, every status code and media type documented, every body
+as its schema says, every valid request accepted and every invalid one refused; without
+one, 401 from every operation that names a scope."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, settings
 
 from kappaflow.app import load_apps
 from kappaflow.ingest.service import NDJSON_TYPES
+from kappaflow.keys import new_secret
 from kappaflow.query.params import UnixTime, seconds
 from kappaflow.server.openapi import document
 from kappaflow.settings import Settings
@@ -26,8 +28,13 @@ from kappaflow.testing.processes import Running, run_kappaflow
 
 pytestmark = pytest.mark.integration
 APPS = load_apps(Settings.load({}))
-DOCUMENT = document(APPS, ("ingest", "query"))
-SCHEMA = schemathesis.openapi.from_dict(
+DOCUMENT = document(APPS, ("ingest", "query"), auth=True)
+ADMIN_KEY = new_secret()
+CONFIG = {"cache": {"enabled": False}, "auth": {"openapi": {"apiKey": {"bearer": ADMIN_KEY}}}}
+"""Schemathesis sends the key as the document's scheme says, and leaves it out of the
+requests its checks of authentication make."""
+SCHEMA = schemathesis.openapi.from_dict(DOCUMENT, config=schemathesis.Config.from_dict(CONFIG))
+WITHOUT_KEY = schemathesis.openapi.from_dict(
     DOCUMENT, config=schemathesis.Config.from_dict({"cache": {"enabled": False}})
 )
 EXAMPLES = 50
@@ -53,7 +60,9 @@ def ndjson(context: schemathesis.SerializationContext, value: Any) -> bytes:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """``kappaflow up`` with a result of each kind and dead letters, for the answers."""
     tmp = tmp_path_factory.mktemp("fuzz")
-    with run_kappaflow(tmp, "up", "--workers", "1", "--data-dir", str(tmp / "data")) as up:
+    env = {"KAPPAFLOW_AUTH": "on", "KAPPAFLOW_ADMIN_KEY": ADMIN_KEY}
+    with run_kappaflow(tmp, "up", "--workers", "1", "--data-dir", str(tmp / "data"),
+                       env=env) as up:  # fmt: skip
         client = up.client()
         assert client.get("/openapi.json").json() == DOCUMENT  # the one fuzzed
         now_ms = int(time.time() * 1000)
@@ -97,6 +106,23 @@ def test_every_answer_is_as_documented(case: schemathesis.Case, stack: Running) 
         if case.media_type == "text/csv":  # JSON Schema holds no CSV rows
             checks["excluded_checks"] = [schemathesis.checks.positive_data_acceptance]
     case.call_and_validate(base_url=stack.url, **checks)
+
+
+@WITHOUT_KEY.parametrize()
+@settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
+def test_without_a_key_only_the_open_operations_answer(
+    case: schemathesis.Case, stack: Running
+) -> None:
+    response = case.call(base_url=stack.url)
+    if case.operation.definition.raw["security"]:
+        assert response.status_code == 401, (case.method, case.formatted_path, response.text)
+        assert response.headers["www-authenticate"] == ["Bearer"]
+        assert response.json()["error"].startswith(  # none, or one schemathesis made up
+            ("an API key is needed", "the API key is not valid")
+        )
+    else:
+        assert case.path in ("/healthz", "/readyz", "/", "/dashboard.js", "/dashboard.css")
+        case.validate_response(response)
 
 
 def keep_the_rules_in_words(case: schemathesis.Case) -> None:
@@ -150,5 +176,9 @@ def test_the_results_seeded_are_as_documented(stack: Running) -> None:
         ("/v1/reports/royalties", "GET"): {"query": {"from": "2020-01-01", "to": today}},
     }  # fmt: skip
     for (path, method), parts in found.items():
-        response = SCHEMA[path][method].Case(**parts).call_and_validate(base_url=stack.url)
+        case = SCHEMA[path][method].Case(**parts, headers=stack.headers)
+        # The key given by hand, not by the configuration: that check would take it for
+        # one schemathesis made up (the fuzzing above checks authentication).
+        unchecked = [schemathesis.checks.ignored_auth]
+        response = case.call_and_validate(base_url=stack.url, excluded_checks=unchecked)
         assert response.status_code == 200 and response.json(), (path, response.text)

@@ -410,3 +410,22 @@ def test_every_metric_family_the_docs_list_is_on_metrics_from_start(
                if line and not line.startswith("#")}  # fmt: skip
     missing = {f for f in families if not any(re.fullmatch(rf"{f}(_\w+)?", s) for s in samples)}
     assert not missing, text
+
+
+def test_metrics_skip_the_empty_file_of_a_process_killed_as_it_created_it(
+    tmp_path: Path, kappaflow
+) -> None:
+    """A worker killed between creating its metrics file and sizing it leaves the file
+    empty for good; the scrape goes on with every other process's metrics."""
+    data = tmp_path / "data"
+    with kappaflow("up", "--data-dir", str(data), env=ENV) as stack:
+        (data / "metrics" / "gauge_mostrecent_4194304.db").touch()
+        answer = stack.client().get("/metrics")
+        assert answer.status_code == 200, answer.text
+        stack.client().post(EVENTS, json=[beat()]).raise_for_status()
+        stack.wait_for_no_lag()
+        answer = stack.client().get("/metrics")
+        assert stack.stop() == 0
+    processed = re.search(r'^kappaflow_events_processed_total\{group="video.heartbeats"\} (\S+)',
+                          answer.text, re.MULTILINE)  # fmt: skip
+    assert processed and float(processed[1]) == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from contextlib import closing
 from pathlib import Path
 
 import msgspec
@@ -14,11 +15,13 @@ from click.testing import CliRunner
 
 from kappaflow.apps.video.app import create_app
 from kappaflow.cli import main
+from kappaflow.keys import new_secret
 from kappaflow.log import open_log
 from kappaflow.log.partitioner import partition_for
+from kappaflow.query.dashboard import PAGE
 from kappaflow.settings import Settings
 from kappaflow.store import open_store
-from kappaflow.store.base import Halted
+from kappaflow.store.base import Halted, ScaleDecision, ScalingState
 from kappaflow.stream.worker import Worker
 from kappaflow.testing.services import serving
 
@@ -74,7 +77,7 @@ def test_status_counts_what_is_appended_processed_and_dead(
     as_json = CliRunner().invoke(main, [*command, "--json"], env=env)
     assert as_json.exit_code == 0 and json.loads(as_json.output) == answer.json()
     tables = CliRunner().invoke(main, command, env=env).output
-    assert "video · heartbeats: 181 behind, 9 dead letters (late 9), 1 worker(s)" in tables
+    assert "video@1 (live) · heartbeats: 181 behind, 9 dead letters (late 9), 1 worker(s)" in tables
     assert f"{worker.owner} │ at 10: ValueError: a bug in [/x]" in tables
     missing = tmp_path / "none"
     empty = CliRunner().invoke(main, ["status", "--data-dir", str(missing)], env=env)
@@ -104,7 +107,13 @@ const node = (tag) => ({tag, attrs: {}, children: [], hidden: true, textContent:
 globalThis.document = {getElementById: (id) => nodes[id] ||= node(id),
                        createElementNS: (ns, tag) => node(tag)};
 const answers = ANSWERS;
-globalThis.fetch = async () => {
+const sent = [];
+const stored = {};
+globalThis.sessionStorage = {getItem: (k) => stored[k] ?? null,
+                             setItem: (k, v) => { stored[k] = v; }};
+globalThis.prompt = () => " kf_given ";
+globalThis.fetch = async (url, options) => {
+  sent.push(options.headers.authorization ?? null);
   const [status, body] = answers.shift();
   return {ok: status === 200, status, json: async () => body};
 };
@@ -114,18 +123,17 @@ const text = (n) => typeof n === "string" ? n
   : (ATTRIBUTES ? tag(n) : "") + n.children.map(text).join("|");
 process.on("exit", () => console.log(JSON.stringify({
   cards: nodes.streams.children.map(text), queries: nodes.queries.children.map(text),
-  error: nodes.error.hidden ? null : nodes.error.textContent})));
+  autoscaling: (nodes.autoscaling?.children ?? []).map(text),
+  error: nodes.error.hidden ? null : nodes.error.textContent, sent})));
 """
 
 
 def run_page(answers: list[tuple[int, object]], attributes: bool = False) -> dict:
     """What the page shows after each answer of /status: each element's text, and with
     ``attributes`` its tag and attributes before it (``<a href=x class=y>``)."""
-    page = (Path(__file__).parents[2] / "src/kappaflow/query/dashboard.html").read_text()
-    script = re.search(r"<script>(.*)</script>", page, re.S)
-    assert script is not None
+    script = PAGE["/dashboard.js"][1].decode()
     dom = DOM.replace("ANSWERS", json.dumps(answers))
-    program = dom.replace("ATTRIBUTES", json.dumps(attributes)) + script.group(1)
+    program = dom.replace("ATTRIBUTES", json.dumps(attributes)) + script
     ran = subprocess.run(["node", "-e", program], capture_output=True, text=True, timeout=30)
     assert ran.returncode == 0, ran.stderr
     return json.loads(ran.stdout)
@@ -141,7 +149,9 @@ def test_the_page_shows_each_stream_and_then_the_error(settings: Settings) -> No
     assert len(shown["cards"]) == len(status["streams"]) == 2
     heartbeats = shown["cards"][0]
     assert heartbeats.startswith(
-        "video · heartbeats|30|appended|0|processed|30|lag (records)|0|dead letters"
+        "video@1 (live) · heartbeats|30|appended|0|processed|30|lag (records)|not yet known|"
+        "caught up in|"
+        "0|dead letters"
     )
     assert "|0|workers|" in heartbeats and "partition|appended|processed|lag||worker" in heartbeats
     assert "halted" not in heartbeats
@@ -183,3 +193,66 @@ def test_the_page_shows_dead_letters_by_reason_in_a_warning_colour_while_they_gr
     assert "<div class=figure warn><b>6|dead letters" in card
     steady = run_page(answers[1:], attributes=True)["cards"][0]
     assert "warn" not in steady, "nothing grew within the history shown"
+
+
+def test_the_page_asks_for_a_key_when_the_server_does_and_sends_it_from_then_on(
+    settings: Settings,
+) -> None:
+    """With authentication on (docs/security.md): /status answers 401; the page asks
+    for a key once, keeps it for the browser tab and sends it with every poll."""
+    settings = settings.replace(apps=("video",), auth="on", admin_key=new_secret())
+    with serving(settings, ("ingest", "query")) as client:
+        assert client.get("/").status_code == 200, "the page holds no data"
+        refused = client.get("/status")
+        status = client.get("/status", headers={"authorization": f"Bearer {settings.admin_key}"})
+    assert (refused.status_code, status.status_code) == (401, 200)
+    shown = run_page([(401, refused.json()), (200, status.json()), (200, status.json())])
+    assert shown["sent"] == [None, "Bearer kf_given", "Bearer kf_given"]
+    assert shown["error"] is None and len(shown["cards"]) == 1
+
+
+def test_the_page_runs_only_its_own_script_and_style_sheet_as_its_policy_says(
+    settings: Settings,
+) -> None:
+    settings = settings.replace(apps=("video",), auth="on", admin_key=new_secret())
+    with serving(settings, ("query",)) as client:
+        answers = {path: client.get(path) for path in PAGE}  # no key: they hold no data
+    for path, (kind, body) in PAGE.items():
+        answer = answers[path]
+        assert answer.status_code == 200 and answer.content == body
+        assert answer.headers["content-type"] == kind
+        policy = answer.headers["content-security-policy"]
+        assert "default-src 'none'" in policy and "script-src 'self'" in policy
+        assert "unsafe-inline" not in policy and "frame-ancestors 'none'" in policy
+        assert answer.headers["x-content-type-options"] == "nosniff"
+    page = answers["/"].text
+    assert re.findall(r"<script[^>]*>", page) == ['<script src="/dashboard.js" defer>']
+    assert re.findall(r"<link[^>]*>", page) == ['<link rel="stylesheet" href="/dashboard.css">']
+    assert "<style" not in page and "style=" not in page
+    assert "style" not in answers["/dashboard.js"].text, "no style attribute the policy blocks"
+
+
+def test_the_page_shows_each_autoscalers_pool_and_its_last_decisions(settings: Settings) -> None:
+    settings = settings.replace(apps=("video",))
+    with serving(settings, ("query",)) as client:
+        nothing = client.get("/status").json()
+        with closing(open_store(settings)) as store:
+            store.record_scaling(
+                ScalingState("live", 2, 3, 5_000, 4_000, 1_000, True, 1.0),
+                ScaleDecision("live", 1.0, 2, 3, 5_000, "recommendation 4, hpa"),
+            )
+            store.record_scaling(ScalingState("video@2", 1, 1, 0, 0, 1_000, False, 2.0), None)
+            store.pause_scaling("video@2", 1)
+        status = client.get("/status").json()
+    assert nothing["autoscaling"] == {"pools": [], "decisions": []}
+    assert run_page([(200, nothing)])["autoscaling"] == [
+        "no autoscaler of kappaflow's reports here (in a cluster, KEDA scales the workers)"
+    ]
+    live, version, table = run_page([(200, status)])["autoscaling"]
+    assert live == (
+        "2 → 3|workers of live, wanted|4,000|lag to the policy|1,000|"
+        "threshold per worker|active|state"
+    )
+    assert version.startswith("1 → 1|workers of video@2, wanted") and "paused at 1|state" in version
+    assert table.startswith("time|pool|workers|lag|why|")
+    assert table.endswith("|live|2 → 3|5,000|recommendation 4, hpa")

@@ -27,23 +27,25 @@ def test_lag_is_capped_at_partitions_times_threshold() -> None:
 
 def test_vector_1_without_behavior_caps_at_twice_the_replicas() -> None:
     end, committed = lag_of(1050, 8)
-    decision = decide(0, end, committed, 3, PLAIN, PolicyState())
+    decision = decide(0, {"s": (end, committed)}, 3, PLAIN, PolicyState())
     assert decision.recommendation == 8  # 800 / 300 = 2.67 -> ceil(800 / 100)
     assert decision.desired == 6  # max(2 * 3, 4)
 
 
 def test_vector_1_with_default_behavior_adds_four_pods_or_doubles() -> None:
     end, committed = lag_of(1050, 8)
-    assert decide(0, end, committed, 3, BEHAVIOR, PolicyState()).desired == 7
+    assert decide(0, {"s": (end, committed)}, 3, BEHAVIOR, PolicyState()).desired == 7
 
 
 def test_vector_2_the_cap_fires_only_when_the_quotient_exceeds_the_partitions() -> None:
     settings = Scaling(lag_threshold=3000, min_replicas=1)
     end, committed = lag_of(192_001, 64)
     assert keda_lag(end, committed, {}, settings).total == 192_001  # 64 is not > 64
-    decision = decide(0, end, committed, 50, settings, PolicyState())
+    decision = decide(0, {"s": (end, committed)}, 50, settings, PolicyState())
     assert (decision.recommendation, decision.desired) == (65, 65)
-    limited = decide(0, end, committed, 50, replace(settings, max_replicas=64), PolicyState())
+    limited = decide(
+        0, {"s": (end, committed)}, 50, replace(settings, max_replicas=64), PolicyState()
+    )
     assert limited.desired == 64
 
 
@@ -62,7 +64,7 @@ def run(settings: Scaling, lags: list[int], start: int, step_s: float = 15):
         end, committed = lag_of(total, 8)
         committed = {p: c + n for p, c in committed.items()}  # progress: no persistent lag
         end = {p: e + n for p, e in end.items()}
-        decision = decide(n * step_s, end, committed, current, settings, state)
+        decision = decide(n * step_s, {"s": (end, committed)}, current, settings, state)
         state, current = decision.state, decision.desired
         seen.append(current)
     return seen
@@ -72,9 +74,11 @@ def test_vector_4_scale_down_waits_for_the_stabilization_window() -> None:
     lags = [800] * 4 + [0] * 30  # 15 s polls: the load stops at t = 60 s
     plain = run(PLAIN, lags, start=8)
     assert plain[:4] == [8] * 4
-    # the last 300 s of recommendations hold the 8 of t = 45 s until t = 345 s (excluded)
-    assert plain[4:23] == [8] * 19, plain
-    assert plain[23] == 1
+    # the last 300 s of recommendations hold the 8 of t = 45 s: without behavior until
+    # t = 345 s included (only a recommendation before the window's start is outdated),
+    # with behavior until 345 s excluded (one after its start counts), as in the HPA
+    assert plain[4:24] == [8] * 20, plain
+    assert plain[24] == 1
     behavior = run(BEHAVIOR, lags, start=8)
     assert behavior[4:23] == [8] * 19 and behavior[23] == 1
 
@@ -82,9 +86,9 @@ def test_vector_4_scale_down_waits_for_the_stabilization_window() -> None:
 def test_scale_to_zero_only_after_the_cooldown() -> None:
     settings = replace(PLAIN, min_replicas=0, cooldown_period_s=300)
     seen = run(settings, [800] * 2 + [0] * 40, start=8)
-    # last active at t = 15 s: the HPA holds 8 meanwhile, and at 315 s the cooldown ends
-    assert seen[20] == 8
-    assert all(n == 0 for n in seen[21:])
+    # last active at t = 15 s: the HPA holds 8 meanwhile, and after 315 s the cooldown ends
+    assert seen[21] == 8
+    assert all(n == 0 for n in seen[22:])
     # and from zero, activity brings one replica back at once
     back = run(settings, [0, 0, 500], start=0)
     assert back == [0, 0, 1]
@@ -141,7 +145,7 @@ def test_invariants(lags, start, behavior, min_replicas, max_replicas) -> None:
     state, current = PolicyState(), min(start, max_replicas)
     for n, total in enumerate(lags):
         end, committed = lag_of(total, 8)
-        decision = decide(n * 15, end, committed, current, settings, state)
+        decision = decide(n * 15, {"s": (end, committed)}, current, settings, state)
         desired = decision.desired
         assert desired == 0 or min_replicas <= desired <= max_replicas
         assert desired <= max(current, 8) or decision.recommendation is not None

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from kappaflow.store import Store, keyed, open_store, sqlite_wal
 from kappaflow.store import sqlite as sqlite_store
 from kappaflow.store.base import DeadLetter, DeadLetterFilter, Halted, PartitionCommit, Table
 from kappaflow.store.postgres import PostgresStore, placeholders
-from kappaflow.testing import drop_postgres_connections
+from kappaflow.store.sql import create_sql
+from kappaflow.testing import drop_postgres_connections, wait_until
 from kappaflow.testing.proxy import tcp_proxy
 from kappaflow.up import free_port
 
@@ -605,3 +607,42 @@ def test_a_postgres_store_opened_while_unreachable_creates_its_tables_once_it_is
         assert store.query("SELECT k, n FROM totals") == [("a", 2)]
         assert store.committed_offsets("g") == {0: 3}
         store.close()
+
+
+def test_a_postgres_store_waits_out_each_process_creating_its_tables_at_the_same_time(
+    postgres_dsn: str,
+) -> None:
+    """Ingest, query and workers started together create the same tables at once.
+    ``IF NOT EXISTS`` is no guard against a creation not yet committed: the loser waits
+    for it and then fails with "already exists". It must go on with the winner's table,
+    as often as there are winners (here one for each of its two tables)."""
+    PostgresStore(postgres_dsn).close()  # migrated, so only the two tables are raced
+    winners = [psycopg.connect(postgres_dsn) for _ in range(2)]
+    for winner, table in zip(winners, [TOTALS, LATEST], strict=True):
+        winner.execute(create_sql(table, "postgres"))
+    outcome: list[object] = []
+
+    def create() -> None:
+        store = PostgresStore(postgres_dsn)
+        try:
+            store.create_tables([TOTALS, LATEST])
+            outcome.append(store.query("SELECT count(*) FROM latest"))
+        except StoreError as error:
+            outcome.append(error)
+        finally:
+            store.close()
+
+    loser = threading.Thread(target=create)
+    loser.start()
+    with psycopg.connect(postgres_dsn, autocommit=True) as watcher:
+
+        def blocks_the_loser(winner: psycopg.Connection[Any]) -> bool:
+            blocked = "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+            return watcher.execute(blocked, (winner.info.backend_pid,)).fetchone()[0] == 1
+
+        for winner in winners:
+            wait_until(partial(blocks_the_loser, winner), 30, "the loser waiting for this winner")
+            winner.commit()
+            winner.close()
+    loser.join(30)
+    assert outcome == [[(0,)]]

@@ -1,11 +1,13 @@
 """``kappaflow replay FILE``: send a JSON-lines file (gzip or not) into the ingest API
 in order, with a fixed delay between records or at N times the pace of their event
-times, batching records that are due together. Lines that are not a JSON object
-(truncated, binary garbage) are reported with their line number and skipped."""
+times, batching records that are due together, with the settings' ``api_key`` and
+trusting their ``tls_ca_file``. Lines that are not a JSON object (truncated, binary
+garbage) are reported with their line number and skipped; a key refused stops it."""
 
 from __future__ import annotations
 
 import gzip
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,8 +19,15 @@ import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
+from kappaflow.errors import KappaflowError
+from kappaflow.keys import bearer
+
 console = Console(stderr=True)
 MAX_RETRIES = 10
+
+
+class KeyRefused(KappaflowError):
+    """The ingest API refused the replay's API key (401) or its scope (403)."""
 
 
 class _Timed(msgspec.Struct):
@@ -56,8 +65,14 @@ class Replay:
         delay: float = 0.0,
         speedup: float | None = None,
         batch: int = 500,
+        key: str = "",
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
+        """``key``: the API key's secret sent, if any; ``verify``: what the server's
+        certificate is checked against (httpx's ``verify``)."""
         self.endpoint = f"{url.rstrip('/')}/v1/streams/{stream}/events"
+        self.headers = bearer(key)
+        self.verify = verify
         self.delay = delay
         self.speedup = speedup
         self.batch = batch
@@ -98,7 +113,11 @@ class Replay:
         task = bar.add_task("", total=path.stat().st_size)
         started = time.perf_counter()
         pending: list[tuple[int, bytes]] = []
-        with httpx.Client(timeout=30) as client, bar, lines:
+        with (
+            httpx.Client(timeout=30, headers=self.headers, verify=self.verify) as client,
+            bar,
+            lines,
+        ):
             for number, record, due in self._records(lines, summary):
                 wait = due - (time.perf_counter() - started)
                 if pending and (wait > 0 or len(pending) >= self.batch):
@@ -129,6 +148,8 @@ class Replay:
             if answer.status_code == 202:
                 summary.accepted += len(records)
                 return
+            if answer.status_code in (401, 403):
+                raise KeyRefused(f"{answer.json()['error']} (KAPPAFLOW_API_KEY gives the key)")
             if answer.status_code == 400:
                 self._resend_valid(client, records, answer.json(), summary)
                 return

@@ -14,7 +14,7 @@ import yaml
 
 from kappaflow.app import App, Stream, load_apps
 from kappaflow.errors import AppError
-from kappaflow.scale.supervisor import workers_for
+from kappaflow.scale.supervisor import pool_policy
 from kappaflow.settings import Rules, Scaling, Settings
 
 PORT = 8000
@@ -40,6 +40,12 @@ TIMING = {
 }
 """How often each kind of probe asks, and how many failures it allows."""
 METRICS_PATH = "/metrics"
+ADMIN_SECRET = "kappaflow-admin-key"
+"""The Secret whose key ``secret`` every role reads as ``KAPPAFLOW_ADMIN_KEY``, if it is
+there: the first API key of a deployment (``kappaflow keys new-secret`` prints one)."""
+ADMIN_KEY_FROM_ENVIRONMENT = (
+    "${KAPPAFLOW_ADMIN_KEY:?set KAPPAFLOW_ADMIN_KEY to what kappaflow keys new-secret prints}"
+)
 POSTGRES_SECRET = "kappaflow-postgres"
 """The Secret whose key ``password`` every role reads as ``PGPASSWORD`` (libpq's), so that
 no DSN in a ConfigMap holds the password."""
@@ -61,6 +67,9 @@ def role_environment(settings: Settings, **overrides: str) -> dict[str, str]:
     role, workers included, serves HTTP on `PORT`."""
     environ = settings.to_environ()
     environ.update(overrides)
+    del environ["KAPPAFLOW_ADMIN_KEY"]  # a secret: from the environment, or a Secret
+    del environ["KAPPAFLOW_API_KEY"]  # what a client sends; no role is one
+    environ["KAPPAFLOW_AUTH"] = "on"
     environ["KAPPAFLOW_HOST"] = "0.0.0.0"
     environ["KAPPAFLOW_PORT"] = environ["KAPPAFLOW_WORKER_PORT"] = str(PORT)
     return environ
@@ -90,6 +99,7 @@ def compose(settings: Settings) -> Doc:
         KAPPAFLOW_POSTGRES_DSN="postgresql://kappaflow:kappaflow@postgres:5432/kappaflow",
         KAPPAFLOW_DATA_DIR="/data",
     )
+    environment["KAPPAFLOW_ADMIN_KEY"] = ADMIN_KEY_FROM_ENVIRONMENT
     healthy = {"kafka": {"condition": "service_healthy"},
                "postgres": {"condition": "service_healthy"}}  # fmt: skip
 
@@ -176,7 +186,9 @@ def _deployment(settings: Settings, role: str, replicas: int) -> Doc:
         "args": [role],
         "envFrom": [{"configMapRef": {"name": "kappaflow-settings"}}],
         "env": [{"name": "PGPASSWORD", "valueFrom": {
-            "secretKeyRef": {"name": POSTGRES_SECRET, "key": "password"}}}],
+                    "secretKeyRef": {"name": POSTGRES_SECRET, "key": "password"}}},
+                {"name": "KAPPAFLOW_ADMIN_KEY", "valueFrom": {
+                    "secretKeyRef": {"name": ADMIN_SECRET, "key": "secret", "optional": True}}}],
         "ports": [{"name": "http", "containerPort": PORT}],
         "resources": {
             "requests": {"cpu": "500m", "memory": "512Mi"},
@@ -223,12 +235,6 @@ def _budget(role: str) -> Doc:
     }
 
 
-def _replicas(settings: Settings, wanted: int) -> int:
-    """As `up` runs them: never more workers than partitions (an extra one would own
-    nothing in any stream) unless idle consumers are allowed."""
-    return workers_for(wanted, settings.partitions, settings.scaling.allow_idle_consumers)
-
-
 def _trigger_name(group: str) -> str:
     """A consumer group as a trigger name KEDA's formula can refer to."""
     return "lag_" + re.sub(r"\W", "_", group, flags=re.ASCII)
@@ -239,9 +245,11 @@ def scaled_object(settings: Settings) -> Doc:
     runs (`Settings.scaling`). A worker pod processes every stream, as `up`'s workers do, so
     the lags are added up (``scalingModifiers``) against ``lag_threshold`` per worker:
     the HPA alone would scale on the largest."""
-    policy = settings.scaling
+    streams = app_streams(settings)
+    policy = pool_policy(settings, [stream.name for _, stream in streams])
     triggers = [_trigger(settings, policy, app.group(stream), stream.name)
-                for app, stream in app_streams(settings)]  # fmt: skip
+                for app, stream in streams
+                if not policy.topics or stream.name in policy.topics]  # fmt: skip
     names = [trigger["name"] for trigger in triggers]
     if len(set(names)) < len(names):
         groups = [trigger["metadata"]["consumerGroup"] for trigger in triggers]
@@ -261,13 +269,26 @@ def scaled_object(settings: Settings) -> Doc:
         "scaleTargetRef": {"name": "kappaflow-worker"},
         "pollingInterval": round(settings.polling_interval_s),
         "cooldownPeriod": round(policy.cooldown_period_s),
-        "minReplicaCount": _replicas(settings, policy.min_replicas),
-        "maxReplicaCount": _replicas(settings, policy.max_replicas),
+        "initialCooldownPeriod": round(policy.initial_cooldown_period_s),
+        **({} if policy.idle_replica_count is None
+           else {"idleReplicaCount": policy.idle_replica_count}),
+        "minReplicaCount": policy.min_replicas,
+        "maxReplicaCount": policy.max_replicas,
+        **({} if not policy.fallback_replicas else {"fallback": {
+            "failureThreshold": policy.fallback_failure_threshold,
+            "replicas": policy.fallback_replicas,
+            "behavior": policy.fallback_behavior,
+        }}),
         "advanced": advanced,
         "triggers": triggers,
-    }
-    return {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
-            "metadata": {"name": "kappaflow-worker"}, "spec": spec}  # fmt: skip
+    }  # fmt: skip
+    metadata: Doc = {"name": "kappaflow-worker"}
+    if policy.paused_replicas is not None:
+        metadata["annotations"] = {
+            "autoscaling.keda.sh/paused-replicas": str(policy.paused_replicas)
+        }
+    return {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": metadata,
+            "spec": spec}  # fmt: skip
 
 
 def _trigger(settings: Settings, policy: Scaling, group: str, topic: str) -> Doc:
@@ -288,8 +309,13 @@ def _trigger(settings: Settings, policy: Scaling, group: str, topic: str) -> Doc
             "excludePersistentLag": flag(policy.exclude_persistent_lag),
             "scaleToZeroOnInvalidOffset": flag(policy.scale_to_zero_on_invalid_offset),
             "limitToPartitionsWithLag": flag(policy.limit_to_partitions_with_lag),
+            "ensureEvenDistributionOfPartitions": flag(
+                policy.ensure_even_distribution_of_partitions
+            ),
+            **({"partitionLimitation": policy.partition_limitation}
+               if policy.partition_limitation.strip() else {}),
         },
-    }
+    }  # fmt: skip
 
 
 def _behavior(policy: Scaling) -> Doc:
@@ -331,14 +357,15 @@ def k8s_base(settings: Settings) -> dict[str, list[Doc]]:
     environment = role_environment(settings, KAPPAFLOW_LOG="kafka", KAPPAFLOW_STORE="postgres")
     config = {"apiVersion": "v1", "kind": "ConfigMap",
               "metadata": {"name": "kappaflow-settings"}, "data": environment}  # fmt: skip
-    workers = max(_replicas(settings, settings.scaling.min_replicas), 1)
+    autoscaler = scaled_object(settings)
+    workers = max(autoscaler["spec"]["minReplicaCount"], 1)  # until KEDA first decides
     files = {
         "settings.yaml": [config],
         "ingest.yaml": [_deployment(settings, "ingest", 2), _service("ingest"),
                         _budget("ingest"), _ingest_autoscaler()],
         "query.yaml": [_deployment(settings, "query", 2), _service("query"), _budget("query")],
         "worker.yaml": [_deployment(settings, "worker", workers), _budget("worker"),
-                        scaled_object(settings)],
+                        autoscaler],
     }  # fmt: skip
     files["kustomization.yaml"] = [{
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",

@@ -18,9 +18,9 @@ from typing import Any
 import msgspec
 
 from kappaflow.app import Stream
-from kappaflow.errors import AppError, LogError, LogUnavailable
+from kappaflow.errors import AppError, LogUnavailable
 from kappaflow.events.versions import changes, json_schema
-from kappaflow.log.base import Log
+from kappaflow.log.base import Log, once_known
 
 TOPIC = "kappaflow-schemas"
 READ_RECORDS = 1_000
@@ -43,7 +43,8 @@ def registered(log: Log) -> dict[tuple[str, int], dict[str, Any]]:
     log.create_topic(TOPIC, 1, forever=True)
     found: dict[tuple[str, int], dict[str, Any]] = {}
     deadline = time.monotonic() + READ_TIMEOUT_S
-    offset, end = _bounds(log, deadline)
+    offset, end = once_known(lambda: (log.start_offsets(TOPIC)[0], log.end_offsets(TOPIC)[0]),
+                             READ_TIMEOUT_S)  # fmt: skip
     decode = msgspec.json.Decoder(Registered).decode
     while offset < end:
         batch = log.read(TOPIC, 0, offset, READ_RECORDS)
@@ -55,20 +56,6 @@ def registered(log: Log) -> dict[tuple[str, int], dict[str, Any]]:
                                  f"the reads stopped at offset {offset} of {end}")  # fmt: skip
         offset = batch.next_offset
     return found
-
-
-def _bounds(log: Log, deadline: float) -> tuple[int, int]:
-    """The registry's start and end offsets, read again while they cannot be until
-    ``deadline`` (a topic just created is not yet known to every broker)."""
-    delay = 0.1
-    while True:
-        try:
-            return log.start_offsets(TOPIC)[0], log.end_offsets(TOPIC)[0]
-        except LogError:  # on Kafka, a broker may not know the topic yet
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
 
 def check(log: Log, streams: Iterable[Stream]) -> list[Registered]:

@@ -11,7 +11,7 @@ REQUESTS_REJECTED = Counter(
     "kappaflow_ingest_rejected", "Ingest requests refused, by reason.", ["stream", "reason"]
 )
 REJECTION_REASONS = ("invalid", "too_large", "unsupported_media_type", "disconnected",
-                     "backlog", "unavailable")  # fmt: skip
+                     "rate_limited", "backlog", "unavailable")  # fmt: skip
 """The reasons ingest refuses a request to a stream for (and ``unknown_stream``)."""
 UNKNOWN_STREAM = "(unknown)"
 """The stream label of requests to a stream no app declares."""

@@ -21,6 +21,7 @@ from kappaflow.events.validate import Decoded, EventDecoder
 from kappaflow.ingest.appender import Appender
 from kappaflow.ingest.committer import GroupCommitter
 from kappaflow.ingest.metrics import EVENTS_INGESTED, REQUESTS_REJECTED, UNKNOWN_STREAM
+from kappaflow.ingest.rate import RateLimit
 from kappaflow.log.base import Log
 from kappaflow.server.http import Disconnected, read_body
 from kappaflow.settings import Settings
@@ -54,6 +55,7 @@ class IngestService:
                     for version in range(stream.version, 0, -1)
                 }  # the current version first
                 self.streams[stream.name] = (app, stream, appender, decoders)
+        self.rate = RateLimit(settings.ingest_rate_limit) if settings.ingest_rate_limit else None
         self._backlog: dict[str, tuple[float, int]] = {}
         self._unknown: set[str] = set()
         """Streams whose backlog could not be read at the last check."""
@@ -98,6 +100,14 @@ class IngestService:
             message = f"content type {media_type or '(none)'!r} is not accepted"
             return self._refuse(name, "unsupported_media_type", 415, message,
                                 accepted=sorted(JSON_TYPES | NDJSON_TYPES))  # fmt: skip
+        if self.rate is not None:
+            client = _client(scope)
+            wait_s = self.rate.wait_s(client)
+            if wait_s is not None:
+                message = (f"{client} is over the rate limit ({self.rate}); "
+                           f"retry in {wait_s} s")  # fmt: skip
+                return self._refuse(name, "rate_limited", 429, message,
+                                    headers={"retry-after": str(wait_s)})  # fmt: skip
         retry = {"retry-after": str(self.settings.retry_after_s)}
         backlog = await self._backlog_of(app, stream)
         if backlog > self.settings.ingest_max_backlog:
@@ -174,6 +184,15 @@ class IngestService:
 
     async def close(self) -> None:
         await self.committer.drain()
+
+
+def _client(scope: Scope) -> str:
+    """Who sent the request, for its rate limit: its API key (`kappaflow.server.auth`),
+    or with authentication off its address."""
+    key = scope.get("state", {}).get("key")
+    if key is not None:
+        return f"key {key.id}"
+    return f"address {(scope.get('client') or ('unknown',))[0]}"
 
 
 def _decoded(decoders: dict[int, EventDecoder], body: bytes, ndjson: bool) -> tuple[int, Decoded]:

@@ -3,8 +3,15 @@ addressed by offset. Backends live beside this module; only `open_log` names the
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
-from typing import NamedTuple, Protocol
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import NamedTuple, Protocol, TypeVar
+
+from kappaflow.errors import LogError
+
+T = TypeVar("T")
+NEW_TOPIC_S = 30.0
+"""How long a topic just created may stay unknown to a broker."""
 
 
 class RecordBatch(NamedTuple):
@@ -63,3 +70,18 @@ class Log(Protocol):
         that applies retention of its own (Kafka's brokers) does nothing."""
 
     def close(self) -> None: ...
+
+
+def once_known(read: Callable[[], T], timeout_s: float = NEW_TOPIC_S) -> T:
+    """``read()`` (of a topic's offsets, say), called again while it raises `LogError`
+    for up to ``timeout_s``: on Kafka, a topic just created is not known to every
+    broker at once."""
+    deadline, delay = time.monotonic() + timeout_s, 0.1
+    while True:
+        try:
+            return read()
+        except LogError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)

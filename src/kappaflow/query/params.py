@@ -99,14 +99,14 @@ def _describe(info: mi.Type) -> str:
     return f"a {type(info).__name__.removesuffix('Type').lower()}"
 
 
-def valid_from_ms(text: str) -> int:
+def valid_from_ms(text: str, name: str = VALID_FROM_PARAM) -> int:
     """The epoch milliseconds of a `ValidFrom` written as ``text`` (before 1970: before
-    every event); raises `InvalidQuery` naming the parameter."""
+    every event); raises `InvalidQuery` naming the parameter (``name``)."""
     try:
         moment = msgspec.convert(text, ValidFrom, strict=False)
     except msgspec.ValidationError:
         raise InvalidQuery(
-            f"{VALID_FROM_PARAM} must be unix seconds (0 to {MAX_EVENT_MS // 1000}) or an RFC "
+            f"{name} must be unix seconds (0 to {MAX_EVENT_MS // 1000}) or an RFC "
             f"3339 time with a zone, got {text!r}"
         ) from None
     return round(seconds(moment) * 1000)

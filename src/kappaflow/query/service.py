@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from kappaflow import dead_letters
 from kappaflow.app import App, Param, Query, Upload
+from kappaflow.deployments import VersionReads
 from kappaflow.errors import InvalidEvents, InvalidQuery, StoreUnavailable
 from kappaflow.events.validate import TOO_DEEP
 from kappaflow.query.params import (
@@ -56,7 +57,8 @@ def query_params(query: Query) -> dict[str, Param]:
 
 
 class QueryService:
-    """The routes; each runs its query or upload in ``blocking``'s thread."""
+    """The routes of ``apps`` (each app's live version); each runs its query or upload
+    in ``blocking``'s thread."""
 
     def __init__(
         self, settings: Settings, apps: Sequence[App], store: Store, blocking: Blocking
@@ -64,8 +66,11 @@ class QueryService:
         self.settings = settings
         self.store = store
         self.blocking = blocking
-        self.queries = [query for _, query in served_queries(apps)]
-        self.routes = [Route(q.path, self._query(q), methods=["GET"]) for q in self.queries]
+        served = served_queries(apps)
+        self.queries = [query for _, query in served]
+        reads = {app.name: VersionReads(store, app.renames) for app in apps if app.renames}
+        self.routes = [Route(q.path, self._query(q, reads.get(owner, store)), methods=["GET"])
+                       for owner, q in served]  # fmt: skip
         self.routes += [
             Route(u.path, self._upload(u), methods=["POST"]) for app in apps for u in app.uploads
         ]
@@ -73,7 +78,8 @@ class QueryService:
     def _unavailable(self, failure: StoreUnavailable) -> Response:
         return error(503, str(failure), {"Retry-After": str(self.settings.retry_after_s)})
 
-    def _query(self, query: Query) -> Endpoint:
+    def _query(self, query: Query, store: Store) -> Endpoint:
+        """The route of ``query``, reading ``store`` (its app version's tables)."""
         declared, csv_too = query_params(query), served_as_csv(query)
 
         async def endpoint(request: Request) -> Response:
@@ -85,7 +91,7 @@ class QueryService:
                                  "(U+0000 to U+001F, U+007F)")  # fmt: skip
             try:
                 params = read_params(declared, given)
-                result = await self.blocking.run(query.run, self.store, params)
+                result = await self.blocking.run(query.run, store, params)
             except InvalidQuery as invalid:
                 return error(400, str(invalid))
             except StoreUnavailable as failure:

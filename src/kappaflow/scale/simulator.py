@@ -102,7 +102,7 @@ def simulate(
         end = {p: math.floor(appended / partitions) for p in range(partitions)}
         committed = {p: math.floor(done / partitions) for p in range(partitions)}
         steps.append(Step(t, load, workers, appended - done, processed / step_s))
-        decision = decide(t, end, committed, workers, policy, state)
+        decision = decide(t, {"load": (end, committed)}, workers, policy, state)
         state = decision.state
         workers = decision.desired
         if not policy.allow_idle_consumers:

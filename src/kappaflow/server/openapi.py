@@ -24,16 +24,19 @@ from kappaflow.query.service import (
     served_as_csv,
     served_queries,
 )
+from kappaflow.server.auth import needed
 
 _PARAMETER = re.compile(r"{([^}]+)}")
 REF = "#/components/schemas/{name}"
+SCHEME = "apiKey"
 ABOUT = (
     "Every route's parameters, bodies, answers and media types are as stated here; the "
     "rules JSON Schema cannot state (an event time at most max_future_skew_s ahead of the "
     "server's clock, from <= to) are in the descriptions, and answered 400 when broken. "
-    "Beside the answers of each route, any request may be answered 408 (its head or body "
-    "did not arrive within http_header_timeout_s or http_body_timeout_s) or 503 in plain "
-    "text (the server holds http_max_connections connections)."
+    "Beside the answers of each route, any request may be answered 400 (a Host name not in "
+    "allowed_hosts), 408 (its head or body did not arrive within http_header_timeout_s or "
+    "http_body_timeout_s) or 503 in plain text (the server holds http_max_connections "
+    "connections)."
 )
 
 
@@ -66,7 +69,9 @@ def _status(word: str) -> dict[str, Any]:
     return {"type": "object", "properties": {"status": {"enum": [word]}}, "required": ["status"]}
 
 
-def document(apps: Sequence[App], roles: Collection[str]) -> dict[str, Any]:
+def document(apps: Sequence[App], roles: Collection[str], auth: bool = False) -> dict[str, Any]:
+    """The document of the routes of ``roles`` serving ``apps``; with ``auth``, each
+    route's security (`secured`)."""
     types: list[Any] = [Problem, Status]
     paths: dict[str, Any] = {
         "/healthz": _get("The process is alive.", {"200": _answer("alive", _json(_status("ok")))}),
@@ -80,9 +85,12 @@ def document(apps: Sequence[App], roles: Collection[str]) -> dict[str, Any]:
         "/openapi.json": _get("This document.", {
             "200": _answer("OpenAPI 3.1", _json({"type": "object"})),
         }),
-        "/": _get("The dashboard: an HTML page showing /status as it changes.", {
-            "200": _answer("dashboard", {"text/html": {"schema": {"type": "string"}}}),
-        }),
+        **{path: _get(about, {"200": _answer(about, {kind: {"schema": {"type": "string"}}})})
+           for path, kind, about in [
+               ("/", "text/html", "The dashboard: an HTML page showing /status as it changes."),
+               ("/dashboard.js", "text/javascript", "The dashboard's script."),
+               ("/dashboard.css", "text/css", "The dashboard's style sheet."),
+           ]},
         "/status": _get("Per app stream: records appended, processed and lagging (also "
                         "by partition) and dead letters by reason; the queries.", {
             "200": _answer("status", _json(_schema_of(Status))),
@@ -150,12 +158,35 @@ def document(apps: Sequence[App], roles: Collection[str]) -> dict[str, Any]:
         },
         "required": ["error"],
     }
-    return {
+    found = {
         "openapi": "3.1.0",
         "info": {"title": "kappaflow", "version": __version__, "description": ABOUT},
         "paths": paths,
         "components": {"schemas": components},
     }
+    return secured(found) if auth else found
+
+
+def secured(found: dict[str, Any]) -> dict[str, Any]:
+    """The document ``found`` with authentication on: the bearer scheme, and on each
+    operation that needs a key its scope (`kappaflow.server.auth.needed`, as a role of
+    the scheme) and the answers 401 and 403."""
+    found["components"]["securitySchemes"] = {SCHEME: {
+        "type": "http", "scheme": "bearer",
+        "description": "An API key's secret (kappaflow keys create); each operation names "
+                       "the scope the key needs: ingest (of the stream, for a key limited to "
+                       "streams), query, admin or metrics.",
+    }}  # fmt: skip
+    for path, operations in found["paths"].items():
+        for method, operation in operations.items():
+            scope, _ = needed(method.upper(), path)
+            if scope is None:
+                operation["security"] = []
+                continue
+            operation["security"] = [{SCHEME: [scope]}]
+            operation["responses"]["401"] = _error("no API key, or one unknown or revoked")
+            operation["responses"]["403"] = _error(f"the API key has no scope {scope}")
+    return found
 
 
 def _events(app: App, stream: Stream) -> dict[str, Any]:
@@ -185,7 +216,8 @@ def _events(app: App, stream: Stream) -> dict[str, Any]:
                           "of the server's clock included; nothing written"),
             "413": _error("body over the limit"),
             "415": _error("unsupported content type"),
-            "429": _error("backlog over the bound; see Retry-After"),
+            "429": _error("backlog over the bound, or the API key (or address) over the "
+                          "ingest rate limit; see Retry-After"),
             "503": _error("log unavailable; see Retry-After"),
         },
     }}  # fmt: skip

@@ -5,7 +5,7 @@ transaction per batch."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import msgspec
 
@@ -88,6 +88,93 @@ class Halted(msgspec.Struct):
     retry_at: float
 
 
+AppStatus = Literal["live", "deployed", "retired"]
+"""An app version's status: ``live`` serves its app's queries (one per app),
+``deployed`` runs beside it (catching up, or kept for a roll-back), ``retired`` is
+stopped, its tables and progress dropped."""
+
+
+class AppVersion(NamedTuple):
+    """An app version as the store records it (see `kappaflow.deployments`)."""
+
+    app: str
+    version: int
+    module: str
+    """The module whose ``create_app`` builds it."""
+    status: AppStatus
+    deployed_at: float
+    """Unix seconds."""
+    note: str
+    """Where its workers started, for every surface that shows it."""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.app}@{self.version}"
+
+
+DECISIONS_KEPT = 20
+"""Scale decisions the store keeps per pool, for the dashboard."""
+Scope = Literal["ingest", "query", "admin", "metrics"]
+"""What an API key may do (`kappaflow.keys`)."""
+
+
+class ApiKey(msgspec.Struct, frozen=True):
+    """An API key as the store keeps it, without its secret (`kappaflow.keys`)."""
+
+    id: str
+    name: str
+    scopes: tuple[Scope, ...]
+    streams: tuple[str, ...]
+    """The streams an ``ingest`` key may post to; none: every stream."""
+    created_at: float
+    revoked_at: float | None = None
+
+    def allows(self, scope: Scope, stream: str | None = None) -> bool:
+        """Whether the key has ``scope`` (for ingest, to ``stream``)."""
+        if self.revoked_at is not None or scope not in self.scopes:
+            return False
+        return stream is None or not self.streams or stream in self.streams
+
+
+class StoredKey(msgspec.Struct, frozen=True):
+    """An API key with the salt and hash of its secret's token."""
+
+    key: ApiKey
+    salt: bytes
+    digest: bytes
+
+
+class ScalingState(msgspec.Struct, frozen=True):
+    """An autoscaler's pool as it last decided (`kappaflow.scale.supervisor`), and its
+    pause (``kappaflow scale pause``)."""
+
+    pool: str
+    """``live`` (the apps' live versions), or an app version (``video@2``)."""
+    current: int
+    desired: int
+    lag: int
+    """Records not yet processed, every stream of the pool."""
+    policy_lag: int
+    """The lag the policy scaled on (persistent lag left out, capped per stream)."""
+    threshold: int
+    active: bool
+    at: float
+    """Unix seconds."""
+    paused: int | None = None
+    """The replicas the pool is held at, None when not paused."""
+
+
+class ScaleDecision(msgspec.Struct, frozen=True):
+    """An autoscaler's change of its pool's replicas, and why."""
+
+    pool: str
+    at: float
+    previous: int
+    replicas: int
+    lag: int
+    reason: str
+
+
 class Store(Protocol):
     def create_tables(self, tables: Sequence[Table]) -> None:
         """Create the result tables (and the store's own) if missing."""
@@ -144,6 +231,46 @@ class Store(Protocol):
 
     def halts(self, group: str) -> dict[int, Halted]:
         """The partitions of ``group`` noted halted since they were last claimed."""
+
+    def app_versions(self) -> list[AppVersion]:
+        """Every app version recorded, by app and version."""
+
+    def deploy(self, version: AppVersion, starts: Mapping[str, Mapping[int, int]]) -> AppStatus:
+        """Record ``version`` (replacing a retired record of it), live if its app has
+        no live version, else deployed; each group of ``starts`` (group -> partition ->
+        offset) starts at those offsets. Returns the status given."""
+
+    def promote(self, app: str, version: int) -> None:
+        """Make deployed ``version`` its app's live one, and the live one deployed, in
+        one transaction; `AppError` if it is not deployed."""
+
+    def retire(self, app: str, version: int, tables: Sequence[str], groups: Sequence[str]) -> None:
+        """Drop ``tables``, the progress, state and dead letters of ``groups`` and what
+        its pool's autoscaler recorded, and note ``version`` retired, in one transaction;
+        `AppError` if it is live or not deployed. A commit of those groups is then
+        refused (`StaleOwnership`)."""
+
+    def add_key(self, stored: StoredKey) -> None:
+        """Keep a new API key."""
+
+    def api_keys(self) -> list[StoredKey]:
+        """Every API key, revoked ones included, the oldest first."""
+
+    def revoke_key(self, key_id: str, at: float) -> None:
+        """Note key ``key_id`` revoked at ``at`` (Unix seconds)."""
+
+    def record_scaling(self, state: ScalingState, decision: ScaleDecision | None) -> None:
+        """Keep ``state`` as its pool's (its pause left as it is) and ``decision`` among
+        the pool's last `DECISIONS_KEPT`."""
+
+    def pause_scaling(self, pool: str, replicas: int | None) -> None:
+        """Hold ``pool`` at ``replicas``; None: let its autoscaler decide again."""
+
+    def scaling(self) -> list[ScalingState]:
+        """Every pool's state, with its pause."""
+
+    def scale_decisions(self) -> list[ScaleDecision]:
+        """The pools' last decisions, the newest first."""
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only SQL query against the result tables."""

@@ -4,8 +4,9 @@ as SQLite, with the ownership generation checked by the commit's own UPDATE.
 
 YSQL notes: the SQL here avoids what YSQL lacks or runs slowly (advisory locks, LOCK
 TABLE, triggers, ``CREATE INDEX CONCURRENTLY``): schema changes are idempotent
-``CREATE TABLE IF NOT EXISTS`` steps recorded in ``kf_schema``, so concurrent starts
-are harmless; conflicts are resolved by primary keys and ``ON CONFLICT``."""
+``CREATE TABLE IF NOT EXISTS`` steps recorded in ``kf_schema``, run again when a
+concurrent start made the same object first; conflicts are resolved by primary keys and
+``ON CONFLICT``."""
 
 from __future__ import annotations
 
@@ -13,21 +14,43 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 from kappaflow.errors import MissingExtra, StaleOwnership, StoreError, StoreUnavailable
-from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Row, Table
+from kappaflow.store.base import (
+    AppStatus,
+    AppVersion,
+    Claim,
+    DeadLetter,
+    Halted,
+    PartitionCommit,
+    Row,
+    ScaleDecision,
+    ScalingState,
+    StoredKey,
+    Table,
+)
 from kappaflow.store.keyed import SEEN, STATE, carry_over_keyed_rows
 from kappaflow.store.sql import (
+    ADD_KEY_SQL,
     DEAD_LETTER_SQL,
     DELETE_DEAD_LETTER_SQL,
+    PAUSE_SQL,
+    REVOKE_KEY_SQL,
     RowWriter,
     StoreReads,
     check_table,
     claim_partition,
     create_sql,
     dead_letter_rows,
+    deploy_version,
+    key_row,
     note_halt,
+    pause_row,
+    promote_version,
+    retire_version,
+    scaling_writes,
 )
 from kappaflow.store.tables import with_histories
 
@@ -108,6 +131,30 @@ MIGRATIONS: tuple[str | Callable[[psycopg.Cursor[Any]], None], ...] = (
         grp TEXT NOT NULL, partition INTEGER NOT NULL, seq BIGINT NOT NULL,
         data BYTEA NOT NULL, PRIMARY KEY (grp, partition, seq));
     """,
+    # 9: app versions
+    """
+    CREATE TABLE IF NOT EXISTS kf_apps (
+        app TEXT NOT NULL, version INTEGER NOT NULL, module TEXT NOT NULL,
+        status TEXT NOT NULL, deployed_at DOUBLE PRECISION NOT NULL, note TEXT NOT NULL,
+        PRIMARY KEY (app, version));
+    """,
+    # 10: API keys
+    """
+    CREATE TABLE IF NOT EXISTS kf_api_keys (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, scopes TEXT NOT NULL, streams TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL, revoked_at DOUBLE PRECISION,
+        salt BYTEA NOT NULL, digest BYTEA NOT NULL);
+    """,
+    # 11: the autoscalers' state, pauses and decisions
+    """
+    CREATE TABLE IF NOT EXISTS kf_scaling (
+        pool TEXT PRIMARY KEY, current INTEGER NOT NULL, desired INTEGER NOT NULL,
+        lag BIGINT NOT NULL, policy_lag BIGINT NOT NULL, threshold BIGINT NOT NULL,
+        active INTEGER NOT NULL, at DOUBLE PRECISION NOT NULL, paused INTEGER);
+    CREATE TABLE IF NOT EXISTS kf_scale_decisions (
+        pool TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, previous INTEGER NOT NULL,
+        replicas INTEGER NOT NULL, lag BIGINT NOT NULL, reason TEXT NOT NULL);
+    """,
 )
 
 
@@ -152,10 +199,10 @@ class PostgresStore(StoreReads):
         self._writer = RowWriter(
             psycopg.Error, psycopg.OperationalError, placeholders, self.dialect
         )
-        self._tables: list[Table] = []
-        """The tables asked for (see `create_tables`)."""
+        self._pending: list[Table] = []
+        """The tables asked for and not created yet (see `create_tables`)."""
         self._schema_ready = False
-        """Whether the server holds the store's own tables, migrated, and ``_tables``."""
+        """Whether the server holds the store's own tables, migrated, and ``_pending``."""
         self._prepare()
 
     # -- connection ------------------------------------------------------------------
@@ -218,20 +265,28 @@ class PostgresStore(StoreReads):
             log.warning("%s; the store's tables are created once it can be reached", failure)
 
     def _create_schema(self, db: psycopg.Connection[Any]) -> None:
-        """DDL that another process may be running at the same moment: if that one
-        commits first (a unique violation here), running it again is a no-op."""
-        for attempt in range(2):
+        """DDL that other processes may be running at the same moment. ``IF NOT EXISTS``
+        does not see a creation not yet committed: once that commits, this one fails
+        with "already exists" (a unique violation, or a duplicate type or table), and
+        running it again skips what the winner made. Each failure is one object another
+        process made, so the attempts are bounded by the objects to make."""
+        attempts = len(MIGRATIONS) + 2 * len(self._pending) + 1
+        for attempt in range(attempts):
             try:
                 with db.transaction(), db.cursor() as cursor:
                     _migrate(cursor)
-                    for table in self._tables:
+                    for table in self._pending:
                         cursor.execute(create_sql(table, "postgres"))
                         found = cursor.execute(COLUMNS_SQL, (table.name,)).fetchall()
                         check_table(table, found, "PostgreSQL store")
-                self._schema_ready = True
+                self._pending, self._schema_ready = [], True
                 return
-            except pg_errors.UniqueViolation:
-                if attempt:
+            except (
+                pg_errors.UniqueViolation,
+                pg_errors.DuplicateObject,
+                pg_errors.DuplicateTable,
+            ):
+                if attempt == attempts - 1:
                     raise
 
     # -- the Store protocol ----------------------------------------------------------
@@ -242,14 +297,14 @@ class PostgresStore(StoreReads):
         now, and the store goes on without the tables asked for."""
         tables = with_histories(tables)
         with self._lock:
-            added = [table for table in tables if table not in self._tables]
-            self._tables += added
+            added = [table for table in tables if table not in self._pending]
+            self._pending += added
             self._schema_ready = False
         try:
             self._prepare()
         except StoreError:
             with self._lock:
-                self._tables = [table for table in self._tables if table not in added]
+                self._pending = [table for table in self._pending if table not in added]
             raise
         for table in tables:
             self._writer.add(table)
@@ -316,6 +371,38 @@ class PostgresStore(StoreReads):
     def version(self, table: str) -> int:
         found = self.query("SELECT version FROM kf_versions WHERE name = ?", (table,))
         return found[0][0] if found else 0
+
+    def deploy(self, version: AppVersion, starts: Mapping[str, Mapping[int, int]]) -> AppStatus:
+        return self._transaction(partial(deploy_version, version=version, starts=starts,
+                                         translate=placeholders))  # fmt: skip
+
+    def promote(self, app: str, version: int) -> None:
+        self._transaction(partial(promote_version, app=app, version=version,
+                                  translate=placeholders))  # fmt: skip
+
+    def retire(self, app: str, version: int, tables: Sequence[str], groups: Sequence[str]) -> None:
+        self._transaction(partial(retire_version, app=app, version=version, tables=tables,
+                                  groups=groups, translate=placeholders))  # fmt: skip
+
+    def add_key(self, stored: StoredKey) -> None:
+        self._transaction(lambda cursor: cursor.execute(placeholders(ADD_KEY_SQL),
+                                                        key_row(stored)))  # fmt: skip
+
+    def revoke_key(self, key_id: str, at: float) -> None:
+        self._retry(lambda: self._transaction(  # revoking again changes nothing
+            lambda cursor: cursor.execute(placeholders(REVOKE_KEY_SQL), (at, key_id))))  # fmt: skip
+
+    def record_scaling(self, state: ScalingState, decision: ScaleDecision | None) -> None:
+        def record(cursor: psycopg.Cursor[Any]) -> None:
+            for sql, params in scaling_writes(state, decision):
+                cursor.execute(placeholders(sql), params)
+
+        self._transaction(record)
+
+    def pause_scaling(self, pool: str, replicas: int | None) -> None:
+        row = pause_row(pool, replicas)
+        self._retry(lambda: self._transaction(  # pausing again changes nothing
+            lambda cursor: cursor.execute(placeholders(PAUSE_SQL), row)))  # fmt: skip
 
     def record_halt(self, group: str, partition: int, owner: str, halted: Halted) -> None:
         def record(cursor: psycopg.Cursor[Any]) -> None:

@@ -13,12 +13,19 @@ from typing import Any
 
 from msgspec.structs import astuple
 
-from kappaflow.errors import StoreError
+from kappaflow.errors import AppError, StoreError
 from kappaflow.store.base import (
+    DECISIONS_KEPT,
+    ApiKey,
+    AppStatus,
+    AppVersion,
     DeadLetter,
     DeadLetterFilter,
     Halted,
+    ScaleDecision,
+    ScalingState,
     StoredDeadLetter,
+    StoredKey,
     reason_kind,
 )
 from kappaflow.store.tables import (
@@ -183,6 +190,131 @@ DELETE_DEAD_LETTER_SQL = (
 """`Store.delete_dead_letters`: (group, partition, offset)."""
 
 
+APPS_SQL = "SELECT app, version, module, status, deployed_at, note FROM kf_apps"
+OWN_TABLES = ("kf_partitions", "kf_state_log", "kf_seen_log", "kf_dead_letters", "kf_claims")
+"""The store's tables that hold a group's progress, state and dead letters."""
+
+
+def deploy_version(
+    cursor: Any,
+    version: AppVersion,
+    starts: Mapping[str, Mapping[int, int]],
+    translate: Translate = str,
+) -> AppStatus:
+    """`Store.deploy` with a DB-API cursor."""
+    live = cursor.execute(translate(APPS_SQL + " WHERE app = ? AND status = 'live'"),
+                          (version.app,)).fetchone()  # fmt: skip
+    status: AppStatus = "deployed" if live and live[1] != version.version else "live"
+    cursor.execute(
+        translate(
+            "INSERT INTO kf_apps VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (app, version) DO UPDATE "
+            "SET module = excluded.module, status = excluded.status, "
+            "deployed_at = excluded.deployed_at, note = excluded.note"
+        ),
+        (*version[:3], status, *version[4:]),
+    )
+    cursor.executemany(
+        translate("INSERT INTO kf_partitions (grp, partition, generation, next_offset) "
+                  "VALUES (?, ?, 0, ?) ON CONFLICT (grp, partition) DO NOTHING"),
+        [(group, partition, offset) for group, offsets in starts.items()
+         for partition, offset in offsets.items()],
+    )  # fmt: skip
+    return status
+
+
+def promote_version(cursor: Any, app: str, version: int, translate: Translate = str) -> None:
+    """`Store.promote` with a DB-API cursor."""
+    _version_status(cursor, app, version, "deployed", translate)
+    cursor.execute(translate("UPDATE kf_apps SET status = 'deployed' "
+                             "WHERE app = ? AND status = 'live'"), (app,))  # fmt: skip
+    cursor.execute(translate("UPDATE kf_apps SET status = 'live' WHERE app = ? AND version = ?"),
+                   (app, version))  # fmt: skip
+
+
+def retire_version(
+    cursor: Any,
+    app: str,
+    version: int,
+    tables: Sequence[str],
+    groups: Sequence[str],
+    translate: Translate = str,
+) -> None:
+    """`Store.retire` with a DB-API cursor."""
+    _version_status(cursor, app, version, "deployed", translate)
+    for table in tables:
+        cursor.execute(f"DROP TABLE IF EXISTS {table}")
+    for own in OWN_TABLES:
+        cursor.executemany(translate(f"DELETE FROM {own} WHERE grp = ?"),
+                           [(group,) for group in groups])  # fmt: skip
+    for own in ("kf_scaling", "kf_scale_decisions"):  # its pool's autoscaler
+        cursor.execute(translate(f"DELETE FROM {own} WHERE pool = ?"), (f"{app}@{version}",))
+    cursor.execute(translate("UPDATE kf_apps SET status = 'retired' WHERE app = ? AND version = ?"),
+                   (app, version))  # fmt: skip
+
+
+def _version_status(
+    cursor: Any, app: str, version: int, wanted: AppStatus, translate: Translate
+) -> None:
+    found = cursor.execute(translate("SELECT status FROM kf_apps WHERE app = ? AND version = ?"),
+                           (app, version)).fetchone()  # fmt: skip
+    if found is None or found[0] != wanted:
+        now = "not deployed" if found is None else found[0]
+        raise AppError(f"{app}@{version} is {now}, not {wanted}")
+
+
+ADD_KEY_SQL = (
+    "INSERT INTO kf_api_keys (id, name, scopes, streams, created_at, revoked_at, salt, digest) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+REVOKE_KEY_SQL = "UPDATE kf_api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"
+
+
+SCALING_SQL = (
+    "INSERT INTO kf_scaling (pool, current, desired, lag, policy_lag, threshold, active, at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (pool) DO UPDATE SET current = "
+    "excluded.current, desired = excluded.desired, lag = excluded.lag, policy_lag = "
+    "excluded.policy_lag, threshold = excluded.threshold, active = excluded.active, "
+    "at = excluded.at"
+)
+PAUSE_SQL = (
+    "INSERT INTO kf_scaling (pool, current, desired, lag, policy_lag, threshold, active, at, "
+    "paused) VALUES (?, 0, 0, 0, 0, 0, 0, ?, ?) ON CONFLICT (pool) DO UPDATE SET paused = "
+    "excluded.paused"
+)
+
+
+def scaling_writes(
+    state: ScalingState, decision: ScaleDecision | None
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """The statements (``?`` placeholders) of `Store.record_scaling`."""
+    writes: list[tuple[str, tuple[Any, ...]]] = [(SCALING_SQL, (
+        state.pool, state.current, state.desired, state.lag, state.policy_lag,
+        state.threshold, int(state.active), state.at,
+    ))]  # fmt: skip
+    if decision is not None:
+        writes += [
+            ("INSERT INTO kf_scale_decisions (pool, at, previous, replicas, lag, reason) "
+             "VALUES (?, ?, ?, ?, ?, ?)", (decision.pool, decision.at, decision.previous,
+                                          decision.replicas, decision.lag, decision.reason)),
+            ("DELETE FROM kf_scale_decisions WHERE pool = ? AND at < (SELECT MIN(at) FROM "
+             "(SELECT at FROM kf_scale_decisions WHERE pool = ? ORDER BY at DESC LIMIT ?) "
+             "AS kept)", (decision.pool, decision.pool, DECISIONS_KEPT)),
+        ]  # fmt: skip
+    return writes
+
+
+def pause_row(pool: str, replicas: int | None) -> tuple[Any, ...]:
+    """The parameters of `PAUSE_SQL`."""
+    return pool, time.time(), replicas
+
+
+def key_row(stored: StoredKey) -> tuple[Any, ...]:
+    """The parameters of `ADD_KEY_SQL`."""
+    key = stored.key
+    return (key.id, key.name, ",".join(key.scopes), ",".join(key.streams), key.created_at,
+            key.revoked_at, stored.salt, stored.digest)  # fmt: skip
+
+
 def dead_letter_rows(group: str, letters: Sequence[DeadLetter], at: float) -> list[tuple[Any, ...]]:
     """The parameters of `DEAD_LETTER_SQL` for ``letters`` dead-lettered at ``at``."""
     return [(group, *letter, reason_kind(letter.reason), at) for letter in letters]
@@ -240,6 +372,30 @@ class StoreReads:
             sql += " LIMIT ?"
             params.append(limit)
         return rows_read(table, self.query(sql, params))
+
+    def app_versions(self) -> list[AppVersion]:
+        return [AppVersion(*row) for row in self.query(APPS_SQL + " ORDER BY app, version")]
+
+    def api_keys(self) -> list[StoredKey]:
+        return [
+            StoredKey(ApiKey(key_id, name, tuple(filter(None, scopes.split(","))),  # type: ignore[arg-type]
+                             tuple(filter(None, streams.split(","))), created_at, revoked_at),
+                      bytes(salt), bytes(digest))
+            for key_id, name, scopes, streams, created_at, revoked_at, salt, digest in self.query(
+                "SELECT id, name, scopes, streams, created_at, revoked_at, salt, digest "
+                "FROM kf_api_keys ORDER BY created_at, id"
+            )
+        ]  # fmt: skip
+
+    def scaling(self) -> list[ScalingState]:
+        rows = self.query("SELECT pool, current, desired, lag, policy_lag, threshold, active, "
+                          "at, paused FROM kf_scaling ORDER BY pool")  # fmt: skip
+        return [ScalingState(*row[:6], bool(row[6]), *row[7:]) for row in rows]
+
+    def scale_decisions(self) -> list[ScaleDecision]:
+        return [ScaleDecision(*row) for row in self.query(
+            "SELECT pool, at, previous, replicas, lag, reason FROM kf_scale_decisions "
+            "ORDER BY at DESC, pool")]  # fmt: skip
 
     def committed_offsets(self, group: str) -> dict[int, int]:
         found = self.query(

@@ -15,18 +15,39 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kappaflow.errors import StaleOwnership, StoreError, StoreUnavailable
-from kappaflow.store.base import Claim, DeadLetter, Halted, PartitionCommit, Row, Table
+from kappaflow.store.base import (
+    AppStatus,
+    AppVersion,
+    Claim,
+    DeadLetter,
+    Halted,
+    PartitionCommit,
+    Row,
+    ScaleDecision,
+    ScalingState,
+    StoredKey,
+    Table,
+)
 from kappaflow.store.keyed import SEEN, STATE, carry_over_keyed_rows
 from kappaflow.store.sql import (
+    ADD_KEY_SQL,
     DEAD_LETTER_SQL,
     DELETE_DEAD_LETTER_SQL,
+    PAUSE_SQL,
+    REVOKE_KEY_SQL,
     RowWriter,
     StoreReads,
     check_table,
     claim_partition,
     create_sql,
     dead_letter_rows,
+    deploy_version,
+    key_row,
     note_halt,
+    pause_row,
+    promote_version,
+    retire_version,
+    scaling_writes,
 )
 from kappaflow.store.sqlite_wal import Checkpointer, open_turns, writer_turn
 from kappaflow.store.tables import with_histories
@@ -80,6 +101,44 @@ CREATE TABLE IF NOT EXISTS kf_dead_letters (
     dead_lettered_at REAL NOT NULL,
     PRIMARY KEY (grp, partition, "offset")
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kf_apps (
+    app TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    module TEXT NOT NULL,
+    status TEXT NOT NULL,
+    deployed_at REAL NOT NULL,
+    note TEXT NOT NULL,
+    PRIMARY KEY (app, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kf_api_keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    streams TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    revoked_at REAL,
+    salt BLOB NOT NULL,
+    digest BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kf_scaling (
+    pool TEXT PRIMARY KEY,
+    current INTEGER NOT NULL,
+    desired INTEGER NOT NULL,
+    lag INTEGER NOT NULL,
+    policy_lag INTEGER NOT NULL,
+    threshold INTEGER NOT NULL,
+    active INTEGER NOT NULL,
+    at REAL NOT NULL,
+    paused INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kf_scale_decisions (
+    pool TEXT NOT NULL,
+    at REAL NOT NULL,
+    previous INTEGER NOT NULL,
+    replicas INTEGER NOT NULL,
+    lag INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS kf_claims (
     grp TEXT NOT NULL,
     partition INTEGER NOT NULL,
@@ -293,6 +352,35 @@ class SQLiteStore(StoreReads):
     def version(self, table: str) -> int:
         found = self.query("SELECT version FROM kf_versions WHERE name = ?", (table,))
         return found[0][0] if found else 0
+
+    def deploy(self, version: AppVersion, starts: Mapping[str, Mapping[int, int]]) -> AppStatus:
+        with self._transaction() as cursor:
+            return deploy_version(cursor, version, starts)
+
+    def promote(self, app: str, version: int) -> None:
+        with self._transaction() as cursor:
+            promote_version(cursor, app, version)
+
+    def retire(self, app: str, version: int, tables: Sequence[str], groups: Sequence[str]) -> None:
+        with self._transaction() as cursor:
+            retire_version(cursor, app, version, tables, groups)
+
+    def add_key(self, stored: StoredKey) -> None:
+        with self._transaction() as cursor:
+            cursor.execute(ADD_KEY_SQL, key_row(stored))
+
+    def revoke_key(self, key_id: str, at: float) -> None:
+        with self._transaction() as cursor:
+            cursor.execute(REVOKE_KEY_SQL, (at, key_id))
+
+    def record_scaling(self, state: ScalingState, decision: ScaleDecision | None) -> None:
+        with self._transaction() as cursor:
+            for sql, params in scaling_writes(state, decision):
+                cursor.execute(sql, params)
+
+    def pause_scaling(self, pool: str, replicas: int | None) -> None:
+        with self._transaction() as cursor:
+            cursor.execute(PAUSE_SQL, pause_row(pool, replicas))
 
     def record_halt(self, group: str, partition: int, owner: str, halted: Halted) -> None:
         with self._transaction() as cursor:

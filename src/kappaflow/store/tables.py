@@ -199,6 +199,12 @@ class Table(msgspec.Struct, Generic[R], frozen=True):
         return tuple(name for name, _ in self.columns)
 
 
+def renamed(table: Table[R], name_of: Callable[[str], str]) -> Table[R]:
+    """``table`` named ``name_of(table.name)``, its distinct count's table too."""
+    counts = table.counts and (name_of(table.counts[0]), table.counts[1])
+    return msgspec.structs.replace(table, name=name_of(table.name), counts=counts)
+
+
 def with_histories(tables: Iterable[Table[Any]]) -> list[Table[Any]]:
     """``tables``, each with history followed by its `Table.history_table`."""
     return [each for table in tables

@@ -168,6 +168,8 @@ class Worker:
         self.store = store
         self.settings = settings
         self.group = app.group(stream)
+        self.renames = app.renames
+        """Result tables the version stores under another name (`App.stored_name`)."""
         self.processor: Processor[Any] = app.processors[stream.name]
         self.judged: bool = getattr(self.processor, "judges_lateness", False)
         """The processor judges lateness per key."""
@@ -367,7 +369,7 @@ class Worker:
                 rows: dict[str, list[tuple[Any, ...]]] = {}
                 for step in part:
                     for table, table_rows in step.rows.items():
-                        rows.setdefault(table, []).extend(table_rows)
+                        rows.setdefault(self.renames.get(table, table), []).extend(table_rows)
                 dead = [letter for step in part for letter in step.dead]
                 try:
                     self.store.commit(self.group, [step.commit for step in part], rows, dead)

@@ -14,22 +14,30 @@ from pathlib import Path
 
 import httpx
 
-from kappaflow.settings import PREFIX
+from kappaflow.keys import bearer
+from kappaflow.server.tls import client_context
+from kappaflow.settings import PREFIX, Settings
 from kappaflow.testing import wait_until
 from kappaflow.up import free_port
 
 
 class Running:
-    """A kappaflow process: its URL, HTTP clients of it, and its output so far."""
+    """A kappaflow process: its URL, HTTP clients of it, and its output so far. Its
+    clients send the settings' admin key if they give one, and trust their
+    ``tls_ca_file``."""
 
-    def __init__(self, process: subprocess.Popen[bytes], url: str, output: Path) -> None:
-        self.process, self.url, self.output = process, url, output
+    def __init__(self, process: subprocess.Popen[bytes], settings: Settings, output: Path) -> None:
+        self.process, self.url, self.output = process, settings.url, output
+        self.headers = bearer(settings.admin_key)
+        self.verify = client_context(settings)
         self._clients: list[httpx.Client] = []
 
     def client(self) -> httpx.Client:
         """An HTTP client of this process, closed when it stops."""
-        self._clients.append(httpx.Client(base_url=self.url, timeout=10))
-        return self._clients[-1]
+        client = httpx.Client(base_url=self.url, timeout=10, headers=self.headers,
+                              verify=self.verify)  # fmt: skip
+        self._clients.append(client)
+        return client
 
     def close_clients(self) -> None:
         for client in self._clients:
@@ -47,7 +55,10 @@ class Running:
                      if line.startswith(prefix)]  # fmt: skip
             behind[:] = [line for line in lines if float(line.split()[-1]) != 0]
             if not lines:
-                behind[:] = ["no kappaflow_lag line (the server could not read the log or store)"]
+                behind[:] = [
+                    "no such kappaflow_lag line (the server knows no such group, or "
+                    "could not read the log or store)"
+                ]
             return not behind
 
         try:
@@ -62,6 +73,13 @@ class Running:
         return self.process.wait(timeout_s)
 
 
+def environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a kappaflow process whose settings are those of ``env``
+    alone: this process's, without its ``KAPPAFLOW_*`` variables, then ``env``."""
+    inherited = {name: value for name, value in os.environ.items() if not name.startswith(PREFIX)}
+    return {**inherited, **env}
+
+
 @contextmanager
 def run_kappaflow(
     directory: Path,
@@ -73,27 +91,30 @@ def run_kappaflow(
     """Run ``kappaflow ARGUMENTS --port P`` until it answers ``probe`` with 200, its
     output going to a file in ``directory``; stop it after the block. It imports what
     this process can (its ``sys.path``), and its settings are those of ``env`` alone:
-    ``KAPPAFLOW_*`` variables of this process's environment are not passed on."""
+    ``KAPPAFLOW_*`` variables of this process's environment are not passed on. Its
+    clients send the admin key of ``env`` and trust its ``tls_ca_file``."""
     port = free_port()
+    given = {name: value for name, value in (env or {}).items() if name.startswith(PREFIX)}
+    settings = Settings.load(given).replace(host="127.0.0.1", port=port)
     output = directory / f"{arguments[0]}-{port}.log"
-    inherited = {name: value for name, value in os.environ.items() if not name.startswith(PREFIX)}
     path = os.pathsep.join(os.path.abspath(entry) for entry in sys.path)
     with output.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "kappaflow", *arguments, "--port", str(port)],
-            env={**inherited, "PYTHONPATH": path, **(env or {})},
+            env=environment({"PYTHONPATH": path, **(env or {})}),
             stdout=sink,
             stderr=sink,
             preexec_fn=preexec_fn,
         )
-    running = Running(process, f"http://127.0.0.1:{port}", output)
+    running = Running(process, settings, output)
+    probing = running.client()
     try:
         deadline = time.monotonic() + 30
         while True:
             assert process.poll() is None, output.read_text()
             assert time.monotonic() < deadline, f"no {probe} within 30 s"
             try:
-                if httpx.get(f"{running.url}{probe}", timeout=1).status_code == 200:
+                if probing.get(probe, timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
