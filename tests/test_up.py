@@ -22,6 +22,7 @@ from kappaflow.up import (
     Stack,
     StackFailed,
     free_port,
+    free_ports,
     refuse_if_taken,
 )
 
@@ -92,6 +93,16 @@ def test_up_refuses_a_port_another_process_listens_on(tmp_path: Path) -> None:
         settings = Settings.load({}, {"data_dir": str(tmp_path / "data"), "port": port})
         with pytest.raises(StackFailed, match=f"cannot listen on 127.0.0.1:{port}: .*--port"):
             refuse_if_taken(settings)
+
+
+def test_ports_picked_together_are_distinct_and_free() -> None:
+    """Ports picked one after another may repeat (a Kafka node given the same port for
+    its broker and its controller failed to start)."""
+    ports = free_ports(64)
+    assert len(set(ports)) == 64
+    for port in ports:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", port))
 
 
 def test_a_server_that_dies_is_started_again_and_loses_no_acknowledged_event(

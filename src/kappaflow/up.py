@@ -7,6 +7,7 @@ ends, SIGKILL included; the embedded log's retention is applied from here."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -49,9 +50,18 @@ class StackFailed(KappaflowError):
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
+    (port,) = free_ports(1, host)
+    return port
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports nothing listens on right now: each is held while the
+    next is picked (ports picked one after another may repeat)."""
+    with contextlib.ExitStack() as held:
+        probes = [held.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind((host, 0))
+        return [probe.getsockname()[1] for probe in probes]
 
 
 def shares(partitions: int, workers: int) -> list[list[int]]:

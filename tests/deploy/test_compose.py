@@ -19,7 +19,7 @@ from kappaflow.keys import new_secret
 from kappaflow.testing import wait_until
 from kappaflow.testing.containers import Container
 from kappaflow.testing.kafka import KafkaCluster
-from kappaflow.up import free_port
+from kappaflow.up import free_ports
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ def test_the_compose_files_services_run_and_serve_the_heartbeat_path(
     postgres_dsn: str,
     tmp_path: Path,
 ) -> None:
-    ports = {service: free_port() for service in SERVICES}
+    ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
     (tmp_path / "override.yaml").write_text(
         override(image, kafka_broker.bootstrap_servers, postgres_dsn, ports)
     )

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kappaflow.signals import die_with_parent
-from kappaflow.up import free_port
+from kappaflow.up import free_ports
 
 QUICK_START = ("-Xms64m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
 """Java options for tests: a quick start and a small footprint, at some cost in
@@ -73,11 +73,17 @@ class KafkaNode:
     """One combined broker and controller of a `KafkaCluster`."""
 
     def __init__(
-        self, node_id: int, directory: Path, libs: Path, java_options: Sequence[str]
+        self,
+        node_id: int,
+        directory: Path,
+        libs: Path,
+        java_options: Sequence[str],
+        ports: tuple[int, int],
     ) -> None:
+        """``ports``: the broker's and the controller's."""
         self.node_id, self.directory, self.libs = node_id, directory, libs
         self.java_options = tuple(java_options)
-        self.port, self.controller_port = free_port(), free_port()
+        self.port, self.controller_port = ports
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -207,7 +213,11 @@ def kafka_cluster(
     root = Path(tempfile.mkdtemp(prefix="kafka-"))
     (root / "log4j2.properties").write_text(LOG4J)
     options = [f"-Xmx{heap}", *java_options]
-    members = [KafkaNode(n, root / f"node-{n}", libs, options) for n in range(1, nodes + 1)]
+    ports = iter(free_ports(2 * nodes))
+    members = [
+        KafkaNode(n, root / f"node-{n}", libs, options, (next(ports), next(ports)))
+        for n in range(1, nodes + 1)
+    ]
     cluster = KafkaCluster(members)
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     try:
