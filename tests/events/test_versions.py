@@ -5,6 +5,7 @@ each stack)."""
 from __future__ import annotations
 
 import time
+from contextlib import closing
 
 import msgspec
 import pytest
@@ -292,19 +293,19 @@ def test_every_version_is_ingested_and_processed_as_the_current_one(
     writer.append("plays", 0, [unknown, untagged_badly])
     writer.close()
     running = worker(v2, log)
-    running.start()
-    run_workers([running], lambda: False, until_caught_up=True)
-    assert sorted(running.store.query("SELECT player, ts, watched_s, device FROM plays")) == [
+    with closing(running.store), closing(log):
+        running.start()
+        run_workers([running], lambda: False, until_caught_up=True)
+        played = sorted(running.store.query("SELECT player, ts, watched_s, device FROM plays"))
+        dead = sorted((reason, payload) for _, _, reason, payload in
+                      running.store.dead_letters("plays.plays"))  # fmt: skip
+    assert played == [
         ("a", 1_000, 3.0, "unknown"), ("b", 2_500, 0.0, "unknown"),
         ("c", 3_000, 0.0, "unknown"), ("d", 4_000, 5.0, "tv"),
     ]  # fmt: skip
-    dead = sorted((reason, payload) for _, _, reason, payload in
-                  running.store.dead_letters("plays.plays"))  # fmt: skip
     assert dead == [
         ("undecodable: the record is of version 9 of the schema, and the stream declares "
          "versions 1 to 2", unknown),
         ("undecodable: the record starts with b'v2', which names no schema version",
          untagged_badly),
     ]  # fmt: skip
-    running.store.close()
-    log.close()

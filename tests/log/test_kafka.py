@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from kappaflow.apps.video.app import Heartbeat, all_progress, create_app
-from kappaflow.errors import LogError, LogUnavailable
+from kappaflow.errors import LogError, LogUnavailable, OffsetOutOfRange
 from kappaflow.events.registry import TOPIC, register, registered
 from kappaflow.events.versions import json_schema
 from kappaflow.ingest.appender import Appender
@@ -96,6 +96,36 @@ def test_a_read_from_a_control_record_steps_over_it(log: KafkaLog) -> None:
     log.append("t-marker", 2, [b"a", b"b"])
     ends_at(log, "t-marker", {0: 0, 1: 0, 2: 3, 3: 0})
     assert read_to(log, "t-marker", 2, 2, 3) == []
+
+
+def test_a_reader_sent_back_over_control_records_it_read_steps_over_them_again(
+    log: KafkaLog,
+) -> None:
+    """The consumer applies a new position in its own thread, and answers the old one
+    until then: here the very position it reaches again (a worker restored from the
+    store, or another reader of the same log, sends it back)."""
+    log.create_topic("t-back", 1)
+    log.append("t-back", 0, [b"a", b"b"])
+    ends_at(log, "t-back", {0: 3})
+    for _ in range(20):
+        assert read_to(log, "t-back", 0, 0, 3) == [b"a", b"b"]
+        assert read_to(log, "t-back", 0, 2, 3) == []
+
+
+def test_a_partition_whose_fetching_failed_is_fetched_again_from_where_the_reader_asks(
+    log: KafkaLog,
+) -> None:
+    """The consumer stops fetching a partition on an error of it (here an offset past
+    the end): the reader is told, and reading it again starts it anew."""
+    log.create_topic("t-past", 1)
+    log.append("t-past", 0, [b"a", b"b"])
+    ends_at(log, "t-past", {0: 3})
+    with pytest.raises(OffsetOutOfRange):
+        for _ in range(100):
+            log.read("t-past", 0, 5, 10)
+    log.append("t-past", 0, [b"c", b"d", b"e", b"f"])  # offsets 3 to 6
+    ends_at(log, "t-past", {0: 8})
+    assert read_to(log, "t-past", 0, 5, 8) == [b"e", b"f"]
 
 
 class CountingCommits:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from kappaflow.apps.clicks.app import Click
 from kappaflow.apps.clicks.app import create_app as create_clicks
 from kappaflow.apps.video.app import Heartbeat, all_progress, create_app
-from kappaflow.errors import ProcessorFailed, StaleOwnership
+from kappaflow.errors import LogUnavailable, OffsetOutOfRange, ProcessorFailed, StaleOwnership
 from kappaflow.events import MAX_EVENT_MS
 from kappaflow.ingest.appender import Appender
 from kappaflow.log import open_log, partition_for
@@ -491,24 +491,30 @@ def test_a_record_the_store_cannot_hold_is_dead_lettered_and_the_others_go_on(
     w.log.close()
 
 
+def appended_heartbeats(settings: Settings) -> list[Any]:
+    """Append 6,000 simulated heartbeats to ``settings``' log; returns the progress rows
+    a run of them gives (``settings`` must leave them alike whatever the batches:
+    ``video_progress_accuracy_s`` 0)."""
+    from kappaflow.apps.video.sim import simulate
+    from kappaflow.testing import run_events
+
+    events = simulate(6_000, viewers=20, seed=2, jitter_ms=1_000).events
+    reference = settings.replace(data_dir=settings.data_dir + "-reference", store="sqlite")
+    expected = all_progress(run_events(create_app(reference), events, reference))
+    writer = open_log(settings, writer=True)
+    Appender(writer, create_app(settings).streams[0], 4).append(events)
+    writer.close()
+    return expected
+
+
 def test_a_lost_database_connection_is_recovered_without_loss_or_repeats(
     settings: Settings, postgres_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from kappaflow.apps.video.sim import simulate
-    from kappaflow.stream.worker import run_workers
-    from kappaflow.testing import drop_postgres_connections, run_events
+    from kappaflow.testing import drop_postgres_connections
 
-    workload = simulate(6_000, viewers=20, seed=2, jitter_ms=1_000)
-    settings = settings.replace(video_progress_accuracy_s=0)  # rows alike, whatever the batches
-    expected = all_progress(run_events(create_app(settings), workload.events, settings))
-
-    on_postgres = settings.replace(
-        data_dir=settings.data_dir + "-pg", store="postgres", postgres_dsn=postgres_dsn,
-        batch_max_events=60,
-    )  # fmt: skip
-    writer = open_log(on_postgres, writer=True)
-    Appender(writer, create_app(on_postgres).streams[0], 4).append(workload.events)
-    writer.close()
+    on_postgres = settings.replace(store="postgres", postgres_dsn=postgres_dsn,
+                                   video_progress_accuracy_s=0, batch_max_events=60)  # fmt: skip
+    expected = appended_heartbeats(on_postgres)
     w = worker(on_postgres)
     w.start()
     commit, commits = w.store.commit, {"n": 0}
@@ -525,6 +531,35 @@ def test_a_lost_database_connection_is_recovered_without_loss_or_repeats(
     assert "restoring from the store" in caplog.text
     assert all_progress(w.store) == expected
     w.store.close()
+
+
+def test_reads_that_fail_now_and_then_are_recovered_without_loss_or_repeats(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A log that cannot be read on for a moment (a Kafka broker gone, a consumer that
+    stopped fetching as a leader moved) is waited out, as a lost store is."""
+    settings = settings.replace(video_progress_accuracy_s=0, batch_max_events=60)
+    expected = appended_heartbeats(settings)
+    w = worker(settings)
+    w.start()
+    read, reads = w.log.read, {"n": 0}
+
+    def read_that_fails_now_and_then(*args: Any) -> Any:
+        reads["n"] += 1
+        if reads["n"] % 7 == 3:
+            raise LogUnavailable("Kafka: broker transport failure")
+        if reads["n"] % 7 == 5:
+            raise OffsetOutOfRange("Kafka: Local: No offset to automatically reset to")
+        return read(*args)
+
+    w.log.read = read_that_fails_now_and_then  # type: ignore[method-assign]
+    run_workers([w], lambda: False, until_caught_up=True)
+    assert reads["n"] > 20
+    assert "broker transport failure; restoring from the store" in caplog.text
+    assert "No offset to automatically reset to; restoring from the store" in caplog.text
+    assert all_progress(w.store) == expected
+    w.store.close()
+    w.log.close()
 
 
 def test_a_worker_hands_partitions_over_and_takes_them_back_without_a_restart(

@@ -20,6 +20,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import suppress
+from functools import partial
 from typing import Any
 
 from kappaflow.errors import LogError, LogUnavailable, MissingExtra, OffsetOutOfRange
@@ -40,6 +41,8 @@ COMMIT_TIMEOUT_S = 30.0
 """How long a commit is retried while its errors are retriable (a leader moving)."""
 SETTLE_TIMEOUT_S = 120.0
 """How long the outcome of a failed commit is sought while the cluster is unreachable."""
+REPOSITION_S = 1.0
+"""How long the consumer may take to apply an assignment or a seek (well under 1 ms)."""
 
 
 class KafkaLog:
@@ -59,8 +62,8 @@ class KafkaLog:
         self._position: dict[tuple[str, int], int] = {}
         self._buffered: dict[tuple[str, int], list[Any]] = {}
         self._repositioned_at: dict[tuple[str, int], int] = {}
-        """The consumer's position of each partition when it was last assigned or sought:
-        until the consumer reads on, what it reports is left from before."""
+        """The consumer's position of each partition once it was last assigned or sought
+        (see `_reposition`)."""
         self._acknowledgers: dict[str, Consumer] = {}
         self._member, self._group = False, ""
         """Set once `join` made the reading consumer a member of consumer group ``_group``."""
@@ -266,8 +269,28 @@ class KafkaLog:
         (found,) = self._consumer_handle().position([TopicPartition(*key)])
         return found.offset if found.offset != self._repositioned_at.get(key) else -1
 
-    def _repositioned(self, keys: list[tuple[str, int]]) -> None:
-        found = self._consumer_handle().position([TopicPartition(*key) for key in keys])
+    def _reposition(self, keys: list[tuple[str, int]], move: Callable[[], None]) -> None:
+        """Run ``move``, an assignment or a seek of ``keys``, and wait until the consumer
+        applied it. Until then (librdkafka applies it in its own thread) its position
+        is the one from before, which it may reach again after the move: taken then for
+        having read on, that would leave it short of the control records it steps over
+        again, for good. Past `REPOSITION_S` the old position is noted, and only a
+        position other than it is taken for having read on."""
+        consumer = self._consumer_handle()
+        partitions = [TopicPartition(*key) for key in keys]
+        try:
+            before = [tp.offset for tp in consumer.position(partitions)]
+            move()
+            deadline = time.monotonic() + REPOSITION_S
+            while True:
+                found = consumer.position(partitions)
+                pairs = zip(found, before, strict=True)
+                moved = all(tp.offset < 0 or tp.offset != was for tp, was in pairs)
+                if moved or time.monotonic() > deadline:
+                    break
+                time.sleep(0.0005)
+        except KafkaException as error:
+            raise LogUnavailable(f"Kafka: {error}") from error
         self._repositioned_at.update(((tp.topic, tp.partition), tp.offset) for tp in found)
 
     def _assign(self, topic: str, partition: int, offset: int) -> None:
@@ -279,8 +302,8 @@ class KafkaLog:
             buffered = self._buffered.get(key)
             wanted[key] = buffered[-1].offset() + 1 if buffered else position
         wanted[topic, partition] = offset
-        consumer.assign([TopicPartition(t, p, o) for (t, p), o in wanted.items()])
-        self._repositioned(list(wanted))
+        chosen = [TopicPartition(t, p, o) for (t, p), o in wanted.items()]
+        self._reposition(list(wanted), partial(consumer.assign, chosen))
         self._position[topic, partition] = offset
         self._buffered[topic, partition] = []
 
@@ -311,8 +334,8 @@ class KafkaLog:
         def on_assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:
             starts = assigned([tp.partition for tp in partitions])
             chosen = [TopicPartition(topic, p, o) for p, o in starts.items()]
-            consumer.incremental_assign(chosen)
-            self._repositioned([(topic, tp.partition) for tp in chosen])
+            moved = partial(consumer.incremental_assign, chosen)
+            self._reposition([(topic, tp.partition) for tp in chosen], moved)
             for tp in chosen:
                 self._position[topic, tp.partition] = tp.offset
                 self._buffered[topic, tp.partition] = []
@@ -332,11 +355,8 @@ class KafkaLog:
         self._fill(max_records)
 
     def _seek(self, topic: str, partition: int, offset: int) -> None:
-        try:
-            self._consumer_handle().seek(TopicPartition(topic, partition, offset))
-        except KafkaException as error:
-            raise LogUnavailable(f"Kafka: {error}") from error
-        self._repositioned([(topic, partition)])
+        seek = partial(self._consumer_handle().seek, TopicPartition(topic, partition, offset))
+        self._reposition([(topic, partition)], seek)
         self._position[topic, partition] = offset
         self._buffered[topic, partition] = []
 
@@ -345,15 +365,21 @@ class KafkaLog:
             messages = self._consumer_handle().consume(max_records, timeout=0.05)
         except KafkaException as error:
             raise LogUnavailable(f"Kafka: {error}") from error
+        failure: LogError | None = None
         for message in messages:
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    continue
-                if message.error().code() == KafkaError._AUTO_OFFSET_RESET:
-                    raise OffsetOutOfRange(f"Kafka: {message.error()}")
-                raise LogUnavailable(f"Kafka: {message.error()}")
             key = (message.topic(), message.partition())
-            self._buffered.setdefault(key, []).append(message)
+            if (error := message.error()) is None:
+                self._buffered.setdefault(key, []).append(message)
+            elif error.code() != KafkaError._PARTITION_EOF:
+                # The consumer may have stopped fetching the partition: the next read of
+                # it repositions it, from where the reader asks.
+                self._position.pop(key, None)
+                self._buffered.pop(key, None)
+                if failure is None:
+                    reset = error.code() == KafkaError._AUTO_OFFSET_RESET
+                    failure = (OffsetOutOfRange if reset else LogUnavailable)(f"Kafka: {error}")
+        if failure is not None:  # raised once every record fetched with it is kept
+            raise failure
 
     # -- offsets ---------------------------------------------------------------------
 

@@ -34,6 +34,8 @@ import numpy as np
 from kappaflow.app import App, Batch, Processor, Stream, closes_idle
 from kappaflow.errors import (
     KappaflowError,
+    LogUnavailable,
+    OffsetOutOfRange,
     ProcessorFailed,
     StaleOwnership,
     StoreError,
@@ -70,6 +72,8 @@ MAX_NOTED_ERROR = 1_000
 """Characters of a halting error noted in the store (the log has all of it)."""
 SHOWN_ID = 100
 """Characters of an event id a duplicate's reason shows (its record has all of it)."""
+RECOVERABLE = (StoreUnavailable, LogUnavailable, OffsetOutOfRange)
+"""What a worker waits out, then restores from the store (`_or_recover`)."""
 
 
 @dataclass
@@ -733,11 +737,12 @@ def _sleep(seconds: float, should_stop: Callable[[], bool], workers: Sequence[Wo
 
 def _or_recover(worker: Worker, should_stop: Callable[[], bool], step: Callable[[], int]) -> int:
     """Run ``step`` (a poll, say); when the store is unreachable (a commit's outcome is
-    then unknown), wait with backoff and start over from what the store holds: claim,
-    restore, read on."""
+    then unknown) or the log cannot be read on (a broker gone, a Kafka consumer that
+    stopped fetching a partition as its leader moved), wait with backoff and start over
+    from what the store holds: claim, restore, read on."""
     try:
         return step()
-    except StoreUnavailable as failure:
+    except RECOVERABLE as failure:
         delay = 0.1
         while not should_stop():
             log.warning("%s: %s; restoring from the store in %.1f s", worker.group, failure, delay)
@@ -745,6 +750,6 @@ def _or_recover(worker: Worker, should_stop: Callable[[], bool], step: Callable[
             try:
                 worker.start()
                 return 0
-            except StoreUnavailable as again:
+            except RECOVERABLE as again:
                 failure, delay = again, min(delay * 2, 5.0)
         return 0
