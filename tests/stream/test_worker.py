@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import closing
 from typing import Any
 
 import msgspec
@@ -132,8 +133,10 @@ def test_a_clock_far_ahead_makes_no_other_click_late(settings: Settings) -> None
     clock = Clock()
 
     def run() -> Worker:
+        # The wall clock stays at ``now``: the idle time moves the event clock up to it,
+        # and a click it has passed would be late.
         w = Worker(clicks, stream, open_log(settings), open_store(settings), settings,
-                   range(settings.partitions), clock)  # fmt: skip
+                   range(settings.partitions), clock, lambda: now)  # fmt: skip
         w.start()
         drain(w)
         return w
@@ -141,14 +144,17 @@ def test_a_clock_far_ahead_makes_no_other_click_late(settings: Settings) -> None
     w = run()
     clock.now += settings.idle_timeout_s + 1  # an idle time: the event clock moves on
     drain(w)
+    w.store.close()
+    w.log.close()
     appender.append([Click(t=now + 1, g="k")])
     w = run()
-    assert w.stats.late == 0
-    assert w.store.dead_letters("clicks.clicks") == []
-    counted = w.store.query("SELECT SUM(events) FROM click_counts_1m "
-                            "WHERE dimension = 'country'")  # fmt: skip
-    assert counted == [(5,)]
     log.close()
+    with closing(w.store), closing(w.log):
+        assert w.stats.late == 0
+        assert w.store.dead_letters("clicks.clicks") == []
+        counted = w.store.query("SELECT SUM(events) FROM click_counts_1m "
+                                "WHERE dimension = 'country'")  # fmt: skip
+    assert counted == [(5,)]
 
 
 def test_duplicates_are_dead_lettered_with_their_own_record(settings: Settings) -> None:
