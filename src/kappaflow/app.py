@@ -561,10 +561,16 @@ class App:
 def load_apps(settings: Settings) -> list[App]:
     """The apps named in ``settings.apps`` (every installed app if none); `SettingsError`
     for a setting that is neither the core's nor one of theirs."""
-    installed = {entry.name: entry.value for entry in entry_points(group=INSTALLED)}
-    apps = [build_app(settings, installed.get(name, name)) for name in settings.apps or installed]
+    apps = [build_app(settings, module) for module in app_modules(settings)]
     _check_app_settings(settings, apps)
     return apps
+
+
+def app_modules(settings: Settings) -> list[str]:
+    """The modules of the apps ``settings.apps`` names (an installed app's name stands
+    for its module), or of every installed app if it names none."""
+    installed = {entry.name: entry.value for entry in entry_points(group=INSTALLED)}
+    return [installed.get(name, name) for name in settings.apps or installed]
 
 
 def build_app(settings: Settings, module_name: str) -> App:

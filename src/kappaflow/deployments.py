@@ -18,12 +18,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from importlib.metadata import entry_points
 from typing import Any
 
 import msgspec
 
-from kappaflow.app import INSTALLED, App, Stream, build_app, load_apps
+from kappaflow.app import App, Stream, app_modules, build_app, load_apps
 from kappaflow.errors import AppError, KappaflowError
 from kappaflow.events.records import untagged
 from kappaflow.log.base import Log, once_known
@@ -168,8 +167,7 @@ def find(settings: Settings, name: str, version: int, module: str | None = None)
     of one of the settings' apps (or of an installed app, when they name none)."""
     if module is not None:
         return _built(settings, module, name, version)
-    installed = {entry.name: entry.value for entry in entry_points(group=INSTALLED)}
-    for candidate in dict.fromkeys(installed.get(n, n) for n in settings.apps or installed):
+    for candidate in dict.fromkeys(app_modules(settings)):
         app = build_app(settings, candidate)
         if (app.name, app.version) == (name, version):
             return app
