@@ -151,10 +151,10 @@ def worker(
         store = open_store(settings)
         apps = load_apps(settings)
         with closing(open_log(settings)) as the_log:
-            record(settings, apps, store, the_log)
-        apps = running(settings, store, apps)
+            recorded = record(settings, apps, store, the_log)
+        apps = running(settings, store, apps, versions=recorded)
         if live_only:
-            apps = live(apps, store)
+            apps = live(apps, store, recorded)
         if versions:
             if unknown := set(versions).difference(app.ref for app in apps):
                 ctx.fail(f"--version {', '.join(sorted(unknown))}: not running; running: "

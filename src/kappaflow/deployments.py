@@ -48,14 +48,17 @@ def parse_ref(text: str) -> tuple[str, int]:
     return found["app"], int(found["version"])
 
 
-def record(settings: Settings, apps: Sequence[App], store: Store, the_log: Log) -> None:
+def record(settings: Settings, apps: Sequence[App], store: Store, the_log: Log) -> list[AppVersion]:
     """Record each of ``apps`` (the settings') that the store does not know yet, as
-    `deploy` does (a store from before versions keeps its progress)."""
-    known = {(v.app, v.version) for v in store.app_versions()}
-    for app in apps:
-        if (app.name, app.version) not in known:
-            status = deploy(settings, app, store, the_log)
-            log.info("recorded %s: %s", app.ref, status)
+    `deploy` does (a store from before versions keeps its progress); returns every
+    version recorded then."""
+    recorded = store.app_versions()
+    known = {(v.app, v.version) for v in recorded}
+    new = [app for app in apps if (app.name, app.version) not in known]
+    for app in new:
+        status = deploy(settings, app, store, the_log)
+        log.info("recorded %s: %s", app.ref, status)
+    return store.app_versions() if new else recorded
 
 
 def deploy(
@@ -114,14 +117,19 @@ def first_at(
 
 
 def running(
-    settings: Settings, store: Store, apps: Sequence[App] | None = None, built: Sequence[App] = ()
+    settings: Settings,
+    store: Store,
+    apps: Sequence[App] | None = None,
+    built: Sequence[App] = (),
+    versions: Sequence[AppVersion] | None = None,
 ) -> list[App]:
     """The app versions to run and serve: those of the settings (``apps``, loaded if
-    not given), and the others the store records, but the retired ones; each of those
-    among ``built`` is taken from there. A recorded version that its module no longer
-    builds is left out, with an error logged."""
+    not given), and the others the store records (``versions``, read if not given), but
+    the retired ones; each of those among ``built`` is taken from there. A recorded
+    version that its module no longer builds is left out, with an error logged."""
     apps = list(load_apps(settings) if apps is None else apps)
-    recorded = {(v.app, v.version): v for v in store.app_versions()}
+    versions = store.app_versions() if versions is None else versions
+    recorded = {(v.app, v.version): v for v in versions}
     found = [app for app in apps if getattr(recorded.get((app.name, app.version)), "status",
                                             None) != "retired"]  # fmt: skip
     have = {(app.name, app.version) for app in apps}
@@ -143,18 +151,21 @@ def current(
     `record` the settings' ``apps``, find the versions `running` (those among ``built``,
     what it found last, taken from there), create the tables of those it had not
     built, and return them with the `live` ones."""
-    record(settings, apps, store, the_log)
-    found = running(settings, store, apps, built)
+    versions = record(settings, apps, store, the_log)
+    found = running(settings, store, apps, built, versions)
     for app in found:
         if not any(app is known for known in built):
             store.create_tables(app.all_tables)
-    return found, live(found, store)
+    return found, live(found, store, versions)
 
 
-def live(apps: Sequence[App], store: Store) -> list[App]:
+def live(
+    apps: Sequence[App], store: Store, versions: Sequence[AppVersion] | None = None
+) -> list[App]:
     """Of ``apps`` (the versions running), each app's live version: the one the store
-    records live, else its lowest."""
-    statuses = {(v.app, v.version): v.status for v in store.app_versions()}
+    records live (``versions``, read if not given), else its lowest."""
+    versions = store.app_versions() if versions is None else versions
+    statuses = {(v.app, v.version): v.status for v in versions}
     versions: dict[str, list[App]] = {}
     for app in sorted(apps, key=lambda app: app.version):
         versions.setdefault(app.name, []).append(app)

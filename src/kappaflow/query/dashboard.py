@@ -132,7 +132,8 @@ def status(apps: Sequence[App], log: Log, store: Store, pace: Pace | None = None
     """Where every app version's streams stand now (with ``pace``, the one that noted
     their earlier lags: when each catches up); raises `KappaflowError` when the log or
     the store cannot say."""
-    recorded = {(v.app, v.version): v for v in store.app_versions()}
+    versions = store.app_versions()
+    recorded = {(v.app, v.version): v for v in versions}
     offsets: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
     for app, stream, partition, end, committed in partition_offsets(apps, log, store):
         offsets.setdefault((app.ref, stream.name), []).append((partition, end, committed or 0))
@@ -145,7 +146,7 @@ def status(apps: Sequence[App], log: Log, store: Store, pace: Pace | None = None
         if pace is not None:
             stands.catch_up_s = pace.catch_up_s(stands.group, stands.lag, time.monotonic())
         streams.append(stands)
-    served = served_queries(live(apps, store))
+    served = served_queries(live(apps, store, versions))
     queries = [QueryInfo(owner, q.path, q.summary) for owner, q in served]
     return Status(streams, queries, Autoscaling(store.scaling(), store.scale_decisions()))
 
