@@ -516,22 +516,18 @@ def _opened(
     ctx: click.Context, command: str, data_dir: str | None, log: bool = True
 ) -> Iterator[Any]:
     """(settings, log, store) for ``kappaflow COMMAND``, without the log (None) unless
-    ``log``; a `KappaflowError` (or no embedded log in the data directory) is its error
-    message and exit 1."""
+    ``log``; a `KappaflowError` (or no embedded log in the data directory) ends it as
+    `_failures_of` says."""
     from kappaflow.log import open_log
     from kappaflow.store import open_store
 
     settings = load_settings(ctx, data_dir=data_dir)
-    try:
+    with _failures_of(ctx, command), contextlib.ExitStack() as opened:
         if log and settings.log == "embedded" and not settings.log_path.is_dir():
             raise KappaflowError(f"no log in {settings.log_path}")
-        with contextlib.ExitStack() as opened:
-            the_log = opened.enter_context(contextlib.closing(open_log(settings))) if log else None
-            store = opened.enter_context(contextlib.closing(open_store(settings)))
-            yield settings, the_log, store
-    except KappaflowError as error:
-        click.echo(f"kappaflow {command}: {error}", err=True)
-        sys.exit(1)
+        the_log = opened.enter_context(contextlib.closing(open_log(settings))) if log else None
+        store = opened.enter_context(contextlib.closing(open_store(settings)))
+        yield settings, the_log, store
 
 
 def _ref(ctx: click.Context, param: click.Parameter, text: str) -> tuple[str, int]:
